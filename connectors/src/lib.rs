@@ -1,0 +1,7 @@
+//! Sluice connectors: implementations of the engine's traits for external
+//! systems.
+//!
+//! - [`storage::S3StoreProvider`]: `s3://bucket/prefix` on any S3-compatible
+//!   endpoint (AWS, MinIO, moto, s3s-fs).
+
+pub mod storage;

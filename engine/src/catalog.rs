@@ -1,0 +1,186 @@
+//! The durable catalog: what a user has declared, kept in the data directory.
+//!
+//! The catalog is one JSON document, `catalog.json`. Every change writes the
+//! whole document to a temporary file, fsyncs it, renames it over the old one
+//! and fsyncs the directory, so a crash (even `kill -9`) at any moment leaves
+//! either the old or the new catalog, never a half-written one. Catalogs are
+//! small (one entry per declared object), so rewriting the whole file is
+//! cheap and keeps the format trivially inspectable.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, Result, SluiceError};
+
+const CATALOG_FILE: &str = "catalog.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// What kind of object a catalog entry declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// An external table over files (Parquet, CSV, JSON) in object storage.
+    Table,
+}
+
+/// One declared object. `sql` is the normalized statement that recreates it;
+/// replaying it on start is how the object comes back after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Lower-case object name, unique across kinds.
+    pub name: String,
+    /// What the entry declares.
+    pub kind: ObjectKind,
+    /// The statement that recreates the object.
+    pub sql: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CatalogFile {
+    version: u32,
+    entries: BTreeMap<String, CatalogEntry>,
+}
+
+/// The catalog on disk, with its current contents in memory.
+#[derive(Debug)]
+pub struct DurableCatalog {
+    dir: PathBuf,
+    entries: BTreeMap<String, CatalogEntry>,
+}
+
+impl DurableCatalog {
+    /// Opens the catalog in `dir`, creating the directory and an empty catalog
+    /// if there is none.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(CATALOG_FILE);
+        let entries = match fs::read(&path) {
+            Ok(bytes) => {
+                let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    SluiceError::new(
+                        ErrorKind::Internal,
+                        format!("catalog {} is not valid: {e}", path.display()),
+                    )
+                })?;
+                if file.version != FORMAT_VERSION {
+                    return Err(SluiceError::internal(format!(
+                        "catalog {} has format version {}, this build reads {FORMAT_VERSION}",
+                        path.display(),
+                        file.version
+                    )));
+                }
+                file.entries
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // A temporary file left by a crash mid-write is garbage: the rename
+        // never happened, so the old catalog is the truth.
+        let _ = fs::remove_file(dir.join(format!("{CATALOG_FILE}.tmp")));
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// All entries, in name order.
+    pub fn entries(&self) -> impl Iterator<Item = &CatalogEntry> {
+        self.entries.values()
+    }
+
+    /// The entry with that name, if any.
+    pub fn get(&self, name: &str) -> Option<&CatalogEntry> {
+        self.entries.get(name)
+    }
+
+    /// Adds or replaces an entry and makes the change durable before
+    /// returning.
+    pub fn put(&mut self, entry: CatalogEntry) -> Result<()> {
+        let mut next = self.entries.clone();
+        next.insert(entry.name.clone(), entry);
+        self.persist(&next)?;
+        self.entries = next;
+        Ok(())
+    }
+
+    /// Removes an entry, durably. Removing a missing entry is not an error.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        if !self.entries.contains_key(name) {
+            return Ok(());
+        }
+        let mut next = self.entries.clone();
+        next.remove(name);
+        self.persist(&next)?;
+        self.entries = next;
+        Ok(())
+    }
+
+    fn persist(&self, entries: &BTreeMap<String, CatalogEntry>) -> Result<()> {
+        let file = CatalogFile {
+            version: FORMAT_VERSION,
+            entries: entries.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| SluiceError::internal(format!("catalog serialization: {e}")))?;
+        let tmp = self.dir.join(format!("{CATALOG_FILE}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(CATALOG_FILE))?;
+        // The rename is durable only once the directory entry is.
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> CatalogEntry {
+        CatalogEntry {
+            name: name.into(),
+            kind: ObjectKind::Table,
+            sql: format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '/x'"),
+        }
+    }
+
+    #[test]
+    fn entries_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = DurableCatalog::open(dir.path()).unwrap();
+        c.put(entry("a")).unwrap();
+        c.put(entry("b")).unwrap();
+        c.remove("a").unwrap();
+        drop(c);
+        let c = DurableCatalog::open(dir.path()).unwrap();
+        let names: Vec<_> = c.entries().map(|e| e.name.clone()).collect();
+        assert_eq!(names, vec!["b"]);
+        assert_eq!(c.get("b"), Some(&entry("b")));
+    }
+
+    #[test]
+    fn leftover_temp_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = DurableCatalog::open(dir.path()).unwrap();
+        c.put(entry("a")).unwrap();
+        fs::write(dir.path().join("catalog.json.tmp"), b"{ half writ").unwrap();
+        let c = DurableCatalog::open(dir.path()).unwrap();
+        assert_eq!(c.entries().count(), 1);
+        assert!(!dir.path().join("catalog.json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_catalog_is_an_error_not_an_empty_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("catalog.json"), b"not json").unwrap();
+        let err = DurableCatalog::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not valid"), "{err}");
+    }
+}

@@ -1,0 +1,761 @@
+//! The engine and its sessions.
+//!
+//! An [`Engine`] owns what all sessions share: DataFusion's catalog and
+//! runtime (object stores, memory pool), the durable catalog and the storage
+//! providers. A [`Session`] is one client's view: its own settings over the
+//! shared catalog. Statements go through two steps, so that the extended
+//! query protocol can describe a statement before running it:
+//! [`Session::prepare`] plans, [`Session::execute`] runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, ObjectName, Set, Statement as SqlStatement, Value,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use crate::catalog::{CatalogEntry, DurableCatalog, ObjectKind};
+use crate::error::{ErrorKind, Result, SluiceError};
+use crate::storage::StoreRegistry;
+
+/// The name of Sluice's one catalog (what `current_database()` returns).
+pub const CATALOG_NAME: &str = "sluice";
+/// The schema user objects live in.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The Postgres version Sluice reports to clients. psql adapts its catalog
+/// queries to this number.
+pub const PG_SERVER_VERSION: &str = "15.0";
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Holds the catalog (and later checkpoints and the default landing zone).
+    pub data_dir: PathBuf,
+    /// Storage for non-local locations (`s3://`, `hdfs://`).
+    pub stores: StoreRegistry,
+    /// Partitions DataFusion splits a query into; defaults to the core count.
+    pub target_partitions: Option<usize>,
+}
+
+/// The shared state of a running Sluice: catalog, runtime and storage.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    template: SessionContext,
+    catalog: Mutex<DurableCatalog>,
+    stores: StoreRegistry,
+    /// Catalog entries that could not be restored at start, with the reason.
+    unavailable: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the data directory, loads the catalog and brings every declared
+    /// object back. An object whose storage cannot be reached stays in the
+    /// catalog (it is not forgotten) and queries on it say why it is missing.
+    pub async fn open(config: EngineConfig) -> Result<Self> {
+        let mut session_config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(true);
+        if let Some(p) = config.target_partitions {
+            session_config = session_config.with_target_partitions(p.max(1));
+        }
+        let template = SessionContext::new_with_config(session_config);
+        let catalog = DurableCatalog::open(&config.data_dir)?;
+        let entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                template,
+                catalog: Mutex::new(catalog),
+                stores: config.stores,
+                unavailable: Default::default(),
+            }),
+        };
+        for entry in entries {
+            if let Err(e) = engine.restore(&entry).await {
+                tracing::warn!(name = %entry.name, error = %e, "could not restore catalog entry");
+                engine
+                    .inner
+                    .unavailable
+                    .lock()
+                    .expect("unavailable map poisoned")
+                    .insert(entry.name.clone(), e.to_string());
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The context new sessions are cloned from. The server uses it once at
+    /// start to install the Postgres catalog emulation (pg_catalog and its
+    /// functions), before any session exists.
+    pub fn template_context(&self) -> &SessionContext {
+        &self.inner.template
+    }
+
+    /// A new session over the shared catalog.
+    pub fn new_session(&self) -> Session {
+        Session {
+            engine: self.clone(),
+            ctx: SessionContext::new_with_state(self.inner.template.state()),
+            vars: default_session_vars(),
+        }
+    }
+
+    async fn restore(&self, entry: &CatalogEntry) -> Result<()> {
+        let session = self.new_session();
+        let mut statements = DFParser::parse_sql_with_dialect(&entry.sql, &PostgreSqlDialect {})
+            .map_err(datafusion::error::DataFusionError::from)?;
+        let Some(DFStatement::CreateExternalTable(create)) = statements.pop_front() else {
+            return Err(SluiceError::internal(format!(
+                "catalog entry {} does not hold a CREATE statement",
+                entry.name
+            )));
+        };
+        session.create_external_table(create, false).await?;
+        Ok(())
+    }
+}
+
+fn default_session_vars() -> BTreeMap<String, String> {
+    [
+        ("server_version", PG_SERVER_VERSION),
+        ("server_version_num", "150000"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("timezone", "UTC"),
+        ("datestyle", "ISO, MDY"),
+        ("intervalstyle", "postgres"),
+        ("search_path", "public"),
+        ("standard_conforming_strings", "on"),
+        ("transaction_isolation", "read committed"),
+        ("default_transaction_isolation", "read committed"),
+        ("application_name", ""),
+        ("extra_float_digits", "1"),
+        ("integer_datetimes", "on"),
+        ("is_superuser", "on"),
+        ("max_identifier_length", "63"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed: nothing collects the whole result.
+    Rows(SendableRecordBatchStream),
+    /// A command that returns no rows, with its completion tag (`CREATE
+    /// TABLE`, `SET`, ...) and, for DML, the row count.
+    Command { tag: String, rows: Option<usize> },
+    /// `BEGIN` and its synonyms.
+    TransactionStart,
+    /// `COMMIT` (`rollback: false`) or `ROLLBACK` (`rollback: true`).
+    TransactionEnd { rollback: bool },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+            Output::TransactionStart => write!(f, "TransactionStart"),
+            Output::TransactionEnd { rollback } => write!(f, "TransactionEnd({rollback})"),
+        }
+    }
+}
+
+/// A planned statement, ready to describe and to run (possibly many times,
+/// with different parameters).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    action: Action,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Run through DataFusion.
+    Plan(LogicalPlan),
+    /// `CREATE EXTERNAL TABLE`: Sluice registers storage and records the
+    /// table in the durable catalog around DataFusion's own handling.
+    CreateTable(Box<CreateExternalTable>),
+    /// `DROP TABLE`: DataFusion drops, Sluice forgets it durably.
+    DropTable {
+        plan: LogicalPlan,
+        names: Vec<String>,
+    },
+    SetVar {
+        name: String,
+        value: String,
+    },
+    ShowVar {
+        name: String,
+    },
+    TransactionStart,
+    TransactionEnd {
+        rollback: bool,
+    },
+}
+
+impl Prepared {
+    /// The schema of the rows this statement returns, or `None` for a
+    /// command that returns none.
+    pub fn result_schema(&self) -> Option<SchemaRef> {
+        match &self.action {
+            Action::Plan(plan) => returns_rows(plan).then(|| plan.schema().inner().clone()),
+            Action::ShowVar { name } => Some(show_schema(name)),
+            _ => None,
+        }
+    }
+
+    /// Parameter placeholders (`$1`, `$2`, ...) and the types DataFusion
+    /// inferred for them, in order.
+    pub fn parameter_types(&self) -> Result<Vec<Option<DataType>>> {
+        let Action::Plan(plan) = &self.action else {
+            return Ok(vec![]);
+        };
+        let types = plan.get_parameter_types()?;
+        let mut indexed: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(name, ty)| {
+                name.strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map(|n| (n, ty))
+            })
+            .collect();
+        indexed.sort_by_key(|(n, _)| *n);
+        let count = indexed.last().map(|(n, _)| *n).unwrap_or(0);
+        let mut out = vec![None; count];
+        for (n, ty) in indexed {
+            out[n - 1] = ty;
+        }
+        Ok(out)
+    }
+}
+
+fn returns_rows(plan: &LogicalPlan) -> bool {
+    !matches!(
+        plan,
+        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_)
+    )
+}
+
+fn show_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
+}
+
+/// One client's session: settings over the shared catalog.
+pub struct Session {
+    engine: Engine,
+    ctx: SessionContext,
+    vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Parses SQL text (one or more statements) with DataFusion's parser in
+    /// the Postgres dialect. Servers that rewrite client SQL for Postgres
+    /// compatibility parse themselves and call [`Session::prepare`].
+    pub fn parse(sql: &str) -> Result<Vec<DFStatement>> {
+        let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+            .map_err(datafusion::error::DataFusionError::from)?;
+        Ok(statements.into_iter().collect())
+    }
+
+    /// Plans one statement.
+    pub async fn prepare(&self, statement: DFStatement) -> Result<Prepared> {
+        let action = match statement {
+            DFStatement::CreateExternalTable(create) => Action::CreateTable(Box::new(create)),
+            DFStatement::Statement(stmt) => match *stmt {
+                SqlStatement::StartTransaction { .. } => Action::TransactionStart,
+                SqlStatement::Commit { .. } => Action::TransactionEnd { rollback: false },
+                SqlStatement::Rollback { .. } => Action::TransactionEnd { rollback: true },
+                SqlStatement::Set(set) => self.plan_set(set).await?,
+                SqlStatement::ShowVariable { variable } => {
+                    let name = variable
+                        .iter()
+                        .map(|i| i.value.to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let name = match name.as_str() {
+                        "time zone" => "timezone".to_string(),
+                        _ => name,
+                    };
+                    if self.vars.contains_key(&name) {
+                        Action::ShowVar { name }
+                    } else {
+                        self.plan_with_datafusion(SqlStatement::ShowVariable { variable })
+                            .await?
+                    }
+                }
+                SqlStatement::ShowTables { .. } => {
+                    let plan = self
+                        .ctx
+                        .state()
+                        .create_logical_plan(
+                            "SELECT table_name AS name, \
+                             CASE table_type WHEN 'BASE TABLE' THEN 'table' \
+                             WHEN 'VIEW' THEN 'view' ELSE lower(table_type) END AS kind \
+                             FROM information_schema.tables \
+                             WHERE table_schema = 'public' ORDER BY table_name",
+                        )
+                        .await?;
+                    Action::Plan(plan)
+                }
+                SqlStatement::Drop {
+                    object_type: ast::ObjectType::Table,
+                    ref names,
+                    ..
+                } => {
+                    let names = names.iter().map(normalize_name).collect();
+                    let plan = self
+                        .ctx
+                        .state()
+                        .statement_to_plan(DFStatement::Statement(stmt))
+                        .await?;
+                    Action::DropTable { plan, names }
+                }
+                SqlStatement::CreateTable(_) => {
+                    return Err(SluiceError::not_supported(
+                        "CREATE TABLE: Sluice keeps no data of its own; declare files as \
+                         CREATE EXTERNAL TABLE name STORED AS PARQUET|CSV|JSON LOCATION '...'",
+                    ));
+                }
+                SqlStatement::CreateView { .. } => {
+                    return Err(SluiceError::not_supported(
+                        "CREATE VIEW is not supported yet: views are not kept across restarts",
+                    ));
+                }
+                other => self.plan_with_datafusion(other).await?,
+            },
+            DFStatement::CopyTo(copy) => {
+                // COPY ... TO 's3://...' writes through the same storage as
+                // tables, with the server's settings.
+                self.register_store(&copy.target, &BTreeMap::new())?;
+                Action::Plan(
+                    self.ctx
+                        .state()
+                        .statement_to_plan(DFStatement::CopyTo(copy))
+                        .await?,
+                )
+            }
+            other => Action::Plan(self.ctx.state().statement_to_plan(other).await?),
+        };
+        Ok(Prepared { action })
+    }
+
+    async fn plan_with_datafusion(&self, stmt: SqlStatement) -> Result<Action> {
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+            .await?;
+        Ok(Action::Plan(plan))
+    }
+
+    async fn plan_set(&self, set: Set) -> Result<Action> {
+        match set {
+            Set::SingleAssignment { variable, values, .. } => {
+                let name = variable.to_string().to_ascii_lowercase();
+                if name.starts_with("datafusion.") {
+                    return self
+                        .plan_with_datafusion(SqlStatement::Set(Set::SingleAssignment {
+                            scope: None,
+                            hivevar: false,
+                            variable,
+                            values,
+                        }))
+                        .await;
+                }
+                let value = values.iter().map(expr_to_setting).collect::<Vec<_>>().join(", ");
+                Ok(Action::SetVar { name, value })
+            }
+            Set::SetTimeZone { value, .. } => Ok(Action::SetVar {
+                name: "timezone".into(),
+                value: expr_to_setting(&value),
+            }),
+            // SET NAMES, SET TRANSACTION ...: accepted, nothing to change.
+            Set::SetNames { charset_name, .. } => Ok(Action::SetVar {
+                name: "client_encoding".into(),
+                value: charset_name.to_string(),
+            }),
+            Set::SetTransaction { .. } => Ok(Action::SetVar {
+                name: "transaction_isolation".into(),
+                value: self
+                    .vars
+                    .get("transaction_isolation")
+                    .cloned()
+                    .unwrap_or_default(),
+            }),
+            other => Err(SluiceError::not_supported(format!(
+                "{other}: only SET name = value, SET TIME ZONE and SET NAMES are supported"
+            ))),
+        }
+    }
+
+    /// Runs a prepared statement. `params` binds `$n` placeholders.
+    pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        match &prepared.action {
+            Action::Plan(plan) => {
+                let plan = match params {
+                    Some(p) => plan.clone().with_param_values(p)?,
+                    None => plan.clone(),
+                };
+                self.run_plan(plan).await
+            }
+            Action::CreateTable(create) => {
+                self.create_external_table((**create).clone(), true).await?;
+                Ok(Output::Command {
+                    tag: "CREATE TABLE".into(),
+                    rows: None,
+                })
+            }
+            Action::DropTable { plan, names } => {
+                self.ctx.execute_logical_plan(plan.clone()).await?;
+                let mut catalog = self.engine.inner.catalog.lock().await;
+                for name in names {
+                    catalog.remove(name)?;
+                }
+                Ok(Output::Command {
+                    tag: "DROP TABLE".into(),
+                    rows: None,
+                })
+            }
+            Action::SetVar { name, value } => {
+                self.set_var(name, value)?;
+                Ok(Output::Command {
+                    tag: "SET".into(),
+                    rows: None,
+                })
+            }
+            Action::ShowVar { name } => {
+                let value = self.vars.get(name).cloned().unwrap_or_default();
+                let schema = show_schema(name);
+                let batch =
+                    RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![value]))])
+                        .map_err(datafusion::error::DataFusionError::from)?;
+                let stream = futures::stream::once(async move { Ok(batch) });
+                Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+                    schema, stream,
+                ))))
+            }
+            Action::TransactionStart => Ok(Output::TransactionStart),
+            Action::TransactionEnd { rollback } => Ok(Output::TransactionEnd { rollback: *rollback }),
+        }
+    }
+
+    fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
+        let read_only = [
+            "server_version",
+            "server_version_num",
+            "server_encoding",
+            "integer_datetimes",
+            "max_identifier_length",
+        ];
+        if read_only.contains(&name) {
+            return Err(SluiceError::new(
+                ErrorKind::InvalidParameter,
+                format!("parameter \"{name}\" cannot be changed"),
+            ));
+        }
+        if name == "timezone" {
+            // DataFusion evaluates now() and timestamptz casts in this zone.
+            let tz = if value.eq_ignore_ascii_case("utc") || value == "Etc/UTC" {
+                "+00:00"
+            } else {
+                value
+            };
+            self.ctx
+                .state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .set("datafusion.execution.time_zone", tz)
+                .map_err(|_| {
+                    SluiceError::invalid_parameter(format!(
+                        "invalid value for parameter \"TimeZone\": \"{value}\""
+                    ))
+                })?;
+        }
+        self.vars.insert(name.to_string(), value.to_string());
+        Ok(())
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        if let LogicalPlan::Dml(DmlStatement { op, .. }) = &plan {
+            let tag = match op {
+                WriteOp::Insert(_) => "INSERT",
+                WriteOp::Delete => "DELETE",
+                WriteOp::Update => "UPDATE",
+                WriteOp::Ctas => "SELECT",
+                _ => "TRUNCATE TABLE",
+            };
+            let rows = self.count_rows(plan).await?;
+            return Ok(Output::Command {
+                tag: tag.into(),
+                rows: Some(rows),
+            });
+        }
+        if let LogicalPlan::Copy(_) = &plan {
+            let rows = self.count_rows(plan).await?;
+            return Ok(Output::Command {
+                tag: "COPY".into(),
+                rows: Some(rows),
+            });
+        }
+        let tag = match &plan {
+            LogicalPlan::Ddl(ddl) => Some(ddl_tag(ddl)),
+            LogicalPlan::Statement(_) => Some("SET".to_string()),
+            _ => None,
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        match tag {
+            Some(tag) => {
+                df.collect().await?;
+                Ok(Output::Command { tag, rows: None })
+            }
+            None => Ok(Output::Rows(df.execute_stream().await?)),
+        }
+    }
+
+    /// DML and COPY return one row with the count of rows written.
+    async fn count_rows(&self, plan: LogicalPlan) -> Result<usize> {
+        let mut stream = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await?
+            .execute_stream()
+            .await?;
+        let mut total = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if let Some(col) = batch.columns().first()
+                && let Some(counts) = col.as_any().downcast_ref::<arrow::array::UInt64Array>()
+            {
+                total += counts.iter().flatten().sum::<u64>() as usize;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Registers storage for the table's location, lets DataFusion create
+    /// the listing table (schema inference, partition discovery), and, when
+    /// `persist`, records it in the durable catalog.
+    async fn create_external_table(&self, mut create: CreateExternalTable, persist: bool) -> Result<()> {
+        let name = normalize_name(&create.name);
+        let normalized_sql = render_create_external_table(&create);
+        let mut store_options = BTreeMap::new();
+        let stores = &self.engine.inner.stores;
+        create.options.retain(|(k, v)| {
+            let key = k.to_ascii_lowercase();
+            if stores.is_store_option(&key) {
+                store_options.insert(key, value_to_string(v));
+                false
+            } else {
+                true
+            }
+        });
+        for location in &create.locations {
+            self.register_store(location, &store_options)?;
+        }
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DFStatement::CreateExternalTable(create))
+            .await?;
+        // Holding the catalog lock across creation serializes concurrent
+        // CREATEs, so memory and disk agree on which one won.
+        let mut catalog = self.engine.inner.catalog.lock().await;
+        self.ctx.execute_logical_plan(plan).await?;
+        if persist {
+            if let Err(e) = catalog.put(CatalogEntry {
+                name: name.clone(),
+                kind: ObjectKind::Table,
+                sql: normalized_sql,
+            }) {
+                // Keep memory and disk in agreement: without a durable entry
+                // the table would vanish on restart, so it must not exist now.
+                let _ = self.ctx.deregister_table(name.as_str());
+                return Err(e);
+            }
+            self.engine
+                .inner
+                .unavailable
+                .lock()
+                .expect("unavailable map poisoned")
+                .remove(&name);
+        }
+        Ok(())
+    }
+
+    fn register_store(&self, location: &str, options: &BTreeMap<String, String>) -> Result<()> {
+        if let Some((url, store)) = self.engine.inner.stores.store_for_location(location, options)? {
+            self.ctx.runtime_env().register_object_store(&url, store);
+        }
+        Ok(())
+    }
+
+    /// Why a cataloged object is missing, if it failed to restore at start.
+    pub fn unavailable_reason(&self, name: &str) -> Option<String> {
+        self.engine
+            .inner
+            .unavailable
+            .lock()
+            .expect("unavailable map poisoned")
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// The DataFusion context of this session, for catalog introspection.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+}
+
+fn ddl_tag(ddl: &DdlStatement) -> String {
+    match ddl {
+        DdlStatement::CreateExternalTable(_) | DdlStatement::CreateMemoryTable(_) => "CREATE TABLE",
+        DdlStatement::CreateView(_) => "CREATE VIEW",
+        DdlStatement::CreateCatalogSchema(_) => "CREATE SCHEMA",
+        DdlStatement::CreateCatalog(_) => "CREATE DATABASE",
+        DdlStatement::CreateIndex(_) => "CREATE INDEX",
+        DdlStatement::DropTable(_) => "DROP TABLE",
+        DdlStatement::DropView(_) => "DROP VIEW",
+        DdlStatement::DropCatalogSchema(_) => "DROP SCHEMA",
+        DdlStatement::CreateFunction(_) => "CREATE FUNCTION",
+        DdlStatement::DropFunction(_) => "DROP FUNCTION",
+    }
+    .to_string()
+}
+
+/// Object names are case-insensitive unless quoted, as in Postgres; the
+/// catalog keys on the last part of the name.
+fn normalize_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|ident| {
+            if ident.quote_style.is_some() {
+                ident.value.clone()
+            } else {
+                ident.value.to_ascii_lowercase()
+            }
+        })
+        .unwrap_or_else(|| name.to_string())
+}
+
+fn value_to_string(v: &Value) -> String {
+    match v {
+        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn expr_to_setting(e: &SqlExpr) -> String {
+    match e {
+        SqlExpr::Value(v) => value_to_string(&v.value),
+        SqlExpr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// DataFusion's own rendering of `CREATE EXTERNAL TABLE` drops the columns,
+/// partitions and options, so the catalog renders the full statement itself.
+pub(crate) fn render_create_external_table(c: &CreateExternalTable) -> String {
+    let mut sql = String::from("CREATE EXTERNAL TABLE ");
+    sql.push_str(&c.name.to_string());
+    if !c.columns.is_empty() {
+        let cols: Vec<String> = c.columns.iter().map(|c| c.to_string()).collect();
+        sql.push_str(&format!(" ({})", cols.join(", ")));
+    }
+    sql.push_str(&format!(" STORED AS {}", c.file_type));
+    if !c.table_partition_cols.is_empty() {
+        sql.push_str(&format!(
+            " PARTITIONED BY ({})",
+            c.table_partition_cols.join(", ")
+        ));
+    }
+    if !c.order_exprs.is_empty() {
+        for order in &c.order_exprs {
+            let parts: Vec<String> = order.iter().map(|o| o.to_string()).collect();
+            sql.push_str(&format!(" WITH ORDER ({})", parts.join(", ")));
+        }
+    }
+    if !c.options.is_empty() {
+        let opts: Vec<String> = c
+            .options
+            .iter()
+            .map(|(k, v)| format!("{} {}", quote_literal(k), quote_literal(&value_to_string(v))))
+            .collect();
+        sql.push_str(&format!(" OPTIONS ({})", opts.join(", ")));
+    }
+    let locs: Vec<String> = c.locations.iter().map(|l| quote_literal(l)).collect();
+    if locs.len() == 1 {
+        sql.push_str(&format!(" LOCATION {}", locs[0]));
+    } else {
+        sql.push_str(&format!(" LOCATION ({})", locs.join(", ")));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_create(sql: &str) -> CreateExternalTable {
+        match Session::parse(sql).unwrap().remove(0) {
+            DFStatement::CreateExternalTable(c) => c,
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rendering_round_trips_every_clause() {
+        let sql = "CREATE EXTERNAL TABLE trips (id BIGINT, fare DOUBLE, dt TEXT) STORED AS PARQUET \
+                   PARTITIONED BY (dt) OPTIONS ('s3.endpoint' 'http://x', 'format.has_header' 'true') \
+                   LOCATION 's3://lake/trips/'";
+        let c = parse_create(sql);
+        let rendered = render_create_external_table(&c);
+        assert_eq!(parse_create(&rendered), c, "{rendered}");
+        assert!(rendered.contains("PARTITIONED BY (dt)"), "{rendered}");
+        assert!(rendered.contains("'s3.endpoint' 'http://x'"), "{rendered}");
+    }
+
+    #[test]
+    fn quoted_names_keep_case() {
+        let c = parse_create("CREATE EXTERNAL TABLE \"Trips\" STORED AS CSV LOCATION 'it''s'");
+        assert_eq!(normalize_name(&c.name), "Trips");
+        assert_eq!(parse_create(&render_create_external_table(&c)), c);
+        let c = parse_create("CREATE EXTERNAL TABLE Trips STORED AS CSV LOCATION '/x'");
+        assert_eq!(normalize_name(&c.name), "trips");
+    }
+}

@@ -1,0 +1,27 @@
+//! The Sluice engine: SQL front end, catalog and storage.
+//!
+//! ```text
+//!   SQL text ──parse──▶ Statement ──Session::prepare──▶ Prepared ──Session::execute──▶ Output
+//!                                        │                               │
+//!                                  DataFusion planner           DataFusion runtime
+//!                                        │                               │
+//!                               DurableCatalog (data dir)      object stores (StoreRegistry)
+//! ```
+//!
+//! The engine builds and tests with no network and no wire protocol: the
+//! server crate speaks pgwire, the connectors crate implements storage
+//! providers for `s3://` and `hdfs://`.
+
+pub mod catalog;
+mod engine;
+pub mod error;
+pub mod storage;
+
+pub use engine::{
+    CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineConfig, Output, PG_SERVER_VERSION, Prepared, Session,
+};
+pub use error::{ErrorKind, Result, SluiceError};
+pub use storage::{StoreProvider, StoreRegistry};
+
+/// Re-exported so dependents use the exact DataFusion the engine is built on.
+pub use datafusion;

@@ -1,0 +1,111 @@
+//! Where landed data lives: the object stores behind table locations.
+//!
+//! The engine reads and writes every location through `object_store`. Local
+//! paths work out of the box; other schemes (`s3://`, `hdfs://`) come from
+//! [`StoreProvider`]s that the connectors crate implements and the server
+//! registers. When a statement names a location, the engine asks the provider
+//! for that scheme to build a store for the location's bucket or namenode and
+//! registers it with DataFusion's runtime, so DataFusion's listing tables
+//! (Hive partition discovery and pruning included) work on it unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{Result, SluiceError};
+
+/// Builds object stores for one or more URL schemes.
+pub trait StoreProvider: Send + Sync + Debug {
+    /// The schemes this provider serves, such as `["s3", "s3a"]`.
+    fn schemes(&self) -> &[&'static str];
+
+    /// The option keys a table may set for this provider (for example
+    /// `s3.endpoint`). They are taken out of the table's options before the
+    /// rest go to the file format, and listed in the error for an unknown
+    /// option.
+    fn option_keys(&self) -> &[&'static str];
+
+    /// Builds a store for the bucket / authority of `url`, with per-table
+    /// `options` (only keys from [`Self::option_keys`]) layered over the
+    /// server's configuration.
+    fn build(&self, url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>>;
+}
+
+/// The providers the engine knows, by scheme.
+#[derive(Debug, Default, Clone)]
+pub struct StoreRegistry {
+    providers: Vec<Arc<dyn StoreProvider>>,
+}
+
+impl StoreRegistry {
+    /// Adds a provider; a later provider for the same scheme wins.
+    pub fn register(&mut self, provider: Arc<dyn StoreProvider>) {
+        self.providers.insert(0, provider);
+    }
+
+    fn provider_for(&self, scheme: &str) -> Option<&Arc<dyn StoreProvider>> {
+        self.providers.iter().find(|p| p.schemes().contains(&scheme))
+    }
+
+    /// True when some provider claims `key` as one of its options.
+    pub fn is_store_option(&self, key: &str) -> bool {
+        self.providers.iter().any(|p| p.option_keys().contains(&key))
+    }
+
+    /// Every option key any provider accepts, for error messages.
+    pub fn store_option_keys(&self) -> Vec<&'static str> {
+        let mut keys: Vec<_> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.option_keys().iter().copied())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Resolves a table location to the store URL DataFusion should use and
+    /// the store to register for it, or `None` for local paths, which
+    /// DataFusion reads without help.
+    pub fn store_for_location(
+        &self,
+        location: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Option<(Url, Arc<dyn ObjectStore>)>> {
+        let Ok(url) = Url::parse(location) else {
+            // A plain path: local disk.
+            return Ok(None);
+        };
+        let scheme = url.scheme();
+        if scheme == "file" || scheme.len() == 1 {
+            // `file://` or a Windows drive letter: local disk.
+            return Ok(None);
+        }
+        let Some(provider) = self.provider_for(scheme) else {
+            let mut known: Vec<_> = self
+                .providers
+                .iter()
+                .flat_map(|p| p.schemes().iter().copied())
+                .collect();
+            known.sort_unstable();
+            return Err(SluiceError::not_supported(format!(
+                "location {location}: no storage for scheme '{scheme}://'; \
+                 supported: file://, {}",
+                known
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let store = provider.build(&url, options)?;
+        let mut base = url.clone();
+        base.set_path("");
+        base.set_query(None);
+        base.set_fragment(None);
+        Ok(Some((base, store)))
+    }
+}

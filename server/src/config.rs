@@ -1,0 +1,85 @@
+//! Server configuration: defaults, then an optional TOML file, then flags
+//! and environment variables (see `main.rs`).
+//!
+//! ```toml
+//! listen = "127.0.0.1:6866"
+//! data_dir = "./sluice-data"
+//! log = "info"
+//! [users]
+//! sluice = "sluice"
+//! [s3]
+//! endpoint = "http://127.0.0.1:9000"
+//! region = "us-east-1"
+//! access_key_id = "test"
+//! secret_access_key = "test"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_connectors::storage::S3Config;
+
+/// Everything the server reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Data directory: catalog, checkpoints, default landing zone.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `sluice=debug`.
+    pub log: String,
+    /// Users and passwords accepted by SCRAM-SHA-256 authentication.
+    pub users: BTreeMap<String, String>,
+    /// Server-wide S3 settings (tables may override with `s3.*` options).
+    pub s3: S3Config,
+    /// DataFusion target partitions (default: number of cores).
+    pub target_partitions: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6866".into(),
+            data_dir: PathBuf::from("./sluice-data"),
+            log: "info".into(),
+            users: BTreeMap::from([("sluice".to_string(), "sluice".to_string())]),
+            s3: S3Config::default(),
+            target_partitions: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        if config.users.is_empty() {
+            anyhow::bail!("config {}: [users] is empty, nobody could log in", path.display());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sluice.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:7000\"\n[users]\nalice = \"pw\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\n").unwrap();
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.users.get("alice").map(String::as_str), Some("pw"));
+        assert_eq!(c.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.data_dir, PathBuf::from("./sluice-data"));
+        std::fs::write(&p, "lisen = \"x\"\n").unwrap();
+        assert!(Config::from_file(&p).unwrap_err().to_string().contains("lisen"));
+    }
+}

@@ -1,0 +1,371 @@
+//! One client connection: pgwire's simple and extended query protocols over
+//! an engine [`Session`].
+
+use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::{FutureExt, Sink, Stream, StreamExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
+use sluice_engine::datafusion::arrow::datatypes::DataType;
+use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
+use sluice_engine::{ErrorKind, Output, Prepared, Session, SluiceError};
+use tokio::sync::Mutex;
+
+use crate::errors::{panic_error, pg_error, to_pg};
+
+/// Parses client SQL: DataFusion's parser for Sluice's and DataFusion's own
+/// statements (`CREATE EXTERNAL TABLE`, ...), and datafusion-pg-catalog's
+/// compatibility parser, which rewrites what Postgres clients such as psql
+/// send (`::regclass`, `OPERATOR(pg_catalog.~)`, ...) into SQL DataFusion
+/// plans.
+#[derive(Debug, Default)]
+pub struct SqlParser {
+    compat: PostgresCompatibilityParser,
+}
+
+impl SqlParser {
+    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>, SluiceError> {
+        let rewrite = |s: DFStatement| match s {
+            DFStatement::Statement(inner) => DFStatement::Statement(Box::new(self.compat.rewrite(*inner))),
+            other => other,
+        };
+        match Session::parse(sql) {
+            Ok(statements) if statements.iter().all(|s| matches!(s, DFStatement::Statement(_))) => {
+                // Plain SQL: the compatibility parser also applies its
+                // token-level fixes for known client queries.
+                match self.compat.parse(sql) {
+                    Ok(v) => Ok(v
+                        .into_iter()
+                        .map(|s| DFStatement::Statement(Box::new(s)))
+                        .collect()),
+                    Err(_) => Ok(statements.into_iter().map(rewrite).collect()),
+                }
+            }
+            Ok(statements) => Ok(statements.into_iter().map(rewrite).collect()),
+            Err(e) => match self.compat.parse(sql) {
+                Ok(v) => Ok(v
+                    .into_iter()
+                    .map(|s| DFStatement::Statement(Box::new(s)))
+                    .collect()),
+                Err(_) => Err(e),
+            },
+        }
+    }
+}
+
+/// A statement parsed for the extended protocol.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    prepared: Prepared,
+}
+
+/// The per-connection query handler.
+pub struct ConnectionHandler {
+    session: Arc<Mutex<Session>>,
+    parser: Arc<StatementParser>,
+}
+
+impl ConnectionHandler {
+    pub fn new(session: Session, sql_parser: Arc<SqlParser>) -> Self {
+        let session = Arc::new(Mutex::new(session));
+        Self {
+            parser: Arc::new(StatementParser {
+                session: session.clone(),
+                sql_parser,
+            }),
+            session,
+        }
+    }
+
+    /// Runs one prepared statement, turning a panic into an XX000 error.
+    async fn run(
+        &self,
+        prepared: &Prepared,
+        params: Option<sluice_engine::datafusion::common::ParamValues>,
+        format: &Format,
+        cancel: Option<Arc<ConnectionHandle>>,
+    ) -> PgWireResult<Response> {
+        let fut = async {
+            let mut session = self.session.lock().await;
+            session.execute(prepared, params).await
+        };
+        let output = AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .map_err(panic_error)?
+            .map_err(to_pg)?;
+        output_to_response(output, format, cancel)
+    }
+}
+
+fn output_to_response(
+    output: Output,
+    format: &Format,
+    cancel: Option<Arc<ConnectionHandle>>,
+) -> PgWireResult<Response> {
+    Ok(match output {
+        Output::Rows(stream) => {
+            let schema = stream.schema();
+            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+            let encode_fields = fields.clone();
+            let rows = stream
+                .map(
+                    move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
+                        match batch {
+                            Ok(batch) => encode_recordbatch(encode_fields.clone(), batch),
+                            Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
+                        }
+                    },
+                )
+                .flat_map(futures::stream::iter);
+            Response::Query(QueryResponse::new(fields, guarded(rows, cancel)))
+        }
+        Output::Command { tag, rows } => {
+            let mut t = if tag == "INSERT" {
+                Tag::new("INSERT").with_oid(0)
+            } else {
+                Tag::new(&tag)
+            };
+            if let Some(n) = rows {
+                t = t.with_rows(n);
+            }
+            Response::Execution(t)
+        }
+        Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
+        Output::TransactionEnd { rollback } => {
+            Response::TransactionEnd(Tag::new(if rollback { "ROLLBACK" } else { "COMMIT" }))
+        }
+    })
+}
+
+/// Wraps a result row stream so that (1) a cancel request (Ctrl-C in psql)
+/// stops it with SQLSTATE 57014 and (2) a panic while producing rows becomes
+/// an XX000 error instead of killing the connection.
+///
+/// The work of a query happens while its rows are pulled, after pgwire's own
+/// cancel window (which covers only planning) has closed; so the stream
+/// installs a fresh cancel receiver when it is first polled.
+fn guarded<S>(
+    rows: S,
+    cancel: Option<Arc<ConnectionHandle>>,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static
+where
+    S: Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+{
+    struct State<S> {
+        rows: std::pin::Pin<Box<S>>,
+        handle: Option<Arc<ConnectionHandle>>,
+        rx: Option<futures::channel::oneshot::Receiver<()>>,
+        done: bool,
+    }
+    let state = State {
+        rows: Box::pin(rows),
+        handle: cancel,
+        rx: None,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if st.rx.is_none()
+            && let Some(h) = st.handle.take()
+        {
+            st.rx = Some(h.start_query().await);
+        }
+        let next = AssertUnwindSafe(st.rows.next()).catch_unwind();
+        let item = match st.rx.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    biased;
+                    cancelled = rx => match cancelled {
+                        Ok(()) => {
+                            st.done = true;
+                            return Some((Err(pg_error(ErrorKind::Cancelled, "canceling statement due to user request")), st));
+                        }
+                        // The sender went away (connection closing): stop
+                        // watching for cancels, keep streaming.
+                        Err(_) => {
+                            st.rx = None;
+                            AssertUnwindSafe(st.rows.next()).catch_unwind().await
+                        }
+                    },
+                    item = next => item,
+                }
+            }
+            None => next.await,
+        };
+        match item {
+            Ok(Some(Ok(row))) => Some((Ok(row), st)),
+            Ok(Some(Err(e))) => {
+                st.done = true;
+                Some((Err(e), st))
+            }
+            Ok(None) => None,
+            Err(payload) => {
+                st.done = true;
+                Some((Err(panic_error(payload)), st))
+            }
+        }
+    })
+}
+
+fn cancel_handle<C: ClientInfo>(client: &C) -> Option<Arc<ConnectionHandle>> {
+    client
+        .session_extensions()
+        .get::<Arc<ConnectionHandle>>()
+        .map(|h| (*h).clone())
+}
+
+#[async_trait]
+impl SimpleQueryHandler for ConnectionHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = self.parser.sql_parser.parse(query).map_err(to_pg)?;
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let result = async {
+                let prepared = {
+                    let session = self.session.lock().await;
+                    AssertUnwindSafe(session.prepare(statement))
+                        .catch_unwind()
+                        .await
+                        .map_err(panic_error)?
+                        .map_err(to_pg)?
+                };
+                self.run(&prepared, None, &Format::UnifiedText, cancel_handle(client))
+                    .await
+            }
+            .await;
+            match result {
+                Ok(r) => responses.push(r),
+                Err(PgWireError::UserError(info)) => {
+                    // Postgres stops at the first failing statement of a
+                    // multi-statement query; earlier results stand.
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Parses and plans statements for the extended protocol.
+pub struct StatementParser {
+    session: Arc<Mutex<Session>>,
+    sql_parser: Arc<SqlParser>,
+}
+
+fn pg_type_of(dt: Option<&DataType>) -> Type {
+    dt.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::UNKNOWN)
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = ParsedStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = self.sql_parser.parse(sql).map_err(to_pg)?;
+        if statements.len() > 1 {
+            return Err(pg_error(
+                ErrorKind::Syntax,
+                "cannot insert multiple commands into a prepared statement",
+            ));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let session = self.session.lock().await;
+        let prepared = AssertUnwindSafe(session.prepare(statement))
+            .catch_unwind()
+            .await
+            .map_err(panic_error)?
+            .map_err(to_pg)?;
+        Ok(Some(ParsedStatement { prepared }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        let types = stmt.prepared.parameter_types().map_err(to_pg)?;
+        Ok(types.iter().map(|t| pg_type_of(t.as_ref())).collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match stmt.prepared.result_schema() {
+            Some(schema) => {
+                arrow_schema_to_pg_fields(&schema, column_format.unwrap_or(&Format::UnifiedText), None)
+            }
+            None => Ok(vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for ConnectionHandler {
+    type Statement = ParsedStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement.prepared;
+        let types = prepared.parameter_types().map_err(to_pg)?;
+        let params = if portal.parameters.is_empty() {
+            None
+        } else {
+            let refs: Vec<Option<&DataType>> = types.iter().map(|t| t.as_ref()).collect();
+            Some(deserialize_parameters(portal, &refs)?)
+        };
+        self.run(
+            prepared,
+            params,
+            &portal.result_column_format,
+            cancel_handle(client),
+        )
+        .await
+    }
+}

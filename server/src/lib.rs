@@ -1,0 +1,166 @@
+//! The Sluice server: Postgres wire protocol in front of the engine.
+//!
+//! ```text
+//!  psql / any Postgres client ──TCP──▶ run() ──per connection──▶ ConnectionHandler ──▶ engine Session
+//!                                        │                               (SCRAM auth, cancel, SQLSTATE)
+//!                                   shutdown signal
+//! ```
+//!
+//! `main.rs` is thin: it reads flags and config, then calls [`run`]; tests
+//! bind `127.0.0.1:0` and call the same [`run`].
+
+pub mod auth;
+pub mod config;
+pub mod errors;
+mod handler;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use pgwire::api::auth::DefaultServerParameterProvider;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use sluice_connectors::storage::S3StoreProvider;
+use sluice_engine::{CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, StoreRegistry};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use config::Config;
+use handler::{ConnectionHandler, SqlParser};
+
+/// Everything connections share.
+pub struct Server {
+    engine: Engine,
+    users: auth::Users,
+    connections: Arc<ConnectionManager>,
+    sql_parser: Arc<SqlParser>,
+}
+
+impl Server {
+    /// Opens the engine on the configured data directory and installs the
+    /// Postgres catalog emulation.
+    pub async fn open(config: &Config) -> anyhow::Result<Arc<Self>> {
+        let mut stores = StoreRegistry::default();
+        stores.register(Arc::new(S3StoreProvider::new(config.s3.clone())));
+        let engine = Engine::open(EngineConfig {
+            data_dir: config.data_dir.clone(),
+            stores,
+            target_partitions: config.target_partitions,
+        })
+        .await?;
+        datafusion_pg_catalog::setup_pg_catalog(
+            engine.template_context(),
+            CATALOG_NAME,
+            EmptyContextProvider,
+        )
+        .map_err(|e| anyhow::anyhow!("installing pg_catalog: {e}"))?;
+        Ok(Arc::new(Self {
+            engine,
+            users: auth::Users::new(config.users.clone()),
+            connections: Arc::new(ConnectionManager::new()),
+            sql_parser: Arc::new(SqlParser::default()),
+        }))
+    }
+
+    /// The engine behind the server.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn handlers(&self) -> ConnectionHandlers {
+        let mut scram = ScramAuth::new(Arc::new(self.users.clone()));
+        scram.set_iterations(auth::SCRAM_ITERATIONS);
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = format!("{PG_SERVER_VERSION} (Sluice {})", env!("CARGO_PKG_VERSION"));
+        let startup = SASLAuthStartupHandler::new(Arc::new(params))
+            .with_scram(scram)
+            .with_connection_manager(self.connections.clone());
+        ConnectionHandlers {
+            query: Arc::new(ConnectionHandler::new(
+                self.engine.new_session(),
+                self.sql_parser.clone(),
+            )),
+            startup: Arc::new(startup),
+            cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
+        }
+    }
+}
+
+struct ConnectionHandlers {
+    query: Arc<ConnectionHandler>,
+    startup: Arc<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for ConnectionHandlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.query.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.query.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// waits (briefly) for open connections to end.
+pub async fn run(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Running out of file descriptors and the like: log
+                        // and keep serving the connections we have.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let handlers = server.handlers();
+                connections.spawn(async move {
+                    tracing::debug!(%peer, "connection opened");
+                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a connection task panicked; the server keeps serving");
+                }
+            }
+        }
+    }
+    tracing::info!(open = connections.len(), "shutting down");
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        connections.shutdown().await;
+    }
+    Ok(())
+}

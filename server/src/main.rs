@@ -1,0 +1,97 @@
+//! The `sluice` binary: flags, config, tracing, bind, run.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use sluice_server::{Config, Server, run};
+use tracing_subscriber::EnvFilter;
+
+/// Sluice: a SQL-first streaming query engine that speaks the Postgres wire protocol.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on [default: 127.0.0.1:6866]
+    #[arg(long, env = "SLUICE_LISTEN")]
+    listen: Option<String>,
+    /// Data directory (catalog, checkpoints, landed data) [default: ./sluice-data]
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Optional TOML config file; flags and env override it
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. info or sluice_server=debug [default: info]
+    #[arg(long, env = "SLUICE_LOG")]
+    log: Option<String>,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region
+    #[arg(long, env = "SLUICE_S3_REGION")]
+    s3_region: Option<String>,
+    /// S3 access key id
+    #[arg(long, env = "SLUICE_S3_ACCESS_KEY_ID")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key
+    #[arg(long, env = "SLUICE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.log {
+        config.log = v;
+    }
+    if let Some(v) = args.s3_endpoint {
+        config.s3.endpoint = Some(v);
+    }
+    if let Some(v) = args.s3_region {
+        config.s3.region = Some(v);
+    }
+    if let Some(v) = args.s3_access_key_id {
+        config.s3.access_key_id = Some(v);
+    }
+    if let Some(v) = args.s3_secret_access_key {
+        config.s3.secret_access_key = Some(v);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&config.log)?)
+        .init();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let server = Server::open(&config).await?;
+        let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "Sluice is ready");
+        run(listener, server, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

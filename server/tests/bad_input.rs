@@ -1,0 +1,159 @@
+//! Malformed statements and malformed protocol messages: errors come back or
+//! the connection closes cleanly; the server stays up and other sessions are
+//! unaffected.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::SluiceProcess;
+
+fn startup_message() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes()); // protocol 3.0
+    for kv in ["user", "sluice", "database", "sluice"] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(body);
+    msg
+}
+
+/// Sends `bytes`, then reads until the server closes or goes quiet. Returns
+/// what the server sent.
+fn send_raw(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn malformed_frames_do_not_hurt_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A healthy session held open across the whole corpus.
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+
+    let mut startup = startup_message();
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("three bytes", vec![0, 0, 0]),
+        ("length below minimum", vec![0, 0, 0, 2]),
+        ("negative length", (-5i32).to_be_bytes().to_vec()),
+        ("huge length", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
+        ("unknown protocol version", vec![0, 0, 0, 8, 0, 9, 0, 0]),
+        ("truncated startup", startup[..startup.len() - 5].to_vec()),
+        (
+            "random bytes",
+            (0..512u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
+        ("startup then unknown message type", {
+            let mut v = startup.clone();
+            v.extend_from_slice(&[b'!', 0, 0, 0, 4]);
+            v
+        }),
+        ("startup then query before auth", {
+            let mut v = startup.clone();
+            v.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
+            v
+        }),
+        ("startup then password message with wrong length", {
+            let mut v = startup.clone();
+            v.extend_from_slice(&[b'p', 0, 0, 0, 200, b'x']);
+            v
+        }),
+        (
+            "ssl request then garbage",
+            vec![0, 0, 0, 8, 4, 210, 22, 47, 1, 2, 3],
+        ),
+        (
+            "cancel request for nobody",
+            vec![0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0, 2],
+        ),
+    ];
+    startup.truncate(0);
+    for (name, bytes) in &corpus {
+        let _reply = send_raw(p.port, bytes);
+        // The healthy session still answers after every malformed one.
+        let row = rt
+            .block_on(client.query_one("SELECT 7 + 1", &[]))
+            .unwrap_or_else(|e| panic!("after {name:?}: healthy session failed: {e}"));
+        assert_eq!(row.get::<_, i64>(0), 8, "after {name:?}");
+    }
+    // And new sessions can still connect.
+    let (c2, conn2) = rt
+        .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn2);
+    assert_eq!(
+        rt.block_on(c2.query_one("SELECT 1", &[]))
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+}
+
+#[test]
+fn malformed_statements_return_errors_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    let corpus = [
+        ("SELEC 1", "42601"),
+        ("SELECT (1", "42601"),
+        ("SELECT 'unterminated", "42601"),
+        ("CREATE EXTERNAL TABLE", "42601"),
+        ("CREATE EXTERNAL TABLE t STORED AS PARQUET", "42601"),
+        ("SELECT * FROM does_not_exist", "42P01"),
+        ("SELECT nope FROM (VALUES (1)) t(a)", "42703"),
+        ("DROP TABLE does_not_exist", "42P01"),
+        ("CREATE TABLE x (a int)", "0A000"),
+        ("SELECT 1; SELEC 2", "42601"),
+        ("\u{0}", "42601"),
+    ];
+    for (sql, code) in corpus {
+        for simple in [true, false] {
+            let err = if simple {
+                rt.block_on(client.simple_query(sql)).err()
+            } else {
+                rt.block_on(client.query(sql, &[])).err()
+            };
+            let err = err.unwrap_or_else(|| panic!("{sql:?} (simple={simple}) should fail"));
+            let db = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{sql:?}: not a server error: {err}"));
+            assert_eq!(
+                db.code().code(),
+                code,
+                "{sql:?} (simple={simple}): {}",
+                db.message()
+            );
+            let row = rt.block_on(client.query_one("SELECT 2", &[])).unwrap();
+            assert_eq!(row.get::<_, i64>(0), 2);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Starts the real `sluice` binary for process-level tests.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `sluice` process on a free port of 127.0.0.1.
+pub struct SluiceProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl SluiceProcess {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting sluice");
+        let p = SluiceProcess { child, port };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sluice did not start listening on {}", self.port);
+    }
+
+    pub fn conn_string(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=sluice password=sluice dbname=sluice",
+            self.port
+        )
+    }
+
+    /// Runs psql with `args` against this server and returns its stdout.
+    /// Panics with psql's stderr if psql fails.
+    pub fn psql(&self, args: &[&str]) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "sluice",
+                "-d",
+                "sluice",
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(args)
+            .env("PGPASSWORD", "sluice")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("running psql (install postgresql-client)");
+        assert!(
+            out.status.success(),
+            "psql {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// kill -9: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait; returns whether it exited on its own in time.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a small Hive-partitioned Parquet dataset under `dir` through a
+/// running server (DataFusion's COPY ... PARTITIONED BY).
+pub fn write_trips(p: &SluiceProcess, dir: &Path) {
+    p.psql(&[
+        "-c",
+        &format!(
+            "COPY (SELECT * FROM (VALUES (1, 10.5, '2026-11-01'), (2, 20.0, '2026-11-01'), (3, 7.25, '2026-11-02')) AS t(id, fare, dt)) \
+             TO '{}/' STORED AS PARQUET PARTITIONED BY (dt)",
+            dir.display()
+        ),
+    ]);
+}

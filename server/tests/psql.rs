@@ -1,0 +1,121 @@
+//! psql as people use it, against the real binary.
+
+mod common;
+
+use common::{SluiceProcess, write_trips};
+
+fn setup() -> (tempfile::TempDir, SluiceProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(&dir.path().join("data"));
+    write_trips(&p, &dir.path().join("lake/trips"));
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE EXTERNAL TABLE trips STORED AS PARQUET PARTITIONED BY (dt) LOCATION '{}/'",
+            dir.path().join("lake/trips").display()
+        ),
+    ]);
+    (dir, p)
+}
+
+#[test]
+fn query_with_aligned_output() {
+    let (_dir, p) = setup();
+    let out = p.psql(&["-c", "SELECT dt, count(*) AS n, avg(fare) AS avg_fare FROM trips WHERE dt >= '2026-11-01' GROUP BY dt ORDER BY dt"]);
+    let expected = "\
+     dt     | n | avg_fare 
+------------+---+----------
+ 2026-11-01 | 2 |    15.25
+ 2026-11-02 | 1 |     7.25
+(2 rows)
+
+";
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn dt_lists_tables() {
+    let (_dir, p) = setup();
+    let out = p.psql(&["-c", "\\dt"]);
+    assert!(out.contains("trips"), "\\dt output:\n{out}");
+    assert!(out.contains("public"), "\\dt output:\n{out}");
+}
+
+#[test]
+fn d_name_describes_columns() {
+    let (_dir, p) = setup();
+    let out = p.psql(&["-c", "\\d trips"]);
+    for col in ["id", "fare", "dt"] {
+        assert!(out.contains(col), "\\d trips lacks {col}:\n{out}");
+    }
+    assert!(out.contains("bigint"), "\\d trips lacks bigint:\n{out}");
+}
+
+#[test]
+fn l_dn_conninfo_and_settings() {
+    let (_dir, p) = setup();
+    let out = p.psql(&["-c", "\\l"]);
+    assert!(out.contains("sluice"), "\\l output:\n{out}");
+    let out = p.psql(&["-c", "\\dn"]);
+    assert!(out.contains("public"), "\\dn output:\n{out}");
+    let out = p.psql(&["-c", "\\conninfo"]);
+    assert!(
+        out.contains("database \"sluice\" as user \"sluice\""),
+        "\\conninfo output:\n{out}"
+    );
+    let out = p.psql(&["-tA", "-c", "SHOW server_version"]);
+    assert_eq!(out.trim(), "15.0");
+    let out = p.psql(&["-tA", "-c", "SET search_path = public", "-c", "SHOW search_path"]);
+    assert_eq!(out.trim(), "public");
+}
+
+#[test]
+fn an_error_does_not_end_the_session() {
+    let (_dir, p) = setup();
+    // Without ON_ERROR_STOP psql goes on after an error in the same session.
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "sluice",
+            "-X",
+            "-tA",
+        ])
+        .args(["-c", "SELECT * FROM nope", "-c", "SELECT count(*) FROM trips"])
+        .env("PGPASSWORD", "sluice")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nope"), "stderr: {stderr}");
+    assert_eq!(stdout.trim(), "3", "stdout: {stdout}\nstderr: {stderr}");
+}
+
+#[test]
+fn wrong_password_is_refused() {
+    let (_dir, p) = setup();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "sluice",
+            "-X",
+            "-c",
+            "SELECT 1",
+        ])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "stderr: {stderr}"
+    );
+}
