@@ -46,6 +46,10 @@ pub struct S3StoreProvider {
 
 impl S3StoreProvider {
     pub fn new(config: S3Config) -> Self {
+        // object_store's HTTP client uses rustls without choosing a crypto
+        // provider; install ring (already in the tree) once per process. An
+        // error only means a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self { config }
     }
 }
@@ -88,7 +92,6 @@ impl StoreProvider for S3StoreProvider {
         };
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .with_allow_http(allow_http)
             .with_virtual_hosted_style_request(virtual_hosted)
             // An unreachable endpoint must fail a query in seconds, not hang
             // it through minutes of retries.
@@ -100,7 +103,9 @@ impl StoreProvider for S3StoreProvider {
             .with_client_options(
                 ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(60)),
+                    .with_timeout(Duration::from_secs(60))
+                    // Part of the client options: set here, or they reset it.
+                    .with_allow_http(allow_http),
             );
         if let Some(endpoint) = endpoint {
             builder = builder.with_endpoint(endpoint);

@@ -124,8 +124,7 @@ impl Engine {
 
     async fn restore(&self, entry: &CatalogEntry) -> Result<()> {
         let session = self.new_session();
-        let mut statements = DFParser::parse_sql_with_dialect(&entry.sql, &PostgreSqlDialect {})
-            .map_err(datafusion::error::DataFusionError::from)?;
+        let mut statements = DFParser::parse_sql_with_dialect(&entry.sql, &PostgreSqlDialect {})?;
         let Some(DFStatement::CreateExternalTable(create)) = statements.pop_front() else {
             return Err(SluiceError::internal(format!(
                 "catalog entry {} does not hold a CREATE statement",
@@ -282,8 +281,7 @@ impl Session {
     /// the Postgres dialect. Servers that rewrite client SQL for Postgres
     /// compatibility parse themselves and call [`Session::prepare`].
     pub fn parse(sql: &str) -> Result<Vec<DFStatement>> {
-        let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
-            .map_err(datafusion::error::DataFusionError::from)?;
+        let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})?;
         Ok(statements.into_iter().collect())
     }
 
@@ -339,6 +337,12 @@ impl Session {
                         .statement_to_plan(DFStatement::Statement(stmt))
                         .await?;
                     Action::DropTable { plan, names }
+                }
+                SqlStatement::CreateTable(ct) if ct.external => {
+                    return Err(SluiceError::new(
+                        ErrorKind::Syntax,
+                        "CREATE EXTERNAL TABLE needs STORED AS PARQUET|CSV|JSON and LOCATION '<path or url>'",
+                    ));
                 }
                 SqlStatement::CreateTable(_) => {
                     return Err(SluiceError::not_supported(

@@ -134,7 +134,9 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
 /// these are the shapes it uses for the ones users hit most.
 fn classify_plan_message(msg: &str) -> ErrorKind {
     let lower = msg.to_ascii_lowercase();
-    if lower.contains("not found") && lower.contains("table") {
+    let missing =
+        lower.contains("not found") || lower.contains("doesn't exist") || lower.contains("does not exist");
+    if missing && lower.contains("table") {
         ErrorKind::UndefinedTable
     } else if lower.contains("already exists") {
         ErrorKind::DuplicateObject
@@ -178,6 +180,10 @@ mod tests {
     fn plan_messages_are_classified() {
         assert_eq!(
             classify_plan_message("table 'sluice.public.nope' not found"),
+            ErrorKind::UndefinedTable
+        );
+        assert_eq!(
+            classify_plan_message("Table 'x' doesn't exist."),
             ErrorKind::UndefinedTable
         );
         assert_eq!(

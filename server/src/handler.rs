@@ -21,6 +21,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
+use sluice_engine::datafusion::sql::sqlparser::ast;
 use sluice_engine::{ErrorKind, Output, Prepared, Session, SluiceError};
 use tokio::sync::Mutex;
 
@@ -55,12 +56,16 @@ impl SqlParser {
                 }
             }
             Ok(statements) => Ok(statements.into_iter().map(rewrite).collect()),
+            // DataFusion's parser refused it; the compatibility parser's
+            // token rewrites may still make a client's query parse. Never
+            // for CREATE: a malformed CREATE EXTERNAL TABLE would otherwise
+            // come back as a Hive-style CREATE TABLE with a misleading error.
             Err(e) => match self.compat.parse(sql) {
-                Ok(v) => Ok(v
+                Ok(v) if !v.iter().any(|s| matches!(s, ast::Statement::CreateTable(_))) => Ok(v
                     .into_iter()
                     .map(|s| DFStatement::Statement(Box::new(s)))
                     .collect()),
-                Err(_) => Err(e),
+                _ => Err(e),
             },
         }
     }

@@ -27,7 +27,7 @@ fn startup_message() -> Vec<u8> {
 /// what the server sent.
 fn send_raw(port: u16, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -133,7 +133,7 @@ fn malformed_statements_return_errors_and_the_session_goes_on() {
         ("DROP TABLE does_not_exist", "42P01"),
         ("CREATE TABLE x (a int)", "0A000"),
         ("SELECT 1; SELEC 2", "42601"),
-        ("\u{0}", "42601"),
+        ("SELECT 1 +", "42601"),
     ];
     for (sql, code) in corpus {
         for simple in [true, false] {
