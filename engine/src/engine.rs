@@ -78,6 +78,10 @@ impl Engine {
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(true);
+        // Sessions start in UTC, as Postgres's default TimeZone here does;
+        // with a zone set, TIMESTAMP WITH TIME ZONE is zone-aware in
+        // DataFusion too.
+        session_config.options_mut().execution.time_zone = Some("+00:00".into());
         if let Some(p) = config.target_partitions {
             session_config = session_config.with_target_partitions(p.max(1));
         }

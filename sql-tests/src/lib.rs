@@ -250,10 +250,11 @@ fn render_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Strin
         Type::TIME => opt(row.try_get::<_, Option<chrono::NaiveTime>>(i)?),
         Type::TIMESTAMP => opt(row
             .try_get::<_, Option<chrono::NaiveDateTime>>(i)?
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.f").to_string())),
+            .map(pg_timestamp)),
         Type::TIMESTAMPTZ => opt(row
             .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)?
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.f+00").to_string())),
+            .map(|t| format!("{}+00", pg_timestamp(t.naive_utc())))),
+        Type::INTERVAL => opt(row.try_get::<_, Option<PgInterval>>(i)?),
         Type::JSON | Type::JSONB => opt(row.try_get::<_, Option<serde_json::Value>>(i)?),
         Type::UUID => opt(row.try_get::<_, Option<uuid::Uuid>>(i)?),
         Type::BYTEA => opt(row.try_get::<_, Option<Vec<u8>>>(i)?.map(|b| {
@@ -275,6 +276,72 @@ fn render_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Strin
             Some(s) => s,
         },
     })
+}
+
+/// Postgres prints fractional seconds with trailing zeros trimmed.
+fn pg_timestamp(t: chrono::NaiveDateTime) -> String {
+    let base = t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let micros = t.and_utc().timestamp_subsec_micros();
+    if micros == 0 {
+        base
+    } else {
+        format!("{base}.{}", format!("{micros:06}").trim_end_matches('0'))
+    }
+}
+
+/// A binary-format INTERVAL (microseconds, days, months), printed in
+/// Postgres's default `postgres` IntervalStyle.
+struct PgInterval {
+    micros: i64,
+    days: i32,
+    months: i32,
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for PgInterval {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if raw.len() != 16 {
+            return Err("interval: expected 16 bytes".into());
+        }
+        Ok(PgInterval {
+            micros: i64::from_be_bytes(raw[0..8].try_into()?),
+            days: i32::from_be_bytes(raw[8..12].try_into()?),
+            months: i32::from_be_bytes(raw[12..16].try_into()?),
+        })
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INTERVAL
+    }
+}
+
+impl std::fmt::Display for PgInterval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n.abs() == 1 { "" } else { "s" });
+        let mut parts = Vec::new();
+        let (years, months) = (self.months / 12, self.months % 12);
+        if years != 0 {
+            parts.push(plural(years.into(), "year"));
+        }
+        if months != 0 {
+            parts.push(plural(months.into(), "mon"));
+        }
+        if self.days != 0 {
+            parts.push(plural(self.days.into(), "day"));
+        }
+        if self.micros != 0 || parts.is_empty() {
+            let sign = if self.micros < 0 { "-" } else { "" };
+            let m = self.micros.unsigned_abs();
+            let (h, rem) = (m / 3_600_000_000, m % 3_600_000_000);
+            let (min, rem) = (rem / 60_000_000, rem % 60_000_000);
+            let (sec, frac) = (rem / 1_000_000, rem % 1_000_000);
+            let mut t = format!("{sign}{h:02}:{min:02}:{sec:02}");
+            if frac != 0 {
+                t.push_str(&format!(".{}", format!("{frac:06}").trim_end_matches('0')));
+            }
+            parts.push(t);
+        }
+        f.write_str(&parts.join(" "))
+    }
 }
 
 fn pg_float<F: Into<f64>>(f: F) -> String {
