@@ -3,7 +3,8 @@
 # server), checks formatting, lints and the crate dependency direction, then
 # runs every test with nextest.
 #
-#   ./scripts/test.sh
+#   ./scripts/test.sh             # everything (what CI runs)
+#   ./scripts/test.sh --no-hdfs   # quick local loop: HDFS tests fail instead of running
 #
 # CARGO_TARGET_DIR is honoured (CI points it at a cache outside the clone).
 set -euo pipefail
@@ -26,11 +27,26 @@ fi
 psql --version
 cargo nextest --version | head -1
 
+WITH_HDFS=1
+for arg in "$@"; do
+  case "$arg" in
+  --no-hdfs) WITH_HDFS=0 ;;
+  *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
 step "services"
-cleanup() { scripts/infra/s3.sh stop || true; }
+cleanup() {
+  scripts/infra/s3.sh stop || true
+  scripts/infra/hdfs.sh stop || true
+}
 trap cleanup EXIT
 eval "$(scripts/infra/s3.sh start)"
 echo "S3 (moto) at $SLUICE_TEST_S3_ENDPOINT"
+if [ "$WITH_HDFS" = 1 ]; then
+  eval "$(scripts/infra/hdfs.sh start)"
+  echo "HDFS (Hadoop 2.7.3) at $SLUICE_TEST_HDFS_URL"
+fi
 
 step "format"
 cargo fmt --all --check

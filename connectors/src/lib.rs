@@ -1,7 +1,8 @@
 //! Sluice connectors: implementations of the engine's traits for external
 //! systems.
 //!
-//! - [`storage::S3StoreProvider`]: `s3://bucket/prefix` on any S3-compatible
+//! - `storage::S3StoreProvider`: `s3://bucket/prefix` on any S3-compatible
 //!   endpoint (AWS, MinIO, moto, s3s-fs).
+//! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 
 pub mod storage;

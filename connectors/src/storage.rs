@@ -1,13 +1,15 @@
-//! Object-store providers for table locations.
+//! Object-store providers for table locations: S3 (any S3-compatible
+//! endpoint) and HDFS.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::Deserialize;
-use sluice_engine::{Result, SluiceError, StoreProvider};
+use sluice_engine::{ErrorKind, Result, SluiceError, StoreProvider};
 use url::Url;
 
 /// Server-wide S3 settings; a table's `s3.*` options override them.
@@ -121,6 +123,38 @@ impl StoreProvider for S3StoreProvider {
         let store = builder
             .build()
             .map_err(|e| SluiceError::invalid_parameter(format!("location {url}: {e}")))?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Builds HDFS stores, one per NameNode (`hdfs://host:port`), through the
+/// native Rust HDFS client (no JVM, no libhdfs).
+#[derive(Debug, Clone, Default)]
+pub struct HdfsStoreProvider;
+
+impl StoreProvider for HdfsStoreProvider {
+    fn schemes(&self) -> &[&'static str] {
+        &["hdfs"]
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn build(&self, url: &Url, _options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+            SluiceError::invalid_parameter(format!(
+                "location {url}: an hdfs:// location needs a NameNode, as in hdfs://host:8020/path"
+            ))
+        })?;
+        let namenode = match url.port() {
+            Some(port) => format!("hdfs://{host}:{port}"),
+            None => format!("hdfs://{host}"),
+        };
+        let store = HdfsObjectStoreBuilder::new()
+            .with_url(namenode)
+            .build()
+            .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, format!("location {url}: {e}")))?;
         Ok(Arc::new(store))
     }
 }

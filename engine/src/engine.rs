@@ -38,6 +38,9 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// queries to this number.
 pub const PG_SERVER_VERSION: &str = "15.0";
 
+/// How long a statement may wait for storage while creating a table.
+const STORAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How to open an engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -599,7 +602,19 @@ impl Session {
         // Holding the catalog lock across creation serializes concurrent
         // CREATEs, so memory and disk agree on which one won.
         let mut catalog = self.engine.inner.catalog.lock().await;
-        self.ctx.execute_logical_plan(plan).await?;
+        // Creating the table lists the location and reads file footers to
+        // infer the schema; an unreachable store must fail it in bounded time.
+        tokio::time::timeout(STORAGE_TIMEOUT, self.ctx.execute_logical_plan(plan))
+            .await
+            .map_err(|_| {
+                SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!(
+                        "storage for table {name} did not answer within {}s",
+                        STORAGE_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
         if persist {
             if let Err(e) = catalog.put(CatalogEntry {
                 name: name.clone(),

@@ -23,7 +23,7 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
-use sluice_connectors::storage::S3StoreProvider;
+use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
 use sluice_engine::{CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, StoreRegistry};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -45,6 +45,7 @@ impl Server {
     pub async fn open(config: &Config) -> anyhow::Result<Arc<Self>> {
         let mut stores = StoreRegistry::default();
         stores.register(Arc::new(S3StoreProvider::new(config.s3.clone())));
+        stores.register(Arc::new(HdfsStoreProvider));
         let engine = Engine::open(EngineConfig {
             data_dir: config.data_dir.clone(),
             stores,

@@ -11,7 +11,8 @@
 //!
 //! Files under `slt/s3/` need an S3-compatible server: `SLUICE_TEST_S3_ENDPOINT`
 //! (the test script starts one and sets it). Without it they fail with a
-//! message saying so; they are never silently skipped.
+//! message saying so; they are never silently skipped. Files under `slt/hdfs/`
+//! likewise need `SLUICE_TEST_HDFS_URL` (hdfs://127.0.0.1:8020).
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,9 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn run_one(file: &Path, rel: &str, protocol: Protocol) -> Result<(), Failed> {
     if rel.starts_with("s3/") && std::env::var("SLUICE_TEST_S3_ENDPOINT").is_err() {
         return Err("needs an S3 server: run ./scripts/test.sh, or set SLUICE_TEST_S3_ENDPOINT".into());
+    }
+    if rel.starts_with("hdfs/") && std::env::var("SLUICE_TEST_HDFS_URL").is_err() {
+        return Err("needs HDFS: run ./scripts/test.sh, or set SLUICE_TEST_HDFS_URL".into());
     }
     let complete = std::env::var("SLT_COMPLETE").is_ok_and(|v| v == "1");
     let rt = tokio::runtime::Builder::new_multi_thread()
