@@ -36,6 +36,14 @@ pub struct Config {
     pub s3: S3Config,
     /// DataFusion target partitions (default: number of cores).
     pub target_partitions: Option<usize>,
+    /// PEM certificate chain; with `tls_key`, clients may connect with TLS
+    /// (`sslmode=require`). Without both, the server speaks plain TCP only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Registers `sluice_debug_panic(text)`, a function that panics, so tests
+    /// can check that a panicking query fails alone. Never set in production.
+    pub debug_functions: bool,
 }
 
 impl Default for Config {
@@ -47,6 +55,9 @@ impl Default for Config {
             users: BTreeMap::from([("sluice".to_string(), "sluice".to_string())]),
             s3: S3Config::default(),
             target_partitions: None,
+            tls_cert: None,
+            tls_key: None,
+            debug_functions: false,
         }
     }
 }

@@ -11,8 +11,10 @@
 
 pub mod auth;
 pub mod config;
+mod debug;
 pub mod errors;
 mod handler;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use handler::{ConnectionHandler, SqlParser};
 /// Everything connections share.
 pub struct Server {
     engine: Engine,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     users: auth::Users,
     connections: Arc<ConnectionManager>,
     sql_parser: Arc<SqlParser>,
@@ -58,8 +61,17 @@ impl Server {
             EmptyContextProvider,
         )
         .map_err(|e| anyhow::anyhow!("installing pg_catalog: {e}"))?;
+        if config.debug_functions {
+            engine.template_context().register_udf(debug::panic_udf());
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+        };
         Ok(Arc::new(Self {
             engine,
+            tls,
             users: auth::Users::new(config.users.clone()),
             connections: Arc::new(ConnectionManager::new()),
             sql_parser: Arc::new(SqlParser::default()),
@@ -139,9 +151,10 @@ pub async fn run(
                 };
                 let _ = socket.set_nodelay(true);
                 let handlers = server.handlers();
+                let tls = server.tls.clone();
                 connections.spawn(async move {
                     tracing::debug!(%peer, "connection opened");
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

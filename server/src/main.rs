@@ -22,6 +22,12 @@ struct Args {
     /// Log filter, e.g. info or sluice_server=debug [default: info]
     #[arg(long, env = "SLUICE_LOG")]
     log: Option<String>,
+    /// PEM certificate chain for TLS (with --tls-key)
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert)
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:9000
     #[arg(long, env = "SLUICE_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -50,6 +56,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.log {
         config.log = v;
+    }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
+    if std::env::var("SLUICE_DEBUG_FUNCTIONS").is_ok_and(|v| v == "1") {
+        config.debug_functions = true;
     }
     if let Some(v) = args.s3_endpoint {
         config.s3.endpoint = Some(v);
