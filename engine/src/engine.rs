@@ -294,6 +294,39 @@ impl Session {
 
     /// Plans one statement.
     pub async fn prepare(&self, statement: DFStatement) -> Result<Prepared> {
+        self.prepare_inner(statement)
+            .await
+            .map_err(|e| self.explain_missing(e))
+    }
+
+    /// A table that is in the durable catalog but failed to restore at start
+    /// (its storage was unreachable) is not "undefined": say what happened.
+    fn explain_missing(&self, e: SluiceError) -> SluiceError {
+        if e.kind() != ErrorKind::UndefinedTable {
+            return e;
+        }
+        let message = e.to_string();
+        let unavailable = self
+            .engine
+            .inner
+            .unavailable
+            .lock()
+            .expect("unavailable map poisoned");
+        for (name, reason) in unavailable.iter() {
+            if message.contains(&format!(".{name}'")) || message.contains(&format!("'{name}'")) {
+                return SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!(
+                        "table {name} is in the catalog but could not be restored at start: {reason}; \
+                         once its storage is back, CREATE it again or restart the server"
+                    ),
+                );
+            }
+        }
+        e
+    }
+
+    async fn prepare_inner(&self, statement: DFStatement) -> Result<Prepared> {
         let action = match statement {
             DFStatement::CreateExternalTable(create) => Action::CreateTable(Box::new(create)),
             DFStatement::Statement(stmt) => match *stmt {

@@ -39,3 +39,50 @@ fn tables_survive_kill_9() {
     let out = p.psql(&["-tA", "-c", "SELECT count(*) FROM trips"]);
     assert_eq!(out.trim(), "3");
 }
+
+#[test]
+fn a_table_whose_storage_is_gone_at_start_is_kept_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let mut p = SluiceProcess::start(&data);
+    write_trips(&p, &lake.join("trips"));
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE EXTERNAL TABLE trips STORED AS PARQUET PARTITIONED BY (dt) LOCATION '{}/'",
+            lake.join("trips").display()
+        ),
+    ]);
+    p.kill9();
+    // The storage disappears while the server is down.
+    std::fs::rename(lake.join("trips"), lake.join("moved")).unwrap();
+    let mut p = SluiceProcess::start(&data);
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "sluice",
+            "-X",
+            "-tA",
+        ])
+        .args(["-c", "SELECT count(*) FROM trips"])
+        .env("PGPASSWORD", "sluice")
+        .env("PG_COLOR", "never")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("could not be restored at start"),
+        "stderr: {stderr}"
+    );
+    // Storage back: after a restart the table is queryable again; it was never forgotten.
+    std::fs::rename(lake.join("moved"), lake.join("trips")).unwrap();
+    p.kill9();
+    let p = SluiceProcess::start(&data);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM trips"]).trim(), "3");
+}
