@@ -1,12 +1,78 @@
-//! Password authentication (SCRAM-SHA-256) against the users in the config.
+//! Authentication: SCRAM-SHA-256 against the users in the config (the
+//! default), or `trust` (no password, like pg_hba's trust) for local
+//! development and protocol-level tests.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::gen_salted_password;
-use pgwire::api::auth::{AuthSource, LoginInfo, Password};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler, finish_authentication,
+    protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use serde::Deserialize;
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    /// Password authentication with SCRAM-SHA-256.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    Scram,
+    /// Anyone who can connect is let in, under the user name they give.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// The startup handler for one connection.
+pub enum Startup {
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+    Trust {
+        params: Arc<DefaultServerParameterProvider>,
+        connections: Arc<ConnectionManager>,
+    },
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Scram(h) => h.on_startup(client, message).await,
+            Startup::Trust { params, connections } => {
+                if let PgWireFrontendMessage::Startup(ref startup) = message {
+                    protocol_negotiation(client, startup).await?;
+                    save_startup_parameters_to_metadata(client, startup);
+                    let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
+                    client.set_pid_and_secret_key(pid, secret.clone());
+                    // Registered like the SCRAM handler does, so cancel
+                    // requests reach this connection.
+                    let (handle, guard) = connections.register(pid, secret);
+                    client
+                        .session_extensions()
+                        .insert::<Arc<ConnectionHandle>>(handle);
+                    client.session_extensions().insert::<ConnectionGuard>(guard);
+                    finish_authentication(client, params.as_ref()).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
 
 /// SCRAM iteration count; Postgres's default.
 pub const SCRAM_ITERATIONS: usize = 4096;

@@ -32,6 +32,8 @@ pub struct Config {
     pub log: String,
     /// Users and passwords accepted by SCRAM-SHA-256 authentication.
     pub users: BTreeMap<String, String>,
+    /// `scram-sha-256` (default) or `trust` (no password; local use only).
+    pub auth: crate::auth::AuthMethod,
     /// Server-wide S3 settings (tables may override with `s3.*` options).
     pub s3: S3Config,
     /// DataFusion target partitions (default: number of cores).
@@ -53,6 +55,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./sluice-data"),
             log: "info".into(),
             users: BTreeMap::from([("sluice".to_string(), "sluice".to_string())]),
+            auth: crate::auth::AuthMethod::Scram,
             s3: S3Config::default(),
             target_partitions: None,
             tls_cert: None,

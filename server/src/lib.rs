@@ -38,6 +38,7 @@ pub struct Server {
     engine: Engine,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     users: auth::Users,
+    auth: auth::AuthMethod,
     connections: Arc<ConnectionManager>,
     sql_parser: Arc<SqlParser>,
 }
@@ -73,6 +74,7 @@ impl Server {
             engine,
             tls,
             users: auth::Users::new(config.users.clone()),
+            auth: config.auth,
             connections: Arc::new(ConnectionManager::new()),
             sql_parser: Arc::new(SqlParser::default()),
         }))
@@ -88,9 +90,17 @@ impl Server {
         scram.set_iterations(auth::SCRAM_ITERATIONS);
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = format!("{PG_SERVER_VERSION} (Sluice {})", env!("CARGO_PKG_VERSION"));
-        let startup = SASLAuthStartupHandler::new(Arc::new(params))
-            .with_scram(scram)
-            .with_connection_manager(self.connections.clone());
+        let startup = match self.auth {
+            auth::AuthMethod::Scram => auth::Startup::Scram(
+                SASLAuthStartupHandler::new(Arc::new(params))
+                    .with_scram(scram)
+                    .with_connection_manager(self.connections.clone()),
+            ),
+            auth::AuthMethod::Trust => auth::Startup::Trust {
+                params: Arc::new(params),
+                connections: self.connections.clone(),
+            },
+        };
         ConnectionHandlers {
             query: Arc::new(ConnectionHandler::new(
                 self.engine.new_session(),
@@ -104,7 +114,7 @@ impl Server {
 
 struct ConnectionHandlers {
     query: Arc<ConnectionHandler>,
-    startup: Arc<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+    startup: Arc<auth::Startup>,
     cancel: Arc<DefaultCancelHandler>,
 }
 

@@ -22,6 +22,9 @@ struct Args {
     /// Log filter, e.g. info or sluice_server=debug [default: info]
     #[arg(long, env = "SLUICE_LOG")]
     log: Option<String>,
+    /// Authentication: scram-sha-256 (default) or trust (no password, local use only)
+    #[arg(long, env = "SLUICE_AUTH", value_parser = parse_auth)]
+    auth: Option<sluice_server::auth::AuthMethod>,
     /// PEM certificate chain for TLS (with --tls-key)
     #[arg(long, env = "SLUICE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -63,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.tls_key {
         config.tls_key = Some(v);
     }
+    if let Some(v) = args.auth {
+        config.auth = v;
+    }
     if std::env::var("SLUICE_DEBUG_FUNCTIONS").is_ok_and(|v| v == "1") {
         config.debug_functions = true;
     }
@@ -87,6 +93,14 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "Sluice is ready");
         run(listener, server, shutdown_signal()).await
     })
+}
+
+fn parse_auth(s: &str) -> Result<sluice_server::auth::AuthMethod, String> {
+    match s {
+        "scram-sha-256" => Ok(sluice_server::auth::AuthMethod::Scram),
+        "trust" => Ok(sluice_server::auth::AuthMethod::Trust),
+        other => Err(format!("unknown auth method {other}; use scram-sha-256 or trust")),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
