@@ -647,7 +647,20 @@ impl Session {
                         STORAGE_TIMEOUT.as_secs()
                     ),
                 )
-            })??;
+            })?
+            .map_err(|e| {
+                let e = SluiceError::from(e);
+                if e.kind() == ErrorKind::InvalidParameter {
+                    // Say which options exist besides the format's own.
+                    SluiceError::invalid_parameter(format!(
+                        "{e}; storage options: hdfs has none, {}; format options are DataFusion's \
+                         format.* keys (e.g. 'format.has_header' for CSV)",
+                        self.engine.inner.stores.store_option_keys().join(", ")
+                    ))
+                } else {
+                    e
+                }
+            })?;
         if persist {
             if let Err(e) = catalog.put(CatalogEntry {
                 name: name.clone(),

@@ -42,6 +42,14 @@ fn dt_lists_tables() {
 }
 
 #[test]
+fn d_lists_relations() {
+    let (_dir, p) = setup();
+    let out = p.psql(&["-c", "\\d"]);
+    assert!(out.contains("List of relations"), "\\d output:\n{out}");
+    assert!(out.contains("trips"), "\\d output:\n{out}");
+}
+
+#[test]
 fn d_name_describes_columns() {
     let (_dir, p) = setup();
     let out = p.psql(&["-c", "\\d trips"]);
