@@ -4,5 +4,7 @@
 //! - `storage::S3StoreProvider`: `s3://bucket/prefix` on any S3-compatible
 //!   endpoint (AWS, MinIO, moto, s3s-fs).
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
+//! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
 
+pub mod nexmark;
 pub mod storage;

@@ -25,6 +25,8 @@ const FORMAT_VERSION: u32 = 1;
 pub enum ObjectKind {
     /// An external table over files (Parquet, CSV, JSON) in object storage.
     Table,
+    /// A stream backed by a source connector.
+    Stream,
 }
 
 /// One declared object. `sql` is the normalized statement that recreates it;

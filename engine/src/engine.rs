@@ -18,17 +18,18 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement as DFStatement};
+use datafusion::sql::parser::{CreateExternalTable, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     self, Expr as SqlExpr, ObjectName, Set, Statement as SqlStatement, Value,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::catalog::{CatalogEntry, DurableCatalog, ObjectKind};
 use crate::error::{ErrorKind, Result, SluiceError};
+use crate::parser::{self, CreateStream, Statement};
 use crate::storage::StoreRegistry;
+use crate::stream::{SourceRegistry, check_options, stream_table};
 
 /// The name of Sluice's one catalog (what `current_database()` returns).
 pub const CATALOG_NAME: &str = "sluice";
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub stores: StoreRegistry,
     /// Partitions DataFusion splits a query into; defaults to the core count.
     pub target_partitions: Option<usize>,
+    /// Source connectors for `CREATE STREAM`.
+    pub sources: SourceRegistry,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
@@ -62,6 +65,9 @@ struct Inner {
     template: SessionContext,
     catalog: Mutex<DurableCatalog>,
     stores: StoreRegistry,
+    sources: SourceRegistry,
+    /// Parallel source tasks per stream.
+    parallelism: usize,
     /// Catalog entries that could not be restored at start, with the reason.
     unavailable: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -88,6 +94,7 @@ impl Engine {
         if let Some(p) = config.target_partitions {
             session_config = session_config.with_target_partitions(p.max(1));
         }
+        let parallelism = session_config.target_partitions();
         let template = SessionContext::new_with_config(session_config);
         let catalog = DurableCatalog::open(&config.data_dir)?;
         let entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
@@ -96,6 +103,8 @@ impl Engine {
                 template,
                 catalog: Mutex::new(catalog),
                 stores: config.stores,
+                sources: config.sources,
+                parallelism,
                 unavailable: Default::default(),
             }),
         };
@@ -131,15 +140,16 @@ impl Engine {
 
     async fn restore(&self, entry: &CatalogEntry) -> Result<()> {
         let session = self.new_session();
-        let mut statements = DFParser::parse_sql_with_dialect(&entry.sql, &PostgreSqlDialect {})?;
-        let Some(DFStatement::CreateExternalTable(create)) = statements.pop_front() else {
-            return Err(SluiceError::internal(format!(
+        match parser::parse(&entry.sql)?.pop() {
+            Some(Statement::DataFusion(DFStatement::CreateExternalTable(create))) => {
+                session.create_external_table(create, false).await
+            }
+            Some(Statement::CreateStream(create)) => session.create_stream(create, false).await,
+            _ => Err(SluiceError::internal(format!(
                 "catalog entry {} does not hold a CREATE statement",
                 entry.name
-            )));
-        };
-        session.create_external_table(create, false).await?;
-        Ok(())
+            ))),
+        }
     }
 }
 
@@ -210,6 +220,12 @@ enum Action {
         plan: LogicalPlan,
         names: Vec<String>,
     },
+    CreateStream(Box<CreateStream>),
+    DropStream {
+        name: String,
+        if_exists: bool,
+    },
+    ShowStreams,
     SetVar {
         name: String,
         value: String,
@@ -230,6 +246,7 @@ impl Prepared {
         match &self.action {
             Action::Plan(plan) => returns_rows(plan).then(|| plan.schema().inner().clone()),
             Action::ShowVar { name } => Some(show_schema(name)),
+            Action::ShowStreams => Some(show_streams_schema()),
             _ => None,
         }
     }
@@ -266,6 +283,23 @@ fn returns_rows(plan: &LogicalPlan) -> bool {
     )
 }
 
+fn show_streams_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("connector", DataType::Utf8, false),
+        Field::new("options", DataType::Utf8, false),
+    ]))
+}
+
+fn one_batch(schema: SchemaRef, columns: Vec<arrow::array::ArrayRef>) -> Result<Output> {
+    let batch =
+        RecordBatch::try_new(schema.clone(), columns).map_err(datafusion::error::DataFusionError::from)?;
+    let stream = futures::stream::once(async move { Ok(batch) });
+    Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+        schema, stream,
+    ))))
+}
+
 fn show_schema(name: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]))
 }
@@ -284,16 +318,35 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Parses SQL text (one or more statements) with DataFusion's parser in
-    /// the Postgres dialect. Servers that rewrite client SQL for Postgres
-    /// compatibility parse themselves and call [`Session::prepare`].
-    pub fn parse(sql: &str) -> Result<Vec<DFStatement>> {
-        let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})?;
-        Ok(statements.into_iter().collect())
+    /// Parses SQL text (one or more statements): Sluice's own statements
+    /// plus everything DataFusion's parser takes, in the Postgres dialect.
+    pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+        parser::parse(sql)
     }
 
     /// Plans one statement.
-    pub async fn prepare(&self, statement: DFStatement) -> Result<Prepared> {
+    pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
+        let statement = match statement {
+            Statement::DataFusion(s) => s,
+            Statement::CreateStream(c) => {
+                return Ok(Prepared {
+                    action: Action::CreateStream(Box::new(c)),
+                });
+            }
+            Statement::DropStream { name, if_exists } => {
+                return Ok(Prepared {
+                    action: Action::DropStream {
+                        name: normalize_name(&name),
+                        if_exists,
+                    },
+                });
+            }
+            Statement::ShowStreams => {
+                return Ok(Prepared {
+                    action: Action::ShowStreams,
+                });
+            }
+        };
         self.prepare_inner(statement)
             .await
             .map_err(|e| self.explain_missing(e))
@@ -480,8 +533,18 @@ impl Session {
                 })
             }
             Action::DropTable { plan, names } => {
-                self.ctx.execute_logical_plan(plan.clone()).await?;
                 let mut catalog = self.engine.inner.catalog.lock().await;
+                for name in names {
+                    if let Some(e) = catalog.get(name)
+                        && e.kind != ObjectKind::Table
+                    {
+                        return Err(SluiceError::new(
+                            ErrorKind::Semantic,
+                            format!("{name} is a stream, not a table; use DROP STREAM {name}"),
+                        ));
+                    }
+                }
+                self.ctx.execute_logical_plan(plan.clone()).await?;
                 for name in names {
                     catalog.remove(name)?;
                 }
@@ -489,6 +552,66 @@ impl Session {
                     tag: "DROP TABLE".into(),
                     rows: None,
                 })
+            }
+            Action::CreateStream(create) => {
+                self.create_stream((**create).clone(), true).await?;
+                Ok(Output::Command {
+                    tag: "CREATE STREAM".into(),
+                    rows: None,
+                })
+            }
+            Action::DropStream { name, if_exists } => {
+                let mut catalog = self.engine.inner.catalog.lock().await;
+                match catalog.get(name).map(|e| e.kind) {
+                    Some(ObjectKind::Stream) => {
+                        self.ctx.deregister_table(name.as_str())?;
+                        catalog.remove(name)?;
+                    }
+                    Some(ObjectKind::Table) => {
+                        return Err(SluiceError::new(
+                            ErrorKind::Semantic,
+                            format!("{name} is a table, not a stream; use DROP TABLE {name}"),
+                        ));
+                    }
+                    None if *if_exists => {}
+                    None => {
+                        return Err(SluiceError::new(
+                            ErrorKind::UndefinedTable,
+                            format!("stream \"{name}\" does not exist"),
+                        ));
+                    }
+                }
+                Ok(Output::Command {
+                    tag: "DROP STREAM".into(),
+                    rows: None,
+                })
+            }
+            Action::ShowStreams => {
+                let catalog = self.engine.inner.catalog.lock().await;
+                let mut names = Vec::new();
+                let mut connectors = Vec::new();
+                let mut options = Vec::new();
+                for entry in catalog.entries().filter(|e| e.kind == ObjectKind::Stream) {
+                    if let Some(Statement::CreateStream(c)) = parser::parse(&entry.sql)?.pop() {
+                        names.push(entry.name.clone());
+                        connectors.push(c.options.get("connector").cloned().unwrap_or_default());
+                        let rest: Vec<String> = c
+                            .options
+                            .iter()
+                            .filter(|(k, _)| k.as_str() != "connector")
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        options.push(rest.join(", "));
+                    }
+                }
+                one_batch(
+                    show_streams_schema(),
+                    vec![
+                        Arc::new(StringArray::from(names)),
+                        Arc::new(StringArray::from(connectors)),
+                        Arc::new(StringArray::from(options)),
+                    ],
+                )
             }
             Action::SetVar { name, value } => {
                 self.set_var(name, value)?;
@@ -682,6 +805,42 @@ impl Session {
         Ok(())
     }
 
+    /// Declares a stream: checks the connector and its options, registers a
+    /// table over the source, and records it durably when `persist`.
+    async fn create_stream(&self, create: CreateStream, persist: bool) -> Result<()> {
+        let name = normalize_name(&create.name);
+        let connector_name = create.options.get("connector").ok_or_else(|| {
+            SluiceError::invalid_parameter(format!("CREATE STREAM {name}: the connector option is required"))
+        })?;
+        let connector = self.engine.inner.sources.get(connector_name)?;
+        check_options(connector.as_ref(), &create.options)?;
+        let mut options = create.options.clone();
+        options.remove("connector");
+        let table = stream_table(connector, options, self.engine.inner.parallelism)?;
+        let mut catalog = self.engine.inner.catalog.lock().await;
+        if self.ctx.table_exist(name.as_str())? {
+            if create.if_not_exists {
+                return Ok(());
+            }
+            return Err(SluiceError::new(
+                ErrorKind::DuplicateObject,
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        self.ctx.register_table(name.as_str(), table)?;
+        if persist
+            && let Err(e) = catalog.put(CatalogEntry {
+                name: name.clone(),
+                kind: ObjectKind::Stream,
+                sql: create.to_string(),
+            })
+        {
+            let _ = self.ctx.deregister_table(name.as_str());
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn register_store(&self, location: &str, options: &BTreeMap<String, String>) -> Result<()> {
         if let Some((url, store)) = self.engine.inner.stores.store_for_location(location, options)? {
             self.ctx.runtime_env().register_object_store(&url, store);
@@ -802,7 +961,7 @@ mod tests {
 
     fn parse_create(sql: &str) -> CreateExternalTable {
         match Session::parse(sql).unwrap().remove(0) {
-            DFStatement::CreateExternalTable(c) => c,
+            Statement::DataFusion(DFStatement::CreateExternalTable(c)) => c,
             other => panic!("not a create: {other:?}"),
         }
     }

@@ -74,6 +74,16 @@ impl SluiceError {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// As a DataFusion error, for errors raised inside DataFusion streams
+    /// (a source's error while a query pulls its rows). The kind survives
+    /// the round trip.
+    pub fn into_datafusion(self) -> DataFusionError {
+        match self {
+            SluiceError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+
     /// Whose fault this error is.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -117,6 +127,8 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
         DataFusionError::External(inner) => {
             if let Some(df) = inner.downcast_ref::<DataFusionError>() {
                 classify_datafusion(df)
+            } else if let Some(own) = inner.downcast_ref::<SluiceError>() {
+                own.kind()
             } else if inner.downcast_ref::<object_store::Error>().is_some()
                 || inner.downcast_ref::<std::io::Error>().is_some()
             {
@@ -134,6 +146,9 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
 /// these are the shapes it uses for the ones users hit most.
 fn classify_plan_message(msg: &str) -> ErrorKind {
     let lower = msg.to_ascii_lowercase();
+    if lower.contains("pipeline breaking") {
+        return ErrorKind::NotSupported;
+    }
     let missing =
         lower.contains("not found") || lower.contains("doesn't exist") || lower.contains("does not exist");
     if missing && lower.contains("table") {
@@ -149,6 +164,10 @@ fn classify_plan_message(msg: &str) -> ErrorKind {
     }
 }
 
+const UNBOUNDED_MESSAGE: &str = "this query would need all rows of an unbounded stream (an aggregate, \
+     sort or join over it never finishes); add LIMIT, read a bounded stream ('events.max'), \
+     or run it continuously as a sink or materialized view";
+
 /// DataFusion's messages carry prefixes like "Error during planning: " that
 /// say which layer raised them; users care about the sentence after it.
 fn describe_datafusion(e: &DataFusionError) -> String {
@@ -156,6 +175,9 @@ fn describe_datafusion(e: &DataFusionError) -> String {
         DataFusionError::Context(ctx, inner) => format!("{ctx}: {}", describe_datafusion(inner)),
         DataFusionError::Diagnostic(_, inner) => describe_datafusion(inner),
         DataFusionError::Shared(inner) => describe_datafusion(inner),
+        DataFusionError::Plan(msg) | DataFusionError::Execution(msg) if msg.contains("pipeline breaking") => {
+            UNBOUNDED_MESSAGE.to_string()
+        }
         DataFusionError::Plan(msg) | DataFusionError::Execution(msg) => msg.clone(),
         DataFusionError::SQL(err, _) => format!("syntax error: {err}"),
         DataFusionError::SchemaError(err, _) => err.to_string(),

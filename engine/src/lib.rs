@@ -15,13 +15,17 @@
 pub mod catalog;
 mod engine;
 pub mod error;
+pub mod parser;
 pub mod storage;
+pub mod stream;
 
 pub use engine::{
     CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineConfig, Output, PG_SERVER_VERSION, Prepared, Session,
 };
 pub use error::{ErrorKind, Result, SluiceError};
+pub use parser::Statement;
 pub use storage::{StoreProvider, StoreRegistry};
+pub use stream::{Source, SourceConnector, SourceRegistry};
 
 /// Re-exported so dependents use the exact DataFusion the engine is built on.
 pub use datafusion;

@@ -22,7 +22,7 @@ use pgwire::messages::data::DataRow;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
 use sluice_engine::datafusion::sql::sqlparser::ast;
-use sluice_engine::{ErrorKind, Output, Prepared, Session, SluiceError};
+use sluice_engine::{ErrorKind, Output, Prepared, Session, SluiceError, Statement};
 use tokio::sync::Mutex;
 
 use crate::errors::{panic_error, pg_error, to_pg};
@@ -38,33 +38,31 @@ pub struct SqlParser {
 }
 
 impl SqlParser {
-    pub fn parse(&self, sql: &str) -> Result<Vec<DFStatement>, SluiceError> {
-        let rewrite = |s: DFStatement| match s {
-            DFStatement::Statement(inner) => DFStatement::Statement(Box::new(self.compat.rewrite(*inner))),
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
+        let plain = |s: ast::Statement| Statement::DataFusion(DFStatement::Statement(Box::new(s)));
+        let rewrite = |s: Statement| match s {
+            Statement::DataFusion(DFStatement::Statement(inner)) => plain(self.compat.rewrite(*inner)),
             other => other,
         };
+        let is_plain = |s: &Statement| matches!(s, Statement::DataFusion(DFStatement::Statement(_)));
         match Session::parse(sql) {
-            Ok(statements) if statements.iter().all(|s| matches!(s, DFStatement::Statement(_))) => {
+            Ok(statements) if statements.iter().all(is_plain) => {
                 // Plain SQL: the compatibility parser also applies its
                 // token-level fixes for known client queries.
                 match self.compat.parse(sql) {
-                    Ok(v) => Ok(v
-                        .into_iter()
-                        .map(|s| DFStatement::Statement(Box::new(s)))
-                        .collect()),
+                    Ok(v) => Ok(v.into_iter().map(plain).collect()),
                     Err(_) => Ok(statements.into_iter().map(rewrite).collect()),
                 }
             }
             Ok(statements) => Ok(statements.into_iter().map(rewrite).collect()),
-            // DataFusion's parser refused it; the compatibility parser's
-            // token rewrites may still make a client's query parse. Never
-            // for CREATE: a malformed CREATE EXTERNAL TABLE would otherwise
-            // come back as a Hive-style CREATE TABLE with a misleading error.
+            // Sluice's parser refused it; the compatibility parser's token
+            // rewrites may still make a client's query parse. Never for
+            // CREATE: a malformed CREATE EXTERNAL TABLE would otherwise come
+            // back as a Hive-style CREATE TABLE with a misleading error.
             Err(e) => match self.compat.parse(sql) {
-                Ok(v) if !v.iter().any(|s| matches!(s, ast::Statement::CreateTable(_))) => Ok(v
-                    .into_iter()
-                    .map(|s| DFStatement::Statement(Box::new(s)))
-                    .collect()),
+                Ok(v) if !v.iter().any(|s| matches!(s, ast::Statement::CreateTable(_))) => {
+                    Ok(v.into_iter().map(plain).collect())
+                }
                 _ => Err(e),
             },
         }

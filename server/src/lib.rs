@@ -25,8 +25,9 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
-use sluice_engine::{CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, StoreRegistry};
+use sluice_engine::{CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, SourceRegistry, StoreRegistry};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -50,10 +51,13 @@ impl Server {
         let mut stores = StoreRegistry::default();
         stores.register(Arc::new(S3StoreProvider::new(config.s3.clone())));
         stores.register(Arc::new(HdfsStoreProvider));
+        let mut sources = SourceRegistry::default();
+        sources.register(Arc::new(NexmarkConnector));
         let engine = Engine::open(EngineConfig {
             data_dir: config.data_dir.clone(),
             stores,
             target_partitions: config.target_partitions,
+            sources,
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(
