@@ -81,21 +81,10 @@ fn l_dn_conninfo_and_settings() {
 fn an_error_does_not_end_the_session() {
     let (_dir, p) = setup();
     // Without ON_ERROR_STOP psql goes on after an error in the same session.
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p.port.to_string(),
-            "-U",
-            "sluice",
-            "-X",
-            "-tA",
-        ])
-        .args(["-c", "SELECT * FROM nope", "-c", "SELECT count(*) FROM trips"])
-        .env("PGPASSWORD", "sluice")
-        .output()
-        .unwrap();
+    let out = p.psql_output(
+        "sluice",
+        &["-c", "SELECT * FROM nope", "-c", "SELECT count(*) FROM trips"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nope"), "stderr: {stderr}");

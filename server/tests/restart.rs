@@ -58,22 +58,7 @@ fn a_table_whose_storage_is_gone_at_start_is_kept_and_explained() {
     // The storage disappears while the server is down.
     std::fs::rename(lake.join("trips"), lake.join("moved")).unwrap();
     let mut p = SluiceProcess::start(&data);
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p.port.to_string(),
-            "-U",
-            "sluice",
-            "-X",
-            "-tA",
-        ])
-        .args(["-c", "SELECT count(*) FROM trips"])
-        .env("PGPASSWORD", "sluice")
-        .env("PG_COLOR", "never")
-        .output()
-        .unwrap();
+    let out = p.psql_output("sluice", &["-c", "SELECT count(*) FROM trips"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -90,6 +90,27 @@ impl SluiceProcess {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs psql `-tA` with `args` and the given password, without stopping
+    /// on errors, and returns whatever happened.
+    pub fn psql_output(&self, password: &str, args: &[&str]) -> std::process::Output {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "sluice",
+                "-X",
+                "-tA",
+            ])
+            .args(args)
+            .env("PGPASSWORD", password)
+            .env("PG_COLOR", "never")
+            .output()
+            .expect("running psql")
+    }
+
     /// kill -9: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
