@@ -10,15 +10,20 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg
 use async_trait::async_trait;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{FutureExt, Sink, Stream, StreamExt};
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, PgWireConnectionState, Type,
+};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::Execute;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
 use sluice_engine::datafusion::sql::sqlparser::ast;
@@ -341,6 +346,50 @@ impl ExtendedQueryHandler for ConnectionHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// pgwire's default Execute collects every row of an unlimited
+    /// (`max_rows = 0`) Execute into memory before sending the first one.
+    /// Sluice streams those instead: rows go out as the query produces them,
+    /// and a slow client slows the query. Limited Executes (cursors, portal
+    /// suspension) keep pgwire's handling.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let streamable = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal))
+                if message.max_rows == 0
+                    && matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+                    && portal.statement.statement.prepared.result_schema().is_some()
+                    && matches!(*portal.state().lock().await, PortalExecutionState::Initial) =>
+            {
+                Some(portal)
+            }
+            _ => None,
+        };
+        let Some(portal) = streamable else {
+            return self._on_execute(client, message).await;
+        };
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let outcome = match ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await {
+            Ok(Response::Query(rows)) => send_query_response(client, rows, false).await,
+            Ok(Response::Execution(tag)) => send_execution_response(client, tag).await,
+            Ok(Response::Error(info)) => Err(PgWireError::UserError(info)),
+            Ok(_) => Err(pg_error(
+                ErrorKind::Internal,
+                "unexpected response to a row-returning statement",
+            )),
+            Err(e) => Err(e),
+        };
+        // Like a portal run to completion: executing it again returns nothing.
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        outcome
     }
 
     async fn do_query<C>(
