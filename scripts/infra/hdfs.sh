@@ -73,6 +73,11 @@ java_cmd() {
 
 case "${1:-}" in
 start)
+  "$0" stop
+  if curl -fsS "http://127.0.0.1:$HTTP_PORT/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo" >/dev/null 2>&1; then
+    echo "another NameNode already answers on 127.0.0.1:$HTTP_PORT; stop it first (it is not this checkout's)" >&2
+    exit 1
+  fi
   install
   write_conf
   mkdir -p "$STATE/logs"

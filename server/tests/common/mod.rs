@@ -59,26 +59,33 @@ impl SluiceProcess {
         )
     }
 
+    /// A psql command for this server (user and database sluice, no psqlrc).
+    fn psql_command(&self, password: &str) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "sluice",
+            "-d",
+            "sluice",
+            "-X",
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PG_COLOR", "never");
+        cmd
+    }
+
     /// Runs psql with `args` against this server and returns its stdout.
     /// Panics with psql's stderr if psql fails.
     pub fn psql(&self, args: &[&str]) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "sluice",
-                "-d",
-                "sluice",
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
+        let out = self
+            .psql_command("sluice")
+            .args(["-v", "ON_ERROR_STOP=1"])
             .args(args)
-            .env("PGPASSWORD", "sluice")
-            .env("PGCONNECT_TIMEOUT", "10")
             .output()
             .expect("running psql (install postgresql-client)");
         assert!(
@@ -93,20 +100,9 @@ impl SluiceProcess {
     /// Runs psql `-tA` with `args` and the given password, without stopping
     /// on errors, and returns whatever happened.
     pub fn psql_output(&self, password: &str, args: &[&str]) -> std::process::Output {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "sluice",
-                "-X",
-                "-tA",
-            ])
+        self.psql_command(password)
+            .arg("-tA")
             .args(args)
-            .env("PGPASSWORD", password)
-            .env("PG_COLOR", "never")
             .output()
             .expect("running psql")
     }
