@@ -60,10 +60,12 @@ XML
 XML
 }
 
+# Runs a Hadoop class; execs, so a backgrounded call's $! is the JVM itself
+# and `stop` can kill it.
 java_cmd() {
   local cls=$1
   shift
-  java -Xmx512m \
+  exec java -Xmx512m \
     --add-opens java.base/java.lang=ALL-UNNAMED \
     --add-opens java.base/java.nio=ALL-UNNAMED \
     --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
@@ -82,8 +84,9 @@ start)
   write_conf
   mkdir -p "$STATE/logs"
   if [ ! -d "$STATE/name/current" ]; then
-    java_cmd org.apache.hadoop.hdfs.server.namenode.NameNode -format -force -nonInteractive \
-      >"$STATE/logs/format.log" 2>&1
+    # In a subshell: java_cmd execs the JVM in place of its shell.
+    (java_cmd org.apache.hadoop.hdfs.server.namenode.NameNode -format -force -nonInteractive \
+      >"$STATE/logs/format.log" 2>&1)
   fi
   java_cmd org.apache.hadoop.hdfs.server.namenode.NameNode >"$STATE/logs/namenode.out" 2>&1 &
   echo $! >"$RUN/hdfs-namenode.pid"
@@ -104,7 +107,14 @@ start)
 stop)
   for role in namenode datanode; do
     if [ -f "$RUN/hdfs-$role.pid" ]; then
-      kill "$(cat "$RUN/hdfs-$role.pid")" 2>/dev/null || true
+      pid=$(cat "$RUN/hdfs-$role.pid")
+      kill "$pid" 2>/dev/null || true
+      # Wait for the JVM to exit so its ports are free for the next start.
+      for _ in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+      done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$RUN/hdfs-$role.pid"
     fi
   done
