@@ -62,18 +62,11 @@ def free_port():
     return port
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
+    """A memory figure (VmRSS, VmHWM) of a process from /proc, in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def current_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -155,17 +148,17 @@ def main():
         results.append((name, sn, s, d))
         print(f"{name:62s} sluice {s*1000:8.1f} ms  duckdb {d*1000:8.1f} ms  ratio {s/d:5.2f}", flush=True)
 
-    rss_before = current_rss_mib(server.pid)
+    rss_before = status_mib(server.pid, "VmRSS")
     streams = []
     for fmt in ("text", "binary"):
         out = subprocess.check_output([client_bin, conninfo, fmt,
                                        "SELECT id, rider, fare, distance, pickup, dt FROM trips"])
         r = json.loads(out)
-        r["server_rss_mib_after"] = current_rss_mib(server.pid)
+        r["server_rss_mib_after"] = status_mib(server.pid, "VmRSS")
         streams.append(r)
         print(f"stream {fmt:6s}: {r['rows']} rows in {r['seconds']:.2f}s = {r['rows_per_sec']:,.0f} rows/s, "
               f"first row after {r['first_row_ms']:.0f} ms", flush=True)
-    peak = peak_rss_mib(server.pid)
+    peak = status_mib(server.pid, "VmHWM")
     pg.close()
     server.terminate()
     server.wait(timeout=30)

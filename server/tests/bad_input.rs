@@ -253,12 +253,29 @@ fn malformed_messages_after_login() {
     s.write_all(&msg(b'B', b"\0nope\0\0\0\0\0\0\0")).unwrap();
     s.write_all(&msg(b'S', b"")).unwrap();
     s.write_all(&msg(b'Q', b"SELECT 41 + 1\0")).unwrap();
+    // Read whole backend messages until the second ReadyForQuery.
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&reply).contains("42") || !reply.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+    let mut messages: Vec<(u8, Vec<u8>)> = Vec::new();
+    while messages.iter().filter(|(t, _)| *t == b'Z').count() < 2 {
         let n = s.read(&mut buf).expect("reading reply");
         assert!(n > 0, "server closed the session after a bad Bind");
         reply.extend_from_slice(&buf[..n]);
+        while reply.len() >= 5 {
+            let len = i32::from_be_bytes(reply[1..5].try_into().unwrap()) as usize;
+            if reply.len() < 1 + len {
+                break;
+            }
+            let body = reply[5..1 + len].to_vec();
+            messages.push((reply[0], body));
+            reply.drain(..1 + len);
+        }
     }
-    assert!(reply.contains(&b'E'), "an ErrorResponse for the bad Bind");
+    let types: Vec<u8> = messages.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        types, b"EZTDCZ",
+        "ErrorResponse for the bad Bind, then the query's rows"
+    );
+    let row = &messages[3].1;
+    assert!(row.ends_with(b"42"), "the query's DataRow carries 42: {row:?}");
 }
