@@ -83,10 +83,17 @@ fn run_one(file: &Path, rel: &str, protocol: Protocol) -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("slt");
+    // The runtime value (cargo and nextest set it) names the checkout being
+    // tested; the compile-time one may name another checkout that shared the
+    // build cache.
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root = Path::new(&manifest_dir).join("slt");
     let mut files = Vec::new();
     slt_files(&root, &mut files);
     files.sort();
+    // Finding no files must fail loudly, never pass as zero tests.
+    assert!(!files.is_empty(), "no .slt files under {}", root.display());
     let mut trials = Vec::new();
     for file in files {
         let rel = file.strip_prefix(&root).unwrap_or(&file).display().to_string();
