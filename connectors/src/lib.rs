@@ -6,5 +6,6 @@
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
 
+pub mod filesystem;
 pub mod nexmark;
 pub mod storage;

@@ -165,6 +165,12 @@ impl SourceConnector for NexmarkConnector {
         Options::parse(options).is_ok_and(|o| o.max.is_some())
     }
 
+    fn default_event_time(&self, _options: &BTreeMap<String, String>) -> Option<String> {
+        // Every Nexmark table has `date_time`, the event-time clock of the
+        // generator, which is monotone within each partition.
+        Some("date_time".into())
+    }
+
     fn open(
         &self,
         options: &BTreeMap<String, String>,

@@ -27,6 +27,22 @@ pub enum ObjectKind {
     Table,
     /// A stream backed by a source connector.
     Stream,
+    /// A continuous query writing to a sink connector.
+    Sink,
+    /// A continuous query whose result is kept and served.
+    MaterializedView,
+}
+
+impl ObjectKind {
+    /// What users call it.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            ObjectKind::Table => "table",
+            ObjectKind::Stream => "stream",
+            ObjectKind::Sink => "sink",
+            ObjectKind::MaterializedView => "materialized view",
+        }
+    }
 }
 
 /// One declared object. `sql` is the normalized statement that recreates it;

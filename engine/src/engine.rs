@@ -27,9 +27,12 @@ use tokio::sync::Mutex;
 
 use crate::catalog::{CatalogEntry, DurableCatalog, ObjectKind};
 use crate::error::{ErrorKind, Result, SluiceError};
-use crate::parser::{self, CreateStream, Statement};
+use crate::jobs::{RunningJob, Streams, watermark_delay};
+use crate::parser::{self, CreateJob, CreateStream, Statement};
+use crate::sink::SinkRegistry;
 use crate::storage::StoreRegistry;
-use crate::stream::{SourceRegistry, check_options, stream_table};
+use crate::stream::{SourceRegistry, StreamTable, check_options};
+use crate::streaming::window::{WindowFunction, rewrite_window_calls};
 
 /// The name of Sluice's one catalog (what `current_database()` returns).
 pub const CATALOG_NAME: &str = "sluice";
@@ -53,23 +56,30 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// Source connectors for `CREATE STREAM`.
     pub sources: SourceRegistry,
+    /// Sink connectors for `CREATE SINK`.
+    pub sinks: SinkRegistry,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    template: SessionContext,
-    catalog: Mutex<DurableCatalog>,
-    stores: StoreRegistry,
-    sources: SourceRegistry,
-    /// Parallel source tasks per stream.
-    parallelism: usize,
+pub(crate) struct Inner {
+    pub(crate) template: SessionContext,
+    pub(crate) catalog: Mutex<DurableCatalog>,
+    pub(crate) stores: StoreRegistry,
+    pub(crate) sources: SourceRegistry,
+    pub(crate) sinks: SinkRegistry,
+    /// Parallel tasks per stream and per keyed operator.
+    pub(crate) parallelism: usize,
     /// Catalog entries that could not be restored at start, with the reason.
-    unavailable: std::sync::Mutex<HashMap<String, String>>,
+    pub(crate) unavailable: std::sync::Mutex<HashMap<String, String>>,
+    /// Declared streams, for the window table functions and the planner.
+    pub(crate) streams: Arc<Streams>,
+    /// Running sinks and materialized views, by name.
+    pub(crate) jobs: std::sync::Mutex<BTreeMap<String, RunningJob>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,17 +105,34 @@ impl Engine {
             session_config = session_config.with_target_partitions(p.max(1));
         }
         let parallelism = session_config.target_partitions();
-        let template = SessionContext::new_with_config(session_config);
+        // Landed data changes under running sinks: every query lists the
+        // files again (DataFusion's list cache would keep a stale listing
+        // forever).
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(
+                datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                    .with_list_files_cache_limit(0),
+            )
+            .build_arc()?;
+        let template = SessionContext::new_with_config_rt(session_config, runtime);
+        let streams = Arc::new(Streams::default());
+        template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
+        template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));
         let catalog = DurableCatalog::open(&config.data_dir)?;
-        let entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
+        let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
+        // Tables and streams first: sinks and views read them.
+        entries.sort_by_key(|e| matches!(e.kind, ObjectKind::Sink | ObjectKind::MaterializedView));
         let engine = Engine {
             inner: Arc::new(Inner {
                 template,
                 catalog: Mutex::new(catalog),
                 stores: config.stores,
                 sources: config.sources,
+                sinks: config.sinks,
                 parallelism,
                 unavailable: Default::default(),
+                streams,
+                jobs: Default::default(),
             }),
         };
         for entry in entries {
@@ -145,6 +172,8 @@ impl Engine {
                 session.create_external_table(create, false).await
             }
             Some(Statement::CreateStream(create)) => session.create_stream(create, false).await,
+            Some(Statement::CreateSink(create)) => session.create_job(create, true, false).await,
+            Some(Statement::CreateMaterializedView(create)) => session.create_job(create, false, false).await,
             _ => Err(SluiceError::internal(format!(
                 "catalog entry {} does not hold a CREATE statement",
                 entry.name
@@ -221,6 +250,27 @@ enum Action {
         names: Vec<String>,
     },
     CreateStream(Box<CreateStream>),
+    /// `CREATE SINK` (`sink: true`) or `CREATE MATERIALIZED VIEW`.
+    CreateJob {
+        create: Box<CreateJob>,
+        sink: bool,
+    },
+    /// `DROP SINK` / `DROP MATERIALIZED VIEW`.
+    DropJob {
+        name: String,
+        sink: bool,
+        if_exists: bool,
+    },
+    /// `SHOW SINKS` / `SHOW MATERIALIZED VIEWS`.
+    ShowJobObjects {
+        sink: bool,
+    },
+    ShowJobs,
+    /// `EXPLAIN CREATE SINK|MATERIALIZED VIEW`: the streaming plan.
+    ExplainJob {
+        create: Box<CreateJob>,
+        sink: bool,
+    },
     DropStream {
         name: String,
         if_exists: bool,
@@ -247,6 +297,9 @@ impl Prepared {
             Action::Plan(plan) => returns_rows(plan).then(|| plan.schema().inner().clone()),
             Action::ShowVar { name } => Some(show_schema(name)),
             Action::ShowStreams => Some(show_streams_schema()),
+            Action::ShowJobObjects { sink } => Some(crate::jobs::show_objects_schema(*sink)),
+            Action::ShowJobs => Some(crate::jobs::show_jobs_schema()),
+            Action::ExplainJob { .. } => Some(crate::jobs::explain_schema()),
             _ => None,
         }
     }
@@ -306,8 +359,8 @@ fn show_schema(name: &str) -> SchemaRef {
 
 /// One client's session: settings over the shared catalog.
 pub struct Session {
-    engine: Engine,
-    ctx: SessionContext,
+    pub(crate) engine: Engine,
+    pub(crate) ctx: SessionContext,
     vars: BTreeMap<String, String>,
 }
 
@@ -326,8 +379,8 @@ impl Session {
 
     /// Plans one statement.
     pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
-        let statement = match statement {
-            Statement::DataFusion(s) => s,
+        let action = match statement {
+            Statement::DataFusion(s) => return self.prepare_statement(s).await,
             Statement::CreateStream(c) => {
                 return Ok(Prepared {
                     action: Action::CreateStream(Box::new(c)),
@@ -346,6 +399,51 @@ impl Session {
                     action: Action::ShowStreams,
                 });
             }
+            Statement::CreateSink(create) => Action::CreateJob {
+                create: Box::new(create),
+                sink: true,
+            },
+            Statement::CreateMaterializedView(create) => Action::CreateJob {
+                create: Box::new(create),
+                sink: false,
+            },
+            Statement::DropSink { name, if_exists } => Action::DropJob {
+                name: normalize_name(&name),
+                sink: true,
+                if_exists,
+            },
+            Statement::DropMaterializedView { name, if_exists } => Action::DropJob {
+                name: normalize_name(&name),
+                sink: false,
+                if_exists,
+            },
+            Statement::ShowSinks => Action::ShowJobObjects { sink: true },
+            Statement::ShowMaterializedViews => Action::ShowJobObjects { sink: false },
+            Statement::ShowJobs => Action::ShowJobs,
+            Statement::Explain(inner) => match *inner {
+                Statement::CreateSink(create) => Action::ExplainJob {
+                    create: Box::new(create),
+                    sink: true,
+                },
+                Statement::CreateMaterializedView(create) => Action::ExplainJob {
+                    create: Box::new(create),
+                    sink: false,
+                },
+                other => {
+                    return Err(SluiceError::not_supported(format!("EXPLAIN {other}")));
+                }
+            },
+        };
+        Ok(Prepared { action })
+    }
+
+    async fn prepare_statement(&self, statement: DFStatement) -> Result<Prepared> {
+        let statement = match statement {
+            DFStatement::Statement(mut stmt) => {
+                rewrite_window_calls(&mut *stmt);
+                DFStatement::Statement(stmt)
+            }
+            other => other,
         };
         self.prepare_inner(statement)
             .await
@@ -540,7 +638,11 @@ impl Session {
                     {
                         return Err(SluiceError::new(
                             ErrorKind::Semantic,
-                            format!("{name} is a stream, not a table; use DROP STREAM {name}"),
+                            format!(
+                                "{name} is a {}, not a table; use DROP {} {name}",
+                                e.kind.noun(),
+                                e.kind.noun().to_ascii_uppercase()
+                            ),
                         ));
                     }
                 }
@@ -564,8 +666,21 @@ impl Session {
                 let mut catalog = self.engine.inner.catalog.lock().await;
                 match catalog.get(name).map(|e| e.kind) {
                     Some(ObjectKind::Stream) => {
+                        if let Some(job) = self.engine.jobs_reading(name).first() {
+                            return Err(SluiceError::new(
+                                ErrorKind::Semantic,
+                                format!("cannot drop stream {name}: {job} reads it; drop {job} first"),
+                            ));
+                        }
                         self.ctx.deregister_table(name.as_str())?;
+                        self.engine.inner.streams.remove(name);
                         catalog.remove(name)?;
+                    }
+                    Some(ObjectKind::Sink | ObjectKind::MaterializedView) => {
+                        return Err(SluiceError::new(
+                            ErrorKind::Semantic,
+                            format!("{name} is not a stream; use DROP SINK or DROP MATERIALIZED VIEW"),
+                        ));
                     }
                     Some(ObjectKind::Table) => {
                         return Err(SluiceError::new(
@@ -631,6 +746,37 @@ impl Session {
                     schema, stream,
                 ))))
             }
+            Action::CreateJob { create, sink } => {
+                self.create_job((**create).clone(), *sink, true).await?;
+                Ok(Output::Command {
+                    tag: if *sink {
+                        "CREATE SINK"
+                    } else {
+                        "CREATE MATERIALIZED VIEW"
+                    }
+                    .into(),
+                    rows: None,
+                })
+            }
+            Action::DropJob {
+                name,
+                sink,
+                if_exists,
+            } => {
+                self.drop_job(name, *sink, *if_exists).await?;
+                Ok(Output::Command {
+                    tag: if *sink {
+                        "DROP SINK"
+                    } else {
+                        "DROP MATERIALIZED VIEW"
+                    }
+                    .into(),
+                    rows: None,
+                })
+            }
+            Action::ShowJobObjects { sink } => self.show_job_objects(*sink).await,
+            Action::ShowJobs => self.show_jobs(),
+            Action::ExplainJob { create, sink } => self.explain_job(create, *sink).await,
             Action::TransactionStart => Ok(Output::TransactionStart),
             Action::TransactionEnd { rollback } => Ok(Output::TransactionEnd { rollback: *rollback }),
         }
@@ -816,7 +962,17 @@ impl Session {
         check_options(connector.as_ref(), &create.options)?;
         let mut options = create.options.clone();
         options.remove("connector");
-        let table = stream_table(connector, options, self.engine.inner.parallelism)?;
+        let watermark = match &create.watermark {
+            Some((col, expr)) => Some((col.clone(), watermark_delay(col, expr)?)),
+            None => None,
+        };
+        let table = Arc::new(StreamTable::try_new(
+            name.clone(),
+            connector,
+            options,
+            self.engine.inner.parallelism,
+            watermark,
+        )?);
         let mut catalog = self.engine.inner.catalog.lock().await;
         if self.ctx.table_exist(name.as_str())? {
             if create.if_not_exists {
@@ -827,7 +983,7 @@ impl Session {
                 format!("relation \"{name}\" already exists"),
             ));
         }
-        self.ctx.register_table(name.as_str(), table)?;
+        self.ctx.register_table(name.as_str(), table.clone())?;
         if persist
             && let Err(e) = catalog.put(CatalogEntry {
                 name: name.clone(),
@@ -838,10 +994,11 @@ impl Session {
             let _ = self.ctx.deregister_table(name.as_str());
             return Err(e);
         }
+        self.engine.inner.streams.insert(name, table);
         Ok(())
     }
 
-    fn register_store(&self, location: &str, options: &BTreeMap<String, String>) -> Result<()> {
+    pub(crate) fn register_store(&self, location: &str, options: &BTreeMap<String, String>) -> Result<()> {
         if let Some((url, store)) = self.engine.inner.stores.store_for_location(location, options)? {
             self.ctx.runtime_env().register_object_store(&url, store);
         }
@@ -883,7 +1040,7 @@ fn ddl_tag(ddl: &DdlStatement) -> String {
 
 /// Object names are case-insensitive unless quoted, as in Postgres; the
 /// catalog keys on the last part of the name.
-fn normalize_name(name: &ObjectName) -> String {
+pub(crate) fn normalize_name(name: &ObjectName) -> String {
     name.0
         .last()
         .and_then(|p| p.as_ident())

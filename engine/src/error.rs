@@ -47,6 +47,12 @@ pub enum SluiceError {
     Io(#[from] std::io::Error),
 }
 
+impl From<arrow::error::ArrowError> for SluiceError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        SluiceError::DataFusion(DataFusionError::from(e))
+    }
+}
+
 /// The engine's result type.
 pub type Result<T, E = SluiceError> = std::result::Result<T, E>;
 

@@ -15,15 +15,19 @@
 pub mod catalog;
 mod engine;
 pub mod error;
+mod jobs;
 pub mod parser;
+pub mod sink;
 pub mod storage;
 pub mod stream;
+pub mod streaming;
 
 pub use engine::{
     CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineConfig, Output, PG_SERVER_VERSION, Prepared, Session,
 };
 pub use error::{ErrorKind, Result, SluiceError};
 pub use parser::Statement;
+pub use sink::{Landed, SinkConnector, SinkContext, SinkRegistry, SinkWriter};
 pub use storage::{StoreProvider, StoreRegistry};
 pub use stream::{Source, SourceConnector, SourceRegistry};
 

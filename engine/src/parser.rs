@@ -9,7 +9,7 @@ use std::fmt;
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::ObjectName;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, Query};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -28,6 +28,74 @@ pub enum Statement {
     DropStream { name: ObjectName, if_exists: bool },
     /// `SHOW STREAMS`
     ShowStreams,
+    /// `CREATE SINK [IF NOT EXISTS] name WITH (...) AS query`
+    CreateSink(CreateJob),
+    /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`
+    CreateMaterializedView(CreateJob),
+    /// `DROP SINK [IF EXISTS] name`
+    DropSink { name: ObjectName, if_exists: bool },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`
+    DropMaterializedView { name: ObjectName, if_exists: bool },
+    /// `SHOW SINKS`
+    ShowSinks,
+    /// `SHOW MATERIALIZED VIEWS`
+    ShowMaterializedViews,
+    /// `SHOW JOBS`
+    ShowJobs,
+    /// `EXPLAIN CREATE SINK ...` / `EXPLAIN CREATE MATERIALIZED VIEW ...`:
+    /// the streaming plan.
+    Explain(Box<Statement>),
+}
+
+/// `CREATE SINK` or `CREATE MATERIALIZED VIEW`: a continuous query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateJob {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    /// Sink options (empty for views).
+    pub options: BTreeMap<String, String>,
+    pub query: Box<Query>,
+}
+
+impl CreateJob {
+    fn render(&self, what: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CREATE {what} ")?;
+        if self.if_not_exists {
+            write!(f, "IF NOT EXISTS ")?;
+        }
+        write!(f, "{}", self.name)?;
+        if !self.options.is_empty() {
+            write!(f, " WITH ({})", render_options(&self.options))?;
+        }
+        write!(f, " AS {}", self.query)
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::DataFusion(s) => write!(f, "{s}"),
+            Statement::CreateStream(c) => write!(f, "{c}"),
+            Statement::CreateSink(c) => c.render("SINK", f),
+            Statement::CreateMaterializedView(c) => c.render("MATERIALIZED VIEW", f),
+            Statement::DropStream { name, .. } => write!(f, "DROP STREAM {name}"),
+            Statement::DropSink { name, .. } => write!(f, "DROP SINK {name}"),
+            Statement::DropMaterializedView { name, .. } => write!(f, "DROP MATERIALIZED VIEW {name}"),
+            Statement::ShowStreams => write!(f, "SHOW STREAMS"),
+            Statement::ShowSinks => write!(f, "SHOW SINKS"),
+            Statement::ShowMaterializedViews => write!(f, "SHOW MATERIALIZED VIEWS"),
+            Statement::ShowJobs => write!(f, "SHOW JOBS"),
+            Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
+        }
+    }
+}
+
+fn render_options(options: &BTreeMap<String, String>) -> String {
+    options
+        .iter()
+        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `CREATE STREAM`.
@@ -37,6 +105,9 @@ pub struct CreateStream {
     pub if_not_exists: bool,
     /// Option keys as written (quotes removed), lower-cased.
     pub options: BTreeMap<String, String>,
+    /// `WATERMARK FOR column AS expr`: the event-time column and the
+    /// watermark expression.
+    pub watermark: Option<(String, Box<SqlExpr>)>,
 }
 
 fn quote(s: &str) -> String {
@@ -50,12 +121,10 @@ impl fmt::Display for CreateStream {
             write!(f, "IF NOT EXISTS ")?;
         }
         write!(f, "{}", self.name)?;
-        let opts: Vec<String> = self
-            .options
-            .iter()
-            .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
-            .collect();
-        write!(f, " WITH ({})", opts.join(", "))
+        if let Some((col, expr)) = &self.watermark {
+            write!(f, " (WATERMARK FOR {col} AS {expr})")?;
+        }
+        write!(f, " WITH ({})", render_options(&self.options))
     }
 }
 
@@ -92,42 +161,170 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 ),
             ));
         }
-        let first = peek_word(&df.parser, 0);
-        let second = peek_word(&df.parser, 1);
-        let statement = match (first.as_deref(), second.as_deref()) {
-            (Some("CREATE"), Some("STREAM")) => {
-                df.parser.next_token();
-                df.parser.next_token();
-                Statement::CreateStream(parse_create_stream(&mut df.parser)?)
-            }
-            (Some("DROP"), Some("STREAM")) => {
-                df.parser.next_token();
-                df.parser.next_token();
-                let if_exists = df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-                let name = df.parser.parse_object_name(false).map_err(syntax)?;
-                Statement::DropStream { name, if_exists }
-            }
-            (Some("SHOW"), Some("STREAMS")) => {
-                df.parser.next_token();
-                df.parser.next_token();
-                Statement::ShowStreams
-            }
-            _ => Statement::DataFusion(df.parse_statement()?),
-        };
+        let statement = parse_one(&mut df)?;
         out.push(statement);
         expecting_delimiter = true;
     }
     Ok(out)
 }
 
+fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
+    let first = peek_word(&df.parser, 0);
+    let second = peek_word(&df.parser, 1);
+    let third = peek_word(&df.parser, 2);
+    let statement = match (first.as_deref(), second.as_deref(), third.as_deref()) {
+        (Some("EXPLAIN"), Some("CREATE"), Some("SINK" | "MATERIALIZED")) => {
+            df.parser.next_token();
+            Statement::Explain(Box::new(parse_one(df)?))
+        }
+        (Some("CREATE"), Some("SINK"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::CreateSink(parse_create_job(&mut df.parser, true)?)
+        }
+        (Some("CREATE"), Some("MATERIALIZED"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            expect_word(&mut df.parser, "VIEW")?;
+            Statement::CreateMaterializedView(parse_create_job(&mut df.parser, false)?)
+        }
+        (Some("DROP"), Some("SINK"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            let if_exists = df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            Statement::DropSink { name, if_exists }
+        }
+        (Some("DROP"), Some("MATERIALIZED"), Some("VIEW")) => {
+            for _ in 0..3 {
+                df.parser.next_token();
+            }
+            let if_exists = df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            Statement::DropMaterializedView { name, if_exists }
+        }
+        (Some("SHOW"), Some("SINKS"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::ShowSinks
+        }
+        (Some("SHOW"), Some("MATERIALIZED"), Some("VIEWS")) => {
+            for _ in 0..3 {
+                df.parser.next_token();
+            }
+            Statement::ShowMaterializedViews
+        }
+        (Some("SHOW"), Some("JOBS"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::ShowJobs
+        }
+        (Some("CREATE"), Some("STREAM"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::CreateStream(parse_create_stream(&mut df.parser)?)
+        }
+        (Some("DROP"), Some("STREAM"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            let if_exists = df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            Statement::DropStream { name, if_exists }
+        }
+        (Some("SHOW"), Some("STREAMS"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::ShowStreams
+        }
+        _ => Statement::DataFusion(df.parse_statement()?),
+    };
+    Ok(statement)
+}
+
+fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {
+    match parser.next_token().token {
+        Token::Word(w) if w.value.eq_ignore_ascii_case(word) => Ok(()),
+        other => Err(SluiceError::new(
+            ErrorKind::Syntax,
+            format!("syntax error: expected {word}, found: {other}"),
+        )),
+    }
+}
+
+fn parse_create_job(parser: &mut Parser, sink: bool) -> Result<CreateJob> {
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false).map_err(syntax)?;
+    let options = if parser.parse_keyword(Keyword::WITH) {
+        parse_options(parser)?
+    } else if sink {
+        return Err(SluiceError::new(
+            ErrorKind::Syntax,
+            format!(
+                "syntax error: CREATE SINK {name} needs WITH (connector = '...', ...) AS query, found: {}",
+                parser.peek_token()
+            ),
+        ));
+    } else {
+        BTreeMap::new()
+    };
+    if !parser.parse_keyword(Keyword::AS) {
+        return Err(SluiceError::new(
+            ErrorKind::Syntax,
+            format!(
+                "syntax error: expected AS query after {name}, found: {}",
+                parser.peek_token()
+            ),
+        ));
+    }
+    let query = parser.parse_query().map_err(syntax)?;
+    Ok(CreateJob {
+        name,
+        if_not_exists,
+        options,
+        query,
+    })
+}
+
 fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false).map_err(syntax)?;
-    if parser.peek_token() == Token::LParen {
-        return Err(SluiceError::not_supported(
-            "declared columns in CREATE STREAM are not supported yet: the built-in connectors \
-             define their own schema; write CREATE STREAM name WITH (connector = '...', ...)",
-        ));
+    let mut watermark = None;
+    if parser.consume_token(&Token::LParen) {
+        if peek_word(parser, 0).as_deref() != Some("WATERMARK") {
+            return Err(SluiceError::not_supported(
+                "declared columns in CREATE STREAM are not supported yet: the built-in connectors \
+                 define their own schema; write CREATE STREAM name (WATERMARK FOR col AS col - INTERVAL '...') \
+                 WITH (connector = '...', ...)",
+            ));
+        }
+        parser.next_token();
+        if !parser.parse_keyword(Keyword::FOR) {
+            return Err(SluiceError::new(
+                ErrorKind::Syntax,
+                format!(
+                    "syntax error: expected WATERMARK FOR column AS expression, found: {}",
+                    parser.peek_token()
+                ),
+            ));
+        }
+        let col = parser.parse_identifier().map_err(syntax)?;
+        let col = if col.quote_style.is_some() {
+            col.value
+        } else {
+            col.value.to_ascii_lowercase()
+        };
+        if !parser.parse_keyword(Keyword::AS) {
+            return Err(SluiceError::new(
+                ErrorKind::Syntax,
+                format!(
+                    "syntax error: expected AS after WATERMARK FOR {col}, found: {}",
+                    parser.peek_token()
+                ),
+            ));
+        }
+        let expr = parser.parse_expr().map_err(syntax)?;
+        parser.expect_token(&Token::RParen).map_err(syntax)?;
+        watermark = Some((col, Box::new(expr)));
     }
     if !parser.parse_keyword(Keyword::WITH) {
         return Err(SluiceError::new(
@@ -138,6 +335,16 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
             ),
         ));
     }
+    let options = parse_options(parser)?;
+    Ok(CreateStream {
+        name,
+        if_not_exists,
+        options,
+        watermark,
+    })
+}
+
+fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
     parser.expect_token(&Token::LParen).map_err(syntax)?;
     let mut options = BTreeMap::new();
     loop {
@@ -174,11 +381,7 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
         parser.expect_token(&Token::RParen).map_err(syntax)?;
         break;
     }
-    Ok(CreateStream {
-        name,
-        if_not_exists,
-        options,
-    })
+    Ok(options)
 }
 
 #[cfg(test)]

@@ -13,9 +13,16 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+
+use crate::streaming::window::WindowSpec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -56,6 +63,12 @@ pub trait SourceConnector: Send + Sync + Debug {
 
     /// Whether the source ends by itself with these options.
     fn is_bounded(&self, options: &BTreeMap<String, String>) -> bool;
+
+    /// The event-time column a stream gets when its declaration names none
+    /// (`WATERMARK FOR ...`): generators know their clock.
+    fn default_event_time(&self, _options: &BTreeMap<String, String>) -> Option<String> {
+        None
+    }
 
     /// Opens partition `partition` of `partitions`.
     fn open(
@@ -146,26 +159,168 @@ impl PartitionStream for SourcePartition {
     }
 }
 
-/// A DataFusion table over a declared stream, with `partitions` parallel
-/// source tasks.
-pub(crate) fn stream_table(
-    connector: Arc<dyn SourceConnector>,
-    options: BTreeMap<String, String>,
-    partitions: usize,
-) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    let schema = connector.schema(&options)?;
-    let bounded = connector.is_bounded(&options);
-    let parts: Vec<Arc<dyn PartitionStream>> = (0..partitions.max(1))
-        .map(|partition| {
-            Arc::new(SourcePartition {
-                connector: connector.clone(),
-                options: options.clone(),
-                schema: schema.clone(),
-                partition,
-                partitions: partitions.max(1),
-            }) as Arc<dyn PartitionStream>
+/// One partition of a stream with windows assigned, for batch scans of
+/// `TUMBLE(...)` / `HOP(...)`.
+#[derive(Debug)]
+struct WindowedPartition {
+    inner: SourcePartition,
+    spec: WindowSpec,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for WindowedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let spec = self.spec.clone();
+        let schema = self.schema.clone();
+        let out = schema.clone();
+        let stream = self
+            .inner
+            .execute(ctx)
+            .map(move |batch| batch.and_then(|b| spec.assign(&b, &out)));
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+}
+
+/// When a stream's rows are late: the event-time column and how far the
+/// watermark trails the largest event time seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkSpec {
+    /// Index of the event-time column.
+    pub column: usize,
+    /// Unit of that column.
+    pub unit: TimeUnit,
+    /// Microseconds the watermark trails the largest time seen.
+    pub delay_us: i64,
+}
+
+/// A declared stream: a DataFusion table (ad-hoc queries scan it, one task
+/// per partition) that also tells the streaming planner how to run it.
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    pub name: String,
+    pub connector: Arc<dyn SourceConnector>,
+    pub options: BTreeMap<String, String>,
+    pub partitions: usize,
+    pub watermark: Option<WatermarkSpec>,
+    schema: SchemaRef,
+    bounded: bool,
+}
+
+impl StreamTable {
+    /// Checks the options and builds the table; `watermark` is the declared
+    /// `(column, delay in microseconds)`, if any.
+    pub fn try_new(
+        name: String,
+        connector: Arc<dyn SourceConnector>,
+        options: BTreeMap<String, String>,
+        partitions: usize,
+        watermark: Option<(String, i64)>,
+    ) -> Result<Self> {
+        let schema = connector.schema(&options)?;
+        let bounded = connector.is_bounded(&options);
+        let watermark = match watermark.or_else(|| connector.default_event_time(&options).map(|c| (c, 0))) {
+            None => None,
+            Some((column, delay_us)) => {
+                let Some(idx) = schema.fields().iter().position(|f| f.name() == &column) else {
+                    return Err(SluiceError::new(
+                        crate::error::ErrorKind::UndefinedColumn,
+                        format!("WATERMARK FOR {column}: stream {name} has no column {column}"),
+                    ));
+                };
+                let DataType::Timestamp(unit, _) = schema.field(idx).data_type() else {
+                    return Err(SluiceError::new(
+                        crate::error::ErrorKind::Semantic,
+                        format!("WATERMARK FOR {column}: the event-time column must be a TIMESTAMP"),
+                    ));
+                };
+                Some(WatermarkSpec {
+                    column: idx,
+                    unit: *unit,
+                    delay_us,
+                })
+            }
+        };
+        Ok(Self {
+            name,
+            connector,
+            options,
+            partitions: partitions.max(1),
+            watermark,
+            schema,
+            bounded,
         })
-        .collect();
-    let table = StreamingTable::try_new(schema, parts)?.with_infinite_table(!bounded);
-    Ok(Arc::new(table))
+    }
+
+    pub fn schema_ref(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn is_bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn partition(&self, partition: usize) -> SourcePartition {
+        SourcePartition {
+            connector: self.connector.clone(),
+            options: self.options.clone(),
+            schema: self.schema.clone(),
+            partition,
+            partitions: self.partitions,
+        }
+    }
+
+    /// Opens source partition `partition` for a streaming job.
+    pub fn open(&self, partition: usize) -> Result<Box<dyn Source>> {
+        self.connector.open(&self.options, partition, self.partitions)
+    }
+
+    fn batch_table(&self) -> datafusion::error::Result<StreamingTable> {
+        let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
+            .map(|p| Arc::new(self.partition(p)) as Arc<dyn PartitionStream>)
+            .collect();
+        Ok(StreamingTable::try_new(self.schema.clone(), parts)?.with_infinite_table(!self.bounded))
+    }
+
+    /// The stream with windows assigned, as a table for batch scans.
+    pub(crate) fn windowed_batch_table(
+        &self,
+        spec: WindowSpec,
+        schema: SchemaRef,
+    ) -> datafusion::error::Result<StreamingTable> {
+        let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
+            .map(|p| {
+                Arc::new(WindowedPartition {
+                    inner: self.partition(p),
+                    spec: spec.clone(),
+                    schema: schema.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(StreamingTable::try_new(schema, parts)?.with_infinite_table(!self.bounded))
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.batch_table()?.scan(state, projection, &[], limit).await
+    }
 }

@@ -25,9 +25,12 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
 use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
-use sluice_engine::{CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, SourceRegistry, StoreRegistry};
+use sluice_engine::{
+    CATALOG_NAME, Engine, EngineConfig, PG_SERVER_VERSION, SinkRegistry, SourceRegistry, StoreRegistry,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -53,11 +56,15 @@ impl Server {
         stores.register(Arc::new(HdfsStoreProvider));
         let mut sources = SourceRegistry::default();
         sources.register(Arc::new(NexmarkConnector));
+        let mut sinks = SinkRegistry::default();
+        sinks.register(Arc::new(FileSystemSink));
+        sinks.register(Arc::new(BlackholeSink));
         let engine = Engine::open(EngineConfig {
             data_dir: config.data_dir.clone(),
             stores,
             target_partitions: config.target_partitions,
             sources,
+            sinks,
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(

@@ -1,0 +1,538 @@
+//! The `filesystem` sink: Hive-partitioned Parquet, JSON lines or CSV files
+//! on any object store (`file://`, `s3://`, `hdfs://`), and the `blackhole`
+//! sink for benchmarks.
+//!
+//! Each output lane of a job writes its own files, so lanes never contend.
+//! Rows are buffered per partition directory and a file is written whole
+//! (one `put`, which object stores make visible atomically) when the buffer
+//! reaches the size limit, when it has been open for the rollover interval
+//! (checked as watermarks pass), and when the input ends. File names carry
+//! the job's run id, the lane and a sequence number, so they never collide.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sluice_engine::datafusion::parquet::arrow::ArrowWriter;
+use sluice_engine::datafusion::parquet::basic::{Compression, ZstdLevel};
+use sluice_engine::datafusion::parquet::file::properties::WriterProperties;
+use sluice_engine::sink::{Landed, SinkConnector, SinkContext, SinkWriter};
+use sluice_engine::{Result, SluiceError};
+
+const DEFAULT_FILE_SIZE: u64 = 64 * 1024 * 1024;
+const DEFAULT_ROLLOVER: Duration = Duration::from_secs(60);
+
+/// Where and how the filesystem sink writes.
+#[derive(Debug, Clone)]
+struct FsOptions {
+    path: String,
+    format: Format,
+    partition_by: Vec<String>,
+    file_size: u64,
+    rollover: Duration,
+    changelog: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Parquet,
+    Json,
+    Csv,
+}
+
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// `64MB`, `512 KB`, `1048576`.
+fn parse_size(key: &str, v: &str) -> Result<u64> {
+    let t = v.trim().to_ascii_uppercase();
+    let (num, mul) = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, mul)| t.strip_suffix(suffix).map(|n| (n.trim().to_string(), *mul)))
+        .unwrap_or((t.clone(), 1));
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n * mul)
+        .ok_or_else(|| {
+            SluiceError::invalid_parameter(format!("option '{key}': '{v}' is not a size such as '64MB'"))
+        })
+}
+
+/// `10s`, `500 ms`, `2 min`, `1h`.
+fn parse_duration(key: &str, v: &str) -> Result<Duration> {
+    let t = v.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        SluiceError::invalid_parameter(format!("option '{key}': '{v}' is not a duration such as '10s'"))
+    })?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" | "sec" | "second" | "seconds" => Duration::from_secs(n),
+        "min" | "minute" | "minutes" => Duration::from_secs(n * 60),
+        "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(SluiceError::invalid_parameter(format!(
+                "option '{key}': unknown unit '{other}' (use ms, s, min or h)"
+            )));
+        }
+    };
+    Ok(d)
+}
+
+impl FsOptions {
+    fn parse(options: &BTreeMap<String, String>, schema: &Schema, updating: bool) -> Result<Self> {
+        let path = options.get("path").cloned().ok_or_else(|| {
+            SluiceError::invalid_parameter("sink connector 'filesystem' needs option 'path'")
+        })?;
+        let format = match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("parquet") => Format::Parquet,
+            Some("json") => Format::Json,
+            Some("csv") => Format::Csv,
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "sink format '{other}' is not supported; use parquet, json or csv"
+                )));
+            }
+        };
+        let partition_by: Vec<String> = options
+            .get("partition_by")
+            .map(|s| {
+                s.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in &partition_by {
+            if schema.index_of(c).is_err() {
+                let cols: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(SluiceError::invalid_parameter(format!(
+                    "partition_by column '{c}' is not in the query's output ({})",
+                    cols.join(", ")
+                )));
+            }
+        }
+        if partition_by.len() == schema.fields().len() {
+            return Err(SluiceError::invalid_parameter(
+                "partition_by can't name every output column: files would have no columns",
+            ));
+        }
+        let changelog = match options
+            .get("changelog")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "option 'changelog': '{other}' is not true or false"
+                )));
+            }
+        };
+        if updating && !changelog {
+            return Err(SluiceError::new(
+                sluice_engine::ErrorKind::NotSupported,
+                "the query's result is updating (a GROUP BY without windows retracts rows) and the \
+                 filesystem sink only appends; aggregate over windows (TUMBLE/HOP), use a materialized \
+                 view, or set 'changelog' = 'true' to land every change with an 'op' column \
+                 ('insert' / 'delete')",
+            ));
+        }
+        if changelog && schema.index_of("op").is_ok() {
+            return Err(SluiceError::invalid_parameter(
+                "with 'changelog' = 'true' the sink adds an 'op' column; the query already has one",
+            ));
+        }
+        let file_size = match options.get("sink.rolling-policy.file-size") {
+            Some(v) => parse_size("sink.rolling-policy.file-size", v)?,
+            None => DEFAULT_FILE_SIZE,
+        };
+        let rollover = match options.get("sink.rolling-policy.rollover-interval") {
+            Some(v) => parse_duration("sink.rolling-policy.rollover-interval", v)?,
+            None => DEFAULT_ROLLOVER,
+        };
+        Ok(Self {
+            path,
+            format,
+            partition_by,
+            file_size,
+            rollover,
+            changelog: changelog && updating,
+        })
+    }
+
+    /// The schema of what lands: the output plus `op` in changelog mode.
+    fn landed_schema(&self, schema: &Schema) -> SchemaRef {
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if self.changelog {
+            fields.push(Field::new("op", DataType::Utf8, false));
+        }
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// The `filesystem` sink connector.
+#[derive(Debug, Default)]
+pub struct FileSystemSink;
+
+impl SinkConnector for FileSystemSink {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        &[
+            "path",
+            "format",
+            "partition_by",
+            "changelog",
+            "sink.rolling-policy.file-size",
+            "sink.rolling-policy.rollover-interval",
+        ]
+    }
+
+    fn validate(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+    ) -> Result<Option<Landed>> {
+        let o = FsOptions::parse(options, schema, updating)?;
+        Ok(Some(Landed {
+            location: o.path.clone(),
+            format: o.format.name().to_string(),
+            partition_by: o.partition_by.clone(),
+        }))
+    }
+
+    fn landed_schema(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+    ) -> SchemaRef {
+        match FsOptions::parse(options, schema, updating) {
+            Ok(o) => o.landed_schema(schema),
+            Err(_) => schema.clone(),
+        }
+    }
+
+    fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+        ctx: &SinkContext,
+        lane: usize,
+        _lanes: usize,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let o = FsOptions::parse(options, schema, updating)?;
+        let (store, base) = ctx.resolve(&o.path)?;
+        let landed = o.landed_schema(schema);
+        let partition_idx: Vec<usize> = o
+            .partition_by
+            .iter()
+            .map(|c| landed.index_of(c).expect("checked in parse"))
+            .collect();
+        let file_cols: Vec<usize> = (0..landed.fields().len())
+            .filter(|i| !partition_idx.contains(i))
+            .collect();
+        let file_schema = Arc::new(landed.project(&file_cols)?);
+        Ok(Box::new(FsWriter {
+            store,
+            base,
+            options: o,
+            landed,
+            partition_idx,
+            file_cols,
+            file_schema,
+            buffers: HashMap::new(),
+            prefix: format!("part-{}-{lane}", ctx.run_id),
+            seq: 0,
+        }))
+    }
+}
+
+struct Buffer {
+    batches: Vec<RecordBatch>,
+    bytes: u64,
+    opened: Instant,
+}
+
+struct FsWriter {
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    options: FsOptions,
+    landed: SchemaRef,
+    partition_idx: Vec<usize>,
+    file_cols: Vec<usize>,
+    file_schema: SchemaRef,
+    buffers: HashMap<String, Buffer>,
+    prefix: String,
+    seq: u64,
+}
+
+/// Hive's spelling of a NULL partition value.
+const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+impl FsWriter {
+    /// The output batch as it lands: with `op` in changelog mode.
+    fn landed_batch(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if !self.options.changelog {
+            return Ok(batch);
+        }
+        let n = batch.num_columns();
+        let ops = batch
+            .column(n - 1)
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .ok_or_else(|| SluiceError::internal("updating batch without op column"))?;
+        let op: StringArray = ops
+            .values()
+            .iter()
+            .map(|o| Some(if *o > 0 { "insert" } else { "delete" }))
+            .collect();
+        let mut cols: Vec<ArrayRef> = batch.columns()[..n - 1].to_vec();
+        cols.push(Arc::new(op));
+        Ok(RecordBatch::try_new(self.landed.clone(), cols)?)
+    }
+
+    fn partitions(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        if self.partition_idx.is_empty() {
+            return Ok(vec![(String::new(), batch.project(&self.file_cols)?)]);
+        }
+        let cols: Vec<ArrayRef> = self
+            .partition_idx
+            .iter()
+            .map(|&i| cast(batch.column(i), &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
+        let cols: Vec<&StringArray> = cols
+            .iter()
+            .map(|c| c.as_any().downcast_ref::<StringArray>().expect("cast to Utf8"))
+            .collect();
+        let mut groups: HashMap<String, Vec<u32>> = HashMap::new();
+        let names: Vec<&str> = self
+            .partition_idx
+            .iter()
+            .map(|&i| self.landed.field(i).name().as_str())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let mut key = String::new();
+            for (c, name) in cols.iter().zip(&names) {
+                if !key.is_empty() {
+                    key.push('/');
+                }
+                let v = if c.is_null(row) {
+                    NULL_PARTITION
+                } else {
+                    c.value(row)
+                };
+                key.push_str(name);
+                key.push('=');
+                key.push_str(v);
+            }
+            groups.entry(key).or_default().push(row as u32);
+        }
+        let files = batch.project(&self.file_cols)?;
+        groups
+            .into_iter()
+            .map(|(k, rows)| {
+                let part = if rows.len() == files.num_rows() {
+                    files.clone()
+                } else {
+                    take_record_batch(&files, &UInt32Array::from(rows))?
+                };
+                Ok((k, part))
+            })
+            .collect()
+    }
+
+    async fn flush(&mut self, key: &str) -> Result<()> {
+        let Some(buffer) = self.buffers.remove(key) else {
+            return Ok(());
+        };
+        if buffer.batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        let bytes = encode(self.options.format, &self.file_schema, &buffer.batches)?;
+        let mut path = self.base.clone();
+        for segment in key.split('/').filter(|s| !s.is_empty()) {
+            path = path.join(segment);
+        }
+        self.seq += 1;
+        let file = format!("{}-{:05}.{}", self.prefix, self.seq, self.options.format.name());
+        let path = path.join(file.as_str());
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| {
+                SluiceError::new(
+                    sluice_engine::ErrorKind::StorageUnavailable,
+                    format!("writing {path}: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+}
+
+fn encode(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match format {
+        Format::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))
+                .map_err(sluice_engine::datafusion::error::DataFusionError::from)?;
+            for b in batches {
+                w.write(b)
+                    .map_err(sluice_engine::datafusion::error::DataFusionError::from)?;
+            }
+            w.close()
+                .map_err(sluice_engine::datafusion::error::DataFusionError::from)?;
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl SinkWriter for FsWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = self.landed_batch(batch)?;
+        for (key, part) in self.partitions(&batch)? {
+            let size = part.get_array_memory_size() as u64;
+            let buffer = self.buffers.entry(key.clone()).or_insert_with(|| Buffer {
+                batches: vec![],
+                bytes: 0,
+                opened: Instant::now(),
+            });
+            buffer.batches.push(part);
+            buffer.bytes += size;
+            if buffer.bytes >= self.options.file_size {
+                self.flush(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, _watermark: i64) -> Result<()> {
+        let due: Vec<String> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| b.opened.elapsed() >= self.options.rollover)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.flush(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        let keys: Vec<String> = self.buffers.keys().cloned().collect();
+        for key in keys {
+            self.flush(&key).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `blackhole` sink: counts and discards (for benchmarks).
+#[derive(Debug, Default)]
+pub struct BlackholeSink;
+
+struct Blackhole;
+
+#[async_trait]
+impl SinkWriter for Blackhole {
+    async fn write(&mut self, _batch: RecordBatch) -> Result<()> {
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl SinkConnector for BlackholeSink {
+    fn name(&self) -> &'static str {
+        "blackhole"
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn validate(&self, _: &BTreeMap<String, String>, _: &SchemaRef, _: bool) -> Result<Option<Landed>> {
+        Ok(None)
+    }
+
+    fn open(
+        &self,
+        _: &BTreeMap<String, String>,
+        _: &SchemaRef,
+        _: bool,
+        _: &SinkContext,
+        _: usize,
+        _: usize,
+    ) -> Result<Box<dyn SinkWriter>> {
+        Ok(Box::new(Blackhole))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_like_flink_options() {
+        assert_eq!(parse_size("k", "64MB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("k", "512 kb").unwrap(), 512 << 10);
+        assert_eq!(parse_size("k", "100").unwrap(), 100);
+        assert!(parse_size("k", "lots").is_err());
+        assert_eq!(parse_duration("k", "10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("k", "2 min").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("k", "5 fortnights").is_err());
+    }
+
+    #[test]
+    fn updating_queries_need_changelog() {
+        let schema = Schema::new(vec![Field::new("k", DataType::Utf8, false)]);
+        let mut o = BTreeMap::from([("path".to_string(), "/tmp/x".to_string())]);
+        let e = FsOptions::parse(&o, &schema, true).unwrap_err();
+        assert!(e.to_string().contains("changelog"), "{e}");
+        o.insert("changelog".into(), "true".into());
+        let ok = FsOptions::parse(&o, &schema, true).unwrap();
+        assert_eq!(ok.landed_schema(&schema).fields().len(), 2);
+    }
+}

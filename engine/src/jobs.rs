@@ -1,0 +1,490 @@
+//! Sinks and materialized views: creating, running, dropping and showing
+//! continuous queries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::logical_expr::Expr;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement};
+
+use crate::catalog::{CatalogEntry, ObjectKind};
+use crate::engine::{Engine, Output, Session};
+use crate::error::{ErrorKind, Result, SluiceError};
+use crate::parser::{CreateJob, Statement};
+use crate::sink::{Landed, SinkContext, check_sink_options};
+use crate::stream::StreamTable;
+use crate::streaming::mview::MaterializedView;
+use crate::streaming::plan::{Node, Planner};
+use crate::streaming::runtime::Job;
+use crate::streaming::window::{StreamLookup, interval_arg, rewrite_window_calls};
+
+/// The declared streams by name.
+#[derive(Debug, Default)]
+pub(crate) struct Streams(RwLock<HashMap<String, Arc<StreamTable>>>);
+
+impl Streams {
+    pub(crate) fn insert(&self, name: String, table: Arc<StreamTable>) {
+        self.0.write().expect("streams lock").insert(name, table);
+    }
+
+    pub(crate) fn remove(&self, name: &str) {
+        self.0.write().expect("streams lock").remove(name);
+    }
+}
+
+impl StreamLookup for Streams {
+    fn stream(&self, name: &str) -> Option<Arc<StreamTable>> {
+        self.0.read().expect("streams lock").get(name).cloned()
+    }
+}
+
+/// A sink or view and its running job.
+pub(crate) struct RunningJob {
+    pub(crate) sink: bool,
+    pub(crate) job: Job,
+    pub(crate) view: Option<Arc<MaterializedView>>,
+}
+
+/// `WATERMARK FOR col AS col [- INTERVAL '...']`: how far the watermark
+/// trails the largest event time, in microseconds.
+pub(crate) fn watermark_delay(col: &str, expr: &SqlExpr) -> Result<i64> {
+    let is_col = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(id) if id.value.eq_ignore_ascii_case(col));
+    let unsupported = || {
+        SluiceError::not_supported(format!(
+            "WATERMARK FOR {col} AS {expr}: the watermark must be {col} or {col} - INTERVAL '...'"
+        ))
+    };
+    if is_col(expr) {
+        return Ok(0);
+    }
+    let SqlExpr::BinaryOp { left, op, right } = expr else {
+        return Err(unsupported());
+    };
+    if !is_col(left) || *op != datafusion::sql::sqlparser::ast::BinaryOperator::Minus {
+        return Err(unsupported());
+    }
+    let SqlExpr::Interval(_) = right.as_ref() else {
+        return Err(unsupported());
+    };
+    // DataFusion turns the interval literal into a value.
+    let ctx = datafusion::prelude::SessionContext::new();
+    let planned = ctx
+        .state()
+        .create_logical_expr(&right.to_string(), &datafusion::common::DFSchema::empty())?;
+    match planned {
+        Expr::Literal(..) => Ok(interval_arg(&planned, "WATERMARK")?),
+        _ => Err(unsupported()),
+    }
+}
+
+pub(crate) fn show_objects_schema(sink: bool) -> SchemaRef {
+    let mut fields = vec![Field::new("name", DataType::Utf8, false)];
+    if sink {
+        fields.push(Field::new("connector", DataType::Utf8, false));
+        fields.push(Field::new("options", DataType::Utf8, false));
+    } else {
+        fields.push(Field::new("rows", DataType::Int64, false));
+    }
+    fields.push(Field::new("status", DataType::Utf8, false));
+    fields.push(Field::new("query", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+pub(crate) fn show_jobs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("job", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("operator_id", DataType::Int64, false),
+        Field::new("operator", DataType::Utf8, false),
+        Field::new("parallelism", DataType::Int64, false),
+        Field::new("rows_in", DataType::Int64, false),
+        Field::new("rows_out", DataType::Int64, false),
+        Field::new(
+            "watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        Field::new("state_rows", DataType::Int64, false),
+        Field::new("state_bytes", DataType::Int64, false),
+        Field::new("late_rows", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+pub(crate) fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]))
+}
+
+impl Engine {
+    /// Names of the jobs that read stream `stream`.
+    pub(crate) fn jobs_reading(&self, stream: &str) -> Vec<String> {
+        let jobs = self.inner.jobs.lock().expect("jobs lock");
+        jobs.iter()
+            .filter(|(_, j)| j.job.plan.streams().iter().any(|s| s == stream))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Waits until job `name` has finished or failed (for tests and tools);
+    /// returns its status name, or `None` when there is no such job.
+    pub async fn wait_for_job(&self, name: &str) -> Option<String> {
+        let waiter = {
+            let jobs = self.inner.jobs.lock().expect("jobs lock");
+            let job = jobs.get(name)?;
+            let mut done = job.job.done_receiver();
+            async move {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
+        waiter.await;
+        let jobs = self.inner.jobs.lock().expect("jobs lock");
+        jobs.get(name).map(|j| j.job.status().name().to_string())
+    }
+}
+
+fn one_batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Output> {
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
+    let stream = futures::stream::once(async move { Ok(batch) });
+    Ok(Output::Rows(Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
+    )))
+}
+
+impl Session {
+    /// Plans a continuous query into a streaming dataflow.
+    pub(crate) async fn plan_job(&self, query: &datafusion::sql::sqlparser::ast::Query) -> Result<Node> {
+        let mut query = query.clone();
+        rewrite_window_calls(&mut query);
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(
+                query,
+            )))))
+            .await?;
+        let plan = state.optimize(&plan)?;
+        Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
+    }
+
+    /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
+    /// starts the job, and records it durably when `persist`.
+    pub(crate) async fn create_job(&self, create: CreateJob, sink: bool, persist: bool) -> Result<()> {
+        let name = crate::engine::normalize_name(&create.name);
+        let statement = if sink {
+            Statement::CreateSink(create.clone())
+        } else {
+            Statement::CreateMaterializedView(create.clone())
+        };
+        let mut catalog = self.engine.inner.catalog.lock().await;
+        if catalog.get(&name).is_some() || self.ctx.table_exist(name.as_str())? {
+            if create.if_not_exists {
+                return Ok(());
+            }
+            return Err(SluiceError::new(
+                ErrorKind::DuplicateObject,
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        let node = self.plan_job(&create.query).await?;
+        let schema = node.schema.clone();
+        let updating = node.updating;
+        let run_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string();
+        let (job, view) = if sink {
+            let stores = &self.engine.inner.stores;
+            let mut options = create.options.clone();
+            let store_options: BTreeMap<String, String> = options
+                .iter()
+                .filter(|(k, _)| stores.is_store_option(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            options.retain(|k, _| !stores.is_store_option(k));
+            let connector_name = options.remove("connector").ok_or_else(|| {
+                SluiceError::invalid_parameter(format!(
+                    "CREATE SINK {name}: the connector option is required"
+                ))
+            })?;
+            let connector = self.engine.inner.sinks.get(&connector_name)?;
+            check_sink_options(connector.as_ref(), &options)?;
+            let landed = connector.validate(&options, &schema, updating)?;
+            if let Some(landed) = &landed {
+                self.register_store(&landed.location, &store_options)?;
+                // Creates the directory for local sinks, so the table lists.
+                crate::sink::resolve_location(stores, &landed.location, &store_options)?;
+                let table = landed_table(landed, &connector.landed_schema(&options, &schema, updating))?;
+                self.ctx.register_table(name.as_str(), table)?;
+            }
+            let ctx = SinkContext {
+                name: name.clone(),
+                run_id,
+                stores: stores.clone(),
+                store_options,
+            };
+            let started = Job::start(&name, node, |lane, lanes| {
+                connector.open(&options, &schema, updating, &ctx, lane, lanes)
+            });
+            match started {
+                Ok(job) => (job, None),
+                Err(e) => {
+                    let _ = self.ctx.deregister_table(name.as_str());
+                    return Err(e);
+                }
+            }
+        } else {
+            if !create.options.is_empty() {
+                return Err(SluiceError::invalid_parameter(
+                    "CREATE MATERIALIZED VIEW takes no WITH options",
+                ));
+            }
+            let view = Arc::new(MaterializedView::try_new(schema.clone(), updating)?);
+            self.ctx.register_table(name.as_str(), view.clone())?;
+            let job = Job::start(&name, node, |_, _| Ok(view.writer()))?;
+            (job, Some(view))
+        };
+        if persist
+            && let Err(e) = catalog.put(CatalogEntry {
+                name: name.clone(),
+                kind: if sink {
+                    ObjectKind::Sink
+                } else {
+                    ObjectKind::MaterializedView
+                },
+                sql: statement.to_string(),
+            })
+        {
+            let _ = self.ctx.deregister_table(name.as_str());
+            return Err(e);
+        }
+        self.engine
+            .inner
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(name, RunningJob { sink, job, view });
+        Ok(())
+    }
+
+    pub(crate) async fn drop_job(&self, name: &str, sink: bool, if_exists: bool) -> Result<()> {
+        let mut catalog = self.engine.inner.catalog.lock().await;
+        let want = if sink {
+            ObjectKind::Sink
+        } else {
+            ObjectKind::MaterializedView
+        };
+        match catalog.get(name).map(|e| e.kind) {
+            Some(kind) if kind == want => {}
+            Some(kind) => {
+                return Err(SluiceError::new(
+                    ErrorKind::Semantic,
+                    format!(
+                        "{name} is a {}, not a {}; use DROP {} {name}",
+                        kind.noun(),
+                        want.noun(),
+                        kind.noun().to_ascii_uppercase()
+                    ),
+                ));
+            }
+            None if if_exists => return Ok(()),
+            None => {
+                return Err(SluiceError::new(
+                    ErrorKind::UndefinedTable,
+                    format!("{} \"{name}\" does not exist", want.noun()),
+                ));
+            }
+        }
+        catalog.remove(name)?;
+        let _ = self.ctx.deregister_table(name);
+        // Dropping the job aborts its tasks and frees their state.
+        let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
+        drop(job);
+        Ok(())
+    }
+
+    pub(crate) async fn show_job_objects(&self, sink: bool) -> Result<Output> {
+        let catalog = self.engine.inner.catalog.lock().await;
+        let want = if sink {
+            ObjectKind::Sink
+        } else {
+            ObjectKind::MaterializedView
+        };
+        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
+        let mut names = vec![];
+        let mut connectors = vec![];
+        let mut options = vec![];
+        let mut rows = vec![];
+        let mut statuses = vec![];
+        let mut queries = vec![];
+        for entry in catalog.entries().filter(|e| e.kind == want) {
+            let Some(Statement::CreateSink(c) | Statement::CreateMaterializedView(c)) =
+                crate::parser::parse(&entry.sql)?.pop()
+            else {
+                continue;
+            };
+            names.push(entry.name.clone());
+            let job = jobs.get(&entry.name);
+            statuses.push(match job {
+                Some(j) => j.job.status().name().to_string(),
+                None => "not running".to_string(),
+            });
+            queries.push(c.query.to_string());
+            connectors.push(c.options.get("connector").cloned().unwrap_or_default());
+            options.push(
+                c.options
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "connector")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            rows.push(
+                job.and_then(|j| j.view.as_ref())
+                    .map(|v| v.len() as i64)
+                    .unwrap_or(0),
+            );
+        }
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(names))];
+        if sink {
+            cols.push(Arc::new(StringArray::from(connectors)));
+            cols.push(Arc::new(StringArray::from(options)));
+        } else {
+            cols.push(Arc::new(Int64Array::from(rows)));
+        }
+        cols.push(Arc::new(StringArray::from(statuses)));
+        cols.push(Arc::new(StringArray::from(queries)));
+        one_batch(show_objects_schema(sink), cols)
+    }
+
+    pub(crate) fn show_jobs(&self) -> Result<Output> {
+        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
+        let mut job = vec![];
+        let mut kind = vec![];
+        let mut status = vec![];
+        let mut op_id = vec![];
+        let mut op = vec![];
+        let mut par = vec![];
+        let mut rows_in = vec![];
+        let mut rows_out = vec![];
+        let mut wm: Vec<Option<i64>> = vec![];
+        let mut state_rows = vec![];
+        let mut state_bytes = vec![];
+        let mut late = vec![];
+        let mut error: Vec<Option<String>> = vec![];
+        for (name, j) in jobs.iter() {
+            let st = j.job.status();
+            let mut nodes = vec![];
+            j.job.plan.walk(&mut nodes);
+            for n in nodes {
+                let m = n.metrics.snapshot();
+                job.push(name.clone());
+                kind.push(if j.sink { "sink" } else { "materialized view" });
+                status.push(st.name());
+                op_id.push(n.id as i64);
+                op.push(n.label());
+                par.push(n.parallelism as i64);
+                rows_in.push(m.rows_in as i64);
+                rows_out.push(m.rows_out as i64);
+                // The end of time (a bounded source finished) has no
+                // timestamp; show the largest representable one instead of
+                // overflowing.
+                wm.push(m.watermark.map(|w| w.min(253_402_300_799_000_000)));
+                state_rows.push(m.state_rows as i64);
+                state_bytes.push(m.state_bytes as i64);
+                late.push(m.late_rows as i64);
+                error.push(match &st {
+                    crate::streaming::runtime::JobStatus::Failed(e) => Some(e.clone()),
+                    _ => None,
+                });
+            }
+        }
+        one_batch(
+            show_jobs_schema(),
+            vec![
+                Arc::new(StringArray::from(job)),
+                Arc::new(StringArray::from(kind)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(Int64Array::from(op_id)),
+                Arc::new(StringArray::from(op)),
+                Arc::new(Int64Array::from(par)),
+                Arc::new(Int64Array::from(rows_in)),
+                Arc::new(Int64Array::from(rows_out)),
+                Arc::new(TimestampMicrosecondArray::from(wm)),
+                Arc::new(Int64Array::from(state_rows)),
+                Arc::new(Int64Array::from(state_bytes)),
+                Arc::new(Int64Array::from(late)),
+                Arc::new(StringArray::from(error)),
+            ],
+        )
+    }
+
+    pub(crate) async fn explain_job(&self, create: &CreateJob, sink: bool) -> Result<Output> {
+        let node = self.plan_job(&create.query).await?;
+        let mut lines = vec![];
+        let target = if sink {
+            let connector = create.options.get("connector").cloned().unwrap_or_default();
+            let c = self.engine.inner.sinks.get(&connector)?;
+            let mut options = create.options.clone();
+            options.retain(|k, _| k != "connector" && !self.engine.inner.stores.is_store_option(k));
+            check_sink_options(c.as_ref(), &options)?;
+            c.validate(&options, &node.schema, node.updating)?;
+            format!("Sink: {connector} [{} lanes]", node.parallelism)
+        } else {
+            format!(
+                "MaterializedView: {} [{}]",
+                crate::engine::normalize_name(&create.name),
+                if node.updating { "keyed multiset" } else { "append" }
+            )
+        };
+        lines.push(target);
+        for l in node.explain().lines() {
+            lines.push(format!("  {l}"));
+        }
+        one_batch(explain_schema(), vec![Arc::new(StringArray::from(lines))])
+    }
+}
+
+/// The table a sink's landed files are read through: a listing table over
+/// the sink's directory with the query's schema (partition columns as
+/// `col=value/` directories).
+fn landed_table(landed: &Landed, schema: &SchemaRef) -> Result<Arc<ListingTable>> {
+    let (format, ext): (Arc<dyn FileFormat>, &str) = match landed.format.as_str() {
+        "parquet" => (Arc::new(ParquetFormat::default()), ".parquet"),
+        "json" => (Arc::new(JsonFormat::default()), ".json"),
+        "csv" => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+        other => return Err(SluiceError::internal(format!("landed format {other}"))),
+    };
+    let mut location = landed.location.clone();
+    if !location.ends_with('/') {
+        location.push('/');
+    }
+    let url = ListingTableUrl::parse(&location)?;
+    let partition_cols: Vec<(String, DataType)> = landed
+        .partition_by
+        .iter()
+        .map(|c| (c.clone(), DataType::Utf8))
+        .collect();
+    let file_fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .filter(|f| !landed.partition_by.contains(f.name()))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let options = ListingOptions::new(format)
+        .with_file_extension(ext)
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(Arc::new(Schema::new(file_fields)));
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}

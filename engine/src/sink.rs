@@ -1,0 +1,183 @@
+//! Sinks: where a continuous query's output leaves the engine.
+//!
+//! The engine owns the traits; the connectors crate implements them
+//! (`filesystem` over object_store, `blackhole`) and the server registers
+//! them. A sink is opened once per parallel output lane of a job.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use crate::error::{ErrorKind, Result, SluiceError};
+use crate::storage::StoreRegistry;
+
+/// Where a sink's output can be read back with SELECT (under the sink's
+/// name): a Hive-partitioned directory of files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    /// The directory URL or path, as the user wrote it.
+    pub location: String,
+    /// `parquet`, `json` or `csv`.
+    pub format: String,
+    /// Columns that become `col=value/` directories (not stored in files).
+    pub partition_by: Vec<String>,
+}
+
+/// One lane's writer.
+#[async_trait]
+pub trait SinkWriter: Send {
+    /// Writes rows. For an updating query the last column is the operation
+    /// (`1` insert, `-1` delete).
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// The watermark (microseconds) advanced: a chance to roll files.
+    async fn on_watermark(&mut self, _watermark: i64) -> Result<()> {
+        Ok(())
+    }
+    /// The input ended (bounded sources): make everything written visible.
+    async fn finish(&mut self) -> Result<()>;
+}
+
+/// What a sink is opened with.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The sink's name.
+    pub name: String,
+    /// Unique per run of the job, so that files of different runs never
+    /// collide.
+    pub run_id: String,
+    /// Storage for non-local locations.
+    pub stores: StoreRegistry,
+    /// Storage options given with the sink (`s3.endpoint`, ...).
+    pub store_options: BTreeMap<String, String>,
+}
+
+impl SinkContext {
+    /// The object store and the path inside it for a location: `file://`
+    /// URLs and plain paths are local, other schemes come from the store
+    /// registry (with the sink's storage options such as `s3.endpoint`).
+    pub fn resolve(&self, location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        resolve_location(&self.stores, location, &self.store_options)
+    }
+}
+
+/// See [`SinkContext::resolve`].
+pub fn resolve_location(
+    stores: &StoreRegistry,
+    location: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    if let Some((_, store)) = stores.store_for_location(location, options)? {
+        let url = url::Url::parse(location)
+            .map_err(|e| SluiceError::invalid_parameter(format!("invalid location '{location}': {e}")))?;
+        let path = Path::parse(url.path().trim_start_matches('/'))
+            .map_err(|e| SluiceError::invalid_parameter(format!("invalid path in '{location}': {e}")))?;
+        return Ok((store, path));
+    }
+    let local = location.strip_prefix("file://").unwrap_or(location);
+    if local.contains("://") {
+        return Err(SluiceError::invalid_parameter(format!(
+            "no storage for '{location}': use file://, s3:// or hdfs://"
+        )));
+    }
+    std::fs::create_dir_all(local)?;
+    let abs = std::fs::canonicalize(local)?;
+    let store = Arc::new(object_store::local::LocalFileSystem::new());
+    let path = Path::from_filesystem_path(&abs).map_err(|e| {
+        SluiceError::new(
+            ErrorKind::InvalidParameter,
+            format!("invalid path '{location}': {e}"),
+        )
+    })?;
+    Ok((store, path))
+}
+
+/// A kind of sink (`connector = '...'` in `CREATE SINK`).
+pub trait SinkConnector: Send + Sync + Debug {
+    /// The connector's name, as users write it.
+    fn name(&self) -> &'static str;
+
+    /// Every option the connector accepts (besides `connector`).
+    fn option_keys(&self) -> &[&'static str];
+
+    /// Checks the options against the query's output (`updating`: whether
+    /// it retracts) and says where the output can be read back, if anywhere.
+    fn validate(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+    ) -> Result<Option<Landed>>;
+
+    /// The schema of what lands, when it differs from the query's output
+    /// (a changelog adds an operation column).
+    fn landed_schema(
+        &self,
+        _options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        _updating: bool,
+    ) -> SchemaRef {
+        schema.clone()
+    }
+
+    /// Opens the writer for output lane `lane` of `lanes`.
+    fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+        ctx: &SinkContext,
+        lane: usize,
+        lanes: usize,
+    ) -> Result<Box<dyn SinkWriter>>;
+}
+
+/// The sink connectors the engine knows, by name.
+#[derive(Debug, Default, Clone)]
+pub struct SinkRegistry {
+    connectors: Vec<Arc<dyn SinkConnector>>,
+}
+
+impl SinkRegistry {
+    /// Adds a connector; a later one with the same name wins.
+    pub fn register(&mut self, connector: Arc<dyn SinkConnector>) {
+        self.connectors.insert(0, connector);
+    }
+
+    /// The connector with that name, or an error listing the known ones.
+    pub fn get(&self, name: &str) -> Result<Arc<dyn SinkConnector>> {
+        self.connectors
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                let mut names: Vec<_> = self.connectors.iter().map(|c| c.name()).collect();
+                names.sort_unstable();
+                SluiceError::invalid_parameter(format!(
+                    "unknown sink connector '{name}'; available: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Checks `options` against the sink's accepted keys.
+pub fn check_sink_options(connector: &dyn SinkConnector, options: &BTreeMap<String, String>) -> Result<()> {
+    for key in options.keys() {
+        if key != "connector" && !connector.option_keys().contains(&key.as_str()) {
+            let mut accepted: Vec<_> = connector.option_keys().to_vec();
+            accepted.sort_unstable();
+            return Err(SluiceError::invalid_parameter(format!(
+                "sink connector '{}' has no option '{key}'; accepted: connector, {}",
+                connector.name(),
+                accepted.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,652 @@
+//! Incremental operators over Arrow batches.
+//!
+//! Expressions (group keys, aggregate arguments, FILTER clauses) are
+//! DataFusion `PhysicalExpr`s and aggregates are DataFusion accumulators:
+//! the operators own only what is streaming-specific, namely which state a
+//! row updates, when results are emitted and what is retracted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::metrics::NodeMetrics;
+use super::window::{micros_to_ticks, ticks_to_micros};
+
+type Result<T> = datafusion::error::Result<T>;
+
+/// Name of the operation column that updating streams carry last:
+/// `1` inserts the row, `-1` deletes it (an update is a delete and an insert).
+pub const OP_COLUMN: &str = "__sluice_op";
+
+/// The schema of an updating stream's batches: the rows plus the op column.
+pub fn with_op_column(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(OP_COLUMN, DataType::Int8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Evaluates an expression to an array of the batch's length.
+pub fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    expr.evaluate(batch)?.into_array(batch.num_rows())
+}
+
+/// One aggregate of a GROUP BY: the DataFusion aggregate, its argument
+/// expressions and its FILTER clause.
+#[derive(Debug, Clone)]
+pub struct AggExpr {
+    pub func: Arc<AggregateFunctionExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl AggExpr {
+    fn groups_accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
+        if self.func.groups_accumulator_supported() {
+            self.func.create_groups_accumulator()
+        } else {
+            let f = self.func.clone();
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                f.create_accumulator()
+            })))
+        }
+    }
+
+    fn args(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.func.expressions().iter().map(|e| eval(e, batch)).collect()
+    }
+
+    fn filter(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        match &self.filter {
+            None => Ok(None),
+            Some(f) => {
+                let a = eval(f, batch)?;
+                let b = a
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| DataFusionError::Internal("FILTER is not boolean".into()))?;
+                Ok(Some(b.clone()))
+            }
+        }
+    }
+}
+
+/// What a keyed operator does with its input; the runtime handles channels,
+/// watermark alignment across inputs and metrics.
+pub trait KeyedOperator: Send {
+    /// Rows arrived.
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// The watermark (microseconds) advanced to `watermark` on every input.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// (rows, bytes) of state held.
+    fn state_size(&self) -> (usize, usize);
+}
+
+/// Where the window of each row is found among the group keys.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowKey {
+    /// Index of the group key that is `window_start` or `window_end`.
+    pub key: usize,
+    /// Whether that key is the window end (else the start).
+    pub is_end: bool,
+    /// The window length, microseconds.
+    pub size_us: i64,
+    /// Unit of the window column.
+    pub unit: TimeUnit,
+}
+
+struct WindowState {
+    groups: Box<dyn GroupValues>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// GROUP BY over windows: state per open window, emitted once (append-only)
+/// when the watermark passes the window's end. Rows for windows that have
+/// already closed are late: dropped and counted.
+pub struct WindowAggregate {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    key_schema: SchemaRef,
+    aggs: Vec<AggExpr>,
+    window: WindowKey,
+    output: SchemaRef,
+    /// Open windows by end (microseconds).
+    windows: BTreeMap<i64, WindowState>,
+    watermark: i64,
+    metrics: Arc<NodeMetrics>,
+    scratch: Vec<usize>,
+}
+
+impl WindowAggregate {
+    pub fn new(
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        input: &Schema,
+        aggs: Vec<AggExpr>,
+        window: WindowKey,
+        output: SchemaRef,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Self> {
+        let key_schema = key_schema(&keys, input)?;
+        Ok(Self {
+            keys,
+            key_schema,
+            aggs,
+            window,
+            output,
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            metrics,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn window_ends(&self, batch: &RecordBatch) -> Result<Int64Array> {
+        let col = eval(&self.keys[self.window.key], batch)?;
+        let ticks = cast(&col, &DataType::Int64)?;
+        let ticks = ticks
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
+        let size = micros_to_ticks(self.window.size_us, self.window.unit);
+        let unit = self.window.unit;
+        let is_end = self.window.is_end;
+        Ok(ticks.unary(|t| ticks_to_micros(if is_end { t } else { t + size }, unit)))
+    }
+
+    fn update(&mut self, end: i64, batch: &RecordBatch) -> Result<()> {
+        if !self.windows.contains_key(&end) {
+            let state = WindowState {
+                groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None)?,
+                accs: self
+                    .aggs
+                    .iter()
+                    .map(|a| a.groups_accumulator())
+                    .collect::<Result<_>>()?,
+            };
+            self.windows.insert(end, state);
+        }
+        let state = self.windows.get_mut(&end).expect("inserted above");
+        let keys: Vec<ArrayRef> = self.keys.iter().map(|k| eval(k, batch)).collect::<Result<_>>()?;
+        self.scratch.clear();
+        state.groups.intern(&keys, &mut self.scratch)?;
+        let total = state.groups.len();
+        for (agg, acc) in self.aggs.iter().zip(state.accs.iter_mut()) {
+            let values = agg.args(batch)?;
+            let filter = agg.filter(batch)?;
+            acc.update_batch(&values, &self.scratch, filter.as_ref(), total)?;
+        }
+        Ok(())
+    }
+}
+
+impl KeyedOperator for WindowAggregate {
+    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let ends = self.window_ends(&batch)?;
+        let wm = self.watermark;
+        let (mut batch, mut ends) = (batch, ends);
+        if ends.null_count() > 0 || ends.values().iter().any(|e| *e <= wm) {
+            let keep: BooleanArray = ends
+                .iter()
+                .map(|e| Some(matches!(e, Some(e) if e > wm)))
+                .collect();
+            let kept = keep.true_count();
+            self.metrics.add_late((batch.num_rows() - kept) as u64);
+            batch = filter_record_batch(&batch, &keep)?;
+            ends = arrow::compute::filter(&ends, &keep)?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("filtered Int64")
+                .clone();
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+        }
+        // Usually a batch spans one or two windows.
+        let mut distinct: Vec<i64> = Vec::new();
+        for e in ends.values().iter() {
+            if !distinct.contains(e) {
+                distinct.push(*e);
+                if distinct.len() > 64 {
+                    break;
+                }
+            }
+        }
+        if distinct.len() == 1 {
+            self.update(distinct[0], &batch)?;
+        } else {
+            // Partition rows by window: sort by end, then slice runs.
+            let order = arrow::compute::sort_to_indices(&ends, None, None)?;
+            let sorted = take_batch(&batch, &order)?;
+            let sorted_ends = take(&ends, &order, None)?;
+            let sorted_ends = sorted_ends.as_any().downcast_ref::<Int64Array>().expect("Int64");
+            let v = sorted_ends.values();
+            let mut start = 0;
+            while start < v.len() {
+                let mut end = start + 1;
+                while end < v.len() && v[end] == v[start] {
+                    end += 1;
+                }
+                self.update(v[start], &sorted.slice(start, end - start))?;
+                start = end;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark = watermark;
+        while let Some(entry) = self.windows.first_entry() {
+            if *entry.key() > watermark {
+                break;
+            }
+            let mut state = entry.remove();
+            let mut columns = state.groups.emit(EmitTo::All)?;
+            for acc in state.accs.iter_mut() {
+                columns.push(acc.evaluate(EmitTo::All)?);
+            }
+            out.push(batch_with_schema(&self.output, columns)?);
+        }
+        Ok(())
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        let mut rows = 0;
+        let mut bytes = 0;
+        for s in self.windows.values() {
+            rows += s.groups.len();
+            bytes += s.groups.size() + s.accs.iter().map(|a| a.size()).sum::<usize>();
+        }
+        (rows, bytes)
+    }
+}
+
+fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<SchemaRef> {
+    let fields = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Ok(Field::new(format!("k{i}"), k.data_type(input)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
+    Ok(arrow::compute::take_record_batch(batch, idx)?)
+}
+
+/// Builds a batch of `schema` from columns whose field metadata or
+/// nullability may differ slightly from what the planner declared.
+pub fn batch_with_schema(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    match RecordBatch::try_new(schema.clone(), columns.clone()) {
+        Ok(b) => Ok(b),
+        Err(_) => {
+            // A field declared NOT NULL that holds NULLs (DataFusion's
+            // nullability can be stricter than an accumulator's output):
+            // relax rather than fail the job.
+            let relaxed: Vec<Field> = schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            Ok(RecordBatch::try_new(Arc::new(Schema::new(relaxed)), columns)?)
+        }
+    }
+}
+
+/// GROUP BY without windows over an append-only input: an updating stream.
+/// Changed groups are emitted at each watermark (a delete of the previous
+/// row and an insert of the new one), so downstream sees a consistent
+/// change set per progress step.
+pub struct UpdatingAggregate {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    aggs: Vec<AggExpr>,
+    output: SchemaRef,
+    converter: Option<RowConverter>,
+    index: HashMap<Box<[u8]>, usize>,
+    key_rows: Option<Rows>,
+    accs: Vec<Vec<Box<dyn Accumulator>>>,
+    emitted: Vec<Option<Vec<ScalarValue>>>,
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
+    state_bytes: usize,
+}
+
+impl UpdatingAggregate {
+    pub fn new(
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        input: &Schema,
+        aggs: Vec<AggExpr>,
+        output: SchemaRef,
+    ) -> Result<Self> {
+        let converter = if keys.is_empty() {
+            None
+        } else {
+            let fields = keys
+                .iter()
+                .map(|k| Ok(SortField::new(k.data_type(input)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowConverter::new(fields)?)
+        };
+        let key_rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        Ok(Self {
+            keys,
+            aggs,
+            output: with_op_column(&output),
+            converter,
+            index: HashMap::new(),
+            key_rows,
+            accs: Vec::new(),
+            emitted: Vec::new(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            state_bytes: 0,
+        })
+    }
+
+    fn new_group(&mut self) -> Result<usize> {
+        let accs = self
+            .aggs
+            .iter()
+            .map(|a| a.func.create_accumulator())
+            .collect::<Result<Vec<_>>>()?;
+        self.accs.push(accs);
+        self.emitted.push(None);
+        self.is_dirty.push(false);
+        Ok(self.accs.len() - 1)
+    }
+
+    fn group_indices(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        let n = batch.num_rows();
+        let Some(converter) = &self.converter else {
+            if self.accs.is_empty() {
+                self.new_group()?;
+            }
+            return Ok(vec![0; n]);
+        };
+        let keys: Vec<ArrayRef> = self.keys.iter().map(|k| eval(k, batch)).collect::<Result<_>>()?;
+        let rows = converter.convert_columns(&keys)?;
+        let mut out = Vec::with_capacity(n);
+        for row in rows.iter() {
+            let bytes = row.as_ref();
+            let g = match self.index.get(bytes) {
+                Some(g) => *g,
+                None => {
+                    let g = self.new_group()?;
+                    self.index.insert(bytes.into(), g);
+                    self.key_rows.as_mut().expect("keyed").push(row);
+                    self.state_bytes += bytes.len() + 64;
+                    g
+                }
+            };
+            out.push(g as u32);
+        }
+        Ok(out)
+    }
+
+    fn flush(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut groups: Vec<usize> = Vec::new();
+        let mut ops: Vec<i8> = Vec::new();
+        let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); self.aggs.len()];
+        let dirty = std::mem::take(&mut self.dirty);
+        for g in dirty {
+            self.is_dirty[g] = false;
+            let new: Vec<ScalarValue> = self.accs[g]
+                .iter_mut()
+                .map(|a| a.evaluate())
+                .collect::<Result<_>>()?;
+            let old = self.emitted[g].take();
+            if old.as_ref() == Some(&new) {
+                self.emitted[g] = old;
+                continue;
+            }
+            if let Some(old) = old {
+                groups.push(g);
+                ops.push(-1);
+                for (col, v) in values.iter_mut().zip(old) {
+                    col.push(v);
+                }
+            }
+            groups.push(g);
+            ops.push(1);
+            for (col, v) in values.iter_mut().zip(new.iter().cloned()) {
+                col.push(v);
+            }
+            self.emitted[g] = Some(new);
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = match (&self.converter, &self.key_rows) {
+            (Some(c), Some(rows)) => c.convert_rows(groups.iter().map(|g| rows.row(*g)))?,
+            _ => vec![],
+        };
+        for (agg, col) in self.aggs.iter().zip(values) {
+            let ty = agg.func.field().data_type().clone();
+            if col.is_empty() {
+                columns.push(arrow::array::new_empty_array(&ty));
+            } else {
+                columns.push(ScalarValue::iter_to_array(col)?);
+            }
+        }
+        columns.push(Arc::new(Int8Array::from(ops)));
+        out.push(batch_with_schema(&self.output, columns)?);
+        Ok(())
+    }
+}
+
+impl KeyedOperator for UpdatingAggregate {
+    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let gidx = self.group_indices(&batch)?;
+        // Rows of one group side by side, so each accumulator sees one slice.
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by_key(|&i| gidx[i as usize]);
+        let order = UInt32Array::from(order);
+        let sorted = take_batch(&batch, &order)?;
+        let sorted_groups: Vec<u32> = order.values().iter().map(|&i| gidx[i as usize]).collect();
+        for (k, agg) in self.aggs.iter().enumerate() {
+            let args = agg.args(&sorted)?;
+            let filter = agg.filter(&sorted)?;
+            let mut start = 0;
+            while start < sorted_groups.len() {
+                let g = sorted_groups[start];
+                let mut end = start + 1;
+                while end < sorted_groups.len() && sorted_groups[end] == g {
+                    end += 1;
+                }
+                let mut slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, end - start)).collect();
+                if let Some(f) = &filter {
+                    let f = f.slice(start, end - start);
+                    // NULL counts as false, as in SQL.
+                    let f = arrow::compute::prep_null_mask_filter(&f);
+                    slice = slice
+                        .iter()
+                        .map(|a| arrow::compute::filter(a, &f))
+                        .collect::<std::result::Result<_, _>>()?;
+                }
+                let acc = &mut self.accs[g as usize][k];
+                let before = acc.size();
+                acc.update_batch(&slice)?;
+                self.state_bytes = (self.state_bytes + acc.size()).saturating_sub(before);
+                start = end;
+            }
+        }
+        for &g in &sorted_groups {
+            let g = g as usize;
+            if !self.is_dirty[g] {
+                self.is_dirty[g] = true;
+                self.dirty.push(g);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.flush(out)
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        (self.accs.len(), self.state_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use datafusion::physical_expr::expressions::col;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
+    fn rows(k: &[&str], v: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from(k.to_vec())),
+                Arc::new(Int64Array::from(v.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sum_agg(schema: &SchemaRef) -> AggExpr {
+        use datafusion::functions_aggregate::sum::sum_udaf;
+        use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+        let func = AggregateExprBuilder::new(sum_udaf(), vec![col("v", schema).unwrap()])
+            .schema(schema.clone())
+            .alias("s")
+            .build()
+            .unwrap();
+        AggExpr {
+            func: Arc::new(func),
+            filter: None,
+        }
+    }
+
+    fn pretty(batches: &[RecordBatch]) -> String {
+        arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn updating_aggregate_retracts_the_previous_value() {
+        let schema = input();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("s", DataType::Int64, true),
+        ]));
+        let mut op = UpdatingAggregate::new(
+            vec![col("k", &schema).unwrap()],
+            &schema,
+            vec![sum_agg(&schema)],
+            out,
+        )
+        .unwrap();
+        let mut outb = vec![];
+        op.on_batch(rows(&["a", "b", "a"], &[1, 2, 3]), &mut outb)
+            .unwrap();
+        op.on_watermark(0, &mut outb).unwrap();
+        op.on_batch(rows(&["a"], &[10]), &mut outb).unwrap();
+        op.on_watermark(1, &mut outb).unwrap();
+        // A watermark with nothing changed emits nothing.
+        op.on_watermark(2, &mut outb).unwrap();
+        let expected = "\
++---+----+-------------+
+| k | s  | __sluice_op |
++---+----+-------------+
+| a | 4  | 1           |
+| b | 2  | 1           |
+| a | 4  | -1          |
+| a | 14 | 1           |
++---+----+-------------+";
+        assert_eq!(pretty(&outb), expected);
+        assert_eq!(op.state_size().0, 2);
+    }
+
+    #[test]
+    fn window_aggregate_emits_at_the_watermark_and_drops_late_rows() {
+        use arrow::array::TimestampMillisecondArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ws", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let b = |ws: Vec<i64>, v: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from(ws)),
+                    Arc::new(Int64Array::from(v)),
+                ],
+            )
+            .unwrap()
+        };
+        let out = Arc::new(Schema::new(vec![
+            Field::new("ws", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("s", DataType::Int64, true),
+        ]));
+        let metrics = Arc::new(NodeMetrics::default());
+        let mut op = WindowAggregate::new(
+            vec![col("ws", &schema).unwrap()],
+            &schema,
+            vec![sum_agg(&schema)],
+            WindowKey {
+                key: 0,
+                is_end: false,
+                size_us: 10_000_000,
+                unit: TimeUnit::Millisecond,
+            },
+            out,
+            metrics.clone(),
+        )
+        .unwrap();
+        let mut o = vec![];
+        op.on_batch(b(vec![0, 10_000, 0], vec![1, 2, 3]), &mut o).unwrap();
+        op.on_watermark(9_999_999, &mut o).unwrap();
+        assert!(o.is_empty(), "window [0,10s) is still open");
+        op.on_watermark(10_000_000, &mut o).unwrap();
+        assert_eq!(o.len(), 1);
+        op.on_batch(b(vec![0, 10_000], vec![100, 5]), &mut o).unwrap();
+        assert_eq!(metrics.snapshot().late_rows, 1);
+        op.on_watermark(i64::MAX, &mut o).unwrap();
+        let expected = "\
++---------------------+---+
+| ws                  | s |
++---------------------+---+
+| 1970-01-01T00:00:00 | 4 |
+| 1970-01-01T00:00:10 | 7 |
++---------------------+---+";
+        assert_eq!(pretty(&o), expected);
+        assert_eq!(op.state_size().0, 0);
+    }
+}

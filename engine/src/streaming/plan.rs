@@ -1,0 +1,530 @@
+//! The streaming planner: DataFusion's optimized logical plan rewritten into
+//! a dataflow of incremental operators.
+//!
+//! Every expression is compiled by DataFusion into a `PhysicalExpr` and
+//! every aggregate into a DataFusion accumulator; the planner decides only
+//! the dataflow shape (what is stateless and fused, what is keyed and
+//! exchanged by hash, what is append-only or updating) and refuses, naming
+//! the construct, what cannot run incrementally.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef, TimeUnit};
+use datafusion::common::DFSchema;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+
+use super::metrics::NodeMetrics;
+use super::operators::{AggExpr, WindowKey};
+use super::window::{WindowSpec, WindowedTable};
+use crate::error::{ErrorKind, Result, SluiceError};
+use crate::stream::StreamTable;
+
+/// A window column's meaning, carried through projections so that a
+/// GROUP BY on it is recognized as a windowed aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCol {
+    pub is_end: bool,
+    pub size_us: i64,
+    pub unit: TimeUnit,
+}
+
+/// One operator of a streaming dataflow.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// Reads a stream, one task per source partition, and derives its
+    /// watermark.
+    Source { table: Arc<StreamTable> },
+    /// Adds `window_start` / `window_end` (stateless).
+    Window { spec: WindowSpec },
+    /// Keeps rows matching the predicate (stateless).
+    Filter { predicate: Arc<dyn PhysicalExpr> },
+    /// Computes output columns (stateless).
+    Project { exprs: Vec<Arc<dyn PhysicalExpr>> },
+    /// Concatenates inputs (UNION ALL).
+    Union,
+    /// GROUP BY over windows, emitted when the watermark passes the end.
+    WindowAggregate {
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        aggs: Vec<AggExpr>,
+        window: WindowKey,
+    },
+    /// GROUP BY without windows: an updating result.
+    Aggregate {
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        aggs: Vec<AggExpr>,
+    },
+}
+
+impl NodeKind {
+    /// Stateless operators are fused into the task of their input.
+    pub fn is_stateless(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Window { .. } | NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::Union
+        )
+    }
+}
+
+/// A planned operator with its inputs.
+#[derive(Debug)]
+pub struct Node {
+    /// Position in pre-order, unique in the job.
+    pub id: usize,
+    pub kind: NodeKind,
+    pub inputs: Vec<Node>,
+    /// The rows' schema (updating streams add the op column to batches).
+    pub schema: SchemaRef,
+    /// Whether the output retracts (else append-only).
+    pub updating: bool,
+    /// Per output column: is it a window bound?
+    pub window_cols: Vec<Option<WindowCol>>,
+    /// Parallel tasks.
+    pub parallelism: usize,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl Node {
+    /// Operators in pre-order.
+    pub fn walk<'a>(&'a self, out: &mut Vec<&'a Node>) {
+        out.push(self);
+        for i in &self.inputs {
+            i.walk(out);
+        }
+    }
+
+    /// One line naming the operator, e.g. for SHOW JOBS.
+    pub fn label(&self) -> String {
+        let cols = |exprs: &[Arc<dyn PhysicalExpr>]| {
+            exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let aggs = |aggs: &[AggExpr]| {
+            aggs.iter()
+                .map(|a| a.func.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.kind {
+            NodeKind::Source { table } => format!("Source: {}", table.name),
+            NodeKind::Window { spec } => format!("Window: {}", spec.kind),
+            NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
+            NodeKind::Project { exprs } => format!("Project: {}", cols(exprs)),
+            NodeKind::Union => "Union".into(),
+            NodeKind::WindowAggregate { keys, aggs: a, .. } => {
+                format!("WindowAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
+            }
+            NodeKind::Aggregate { keys, aggs: a } => {
+                format!("Aggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
+            }
+        }
+    }
+
+    /// The streaming plan as text: one operator per line, inputs indented,
+    /// with parallelism, keys and whether each output is append-only or
+    /// updating.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        self.explain_into(&mut s, 0);
+        s
+    }
+
+    fn explain_into(&self, s: &mut String, depth: usize) {
+        let mode = if self.updating { "updating" } else { "append-only" };
+        let pad = "  ".repeat(depth);
+        let detail = match &self.kind {
+            NodeKind::Source { table } => {
+                let wm = match &table.watermark {
+                    Some(w) => format!(
+                        ", watermark {} - {}us",
+                        table.schema_ref().field(w.column).name(),
+                        w.delay_us
+                    ),
+                    None => ", no watermark".into(),
+                };
+                format!(
+                    "connector={}, partitions={}{wm}{}",
+                    table.connector.name(),
+                    table.partitions,
+                    if table.is_bounded() { ", bounded" } else { "" }
+                )
+            }
+            NodeKind::WindowAggregate { window, .. } => format!(
+                "window {} of {}us, emit on watermark, hash exchange",
+                if window.is_end {
+                    "window_end"
+                } else {
+                    "window_start"
+                },
+                window.size_us
+            ),
+            NodeKind::Aggregate { keys, .. } if keys.is_empty() => "global, emit changes on watermark".into(),
+            NodeKind::Aggregate { .. } => "emit changes on watermark, hash exchange".into(),
+            _ => "fused".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{pad}{} [{detail}] parallelism={} {mode}",
+            self.label(),
+            self.parallelism
+        );
+        for i in &self.inputs {
+            i.explain_into(s, depth + 1);
+        }
+    }
+
+    /// Names of the streams the plan reads.
+    pub fn streams(&self) -> Vec<String> {
+        let mut all = vec![];
+        self.walk(&mut all);
+        let mut names: Vec<String> = all
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Source { table } => Some(table.name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Turns an optimized logical plan into a dataflow.
+pub struct Planner<'a> {
+    props: &'a ExecutionProps,
+    parallelism: usize,
+    next_id: usize,
+}
+
+fn refuse(what: impl Into<String>) -> SluiceError {
+    SluiceError::new(ErrorKind::NotSupported, what.into())
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(props: &'a ExecutionProps, parallelism: usize) -> Self {
+        Self {
+            props,
+            parallelism: parallelism.max(1),
+            next_id: 0,
+        }
+    }
+
+    /// Plans the whole query.
+    pub fn plan(&mut self, plan: &LogicalPlan) -> Result<Node> {
+        let node = self.node(plan)?;
+        if node.streams().is_empty() {
+            return Err(refuse("a continuous query must read a stream"));
+        }
+        // Ids in pre-order: the root is 0.
+        Ok(renumber(node, &mut 0))
+    }
+
+    fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        Ok(create_physical_expr(
+            e,
+            schema,
+            self.props,
+            &PhysicalPlanningContext::default(),
+        )?)
+    }
+
+    fn make(
+        &mut self,
+        kind: NodeKind,
+        inputs: Vec<Node>,
+        schema: SchemaRef,
+        updating: bool,
+        window_cols: Vec<Option<WindowCol>>,
+        parallelism: usize,
+    ) -> Node {
+        self.next_id += 1;
+        Node {
+            id: self.next_id,
+            kind,
+            inputs,
+            schema,
+            updating,
+            window_cols,
+            parallelism,
+            metrics: Arc::new(NodeMetrics::new(parallelism)),
+        }
+    }
+
+    fn node(&mut self, plan: &LogicalPlan) -> Result<Node> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if scan.fetch.is_some() {
+                    return Err(refuse(
+                        "LIMIT over a stream can't run incrementally; SELECT ... LIMIT from the view instead",
+                    ));
+                }
+                if !scan.filters.is_empty() {
+                    return Err(SluiceError::internal("a filter was pushed into a stream scan"));
+                }
+                let provider = source_as_provider(&scan.source)?;
+                let (source, spec) = if let Some(s) = provider.downcast_ref::<StreamTable>() {
+                    (Arc::new(s.clone()), None)
+                } else if let Some(w) = provider.downcast_ref::<WindowedTable>() {
+                    (w.stream.clone(), Some(w.spec.clone()))
+                } else {
+                    return Err(refuse(format!(
+                        "{} is not a stream: continuous queries read streams declared with CREATE STREAM \
+                         (joining streams with tables comes later)",
+                        scan.table_name
+                    )));
+                };
+                let schema = source.schema_ref().clone();
+                let parallelism = source.partitions;
+                let cols = vec![None; schema.fields().len()];
+                let mut node = self.make(
+                    NodeKind::Source { table: source },
+                    vec![],
+                    schema.clone(),
+                    false,
+                    cols,
+                    parallelism,
+                );
+                if let Some(spec) = spec {
+                    let out = spec.output_schema(&schema);
+                    let mut cols = vec![None; schema.fields().len()];
+                    let wc = |is_end| WindowCol {
+                        is_end,
+                        size_us: spec.kind.size(),
+                        unit: spec.unit,
+                    };
+                    cols.push(Some(wc(false)));
+                    cols.push(Some(wc(true)));
+                    node = self.make(
+                        NodeKind::Window { spec },
+                        vec![node],
+                        out,
+                        false,
+                        cols,
+                        parallelism,
+                    );
+                }
+                if let Some(proj) = &scan.projection {
+                    let is_identity = proj.len() == node.schema.fields().len()
+                        && proj.iter().enumerate().all(|(i, p)| i == *p);
+                    if !is_identity {
+                        let exprs: Vec<Arc<dyn PhysicalExpr>> = proj
+                            .iter()
+                            .map(|&i| {
+                                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                    node.schema.field(i).name(),
+                                    i,
+                                )) as Arc<dyn PhysicalExpr>
+                            })
+                            .collect();
+                        let cols = proj.iter().map(|&i| node.window_cols[i]).collect();
+                        let out: SchemaRef = Arc::new(scan.projected_schema.as_arrow().clone());
+                        node = self.make(
+                            NodeKind::Project { exprs },
+                            vec![node],
+                            out,
+                            false,
+                            cols,
+                            parallelism,
+                        );
+                    }
+                }
+                Ok(node)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.node(&p.input)?;
+                let in_schema = p.input.schema();
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| self.physical(e, in_schema))
+                    .collect::<Result<Vec<_>>>()?;
+                let cols = p
+                    .expr
+                    .iter()
+                    .map(|e| column_of(e, in_schema).and_then(|i| input.window_cols[i]))
+                    .collect();
+                let (updating, par) = (input.updating, input.parallelism);
+                Ok(self.make(
+                    NodeKind::Project { exprs },
+                    vec![input],
+                    Arc::new(p.schema.as_arrow().clone()),
+                    updating,
+                    cols,
+                    par,
+                ))
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.node(&f.input)?;
+                let predicate = self.physical(&f.predicate, f.input.schema())?;
+                let (schema, updating, cols, par) = (
+                    input.schema.clone(),
+                    input.updating,
+                    input.window_cols.clone(),
+                    input.parallelism,
+                );
+                Ok(self.make(
+                    NodeKind::Filter { predicate },
+                    vec![input],
+                    schema,
+                    updating,
+                    cols,
+                    par,
+                ))
+            }
+            LogicalPlan::SubqueryAlias(a) => self.node(&a.input),
+            LogicalPlan::Union(u) => {
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.node(i))
+                    .collect::<Result<Vec<_>>>()?;
+                let updating = inputs.iter().any(|i| i.updating);
+                let n = u.schema.fields().len();
+                let cols = (0..n)
+                    .map(|c| {
+                        let first = inputs[0].window_cols.get(c).copied().flatten();
+                        inputs
+                            .iter()
+                            .all(|i| i.window_cols.get(c).copied().flatten() == first)
+                            .then_some(first)
+                            .flatten()
+                    })
+                    .collect();
+                let par = inputs.iter().map(|i| i.parallelism).sum();
+                Ok(self.make(
+                    NodeKind::Union,
+                    inputs,
+                    Arc::new(u.schema.as_arrow().clone()),
+                    updating,
+                    cols,
+                    par,
+                ))
+            }
+            LogicalPlan::Aggregate(agg) => {
+                let input = self.node(&agg.input)?;
+                if input.updating {
+                    return Err(refuse(
+                        "an aggregate over an updating result (a GROUP BY without windows) is not supported \
+                         yet; aggregate the stream directly or over windows (TUMBLE/HOP)",
+                    ));
+                }
+                let in_df = agg.input.schema();
+                let in_arrow: Schema = in_df.as_arrow().clone();
+                if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return Err(refuse(
+                        "GROUPING SETS / ROLLUP / CUBE can't run incrementally yet",
+                    ));
+                }
+                let keys = agg
+                    .group_expr
+                    .iter()
+                    .map(|e| self.physical(e, in_df))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut aggs = Vec::new();
+                for e in &agg.aggr_expr {
+                    let planning = PhysicalPlanningContext::default();
+                    let lowered =
+                        LoweredAggregateBuilder::new(e, in_df, &in_arrow, self.props, &planning).build()?;
+                    let (func, filter) = (lowered.aggregate, lowered.filter);
+                    if !lowered.order_bys.is_empty() {
+                        return Err(refuse(format!(
+                            "{}: ORDER BY inside an aggregate can't run incrementally yet",
+                            func.name()
+                        )));
+                    }
+                    aggs.push(AggExpr { func, filter });
+                }
+                let window = agg.group_expr.iter().enumerate().find_map(|(i, e)| {
+                    column_of(e, in_df)
+                        .and_then(|c| input.window_cols[c])
+                        .map(|wc| (i, wc))
+                });
+                let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
+                let n_out = schema.fields().len();
+                let par = if keys.is_empty() { 1 } else { self.parallelism };
+                match window {
+                    Some((key, wc)) => {
+                        let mut cols = vec![None; n_out];
+                        for (i, e) in agg.group_expr.iter().enumerate() {
+                            cols[i] = column_of(e, in_df).and_then(|c| input.window_cols[c]);
+                        }
+                        let window = WindowKey {
+                            key,
+                            is_end: wc.is_end,
+                            size_us: wc.size_us,
+                            unit: wc.unit,
+                        };
+                        Ok(self.make(
+                            NodeKind::WindowAggregate { keys, aggs, window },
+                            vec![input],
+                            schema,
+                            false,
+                            cols,
+                            par,
+                        ))
+                    }
+                    None => Ok(self.make(
+                        NodeKind::Aggregate { keys, aggs },
+                        vec![input],
+                        schema,
+                        true,
+                        vec![None; n_out],
+                        par,
+                    )),
+                }
+            }
+            LogicalPlan::Sort(_) => Err(refuse(
+                "ORDER BY over a stream can't run incrementally: a continuous result has no final order; \
+                 drop the ORDER BY and order when you SELECT from the view",
+            )),
+            LogicalPlan::Limit(_) => Err(refuse(
+                "LIMIT over a stream can't run incrementally; SELECT ... LIMIT from the view instead",
+            )),
+            LogicalPlan::Join(_) => Err(refuse(
+                "joins in continuous queries are not supported yet (they come with the join operators); \
+                 join a materialized view with tables in an ad-hoc SELECT instead",
+            )),
+            LogicalPlan::Window(_) => Err(refuse(
+                "OVER (...) window functions can't run incrementally yet; use TUMBLE or HOP with GROUP BY",
+            )),
+            LogicalPlan::Distinct(_) => Err(refuse("DISTINCT ON can't run incrementally yet")),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                Err(refuse("a continuous query must read a stream"))
+            }
+            other => Err(refuse(format!(
+                "{} can't run incrementally",
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this plan node")
+            ))),
+        }
+    }
+}
+
+fn renumber(mut node: Node, next: &mut usize) -> Node {
+    node.id = *next;
+    *next += 1;
+    node.inputs = std::mem::take(&mut node.inputs)
+        .into_iter()
+        .map(|i| renumber(i, next))
+        .collect();
+    node
+}
+
+/// The input column an expression is, when it is a bare (maybe aliased)
+/// column reference.
+fn column_of(e: &Expr, schema: &DFSchema) -> Option<usize> {
+    match e {
+        Expr::Column(c) => schema.index_of_column(c).ok(),
+        Expr::Alias(a) => column_of(&a.expr, schema),
+        _ => None,
+    }
+}

@@ -1,0 +1,600 @@
+//! Running a dataflow: tasks, bounded channels, hash exchanges, watermarks.
+//!
+//! A plan becomes "lanes": streams of [`Message`]s. A source partition is a
+//! lane; stateless operators map a lane in place, so a chain of them runs
+//! fused in whichever task drives the lane. A keyed operator ends the lanes
+//! below it: one exchange task per input lane hashes rows by key into `P`
+//! bounded channels, and `P` operator tasks each merge their inputs (the
+//! watermark being the least over the inputs) and start a new lane. A sink
+//! drives each final lane in its own task. Every channel is bounded, so a
+//! slow sink slows the sources and memory stays flat.
+//!
+//! All tasks of a job live in one `JoinSet`: the first failure marks the job
+//! failed and aborts the rest; dropping the job aborts everything.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::metrics::NodeMetrics;
+use super::operators::{KeyedOperator, UpdatingAggregate, WindowAggregate, eval};
+use super::plan::{Node, NodeKind};
+use super::window::ticks_to_micros;
+use crate::error::{Result, SluiceError};
+use crate::sink::SinkWriter;
+use crate::stream::{Message, StreamTable};
+
+/// Messages per channel. With batches of a few thousand rows this bounds a
+/// channel to some tens of thousands of rows.
+const CHANNEL_CAPACITY: usize = 8;
+
+type Lane = BoxStream<'static, Result<Message>>;
+type Task = BoxFuture<'static, Result<()>>;
+
+/// The state of a job as SHOW JOBS reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    Running,
+    /// Every source ended and all output was written.
+    Finished,
+    Failed(String),
+}
+
+impl JobStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Finished => "finished",
+            JobStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A running job. Dropping it cancels every task and frees its state.
+pub struct Job {
+    pub plan: Arc<Node>,
+    pub started: SystemTime,
+    status: Arc<std::sync::Mutex<JobStatus>>,
+    monitor: tokio::task::JoinHandle<()>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.monitor.abort();
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// Starts `plan`, writing each output lane through a writer from
+    /// `open_writer(lane, lanes)`.
+    pub fn start(
+        name: &str,
+        plan: Node,
+        mut open_writer: impl FnMut(usize, usize) -> Result<Box<dyn SinkWriter>>,
+    ) -> Result<Job> {
+        let plan = Arc::new(plan);
+        let mut tasks: Vec<Task> = Vec::new();
+        let lanes = build(&plan, &mut tasks)?;
+        let n = lanes.len();
+        for (i, lane) in lanes.into_iter().enumerate() {
+            let writer = open_writer(i, n)?;
+            tasks.push(drive_sink(lane, writer).boxed());
+        }
+        let status = Arc::new(std::sync::Mutex::new(JobStatus::Running));
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let job_status = status.clone();
+        let job_name = name.to_string();
+        let monitor = tokio::spawn(async move {
+            let mut set = JoinSet::new();
+            for t in tasks {
+                set.spawn(t);
+            }
+            let mut result = JobStatus::Finished;
+            while let Some(joined) = set.join_next().await {
+                let failure = match joined {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) if e.is_panic() => Some(format!("a task panicked: {}", panic_message(e))),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(msg) = failure {
+                    tracing::warn!(job = %job_name, error = %msg, "job failed");
+                    result = JobStatus::Failed(msg);
+                    set.abort_all();
+                    break;
+                }
+            }
+            *job_status.lock().expect("job status poisoned") = result;
+            let _ = done_tx.send(true);
+        });
+        Ok(Job {
+            plan,
+            started: SystemTime::now(),
+            status,
+            monitor,
+            done,
+        })
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.status.lock().expect("job status poisoned").clone()
+    }
+
+    /// Flips to `true` when the job has finished or failed.
+    pub fn done_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.done.clone()
+    }
+
+    /// Waits until the job has finished or failed.
+    pub async fn wait(&self) -> JobStatus {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        self.status()
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    let p = e.into_panic();
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<()> {
+    while let Some(msg) = lane.next().await {
+        match msg? {
+            Message::Batch(b) => writer.write(b).await?,
+            Message::Watermark(w) => writer.on_watermark(w).await?,
+            Message::Barrier(_) => {}
+            Message::End => break,
+        }
+    }
+    writer.finish().await
+}
+
+/// The lanes a node produces; tasks it needs go to `tasks`.
+fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
+    match &node.kind {
+        NodeKind::Source { table } => Ok((0..table.partitions)
+            .map(|p| source_lane(table.clone(), p, node.metrics.clone()))
+            .collect()),
+        NodeKind::Union => {
+            let mut lanes = Vec::new();
+            for input in &node.inputs {
+                let schema = node.schema.clone();
+                let updating = node.updating;
+                for lane in build(input, tasks)? {
+                    let schema = schema.clone();
+                    lanes.push(
+                        lane.map(move |m| match m {
+                            Ok(Message::Batch(b)) => relabel(b, &schema, updating).map(Message::Batch),
+                            other => other,
+                        })
+                        .boxed(),
+                    );
+                }
+            }
+            Ok(lanes)
+        }
+        NodeKind::Window { .. } | NodeKind::Filter { .. } | NodeKind::Project { .. } => {
+            let input = &node.inputs[0];
+            let lanes = build(input, tasks)?;
+            let step = Arc::new(Step::new(node)?);
+            Ok(lanes
+                .into_iter()
+                .enumerate()
+                .map(|(i, lane)| {
+                    let step = step.clone();
+                    lane.filter_map(move |m| {
+                        let out = match m {
+                            Ok(Message::Batch(b)) => match step.apply(b) {
+                                Ok(b) if b.num_rows() == 0 => None,
+                                Ok(b) => Some(Ok(Message::Batch(b))),
+                                Err(e) => Some(Err(e)),
+                            },
+                            Ok(Message::Watermark(w)) => {
+                                step.metrics.set_watermark(i, w);
+                                Some(Ok(Message::Watermark(w)))
+                            }
+                            other => Some(other),
+                        };
+                        futures::future::ready(out)
+                    })
+                    .boxed()
+                })
+                .collect())
+        }
+        NodeKind::WindowAggregate { keys, aggs, window } => {
+            let input = &node.inputs[0];
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(WindowAggregate::new(
+                    keys.clone(),
+                    &input.schema,
+                    aggs.clone(),
+                    *window,
+                    node.schema.clone(),
+                    node.metrics.clone(),
+                )?));
+            }
+            keyed(node, keys.clone(), ops, tasks)
+        }
+        NodeKind::Aggregate { keys, aggs } => {
+            let input = &node.inputs[0];
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(UpdatingAggregate::new(
+                    keys.clone(),
+                    &input.schema,
+                    aggs.clone(),
+                    node.schema.clone(),
+                )?));
+            }
+            keyed(node, keys.clone(), ops, tasks)
+        }
+    }
+}
+
+/// Gives a batch the node's schema (UNION ALL inputs may name columns
+/// differently).
+fn relabel(b: RecordBatch, schema: &SchemaRef, updating: bool) -> Result<RecordBatch> {
+    let target = if updating {
+        super::operators::with_op_column(schema)
+    } else {
+        schema.clone()
+    };
+    if b.schema().fields().len() == target.fields().len() && !updating {
+        return Ok(super::operators::batch_with_schema(
+            &target,
+            b.columns().to_vec(),
+        )?);
+    }
+    let mut cols = b.columns().to_vec();
+    if updating && cols.len() + 1 == target.fields().len() {
+        // An append-only input into an updating union: all inserts.
+        cols.push(Arc::new(arrow::array::Int8Array::from(vec![1i8; b.num_rows()])));
+    }
+    Ok(super::operators::batch_with_schema(&target, cols)?)
+}
+
+/// A fused stateless step.
+struct Step {
+    kind: StepKind,
+    updating: bool,
+    metrics: Arc<NodeMetrics>,
+}
+
+enum StepKind {
+    Window(super::window::WindowSpec, SchemaRef),
+    Filter(Arc<dyn datafusion::physical_expr::PhysicalExpr>),
+    Project(Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>, SchemaRef),
+}
+
+impl Step {
+    fn new(node: &Node) -> Result<Self> {
+        let kind = match &node.kind {
+            NodeKind::Window { spec } => StepKind::Window(spec.clone(), node.schema.clone()),
+            NodeKind::Filter { predicate } => StepKind::Filter(predicate.clone()),
+            NodeKind::Project { exprs } => StepKind::Project(exprs.clone(), node.schema.clone()),
+            _ => return Err(SluiceError::internal("not a stateless operator")),
+        };
+        Ok(Self {
+            kind,
+            updating: node.inputs[0].updating,
+            metrics: node.metrics.clone(),
+        })
+    }
+
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        self.metrics.add_in(batch.num_rows());
+        // An updating input's op column rides along untouched.
+        let (rows, op) = if self.updating {
+            let n = batch.num_columns();
+            (
+                batch.project(&(0..n - 1).collect::<Vec<_>>())?,
+                Some(batch.column(n - 1).clone()),
+            )
+        } else {
+            (batch, None)
+        };
+        let out = match &self.kind {
+            StepKind::Window(spec, schema) => spec.assign(&rows, schema)?,
+            StepKind::Filter(pred) => {
+                let mask = eval(pred, &rows)?;
+                let mask = mask
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .ok_or_else(|| SluiceError::internal("filter predicate is not boolean"))?;
+                let mask = arrow::compute::prep_null_mask_filter(mask);
+                let with_op = match op {
+                    Some(op) => {
+                        let mut cols = rows.columns().to_vec();
+                        cols.push(op);
+                        let schema = super::operators::with_op_column(&rows.schema());
+                        RecordBatch::try_new(schema, cols)?
+                    }
+                    None => rows,
+                };
+                let out = filter_record_batch(&with_op, &mask)?;
+                self.metrics.add_out(out.num_rows());
+                return Ok(out);
+            }
+            StepKind::Project(exprs, schema) => {
+                let cols = exprs
+                    .iter()
+                    .map(|e| eval(e, &rows))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                super::operators::batch_with_schema(schema, cols)?
+            }
+        };
+        let out = match op {
+            Some(op) => {
+                let mut cols = out.columns().to_vec();
+                cols.push(op);
+                RecordBatch::try_new(super::operators::with_op_column(&out.schema()), cols)?
+            }
+            None => out,
+        };
+        self.metrics.add_out(out.num_rows());
+        Ok(out)
+    }
+}
+
+/// One source partition as a lane: batches, each followed by the watermark
+/// when it advanced; at the end of a bounded source, the watermark jumps to
+/// the end of time (closing every window) and `End` follows.
+fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetrics>) -> Lane {
+    struct State {
+        source: Option<Box<dyn crate::stream::Source>>,
+        pending: std::collections::VecDeque<Message>,
+        watermark: i64,
+        done: bool,
+    }
+    let opened = table.open(partition);
+    let init = match opened {
+        Ok(s) => Ok(State {
+            source: Some(s),
+            pending: Default::default(),
+            watermark: i64::MIN,
+            done: false,
+        }),
+        Err(e) => Err(e),
+    };
+    futures::stream::unfold(Some(init), move |state| {
+        let table = table.clone();
+        let metrics = metrics.clone();
+        async move {
+            let mut state = match state? {
+                Ok(s) => s,
+                Err(e) => return Some((Err(e), None)),
+            };
+            loop {
+                if let Some(m) = state.pending.pop_front() {
+                    return Some((Ok(m), Some(Ok(state))));
+                }
+                if state.done {
+                    return None;
+                }
+                let source = state.source.as_mut().expect("open source");
+                match source.next_batch().await {
+                    Ok(Some(batch)) => {
+                        metrics.add_out(batch.num_rows());
+                        let wm = match &table.watermark {
+                            Some(spec) => match max_time(&batch, spec.column) {
+                                Ok(Some(t)) => {
+                                    Some(ticks_to_micros(t, spec.unit).saturating_sub(spec.delay_us))
+                                }
+                                Ok(None) => None,
+                                Err(e) => return Some((Err(e), None)),
+                            },
+                            None => None,
+                        };
+                        state.pending.push_back(Message::Batch(batch));
+                        if let Some(wm) = wm
+                            && wm > state.watermark
+                        {
+                            state.watermark = wm;
+                            metrics.set_watermark(partition, wm);
+                            state.pending.push_back(Message::Watermark(wm));
+                        }
+                    }
+                    Ok(None) => {
+                        state.done = true;
+                        state.source = None;
+                        metrics.set_watermark(partition, i64::MAX);
+                        state.pending.push_back(Message::Watermark(i64::MAX));
+                        state.pending.push_back(Message::End);
+                    }
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn max_time(batch: &RecordBatch, column: usize) -> Result<Option<i64>> {
+    let ticks = cast(batch.column(column), &DataType::Int64)?;
+    let ticks = ticks
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| SluiceError::internal("event time is not a timestamp"))?;
+    Ok(arrow::compute::max(ticks))
+}
+
+/// Exchange plus parallel keyed operator tasks; returns their output lanes.
+fn keyed(
+    node: &Node,
+    keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    ops: Vec<Box<dyn KeyedOperator>>,
+    tasks: &mut Vec<Task>,
+) -> Result<Vec<Lane>> {
+    let inputs = build(&node.inputs[0], tasks)?;
+    let n_inputs = inputs.len();
+    let p = ops.len();
+    let mut senders = Vec::with_capacity(p);
+    let mut receivers = Vec::with_capacity(p);
+    for _ in 0..p {
+        let (tx, rx) = mpsc::channel::<(usize, Message)>(CHANNEL_CAPACITY * n_inputs.max(1));
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    for (i, lane) in inputs.into_iter().enumerate() {
+        tasks.push(exchange(lane, i, keys.clone(), senders.clone()).boxed());
+    }
+    drop(senders);
+    let mut lanes = Vec::with_capacity(p);
+    for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
+        let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
+        tasks.push(run_keyed(rx, n_inputs, op, tx, node.metrics.clone(), t).boxed());
+        lanes.push(tokio_stream_from(orx));
+    }
+    Ok(lanes)
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Routes rows by key hash; progress messages go to every target.
+async fn exchange(
+    mut lane: Lane,
+    input: usize,
+    keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    targets: Vec<mpsc::Sender<(usize, Message)>>,
+) -> Result<()> {
+    let p = targets.len();
+    let state = RandomState::with_seed(0);
+    let mut hashes: Vec<u64> = Vec::new();
+    while let Some(msg) = lane.next().await {
+        match msg? {
+            Message::Batch(b) if p == 1 => {
+                if targets[0].send((input, Message::Batch(b))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Message::Batch(b) => {
+                let cols: Vec<ArrayRef> = keys
+                    .iter()
+                    .map(|k| eval(k, &b))
+                    .collect::<datafusion::error::Result<_>>()?;
+                hashes.clear();
+                hashes.resize(b.num_rows(), 0);
+                create_hashes(&cols, &state, &mut hashes)?;
+                let mut idx: Vec<Vec<u32>> = vec![Vec::new(); p];
+                for (row, h) in hashes.iter().enumerate() {
+                    idx[(*h % p as u64) as usize].push(row as u32);
+                }
+                for (t, rows) in idx.into_iter().enumerate() {
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let part = if rows.len() == b.num_rows() {
+                        b.clone()
+                    } else {
+                        take_record_batch(&b, &UInt32Array::from(rows))?
+                    };
+                    if targets[t].send((input, Message::Batch(part))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            other => {
+                let end = matches!(other, Message::End);
+                for t in &targets {
+                    if t.send((input, other.clone())).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if end {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One parallel task of a keyed operator.
+async fn run_keyed(
+    mut rx: mpsc::Receiver<(usize, Message)>,
+    inputs: usize,
+    mut op: Box<dyn KeyedOperator>,
+    tx: mpsc::Sender<Result<Message>>,
+    metrics: Arc<NodeMetrics>,
+    task: usize,
+) -> Result<()> {
+    let mut watermarks = vec![i64::MIN; inputs];
+    let mut ended = vec![false; inputs];
+    let mut current = i64::MIN;
+    let mut out = Vec::new();
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    let started = Instant::now();
+    while let Some((i, msg)) = rx.recv().await {
+        match msg {
+            Message::Batch(b) => {
+                metrics.add_in(b.num_rows());
+                op.on_batch(b, &mut out)?;
+            }
+            Message::Watermark(w) => {
+                watermarks[i] = watermarks[i].max(w);
+                let least = *watermarks.iter().min().expect("inputs");
+                if least > current {
+                    current = least;
+                    op.on_watermark(current, &mut out)?;
+                    metrics.set_watermark(task, current);
+                    let (r, by) = op.state_size();
+                    metrics.add_state(r as i64 - rows, by as i64 - bytes);
+                    (rows, bytes) = (r as i64, by as i64);
+                    for b in out.drain(..) {
+                        metrics.add_out(b.num_rows());
+                        if tx.send(Ok(Message::Batch(b))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if tx.send(Ok(Message::Watermark(current))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Message::Barrier(_) => {}
+            Message::End => {
+                ended[i] = true;
+                if ended.iter().all(|e| *e) {
+                    for b in out.drain(..) {
+                        metrics.add_out(b.num_rows());
+                        if tx.send(Ok(Message::Batch(b))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    let _ = tx.send(Ok(Message::End)).await;
+                    tracing::debug!(elapsed = ?started.elapsed(), "keyed task finished");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
