@@ -136,7 +136,8 @@ impl Engine {
     }
 
     /// Waits until job `name` has finished or failed (for tests and tools);
-    /// returns its status name, or `None` when there is no such job.
+    /// returns `finished` or `failed: <error>`, or `None` when there is no
+    /// such job.
     pub async fn wait_for_job(&self, name: &str) -> Option<String> {
         let waiter = {
             let jobs = self.inner.jobs.lock().expect("jobs lock");
@@ -148,7 +149,10 @@ impl Engine {
         };
         waiter.await;
         let jobs = self.inner.jobs.lock().expect("jobs lock");
-        jobs.get(name).map(|j| j.job.status().name().to_string())
+        jobs.get(name).map(|j| match j.job.status() {
+            crate::streaming::runtime::JobStatus::Failed(e) => format!("failed: {e}"),
+            other => other.name().to_string(),
+        })
     }
 }
 

@@ -35,6 +35,15 @@ pub fn with_op_column(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// A filter mask in which NULL counts as false, as in SQL.
+pub fn null_as_false(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 {
+        mask.clone()
+    } else {
+        arrow::compute::prep_null_mask_filter(mask)
+    }
+}
+
 /// Evaluates an expression to an array of the batch's length.
 pub fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
     expr.evaluate(batch)?.into_array(batch.num_rows())
@@ -483,7 +492,7 @@ impl KeyedOperator for UpdatingAggregate {
                 if let Some(f) = &filter {
                     let f = f.slice(start, end - start);
                     // NULL counts as false, as in SQL.
-                    let f = arrow::compute::prep_null_mask_filter(&f);
+                    let f = null_as_false(&f);
                     slice = slice
                         .iter()
                         .map(|a| arrow::compute::filter(a, &f))

@@ -327,7 +327,7 @@ impl Step {
                     .as_any()
                     .downcast_ref::<arrow::array::BooleanArray>()
                     .ok_or_else(|| SluiceError::internal("filter predicate is not boolean"))?;
-                let mask = arrow::compute::prep_null_mask_filter(mask);
+                let mask = super::operators::null_as_false(mask);
                 let with_op = match op {
                     Some(op) => {
                         let mut cols = rows.columns().to_vec();

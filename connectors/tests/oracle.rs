@@ -1,0 +1,334 @@
+//! The streaming oracle: for bounded Nexmark input, each continuous
+//! query's final result (a materialized view after its sources ended, or
+//! a sink's landed files) must equal what DataFusion returns running the
+//! equivalent batch query over the same events. Every case runs at
+//! parallelism 1 and 2.
+//!
+//! Window queries are checked against batch queries written with plain
+//! `date_bin` arithmetic, not with Sluice's TUMBLE/HOP, so the window
+//! assignment is checked too.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
+use sluice_connectors::nexmark::NexmarkConnector;
+use sluice_engine::datafusion::arrow::array::RecordBatch;
+use sluice_engine::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry, StoreRegistry};
+
+const EVENTS: u64 = 200_000;
+
+struct Fixture {
+    engine: Engine,
+    session: Session,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(parallelism: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(NexmarkConnector));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(FileSystemSink));
+    sinks.register(Arc::new(BlackholeSink));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        stores: StoreRegistry::default(),
+        target_partitions: Some(parallelism),
+        sources,
+        sinks,
+    })
+    .await
+    .unwrap();
+    let mut session = engine.new_session();
+    for table in ["bid", "auction", "person"] {
+        exec(
+            &mut session,
+            &format!(
+                "CREATE STREAM {table} WITH (connector = 'nexmark', 'nexmark.table' = '{table}', \
+                 'events.max' = '{EVENTS}', 'events.per.second' = '0', 'nexmark.base.time' = '1700000000000')"
+            ),
+        )
+        .await;
+    }
+    Fixture {
+        engine,
+        session,
+        _dir: dir,
+    }
+}
+
+async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
+    let mut out = vec![];
+    for stmt in Session::parse(sql).unwrap() {
+        let prepared = session
+            .prepare(stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        match session
+            .execute(&prepared, None)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        {
+            Output::Rows(stream) => out.extend(stream.try_collect::<Vec<_>>().await.unwrap()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Rows as sorted text lines (order is not part of either result).
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = vec![];
+    for b in batches {
+        let fmts: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                fmts.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `streaming` as a materialized view to completion and compares it
+/// with `batch` run by DataFusion over the same bounded streams.
+async fn check(name: &str, streaming: &str, batch: &str) {
+    for parallelism in [1, 2] {
+        let mut f = fixture(parallelism).await;
+        exec(
+            &mut f.session,
+            &format!("CREATE MATERIALIZED VIEW {name} AS {streaming}"),
+        )
+        .await;
+        let status = f.engine.wait_for_job(name).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("finished"),
+            "{name} at parallelism {parallelism}"
+        );
+        let got = rows(&exec(&mut f.session, &format!("SELECT * FROM {name}")).await);
+        let want = rows(&exec(&mut f.session, batch).await);
+        assert!(!want.is_empty(), "{name}: the batch query returned nothing");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{name} at parallelism {parallelism}: row counts differ"
+        );
+        if got != want {
+            let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            panic!(
+                "{name} at parallelism {parallelism}: first difference at sorted row {first}:\n  streaming: {}\n  batch:     {}",
+                got[first], want[first]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q0_passthrough() {
+    let q = "SELECT auction, bidder, price, date_time, extra FROM bid";
+    check("q0", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_currency_conversion() {
+    let q = "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid";
+    check("q1", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q2_selection() {
+    let q = "SELECT auction, price FROM bid WHERE auction % 123 = 0";
+    check("q2", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q5_hop_counts_per_auction() {
+    check(
+        "q5",
+        "SELECT auction, count(*) AS num, window_start, window_end \
+         FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+         GROUP BY auction, window_start, window_end",
+        // Each row is in the 5 windows starting at its 2 s slot and the 4
+        // slots before it.
+        "SELECT auction, count(*), ws, ws + INTERVAL '10 seconds' FROM ( \
+           SELECT auction, date_bin(INTERVAL '2 seconds', date_time) - back AS ws \
+           FROM bid CROSS JOIN (VALUES (INTERVAL '0 seconds'), (INTERVAL '2 seconds'), \
+             (INTERVAL '4 seconds'), (INTERVAL '6 seconds'), (INTERVAL '8 seconds')) AS t(back)) \
+         GROUP BY auction, ws",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q7_tumble_max_price() {
+    check(
+        "q7",
+        "SELECT window_start, window_end, max(price) AS maxprice \
+         FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
+        "SELECT date_bin(INTERVAL '10 seconds', date_time) AS ws, \
+                date_bin(INTERVAL '10 seconds', date_time) + INTERVAL '10 seconds', max(price) \
+         FROM bid GROUP BY ws",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q12_event_time_tumble_per_bidder() {
+    check(
+        "q12",
+        "SELECT bidder, count(*) AS bid_count, window_start, window_end \
+         FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end",
+        "SELECT bidder, count(*), date_bin(INTERVAL '10 seconds', date_time) AS ws, \
+                date_bin(INTERVAL '10 seconds', date_time) + INTERVAL '10 seconds' \
+         FROM bid GROUP BY bidder, ws",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q14_case_and_scalar_functions() {
+    let q = "SELECT auction, bidder, 0.908 * price AS price, \
+             CASE WHEN extract(hour FROM date_time) >= 8 AND extract(hour FROM date_time) <= 18 THEN 'dayTime' \
+                  WHEN extract(hour FROM date_time) <= 6 OR extract(hour FROM date_time) >= 20 THEN 'nightTime' \
+                  ELSE 'otherTime' END AS bid_time_type, \
+             date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts \
+             FROM bid WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000";
+    check("q14", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q15_daily_stats_with_filters_and_distinct() {
+    let q = "SELECT to_char(date_time, '%Y-%m-%d') AS day, \
+             count(*) AS total_bids, \
+             count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+             count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids, \
+             count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, \
+             count(DISTINCT bidder) AS total_bidders, \
+             count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders, \
+             count(DISTINCT auction) AS total_auctions \
+             FROM bid GROUP BY to_char(date_time, '%Y-%m-%d')";
+    check("q15", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q16_channel_stats() {
+    let q = "SELECT channel, to_char(date_time, '%Y-%m-%d') AS day, \
+             max(to_char(date_time, '%H:%M')) AS minute, \
+             count(*) AS total_bids, \
+             count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+             count(DISTINCT bidder) AS total_bidders, \
+             count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders, \
+             count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions \
+             FROM bid GROUP BY channel, to_char(date_time, '%Y-%m-%d')";
+    check("q16", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q17_auction_stats() {
+    let q = "SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, \
+             count(*) AS total_bids, \
+             count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+             count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, \
+             min(price) AS min_price, max(price) AS max_price, \
+             round(avg(price), 3) AS avg_price, sum(price) AS sum_price \
+             FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')";
+    check("q17", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q21_channel_ids() {
+    let q = "SELECT auction, bidder, price, channel, \
+             CASE WHEN lower(channel) = 'apple' THEN '0' \
+                  WHEN lower(channel) = 'google' THEN '1' \
+                  WHEN lower(channel) = 'facebook' THEN '2' \
+                  WHEN lower(channel) = 'baidu' THEN '3' \
+                  ELSE regexp_match(url, '(&|^)channel_id=([^&]*)')[2] END AS channel_id \
+             FROM bid WHERE regexp_like(url, 'channel_id=') OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')";
+    check("q21", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q22_url_directories() {
+    let q = "SELECT auction, bidder, price, channel, \
+             split_part(url, '/', 4) AS dir1, split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 \
+             FROM bid";
+    check("q22", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_min_max_having_and_union() {
+    // Non-windowed aggregates with HAVING (a filter on an updating result:
+    // rows that stop qualifying are retracted) and DISTINCT.
+    check(
+        "big_sellers",
+        "SELECT seller, count(*) AS n, min(initial_bid) AS lo, max(initial_bid) AS hi \
+         FROM auction GROUP BY seller HAVING count(*) >= 3",
+        "SELECT seller, count(*) AS n, min(initial_bid), max(initial_bid) \
+         FROM auction GROUP BY seller HAVING count(*) >= 3",
+    )
+    .await;
+    check(
+        "categories",
+        "SELECT DISTINCT category FROM auction",
+        "SELECT DISTINCT category FROM auction",
+    )
+    .await;
+    check(
+        "ids",
+        "SELECT id, date_time FROM person UNION ALL SELECT id, date_time FROM auction",
+        "SELECT id, date_time FROM person UNION ALL SELECT id, date_time FROM auction",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filesystem_sink_lands_what_the_batch_query_returns() {
+    for parallelism in [1, 2] {
+        let mut f = fixture(parallelism).await;
+        let lake = f._dir.path().join("lake");
+        exec(
+            &mut f.session,
+            &format!(
+                "CREATE SINK hot WITH (connector = 'filesystem', path = '{}', format = 'parquet', \
+                 partition_by = 'dt') AS \
+                 SELECT auction, window_start, count(*) AS bids, to_char(window_start, '%Y-%m-%d') AS dt \
+                 FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY auction, window_start",
+                lake.display()
+            ),
+        )
+        .await;
+        assert_eq!(f.engine.wait_for_job("hot").await.as_deref(), Some("finished"));
+        let got = rows(&exec(&mut f.session, "SELECT auction, window_start, bids, dt FROM hot").await);
+        let want = rows(
+            &exec(
+                &mut f.session,
+                "SELECT auction, date_bin(INTERVAL '10 seconds', date_time) AS ws, count(*), \
+                 to_char(date_bin(INTERVAL '10 seconds', date_time), '%Y-%m-%d') FROM bid GROUP BY auction, ws",
+            )
+            .await,
+        );
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "parallelism {parallelism}");
+        // Hive layout: one directory per day.
+        let dirs: Vec<String> = std::fs::read_dir(&lake)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !dirs.is_empty() && dirs.iter().all(|d| d.starts_with("dt=")),
+            "{dirs:?}"
+        );
+    }
+}
