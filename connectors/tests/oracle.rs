@@ -66,13 +66,12 @@ async fn exec(session: &mut Session, sql: &str) -> Vec<RecordBatch> {
             .prepare(stmt)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        match session
+        let output = session
             .execute(&prepared, None)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        {
-            Output::Rows(stream) => out.extend(stream.try_collect::<Vec<_>>().await.unwrap()),
-            _ => {}
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if let Output::Rows(stream) = output {
+            out.extend(stream.try_collect::<Vec<_>>().await.unwrap());
         }
     }
     out
