@@ -210,6 +210,13 @@ fn default_session_vars() -> BTreeMap<String, String> {
 pub enum Output {
     /// Rows, streamed: nothing collects the whole result.
     Rows(SendableRecordBatchStream),
+    /// `SUBSCRIBE`: rows that keep coming (`op`, `progress`, then the
+    /// row) until the client cancels; `copy` when the client asked for
+    /// `COPY (SUBSCRIBE ...) TO STDOUT`.
+    Subscribe {
+        rows: SendableRecordBatchStream,
+        copy: bool,
+    },
     /// A command that returns no rows, with its completion tag (`CREATE
     /// TABLE`, `SET`, ...) and, for DML, the row count.
     Command { tag: String, rows: Option<usize> },
@@ -223,6 +230,7 @@ impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Subscribe { rows, copy } => write!(f, "Subscribe({:?}, copy={copy})", rows.schema()),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::TransactionStart => write!(f, "TransactionStart"),
             Output::TransactionEnd { rollback } => write!(f, "TransactionEnd({rollback})"),
@@ -266,6 +274,12 @@ enum Action {
         sink: bool,
     },
     ShowJobs,
+    /// `SUBSCRIBE`, with the schema of its rows.
+    Subscribe {
+        target: crate::parser::SubscribeTarget,
+        copy: bool,
+        schema: SchemaRef,
+    },
     /// `EXPLAIN CREATE SINK|MATERIALIZED VIEW`: the streaming plan.
     ExplainJob {
         create: Box<CreateJob>,
@@ -300,8 +314,14 @@ impl Prepared {
             Action::ShowJobObjects { sink } => Some(crate::jobs::show_objects_schema(*sink)),
             Action::ShowJobs => Some(crate::jobs::show_jobs_schema()),
             Action::ExplainJob { .. } => Some(crate::jobs::explain_schema()),
+            Action::Subscribe { schema, .. } => Some(schema.clone()),
             _ => None,
         }
+    }
+
+    /// Whether this is a `SUBSCRIBE` (rows keep coming until cancelled).
+    pub fn is_subscribe(&self) -> bool {
+        matches!(self.action, Action::Subscribe { .. })
     }
 
     /// Parameter placeholders (`$1`, `$2`, ...) and the types DataFusion
@@ -420,6 +440,10 @@ impl Session {
             Statement::ShowSinks => Action::ShowJobObjects { sink: true },
             Statement::ShowMaterializedViews => Action::ShowJobObjects { sink: false },
             Statement::ShowJobs => Action::ShowJobs,
+            Statement::Subscribe { target, copy } => {
+                let schema = self.subscribe_schema(&target).await?;
+                Action::Subscribe { target, copy, schema }
+            }
             Statement::Explain(inner) => match *inner {
                 Statement::CreateSink(create) => Action::ExplainJob {
                     create: Box::new(create),
@@ -777,6 +801,10 @@ impl Session {
             Action::ShowJobObjects { sink } => self.show_job_objects(*sink).await,
             Action::ShowJobs => self.show_jobs(),
             Action::ExplainJob { create, sink } => self.explain_job(create, *sink).await,
+            Action::Subscribe { target, copy, .. } => Ok(Output::Subscribe {
+                rows: self.subscribe(target).await?,
+                copy: *copy,
+            }),
             Action::TransactionStart => Ok(Output::TransactionStart),
             Action::TransactionEnd { rollback } => Ok(Output::TransactionEnd { rollback: *rollback }),
         }

@@ -19,13 +19,19 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement
 use crate::catalog::{CatalogEntry, ObjectKind};
 use crate::engine::{Engine, Output, Session};
 use crate::error::{ErrorKind, Result, SluiceError};
-use crate::parser::{CreateJob, Statement};
+use crate::parser::{CreateJob, Statement, SubscribeTarget};
+use crate::sink::SinkWriter;
 use crate::sink::{Landed, SinkContext, check_sink_options};
 use crate::stream::StreamTable;
 use crate::streaming::mview::MaterializedView;
+use crate::streaming::mview::{SUBSCRIBER_BACKLOG, subscribe_schema, to_changes};
 use crate::streaming::plan::{Node, Planner};
 use crate::streaming::runtime::Job;
 use crate::streaming::window::{StreamLookup, interval_arg, rewrite_window_calls};
+use arrow::array::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 
 /// The declared streams by name.
 #[derive(Debug, Default)]
@@ -432,6 +438,104 @@ impl Session {
         )
     }
 
+    fn view(&self, name: &datafusion::sql::sqlparser::ast::ObjectName) -> Result<Arc<MaterializedView>> {
+        let name = crate::engine::normalize_name(name);
+        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
+        if let Some(view) = jobs.get(&name).and_then(|j| j.view.clone()) {
+            return Ok(view);
+        }
+        let what = if self.engine.inner.streams.stream(&name).is_some() {
+            format!("{name} is a stream; write SUBSCRIBE TO (SELECT * FROM {name})")
+        } else if jobs.contains_key(&name) {
+            format!("{name} is a sink; SUBSCRIBE follows materialized views or queries")
+        } else {
+            return Err(SluiceError::new(
+                ErrorKind::UndefinedTable,
+                format!("materialized view \"{name}\" does not exist"),
+            ));
+        };
+        Err(SluiceError::new(ErrorKind::Semantic, what))
+    }
+
+    /// The rows a `SUBSCRIBE` returns.
+    pub(crate) async fn subscribe_schema(&self, target: &SubscribeTarget) -> Result<SchemaRef> {
+        match target {
+            SubscribeTarget::View(name) => Ok(self.view(name)?.changes_schema()),
+            SubscribeTarget::Query(q) => Ok(subscribe_schema(&self.plan_job(q).await?.schema)),
+        }
+    }
+
+    /// Starts a subscription. To a view: its snapshot, then its changes.
+    /// To a query: a private job whose output streams to this client, with
+    /// backpressure (a slow client slows its own job only); the job stops
+    /// when the client goes away.
+    pub(crate) async fn subscribe(&self, target: &SubscribeTarget) -> Result<SendableRecordBatchStream> {
+        match target {
+            SubscribeTarget::View(name) => {
+                let view = self.view(name)?;
+                let schema = view.changes_schema();
+                let (snapshot, rx, lagged) = view.subscribe()?;
+                let changes = futures::stream::unfold(
+                    (rx, lagged, false),
+                    |(mut rx, lagged, done)| async move {
+                        if done {
+                            return None;
+                        }
+                        match rx.recv().await {
+                        Some(b) => Some((Ok(b), (rx, lagged, false))),
+                        None if lagged.load(std::sync::atomic::Ordering::Relaxed) => Some((
+                            Err(SluiceError::new(
+                                ErrorKind::Internal,
+                                format!(
+                                    "the subscriber fell more than {SUBSCRIBER_BACKLOG} change batches behind \
+                                     and was disconnected to protect the server's memory; SUBSCRIBE again"
+                                ),
+                            )
+                            .into_datafusion()),
+                            (rx, lagged, true),
+                        )),
+                        None => None,
+                    }
+                    },
+                );
+                let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(changes);
+                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+            }
+            SubscribeTarget::Query(q) => {
+                let node = self.plan_job(q).await?;
+                let rows_schema = node.schema.clone();
+                let schema = subscribe_schema(&rows_schema);
+                let updating = node.updating;
+                let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(16);
+                let job = Arc::new(Job::start("subscribe", node, |_, _| {
+                    Ok(Box::new(ChannelWriter {
+                        tx: tx.clone(),
+                        schema: rows_schema.clone(),
+                        updating,
+                        watermark: None,
+                    }) as Box<dyn SinkWriter>)
+                })?);
+                drop(tx);
+                let stream = futures::stream::unfold((rx, job, false), |(mut rx, job, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    match rx.recv().await {
+                        Some(b) => Some((Ok(b), (rx, job, false))),
+                        None => match job.wait().await {
+                            crate::streaming::runtime::JobStatus::Failed(e) => Some((
+                                Err(SluiceError::new(ErrorKind::Internal, e).into_datafusion()),
+                                (rx, job, true),
+                            )),
+                            _ => None,
+                        },
+                    }
+                });
+                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+            }
+        }
+    }
+
     pub(crate) async fn explain_job(&self, create: &CreateJob, sink: bool) -> Result<Output> {
         let node = self.plan_job(&create.query).await?;
         let mut lines = vec![];
@@ -455,6 +559,33 @@ impl Session {
             lines.push(format!("  {l}"));
         }
         one_batch(explain_schema(), vec![Arc::new(StringArray::from(lines))])
+    }
+}
+
+/// A subscription's end of a private job.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<RecordBatch>,
+    schema: SchemaRef,
+    updating: bool,
+    watermark: Option<i64>,
+}
+
+#[async_trait::async_trait]
+impl SinkWriter for ChannelWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let changes = to_changes(&self.schema, &batch, self.updating, self.watermark)?;
+        // The client went away: the job is being dropped with it.
+        let _ = self.tx.send(changes).await;
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, watermark: i64) -> Result<()> {
+        self.watermark = Some(watermark);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -45,6 +45,19 @@ pub enum Statement {
     /// `EXPLAIN CREATE SINK ...` / `EXPLAIN CREATE MATERIALIZED VIEW ...`:
     /// the streaming plan.
     Explain(Box<Statement>),
+    /// `SUBSCRIBE [TO] view | (query)`, or wrapped as
+    /// `COPY (SUBSCRIBE ...) TO STDOUT` (`copy`), which psql prints as rows
+    /// arrive.
+    Subscribe { target: SubscribeTarget, copy: bool },
+}
+
+/// What `SUBSCRIBE` follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeTarget {
+    /// A materialized view: its current contents, then its changes.
+    View(ObjectName),
+    /// A query, run as a private job: its output as it is produced.
+    Query(Box<Query>),
 }
 
 /// `CREATE SINK` or `CREATE MATERIALIZED VIEW`: a continuous query.
@@ -86,6 +99,17 @@ impl fmt::Display for Statement {
             Statement::ShowMaterializedViews => write!(f, "SHOW MATERIALIZED VIEWS"),
             Statement::ShowJobs => write!(f, "SHOW JOBS"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
+            Statement::Subscribe { target, copy } => {
+                let t = match target {
+                    SubscribeTarget::View(n) => n.to_string(),
+                    SubscribeTarget::Query(q) => format!("({q})"),
+                };
+                if *copy {
+                    write!(f, "COPY (SUBSCRIBE TO {t}) TO STDOUT")
+                } else {
+                    write!(f, "SUBSCRIBE TO {t}")
+                }
+            }
         }
     }
 }
@@ -177,6 +201,26 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             df.parser.next_token();
             Statement::Explain(Box::new(parse_one(df)?))
         }
+        (Some("SUBSCRIBE"), _, _) => {
+            df.parser.next_token();
+            Statement::Subscribe {
+                target: parse_subscribe_target(&mut df.parser)?,
+                copy: false,
+            }
+        }
+        (Some("COPY"), _, _)
+            if df.parser.peek_nth_token(1).token == Token::LParen
+                && peek_word(&df.parser, 2).as_deref() == Some("SUBSCRIBE") =>
+        {
+            for _ in 0..3 {
+                df.parser.next_token();
+            }
+            let target = parse_subscribe_target(&mut df.parser)?;
+            df.parser.expect_token(&Token::RParen).map_err(syntax)?;
+            expect_word(&mut df.parser, "TO")?;
+            expect_word(&mut df.parser, "STDOUT")?;
+            Statement::Subscribe { target, copy: true }
+        }
         (Some("CREATE"), Some("SINK"), _) => {
             df.parser.next_token();
             df.parser.next_token();
@@ -239,6 +283,19 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
         _ => Statement::DataFusion(df.parse_statement()?),
     };
     Ok(statement)
+}
+
+fn parse_subscribe_target(parser: &mut Parser) -> Result<SubscribeTarget> {
+    let _ = parser.parse_keyword(Keyword::TO);
+    if parser.consume_token(&Token::LParen) {
+        let query = parser.parse_query().map_err(syntax)?;
+        parser.expect_token(&Token::RParen).map_err(syntax)?;
+        Ok(SubscribeTarget::Query(query))
+    } else {
+        Ok(SubscribeTarget::View(
+            parser.parse_object_name(false).map_err(syntax)?,
+        ))
+    }
 }
 
 fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::SinkExt;
 use futures::{FutureExt, Sink, Stream, StreamExt};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{
     ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+    send_ready_for_query,
 };
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
@@ -22,8 +25,11 @@ use pgwire::api::{
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::data::RowDescription;
 use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::simplequery::Query;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
 use sluice_engine::datafusion::sql::sqlparser::ast;
@@ -141,6 +147,32 @@ fn output_to_response(
                 .flat_map(futures::stream::iter);
             Response::Query(QueryResponse::new(fields, guarded(rows, cancel)))
         }
+        Output::Subscribe { rows: stream, copy } => {
+            let schema = stream.schema();
+            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+            let text_fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
+            let encode_fields = if copy { text_fields } else { fields.clone() };
+            let rows = stream
+                .map(
+                    move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
+                        match batch {
+                            Ok(batch) => encode_recordbatch(encode_fields.clone(), batch),
+                            Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
+                        }
+                    },
+                )
+                .flat_map(futures::stream::iter);
+            let rows = guarded(rows, cancel);
+            if copy {
+                let columns = schema.fields().len();
+                let data = rows.map(|row| row.map(|r| CopyData::new(copy_text_line(&r))));
+                Response::CopyOut(CopyResponse::new(0, columns, data))
+            } else {
+                let mut q = QueryResponse::new(fields, rows);
+                q.set_command_tag("SUBSCRIBE");
+                Response::Query(q)
+            }
+        }
         Output::Command { tag, rows } => {
             let mut t = if tag == "INSERT" {
                 Tag::new("INSERT").with_oid(0)
@@ -231,6 +263,106 @@ where
     })
 }
 
+/// A text-format DataRow as one line of `COPY ... TO STDOUT` text format:
+/// tab-separated, `\N` for NULL, backslash escapes.
+fn copy_text_line(row: &DataRow) -> Bytes {
+    let mut out = BytesMut::with_capacity(row.data.len() + 8);
+    let mut data = &row.data[..];
+    for i in 0..row.field_count {
+        if i > 0 {
+            out.put_u8(b'\t');
+        }
+        let len = i32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        data = &data[4..];
+        if len < 0 {
+            out.put_slice(b"\\N");
+            continue;
+        }
+        let (value, rest) = data.split_at(len as usize);
+        data = rest;
+        for &b in value {
+            match b {
+                b'\\' => out.put_slice(b"\\\\"),
+                b'\n' => out.put_slice(b"\\n"),
+                b'\r' => out.put_slice(b"\\r"),
+                b'\t' => out.put_slice(b"\\t"),
+                other => out.put_u8(other),
+            }
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Sends a subscription's rows, flushing whenever the producer has nothing
+/// more ready: a change reaches the client when it happens, not when a
+/// buffer fills.
+async fn send_flushing<C>(client: &mut C, response: Response, describe: bool) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    match response {
+        Response::Query(mut q) => {
+            if describe {
+                let desc = RowDescription::new(q.row_schema().iter().map(Into::into).collect());
+                client.feed(PgWireBackendMessage::RowDescription(desc)).await?;
+            }
+            client.flush().await?;
+            let mut rows = 0usize;
+            let mut chunks = q.data_rows().ready_chunks(1024);
+            while let Some(chunk) = chunks.next().await {
+                for row in chunk {
+                    client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                    rows += 1;
+                }
+                client.flush().await?;
+            }
+            let tag = Tag::new(q.command_tag()).with_rows(rows);
+            client
+                .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                .await?;
+            Ok(())
+        }
+        Response::CopyOut(c) => {
+            let formats = c.column_formats();
+            let CopyResponse {
+                format,
+                columns,
+                data_stream,
+                ..
+            } = c;
+            client
+                .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+                    format,
+                    columns as i16,
+                    formats,
+                )))
+                .await?;
+            let mut rows = 0usize;
+            let mut chunks = data_stream.ready_chunks(1024);
+            while let Some(chunk) = chunks.next().await {
+                for data in chunk {
+                    client.feed(PgWireBackendMessage::CopyData(data?)).await?;
+                    rows += 1;
+                }
+                client.flush().await?;
+            }
+            client
+                .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+                .await?;
+            let tag = Tag::new("COPY").with_rows(rows);
+            client
+                .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                .await?;
+            Ok(())
+        }
+        Response::Error(info) => Err(PgWireError::UserError(info)),
+        _ => Err(pg_error(ErrorKind::Internal, "unexpected response to SUBSCRIBE")),
+    }
+}
+
 fn cancel_handle<C: ClientInfo>(client: &C) -> Option<Arc<ConnectionHandle>> {
     client
         .session_extensions()
@@ -240,6 +372,57 @@ fn cancel_handle<C: ClientInfo>(client: &C) -> Option<Arc<ConnectionHandle>> {
 
 #[async_trait]
 impl SimpleQueryHandler for ConnectionHandler {
+    /// SUBSCRIBE streams until cancelled, so it can't wait for pgwire's
+    /// end-of-response flush: it is sent here, flushing as rows come.
+    /// Everything else takes pgwire's path.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement = match self.parser.sql_parser.parse(&query.query) {
+            Ok(mut s) if s.len() == 1 && matches!(s[0], Statement::Subscribe { .. }) => s.remove(0),
+            _ => return self._on_query(client, query).await,
+        };
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let cancel = cancel_handle(client);
+        let result = async {
+            let prepared = {
+                let session = self.session.lock().await;
+                AssertUnwindSafe(session.prepare(statement))
+                    .catch_unwind()
+                    .await
+                    .map_err(panic_error)?
+                    .map_err(to_pg)?
+            };
+            self.run(&prepared, None, &Format::UnifiedText, cancel).await
+        }
+        .await;
+        let sent = match result {
+            Ok(response) => send_flushing(client, response, true).await,
+            Err(e) => Err(e),
+        };
+        let mut status = client.transaction_status();
+        match sent {
+            Ok(()) => {}
+            Err(PgWireError::UserError(info)) => {
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse((*info).into()))
+                    .await?;
+                status = status.to_error_state();
+            }
+            Err(e) => return Err(e),
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -376,7 +559,11 @@ impl ExtendedQueryHandler for ConnectionHandler {
             return self._on_execute(client, message).await;
         };
         client.set_state(PgWireConnectionState::QueryInProgress);
+        let subscribe = portal.statement.statement.prepared.is_subscribe();
         let outcome = match ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await {
+            Ok(r @ (Response::Query(_) | Response::CopyOut(_))) if subscribe => {
+                send_flushing(client, r, false).await
+            }
             Ok(Response::Query(rows)) => send_query_response(client, rows, false).await,
             Ok(Response::Execution(tag)) => send_execution_response(client, tag).await,
             Ok(Response::Error(info)) => Err(PgWireError::UserError(info)),

@@ -24,6 +24,16 @@ use super::operators::batch_with_schema;
 use crate::error::{Result, SluiceError};
 use crate::sink::SinkWriter;
 
+/// Change batches a subscriber may have waiting before it is cut off: a
+/// slow subscriber must not make the server's memory grow without bound.
+pub const SUBSCRIBER_BACKLOG: usize = 256;
+
+/// One `SUBSCRIBE` to a view.
+struct Subscriber {
+    tx: tokio::sync::mpsc::Sender<RecordBatch>,
+    lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
 enum State {
     Append(Vec<RecordBatch>),
     Multiset {
@@ -36,6 +46,8 @@ enum State {
 pub struct MaterializedView {
     schema: SchemaRef,
     state: RwLock<State>,
+    /// Guarded by the state lock's write side: see [`Self::apply`].
+    subscribers: std::sync::Mutex<Vec<Subscriber>>,
     /// Latest watermark applied (microseconds).
     watermark: std::sync::atomic::AtomicI64,
 }
@@ -66,14 +78,73 @@ impl MaterializedView {
         Ok(Self {
             schema,
             state: RwLock::new(state),
+            subscribers: Default::default(),
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
-    /// Applies one batch of output (with the op column when updating).
+    /// Applies one batch of output (with the op column when updating) and
+    /// hands it to subscribers, under one lock so that a new subscriber's
+    /// snapshot and its first change never overlap or leave a gap.
     pub fn apply(&self, batch: &RecordBatch) -> Result<()> {
         let mut state = self.state.write().expect("view lock poisoned");
-        match &mut *state {
+        self.apply_locked(&mut state, batch)?;
+        let mut subs = self.subscribers.lock().expect("subscribers lock");
+        if !subs.is_empty() {
+            let updating = matches!(&*state, State::Multiset { .. });
+            let changes = to_changes(&self.schema, batch, updating, self.watermark())?;
+            subs.retain(|s| match s.tx.try_send(changes.clone()) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    s.lagged.store(true, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        Ok(())
+    }
+
+    /// The schema SUBSCRIBE returns: `op` (insert / delete), `progress`
+    /// (the view's watermark when the change was applied), then the rows.
+    pub fn changes_schema(&self) -> SchemaRef {
+        subscribe_schema(&self.schema)
+    }
+
+    /// Starts a subscription: the current contents (as inserts) and a
+    /// channel of later changes. The channel closes when the view is
+    /// dropped, or when the subscriber falls more than
+    /// [`SUBSCRIBER_BACKLOG`] batches behind (then `lagged` is set).
+    pub fn subscribe(
+        &self,
+    ) -> Result<(
+        Vec<RecordBatch>,
+        tokio::sync::mpsc::Receiver<RecordBatch>,
+        Arc<std::sync::atomic::AtomicBool>,
+    )> {
+        // The write lock orders this against `apply`.
+        let state = self.state.write().expect("view lock poisoned");
+        let snapshot = Self::snapshot_of(&self.schema, &state)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BACKLOG);
+        let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.subscribers
+            .lock()
+            .expect("subscribers lock")
+            .push(Subscriber {
+                tx,
+                lagged: lagged.clone(),
+            });
+        drop(state);
+        let wm = self.watermark();
+        let snapshot = snapshot
+            .iter()
+            .map(|b| to_changes(&self.schema, b, false, wm))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((snapshot, rx, lagged))
+    }
+
+    fn apply_locked(&self, state: &mut State, batch: &RecordBatch) -> Result<()> {
+        match state {
             State::Append(batches) => {
                 batches.push(batch_with_schema(&self.schema, batch.columns().to_vec())?);
             }
@@ -110,7 +181,11 @@ impl MaterializedView {
     /// The current contents.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         let state = self.state.read().expect("view lock poisoned");
-        match &*state {
+        Self::snapshot_of(&self.schema, &state)
+    }
+
+    fn snapshot_of(schema: &SchemaRef, state: &State) -> Result<Vec<RecordBatch>> {
+        match state {
             State::Append(batches) => Ok(batches.clone()),
             State::Multiset { converter, counts } => {
                 if counts.is_empty() {
@@ -126,7 +201,7 @@ impl MaterializedView {
                 let cols = converter
                     .convert_rows(rows)
                     .map_err(datafusion::error::DataFusionError::from)?;
-                Ok(vec![batch_with_schema(&self.schema, cols)?])
+                Ok(vec![batch_with_schema(schema, cols)?])
             }
         }
     }
@@ -154,6 +229,56 @@ impl MaterializedView {
     pub fn writer(self: &Arc<Self>) -> Box<dyn SinkWriter> {
         Box::new(ViewWriter { view: self.clone() })
     }
+}
+
+/// The schema of a subscription to rows of `schema`.
+pub fn subscribe_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields = vec![
+        arrow::datatypes::Field::new("op", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new(
+            "progress",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            true,
+        ),
+    ];
+    fields.extend(schema.fields().iter().map(|f| f.as_ref().clone()));
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
+
+/// A batch of output as subscription rows: `op`, `progress`, the row.
+pub fn to_changes(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    updating: bool,
+    watermark: Option<i64>,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let (rows, ops): (Vec<arrow::array::ArrayRef>, Vec<&str>) = if updating {
+        let k = batch.num_columns();
+        let ops = batch
+            .column(k - 1)
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .ok_or_else(|| SluiceError::internal("updating batch without op column"))?;
+        (
+            batch.columns()[..k - 1].to_vec(),
+            ops.values()
+                .iter()
+                .map(|o| if *o > 0 { "insert" } else { "delete" })
+                .collect(),
+        )
+    } else {
+        (batch.columns().to_vec(), vec!["insert"; n])
+    };
+    // Watermarks past the representable range (end of input) show as the
+    // largest timestamp.
+    let wm = watermark.map(|w| w.min(253_402_300_799_000_000));
+    let mut cols: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(arrow::array::StringArray::from(ops)),
+        Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![wm; n])),
+    ];
+    cols.extend(rows);
+    Ok(batch_with_schema(&subscribe_schema(schema), cols)?)
 }
 
 struct ViewWriter {
