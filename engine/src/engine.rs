@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) stores: StoreRegistry,
     pub(crate) sources: SourceRegistry,
     pub(crate) sinks: SinkRegistry,
+    /// The data directory (catalog; relative sink paths land under it).
+    pub(crate) data_dir: PathBuf,
     /// Parallel tasks per stream and per keyed operator.
     pub(crate) parallelism: usize,
     /// Catalog entries that could not be restored at start, with the reason.
@@ -129,6 +131,7 @@ impl Engine {
                 stores: config.stores,
                 sources: config.sources,
                 sinks: config.sinks,
+                data_dir: std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone()),
                 parallelism,
                 unavailable: Default::default(),
                 streams,

@@ -185,6 +185,16 @@ impl Session {
         Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
     }
 
+    /// A relative sink path lands in the data directory (the default
+    /// landing zone); URLs and absolute paths are kept.
+    fn landing_path(&self, path: &str) -> String {
+        if path.contains("://") || std::path::Path::new(path).is_absolute() {
+            path.to_string()
+        } else {
+            self.engine.inner.data_dir.join(path).display().to_string()
+        }
+    }
+
     /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
     /// starts the job, and records it durably when `persist`.
     pub(crate) async fn create_job(&self, create: CreateJob, sink: bool, persist: bool) -> Result<()> {
@@ -226,6 +236,9 @@ impl Session {
                     "CREATE SINK {name}: the connector option is required"
                 ))
             })?;
+            if let Some(path) = options.get_mut("path") {
+                *path = self.landing_path(path);
+            }
             let connector = self.engine.inner.sinks.get(&connector_name)?;
             check_sink_options(connector.as_ref(), &options)?;
             let landed = connector.validate(&options, &schema, updating)?;
