@@ -205,7 +205,8 @@ impl Session {
             Statement::CreateMaterializedView(create.clone())
         };
         let mut catalog = self.engine.inner.catalog.lock().await;
-        if catalog.get(&name).is_some() || self.ctx.table_exist(name.as_str())? {
+        // On restore (`!persist`) the entry is in the catalog already.
+        if (persist && catalog.get(&name).is_some()) || self.ctx.table_exist(name.as_str())? {
             if create.if_not_exists {
                 return Ok(());
             }

@@ -1,0 +1,249 @@
+//! Continuous queries through the real binary: they come back after a
+//! restart, SUBSCRIBE streams and ends on cancel, a failing job fails alone,
+//! and SHOW JOBS tells what happened.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::SluiceProcess;
+use futures::{StreamExt, pin_mut};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+const BID: &str = "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', \
+                   'events.max' = '20000', 'events.per.second' = '0', 'nexmark.base.time' = '1700000000000')";
+
+/// Polls `sql` (one value) until it equals `want` or 20 s pass.
+fn wait_for(p: &SluiceProcess, sql: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = p.psql(&["-tA", "-c", sql]).trim().to_string();
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn views_and_sinks_run_again_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut p = SluiceProcess::start(&data);
+    p.psql(&["-c", BID]);
+    p.psql(&[
+        "-c",
+        "CREATE MATERIALIZED VIEW per_auction AS SELECT auction, count(*) AS n FROM bid GROUP BY auction",
+    ]);
+    p.psql(&[
+        "-c",
+        "CREATE SINK landed WITH (connector = 'filesystem', path = 'lake/bids', partition_by = 'dt') \
+         AS SELECT auction, price, to_char(date_time, '%Y-%m-%d') AS dt FROM bid",
+    ]);
+    assert_eq!(wait_for(&p, "SELECT sum(n) FROM per_auction", "18400"), "18400");
+    assert_eq!(wait_for(&p, "SELECT count(*) FROM landed", "18400"), "18400");
+    p.kill9();
+
+    // Back with every object; the view is recomputed from its source's
+    // start. (The sink runs again too; without checkpoints it lands the
+    // input a second time, which exactly-once sinks will fix.)
+    let p = SluiceProcess::start(&data);
+    let views = p.psql(&["-tA", "-c", "SHOW MATERIALIZED VIEWS"]);
+    assert!(views.starts_with("per_auction|"), "{views}");
+    let sinks = p.psql(&["-tA", "-c", "SHOW SINKS"]);
+    assert!(sinks.starts_with("landed|filesystem|"), "{sinks}");
+    assert_eq!(wait_for(&p, "SELECT sum(n) FROM per_auction", "18400"), "18400");
+    assert_eq!(wait_for(&p, "SELECT count(*) FROM landed", "36800"), "36800");
+}
+
+#[test]
+fn a_failing_job_fails_alone_and_show_jobs_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start_with(dir.path(), &[("SLUICE_DEBUG_FUNCTIONS", "1")]);
+    p.psql(&["-c", BID]);
+    p.psql(&[
+        "-c",
+        "CREATE MATERIALIZED VIEW ok AS SELECT auction FROM bid WHERE price > 0",
+    ]);
+    p.psql(&[
+        "-c",
+        "CREATE MATERIALIZED VIEW doomed AS SELECT sluice_debug_panic(url) AS x FROM bid",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let jobs = loop {
+        let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+        if jobs.contains("doomed|materialized view|failed") || Instant::now() > deadline {
+            break jobs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let doomed: Vec<&str> = jobs.lines().filter(|l| l.starts_with("doomed|")).collect();
+    assert!(!doomed.is_empty(), "{jobs}");
+    for line in &doomed {
+        assert!(line.contains("|failed|"), "{line}");
+        assert!(line.contains("sluice_debug_panic"), "the error is shown: {line}");
+    }
+    // The other job and the server carry on.
+    assert_eq!(wait_for(&p, "SELECT count(*) > 18000 FROM ok", "t"), "t");
+    let ok: Vec<&str> = jobs.lines().filter(|l| l.starts_with("ok|")).collect();
+    assert!(ok.iter().all(|l| !l.contains("|failed|")), "{jobs}");
+    // SHOW JOBS counts what flowed: the source of `ok` produced every bid.
+    let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+    let source = jobs
+        .lines()
+        .find(|l| l.starts_with("ok|") && l.contains("|Source: bid|"))
+        .unwrap_or_else(|| panic!("{jobs}"));
+    let cols: Vec<&str> = source.split('|').collect();
+    assert_eq!(cols[7], "18400", "rows_out of the source: {source}");
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
+}
+
+#[test]
+fn subscribe_streams_changes_and_ends_on_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    p.psql(&[
+        "-c",
+        "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', 'events.per.second' = '2000')",
+    ]);
+    p.psql(&[
+        "-c",
+        "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS n \
+         FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&p.conn_string(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let started = Instant::now();
+        let stream = client.simple_query_raw("SUBSCRIBE TO per_second").await.unwrap();
+        pin_mut!(stream);
+        // Rows arrive while the statement is still running: one per
+        // closed one-second window.
+        let mut rows = 0;
+        while rows < 3 {
+            match stream.next().await.expect("subscription ended early").unwrap() {
+                SimpleQueryMessage::Row(r) => {
+                    assert_eq!(r.get(0), Some("insert"));
+                    assert!(r.get(3).unwrap().parse::<i64>().unwrap() > 0);
+                    rows += 1;
+                }
+                SimpleQueryMessage::RowDescription(cols) => {
+                    let names: Vec<&str> = cols.iter().map(|c| c.name()).collect();
+                    assert_eq!(names, vec!["op", "progress", "window_start", "n"]);
+                }
+                SimpleQueryMessage::CommandComplete(_) => {
+                    panic!("a subscription does not complete by itself")
+                }
+                _ => {}
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(15));
+        // Cancel (Ctrl-C in psql) ends it with 57014 ...
+        client.cancel_token().cancel_query(NoTls).await.unwrap();
+        let err = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("ended without the cancel error"),
+            }
+        };
+        assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("57014"), "{err}");
+        // ... and the session goes on.
+        let n = client
+            .simple_query("SELECT count(*) FROM per_second")
+            .await
+            .unwrap();
+        assert!(matches!(n.get(1), Some(SimpleQueryMessage::Row(_))));
+
+        // The extended protocol streams too.
+        let stream = client
+            .query_raw(
+                "SUBSCRIBE TO (SELECT auction, price FROM bid WHERE price > 1000)",
+                Vec::<i64>::new(),
+            )
+            .await
+            .unwrap();
+        pin_mut!(stream);
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.get::<_, &str>(0), "insert");
+        assert!(first.get::<_, i64>(3) > 1000);
+    });
+
+    // psql prints COPY (SUBSCRIBE ...) TO STDOUT as rows arrive (stdbuf:
+    // psql's stdout is a pipe here, which stdio would buffer).
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-o0",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port.to_string(),
+            "-U",
+            "sluice",
+            "-d",
+            "sluice",
+        ])
+        .args(["-c", "COPY (SUBSCRIBE TO per_second) TO STDOUT"])
+        .env("PGPASSWORD", "sluice")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let cols: Vec<&str> = first.split('\t').collect();
+    assert_eq!(cols.len(), 4, "{first}");
+    assert_eq!(cols[0], "insert");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_cut_off_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    p.psql(&[
+        "-c",
+        "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', 'events.per.second' = '200000')",
+    ]);
+    // Many groups change at every step: a heavy change feed.
+    p.psql(&[
+        "-c",
+        "CREATE MATERIALIZED VIEW per_bidder AS SELECT bidder, count(*) AS n FROM bid GROUP BY bidder",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&p.conn_string(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let stream = client.simple_query_raw("SUBSCRIBE TO per_bidder").await.unwrap();
+        pin_mut!(stream);
+        // Read a little, then stop reading while the view keeps changing.
+        stream.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let err = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break e,
+                    None => panic!("ended without an error"),
+                }
+            }
+        })
+        .await
+        .expect("the subscription was not cut off");
+        let msg = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("fell more than 256 change batches behind"), "{err}");
+        // The view itself is unharmed.
+        let rows = client
+            .simple_query("SELECT count(*) FROM per_bidder")
+            .await
+            .unwrap();
+        assert!(matches!(rows.get(1), Some(SimpleQueryMessage::Row(_))));
+    });
+}
