@@ -331,3 +331,24 @@ async fn filesystem_sink_lands_what_the_batch_query_returns() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_over_updating_results_retract() {
+    // A histogram of per-bidder counts: every new bid moves a bidder from
+    // one bucket to the next (a retraction and an insertion downstream).
+    let histogram = "SELECT n, count(*) AS bidders FROM \
+                     (SELECT bidder, count(*) AS n FROM bid GROUP BY bidder) GROUP BY n";
+    check("histogram", histogram, histogram).await;
+    // min / max whose current value is retracted again and again, count
+    // DISTINCT, sum and avg, all over an updating input.
+    let extremes = "SELECT max(n) AS most, min(n) AS least, count(DISTINCT n) AS sizes, \
+                    sum(n) AS total, round(avg(n), 3) AS mean, count(*) AS bidders FROM \
+                    (SELECT bidder, count(*) AS n FROM bid GROUP BY bidder)";
+    check("extremes", extremes, extremes).await;
+    // Retractions through a filter (HAVING), then per-key min / max of an
+    // updating value.
+    let per_channel = "SELECT channel, min(top) AS lo, max(top) AS hi, count(*) AS auctions FROM \
+                       (SELECT channel, auction, max(price) AS top FROM bid GROUP BY channel, auction \
+                        HAVING count(*) > 2) GROUP BY channel";
+    check("per_channel", per_channel, per_channel).await;
+}

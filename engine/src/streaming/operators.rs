@@ -328,6 +328,11 @@ pub fn batch_with_schema(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<R
 /// change set per progress step.
 pub struct UpdatingAggregate {
     keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Whether the input retracts (its batches carry the op column).
+    input_updating: bool,
+    /// Net rows per group: a group whose rows were all retracted is
+    /// deleted from the output.
+    rows: Vec<i64>,
     aggs: Vec<AggExpr>,
     output: SchemaRef,
     converter: Option<RowConverter>,
@@ -344,6 +349,7 @@ impl UpdatingAggregate {
     pub fn new(
         keys: Vec<Arc<dyn PhysicalExpr>>,
         input: &Schema,
+        input_updating: bool,
         aggs: Vec<AggExpr>,
         output: SchemaRef,
     ) -> Result<Self> {
@@ -359,6 +365,8 @@ impl UpdatingAggregate {
         let key_rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
             keys,
+            input_updating,
+            rows: Vec::new(),
             aggs,
             output: with_op_column(&output),
             converter,
@@ -376,8 +384,15 @@ impl UpdatingAggregate {
         let accs = self
             .aggs
             .iter()
-            .map(|a| a.func.create_accumulator())
+            .map(|a| {
+                if self.input_updating {
+                    retracting_accumulator(a)
+                } else {
+                    a.func.create_accumulator()
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
+        self.rows.push(0);
         self.accs.push(accs);
         self.emitted.push(None);
         self.is_dirty.push(false);
@@ -422,11 +437,22 @@ impl UpdatingAggregate {
         let dirty = std::mem::take(&mut self.dirty);
         for g in dirty {
             self.is_dirty[g] = false;
+            let old = self.emitted[g].take();
+            if self.rows[g] <= 0 {
+                // Every row of the group was retracted: the group is gone.
+                if let Some(old) = old {
+                    groups.push(g);
+                    ops.push(-1);
+                    for (col, v) in values.iter_mut().zip(old) {
+                        col.push(v);
+                    }
+                }
+                continue;
+            }
             let new: Vec<ScalarValue> = self.accs[g]
                 .iter_mut()
                 .map(|a| a.evaluate())
                 .collect::<Result<_>>()?;
-            let old = self.emitted[g].take();
             if old.as_ref() == Some(&new) {
                 self.emitted[g] = old;
                 continue;
@@ -466,33 +492,38 @@ impl UpdatingAggregate {
     }
 }
 
-impl KeyedOperator for UpdatingAggregate {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+impl UpdatingAggregate {
+    /// Feeds rows of one kind (inserts, or deletes when `retract`) to the
+    /// accumulators of their groups.
+    fn accumulate(&mut self, batch: &RecordBatch, retract: bool) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let gidx = self.group_indices(&batch)?;
+        let gidx = self.group_indices(batch)?;
         // Rows of one group side by side, so each accumulator sees one slice.
         let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
         order.sort_by_key(|&i| gidx[i as usize]);
         let order = UInt32Array::from(order);
-        let sorted = take_batch(&batch, &order)?;
+        let sorted = take_batch(batch, &order)?;
         let sorted_groups: Vec<u32> = order.values().iter().map(|&i| gidx[i as usize]).collect();
+        let mut runs: Vec<(u32, usize, usize)> = Vec::new();
+        let mut start = 0;
+        while start < sorted_groups.len() {
+            let g = sorted_groups[start];
+            let mut end = start + 1;
+            while end < sorted_groups.len() && sorted_groups[end] == g {
+                end += 1;
+            }
+            runs.push((g, start, end));
+            start = end;
+        }
         for (k, agg) in self.aggs.iter().enumerate() {
             let args = agg.args(&sorted)?;
             let filter = agg.filter(&sorted)?;
-            let mut start = 0;
-            while start < sorted_groups.len() {
-                let g = sorted_groups[start];
-                let mut end = start + 1;
-                while end < sorted_groups.len() && sorted_groups[end] == g {
-                    end += 1;
-                }
+            for &(g, start, end) in &runs {
                 let mut slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, end - start)).collect();
                 if let Some(f) = &filter {
-                    let f = f.slice(start, end - start);
-                    // NULL counts as false, as in SQL.
-                    let f = null_as_false(&f);
+                    let f = null_as_false(&f.slice(start, end - start));
                     slice = slice
                         .iter()
                         .map(|a| arrow::compute::filter(a, &f))
@@ -500,13 +531,18 @@ impl KeyedOperator for UpdatingAggregate {
                 }
                 let acc = &mut self.accs[g as usize][k];
                 let before = acc.size();
-                acc.update_batch(&slice)?;
+                if retract {
+                    acc.retract_batch(&slice)?;
+                } else {
+                    acc.update_batch(&slice)?;
+                }
                 self.state_bytes = (self.state_bytes + acc.size()).saturating_sub(before);
-                start = end;
             }
         }
-        for &g in &sorted_groups {
+        for &(g, start, end) in &runs {
             let g = g as usize;
+            let n = (end - start) as i64;
+            self.rows[g] += if retract { -n } else { n };
             if !self.is_dirty[g] {
                 self.is_dirty[g] = true;
                 self.dirty.push(g);
@@ -514,13 +550,191 @@ impl KeyedOperator for UpdatingAggregate {
         }
         Ok(())
     }
+}
+
+impl KeyedOperator for UpdatingAggregate {
+    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if !self.input_updating {
+            return self.accumulate(&batch, false);
+        }
+        let n = batch.num_columns();
+        let ops = batch
+            .column(n - 1)
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .ok_or_else(|| DataFusionError::Internal("updating batch without op column".into()))?
+            .clone();
+        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
+        let inserts: BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
+        let deletes = arrow::compute::not(&inserts)?;
+        // Deletes and inserts of one batch commute: every accumulator used
+        // here keeps a sum, a count or a multiset.
+        self.accumulate(&filter_record_batch(&rows, &deletes)?, true)?;
+        self.accumulate(&filter_record_batch(&rows, &inserts)?, false)
+    }
 
     fn on_watermark(&mut self, _watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         self.flush(out)
     }
 
     fn state_size(&self) -> (usize, usize) {
-        (self.accs.len(), self.state_bytes)
+        (self.rows.iter().filter(|r| **r > 0).count(), self.state_bytes)
+    }
+}
+
+/// Whether an aggregate can take retractions here, and how: min, max and
+/// DISTINCT aggregates keep a multiset of their inputs; the rest use
+/// DataFusion's retractable (sliding-window) accumulators.
+pub fn retractable(agg: &AggExpr) -> std::result::Result<(), String> {
+    if multiset_kind(agg).is_some() {
+        return Ok(());
+    }
+    if agg.func.is_distinct() {
+        return Err(format!(
+            "{}: DISTINCT over an updating input (a GROUP BY without windows) is supported for count only",
+            agg.func.name()
+        ));
+    }
+    match agg.func.create_sliding_accumulator() {
+        Ok(acc) if acc.supports_retract_batch() => Ok(()),
+        _ => Err(format!(
+            "{} can't take retractions, so it can't aggregate an updating input (a GROUP BY without \
+             windows) yet; count, sum, avg, min, max and count(DISTINCT) can",
+            agg.func.fun().name()
+        )),
+    }
+}
+
+fn multiset_kind(agg: &AggExpr) -> Option<MultisetKind> {
+    let name = agg.func.fun().name().to_ascii_lowercase();
+    match (name.as_str(), agg.func.is_distinct()) {
+        ("min", _) => Some(MultisetKind::Min),
+        ("max", _) => Some(MultisetKind::Max),
+        ("count", true) => Some(MultisetKind::CountDistinct),
+        _ => None,
+    }
+}
+
+fn retracting_accumulator(agg: &AggExpr) -> Result<Box<dyn Accumulator>> {
+    match multiset_kind(agg) {
+        Some(kind) => Ok(Box::new(MultisetAccumulator {
+            kind,
+            data_type: agg.func.field().data_type().clone(),
+            values: BTreeMap::new(),
+            bytes: 0,
+        })),
+        None => agg.func.create_sliding_accumulator(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MultisetKind {
+    Min,
+    Max,
+    CountDistinct,
+}
+
+/// A value ordered for a BTreeMap (ScalarValue is only partially ordered;
+/// values of one column always compare).
+#[derive(Debug, Clone, PartialEq)]
+struct OrdScalar(ScalarValue);
+
+impl Eq for OrdScalar {}
+
+impl PartialOrd for OrdScalar {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdScalar {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.partial_cmp(&other.0).unwrap_or(std::cmp::Ordering::Equal)
+    }
+}
+
+/// min / max / count(DISTINCT) over inputs that can be retracted: a
+/// multiset of the values (with counts), so that retracting the current
+/// minimum exposes the next one.
+#[derive(Debug)]
+struct MultisetAccumulator {
+    kind: MultisetKind,
+    data_type: DataType,
+    values: BTreeMap<OrdScalar, i64>,
+    bytes: usize,
+}
+
+impl MultisetAccumulator {
+    fn add(&mut self, values: &[ArrayRef], delta: i64) -> Result<()> {
+        let a = &values[0];
+        for i in 0..a.len() {
+            if a.is_null(i) {
+                continue;
+            }
+            let v = OrdScalar(ScalarValue::try_from_array(a, i)?);
+            let size = v.0.size();
+            let entry = self.values.entry(v).or_insert_with(|| 0);
+            if *entry == 0 {
+                self.bytes += size + 32;
+            }
+            *entry += delta;
+            if *entry == 0 {
+                let key = OrdScalar(ScalarValue::try_from_array(a, i)?);
+                self.values.remove(&key);
+                self.bytes = self.bytes.saturating_sub(size + 32);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for MultisetAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add(values, 1)
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.add(values, -1)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        // Counts can dip below zero inside a batch (a delete before its
+        // insert); only positive ones are present values.
+        let mut present = self.values.iter().filter(|(_, c)| **c > 0).map(|(v, _)| &v.0);
+        Ok(match self.kind {
+            MultisetKind::Min => match present.next() {
+                Some(v) => v.clone(),
+                None => ScalarValue::try_from(&self.data_type)?,
+            },
+            MultisetKind::Max => match present.next_back() {
+                Some(v) => v.clone(),
+                None => ScalarValue::try_from(&self.data_type)?,
+            },
+            MultisetKind::CountDistinct => ScalarValue::Int64(Some(present.count() as i64)),
+        })
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.bytes
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Err(DataFusionError::NotImplemented(
+            "multiset accumulator state".into(),
+        ))
+    }
+
+    fn merge_batch(&mut self, _states: &[ArrayRef]) -> Result<()> {
+        Err(DataFusionError::NotImplemented(
+            "multiset accumulator merge".into(),
+        ))
     }
 }
 
@@ -578,6 +792,7 @@ mod tests {
         let mut op = UpdatingAggregate::new(
             vec![col("k", &schema).unwrap()],
             &schema,
+            false,
             vec![sum_agg(&schema)],
             out,
         )
@@ -657,5 +872,37 @@ mod tests {
 +---------------------+---+";
         assert_eq!(pretty(&o), expected);
         assert_eq!(op.state_size().0, 0);
+    }
+
+    #[test]
+    fn multiset_min_max_expose_the_next_value_on_retraction() {
+        let values = |v: Vec<i64>| vec![Arc::new(Int64Array::from(v)) as ArrayRef];
+        for (kind, want) in [
+            (MultisetKind::Min, [1, 2, 5]),
+            (MultisetKind::Max, [9, 5, 5]),
+            (MultisetKind::CountDistinct, [4, 3, 1]),
+        ] {
+            let mut acc = MultisetAccumulator {
+                kind,
+                data_type: DataType::Int64,
+                values: BTreeMap::new(),
+                bytes: 0,
+            };
+            acc.update_batch(&values(vec![5, 1, 2, 9, 1])).unwrap();
+            let v = |acc: &mut MultisetAccumulator| match acc.evaluate().unwrap() {
+                ScalarValue::Int64(Some(v)) => v,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(v(&mut acc), want[0], "{kind:?}");
+            // one of two 1s goes, then the other; 9 goes
+            acc.retract_batch(&values(vec![1, 9])).unwrap();
+            assert_eq!(
+                v(&mut acc),
+                if kind == MultisetKind::Min { 1 } else { want[1] },
+                "{kind:?}"
+            );
+            acc.retract_batch(&values(vec![1, 2])).unwrap();
+            assert_eq!(v(&mut acc), want[2], "{kind:?}");
+        }
     }
 }

@@ -407,12 +407,6 @@ impl<'a> Planner<'a> {
             }
             LogicalPlan::Aggregate(agg) => {
                 let input = self.node(&agg.input)?;
-                if input.updating {
-                    return Err(refuse(
-                        "an aggregate over an updating result (a GROUP BY without windows) is not supported \
-                         yet; aggregate the stream directly or over windows (TUMBLE/HOP)",
-                    ));
-                }
                 let in_df = agg.input.schema();
                 let in_arrow: Schema = in_df.as_arrow().clone();
                 if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
@@ -447,6 +441,17 @@ impl<'a> Planner<'a> {
                 let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
                 let n_out = schema.fields().len();
                 let par = if keys.is_empty() { 1 } else { self.parallelism };
+                if input.updating {
+                    if window.is_some() {
+                        return Err(refuse(
+                            "a windowed aggregate over an updating result (a GROUP BY without windows) \
+                             can't run incrementally: windows close once, and a retraction could arrive after",
+                        ));
+                    }
+                    for a in &aggs {
+                        super::operators::retractable(a).map_err(refuse)?;
+                    }
+                }
                 match window {
                     Some((key, wc)) => {
                         let mut cols = vec![None; n_out];

@@ -248,6 +248,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
                 ops.push(Box::new(UpdatingAggregate::new(
                     keys.clone(),
                     &input.schema,
+                    input.updating,
                     aggs.clone(),
                     node.schema.clone(),
                 )?));

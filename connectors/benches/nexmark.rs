@@ -1,0 +1,215 @@
+//! Nexmark throughput: each supported query as a sink into `blackhole`,
+//! over the built-in generator at full speed, at parallelism 1 and 2; plus
+//! the generator alone (the ceiling). Prints a markdown table.
+//!
+//! ```text
+//! cargo bench -p sluice-connectors --bench nexmark               # 10M events
+//! cargo bench -p sluice-connectors --bench nexmark -- 2000000 q0 q5   # fewer events, some queries
+//! ```
+//!
+//! Events are Nexmark events of the combined stream (92% of them bids), as
+//! Nexmark reports throughput. Peak memory is the process's peak RSS during
+//! the query (reset before each run through /proc/self/clear_refs).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use sluice_connectors::filesystem::BlackholeSink;
+use sluice_connectors::nexmark::NexmarkConnector;
+use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceConnector, SourceRegistry};
+
+const QUERIES: &[(&str, &str)] = &[
+    ("q0", "SELECT auction, bidder, price, date_time, extra FROM bid"),
+    (
+        "q1",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+    ),
+    ("q2", "SELECT auction, price FROM bid WHERE auction % 123 = 0"),
+    (
+        "q5-window",
+        "SELECT auction, count(*) AS num, window_start, window_end \
+         FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end",
+    ),
+    (
+        "q7-window",
+        "SELECT window_start, window_end, max(price) AS maxprice \
+         FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_start, window_end",
+    ),
+    (
+        "q12",
+        "SELECT bidder, count(*) AS bid_count, window_start, window_end \
+         FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end",
+    ),
+    (
+        "q14",
+        "SELECT auction, bidder, 0.908 * price AS price, \
+         CASE WHEN extract(hour FROM date_time) >= 8 AND extract(hour FROM date_time) <= 18 THEN 'dayTime' \
+              WHEN extract(hour FROM date_time) <= 6 OR extract(hour FROM date_time) >= 20 THEN 'nightTime' \
+              ELSE 'otherTime' END AS bid_time_type, \
+         date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts \
+         FROM bid WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000",
+    ),
+    (
+        "q15",
+        "SELECT to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, \
+         count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+         count(DISTINCT bidder) AS total_bidders, count(DISTINCT auction) AS total_auctions \
+         FROM bid GROUP BY to_char(date_time, '%Y-%m-%d')",
+    ),
+    (
+        "q17",
+        "SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, \
+         count(*) FILTER (WHERE price < 10000) AS rank1_bids, min(price) AS min_price, \
+         max(price) AS max_price, avg(price) AS avg_price, sum(price) AS sum_price \
+         FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')",
+    ),
+    (
+        "q22",
+        "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1, \
+         split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bid",
+    ),
+];
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+async fn exec(session: &mut Session, sql: &str) {
+    for stmt in Session::parse(sql).unwrap() {
+        let prepared = session
+            .prepare(stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if let Output::Rows(s) = session.execute(&prepared, None).await.unwrap() {
+            let _: Vec<_> = s.try_collect().await.unwrap();
+        }
+    }
+}
+
+fn options(events: u64) -> std::collections::BTreeMap<String, String> {
+    [
+        ("nexmark.table", "bid".to_string()),
+        ("events.max", events.to_string()),
+        ("events.per.second", "0".to_string()),
+        ("nexmark.base.time", "1700000000000".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The generator alone: every partition drained in its own task.
+async fn generator(events: u64, parallelism: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for p in 0..parallelism {
+        let mut source = NexmarkConnector.open(&options(events), p, parallelism).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut rows = 0usize;
+            while let Some(b) = source.next_batch().await.unwrap() {
+                rows += b.num_rows();
+            }
+            rows
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(NexmarkConnector));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(BlackholeSink));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        stores: Default::default(),
+        target_partitions: Some(parallelism),
+        sources,
+        sinks,
+    })
+    .await
+    .unwrap();
+    let mut session = engine.new_session();
+    let o = options(events);
+    let with: Vec<String> = o.iter().map(|(k, v)| format!("'{k}' = '{v}'")).collect();
+    exec(
+        &mut session,
+        &format!(
+            "CREATE STREAM bid WITH (connector = 'nexmark', {})",
+            with.join(", ")
+        ),
+    )
+    .await;
+    reset_peak_rss();
+    let started = Instant::now();
+    exec(
+        &mut session,
+        &format!("CREATE SINK out WITH (connector = 'blackhole') AS {sql}"),
+    )
+    .await;
+    let status = engine.wait_for_job("out").await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(status.as_deref(), Some("finished"), "{sql}");
+    (secs, peak_rss_mib())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let events: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000_000);
+    let only: Vec<&str> = args
+        .iter()
+        .filter(|a| a.parse::<u64>().is_err())
+        .map(String::as_str)
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "Nexmark, {events} events (combined stream; bids are 92%), blackhole sink, {} cores\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("| query | P=1 events/s | P=2 events/s | P=2 / P=1 | peak RSS P=1 | peak RSS P=2 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    rt.block_on(async {
+        if only.is_empty() || only.contains(&"generator") {
+            let t1 = generator(events, 1).await;
+            let t2 = generator(events, 2).await;
+            println!(
+                "| generator alone | {:.2}M | {:.2}M | {:.2} | - | - |",
+                events as f64 / t1 / 1e6,
+                events as f64 / t2 / 1e6,
+                t1 / t2
+            );
+        }
+        for (name, sql) in QUERIES {
+            if !only.is_empty() && !only.contains(name) {
+                continue;
+            }
+            let (t1, m1) = run_query(sql, events, 1).await;
+            let (t2, m2) = run_query(sql, events, 2).await;
+            println!(
+                "| {name} | {:.2}M | {:.2}M | {:.2} | {m1:.0} MiB | {m2:.0} MiB |",
+                events as f64 / t1 / 1e6,
+                events as f64 / t2 / 1e6,
+                t1 / t2
+            );
+        }
+    });
+}
