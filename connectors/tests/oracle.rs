@@ -352,3 +352,41 @@ async fn aggregates_over_updating_results_retract() {
                         HAVING count(*) > 2) GROUP BY channel";
     check("per_channel", per_channel, per_channel).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q11_session_windows() {
+    // Sessions per bidder with a one-second gap, against a batch
+    // sessionization: a new session where the gap to the bidder's previous
+    // bid is a second or more.
+    check(
+        "q11",
+        "SELECT bidder, count(*) AS bid_count, window_start, window_end \
+         FROM SESSION(bid, date_time, INTERVAL '1' SECOND) GROUP BY bidder, window_start, window_end",
+        "SELECT bidder, count(*), min(date_time), max(date_time) + INTERVAL '1 second' FROM ( \
+           SELECT bidder, date_time, sum(new_session) OVER (PARTITION BY bidder ORDER BY ms \
+                  RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM ( \
+             SELECT bidder, date_time, CAST(date_time AS BIGINT) AS ms, \
+                    CASE WHEN CAST(date_time AS BIGINT) - lag(CAST(date_time AS BIGINT)) \
+                              OVER (PARTITION BY bidder ORDER BY CAST(date_time AS BIGINT)) < 1000 \
+                         THEN 0 ELSE 1 END AS new_session \
+             FROM bid)) \
+         GROUP BY bidder, sid",
+    )
+    .await;
+    // Sessions with an aggregate FILTER and no key other than the window.
+    check(
+        "sessions_all",
+        "SELECT window_start, count(*) AS n, max(price) FILTER (WHERE channel = 'Google') AS top_google \
+         FROM SESSION(bid, date_time, INTERVAL '1' MILLISECOND) GROUP BY window_start",
+        "SELECT min(date_time), count(*), max(price) FILTER (WHERE channel = 'Google') FROM ( \
+           SELECT date_time, price, channel, sum(new_session) OVER (ORDER BY ms \
+                  RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM ( \
+             SELECT date_time, price, channel, CAST(date_time AS BIGINT) AS ms, \
+                    CASE WHEN CAST(date_time AS BIGINT) - lag(CAST(date_time AS BIGINT)) \
+                              OVER (ORDER BY CAST(date_time AS BIGINT)) < 1 \
+                         THEN 0 ELSE 1 END AS new_session \
+             FROM bid)) \
+         GROUP BY sid",
+    )
+    .await;
+}

@@ -120,6 +120,7 @@ impl Engine {
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));
+        template.register_udtf("session", Arc::new(WindowFunction::session(streams.clone())));
         let catalog = DurableCatalog::open(&config.data_dir)?;
         let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
         // Tables and streams first: sinks and views read them.

@@ -20,7 +20,7 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, WindowKey};
+use super::operators::{AggExpr, SessionLayout, WindowKey};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -32,6 +32,8 @@ pub struct WindowCol {
     pub is_end: bool,
     pub size_us: i64,
     pub unit: TimeUnit,
+    /// A SESSION window bound (`size_us` is the gap).
+    pub session: bool,
 }
 
 /// One operator of a streaming dataflow.
@@ -53,6 +55,13 @@ pub enum NodeKind {
         keys: Vec<Arc<dyn PhysicalExpr>>,
         aggs: Vec<AggExpr>,
         window: WindowKey,
+    },
+    /// GROUP BY over SESSION windows, emitted when the watermark passes a
+    /// session's end.
+    SessionAggregate {
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        layout: SessionLayout,
+        aggs: Vec<AggExpr>,
     },
     /// GROUP BY without windows: an updating result.
     Aggregate {
@@ -121,6 +130,9 @@ impl Node {
             NodeKind::Aggregate { keys, aggs: a } => {
                 format!("Aggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
             }
+            NodeKind::SessionAggregate { keys, aggs: a, .. } => {
+                format!("SessionAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
+            }
         }
     }
 
@@ -161,6 +173,10 @@ impl Node {
                     "window_start"
                 },
                 window.size_us
+            ),
+            NodeKind::SessionAggregate { layout, .. } => format!(
+                "session gap {}us, merge per key, emit on watermark, hash exchange",
+                layout.gap_us
             ),
             NodeKind::Aggregate { keys, .. } if keys.is_empty() => "global, emit changes on watermark".into(),
             NodeKind::Aggregate { .. } => "emit changes on watermark, hash exchange".into(),
@@ -296,6 +312,7 @@ impl<'a> Planner<'a> {
                         is_end,
                         size_us: spec.kind.size(),
                         unit: spec.unit,
+                        session: matches!(spec.kind, super::window::WindowKind::Session { .. }),
                     };
                     cols.push(Some(wc(false)));
                     cols.push(Some(wc(true)));
@@ -440,6 +457,64 @@ impl<'a> Planner<'a> {
                 });
                 let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
                 let n_out = schema.fields().len();
+                if let Some((_, wc)) = window
+                    && wc.session
+                {
+                    // Sessions are per key: the window columns are computed,
+                    // not grouped on.
+                    let mut session_keys = Vec::new();
+                    let mut key_pos = Vec::new();
+                    let (mut start_pos, mut end_pos, mut time) = (None, None, None);
+                    for (i, e) in agg.group_expr.iter().enumerate() {
+                        match column_of(e, in_df).and_then(|c| input.window_cols[c]) {
+                            Some(w) if w.session => {
+                                if w.is_end {
+                                    end_pos = Some(i);
+                                } else {
+                                    start_pos = Some(i);
+                                }
+                                if time.is_none() || !w.is_end {
+                                    time = Some((keys[i].clone(), w.is_end));
+                                }
+                            }
+                            _ => {
+                                session_keys.push(keys[i].clone());
+                                key_pos.push(i);
+                            }
+                        }
+                    }
+                    let (time, time_is_end) = time.expect("a session column is grouped");
+                    let layout = SessionLayout {
+                        key_pos,
+                        start_pos,
+                        end_pos,
+                        time,
+                        time_is_end,
+                        gap_us: wc.size_us,
+                        unit: wc.unit,
+                    };
+                    let mut cols = vec![None; n_out];
+                    for p in [layout.start_pos, layout.end_pos].into_iter().flatten() {
+                        cols[p] = None;
+                    }
+                    let par = if session_keys.is_empty() {
+                        1
+                    } else {
+                        self.parallelism
+                    };
+                    return Ok(self.make(
+                        NodeKind::SessionAggregate {
+                            keys: session_keys,
+                            layout,
+                            aggs,
+                        },
+                        vec![input],
+                        schema,
+                        false,
+                        cols,
+                        par,
+                    ));
+                }
                 let par = if keys.is_empty() { 1 } else { self.parallelism };
                 if input.updating {
                     if window.is_some() {

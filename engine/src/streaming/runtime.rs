@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::metrics::NodeMetrics;
-use super::operators::{KeyedOperator, UpdatingAggregate, WindowAggregate, eval};
+use super::operators::{KeyedOperator, SessionAggregate, UpdatingAggregate, WindowAggregate, eval};
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
 use crate::error::{Result, SluiceError};
@@ -235,6 +235,21 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
                     &input.schema,
                     aggs.clone(),
                     *window,
+                    node.schema.clone(),
+                    node.metrics.clone(),
+                )?));
+            }
+            keyed(node, keys.clone(), ops, tasks)
+        }
+        NodeKind::SessionAggregate { keys, layout, aggs } => {
+            let input = &node.inputs[0];
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(SessionAggregate::new(
+                    keys.clone(),
+                    &input.schema,
+                    layout.clone(),
+                    aggs.clone(),
                     node.schema.clone(),
                     node.metrics.clone(),
                 )?));

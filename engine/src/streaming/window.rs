@@ -34,6 +34,10 @@ pub enum WindowKind {
     Tumble { size: i64 },
     /// Windows of `size` starting every `slide`.
     Hop { slide: i64, size: i64 },
+    /// Per key, rows closer than `gap` to each other form one window. Each
+    /// row starts as its own window `[t, t + gap)`; the session aggregate
+    /// merges overlapping ones.
+    Session { gap: i64 },
 }
 
 impl WindowKind {
@@ -41,6 +45,7 @@ impl WindowKind {
     pub fn size(&self) -> i64 {
         match self {
             WindowKind::Tumble { size } | WindowKind::Hop { size, .. } => *size,
+            WindowKind::Session { gap } => *gap,
         }
     }
 }
@@ -52,6 +57,7 @@ impl fmt::Display for WindowKind {
             WindowKind::Hop { slide, size } => {
                 write!(f, "HOP(slide={}, size={})", fmt_micros(*slide), fmt_micros(*size))
             }
+            WindowKind::Session { gap } => write!(f, "SESSION(gap={})", fmt_micros(*gap)),
         }
     }
 }
@@ -141,6 +147,20 @@ impl WindowSpec {
                     (Some(UInt32Array::from(idx)), starts, ends)
                 }
             }
+            WindowKind::Session { gap } => {
+                let gap = micros_to_ticks(gap, unit).max(1);
+                let mut idx = Vec::with_capacity(ticks.len());
+                let mut starts = Vec::with_capacity(ticks.len());
+                for (i, t) in ticks.iter().enumerate() {
+                    if let Some(t) = t {
+                        idx.push(i as u32);
+                        starts.push(t);
+                    }
+                }
+                let ends = starts.iter().map(|s| s + gap).collect();
+                let idx = (idx.len() < ticks.len()).then(|| UInt32Array::from(idx));
+                (idx, starts, ends)
+            }
             WindowKind::Hop { slide, size } => {
                 let slide = micros_to_ticks(slide, unit).max(1);
                 let size = micros_to_ticks(size, unit).max(1);
@@ -210,6 +230,12 @@ impl TableProvider for WindowedTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let WindowKind::Session { .. } = self.spec.kind {
+            return plan_err!(
+                "SESSION windows merge rows per key as they arrive, so they run only in continuous \
+                 queries (CREATE MATERIALIZED VIEW, CREATE SINK, SUBSCRIBE TO (...))"
+            );
+        }
         let table = self
             .stream
             .windowed_batch_table(self.spec.clone(), self.schema.clone())?;
@@ -229,20 +255,40 @@ pub trait StreamLookup: Send + Sync + fmt::Debug {
     fn stream(&self, name: &str) -> Option<Arc<StreamTable>>;
 }
 
-/// The `tumble` / `hop` table functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Tumble,
+    Hop,
+    Session,
+}
+
+/// The `tumble` / `hop` / `session` table functions.
 #[derive(Debug)]
 pub struct WindowFunction {
-    hop: bool,
+    call: Call,
     streams: Arc<dyn StreamLookup>,
 }
 
 impl WindowFunction {
     pub fn tumble(streams: Arc<dyn StreamLookup>) -> Self {
-        Self { hop: false, streams }
+        Self {
+            call: Call::Tumble,
+            streams,
+        }
     }
 
     pub fn hop(streams: Arc<dyn StreamLookup>) -> Self {
-        Self { hop: true, streams }
+        Self {
+            call: Call::Hop,
+            streams,
+        }
+    }
+
+    pub fn session(streams: Arc<dyn StreamLookup>) -> Self {
+        Self {
+            call: Call::Session,
+            streams,
+        }
     }
 }
 
@@ -277,12 +323,11 @@ pub(crate) fn interval_arg(e: &Expr, call: &str) -> datafusion::error::Result<i6
 impl TableFunctionImpl for WindowFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        let call = if self.hop {
-            "HOP(stream, time_column, slide, size)"
-        } else {
-            "TUMBLE(stream, time_column, size)"
+        let (call, want) = match self.call {
+            Call::Hop => ("HOP(stream, time_column, slide, size)", 4),
+            Call::Tumble => ("TUMBLE(stream, time_column, size)", 3),
+            Call::Session => ("SESSION(stream, time_column, gap)", 3),
         };
-        let want = if self.hop { 4 } else { 3 };
         if exprs.len() != want {
             return plan_err!("{call} takes {want} arguments, found {}", exprs.len());
         }
@@ -301,20 +346,24 @@ impl TableFunctionImpl for WindowFunction {
             DataType::Timestamp(unit, _) => *unit,
             other => return plan_err!("{call}: {column} is {other}, a window needs a TIMESTAMP column"),
         };
-        let kind = if self.hop {
-            let slide = interval_arg(&exprs[2], call)?;
-            let size = interval_arg(&exprs[3], call)?;
-            if size % slide != 0 {
-                return plan_err!("{call}: the size must be a multiple of the slide");
+        let kind = match self.call {
+            Call::Hop => {
+                let slide = interval_arg(&exprs[2], call)?;
+                let size = interval_arg(&exprs[3], call)?;
+                if size % slide != 0 {
+                    return plan_err!("{call}: the size must be a multiple of the slide");
+                }
+                WindowKind::Hop { slide, size }
             }
-            WindowKind::Hop { slide, size }
-        } else {
-            WindowKind::Tumble {
+            Call::Tumble => WindowKind::Tumble {
                 size: interval_arg(&exprs[2], call)?,
-            }
+            },
+            Call::Session => WindowKind::Session {
+                gap: interval_arg(&exprs[2], call)?,
+            },
         };
         let steps = match kind {
-            WindowKind::Tumble { size } => vec![size],
+            WindowKind::Tumble { size } | WindowKind::Session { gap: size } => vec![size],
             WindowKind::Hop { slide, size } => vec![slide, size],
         };
         for us in steps {
@@ -363,7 +412,7 @@ pub fn rewrite_window_calls<V: VisitMut>(node: &mut V) {
             } = factor
             {
                 let fname = name.to_string().to_ascii_lowercase();
-                if fname != "tumble" && fname != "hop" {
+                if fname != "tumble" && fname != "hop" && fname != "session" {
                     return std::ops::ControlFlow::Continue(());
                 }
                 // DataFusion looks table functions up by exact name.
