@@ -115,7 +115,10 @@ async fn generator(events: u64, parallelism: usize) -> f64 {
     let started = Instant::now();
     let mut tasks = vec![];
     for p in 0..parallelism {
-        let mut source = NexmarkConnector.open(&options(events), p, parallelism).unwrap();
+        let schema = NexmarkConnector.schema(&options(events), None).unwrap();
+        let mut source = NexmarkConnector
+            .open(&options(events), &schema, p, parallelism)
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             let mut rows = 0usize;
             while let Some(b) = source.next_batch().await.unwrap() {

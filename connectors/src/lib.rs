@@ -6,6 +6,7 @@
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
 
+pub mod datagen;
 pub mod filesystem;
 pub mod nexmark;
 pub mod storage;

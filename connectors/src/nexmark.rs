@@ -157,7 +157,13 @@ impl SourceConnector for NexmarkConnector {
         OPTIONS
     }
 
-    fn schema(&self, options: &BTreeMap<String, String>) -> Result<SchemaRef> {
+    fn schema(&self, options: &BTreeMap<String, String>, declared: Option<&SchemaRef>) -> Result<SchemaRef> {
+        if declared.is_some() {
+            return Err(SluiceError::invalid_parameter(
+                "nexmark streams take their columns from the generator; declare only \
+                 (WATERMARK FOR date_time AS ...) in the parentheses, or nothing",
+            ));
+        }
         Ok(schema_of(Options::parse(options)?.table))
     }
 
@@ -174,6 +180,7 @@ impl SourceConnector for NexmarkConnector {
     fn open(
         &self,
         options: &BTreeMap<String, String>,
+        _schema: &SchemaRef,
         partition: usize,
         partitions: usize,
     ) -> Result<Box<dyn Source>> {
@@ -483,7 +490,8 @@ mod tests {
     async fn drain(c: &NexmarkConnector, o: &BTreeMap<String, String>, parts: usize) -> Vec<RecordBatch> {
         let mut out = Vec::new();
         for p in 0..parts {
-            let mut s = c.open(o, p, parts).unwrap();
+            let schema = c.schema(o, None).unwrap();
+            let mut s = c.open(o, &schema, p, parts).unwrap();
             while let Some(b) = s.next_batch().await.unwrap() {
                 out.push(b);
             }
@@ -540,10 +548,10 @@ mod tests {
     #[test]
     fn bad_options_are_named() {
         let c = NexmarkConnector;
-        let e = c.schema(&opts(&[("nexmark.table", "bids")])).unwrap_err();
+        let e = c.schema(&opts(&[("nexmark.table", "bids")]), None).unwrap_err();
         assert!(e.to_string().contains("person, auction or bid"), "{e}");
         let e = c
-            .schema(&opts(&[("nexmark.table", "bid"), ("events.max", "lots")]))
+            .schema(&opts(&[("nexmark.table", "bid"), ("events.max", "lots")]), None)
             .unwrap_err();
         assert!(e.to_string().contains("events.max"), "{e}");
     }

@@ -998,11 +998,17 @@ impl Session {
             Some((col, expr)) => Some((col.clone(), watermark_delay(col, expr)?)),
             None => None,
         };
+        let declared = if create.columns.is_empty() {
+            None
+        } else {
+            Some(declared_schema(&create.columns)?)
+        };
         let table = Arc::new(StreamTable::try_new(
             name.clone(),
             connector,
             options,
             self.engine.inner.parallelism,
+            declared,
             watermark,
         )?);
         let mut catalog = self.engine.inner.catalog.lock().await;
@@ -1052,6 +1058,46 @@ impl Session {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// Declared stream columns as an Arrow schema. DataFusion maps the SQL
+/// types (the same mapping as in CREATE EXTERNAL TABLE and CAST).
+fn declared_schema(columns: &[ast::ColumnDef]) -> Result<SchemaRef> {
+    let ctx = SessionContext::new();
+    let state = ctx.state();
+    let mut fields = Vec::with_capacity(columns.len());
+    for c in columns {
+        let expr = state.create_logical_expr(
+            &format!("CAST(NULL AS {})", c.data_type),
+            &datafusion::common::DFSchema::empty(),
+        )?;
+        let ty = match expr {
+            datafusion::logical_expr::Expr::Cast(cast) => cast.field.data_type().clone(),
+            other => {
+                return Err(SluiceError::not_supported(format!(
+                    "column {}: type {} is not supported ({other})",
+                    c.name, c.data_type
+                )));
+            }
+        };
+        let not_null = c
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ast::ColumnOption::NotNull));
+        let name = if c.name.quote_style.is_some() {
+            c.name.value.clone()
+        } else {
+            c.name.value.to_ascii_lowercase()
+        };
+        if fields.iter().any(|f: &Field| f.name() == &name) {
+            return Err(SluiceError::new(
+                ErrorKind::DuplicateObject,
+                format!("column \"{name}\" specified more than once"),
+            ));
+        }
+        fields.push(Field::new(name, ty, !not_null));
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 fn ddl_tag(ddl: &DdlStatement) -> String {

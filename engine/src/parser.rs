@@ -9,7 +9,7 @@ use std::fmt;
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, Query};
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr as SqlExpr, ObjectName, Query};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -132,6 +132,8 @@ pub struct CreateStream {
     /// `WATERMARK FOR column AS expr`: the event-time column and the
     /// watermark expression.
     pub watermark: Option<(String, Box<SqlExpr>)>,
+    /// Declared columns (empty: the connector defines them).
+    pub columns: Vec<ColumnDef>,
 }
 
 fn quote(s: &str) -> String {
@@ -145,8 +147,12 @@ impl fmt::Display for CreateStream {
             write!(f, "IF NOT EXISTS ")?;
         }
         write!(f, "{}", self.name)?;
+        let mut parts: Vec<String> = self.columns.iter().map(|c| c.to_string()).collect();
         if let Some((col, expr)) = &self.watermark {
-            write!(f, " (WATERMARK FOR {col} AS {expr})")?;
+            parts.push(format!("WATERMARK FOR {col} AS {expr}"));
+        }
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
         }
         write!(f, " WITH ({})", render_options(&self.options))
     }
@@ -346,42 +352,49 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false).map_err(syntax)?;
     let mut watermark = None;
+    let mut columns = Vec::new();
     if parser.consume_token(&Token::LParen) {
-        if peek_word(parser, 0).as_deref() != Some("WATERMARK") {
-            return Err(SluiceError::not_supported(
-                "declared columns in CREATE STREAM are not supported yet: the built-in connectors \
-                 define their own schema; write CREATE STREAM name (WATERMARK FOR col AS col - INTERVAL '...') \
-                 WITH (connector = '...', ...)",
-            ));
+        loop {
+            if peek_word(parser, 0).as_deref() == Some("WATERMARK") {
+                if watermark.is_some() {
+                    return Err(SluiceError::new(ErrorKind::Syntax, "a stream has one WATERMARK"));
+                }
+                parser.next_token();
+                if !parser.parse_keyword(Keyword::FOR) {
+                    return Err(SluiceError::new(
+                        ErrorKind::Syntax,
+                        format!(
+                            "syntax error: expected WATERMARK FOR column AS expression, found: {}",
+                            parser.peek_token()
+                        ),
+                    ));
+                }
+                let col = parser.parse_identifier().map_err(syntax)?;
+                let col = if col.quote_style.is_some() {
+                    col.value
+                } else {
+                    col.value.to_ascii_lowercase()
+                };
+                if !parser.parse_keyword(Keyword::AS) {
+                    return Err(SluiceError::new(
+                        ErrorKind::Syntax,
+                        format!(
+                            "syntax error: expected AS after WATERMARK FOR {col}, found: {}",
+                            parser.peek_token()
+                        ),
+                    ));
+                }
+                let expr = parser.parse_expr().map_err(syntax)?;
+                watermark = Some((col, Box::new(expr)));
+            } else {
+                columns.push(parser.parse_column_def().map_err(syntax)?);
+            }
+            if parser.consume_token(&Token::Comma) {
+                continue;
+            }
+            parser.expect_token(&Token::RParen).map_err(syntax)?;
+            break;
         }
-        parser.next_token();
-        if !parser.parse_keyword(Keyword::FOR) {
-            return Err(SluiceError::new(
-                ErrorKind::Syntax,
-                format!(
-                    "syntax error: expected WATERMARK FOR column AS expression, found: {}",
-                    parser.peek_token()
-                ),
-            ));
-        }
-        let col = parser.parse_identifier().map_err(syntax)?;
-        let col = if col.quote_style.is_some() {
-            col.value
-        } else {
-            col.value.to_ascii_lowercase()
-        };
-        if !parser.parse_keyword(Keyword::AS) {
-            return Err(SluiceError::new(
-                ErrorKind::Syntax,
-                format!(
-                    "syntax error: expected AS after WATERMARK FOR {col}, found: {}",
-                    parser.peek_token()
-                ),
-            ));
-        }
-        let expr = parser.parse_expr().map_err(syntax)?;
-        parser.expect_token(&Token::RParen).map_err(syntax)?;
-        watermark = Some((col, Box::new(expr)));
     }
     if !parser.parse_keyword(Keyword::WITH) {
         return Err(SluiceError::new(
@@ -398,6 +411,7 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
         if_not_exists,
         options,
         watermark,
+        columns,
     })
 }
 

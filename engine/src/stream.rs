@@ -58,8 +58,16 @@ pub trait SourceConnector: Send + Sync + Debug {
     /// Every option the connector accepts (besides `connector`).
     fn option_keys(&self) -> &[&'static str];
 
-    /// Checks the options and returns the schema of the stream they declare.
-    fn schema(&self, options: &BTreeMap<String, String>) -> Result<SchemaRef>;
+    /// Checks the options and returns the schema of the stream: the
+    /// connector's own (generators), or the `declared` columns (formats
+    /// that need them, datagen). A connector refuses what it can't take.
+    fn schema(&self, options: &BTreeMap<String, String>, declared: Option<&SchemaRef>) -> Result<SchemaRef>;
+
+    /// Whether `key` is an option of this connector. Connectors with
+    /// per-column options (`fields.<col>.kind`) override this.
+    fn accepts_option(&self, key: &str) -> bool {
+        self.option_keys().contains(&key)
+    }
 
     /// Whether the source ends by itself with these options.
     fn is_bounded(&self, options: &BTreeMap<String, String>) -> bool;
@@ -70,10 +78,11 @@ pub trait SourceConnector: Send + Sync + Debug {
         None
     }
 
-    /// Opens partition `partition` of `partitions`.
+    /// Opens partition `partition` of `partitions`, producing `schema`.
     fn open(
         &self,
         options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
         partition: usize,
         partitions: usize,
     ) -> Result<Box<dyn Source>>;
@@ -112,7 +121,7 @@ impl SourceRegistry {
 /// an error that lists the accepted ones.
 pub fn check_options(connector: &dyn SourceConnector, options: &BTreeMap<String, String>) -> Result<()> {
     for key in options.keys() {
-        if key != "connector" && !connector.option_keys().contains(&key.as_str()) {
+        if key != "connector" && !connector.accepts_option(key) {
             let mut accepted: Vec<_> = connector.option_keys().to_vec();
             accepted.sort_unstable();
             return Err(SluiceError::invalid_parameter(format!(
@@ -143,7 +152,7 @@ impl PartitionStream for SourcePartition {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let opened = self
             .connector
-            .open(&self.options, self.partition, self.partitions);
+            .open(&self.options, &self.schema, self.partition, self.partitions);
         let stream = futures::stream::unfold(Some(opened), |state| async move {
             let mut source = match state? {
                 Ok(source) => source,
@@ -218,9 +227,10 @@ impl StreamTable {
         connector: Arc<dyn SourceConnector>,
         options: BTreeMap<String, String>,
         partitions: usize,
+        declared: Option<SchemaRef>,
         watermark: Option<(String, i64)>,
     ) -> Result<Self> {
-        let schema = connector.schema(&options)?;
+        let schema = connector.schema(&options, declared.as_ref())?;
         let bounded = connector.is_bounded(&options);
         let watermark = match watermark.or_else(|| connector.default_event_time(&options).map(|c| (c, 0))) {
             None => None,
@@ -275,7 +285,8 @@ impl StreamTable {
 
     /// Opens source partition `partition` for a streaming job.
     pub fn open(&self, partition: usize) -> Result<Box<dyn Source>> {
-        self.connector.open(&self.options, partition, self.partitions)
+        self.connector
+            .open(&self.options, &self.schema, partition, self.partitions)
     }
 
     fn batch_table(&self) -> datafusion::error::Result<StreamingTable> {

@@ -25,6 +25,7 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use sluice_connectors::datagen::DatagenConnector;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
 use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
@@ -56,6 +57,7 @@ impl Server {
         stores.register(Arc::new(HdfsStoreProvider));
         let mut sources = SourceRegistry::default();
         sources.register(Arc::new(NexmarkConnector));
+        sources.register(Arc::new(DatagenConnector));
         let mut sinks = SinkRegistry::default();
         sinks.register(Arc::new(FileSystemSink));
         sinks.register(Arc::new(BlackholeSink));
