@@ -390,3 +390,34 @@ async fn q11_session_windows() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_results_feed_further_windows_and_aggregates() {
+    // The busiest auction count per window: a windowed aggregate over a
+    // windowed aggregate (the aggregation half of Nexmark q5).
+    check(
+        "max_per_window",
+        "SELECT window_start, max(bids) AS most, count(*) AS auctions FROM ( \
+           SELECT auction, window_start, count(*) AS bids \
+           FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start) \
+         GROUP BY window_start",
+        "SELECT ws, max(bids), count(*) FROM ( \
+           SELECT auction, date_bin(INTERVAL '2 seconds', date_time) - back AS ws, count(*) AS bids \
+           FROM bid CROSS JOIN (VALUES (INTERVAL '0 seconds'), (INTERVAL '2 seconds'), \
+             (INTERVAL '4 seconds'), (INTERVAL '6 seconds'), (INTERVAL '8 seconds')) AS t(back) \
+           GROUP BY auction, ws) \
+         GROUP BY ws",
+    )
+    .await;
+    // An updating aggregate over windowed results.
+    check(
+        "windows_per_bidder",
+        "SELECT bidder, count(*) AS active_windows, max(n) AS busiest FROM ( \
+           SELECT bidder, window_start, count(*) AS n FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) \
+           GROUP BY bidder, window_start) GROUP BY bidder",
+        "SELECT bidder, count(*), max(n) FROM ( \
+           SELECT bidder, date_bin(INTERVAL '1 second', date_time) AS ws, count(*) AS n FROM bid \
+           GROUP BY bidder, ws) GROUP BY bidder",
+    )
+    .await;
+}
