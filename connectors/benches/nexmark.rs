@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Events are Nexmark events of the combined stream (92% of them bids), as
-//! Nexmark reports throughput. Peak memory is the process's peak RSS during
-//! the query (reset before each run through /proc/self/clear_refs).
+//! Nexmark reports throughput. Each run is its own process (the bench
+//! re-executes itself), so peak memory is that run's peak RSS.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +65,26 @@ const QUERIES: &[(&str, &str)] = &[
          FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')",
     ),
     (
+        "q11",
+        "SELECT bidder, count(*) AS bid_count, window_start, window_end \
+         FROM SESSION(bid, date_time, INTERVAL '10' SECOND) GROUP BY bidder, window_start, window_end",
+    ),
+    (
+        "q16",
+        "SELECT channel, to_char(date_time, '%Y-%m-%d') AS day, max(to_char(date_time, '%H:%M')) AS minute, \
+         count(*) AS total_bids, count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+         count(DISTINCT bidder) AS total_bidders, count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions \
+         FROM bid GROUP BY channel, to_char(date_time, '%Y-%m-%d')",
+    ),
+    (
+        "q21",
+        "SELECT auction, bidder, price, channel, \
+         CASE WHEN lower(channel) = 'apple' THEN '0' WHEN lower(channel) = 'google' THEN '1' \
+              WHEN lower(channel) = 'facebook' THEN '2' WHEN lower(channel) = 'baidu' THEN '3' \
+              ELSE regexp_match(url, '(&|^)channel_id=([^&]*)')[2] END AS channel_id \
+         FROM bid WHERE regexp_like(url, 'channel_id=') OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')",
+    ),
+    (
         "q22",
         "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1, \
          split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bid",
@@ -80,10 +100,6 @@ fn peak_rss_mib() -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 async fn exec(session: &mut Session, sql: &str) {
@@ -159,7 +175,6 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
         ),
     )
     .await;
-    reset_peak_rss();
     let started = Instant::now();
     exec(
         &mut session,
@@ -172,7 +187,42 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
     (secs, peak_rss_mib())
 }
 
+/// Runs one case in a child process; returns (seconds, peak RSS MiB).
+fn child(case: &str, events: u64, parallelism: usize) -> (f64, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .env("NEXMARK_BENCH_CASE", format!("{case}:{events}:{parallelism}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{case}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
 fn main() {
+    if let Ok(case) = std::env::var("NEXMARK_BENCH_CASE") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let parts: Vec<&str> = case.split(':').collect();
+        let (name, events, p) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        let secs = rt.block_on(async {
+            if name == "generator" {
+                generator(events, p).await
+            } else {
+                let sql = QUERIES.iter().find(|(n, _)| *n == name).expect("known query").1;
+                run_query(sql, events, p).await.0
+            }
+        });
+        println!("{secs} {}", peak_rss_mib());
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let events: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000_000);
     let only: Vec<&str> = args
@@ -180,39 +230,29 @@ fn main() {
         .filter(|a| a.parse::<u64>().is_err())
         .map(String::as_str)
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     println!(
         "Nexmark, {events} events (combined stream; bids are 92%), blackhole sink, {} cores\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!("| query | P=1 events/s | P=2 events/s | P=2 / P=1 | peak RSS P=1 | peak RSS P=2 |");
     println!("|---|---:|---:|---:|---:|---:|");
-    rt.block_on(async {
-        if only.is_empty() || only.contains(&"generator") {
-            let t1 = generator(events, 1).await;
-            let t2 = generator(events, 2).await;
-            println!(
-                "| generator alone | {:.2}M | {:.2}M | {:.2} | - | - |",
-                events as f64 / t1 / 1e6,
-                events as f64 / t2 / 1e6,
-                t1 / t2
-            );
+    let names = std::iter::once("generator").chain(QUERIES.iter().map(|(n, _)| *n));
+    for name in names {
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
         }
-        for (name, sql) in QUERIES {
-            if !only.is_empty() && !only.contains(name) {
-                continue;
-            }
-            let (t1, m1) = run_query(sql, events, 1).await;
-            let (t2, m2) = run_query(sql, events, 2).await;
-            println!(
-                "| {name} | {:.2}M | {:.2}M | {:.2} | {m1:.0} MiB | {m2:.0} MiB |",
-                events as f64 / t1 / 1e6,
-                events as f64 / t2 / 1e6,
-                t1 / t2
-            );
-        }
-    });
+        let (t1, m1) = child(name, events, 1);
+        let (t2, m2) = child(name, events, 2);
+        println!(
+            "| {} | {:.2}M | {:.2}M | {:.2} | {m1:.0} MiB | {m2:.0} MiB |",
+            if name == "generator" {
+                "generator alone"
+            } else {
+                name
+            },
+            events as f64 / t1 / 1e6,
+            events as f64 / t2 / 1e6,
+            t1 / t2
+        );
+    }
 }

@@ -305,7 +305,55 @@ impl<'a> Planner<'a> {
                     cols,
                     parallelism,
                 );
-                if let Some(spec) = spec {
+                // The scan's projection, in terms of the current node's columns.
+                let mut projection = scan.projection.clone();
+                if let Some(mut spec) = spec {
+                    // Drop the columns nobody reads before windows are
+                    // assigned: a hopping window copies every row it keeps.
+                    let n_src = schema.fields().len();
+                    if let Some(proj) = &projection {
+                        let mut needed: Vec<usize> = proj.iter().copied().filter(|i| *i < n_src).collect();
+                        needed.push(spec.time_column);
+                        needed.sort_unstable();
+                        needed.dedup();
+                        if needed.len() < n_src {
+                            let exprs: Vec<Arc<dyn PhysicalExpr>> = needed
+                                .iter()
+                                .map(|&i| {
+                                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                        schema.field(i).name(),
+                                        i,
+                                    )) as Arc<dyn PhysicalExpr>
+                                })
+                                .collect();
+                            let narrowed: SchemaRef = Arc::new(schema.project(&needed)?);
+                            let cols = vec![None; needed.len()];
+                            node = self.make(
+                                NodeKind::Project { exprs },
+                                vec![node],
+                                narrowed,
+                                false,
+                                cols,
+                                parallelism,
+                            );
+                            spec.time_column = needed
+                                .iter()
+                                .position(|i| *i == spec.time_column)
+                                .expect("time column kept");
+                            projection = Some(
+                                proj.iter()
+                                    .map(|&i| {
+                                        if i < n_src {
+                                            needed.iter().position(|n| *n == i).expect("kept")
+                                        } else {
+                                            needed.len() + (i - n_src)
+                                        }
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }
+                    let schema = node.schema.clone();
                     let out = spec.output_schema(&schema);
                     let mut cols = vec![None; schema.fields().len()];
                     let wc = |is_end| WindowCol {
@@ -325,7 +373,7 @@ impl<'a> Planner<'a> {
                         parallelism,
                     );
                 }
-                if let Some(proj) = &scan.projection {
+                if let Some(proj) = &projection {
                     let is_identity = proj.len() == node.schema.fields().len()
                         && proj.iter().enumerate().all(|(i, p)| i == *p);
                     if !is_identity {
