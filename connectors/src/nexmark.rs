@@ -13,8 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Builder, RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray,
+    TimestampMillisecondBuilder, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
@@ -42,6 +45,9 @@ enum Table {
     Person,
     Auction,
     Bid,
+    /// The combined stream: `event_type` (0 person, 1 auction, 2 bid), one
+    /// struct column per kind (NULL for the other kinds) and `date_time`.
+    Event,
 }
 
 #[derive(Debug, Clone)]
@@ -79,14 +85,15 @@ impl Options {
             Some("person") => Table::Person,
             Some("auction") => Table::Auction,
             Some("bid") => Table::Bid,
+            Some("event") => Table::Event,
             Some(other) => {
                 return Err(SluiceError::invalid_parameter(format!(
-                    "'nexmark.table' must be person, auction or bid, not '{other}'"
+                    "'nexmark.table' must be person, auction, bid or event, not '{other}'"
                 )));
             }
             None => {
                 return Err(SluiceError::invalid_parameter(
-                    "the nexmark connector needs 'nexmark.table' = 'person' | 'auction' | 'bid'",
+                    "the nexmark connector needs 'nexmark.table' = 'person' | 'auction' | 'bid' | 'event'",
                 ));
             }
         };
@@ -109,7 +116,25 @@ fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
 
+/// A table's columns as a nullable struct (for the combined stream).
+fn struct_of(table: Table) -> Fields {
+    schema_of(table)
+        .fields()
+        .iter()
+        .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+        .collect()
+}
+
 fn schema_of(table: Table) -> SchemaRef {
+    if table == Table::Event {
+        return Arc::new(Schema::new(vec![
+            Field::new("event_type", DataType::Int32, false),
+            Field::new("person", DataType::Struct(struct_of(Table::Person)), true),
+            Field::new("auction", DataType::Struct(struct_of(Table::Auction)), true),
+            Field::new("bid", DataType::Struct(struct_of(Table::Bid)), true),
+            Field::new("date_time", ts(), false),
+        ]));
+    }
     let i = |n: &str| Field::new(n, DataType::Int64, false);
     let s = |n: &str| Field::new(n, DataType::Utf8, false);
     let t = |n: &str| Field::new(n, ts(), false);
@@ -136,7 +161,7 @@ fn schema_of(table: Table) -> SchemaRef {
             i("category"),
             s("extra"),
         ],
-        Table::Bid => vec![
+        Table::Bid | Table::Event => vec![
             i("auction"),
             i("bidder"),
             i("price"),
@@ -197,15 +222,18 @@ impl SourceConnector for NexmarkConnector {
             config.first_rate = o.rate as usize;
             config.next_rate = o.rate as usize;
         }
-        let type_filter = match o.table {
-            Table::Person => EventType::Person,
-            Table::Auction => EventType::Auction,
-            Table::Bid => EventType::Bid,
-        };
-        let generator = EventGenerator::new(config)
-            .with_type_filter(type_filter)
+        let mut generator = EventGenerator::new(config)
             .with_offset(partition as u64)
             .with_step(partitions.max(1) as u64);
+        let type_filter = match o.table {
+            Table::Person => Some(EventType::Person),
+            Table::Auction => Some(EventType::Auction),
+            Table::Bid => Some(EventType::Bid),
+            Table::Event => None,
+        };
+        if let Some(t) = type_filter {
+            generator = generator.with_type_filter(t);
+        }
         Ok(Box::new(NexmarkSource {
             generator,
             schema: schema_of(o.table),
@@ -287,7 +315,8 @@ impl Builders {
                 category: i(),
                 extra: s(),
             },
-            Table::Bid => Builders::Bid {
+            // The combined stream builds each kind separately.
+            Table::Bid | Table::Event => Builders::Bid {
                 auction: i(),
                 bidder: i(),
                 price: i(),
@@ -439,9 +468,76 @@ impl Builders {
     }
 }
 
+impl NexmarkSource {
+    /// Waits until event `global` of the combined stream is due; `false`
+    /// when it isn't due and some rows are ready to hand out first.
+    async fn pace(&self, started: Instant, global: u64, have_rows: bool) -> bool {
+        if self.options.rate == 0 {
+            return true;
+        }
+        let due = started + Duration::from_secs_f64(global as f64 / self.options.rate as f64);
+        if due > Instant::now() {
+            if have_rows {
+                return false;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+        true
+    }
+
+    /// A batch of the combined stream: each kind built by its own builders,
+    /// then spread over full-length struct columns with NULLs elsewhere.
+    async fn next_events(&mut self) -> Result<Option<RecordBatch>> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let n = self.options.batch_size;
+        let kinds = [Table::Person, Table::Auction, Table::Bid];
+        let mut builders: Vec<Builders> = kinds.iter().map(|t| Builders::new(*t, n)).collect();
+        let mut counts = [0u32; 3];
+        let mut types = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut positions: [Vec<Option<u32>>; 3] = Default::default();
+        while types.len() < n {
+            let global = self.generator.global_offset();
+            if self.options.max.is_some_and(|max| global >= max) {
+                break;
+            }
+            if !self.pace(started, global, !types.is_empty()).await {
+                break;
+            }
+            let event = self.generator.next().expect("the nexmark generator never ends");
+            let (kind, time) = match &event {
+                Event::Person(p) => (0usize, p.date_time),
+                Event::Auction(a) => (1, a.date_time),
+                Event::Bid(b) => (2, b.date_time),
+            };
+            for (k, pos) in positions.iter_mut().enumerate() {
+                pos.push((k == kind).then_some(counts[k]));
+            }
+            counts[kind] += 1;
+            types.push(kind as i32);
+            times.push(time as i64);
+            builders[kind].push(event);
+        }
+        if types.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(types))];
+        for ((kind, b), pos) in kinds.iter().zip(builders).zip(positions) {
+            let parts = StructArray::try_new(struct_of(*kind), b.finish(), None)?;
+            let spread = arrow::compute::take(&parts, &UInt32Array::from(pos), None)?;
+            columns.push(spread);
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from(times)));
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+    }
+}
+
 #[async_trait]
 impl Source for NexmarkSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.options.table == Table::Event {
+            return self.next_events().await;
+        }
         let started = *self.started.get_or_insert_with(Instant::now);
         let mut builders = Builders::new(self.options.table, self.options.batch_size);
         let mut rows = 0;
