@@ -421,3 +421,21 @@ async fn windowed_results_feed_further_windows_and_aggregates() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bool_and_or_and_string_agg_over_updating_results() {
+    // Per-auction rows change as bids arrive; the outer aggregates must
+    // retract each auction's previous row. string_agg over an updating
+    // input joins values in value order, so the batch side orders them.
+    check(
+        "flags",
+        "SELECT n % 5 AS bucket, bool_and(rich) AS all_rich, bool_or(rich) AS any_rich, \
+                string_agg(DISTINCT ch, ',') AS channels, count(*) AS auctions FROM ( \
+           SELECT auction, count(*) AS n, max(price) > 10000000 AS rich, min(channel) AS ch \
+           FROM bid GROUP BY auction) GROUP BY n % 5",
+        "SELECT n % 5, bool_and(rich), bool_or(rich), string_agg(DISTINCT ch, ',' ORDER BY ch), count(*) FROM ( \
+           SELECT auction, count(*) AS n, max(price) > 10000000 AS rich, min(channel) AS ch \
+           FROM bid GROUP BY auction) GROUP BY n % 5",
+    )
+    .await;
+}

@@ -594,7 +594,7 @@ pub fn retractable(agg: &AggExpr) -> std::result::Result<(), String> {
     }
     if agg.func.is_distinct() {
         return Err(format!(
-            "{}: DISTINCT over an updating input (a GROUP BY without windows) is supported for count only",
+            "{}: DISTINCT over an updating input (a GROUP BY without windows) is supported for count and string_agg only",
             agg.func.name()
         ));
     }
@@ -602,7 +602,7 @@ pub fn retractable(agg: &AggExpr) -> std::result::Result<(), String> {
         Ok(acc) if acc.supports_retract_batch() => Ok(()),
         _ => Err(format!(
             "{} can't take retractions, so it can't aggregate an updating input (a GROUP BY without \
-             windows) yet; count, sum, avg, min, max and count(DISTINCT) can",
+             windows) yet; count, sum, avg, min, max, bool_and, bool_or, string_agg and count(DISTINCT) can",
             agg.func.fun().name()
         )),
     }
@@ -611,9 +611,24 @@ pub fn retractable(agg: &AggExpr) -> std::result::Result<(), String> {
 fn multiset_kind(agg: &AggExpr) -> Option<MultisetKind> {
     let name = agg.func.fun().name().to_ascii_lowercase();
     match (name.as_str(), agg.func.is_distinct()) {
-        ("min", _) => Some(MultisetKind::Min),
-        ("max", _) => Some(MultisetKind::Max),
+        // false < true: bool_and is the least value, bool_or the greatest.
+        ("min" | "bool_and", _) => Some(MultisetKind::Min),
+        ("max" | "bool_or", _) => Some(MultisetKind::Max),
         ("count", true) => Some(MultisetKind::CountDistinct),
+        ("string_agg", distinct) => {
+            // The delimiter is the second argument, a constant.
+            let args = agg.func.expressions();
+            let delimiter = args.get(1).and_then(|d| {
+                d.downcast_ref::<datafusion::physical_expr::expressions::Literal>()
+                    .and_then(|l| match l.value() {
+                        ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                            Some(s.clone().unwrap_or_default())
+                        }
+                        _ => None,
+                    })
+            })?;
+            Some(MultisetKind::StringAgg { delimiter, distinct })
+        }
         _ => None,
     }
 }
@@ -630,11 +645,17 @@ fn retracting_accumulator(agg: &AggExpr) -> Result<Box<dyn Accumulator>> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum MultisetKind {
     Min,
     Max,
     CountDistinct,
+    /// The present values joined in value order (SQL leaves the order of
+    /// string_agg without ORDER BY unspecified).
+    StringAgg {
+        delimiter: String,
+        distinct: bool,
+    },
 }
 
 /// A value ordered for a BTreeMap (ScalarValue is only partially ordered;
@@ -708,7 +729,7 @@ impl Accumulator for MultisetAccumulator {
         // Counts can dip below zero inside a batch (a delete before its
         // insert); only positive ones are present values.
         let mut present = self.values.iter().filter(|(_, c)| **c > 0).map(|(v, _)| &v.0);
-        Ok(match self.kind {
+        Ok(match &self.kind {
             MultisetKind::Min => match present.next() {
                 Some(v) => v.clone(),
                 None => ScalarValue::try_from(&self.data_type)?,
@@ -718,6 +739,25 @@ impl Accumulator for MultisetAccumulator {
                 None => ScalarValue::try_from(&self.data_type)?,
             },
             MultisetKind::CountDistinct => ScalarValue::Int64(Some(present.count() as i64)),
+            MultisetKind::StringAgg { delimiter, distinct } => {
+                let mut parts: Vec<String> = Vec::new();
+                for (v, c) in self.values.iter().filter(|(_, c)| **c > 0) {
+                    let s = match &v.0 {
+                        ScalarValue::Utf8(Some(s))
+                        | ScalarValue::LargeUtf8(Some(s))
+                        | ScalarValue::Utf8View(Some(s)) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let times = if *distinct { 1 } else { *c as usize };
+                    parts.extend(std::iter::repeat_n(s, times));
+                }
+                let joined = (!parts.is_empty()).then(|| parts.join(delimiter));
+                match &self.data_type {
+                    DataType::LargeUtf8 => ScalarValue::LargeUtf8(joined),
+                    DataType::Utf8View => ScalarValue::Utf8View(joined),
+                    _ => ScalarValue::Utf8(joined),
+                }
+            }
         })
     }
 
@@ -1132,7 +1172,7 @@ mod tests {
             (MultisetKind::CountDistinct, [4, 3, 1]),
         ] {
             let mut acc = MultisetAccumulator {
-                kind,
+                kind: kind.clone(),
                 data_type: DataType::Int64,
                 values: BTreeMap::new(),
                 bytes: 0,
