@@ -8,5 +8,6 @@
 
 pub mod datagen;
 pub mod filesystem;
+pub mod kafka;
 pub mod nexmark;
 pub mod storage;

@@ -645,7 +645,7 @@ mod tests {
     fn bad_options_are_named() {
         let c = NexmarkConnector;
         let e = c.schema(&opts(&[("nexmark.table", "bids")]), None).unwrap_err();
-        assert!(e.to_string().contains("person, auction or bid"), "{e}");
+        assert!(e.to_string().contains("person, auction, bid or event"), "{e}");
         let e = c
             .schema(&opts(&[("nexmark.table", "bid"), ("events.max", "lots")]), None)
             .unwrap_err();

@@ -124,6 +124,7 @@ pub(crate) fn show_jobs_schema() -> SchemaRef {
         Field::new("state_bytes", DataType::Int64, false),
         Field::new("late_rows", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
+        Field::new("bad_rows", DataType::Int64, false),
     ]))
 }
 
@@ -404,6 +405,7 @@ impl Session {
         let mut state_rows = vec![];
         let mut state_bytes = vec![];
         let mut late = vec![];
+        let mut bad = vec![];
         let mut error: Vec<Option<String>> = vec![];
         for (name, j) in jobs.iter() {
             let st = j.job.status();
@@ -426,6 +428,7 @@ impl Session {
                 state_rows.push(m.state_rows as i64);
                 state_bytes.push(m.state_bytes as i64);
                 late.push(m.late_rows as i64);
+                bad.push(m.bad_rows as i64);
                 error.push(match &st {
                     crate::streaming::runtime::JobStatus::Failed(e) => Some(e.clone()),
                     _ => None,
@@ -448,6 +451,7 @@ impl Session {
                 Arc::new(Int64Array::from(state_bytes)),
                 Arc::new(Int64Array::from(late)),
                 Arc::new(StringArray::from(error)),
+                Arc::new(Int64Array::from(bad)),
             ],
         )
     }

@@ -48,6 +48,11 @@ pub enum Message {
 pub trait Source: Send {
     /// The next batch, or `None` once a bounded source is exhausted.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+
+    /// Malformed records skipped since the last call (shown in SHOW JOBS).
+    fn take_bad_records(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A kind of source (`connector = '...'` in `CREATE STREAM`).

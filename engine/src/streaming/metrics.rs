@@ -8,6 +8,7 @@ pub struct NodeMetrics {
     rows_in: AtomicU64,
     rows_out: AtomicU64,
     late_rows: AtomicU64,
+    bad_rows: AtomicU64,
     /// Per parallel task, microseconds; `i64::MIN` before the first.
     watermarks: Vec<AtomicI64>,
     state_rows: AtomicU64,
@@ -27,6 +28,7 @@ impl NodeMetrics {
             rows_in: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
             late_rows: AtomicU64::new(0),
+            bad_rows: AtomicU64::new(0),
             watermarks: (0..tasks.max(1)).map(|_| AtomicI64::new(i64::MIN)).collect(),
             state_rows: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
@@ -40,6 +42,7 @@ pub struct NodeSnapshot {
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_rows: u64,
+    pub bad_rows: u64,
     pub watermark: Option<i64>,
     pub state_rows: u64,
     pub state_bytes: u64,
@@ -56,6 +59,11 @@ impl NodeMetrics {
 
     pub fn add_late(&self, n: u64) {
         self.late_rows.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Malformed input records a source skipped.
+    pub fn add_bad(&self, n: u64) {
+        self.bad_rows.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records the watermark task `task` reached. The operator's watermark
@@ -92,6 +100,7 @@ impl NodeMetrics {
             rows_in: self.rows_in.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             late_rows: self.late_rows.load(Ordering::Relaxed),
+            bad_rows: self.bad_rows.load(Ordering::Relaxed),
             watermark: (wm != i64::MIN).then_some(wm),
             state_rows: self.state_rows.load(Ordering::Relaxed),
             state_bytes: self.state_bytes.load(Ordering::Relaxed),

@@ -414,7 +414,9 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                     return None;
                 }
                 let source = state.source.as_mut().expect("open source");
-                match source.next_batch().await {
+                let next = source.next_batch().await;
+                metrics.add_bad(source.take_bad_records());
+                match next {
                     Ok(Some(batch)) => {
                         metrics.add_out(batch.num_rows());
                         let wm = match &table.watermark {

@@ -1,0 +1,480 @@
+//! The `kafka` source: a topic's records decoded into Arrow batches.
+//!
+//! ```sql
+//! CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP,
+//!                       WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
+//! WITH (connector = 'kafka', topic = 'clicks',
+//!       'properties.bootstrap.servers' = '127.0.0.1:9092',
+//!       'scan.startup.mode' = 'earliest', format = 'json', 'bad_records' = 'skip');
+//! ```
+//!
+//! Each parallel source task is assigned the topic's partitions `k` with
+//! `k % tasks == task` (manual assignment: Sluice, not the group
+//! coordinator, decides who reads what). Records are fetched by librdkafka
+//! (rdkafka with its bundled librdkafka) and decoded a batch at a time with
+//! arrow-json's vectorized decoder; only when a batch holds a malformed
+//! record are its records decoded one by one to find it. `bad_records` says
+//! what happens to a malformed record: `fail` (the default: the job fails
+//! with the record's partition, offset and error) or `skip` (counted in
+//! SHOW JOBS as bad rows).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow::json::ReaderBuilder;
+use async_trait::async_trait;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector};
+
+const OPTIONS: &[&str] = &[
+    "topic",
+    "format",
+    "scan.startup.mode",
+    "scan.startup.timestamp-millis",
+    "scan.startup.specific-offsets",
+    "bad_records",
+    "batch.size",
+    "batch.linger.ms",
+];
+
+/// How long CREATE STREAM waits for the broker to describe the topic.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `kafka` connector.
+#[derive(Debug, Default)]
+pub struct KafkaConnector;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Startup {
+    Earliest,
+    Latest,
+    GroupOffsets,
+    Timestamp(i64),
+    Specific(BTreeMap<i32, i64>),
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    topic: String,
+    properties: BTreeMap<String, String>,
+    startup: Startup,
+    skip_bad: bool,
+    batch: usize,
+    linger: Duration,
+}
+
+fn parse_specific(v: &str) -> Result<BTreeMap<i32, i64>> {
+    // Flink's format: 'partition:0,offset:42;partition:1,offset:300'
+    let bad = || {
+        SluiceError::invalid_parameter(format!(
+            "'scan.startup.specific-offsets' = '{v}': write 'partition:0,offset:42;partition:1,offset:300'"
+        ))
+    };
+    let mut out = BTreeMap::new();
+    for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (p, o) = part.split_once(',').ok_or_else(bad)?;
+        let p = p.trim().strip_prefix("partition:").ok_or_else(bad)?.trim();
+        let o = o.trim().strip_prefix("offset:").ok_or_else(bad)?.trim();
+        out.insert(p.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+impl Options {
+    fn parse(options: &BTreeMap<String, String>) -> Result<Self> {
+        let topic = options
+            .get("topic")
+            .cloned()
+            .ok_or_else(|| SluiceError::invalid_parameter("the kafka connector needs option 'topic'"))?;
+        let properties: BTreeMap<String, String> = options
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
+            .collect();
+        if !properties.contains_key("bootstrap.servers") {
+            return Err(SluiceError::invalid_parameter(
+                "the kafka connector needs option 'properties.bootstrap.servers'",
+            ));
+        }
+        match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("json") => {}
+            Some(other) => {
+                return Err(SluiceError::not_supported(format!(
+                    "format '{other}' is not supported by the kafka source yet; use json"
+                )));
+            }
+        }
+        let startup = match options
+            .get("scan.startup.mode")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("earliest-offset") | Some("earliest") => Startup::Earliest,
+            Some("latest-offset") | Some("latest") => Startup::Latest,
+            Some("group-offsets") => Startup::GroupOffsets,
+            Some("timestamp") => {
+                let ms = options
+                    .get("scan.startup.timestamp-millis")
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| {
+                        SluiceError::invalid_parameter(
+                            "'scan.startup.mode' = 'timestamp' needs 'scan.startup.timestamp-millis' (ms since the epoch)",
+                        )
+                    })?;
+                Startup::Timestamp(ms)
+            }
+            Some("specific-offsets") => {
+                let v = options.get("scan.startup.specific-offsets").ok_or_else(|| {
+                    SluiceError::invalid_parameter(
+                        "'scan.startup.mode' = 'specific-offsets' needs 'scan.startup.specific-offsets'",
+                    )
+                })?;
+                Startup::Specific(parse_specific(v)?)
+            }
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "'scan.startup.mode' = '{other}': use earliest-offset, latest-offset, group-offsets, \
+                     timestamp or specific-offsets"
+                )));
+            }
+        };
+        let skip_bad = match options
+            .get("bad_records")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("fail") => false,
+            Some("skip") => true,
+            Some("dead_letter") => {
+                return Err(SluiceError::not_supported(
+                    "'bad_records' = 'dead_letter' is not supported yet; use fail or skip",
+                ));
+            }
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "'bad_records' = '{other}': use fail or skip"
+                )));
+            }
+        };
+        let num = |key: &str, default: u64| -> Result<u64> {
+            match options.get(key) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| {
+                    SluiceError::invalid_parameter(format!("option '{key}': '{v}' is not a number"))
+                }),
+            }
+        };
+        Ok(Self {
+            topic,
+            properties,
+            startup,
+            skip_bad,
+            batch: num("batch.size", 4096)?.max(1) as usize,
+            linger: Duration::from_millis(num("batch.linger.ms", 20)?),
+        })
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        // Sluice assigns partitions itself and keeps no offsets in Kafka yet.
+        config
+            .set("group.id", "sluice")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// The topic's partition count; a clear error within seconds when the
+    /// broker is unreachable or the topic does not exist.
+    fn partitions(&self) -> Result<i32> {
+        let consumer: BaseConsumer = self.client_config().create().map_err(|e| {
+            SluiceError::invalid_parameter(format!("kafka client for topic '{}': {e}", self.topic))
+        })?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+            .map_err(|e| {
+                SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!(
+                        "kafka brokers {} did not describe topic '{}' within {}s: {e}",
+                        self.properties["bootstrap.servers"],
+                        self.topic,
+                        METADATA_TIMEOUT.as_secs()
+                    ),
+                )
+            })?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .ok_or_else(|| {
+                SluiceError::new(
+                    ErrorKind::UndefinedTable,
+                    format!(
+                        "kafka topic '{}' does not exist on {}",
+                        self.topic, self.properties["bootstrap.servers"]
+                    ),
+                )
+            })?;
+        Ok(topic.partitions().len() as i32)
+    }
+}
+
+impl SourceConnector for KafkaConnector {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        OPTIONS
+    }
+
+    fn accepts_option(&self, key: &str) -> bool {
+        OPTIONS.contains(&key) || key.starts_with("properties.")
+    }
+
+    fn schema(&self, options: &BTreeMap<String, String>, declared: Option<&SchemaRef>) -> Result<SchemaRef> {
+        let Some(schema) = declared else {
+            return Err(SluiceError::invalid_parameter(
+                "a kafka stream declares its columns: CREATE STREAM name (col TYPE, ...) WITH (connector = 'kafka', ...)",
+            ));
+        };
+        let o = Options::parse(options)?;
+        o.partitions()?;
+        Ok(schema.clone())
+    }
+
+    fn is_bounded(&self, _options: &BTreeMap<String, String>) -> bool {
+        false
+    }
+
+    fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        partition: usize,
+        partitions: usize,
+    ) -> Result<Box<dyn Source>> {
+        let o = Options::parse(options)?;
+        let count = o.partitions()?;
+        let consumer: StreamConsumer = o
+            .client_config()
+            .create()
+            .map_err(|e| SluiceError::invalid_parameter(format!("kafka consumer: {e}")))?;
+        let mine: Vec<i32> = (0..count)
+            .filter(|k| *k as usize % partitions.max(1) == partition)
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for k in &mine {
+            let offset = match &o.startup {
+                Startup::Earliest => Offset::Beginning,
+                Startup::Latest => Offset::End,
+                Startup::GroupOffsets => Offset::Stored,
+                Startup::Timestamp(ms) => Offset::Offset(*ms),
+                Startup::Specific(m) => m.get(k).map(|o| Offset::Offset(*o)).unwrap_or(Offset::Beginning),
+            };
+            tpl.add_partition_offset(&o.topic, *k, offset)
+                .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
+        }
+        if let Startup::Timestamp(_) = o.startup {
+            tpl = consumer.offsets_for_times(tpl, METADATA_TIMEOUT).map_err(|e| {
+                SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!("kafka offsets for timestamp: {e}"),
+                )
+            })?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
+        Ok(Box::new(KafkaSource {
+            consumer,
+            schema: schema.clone(),
+            options: o,
+            idle: mine.is_empty(),
+            bad: 0,
+        }))
+    }
+}
+
+struct KafkaSource {
+    consumer: StreamConsumer,
+    schema: SchemaRef,
+    options: Options,
+    /// No partitions for this task (more tasks than partitions).
+    idle: bool,
+    /// Malformed records skipped since the last report.
+    bad: u64,
+}
+
+/// A record's payload and position, for decoding and error messages.
+struct Record {
+    payload: Vec<u8>,
+    partition: i32,
+    offset: i64,
+}
+
+impl KafkaSource {
+    fn decoder(&self, rows: usize) -> Result<arrow::json::reader::Decoder> {
+        Ok(ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(rows.max(1))
+            .build_decoder()?)
+    }
+
+    /// All records in one pass of the vectorized decoder.
+    fn decode_all(&self, records: &[Record]) -> Result<Option<RecordBatch>> {
+        let mut decoder = self.decoder(records.len())?;
+        for r in records {
+            let mut rest = &r.payload[..];
+            while !rest.is_empty() {
+                let used = decoder.decode(rest)?;
+                if used == 0 {
+                    break;
+                }
+                rest = &rest[used..];
+            }
+            // One record, one row: a payload that is not one complete JSON
+            // object fails here or in the row count check below.
+            decoder.decode(b"\n")?;
+        }
+        Ok(decoder.flush()?)
+    }
+
+    /// The slow path: records one at a time, malformed ones skipped or
+    /// failing the job.
+    fn decode_each(&mut self, records: &[Record]) -> Result<Option<RecordBatch>> {
+        let mut good = Vec::new();
+        for r in records {
+            let one = self.decode_all(std::slice::from_ref(r));
+            match one {
+                Ok(Some(b)) if b.num_rows() == 1 => good.push(b),
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(Some(b)) => format!("{} rows in one record", b.num_rows()),
+                        Ok(None) => "no JSON object".into(),
+                    };
+                    if !self.options.skip_bad {
+                        return Err(SluiceError::new(
+                            ErrorKind::InvalidParameter,
+                            format!(
+                                "malformed record in topic '{}' partition {} offset {}: {why} \
+                                 (set 'bad_records' = 'skip' to skip such records)",
+                                self.options.topic, r.partition, r.offset
+                            ),
+                        ));
+                    }
+                    self.bad += 1;
+                }
+            }
+        }
+        if good.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(&self.schema, &good)?))
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.idle {
+            // Nothing assigned: never produce, never end.
+            futures::future::pending::<()>().await;
+        }
+        loop {
+            let mut records = Vec::with_capacity(self.options.batch);
+            let mut deadline = None;
+            while records.len() < self.options.batch {
+                let next = match deadline {
+                    None => Ok(self.consumer.recv().await),
+                    Some(d) => tokio::time::timeout_at(d, self.consumer.recv()).await,
+                };
+                let Ok(received) = next else { break };
+                let msg = received.map_err(|e| {
+                    SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("kafka topic '{}': {e}", self.options.topic),
+                    )
+                })?;
+                // A tombstone (no value) carries no row.
+                if let Some(payload) = msg.payload() {
+                    records.push(Record {
+                        payload: payload.to_vec(),
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                    });
+                }
+                if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + self.options.linger);
+                }
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let batch = match self.decode_all(&records) {
+                Ok(Some(b)) if b.num_rows() == records.len() => Some(b),
+                _ => self.decode_each(&records)?,
+            };
+            if let Some(b) = batch {
+                return Ok(Some(b));
+            }
+        }
+    }
+
+    fn take_bad_records(&mut self) -> u64 {
+        std::mem::take(&mut self.bad)
+    }
+}
+
+/// A shared handle for tests and tools that produce to Kafka.
+pub fn producer(brokers: &str) -> Result<Arc<rdkafka::producer::FutureProducer>> {
+    let p = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
+    Ok(Arc::new(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_name_what_is_wrong() {
+        let o = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let base = [("topic", "t"), ("properties.bootstrap.servers", "127.0.0.1:1")];
+        assert!(Options::parse(&o(&base)).is_ok());
+        let e = Options::parse(&o(&[("topic", "t")])).unwrap_err();
+        assert!(e.to_string().contains("bootstrap.servers"), "{e}");
+        let mut bad = base.to_vec();
+        bad.push(("scan.startup.mode", "sometime"));
+        let e = Options::parse(&o(&bad)).unwrap_err();
+        assert!(e.to_string().contains("earliest-offset"), "{e}");
+        assert_eq!(
+            parse_specific("partition:0,offset:42;partition:1,offset:300").unwrap(),
+            BTreeMap::from([(0, 42), (1, 300)])
+        );
+        assert!(parse_specific("0:42").is_err());
+    }
+}
