@@ -38,11 +38,14 @@ done
 step "services"
 cleanup() {
   scripts/infra/s3.sh stop || true
+  scripts/infra/kafka.sh stop || true
   scripts/infra/hdfs.sh stop || true
 }
 trap cleanup EXIT
 eval "$(scripts/infra/s3.sh start)"
 echo "S3 (moto) at $SLUICE_TEST_S3_ENDPOINT"
+eval "$(scripts/infra/kafka.sh start)"
+echo "Kafka (tansu) at $SLUICE_TEST_KAFKA_BROKERS"
 if [ "$WITH_HDFS" = 1 ]; then
   eval "$(scripts/infra/hdfs.sh start)"
   echo "HDFS (Hadoop 2.7.3) at $SLUICE_TEST_HDFS_URL"

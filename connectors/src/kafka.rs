@@ -306,7 +306,12 @@ impl SourceConnector for KafkaConnector {
             schema: schema.clone(),
             options: o,
             idle: mine.is_empty(),
+            partitions: mine,
             bad: 0,
+            fetching: Vec::new(),
+            deadline: None,
+            ready: Default::default(),
+            last_split: 0,
         }))
     }
 }
@@ -317,8 +322,20 @@ struct KafkaSource {
     options: Options,
     /// No partitions for this task (more tasks than partitions).
     idle: bool,
+    /// The Kafka partitions this task reads; a partition's index here is
+    /// its split number (each split has its own watermark).
+    partitions: Vec<i32>,
     /// Malformed records skipped since the last report.
     bad: u64,
+    /// Records fetched for the batch being gathered. Kept here, not in a
+    /// local, so that `next_batch` can be cancelled (the runtime wakes up
+    /// periodically to advance watermarks past idle partitions) without
+    /// losing a record.
+    fetching: Vec<Record>,
+    deadline: Option<tokio::time::Instant>,
+    /// Decoded batches (one per partition) not handed out yet.
+    ready: std::collections::VecDeque<(usize, RecordBatch)>,
+    last_split: usize,
 }
 
 /// A record's payload and position, for decoding and error messages.
@@ -397,10 +414,12 @@ impl Source for KafkaSource {
             futures::future::pending::<()>().await;
         }
         loop {
-            let mut records = Vec::with_capacity(self.options.batch);
-            let mut deadline = None;
-            while records.len() < self.options.batch {
-                let next = match deadline {
+            if let Some((split, batch)) = self.ready.pop_front() {
+                self.last_split = split;
+                return Ok(Some(batch));
+            }
+            while self.fetching.len() < self.options.batch {
+                let next = match self.deadline {
                     None => Ok(self.consumer.recv().await),
                     Some(d) => tokio::time::timeout_at(d, self.consumer.recv()).await,
                 };
@@ -413,27 +432,43 @@ impl Source for KafkaSource {
                 })?;
                 // A tombstone (no value) carries no row.
                 if let Some(payload) = msg.payload() {
-                    records.push(Record {
+                    self.fetching.push(Record {
                         payload: payload.to_vec(),
                         partition: msg.partition(),
                         offset: msg.offset(),
                     });
                 }
-                if deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + self.options.linger);
+                if self.deadline.is_none() {
+                    self.deadline = Some(tokio::time::Instant::now() + self.options.linger);
                 }
             }
-            if records.is_empty() {
-                continue;
+            self.deadline = None;
+            let records = std::mem::take(&mut self.fetching);
+            // One batch per partition: each partition is a split with its
+            // own watermark.
+            let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+            for r in records {
+                by_partition.entry(r.partition).or_default().push(r);
             }
-            let batch = match self.decode_all(&records) {
-                Ok(Some(b)) if b.num_rows() == records.len() => Some(b),
-                _ => self.decode_each(&records)?,
-            };
-            if let Some(b) = batch {
-                return Ok(Some(b));
+            for (partition, records) in by_partition {
+                let split = self.partitions.iter().position(|p| *p == partition).unwrap_or(0);
+                let batch = match self.decode_all(&records) {
+                    Ok(Some(b)) if b.num_rows() == records.len() => Some(b),
+                    _ => self.decode_each(&records)?,
+                };
+                if let Some(b) = batch {
+                    self.ready.push_back((split, b));
+                }
             }
         }
+    }
+
+    fn splits(&self) -> usize {
+        self.partitions.len().max(1)
+    }
+
+    fn last_split(&self) -> usize {
+        self.last_split
     }
 
     fn take_bad_records(&mut self) -> u64 {

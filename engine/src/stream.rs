@@ -53,6 +53,18 @@ pub trait Source: Send {
     fn take_bad_records(&mut self) -> u64 {
         0
     }
+
+    /// How many independently ordered inputs (splits: Kafka partitions)
+    /// this source reads. Each split gets its own watermark; the source's
+    /// is the least over splits that are not idle.
+    fn splits(&self) -> usize {
+        1
+    }
+
+    /// The split the last batch came from (a batch holds one split's rows).
+    fn last_split(&self) -> usize {
+        0
+    }
 }
 
 /// A kind of source (`connector = '...'` in `CREATE STREAM`).

@@ -27,6 +27,7 @@ use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use sluice_connectors::datagen::DatagenConnector;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
+use sluice_connectors::kafka::KafkaConnector;
 use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
 use sluice_engine::{
@@ -58,6 +59,7 @@ impl Server {
         let mut sources = SourceRegistry::default();
         sources.register(Arc::new(NexmarkConnector));
         sources.register(Arc::new(DatagenConnector));
+        sources.register(Arc::new(KafkaConnector));
         let mut sinks = SinkRegistry::default();
         sinks.register(Arc::new(FileSystemSink));
         sinks.register(Arc::new(BlackholeSink));

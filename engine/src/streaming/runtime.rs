@@ -386,11 +386,14 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
         source: Option<Box<dyn crate::stream::Source>>,
         pending: std::collections::VecDeque<Message>,
         watermark: i64,
+        /// Per split: the watermark its rows allow, and when it last had rows.
+        splits: Vec<(Option<i64>, Instant)>,
         done: bool,
     }
     let opened = table.open(partition);
     let init = match opened {
         Ok(s) => Ok(State {
+            splits: vec![(None, Instant::now()); s.splits().max(1)],
             source: Some(s),
             pending: Default::default(),
             watermark: i64::MIN,
@@ -414,21 +417,46 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                     return None;
                 }
                 let source = state.source.as_mut().expect("open source");
-                let next = source.next_batch().await;
+                // With several splits, wake up now and then: a split that
+                // went idle must stop holding the watermark back even when
+                // no row arrives (sources keep `next_batch` cancel-safe).
+                let next = if state.splits.len() > 1 {
+                    match tokio::time::timeout(std::time::Duration::from_millis(500), source.next_batch())
+                        .await
+                    {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if let Some(wm) = split_watermark(&state.splits)
+                                && wm > state.watermark
+                            {
+                                state.watermark = wm;
+                                metrics.set_watermark(partition, wm);
+                                state.pending.push_back(Message::Watermark(wm));
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    source.next_batch().await
+                };
                 metrics.add_bad(source.take_bad_records());
                 match next {
                     Ok(Some(batch)) => {
                         metrics.add_out(batch.num_rows());
-                        let wm = match &table.watermark {
-                            Some(spec) => match max_time(&batch, spec.column) {
+                        let split = source.last_split().min(state.splits.len() - 1);
+                        if let Some(spec) = &table.watermark {
+                            match max_time(&batch, spec.column) {
                                 Ok(Some(t)) => {
-                                    Some(ticks_to_micros(t, spec.unit).saturating_sub(spec.delay_us))
+                                    let wm = ticks_to_micros(t, spec.unit).saturating_sub(spec.delay_us);
+                                    let s = &mut state.splits[split];
+                                    s.0 = Some(s.0.map_or(wm, |w| w.max(wm)));
+                                    s.1 = Instant::now();
                                 }
-                                Ok(None) => None,
+                                Ok(None) => {}
                                 Err(e) => return Some((Err(e), None)),
-                            },
-                            None => None,
-                        };
+                            }
+                        }
+                        let wm = split_watermark(&state.splits);
                         state.pending.push_back(Message::Batch(batch));
                         if let Some(wm) = wm
                             && wm > state.watermark
@@ -451,6 +479,30 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
         }
     })
     .boxed()
+}
+
+/// A split with no rows for this long no longer holds the watermark back.
+const SPLIT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The watermark over splits: the least of the active ones. A split that
+/// had no rows for [`SPLIT_IDLE_TIMEOUT`] is idle and skipped (an empty
+/// Kafka partition must not stall every window); when all are idle, the
+/// greatest known one stands.
+fn split_watermark(splits: &[(Option<i64>, Instant)]) -> Option<i64> {
+    let active: Vec<Option<i64>> = splits
+        .iter()
+        .filter(|(_, seen)| seen.elapsed() < SPLIT_IDLE_TIMEOUT)
+        .map(|(w, _)| *w)
+        .collect();
+    if active.is_empty() {
+        return splits.iter().filter_map(|(w, _)| *w).max();
+    }
+    // An active split that has shown no row yet holds the watermark back.
+    active
+        .into_iter()
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()
 }
 
 fn max_time(batch: &RecordBatch, column: usize) -> Result<Option<i64>> {

@@ -1,0 +1,289 @@
+//! The kafka source against a real Kafka-protocol broker (tansu, started by
+//! scripts/test.sh; `SLUICE_TEST_KAFKA_BROKERS` names it). Without it these
+//! tests fail saying so; they are never silently skipped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_connectors::kafka::KafkaConnector;
+use sluice_engine::datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use sluice_engine::datafusion::arrow::compute::cast;
+use sluice_engine::datafusion::arrow::datatypes::DataType;
+use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry};
+
+fn brokers() -> String {
+    std::env::var("SLUICE_TEST_KAFKA_BROKERS")
+        .expect("needs a Kafka broker: run ./scripts/test.sh, or set SLUICE_TEST_KAFKA_BROKERS")
+}
+
+async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res = admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap();
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+async fn produce(topic: &str, records: &[(i32, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    for (partition, payload) in records {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(*partition)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+}
+
+async fn engine(dir: &std::path::Path, parallelism: usize) -> (Engine, Session) {
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(KafkaConnector));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.to_path_buf(),
+        stores: Default::default(),
+        target_partitions: Some(parallelism),
+        sources,
+        sinks: SinkRegistry::default(),
+    })
+    .await
+    .unwrap();
+    let session = engine.new_session();
+    (engine, session)
+}
+
+async fn exec(session: &mut Session, sql: &str) -> sluice_engine::Result<Vec<RecordBatch>> {
+    let mut out = vec![];
+    for stmt in Session::parse(sql)? {
+        let prepared = session.prepare(stmt).await?;
+        if let Output::Rows(s) = session.execute(&prepared, None).await? {
+            out.extend(s.try_collect::<Vec<_>>().await?);
+        }
+    }
+    Ok(out)
+}
+
+/// `page -> count` rows of a two-column result.
+fn counts(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let k = cast(b.column(0), &DataType::Utf8).unwrap();
+        let k = k.as_any().downcast_ref::<StringArray>().unwrap();
+        let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            *out.entry(k.value(i).to_string()).or_default() += v.value(i);
+        }
+    }
+    out
+}
+
+const BASE_MS: i64 = 1_763_805_600_000; // 2025-11-22T10:00:00Z
+
+fn click(i: i64) -> Vec<u8> {
+    format!(
+        r#"{{"user_id": {}, "page": "p{}", "ts": {}, "ignored_field": true}}"#,
+        i % 50,
+        i % 7,
+        BASE_MS + i * 10
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_records_across_partitions_window_like_the_batch_answer() {
+    let topic = format!("clicks-{}", std::process::id());
+    create_topic(&topic, 3).await;
+    let n = 3000i64;
+    let mut records: Vec<(i32, Vec<u8>)> = (0..n).map(|i| ((i % 3) as i32, click(i))).collect();
+    // Malformed records among the good ones: truncated JSON, a wrong type,
+    // invalid UTF-8, not an object.
+    let bad: Vec<Vec<u8>> = vec![
+        br#"{"user_id": 1, "page": "p1", "ts": 17"#.to_vec(),
+        br#"{"user_id": "one", "page": "p1", "ts": 1}"#.to_vec(),
+        vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'],
+        b"42".to_vec(),
+    ];
+    for (j, b) in bad.iter().enumerate() {
+        records.insert(500 * (j + 1), ((j % 3) as i32, b.clone()));
+    }
+    // One late-enough record per partition closes every window.
+    for p in 0..3 {
+        records.push((p, click(n + 1_000_000)));
+    }
+    produce(&topic, &records).await;
+
+    // What the windows must hold, computed here from the records sent.
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..n {
+        let window = (BASE_MS + i * 10).div_euclid(1000) * 1000;
+        *want.entry(format!("p{} {window}", i % 7)).or_default() += 1;
+    }
+
+    for parallelism in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = engine(dir.path(), parallelism).await;
+        exec(
+            &mut s,
+            &format!(
+                "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts BIGINT, \
+                   WATERMARK FOR ts AS ts) WITH (connector = 'kafka', topic = '{topic}', \
+                   'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest-offset', \
+                   format = 'json', 'bad_records' = 'skip')",
+                brokers()
+            ),
+        )
+        .await
+        .expect_err("a BIGINT column can't be the event time");
+        exec(
+            &mut s,
+            &format!(
+                "CREATE STREAM raw (user_id BIGINT, page TEXT, ts BIGINT) WITH (connector = 'kafka', \
+                   topic = '{topic}', 'properties.bootstrap.servers' = '{}', format = 'json', 'bad_records' = 'skip')",
+                brokers()
+            ),
+        )
+        .await
+        .unwrap();
+        exec(
+            &mut s,
+            "CREATE MATERIALIZED VIEW windows AS \
+             SELECT page || ' ' || CAST(window_start AS BIGINT) AS k, count(*) AS n FROM TUMBLE( \
+               (SELECT page, to_timestamp_millis(ts) AS t FROM raw), t, INTERVAL '1' SECOND) \
+             GROUP BY page, window_start",
+        )
+        .await
+        .expect_err("windows apply to declared streams");
+        // The event time as a declared TIMESTAMP column: JSON numbers are
+        // read as milliseconds for TIMESTAMP(3).
+        exec(
+            &mut s,
+            &format!(
+                "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), \
+                   WATERMARK FOR ts AS ts - INTERVAL '1 second') WITH (connector = 'kafka', topic = '{topic}', \
+                   'properties.bootstrap.servers' = '{}', format = 'json', 'bad_records' = 'skip')",
+                brokers()
+            ),
+        )
+        .await
+        .unwrap();
+        exec(
+            &mut s,
+            "CREATE MATERIALIZED VIEW per_window AS \
+             SELECT page || ' ' || CAST(CAST(window_start AS BIGINT) AS TEXT) AS k, count(*) AS n \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) WHERE user_id >= 0 GROUP BY page, window_start",
+        )
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let got = counts(&exec(&mut s, "SELECT k, n FROM per_window").await.unwrap());
+            if got == want || Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(got.len(), want.len(), "windows at parallelism {parallelism}");
+        assert_eq!(got, want, "parallelism {parallelism}");
+        // Every malformed record was counted, none crashed the job.
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        let bad_rows: i64 = jobs
+            .iter()
+            .map(|b| {
+                let col = b.schema().index_of("bad_rows").unwrap();
+                let c = b.column(col).as_any().downcast_ref::<Int64Array>().unwrap();
+                c.values().iter().sum::<i64>()
+            })
+            .sum();
+        assert_eq!(
+            bad_rows,
+            bad.len() as i64,
+            "bad rows at parallelism {parallelism}"
+        );
+        drop(engine);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_fail_the_job_alone_and_missing_topics_are_errors() {
+    let topic = format!("mixed-{}", std::process::id());
+    create_topic(&topic, 1).await;
+    produce(
+        &topic,
+        &[(0, click(1)), (0, b"{not json".to_vec()), (0, click(2))],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = engine(dir.path(), 1).await;
+    let started = Instant::now();
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nope (a BIGINT) WITH (connector = 'kafka', topic = 'no-such-topic-{}', \
+             'properties.bootstrap.servers' = '{}')",
+            std::process::id(),
+            brokers()
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("no-such-topic"), "{msg}");
+    let err = exec(
+        &mut s,
+        "CREATE STREAM nobroker (a BIGINT) WITH (connector = 'kafka', topic = 't', \
+         'properties.bootstrap.servers' = '127.0.0.1:1')",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("did not describe topic"), "{err}");
+
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM strict (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{}', format = 'json')",
+            brokers()
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW strict_pages AS SELECT page FROM strict",
+    )
+    .await
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), engine.wait_for_job("strict_pages"))
+        .await
+        .expect("the job did not fail")
+        .unwrap();
+    assert!(status.starts_with("failed: "), "{status}");
+    assert!(
+        status.contains("partition 0 offset 1"),
+        "the error names the record: {status}"
+    );
+    assert!(
+        status.contains("'bad_records' = 'skip'"),
+        "and what to do: {status}"
+    );
+    // The session and engine carry on.
+    assert_eq!(exec(&mut s, "SELECT 1").await.unwrap()[0].num_rows(), 1);
+}
