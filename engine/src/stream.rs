@@ -39,6 +39,9 @@ pub enum Message {
     Watermark(i64),
     /// A checkpoint barrier for the given epoch.
     Barrier(u64),
+    /// The input has had no rows for a while (an idle Kafka partition):
+    /// leave it out of the watermark until it sends rows or a watermark.
+    Idle,
     /// The input is exhausted (bounded sources only).
     End,
 }

@@ -167,7 +167,7 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<(
         match msg? {
             Message::Batch(b) => writer.write(b).await?,
             Message::Watermark(w) => writer.on_watermark(w).await?,
-            Message::Barrier(_) => {}
+            Message::Barrier(_) | Message::Idle => {}
             Message::End => break,
         }
     }
@@ -388,12 +388,15 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
         watermark: i64,
         /// Per split: the watermark its rows allow, and when it last had rows.
         splits: Vec<(Option<i64>, Instant)>,
+        /// Whether downstream was told this lane is idle.
+        idle_sent: bool,
         done: bool,
     }
     let opened = table.open(partition);
     let init = match opened {
         Ok(s) => Ok(State {
             splits: vec![(None, Instant::now()); s.splits().max(1)],
+            idle_sent: false,
             source: Some(s),
             pending: Default::default(),
             watermark: i64::MIN,
@@ -417,31 +420,36 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                     return None;
                 }
                 let source = state.source.as_mut().expect("open source");
-                // With several splits, wake up now and then: a split that
-                // went idle must stop holding the watermark back even when
-                // no row arrives (sources keep `next_batch` cancel-safe).
-                let next = if state.splits.len() > 1 {
-                    match tokio::time::timeout(std::time::Duration::from_millis(500), source.next_batch())
-                        .await
-                    {
-                        Ok(next) => next,
-                        Err(_) => {
-                            if let Some(wm) = split_watermark(&state.splits)
-                                && wm > state.watermark
-                            {
-                                state.watermark = wm;
-                                metrics.set_watermark(partition, wm);
-                                state.pending.push_back(Message::Watermark(wm));
+                // Wake up now and then: a split that went idle must stop
+                // holding the watermark back even when no row arrives, and a
+                // lane whose splits are all idle tells downstream so
+                // (sources keep `next_batch` cancel-safe).
+                let next = match tokio::time::timeout(SOURCE_TICK, source.next_batch()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let all_idle = state
+                            .splits
+                            .iter()
+                            .all(|(_, seen)| seen.elapsed() >= SPLIT_IDLE_TIMEOUT);
+                        if all_idle {
+                            if !state.idle_sent {
+                                state.idle_sent = true;
+                                state.pending.push_back(Message::Idle);
                             }
-                            continue;
+                        } else if let Some(wm) = split_watermark(&state.splits)
+                            && wm > state.watermark
+                        {
+                            state.watermark = wm;
+                            metrics.set_watermark(partition, wm);
+                            state.pending.push_back(Message::Watermark(wm));
                         }
+                        continue;
                     }
-                } else {
-                    source.next_batch().await
                 };
                 metrics.add_bad(source.take_bad_records());
                 match next {
                     Ok(Some(batch)) => {
+                        state.idle_sent = false;
                         metrics.add_out(batch.num_rows());
                         let split = source.last_split().min(state.splits.len() - 1);
                         if let Some(spec) = &table.watermark {
@@ -468,6 +476,7 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                     }
                     Ok(None) => {
                         state.done = true;
+                        state.idle_sent = false;
                         state.source = None;
                         metrics.set_watermark(partition, i64::MAX);
                         state.pending.push_back(Message::Watermark(i64::MAX));
@@ -480,6 +489,9 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
     })
     .boxed()
 }
+
+/// How often a waiting source lane wakes up to check for idle splits.
+const SOURCE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A split with no rows for this long no longer holds the watermark back.
 const SPLIT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -622,15 +634,55 @@ async fn run_keyed(
     let mut out = Vec::new();
     let (mut rows, mut bytes) = (0i64, 0i64);
     let started = Instant::now();
+    // Inputs that said they are idle are left out of the watermark until
+    // they send rows or a watermark again.
+    let mut idle = vec![false; inputs];
+    let mut sent_idle = false;
     while let Some((i, msg)) = rx.recv().await {
         match msg {
             Message::Batch(b) => {
+                idle[i] = false;
                 metrics.add_in(b.num_rows());
                 op.on_batch(b, &mut out)?;
             }
+            Message::Idle => {
+                idle[i] = true;
+                let active = (0..inputs).filter(|j| !idle[*j]).map(|j| watermarks[j]).min();
+                match active {
+                    None if !sent_idle => {
+                        sent_idle = true;
+                        if tx.send(Ok(Message::Idle)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(least) if least > current => {
+                        // What the active inputs allow.
+                        sent_idle = false;
+                        current = least;
+                        op.on_watermark(current, &mut out)?;
+                        metrics.set_watermark(task, current);
+                        for b in out.drain(..) {
+                            metrics.add_out(b.num_rows());
+                            if tx.send(Ok(Message::Batch(b))).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        if tx.send(Ok(Message::Watermark(current))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
             Message::Watermark(w) => {
+                idle[i] = false;
+                sent_idle = false;
                 watermarks[i] = watermarks[i].max(w);
-                let least = *watermarks.iter().min().expect("inputs");
+                let least = (0..inputs)
+                    .filter(|j| !idle[*j])
+                    .map(|j| watermarks[j])
+                    .min()
+                    .expect("the sender is active");
                 if least > current {
                     current = least;
                     op.on_watermark(current, &mut out)?;
