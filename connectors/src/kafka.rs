@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::Array;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
@@ -31,7 +32,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector};
+use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector};
 
 const OPTIONS: &[&str] = &[
     "topic",
@@ -511,5 +512,314 @@ mod tests {
             BTreeMap::from([(0, 42), (1, 300)])
         );
         assert!(parse_specific("0:42").is_err());
+    }
+}
+
+/// The `kafka` sink: rows as JSON records.
+///
+/// ```sql
+/// CREATE SINK page_totals WITH (connector = 'kafka', topic = 'page_totals',
+///        'properties.bootstrap.servers' = '127.0.0.1:9092', format = 'json',
+///        'sink.mode' = 'upsert', key = 'page') AS
+///   SELECT page, count(*) AS views FROM clicks GROUP BY page;
+/// ```
+///
+/// `sink.mode` = `append` (the default for append-only queries: one record
+/// per row) or `upsert` (required for updating queries: the record key is
+/// the key columns, the value the whole row, and a delete is a tombstone
+/// unless the same key is re-inserted in the same change batch). `key`
+/// names the key columns (one column: its text; several: a JSON object).
+/// Records are handed to librdkafka as they come and awaited at every
+/// watermark step and at the end (at-least-once until checkpoints exist).
+#[derive(Debug, Default)]
+pub struct KafkaSink;
+
+const SINK_OPTIONS: &[&str] = &["topic", "format", "sink.mode", "key"];
+
+#[derive(Debug, Clone)]
+struct SinkOptions {
+    topic: String,
+    properties: BTreeMap<String, String>,
+    key: Vec<usize>,
+}
+
+impl SinkOptions {
+    fn parse(options: &BTreeMap<String, String>, schema: &SchemaRef, updating: bool) -> Result<Self> {
+        let topic = options
+            .get("topic")
+            .cloned()
+            .ok_or_else(|| SluiceError::invalid_parameter("the kafka sink needs option 'topic'"))?;
+        let properties: BTreeMap<String, String> = options
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
+            .collect();
+        if !properties.contains_key("bootstrap.servers") {
+            return Err(SluiceError::invalid_parameter(
+                "the kafka sink needs option 'properties.bootstrap.servers'",
+            ));
+        }
+        match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("json") => {}
+            Some(other) => {
+                return Err(SluiceError::not_supported(format!(
+                    "format '{other}' is not supported by the kafka sink yet; use json"
+                )));
+            }
+        }
+        let key: Vec<usize> = match options.get("key") {
+            None => vec![],
+            Some(k) => k
+                .split(',')
+                .map(|c| c.trim())
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    schema.index_of(c).map_err(|_| {
+                        SluiceError::invalid_parameter(format!(
+                            "key column '{c}' is not in the query's output"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let upsert = match options
+            .get("sink.mode")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => updating,
+            Some("append") => false,
+            Some("upsert") => true,
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "'sink.mode' = '{other}': use append or upsert"
+                )));
+            }
+        };
+        if updating && !upsert {
+            return Err(SluiceError::not_supported(
+                "the query's result is updating (a GROUP BY without windows retracts rows); write it to \
+                 kafka with 'sink.mode' = 'upsert' and key = '<columns>'",
+            ));
+        }
+        if upsert && key.is_empty() {
+            return Err(SluiceError::invalid_parameter(
+                "'sink.mode' = 'upsert' needs key = '<columns>' (the GROUP BY columns)",
+            ));
+        }
+        Ok(Self {
+            topic,
+            properties,
+            key,
+        })
+    }
+}
+
+impl SinkConnector for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        SINK_OPTIONS
+    }
+
+    fn accepts_option(&self, key: &str) -> bool {
+        SINK_OPTIONS.contains(&key) || key.starts_with("properties.")
+    }
+
+    fn validate(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+    ) -> Result<Option<sluice_engine::Landed>> {
+        let o = SinkOptions::parse(options, schema, updating)?;
+        // The topic must exist: a clear error now rather than a failed job.
+        Options::parse(&BTreeMap::from([
+            ("topic".to_string(), o.topic.clone()),
+            (
+                "properties.bootstrap.servers".to_string(),
+                o.properties["bootstrap.servers"].clone(),
+            ),
+        ]))?
+        .partitions()?;
+        Ok(None)
+    }
+
+    fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+        _ctx: &sluice_engine::SinkContext,
+        _lane: usize,
+        _lanes: usize,
+    ) -> Result<Box<dyn sluice_engine::SinkWriter>> {
+        let o = SinkOptions::parse(options, schema, updating)?;
+        let mut config = ClientConfig::new();
+        config.set("message.timeout.ms", "30000");
+        for (k, v) in &o.properties {
+            config.set(k, v);
+        }
+        let producer: rdkafka::producer::FutureProducer = config
+            .create()
+            .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
+        Ok(Box::new(KafkaWriter {
+            producer,
+            options: o,
+            schema: schema.clone(),
+            updating,
+            pending: Vec::new(),
+        }))
+    }
+}
+
+struct KafkaWriter {
+    producer: rdkafka::producer::FutureProducer,
+    options: SinkOptions,
+    schema: SchemaRef,
+    updating: bool,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+/// Rows of a batch as JSON objects, one per row.
+fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    Ok(buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_vec())
+        .collect())
+}
+
+impl KafkaWriter {
+    fn keys(&self, rows: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+        if self.options.key.is_empty() {
+            return Ok(vec![None; rows.num_rows()]);
+        }
+        if self.options.key.len() == 1 {
+            let col = arrow::compute::cast(
+                rows.column(self.options.key[0]),
+                &arrow::datatypes::DataType::Utf8,
+            )?;
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("cast to Utf8");
+            return Ok((0..rows.num_rows())
+                .map(|i| {
+                    Some(if col.is_null(i) {
+                        Vec::new()
+                    } else {
+                        col.value(i).as_bytes().to_vec()
+                    })
+                })
+                .collect());
+        }
+        Ok(json_rows(&rows.project(&self.options.key)?)?
+            .into_iter()
+            .map(Some)
+            .collect())
+    }
+
+    async fn send(&mut self, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Result<()> {
+        loop {
+            let mut record = rdkafka::producer::FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.options.topic);
+            if let Some(k) = &key {
+                record = record.key(k);
+            }
+            if let Some(v) = &value {
+                record = record.payload(v);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.pending.push(delivery);
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    // librdkafka's queue is full: wait for what is in flight.
+                    self.flush().await?;
+                }
+                Err((e, _)) => {
+                    return Err(SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("kafka topic '{}': {e}", self.options.topic),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        for d in std::mem::take(&mut self.pending) {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("kafka topic '{}': delivery failed: {e}", self.options.topic),
+                    ));
+                }
+                Err(_) => {
+                    return Err(SluiceError::internal("kafka producer went away"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl sluice_engine::SinkWriter for KafkaWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let (rows, ops) = if self.updating {
+            let n = batch.num_columns();
+            let ops = batch
+                .column(n - 1)
+                .as_any()
+                .downcast_ref::<arrow::array::Int8Array>()
+                .ok_or_else(|| SluiceError::internal("updating batch without op column"))?
+                .clone();
+            let rows = RecordBatch::try_new(self.schema.clone(), batch.columns()[..n - 1].to_vec())?;
+            (rows, Some(ops))
+        } else {
+            (batch, None)
+        };
+        let keys = self.keys(&rows)?;
+        let values = json_rows(&rows)?;
+        for (i, (key, value)) in keys.iter().zip(values).enumerate() {
+            let delete = ops.as_ref().is_some_and(|o| o.value(i) < 0);
+            if delete {
+                // A delete followed by an insert of the same key in this
+                // batch is an update: the insert alone says it.
+                let reinserted = ops
+                    .as_ref()
+                    .is_some_and(|o| (i + 1..o.len()).any(|j| o.value(j) > 0 && keys[j] == *key));
+                if !reinserted {
+                    self.send(key.clone(), None).await?;
+                }
+            } else {
+                self.send(key.clone(), Some(value)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, _watermark: i64) -> Result<()> {
+        self.flush().await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.flush().await
     }
 }

@@ -287,3 +287,155 @@ async fn bad_records_fail_the_job_alone_and_missing_topics_are_errors() {
     // The session and engine carry on.
     assert_eq!(exec(&mut s, "SELECT 1").await.unwrap()[0].num_rows(), 1);
 }
+
+/// Reads a topic from the beginning until `done` says the records are all
+/// there (or 30 s pass): (key, value) pairs, tombstones as `None`.
+async fn read_topic(
+    topic: &str,
+    partitions: i32,
+    done: impl Fn(&[(String, Option<String>)]) -> bool,
+) -> Vec<(String, Option<String>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "sluice-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+            )),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sinks_append_windows_and_upsert_updating_results() {
+    let id = std::process::id();
+    let (src, windows_topic, totals_topic) = (format!("s-{id}"), format!("w-{id}"), format!("t-{id}"));
+    create_topic(&src, 2).await;
+    create_topic(&windows_topic, 1).await;
+    create_topic(&totals_topic, 1).await;
+    let n = 1000i64;
+    let mut records: Vec<(i32, Vec<u8>)> = (0..n).map(|i| ((i % 2) as i32, click(i))).collect();
+    for p in 0..2 {
+        records.push((p, click(n + 1_000_000)));
+    }
+    produce(&src, &records).await;
+    let mut want_totals: BTreeMap<String, i64> = BTreeMap::new();
+    let mut want_windows = std::collections::BTreeSet::new();
+    for i in 0..n {
+        *want_totals.entry(format!("p{}", i % 7)).or_default() += 1;
+        want_windows.insert((format!("p{}", i % 7), (BASE_MS + i * 10).div_euclid(1000)));
+    }
+    // The far-future records count too, but close no window of theirs.
+    *want_totals
+        .entry(format!("p{}", (n + 1_000_000) % 7))
+        .or_default() += 2;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(KafkaConnector));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        stores: Default::default(),
+        target_partitions: Some(2),
+        sources,
+        sinks,
+    })
+    .await
+    .unwrap();
+    let mut s = engine.new_session();
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+             WITH (connector = 'kafka', topic = '{src}', 'properties.bootstrap.servers' = '{b}')"
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE SINK bad WITH (connector = 'kafka', topic = '{totals_topic}', 'properties.bootstrap.servers' = '{b}') \
+             AS SELECT page, count(*) AS views FROM clicks GROUP BY page"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("'sink.mode' = 'upsert'"), "{err}");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK windows WITH (connector = 'kafka', topic = '{windows_topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'json') AS \
+             SELECT page, CAST(window_start AS BIGINT) / 1000 AS second, count(*) AS views \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY page, window_start"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK totals WITH (connector = 'kafka', topic = '{totals_topic}', \
+             'properties.bootstrap.servers' = '{b}', 'sink.mode' = 'upsert', key = 'page') AS \
+             SELECT page, count(*) AS views FROM clicks GROUP BY page"
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Append: one record per closed window, the row as JSON.
+    let windows = read_topic(&windows_topic, 1, |r| r.len() >= want_windows.len()).await;
+    let got: std::collections::BTreeSet<(String, i64)> = windows
+        .iter()
+        .map(|(_, v)| {
+            let v: serde_json::Value = serde_json::from_str(v.as_deref().unwrap()).unwrap();
+            (
+                v["page"].as_str().unwrap().to_string(),
+                v["second"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(windows.len(), want_windows.len(), "one record per window");
+    assert_eq!(got, want_windows);
+
+    // Upsert: the last record per key is the final count.
+    let final_of = |records: &[(String, Option<String>)]| {
+        let mut latest: BTreeMap<String, i64> = BTreeMap::new();
+        for (k, v) in records {
+            match v {
+                Some(v) => {
+                    let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                    latest.insert(k.clone(), v["views"].as_i64().unwrap());
+                }
+                None => {
+                    latest.remove(k);
+                }
+            }
+        }
+        latest
+    };
+    let totals = read_topic(&totals_topic, 1, |r| final_of(r) == want_totals).await;
+    assert_eq!(final_of(&totals), want_totals);
+}

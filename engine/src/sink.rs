@@ -105,6 +105,12 @@ pub trait SinkConnector: Send + Sync + Debug {
     /// Every option the connector accepts (besides `connector`).
     fn option_keys(&self) -> &[&'static str];
 
+    /// Whether `key` is an option of this connector (connectors that pass
+    /// `properties.*` through override this).
+    fn accepts_option(&self, key: &str) -> bool {
+        self.option_keys().contains(&key)
+    }
+
     /// Checks the options against the query's output (`updating`: whether
     /// it retracts) and says where the output can be read back, if anywhere.
     fn validate(
@@ -169,7 +175,7 @@ impl SinkRegistry {
 /// Checks `options` against the sink's accepted keys.
 pub fn check_sink_options(connector: &dyn SinkConnector, options: &BTreeMap<String, String>) -> Result<()> {
     for key in options.keys() {
-        if key != "connector" && !connector.option_keys().contains(&key.as_str()) {
+        if key != "connector" && !connector.accepts_option(key) {
             let mut accepted: Vec<_> = connector.option_keys().to_vec();
             accepted.sort_unstable();
             return Err(SluiceError::invalid_parameter(format!(

@@ -27,7 +27,7 @@ use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use sluice_connectors::datagen::DatagenConnector;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
-use sluice_connectors::kafka::KafkaConnector;
+use sluice_connectors::kafka::{KafkaConnector, KafkaSink};
 use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_connectors::storage::{HdfsStoreProvider, S3StoreProvider};
 use sluice_engine::{
@@ -63,6 +63,7 @@ impl Server {
         let mut sinks = SinkRegistry::default();
         sinks.register(Arc::new(FileSystemSink));
         sinks.register(Arc::new(BlackholeSink));
+        sinks.register(Arc::new(KafkaSink));
         let engine = Engine::open(EngineConfig {
             data_dir: config.data_dir.clone(),
             stores,

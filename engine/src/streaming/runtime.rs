@@ -683,22 +683,30 @@ async fn run_keyed(
                     .map(|j| watermarks[j])
                     .min()
                     .expect("the sender is active");
-                if least > current {
-                    current = least;
-                    op.on_watermark(current, &mut out)?;
+                // Every watermark message is a progress step: updating
+                // operators emit their changes even when the watermark did
+                // not move (rows can arrive behind it, e.g. from a partition
+                // that was idle); windows close only when it moves.
+                let advanced = least > current;
+                current = current.max(least);
+                op.on_watermark(current, &mut out)?;
+                if advanced {
                     metrics.set_watermark(task, current);
                     let (r, by) = op.state_size();
                     metrics.add_state(r as i64 - rows, by as i64 - bytes);
                     (rows, bytes) = (r as i64, by as i64);
-                    for b in out.drain(..) {
-                        metrics.add_out(b.num_rows());
-                        if tx.send(Ok(Message::Batch(b))).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    if tx.send(Ok(Message::Watermark(current))).await.is_err() {
+                }
+                let emitted = !out.is_empty();
+                for b in out.drain(..) {
+                    metrics.add_out(b.num_rows());
+                    if tx.send(Ok(Message::Batch(b))).await.is_err() {
                         return Ok(());
                     }
+                }
+                // Changes are followed by a progress step, so an updating
+                // operator downstream emits them too.
+                if (advanced || emitted) && tx.send(Ok(Message::Watermark(current))).await.is_err() {
+                    return Ok(());
                 }
             }
             Message::Barrier(_) => {}
