@@ -439,3 +439,15 @@ async fn bool_and_or_and_string_agg_over_updating_results() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_that_reads_no_column() {
+    // count(*) projects the stream to zero columns: batches keep their row
+    // count.
+    check(
+        "total",
+        "SELECT count(*) AS n FROM bid",
+        "SELECT count(*) FROM bid",
+    )
+    .await;
+}

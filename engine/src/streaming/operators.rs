@@ -289,6 +289,14 @@ fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<SchemaRe
 }
 
 fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
+    if batch.num_columns() == 0 {
+        // count(*) reads no column; keep the row count.
+        return Ok(RecordBatch::try_new_with_options(
+            batch.schema(),
+            vec![],
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(idx.len())),
+        )?);
+    }
     Ok(arrow::compute::take_record_batch(batch, idx)?)
 }
 

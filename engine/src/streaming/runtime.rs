@@ -362,7 +362,16 @@ impl Step {
                     .iter()
                     .map(|e| eval(e, &rows))
                     .collect::<datafusion::error::Result<Vec<_>>>()?;
-                super::operators::batch_with_schema(schema, cols)?
+                if cols.is_empty() {
+                    // count(*) reads no column: the batch keeps its row count.
+                    RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        vec![],
+                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+                    )?
+                } else {
+                    super::operators::batch_with_schema(schema, cols)?
+                }
             }
         };
         let out = match op {

@@ -1,0 +1,89 @@
+//! Produces JSON page clicks to a Kafka topic (creating the topic first), for
+//! `examples/clickstream/`.
+//!
+//! ```text
+//! cargo run --release -p sluice-connectors --example produce_clicks -- \
+//!     --brokers 127.0.0.1:9092 --topic clicks --partitions 4 --records 200000
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main]
+async fn main() {
+    let brokers = arg("--brokers", "127.0.0.1:9092");
+    let topic = arg("--topic", "clicks");
+    let partitions: i32 = arg("--partitions", "4").parse().expect("--partitions");
+    let records: u64 = arg("--records", "200000").parse().expect("--records");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    for r in created {
+        if let Err((t, e)) = r {
+            eprintln!("topic {t}: {e} (continuing)");
+        }
+    }
+    let producer: ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Event times spread evenly over the last ten minutes.
+    let span = 600_000u64;
+    let pages = [
+        "/",
+        "/search",
+        "/product/1",
+        "/product/2",
+        "/product/3",
+        "/cart",
+        "/checkout",
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..records {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let page = pages[(state % pages.len() as u64) as usize];
+        let ts = now - span + i * span / records.max(1);
+        let payload = format!(
+            r#"{{"user_id": {}, "page": "{page}", "ts": {ts}}}"#,
+            state % 10_000
+        );
+        let mut rec = BaseRecord::<(), String>::to(&topic)
+            .payload(&payload)
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    println!("produced {records} clicks to {topic} ({partitions} partitions) on {brokers}");
+}
