@@ -56,10 +56,17 @@ async fn fill(brokers: &str, topic: &str, n: u64) {
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((_, r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    // librdkafka's queue is full: let it deliver, then retry.
                     rec = r;
                     producer.poll(Duration::from_millis(10));
                 }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
             }
         }
     }

@@ -40,6 +40,8 @@ async fn main() {
         .expect("create topic");
     for r in created {
         if let Err((t, e)) = r {
+            // An existing topic is fine if it has enough partitions; the
+            // first record sent to a missing partition fails below.
             eprintln!("topic {t}: {e} (continuing)");
         }
     }
@@ -77,10 +79,17 @@ async fn main() {
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((_, r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    // librdkafka's queue is full: let it deliver, then retry.
                     rec = r;
                     producer.poll(Duration::from_millis(10));
                 }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
             }
         }
     }

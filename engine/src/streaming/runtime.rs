@@ -163,10 +163,24 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 }
 
 async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<()> {
-    while let Some(msg) = lane.next().await {
+    let mut watermark = i64::MIN;
+    loop {
+        // When the input goes quiet, still give the writer its progress
+        // step now and then, so that time-based file rolling happens.
+        let msg = match tokio::time::timeout(SOURCE_TICK * 2, lane.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                writer.on_watermark(watermark).await?;
+                continue;
+            }
+        };
         match msg? {
             Message::Batch(b) => writer.write(b).await?,
-            Message::Watermark(w) => writer.on_watermark(w).await?,
+            Message::Watermark(w) => {
+                watermark = watermark.max(w);
+                writer.on_watermark(w).await?
+            }
             Message::Barrier(_) | Message::Idle => {}
             Message::End => break,
         }
