@@ -91,29 +91,36 @@ fn parse_specific(v: &str) -> Result<BTreeMap<i32, i64>> {
     Ok(out)
 }
 
+/// What the kafka source and sink share: the topic, the `properties.*`
+/// passed to librdkafka (bootstrap servers required), and the format.
+fn common_options(
+    options: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<(String, BTreeMap<String, String>)> {
+    let topic = options
+        .get("topic")
+        .cloned()
+        .ok_or_else(|| SluiceError::invalid_parameter(format!("the kafka {what} needs option 'topic'")))?;
+    let properties: BTreeMap<String, String> = options
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
+        .collect();
+    if !properties.contains_key("bootstrap.servers") {
+        return Err(SluiceError::invalid_parameter(format!(
+            "the kafka {what} needs option 'properties.bootstrap.servers'"
+        )));
+    }
+    match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+        None | Some("json") => Ok((topic, properties)),
+        Some(other) => Err(SluiceError::not_supported(format!(
+            "format '{other}' is not supported by the kafka {what} yet; use json"
+        ))),
+    }
+}
+
 impl Options {
     fn parse(options: &BTreeMap<String, String>) -> Result<Self> {
-        let topic = options
-            .get("topic")
-            .cloned()
-            .ok_or_else(|| SluiceError::invalid_parameter("the kafka connector needs option 'topic'"))?;
-        let properties: BTreeMap<String, String> = options
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
-            .collect();
-        if !properties.contains_key("bootstrap.servers") {
-            return Err(SluiceError::invalid_parameter(
-                "the kafka connector needs option 'properties.bootstrap.servers'",
-            ));
-        }
-        match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
-            None | Some("json") => {}
-            Some(other) => {
-                return Err(SluiceError::not_supported(format!(
-                    "format '{other}' is not supported by the kafka source yet; use json"
-                )));
-            }
-        }
+        let (topic, properties) = common_options(options, "source")?;
         let startup = match options
             .get("scan.startup.mode")
             .map(|s| s.to_ascii_lowercase())
@@ -545,27 +552,7 @@ struct SinkOptions {
 
 impl SinkOptions {
     fn parse(options: &BTreeMap<String, String>, schema: &SchemaRef, updating: bool) -> Result<Self> {
-        let topic = options
-            .get("topic")
-            .cloned()
-            .ok_or_else(|| SluiceError::invalid_parameter("the kafka sink needs option 'topic'"))?;
-        let properties: BTreeMap<String, String> = options
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
-            .collect();
-        if !properties.contains_key("bootstrap.servers") {
-            return Err(SluiceError::invalid_parameter(
-                "the kafka sink needs option 'properties.bootstrap.servers'",
-            ));
-        }
-        match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
-            None | Some("json") => {}
-            Some(other) => {
-                return Err(SluiceError::not_supported(format!(
-                    "format '{other}' is not supported by the kafka sink yet; use json"
-                )));
-            }
-        }
+        let (topic, properties) = common_options(options, "sink")?;
         let key: Vec<usize> = match options.get("key") {
             None => vec![],
             Some(k) => k

@@ -125,6 +125,23 @@ impl ConnectionHandler {
     }
 }
 
+/// A result's batches as pgwire rows in the given field formats.
+fn encode_rows(
+    stream: sluice_engine::datafusion::execution::SendableRecordBatchStream,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    stream
+        .map(
+            move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
+                match batch {
+                    Ok(batch) => encode_recordbatch(fields.clone(), batch),
+                    Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
+                }
+            },
+        )
+        .flat_map(futures::stream::iter)
+}
+
 fn output_to_response(
     output: Output,
     format: &Format,
@@ -135,16 +152,7 @@ fn output_to_response(
             let schema = stream.schema();
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
             let encode_fields = fields.clone();
-            let rows = stream
-                .map(
-                    move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
-                        match batch {
-                            Ok(batch) => encode_recordbatch(encode_fields.clone(), batch),
-                            Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
-                        }
-                    },
-                )
-                .flat_map(futures::stream::iter);
+            let rows = encode_rows(stream, encode_fields);
             Response::Query(QueryResponse::new(fields, guarded(rows, cancel)))
         }
         Output::Subscribe { rows: stream, copy } => {
@@ -152,16 +160,7 @@ fn output_to_response(
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
             let text_fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
             let encode_fields = if copy { text_fields } else { fields.clone() };
-            let rows = stream
-                .map(
-                    move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
-                        match batch {
-                            Ok(batch) => encode_recordbatch(encode_fields.clone(), batch),
-                            Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
-                        }
-                    },
-                )
-                .flat_map(futures::stream::iter);
+            let rows = encode_rows(stream, encode_fields);
             let rows = guarded(rows, cancel);
             if copy {
                 let columns = schema.fields().len();

@@ -279,6 +279,18 @@ impl KeyedOperator for WindowAggregate {
     }
 }
 
+/// Row-format encoding of group keys (none for a global aggregate).
+fn key_converter(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<Option<RowConverter>> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let fields = keys
+        .iter()
+        .map(|k| Ok(SortField::new(k.data_type(input)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(RowConverter::new(fields)?))
+}
+
 fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<SchemaRef> {
     let fields = keys
         .iter()
@@ -361,15 +373,7 @@ impl UpdatingAggregate {
         aggs: Vec<AggExpr>,
         output: SchemaRef,
     ) -> Result<Self> {
-        let converter = if keys.is_empty() {
-            None
-        } else {
-            let fields = keys
-                .iter()
-                .map(|k| Ok(SortField::new(k.data_type(input)?)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(fields)?)
-        };
+        let converter = key_converter(&keys, input)?;
         let key_rows = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
             keys,
@@ -834,15 +838,7 @@ impl SessionAggregate {
         output: SchemaRef,
         metrics: Arc<NodeMetrics>,
     ) -> Result<Self> {
-        let converter = if keys.is_empty() {
-            None
-        } else {
-            let fields = keys
-                .iter()
-                .map(|k| Ok(SortField::new(k.data_type(input)?)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(fields)?)
-        };
+        let converter = key_converter(&keys, input)?;
         Ok(Self {
             keys,
             layout,
