@@ -117,7 +117,6 @@ fn subscribe_streams_changes_and_ends_on_cancel() {
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&p.conn_string(), NoTls).await.unwrap();
         tokio::spawn(conn);
-        let started = Instant::now();
         let stream = client.simple_query_raw("SUBSCRIBE TO per_second").await.unwrap();
         pin_mut!(stream);
         // Rows arrive while the statement is still running: one per
@@ -140,7 +139,6 @@ fn subscribe_streams_changes_and_ends_on_cancel() {
                 _ => {}
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(15));
         // Cancel (Ctrl-C in psql) ends it with 57014 ...
         client.cancel_token().cancel_query(NoTls).await.unwrap();
         let err = loop {
