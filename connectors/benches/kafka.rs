@@ -119,7 +119,7 @@ async fn exec(s: &mut Session, sql: &str) -> Vec<sluice_engine::datafusion::arro
 async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let mut sources = SourceRegistry::default();
-    sources.register(Arc::new(KafkaConnector));
+    sources.register(Arc::new(KafkaConnector::default()));
     let engine = Engine::open(EngineConfig {
         data_dir: dir.path().to_path_buf(),
         stores: Default::default(),

@@ -73,7 +73,7 @@ fn parse_size(key: &str, v: &str) -> Result<u64> {
 }
 
 /// `10s`, `500 ms`, `2 min`, `1h`.
-fn parse_duration(key: &str, v: &str) -> Result<Duration> {
+pub(crate) fn parse_duration(key: &str, v: &str) -> Result<Duration> {
     let t = v.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -2,6 +2,7 @@
 //!
 //! ```sql
 //! CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP,
+//!                       part INT METADATA FROM 'partition',
 //!                       WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
 //! WITH (connector = 'kafka', topic = 'clicks',
 //!       'properties.bootstrap.servers' = '127.0.0.1:9092',
@@ -11,46 +12,83 @@
 //! Each parallel source task is assigned the topic's partitions `k` with
 //! `k % tasks == task` (manual assignment: Sluice, not the group
 //! coordinator, decides who reads what). Records are fetched by librdkafka
-//! (rdkafka with its bundled librdkafka) and decoded a batch at a time with
-//! arrow-json's vectorized decoder; only when a batch holds a malformed
-//! record are its records decoded one by one to find it. `bad_records` says
-//! what happens to a malformed record: `fail` (the default: the job fails
-//! with the record's partition, offset and error) or `skip` (counted in
-//! SHOW JOBS as bad rows).
+//! (rdkafka with its bundled librdkafka) and decoded a batch at a time by the
+//! vectorized decoders of [`crate::format`] (json, csv, raw). Metadata
+//! columns (`METADATA FROM 'key' | 'partition' | 'offset' | 'timestamp' |
+//! 'headers' | 'topic'`) are filled from the records. `bad_records` says what
+//! happens to a malformed record: `fail` (the default: the job fails with the
+//! record's partition, offset and error), `skip` (counted in SHOW JOBS as bad
+//! rows) or `dead_letter` (counted, and written to a topic or path).
+//!
+//! A lost broker does not fail the job: librdkafka reconnects, consumption
+//! errors are retried with backoff for `scan.retry.timeout` (default 5
+//! minutes), and SHOW JOBS shows the retrying state; the partitions' fetch
+//! positions are kept, so nothing is lost or read twice when the broker is
+//! back. SHOW JOBS also shows each partition's position and lag (from
+//! librdkafka's statistics).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
-use arrow::array::Array;
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
-use arrow::json::ReaderBuilder;
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{Field, SchemaRef};
 use async_trait::async_trait;
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector};
+use serde_json::Value;
+use sluice_engine::stream::metadata_key;
+use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
-const OPTIONS: &[&str] = &[
+use crate::format::{
+    BAD_RECORD_OPTIONS, BadRecord, BadRecordPolicy, BadRecords, FORMAT_OPTIONS, Format, Layout,
+    RecordDecoder, is_bad_record_option,
+};
+
+const OWN_OPTIONS: &[&str] = &[
     "topic",
-    "format",
     "scan.startup.mode",
     "scan.startup.timestamp-millis",
     "scan.startup.specific-offsets",
-    "bad_records",
+    "scan.record.max-bytes",
+    "scan.retry.timeout",
     "batch.size",
     "batch.linger.ms",
 ];
 
+static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut all = OWN_OPTIONS.to_vec();
+    all.extend_from_slice(FORMAT_OPTIONS);
+    all.extend_from_slice(BAD_RECORD_OPTIONS);
+    all
+});
+
+/// The metadata keys a kafka stream's columns can be filled from.
+const METADATA: &[&str] = &["key", "partition", "offset", "timestamp", "headers", "topic"];
+
 /// How long CREATE STREAM waits for the broker to describe the topic.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `kafka` connector.
+/// The `kafka` connector. `stores` serve dead letter paths on s3:// and
+/// hdfs://.
 #[derive(Debug, Default)]
-pub struct KafkaConnector;
+pub struct KafkaConnector {
+    stores: StoreRegistry,
+}
+
+impl KafkaConnector {
+    pub fn new(stores: StoreRegistry) -> Self {
+        Self { stores }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Startup {
@@ -66,7 +104,10 @@ struct Options {
     topic: String,
     properties: BTreeMap<String, String>,
     startup: Startup,
-    skip_bad: bool,
+    format: Format,
+    bad_records: BadRecordPolicy,
+    max_record_bytes: usize,
+    retry_timeout: Duration,
     batch: usize,
     linger: Duration,
 }
@@ -91,8 +132,8 @@ fn parse_specific(v: &str) -> Result<BTreeMap<i32, i64>> {
     Ok(out)
 }
 
-/// What the kafka source and sink share: the topic, the `properties.*`
-/// passed to librdkafka (bootstrap servers required), and the format.
+/// What the kafka source and sink share: the topic and the `properties.*`
+/// passed to librdkafka (bootstrap servers required).
 fn common_options(
     options: &BTreeMap<String, String>,
     what: &str,
@@ -110,11 +151,17 @@ fn common_options(
             "the kafka {what} needs option 'properties.bootstrap.servers'"
         )));
     }
-    match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
-        None | Some("json") => Ok((topic, properties)),
-        Some(other) => Err(SluiceError::not_supported(format!(
-            "format '{other}' is not supported by the kafka {what} yet; use json"
-        ))),
+    Ok((topic, properties))
+}
+
+/// A numeric option, or its default.
+fn number(options: &BTreeMap<String, String>, key: &str, default: u64) -> Result<u64> {
+    match options.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| SluiceError::invalid_parameter(format!("option '{key}': '{v}' is not a number"))),
     }
 }
 
@@ -155,39 +202,16 @@ impl Options {
                 )));
             }
         };
-        let skip_bad = match options
-            .get("bad_records")
-            .map(|s| s.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("fail") => false,
-            Some("skip") => true,
-            Some("dead_letter") => {
-                return Err(SluiceError::not_supported(
-                    "'bad_records' = 'dead_letter' is not supported yet; use fail or skip",
-                ));
-            }
-            Some(other) => {
-                return Err(SluiceError::invalid_parameter(format!(
-                    "'bad_records' = '{other}': use fail or skip"
-                )));
-            }
-        };
-        let num = |key: &str, default: u64| -> Result<u64> {
-            match options.get(key) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| {
-                    SluiceError::invalid_parameter(format!("option '{key}': '{v}' is not a number"))
-                }),
-            }
-        };
         Ok(Self {
+            startup,
+            format: Format::parse(options, &["json", "csv", "raw"], false)?,
+            bad_records: BadRecordPolicy::parse(options, Some(&properties))?,
+            max_record_bytes: number(options, "scan.record.max-bytes", 16 << 20)? as usize,
+            retry_timeout: Duration::from_secs(number(options, "scan.retry.timeout", 300)?),
+            batch: number(options, "batch.size", 4096)?.max(1) as usize,
+            linger: Duration::from_millis(number(options, "batch.linger.ms", 20)?),
             topic,
             properties,
-            startup,
-            skip_bad,
-            batch: num("batch.size", 4096)?.max(1) as usize,
-            linger: Duration::from_millis(num("batch.linger.ms", 20)?),
         })
     }
 
@@ -198,7 +222,8 @@ impl Options {
             .set("group.id", "sluice")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &self.properties {
             config.set(k, v);
         }
@@ -208,38 +233,40 @@ impl Options {
     /// The topic's partition count; a clear error within seconds when the
     /// broker is unreachable or the topic does not exist.
     fn partitions(&self) -> Result<i32> {
-        let consumer: BaseConsumer = self.client_config().create().map_err(|e| {
-            SluiceError::invalid_parameter(format!("kafka client for topic '{}': {e}", self.topic))
-        })?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-            .map_err(|e| {
-                SluiceError::new(
-                    ErrorKind::StorageUnavailable,
-                    format!(
-                        "kafka brokers {} did not describe topic '{}' within {}s: {e}",
-                        self.properties["bootstrap.servers"],
-                        self.topic,
-                        METADATA_TIMEOUT.as_secs()
-                    ),
-                )
-            })?;
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .ok_or_else(|| {
-                SluiceError::new(
-                    ErrorKind::UndefinedTable,
-                    format!(
-                        "kafka topic '{}' does not exist on {}",
-                        self.topic, self.properties["bootstrap.servers"]
-                    ),
-                )
-            })?;
-        Ok(topic.partitions().len() as i32)
+        topic_partitions(&self.client_config(), &self.topic)
     }
+}
+
+/// How many partitions `topic` has; a clear error within seconds when the
+/// broker is unreachable or the topic does not exist.
+fn topic_partitions(config: &ClientConfig, topic: &str) -> Result<i32> {
+    let brokers = config.get("bootstrap.servers").unwrap_or("?").to_string();
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| SluiceError::invalid_parameter(format!("kafka client for topic '{topic}': {e}")))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| {
+            SluiceError::new(
+                ErrorKind::StorageUnavailable,
+                format!(
+                    "kafka brokers {brokers} did not describe topic '{topic}' within {}s: {e}",
+                    METADATA_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or_else(|| {
+            SluiceError::new(
+                ErrorKind::UndefinedTable,
+                format!("kafka topic '{topic}' does not exist on {brokers}"),
+            )
+        })?;
+    Ok(found.partitions().len() as i32)
 }
 
 impl SourceConnector for KafkaConnector {
@@ -248,11 +275,14 @@ impl SourceConnector for KafkaConnector {
     }
 
     fn option_keys(&self) -> &[&'static str] {
-        OPTIONS
+        &OPTIONS
     }
 
     fn accepts_option(&self, key: &str) -> bool {
-        OPTIONS.contains(&key) || key.starts_with("properties.")
+        OPTIONS.contains(&key)
+            || key.starts_with("properties.")
+            || is_bad_record_option(key)
+            || self.stores.is_store_option(key)
     }
 
     fn schema(&self, options: &BTreeMap<String, String>, declared: Option<&SchemaRef>) -> Result<SchemaRef> {
@@ -261,8 +291,27 @@ impl SourceConnector for KafkaConnector {
                 "a kafka stream declares its columns: CREATE STREAM name (col TYPE, ...) WITH (connector = 'kafka', ...)",
             ));
         };
+        for f in schema.fields() {
+            if let Some(key) = metadata_key(f)
+                && !METADATA.contains(&key)
+            {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "column {}: kafka has no metadata '{key}'; available: {}",
+                    f.name(),
+                    METADATA.join(", ")
+                )));
+            }
+        }
         let o = Options::parse(options)?;
+        RecordDecoder::new(o.format.clone(), Layout::with_metadata(schema).payload().clone())?;
         o.partitions()?;
+        if let BadRecordPolicy::DeadLetterTopic { topic, properties } = &o.bad_records {
+            let mut config = ClientConfig::new();
+            for (k, v) in properties {
+                config.set(k, v);
+            }
+            topic_partitions(&config, topic)?;
+        }
         Ok(schema.clone())
     }
 
@@ -279,10 +328,11 @@ impl SourceConnector for KafkaConnector {
     ) -> Result<Box<dyn Source>> {
         let o = Options::parse(options)?;
         let count = o.partitions()?;
-        let consumer: StreamConsumer = o
-            .client_config()
-            .create()
-            .map_err(|e| SluiceError::invalid_parameter(format!("kafka consumer: {e}")))?;
+        let context = KafkaContext::default();
+        let consumer: StreamConsumer<KafkaContext> =
+            o.client_config()
+                .create_with_context(context.clone())
+                .map_err(|e| SluiceError::invalid_parameter(format!("kafka consumer: {e}")))?;
         let mine: Vec<i32> = (0..count)
             .filter(|k| *k as usize % partitions.max(1) == partition)
             .collect();
@@ -309,32 +359,109 @@ impl SourceConnector for KafkaConnector {
         consumer
             .assign(&tpl)
             .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
+        let layout = Layout::with_metadata(schema);
+        let decoder = RecordDecoder::new(o.format.clone(), layout.payload().clone())?;
+        let store_options: BTreeMap<String, String> = options
+            .iter()
+            .filter(|(k, _)| self.stores.is_store_option(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let bad = BadRecords::open(
+            o.bad_records.clone(),
+            &self.stores,
+            &store_options,
+            format!("kafka-{}-{partition}-{}", o.topic, unique()),
+        )?;
+        let wants_key = layout
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| metadata_key(f) == Some("key"));
+        let wants_headers = layout
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| metadata_key(f) == Some("headers"));
         Ok(Box::new(KafkaSource {
             consumer,
-            schema: schema.clone(),
+            context,
+            layout,
+            decoder,
             options: o,
             idle: mine.is_empty(),
+            next_offsets: vec![None; mine.len()],
             partitions: mine,
-            bad: 0,
+            bad,
             fetching: Vec::new(),
             deadline: None,
             ready: Default::default(),
             last_split: 0,
+            retry: None,
+            wants_key,
+            wants_headers,
         }))
     }
 }
 
+/// Unique enough to tell runs apart in file names.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}", nanos)
+}
+
+/// What librdkafka tells a source task outside of messages: the last
+/// client-level error (a lost broker) and the partitions' high watermarks
+/// from its statistics.
+#[derive(Clone, Default)]
+struct KafkaContext {
+    shared: Arc<Mutex<ContextState>>,
+}
+
+#[derive(Default)]
+struct ContextState {
+    last_error: Option<(Instant, String)>,
+    /// partition -> high watermark offset.
+    high: BTreeMap<i32, i64>,
+}
+
+impl ClientContext for KafkaContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!("kafka: {error}: {reason}");
+        let mut s = self.shared.lock().expect("kafka context lock");
+        s.last_error = Some((Instant::now(), format!("{error}: {reason}")));
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut s = self.shared.lock().expect("kafka context lock");
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                if *id >= 0 && p.hi_offset >= 0 {
+                    s.high.insert(*id, p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
 struct KafkaSource {
-    consumer: StreamConsumer,
-    schema: SchemaRef,
+    consumer: StreamConsumer<KafkaContext>,
+    context: KafkaContext,
+    layout: Layout,
+    decoder: RecordDecoder,
     options: Options,
     /// No partitions for this task (more tasks than partitions).
     idle: bool,
     /// The Kafka partitions this task reads; a partition's index here is
     /// its split number (each split has its own watermark).
     partitions: Vec<i32>,
-    /// Malformed records skipped since the last report.
-    bad: u64,
+    /// Per split: the offset after the last record received.
+    next_offsets: Vec<Option<i64>>,
+    bad: BadRecords,
     /// Records fetched for the batch being gathered. Kept here, not in a
     /// local, so that `next_batch` can be cancelled (the runtime wakes up
     /// periodically to advance watermarks past idle partitions) without
@@ -344,74 +471,122 @@ struct KafkaSource {
     /// Decoded batches (one per partition) not handed out yet.
     ready: std::collections::VecDeque<(usize, RecordBatch)>,
     last_split: usize,
+    /// Consumption failing since, attempts, last error.
+    retry: Option<(Instant, u32, String)>,
+    wants_key: bool,
+    wants_headers: bool,
 }
 
-/// A record's payload and position, for decoding and error messages.
+/// A record's payload, position and metadata.
 struct Record {
     payload: Vec<u8>,
+    key: Option<Vec<u8>>,
     partition: i32,
     offset: i64,
+    timestamp: Option<i64>,
+    headers: Option<String>,
 }
 
 impl KafkaSource {
-    fn decoder(&self, rows: usize) -> Result<arrow::json::reader::Decoder> {
-        Ok(ReaderBuilder::new(self.schema.clone())
-            .with_batch_size(rows.max(1))
-            .build_decoder()?)
-    }
-
-    /// All records in one pass of the vectorized decoder.
-    fn decode_all(&self, records: &[Record]) -> Result<Option<RecordBatch>> {
-        let mut decoder = self.decoder(records.len())?;
-        for r in records {
-            let mut rest = &r.payload[..];
-            while !rest.is_empty() {
-                let used = decoder.decode(rest)?;
-                if used == 0 {
-                    break;
+    /// Decodes one partition's records into the declared columns; malformed
+    /// ones go to the bad-record policy.
+    fn decode(&mut self, records: &[Record]) -> Result<Option<RecordBatch>> {
+        let mut bad = Vec::new();
+        let max = self.options.max_record_bytes;
+        let (payloads, sized): (Vec<&[u8]>, Vec<usize>) = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                if r.payload.len() > max {
+                    bad.push((
+                        i,
+                        format!(
+                            "record of {} bytes exceeds 'scan.record.max-bytes' = {max}",
+                            r.payload.len()
+                        ),
+                    ));
+                    None
+                } else {
+                    Some((&r.payload[..], i))
                 }
-                rest = &rest[used..];
-            }
-            // One record, one row: a payload that is not one complete JSON
-            // object fails here or in the row count check below.
-            decoder.decode(b"\n")?;
+            })
+            .unzip();
+        let (batch, kept) = self.decoder.decode(&payloads, |i, e| {
+            bad.push((sized[i], e));
+            Ok(())
+        })?;
+        for (i, error) in bad {
+            let r = &records[i];
+            self.bad.record(BadRecord {
+                raw: r.payload.clone(),
+                error,
+                position: vec![
+                    ("topic", Value::from(self.options.topic.clone())),
+                    ("partition", Value::from(r.partition)),
+                    ("offset", Value::from(r.offset)),
+                ],
+            })?;
         }
-        Ok(decoder.flush()?)
-    }
-
-    /// The slow path: records one at a time, malformed ones skipped or
-    /// failing the job.
-    fn decode_each(&mut self, records: &[Record]) -> Result<Option<RecordBatch>> {
-        let mut good = Vec::new();
-        for r in records {
-            let one = self.decode_all(std::slice::from_ref(r));
-            match one {
-                Ok(Some(b)) if b.num_rows() == 1 => good.push(b),
-                other => {
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        Ok(Some(b)) => format!("{} rows in one record", b.num_rows()),
-                        Ok(None) => "no JSON object".into(),
-                    };
-                    if !self.options.skip_bad {
-                        return Err(SluiceError::new(
-                            ErrorKind::InvalidParameter,
-                            format!(
-                                "malformed record in topic '{}' partition {} offset {}: {why} \
-                                 (set 'bad_records' = 'skip' to skip such records)",
-                                self.options.topic, r.partition, r.offset
-                            ),
-                        ));
-                    }
-                    self.bad += 1;
-                }
-            }
-        }
-        if good.is_empty() {
+        if batch.num_rows() == 0 {
             return Ok(None);
         }
-        Ok(Some(concat_batches(&self.schema, &good)?))
+        let rows: Vec<&Record> = match kept {
+            None => sized.iter().map(|i| &records[*i]).collect(),
+            Some(kept) => kept.iter().map(|k| &records[sized[*k]]).collect(),
+        };
+        let topic = &self.options.topic;
+        let batch = self.layout.assemble(batch, |field: &Field| {
+            let array: ArrayRef = match metadata_key(field).unwrap_or_default() {
+                "key" => Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.key.as_deref()))),
+                "partition" => Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))),
+                "offset" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
+                "timestamp" => Arc::new(TimestampMillisecondArray::from_iter(
+                    rows.iter().map(|r| r.timestamp),
+                )),
+                "headers" => Arc::new(StringArray::from_iter(rows.iter().map(|r| r.headers.as_deref()))),
+                "topic" => Arc::new(StringArray::from_iter_values(rows.iter().map(|_| topic.as_str()))),
+                other => return Err(SluiceError::internal(format!("kafka metadata '{other}'"))),
+            };
+            Ok(array)
+        })?;
+        Ok(Some(batch))
     }
+
+    /// A consumption error: retried with backoff until `scan.retry.timeout`.
+    async fn backoff(&mut self, error: String) -> Result<()> {
+        let (since, attempts) = match &self.retry {
+            Some((since, attempts, _)) => (*since, attempts + 1),
+            None => (Instant::now(), 1),
+        };
+        tracing::warn!(topic = %self.options.topic, attempts, "kafka consumption failed: {error}");
+        if since.elapsed() > self.options.retry_timeout {
+            return Err(SluiceError::new(
+                ErrorKind::StorageUnavailable,
+                format!(
+                    "kafka topic '{}': failing for {}s ({attempts} attempts; 'scan.retry.timeout' = {}): {error}",
+                    self.options.topic,
+                    since.elapsed().as_secs(),
+                    self.options.retry_timeout.as_secs()
+                ),
+            ));
+        }
+        self.retry = Some((since, attempts, error));
+        let delay = Duration::from_millis(100 << attempts.min(6)).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+fn headers_json(headers: &rdkafka::message::BorrowedHeaders) -> String {
+    let mut object = serde_json::Map::new();
+    for h in headers.iter() {
+        let v = match h.value {
+            None => Value::Null,
+            Some(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        };
+        object.insert(h.key.to_string(), v);
+    }
+    Value::Object(object).to_string()
 }
 
 #[async_trait]
@@ -422,6 +597,7 @@ impl Source for KafkaSource {
             futures::future::pending::<()>().await;
         }
         loop {
+            self.bad.flush().await?;
             if let Some((split, batch)) = self.ready.pop_front() {
                 self.last_split = split;
                 return Ok(Some(batch));
@@ -432,18 +608,42 @@ impl Source for KafkaSource {
                     Some(d) => tokio::time::timeout_at(d, self.consumer.recv()).await,
                 };
                 let Ok(received) = next else { break };
-                let msg = received.map_err(|e| {
-                    SluiceError::new(
-                        ErrorKind::StorageUnavailable,
-                        format!("kafka topic '{}': {e}", self.options.topic),
-                    )
-                })?;
+                let msg = match received {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        let error = format!("{e}");
+                        if !self.fetching.is_empty() {
+                            // Hand out what was fetched before waiting.
+                            break;
+                        }
+                        self.backoff(error).await?;
+                        continue;
+                    }
+                };
+                self.retry = None;
+                let split = self
+                    .partitions
+                    .iter()
+                    .position(|p| *p == msg.partition())
+                    .unwrap_or(0);
+                self.next_offsets[split] = Some(msg.offset() + 1);
                 // A tombstone (no value) carries no row.
                 if let Some(payload) = msg.payload() {
                     self.fetching.push(Record {
                         payload: payload.to_vec(),
+                        key: if self.wants_key {
+                            msg.key().map(<[u8]>::to_vec)
+                        } else {
+                            None
+                        },
                         partition: msg.partition(),
                         offset: msg.offset(),
+                        timestamp: msg.timestamp().to_millis(),
+                        headers: if self.wants_headers {
+                            Some(msg.headers().map(headers_json).unwrap_or_else(|| "{}".into()))
+                        } else {
+                            None
+                        },
                     });
                 }
                 if self.deadline.is_none() {
@@ -460,11 +660,7 @@ impl Source for KafkaSource {
             }
             for (partition, records) in by_partition {
                 let split = self.partitions.iter().position(|p| *p == partition).unwrap_or(0);
-                let batch = match self.decode_all(&records) {
-                    Ok(Some(b)) if b.num_rows() == records.len() => Some(b),
-                    _ => self.decode_each(&records)?,
-                };
-                if let Some(b) = batch {
+                if let Some(b) = self.decode(&records)? {
                     self.ready.push_back((split, b));
                 }
             }
@@ -480,7 +676,36 @@ impl Source for KafkaSource {
     }
 
     fn take_bad_records(&mut self) -> u64 {
-        std::mem::take(&mut self.bad)
+        self.bad.take_count()
+    }
+
+    fn status(&self) -> Option<String> {
+        if self.idle {
+            return None;
+        }
+        let shared = self.context.shared.lock().expect("kafka context lock");
+        let mut parts = Vec::new();
+        if let Some((since, attempts, error)) = &self.retry {
+            parts.push(format!(
+                "retrying for {}s ({attempts} attempts): {error}",
+                since.elapsed().as_secs()
+            ));
+        } else if let Some((at, error)) = &shared.last_error
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            parts.push(format!("broker error {}s ago: {error}", at.elapsed().as_secs()));
+        }
+        for (split, p) in self.partitions.iter().enumerate() {
+            let next = self.next_offsets[split];
+            let lag = match (shared.high.get(p), next) {
+                (Some(high), Some(next)) => format!(" lag={}", (high - next).max(0)),
+                (Some(high), None) => format!(" lag<={high}"),
+                _ => String::new(),
+            };
+            let at = next.map(|n| format!(" offset={n}")).unwrap_or_default();
+            parts.push(format!("p{p}{at}{lag}"));
+        }
+        Some(parts.join(" "))
     }
 }
 
@@ -543,16 +768,35 @@ pub struct KafkaSink;
 
 const SINK_OPTIONS: &[&str] = &["topic", "format", "sink.mode", "key"];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkFormat {
+    Json,
+    Csv,
+    /// Debezium-style change envelopes: `{"before", "after", "op"}`.
+    Debezium,
+}
+
 #[derive(Debug, Clone)]
 struct SinkOptions {
     topic: String,
     properties: BTreeMap<String, String>,
     key: Vec<usize>,
+    format: SinkFormat,
 }
 
 impl SinkOptions {
     fn parse(options: &BTreeMap<String, String>, schema: &SchemaRef, updating: bool) -> Result<Self> {
         let (topic, properties) = common_options(options, "sink")?;
+        let format = match options.get("format").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("json") => SinkFormat::Json,
+            Some("csv") => SinkFormat::Csv,
+            Some("debezium-json") => SinkFormat::Debezium,
+            Some(other) => {
+                return Err(SluiceError::not_supported(format!(
+                    "format '{other}' is not supported by the kafka sink; use json, csv or debezium-json"
+                )));
+            }
+        };
         let key: Vec<usize> = match options.get("key") {
             None => vec![],
             Some(k) => k
@@ -573,7 +817,7 @@ impl SinkOptions {
             .map(|s| s.to_ascii_lowercase())
             .as_deref()
         {
-            None => updating,
+            None => updating && format != SinkFormat::Debezium,
             Some("append") => false,
             Some("upsert") => true,
             Some(other) => {
@@ -582,10 +826,15 @@ impl SinkOptions {
                 )));
             }
         };
-        if updating && !upsert {
+        if upsert && format == SinkFormat::Debezium {
+            return Err(SluiceError::invalid_parameter(
+                "format 'debezium-json' carries deletes in its envelopes; leave 'sink.mode' unset",
+            ));
+        }
+        if updating && !upsert && format != SinkFormat::Debezium {
             return Err(SluiceError::not_supported(
                 "the query's result is updating (a GROUP BY without windows retracts rows); write it to \
-                 kafka with 'sink.mode' = 'upsert' and key = '<columns>'",
+                 kafka with 'sink.mode' = 'upsert' and key = '<columns>', or with format = 'debezium-json'",
             ));
         }
         if upsert && key.is_empty() {
@@ -597,6 +846,7 @@ impl SinkOptions {
             topic,
             properties,
             key,
+            format,
         })
     }
 }
@@ -682,6 +932,28 @@ fn json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         .filter(|l| !l.is_empty())
         .map(|l| l.to_vec())
         .collect())
+}
+
+/// Rows of a batch as CSV lines (no header), one per row.
+fn csv_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(false)
+            .build(Vec::new());
+        w.write(&batch.slice(i, 1))?;
+        let mut line = w.into_inner();
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        out.push(line);
+    }
+    Ok(out)
+}
+
+/// A JSON row's text (arrow-json writes valid UTF-8).
+fn as_str(row: &[u8]) -> &str {
+    std::str::from_utf8(row).unwrap_or("null")
 }
 
 impl KafkaWriter {
@@ -783,20 +1055,54 @@ impl sluice_engine::SinkWriter for KafkaWriter {
             (batch, None)
         };
         let keys = self.keys(&rows)?;
-        let values = json_rows(&rows)?;
-        for (i, (key, value)) in keys.iter().zip(values).enumerate() {
-            let delete = ops.as_ref().is_some_and(|o| o.value(i) < 0);
-            if delete {
-                // A delete followed by an insert of the same key in this
-                // batch is an update: the insert alone says it.
-                let reinserted = ops
-                    .as_ref()
-                    .is_some_and(|o| (i + 1..o.len()).any(|j| o.value(j) > 0 && keys[j] == *key));
-                if !reinserted {
-                    self.send(key.clone(), None).await?;
+        let values = match self.options.format {
+            SinkFormat::Csv => csv_rows(&rows)?,
+            _ => json_rows(&rows)?,
+        };
+        // A delete followed by an insert of the same key in this batch is
+        // an update: upsert says it with the insert alone, Debezium with one
+        // "u" envelope.
+        let keyed = !self.options.key.is_empty();
+        let mut last_insert: HashMap<&Option<Vec<u8>>, usize> = HashMap::new();
+        if let Some(o) = &ops
+            && keyed
+        {
+            for (j, key) in keys.iter().enumerate() {
+                if o.value(j) > 0 {
+                    last_insert.insert(key, j);
                 }
-            } else {
-                self.send(key.clone(), Some(value)).await?;
+            }
+        }
+        let is_delete = |i: usize| ops.as_ref().is_some_and(|o| o.value(i) < 0);
+        let mut updated_from: HashMap<usize, usize> = HashMap::new();
+        for i in 0..rows.num_rows() {
+            let key = &keys[i];
+            let reinserted = is_delete(i) && last_insert.get(key).is_some_and(|j| *j > i);
+            match self.options.format {
+                SinkFormat::Debezium => {
+                    if reinserted {
+                        updated_from.insert(last_insert[key], i);
+                        continue;
+                    }
+                    let envelope = if is_delete(i) {
+                        format!(r#"{{"before":{},"after":null,"op":"d"}}"#, as_str(&values[i]))
+                    } else if let Some(before) = updated_from.get(&i) {
+                        format!(
+                            r#"{{"before":{},"after":{},"op":"u"}}"#,
+                            as_str(&values[*before]),
+                            as_str(&values[i])
+                        )
+                    } else {
+                        format!(r#"{{"before":null,"after":{},"op":"c"}}"#, as_str(&values[i]))
+                    };
+                    self.send(key.clone(), Some(envelope.into_bytes())).await?;
+                }
+                _ if is_delete(i) => {
+                    if !reinserted {
+                        self.send(key.clone(), None).await?;
+                    }
+                }
+                _ => self.send(key.clone(), Some(values[i].clone())).await?,
             }
         }
         Ok(())

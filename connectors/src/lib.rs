@@ -7,7 +7,9 @@
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
 
 pub mod datagen;
+pub mod filesource;
 pub mod filesystem;
+pub mod format;
 pub mod kafka;
 pub mod nexmark;
 pub mod storage;

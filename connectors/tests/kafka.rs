@@ -55,7 +55,7 @@ async fn produce(topic: &str, records: &[(i32, Vec<u8>)]) {
 
 async fn engine(dir: &std::path::Path, parallelism: usize) -> (Engine, Session) {
     let mut sources = SourceRegistry::default();
-    sources.register(Arc::new(KafkaConnector));
+    sources.register(Arc::new(KafkaConnector::default()));
     let engine = Engine::open(EngineConfig {
         data_dir: dir.to_path_buf(),
         stores: Default::default(),
@@ -350,7 +350,7 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut sources = SourceRegistry::default();
-    sources.register(Arc::new(KafkaConnector));
+    sources.register(Arc::new(KafkaConnector::default()));
     let mut sinks = SinkRegistry::default();
     sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
     let engine = Engine::open(EngineConfig {

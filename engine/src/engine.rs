@@ -1001,7 +1001,7 @@ impl Session {
         let declared = if create.columns.is_empty() {
             None
         } else {
-            Some(declared_schema(&create.columns)?)
+            Some(declared_schema(&create.columns, &create.metadata)?)
         };
         let table = Arc::new(StreamTable::try_new(
             name.clone(),
@@ -1062,7 +1062,7 @@ impl Session {
 
 /// Declared stream columns as an Arrow schema. DataFusion maps the SQL
 /// types (the same mapping as in CREATE EXTERNAL TABLE and CAST).
-fn declared_schema(columns: &[ast::ColumnDef]) -> Result<SchemaRef> {
+fn declared_schema(columns: &[ast::ColumnDef], metadata: &BTreeMap<String, String>) -> Result<SchemaRef> {
     let ctx = SessionContext::new();
     let state = ctx.state();
     let mut fields = Vec::with_capacity(columns.len());
@@ -1095,7 +1095,11 @@ fn declared_schema(columns: &[ast::ColumnDef]) -> Result<SchemaRef> {
                 format!("column \"{name}\" specified more than once"),
             ));
         }
-        fields.push(Field::new(name, ty, !not_null));
+        let mut field = Field::new(name, ty, !not_null);
+        if let Some(key) = metadata.get(field.name()) {
+            field = field.with_metadata([(crate::stream::METADATA_KEY.to_string(), key.clone())].into());
+        }
+        fields.push(field);
     }
     Ok(Arc::new(Schema::new(fields)))
 }

@@ -125,6 +125,7 @@ pub(crate) fn show_jobs_schema() -> SchemaRef {
         Field::new("late_rows", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("bad_rows", DataType::Int64, false),
+        Field::new("detail", DataType::Utf8, true),
     ]))
 }
 
@@ -407,6 +408,7 @@ impl Session {
         let mut late = vec![];
         let mut bad = vec![];
         let mut error: Vec<Option<String>> = vec![];
+        let mut detail: Vec<Option<String>> = vec![];
         for (name, j) in jobs.iter() {
             let st = j.job.status();
             let mut nodes = vec![];
@@ -429,6 +431,7 @@ impl Session {
                 state_bytes.push(m.state_bytes as i64);
                 late.push(m.late_rows as i64);
                 bad.push(m.bad_rows as i64);
+                detail.push(n.metrics.detail());
                 error.push(match &st {
                     crate::streaming::runtime::JobStatus::Failed(e) => Some(e.clone()),
                     _ => None,
@@ -452,6 +455,7 @@ impl Session {
                 Arc::new(Int64Array::from(late)),
                 Arc::new(StringArray::from(error)),
                 Arc::new(Int64Array::from(bad)),
+                Arc::new(StringArray::from(detail)),
             ],
         )
     }

@@ -134,6 +134,19 @@ pub struct CreateStream {
     pub watermark: Option<(String, Box<SqlExpr>)>,
     /// Declared columns (empty: the connector defines them).
     pub columns: Vec<ColumnDef>,
+    /// Metadata columns (`col TYPE METADATA [FROM 'key'] [VIRTUAL]`, as in
+    /// Flink): the column's name (normalized) -> the connector's metadata
+    /// key (a Kafka record's partition, offset, key, ...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A column name as the catalog keeps it: unquoted names lower-cased.
+pub fn column_name(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -147,7 +160,14 @@ impl fmt::Display for CreateStream {
             write!(f, "IF NOT EXISTS ")?;
         }
         write!(f, "{}", self.name)?;
-        let mut parts: Vec<String> = self.columns.iter().map(|c| c.to_string()).collect();
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| match self.metadata.get(&column_name(&c.name)) {
+                Some(key) => format!("{c} METADATA FROM {}", quote(key)),
+                None => c.to_string(),
+            })
+            .collect();
         if let Some((col, expr)) = &self.watermark {
             parts.push(format!("WATERMARK FOR {col} AS {expr}"));
         }
@@ -353,6 +373,7 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
     let name = parser.parse_object_name(false).map_err(syntax)?;
     let mut watermark = None;
     let mut columns = Vec::new();
+    let mut metadata = BTreeMap::new();
     if parser.consume_token(&Token::LParen) {
         loop {
             if peek_word(parser, 0).as_deref() == Some("WATERMARK") {
@@ -387,7 +408,20 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
                 let expr = parser.parse_expr().map_err(syntax)?;
                 watermark = Some((col, Box::new(expr)));
             } else {
-                columns.push(parser.parse_column_def().map_err(syntax)?);
+                let column = parser.parse_column_def().map_err(syntax)?;
+                if peek_word(parser, 0).as_deref() == Some("METADATA") {
+                    parser.next_token();
+                    let key = if parser.parse_keyword(Keyword::FROM) {
+                        parser.parse_literal_string().map_err(syntax)?
+                    } else {
+                        column_name(&column.name)
+                    };
+                    // Flink's VIRTUAL (not written by sinks): every metadata
+                    // column of a stream is read-only here.
+                    let _ = parser.parse_keyword(Keyword::VIRTUAL);
+                    metadata.insert(column_name(&column.name), key);
+                }
+                columns.push(column);
             }
             if parser.consume_token(&Token::Comma) {
                 continue;
@@ -412,6 +446,7 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
         options,
         watermark,
         columns,
+        metadata,
     })
 }
 

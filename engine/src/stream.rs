@@ -29,6 +29,17 @@ use datafusion::physical_plan::streaming::PartitionStream;
 
 use crate::error::{Result, SluiceError};
 
+/// The field-metadata key that marks a declared column as a metadata
+/// column (`col TYPE METADATA FROM 'partition'`); its value is the
+/// connector's metadata key. Connectors fill such columns themselves instead
+/// of decoding them from the payload.
+pub const METADATA_KEY: &str = "sluice.metadata";
+
+/// The connector's metadata key of a field, if it is a metadata column.
+pub fn metadata_key(field: &arrow::datatypes::Field) -> Option<&str> {
+    field.metadata().get(METADATA_KEY).map(String::as_str)
+}
+
 /// What flows between streaming operators.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -67,6 +78,12 @@ pub trait Source: Send {
     /// The split the last batch came from (a batch holds one split's rows).
     fn last_split(&self) -> usize {
         0
+    }
+
+    /// What SHOW JOBS says about this source task beyond row counts:
+    /// position and lag per split, a connection being retried, files read.
+    fn status(&self) -> Option<String> {
+        None
     }
 }
 

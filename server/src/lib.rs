@@ -26,6 +26,7 @@ use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use sluice_connectors::datagen::DatagenConnector;
+use sluice_connectors::filesource::FileSystemSource;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
 use sluice_connectors::kafka::{KafkaConnector, KafkaSink};
 use sluice_connectors::nexmark::NexmarkConnector;
@@ -59,7 +60,8 @@ impl Server {
         let mut sources = SourceRegistry::default();
         sources.register(Arc::new(NexmarkConnector));
         sources.register(Arc::new(DatagenConnector));
-        sources.register(Arc::new(KafkaConnector));
+        sources.register(Arc::new(KafkaConnector::new(stores.clone())));
+        sources.register(Arc::new(FileSystemSource::new(stores.clone())));
         let mut sinks = SinkRegistry::default();
         sinks.register(Arc::new(FileSystemSink));
         sinks.register(Arc::new(BlackholeSink));

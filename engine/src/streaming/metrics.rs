@@ -1,5 +1,6 @@
 //! Per-operator counters of a running job, read by `SHOW JOBS`.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Counters one operator's tasks update (shared by its parallel tasks).
@@ -13,6 +14,9 @@ pub struct NodeMetrics {
     watermarks: Vec<AtomicI64>,
     state_rows: AtomicU64,
     state_bytes: AtomicU64,
+    /// Per parallel task: what the task says about itself (sources: lag,
+    /// retries).
+    details: Mutex<Vec<Option<String>>>,
 }
 
 impl Default for NodeMetrics {
@@ -32,7 +36,37 @@ impl NodeMetrics {
             watermarks: (0..tasks.max(1)).map(|_| AtomicI64::new(i64::MIN)).collect(),
             state_rows: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            details: Mutex::new(vec![None; tasks.max(1)]),
         }
+    }
+
+    /// Sets what task `task` says about itself.
+    pub fn set_detail(&self, task: usize, detail: Option<String>) {
+        let mut details = self.details.lock().expect("details lock");
+        if let Some(d) = details.get_mut(task)
+            && *d != detail
+        {
+            *d = detail;
+        }
+    }
+
+    /// The tasks' details, joined (`None` when no task has any).
+    pub fn detail(&self) -> Option<String> {
+        let details = self.details.lock().expect("details lock");
+        let parts: Vec<String> = details
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                d.as_ref().map(|d| {
+                    if details.len() > 1 {
+                        format!("task {i}: {d}")
+                    } else {
+                        d.clone()
+                    }
+                })
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 

@@ -450,6 +450,7 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                 let next = match tokio::time::timeout(SOURCE_TICK, source.next_batch()).await {
                     Ok(next) => next,
                     Err(_) => {
+                        metrics.set_detail(partition, source.status());
                         let all_idle = state
                             .splits
                             .iter()
@@ -470,6 +471,7 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                     }
                 };
                 metrics.add_bad(source.take_bad_records());
+                metrics.set_detail(partition, source.status());
                 match next {
                     Ok(Some(batch)) => {
                         state.idle_sent = false;
@@ -489,6 +491,12 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                         }
                         let wm = split_watermark(&state.splits);
                         state.pending.push_back(Message::Batch(batch));
+                        if table.watermark.is_none() {
+                            // No event time: every batch is a progress step
+                            // (a watermark that does not move), so updating
+                            // results downstream are emitted as rows arrive.
+                            state.pending.push_back(Message::Watermark(i64::MIN));
+                        }
                         if let Some(wm) = wm
                             && wm > state.watermark
                         {

@@ -1,0 +1,745 @@
+//! The `filesystem` source: a directory (or S3 prefix, or HDFS path) of
+//! Parquet, JSON-lines or CSV files read as a stream.
+//!
+//! ```sql
+//! CREATE STREAM trips (id BIGINT, fare DOUBLE, ts TIMESTAMP, dt TEXT,
+//!                      file TEXT METADATA FROM 'file.path',
+//!                      WATERMARK FOR ts AS ts - INTERVAL '1 minute')
+//! WITH (connector = 'filesystem', path = 's3://lake/trips/', format = 'json',
+//!       partition_by = 'dt', 'scan.mode' = 'continuous');
+//! ```
+//!
+//! Every parallel task lists the location (every `source.monitor-interval`,
+//! default 1 s, in `continuous` mode; once in `bounded` mode), takes the
+//! files whose path hashes to it, and reads each file once, oldest first.
+//! Files must appear whole (object stores' puts do; on a local disk, write
+//! then rename), and names starting with `.` or `_` are skipped, as Hadoop
+//! does. `partition_by` columns come from Hive-style `col=value/` folders;
+//! metadata columns from `file.path`, `file.name`, `file.size` and
+//! `file.modification-time`. JSON and CSV files are read a line (record) at a
+//! time through the same decoders and bad-record handling as Kafka records;
+//! a Parquet file that does not read is one bad record. In `bounded` mode
+//! the source ends after the files that were there at the start: its
+//! watermark then goes to the end of time, closing every window.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, SchemaRef};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use serde_json::Value;
+use sluice_engine::datafusion::parquet::arrow::ProjectionMask;
+use sluice_engine::datafusion::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use sluice_engine::stream::metadata_key;
+use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector, StoreRegistry};
+
+use crate::filesystem::parse_duration;
+use crate::format::{
+    BAD_RECORD_OPTIONS, BadRecord, BadRecordPolicy, BadRecords, FORMAT_OPTIONS, Format, Layout,
+    RecordDecoder, is_bad_record_option,
+};
+
+const OWN_OPTIONS: &[&str] = &[
+    "path",
+    "scan.mode",
+    "source.monitor-interval",
+    "partition_by",
+    "batch.size",
+];
+
+static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut all = OWN_OPTIONS.to_vec();
+    all.extend_from_slice(FORMAT_OPTIONS);
+    all.extend_from_slice(BAD_RECORD_OPTIONS);
+    all
+});
+
+/// The metadata keys a file stream's columns can be filled from.
+const METADATA: &[&str] = &["file.path", "file.name", "file.size", "file.modification-time"];
+
+/// How long listing a location may take before CREATE STREAM gives up.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Hive's spelling of a NULL partition value.
+const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// The `filesystem` source connector.
+#[derive(Debug, Default)]
+pub struct FileSystemSource {
+    stores: StoreRegistry,
+}
+
+impl FileSystemSource {
+    pub fn new(stores: StoreRegistry) -> Self {
+        Self { stores }
+    }
+
+    fn store_options(&self, options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        options
+            .iter()
+            .filter(|(k, _)| self.stores.is_store_option(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    path: String,
+    format: Format,
+    bounded: bool,
+    interval: Duration,
+    partition_by: Vec<String>,
+    bad_records: BadRecordPolicy,
+    batch: usize,
+}
+
+impl Options {
+    fn parse(options: &BTreeMap<String, String>, schema: &SchemaRef) -> Result<Self> {
+        let path = options
+            .get("path")
+            .cloned()
+            .ok_or_else(|| SluiceError::invalid_parameter("the filesystem source needs option 'path'"))?;
+        let bounded = match options
+            .get("scan.mode")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("continuous") => false,
+            Some("bounded") => true,
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "'scan.mode' = '{other}': use continuous or bounded"
+                )));
+            }
+        };
+        let interval = match options.get("source.monitor-interval") {
+            None => Duration::from_secs(1),
+            Some(v) => parse_duration("source.monitor-interval", v)?.max(Duration::from_millis(10)),
+        };
+        let partition_by: Vec<String> = options
+            .get("partition_by")
+            .map(|v| {
+                v.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in &partition_by {
+            if schema.field_with_name(c).is_err() {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "partition_by column '{c}' is not a declared column"
+                )));
+            }
+        }
+        let batch = match options.get("batch.size") {
+            None => 8192,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| {
+                    SluiceError::invalid_parameter(format!("option 'batch.size': '{v}' is not a number"))
+                })?
+                .max(1),
+        };
+        Ok(Self {
+            path,
+            format: Format::parse(options, &["json", "csv", "parquet"], true)?,
+            bounded,
+            interval,
+            partition_by,
+            bad_records: BadRecordPolicy::parse(options, None)?,
+            batch,
+        })
+    }
+
+    fn layout(&self, schema: &SchemaRef) -> Layout {
+        Layout::new(schema, |f| {
+            metadata_key(f).is_some() || self.partition_by.iter().any(|c| c == f.name())
+        })
+    }
+}
+
+impl SourceConnector for FileSystemSource {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn option_keys(&self) -> &[&'static str] {
+        &OPTIONS
+    }
+
+    fn accepts_option(&self, key: &str) -> bool {
+        OPTIONS.contains(&key) || is_bad_record_option(key) || self.stores.is_store_option(key)
+    }
+
+    fn schema(&self, options: &BTreeMap<String, String>, declared: Option<&SchemaRef>) -> Result<SchemaRef> {
+        let Some(schema) = declared else {
+            return Err(SluiceError::invalid_parameter(
+                "a filesystem stream declares its columns: CREATE STREAM name (col TYPE, ...) WITH (connector = \
+                 'filesystem', path = '...', format = '...')",
+            ));
+        };
+        for f in schema.fields() {
+            if let Some(key) = metadata_key(f)
+                && !METADATA.contains(&key)
+            {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "column {}: the filesystem source has no metadata '{key}'; available: {}",
+                    f.name(),
+                    METADATA.join(", ")
+                )));
+            }
+        }
+        let o = Options::parse(options, schema)?;
+        if o.format != Format::Parquet {
+            RecordDecoder::new(o.format.clone(), o.layout(schema).payload().clone())?;
+        }
+        // The location must be reachable now: a clear error rather than a
+        // failed job.
+        let (store, base) =
+            sluice_engine::sink::resolve_location(&self.stores, &o.path, &self.store_options(options))?;
+        let probe = async move {
+            let mut list = store.list(Some(&base));
+            list.next().await.transpose()
+        };
+        // On a thread of its own: CREATE STREAM may run inside any kind of
+        // runtime, and the check must not block it.
+        let listed = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                Ok::<_, std::io::Error>(
+                    rt.block_on(async { tokio::time::timeout(LIST_TIMEOUT, probe).await }),
+                )
+            })
+            .join()
+            .map_err(|_| SluiceError::internal("listing thread panicked"))
+        })??;
+        match listed {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!("listing {}: {e}", o.path),
+                ));
+            }
+            Err(_) => {
+                return Err(SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!("listing {} took more than {}s", o.path, LIST_TIMEOUT.as_secs()),
+                ));
+            }
+        }
+        if let BadRecordPolicy::DeadLetterTopic { .. } = o.bad_records {
+            return Err(SluiceError::not_supported(
+                "the filesystem source writes dead letters to a path: use 'dead_letter.path'",
+            ));
+        }
+        Ok(schema.clone())
+    }
+
+    fn is_bounded(&self, options: &BTreeMap<String, String>) -> bool {
+        matches!(
+            options
+                .get("scan.mode")
+                .map(|s| s.to_ascii_lowercase())
+                .as_deref(),
+            Some("bounded")
+        )
+    }
+
+    fn open(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        partition: usize,
+        partitions: usize,
+    ) -> Result<Box<dyn Source>> {
+        let o = Options::parse(options, schema)?;
+        let store_options = self.store_options(options);
+        let (store, base) = sluice_engine::sink::resolve_location(&self.stores, &o.path, &store_options)?;
+        let layout = o.layout(schema);
+        let decoder = match o.format {
+            Format::Parquet => None,
+            _ => Some(RecordDecoder::new(o.format.clone(), layout.payload().clone())?),
+        };
+        let bad = BadRecords::open(
+            o.bad_records.clone(),
+            &self.stores,
+            &store_options,
+            format!("files-{partition}-{}", unique()),
+        )?;
+        // How `file.path` spells a location: the URL's scheme and authority
+        // before the store's path.
+        let url_prefix = match url::Url::parse(&o.path) {
+            Ok(u) if u.scheme() != "file" && u.has_host() => {
+                format!("{}://{}/", u.scheme(), u.authority())
+            }
+            _ => "/".to_string(),
+        };
+        Ok(Box::new(FileSource {
+            store,
+            base,
+            url_prefix,
+            options: o,
+            layout,
+            decoder,
+            task: partition,
+            tasks: partitions.max(1),
+            seen: HashSet::new(),
+            queue: VecDeque::new(),
+            current: None,
+            listed: false,
+            next_list: tokio::time::Instant::now(),
+            bad,
+            files_done: 0,
+        }))
+    }
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}")
+}
+
+/// A stable hash of a path (FNV-1a), to spread files over tasks.
+fn path_hash(path: &Path) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.as_ref().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// A file being read.
+struct OpenFile {
+    meta: ObjectMeta,
+    /// `col=value` folders between the location and the file.
+    partitions: BTreeMap<String, Option<String>>,
+    reader: Reader,
+}
+
+enum Reader {
+    Lines(LineReader),
+    /// Over the whole file, fetched at once (files landed by sinks are
+    /// rolled at a bounded size).
+    Parquet(ParquetRecordBatchReader),
+}
+
+/// Splits a byte stream into records: lines, except that a CSV line break
+/// inside quotes belongs to the record.
+struct LineReader {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    buf: Vec<u8>,
+    /// Where the next record starts in `buf`.
+    start: usize,
+    /// How far `buf` has been scanned.
+    scanned: usize,
+    in_quote: bool,
+    quote: Option<u8>,
+    eof: bool,
+    /// The line number where the next record starts (1-based).
+    line: u64,
+    skip_header: bool,
+}
+
+impl LineReader {
+    /// Up to `max` records, with their line numbers; empty at the end.
+    async fn next(&mut self, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        loop {
+            while self.scanned < self.buf.len() && out.len() < max {
+                let b = self.buf[self.scanned];
+                if Some(b) == self.quote {
+                    self.in_quote = !self.in_quote;
+                } else if b == b'\n' && !self.in_quote {
+                    let record = &self.buf[self.start..self.scanned];
+                    self.take(record.to_vec(), &mut out);
+                    self.start = self.scanned + 1;
+                }
+                self.scanned += 1;
+            }
+            if out.len() >= max || self.eof {
+                if self.eof && out.len() < max && self.start < self.buf.len() {
+                    let record = self.buf[self.start..].to_vec();
+                    self.start = self.buf.len();
+                    self.scanned = self.buf.len();
+                    self.take(record, &mut out);
+                }
+                return Ok(out);
+            }
+            match self.stream.next().await {
+                Some(chunk) => {
+                    let chunk =
+                        chunk.map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
+                    self.buf.drain(..self.start);
+                    self.scanned -= self.start;
+                    self.start = 0;
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => self.eof = true,
+            }
+        }
+    }
+
+    fn take(&mut self, mut record: Vec<u8>, out: &mut Vec<(u64, Vec<u8>)>) {
+        let line = self.line;
+        self.line += 1 + record.iter().filter(|b| **b == b'\n').count() as u64;
+        if record.last() == Some(&b'\r') {
+            record.pop();
+        }
+        if record.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        if self.skip_header {
+            self.skip_header = false;
+            return;
+        }
+        out.push((line, record));
+    }
+}
+
+struct FileSource {
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    url_prefix: String,
+    options: Options,
+    layout: Layout,
+    decoder: Option<RecordDecoder>,
+    task: usize,
+    tasks: usize,
+    seen: HashSet<Path>,
+    queue: VecDeque<ObjectMeta>,
+    current: Option<OpenFile>,
+    /// Listed at least once (a bounded source lists once).
+    listed: bool,
+    next_list: tokio::time::Instant,
+    bad: BadRecords,
+    files_done: u64,
+}
+
+impl FileSource {
+    /// New files of this task, oldest first.
+    async fn list(&mut self) -> Result<()> {
+        let mut found: Vec<ObjectMeta> =
+            self.store
+                .list(Some(&self.base))
+                .try_collect()
+                .await
+                .map_err(|e| {
+                    SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("listing {}: {e}", self.options.path),
+                    )
+                })?;
+        found.retain(|m| {
+            let hidden = m
+                .location
+                .parts()
+                .skip(self.base.parts().count())
+                .any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'));
+            !hidden
+                && !self.seen.contains(&m.location)
+                && path_hash(&m.location) % self.tasks as u64 == self.task as u64
+        });
+        found.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
+        for m in found {
+            self.seen.insert(m.location.clone());
+            self.queue.push_back(m);
+        }
+        Ok(())
+    }
+
+    fn partition_values(&self, location: &Path) -> BTreeMap<String, Option<String>> {
+        let mut out = BTreeMap::new();
+        for part in location.parts().skip(self.base.parts().count()) {
+            if let Some((k, v)) = part.as_ref().split_once('=')
+                && self.options.partition_by.iter().any(|c| c == k)
+            {
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                out.insert(k.to_string(), (v != NULL_PARTITION).then_some(v));
+            }
+        }
+        out
+    }
+
+    async fn open(&mut self, meta: ObjectMeta) -> Result<OpenFile> {
+        let partitions = self.partition_values(&meta.location);
+        let reader = match &self.options.format {
+            Format::Parquet => {
+                let bytes = self
+                    .store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?
+                    .bytes()
+                    .await
+                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| {
+                    SluiceError::invalid_parameter(format!("not a readable Parquet file: {e}"))
+                })?;
+                let file_schema = builder.schema().clone();
+                let roots: Vec<usize> = self
+                    .layout
+                    .payload()
+                    .fields()
+                    .iter()
+                    .filter_map(|f| file_schema.index_of(f.name()).ok())
+                    .collect();
+                let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+                Reader::Parquet(
+                    builder
+                        .with_projection(mask)
+                        .with_batch_size(self.options.batch)
+                        .build()
+                        .map_err(|e| SluiceError::invalid_parameter(format!("reading Parquet: {e}")))?,
+                )
+            }
+            format => {
+                let got = self
+                    .store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
+                let (quote, header) = match format {
+                    Format::Csv { quote, header, .. } => (Some(*quote), *header),
+                    _ => (None, false),
+                };
+                Reader::Lines(LineReader {
+                    stream: got.into_stream(),
+                    buf: Vec::new(),
+                    start: 0,
+                    scanned: 0,
+                    in_quote: false,
+                    quote,
+                    eof: false,
+                    line: 1,
+                    skip_header: header,
+                })
+            }
+        };
+        Ok(OpenFile {
+            meta,
+            partitions,
+            reader,
+        })
+    }
+
+    fn file_url(&self, meta: &ObjectMeta) -> String {
+        format!("{}{}", self.url_prefix, meta.location)
+    }
+
+    /// The declared columns for `payload` rows read from `file`.
+    fn assemble(&self, file: &OpenFile, payload: RecordBatch) -> Result<RecordBatch> {
+        let rows = payload.num_rows();
+        let url = self.file_url(&file.meta);
+        self.layout.assemble(payload, |field: &Field| {
+            let array: ArrayRef =
+                match metadata_key(field) {
+                    Some("file.path") => Arc::new(StringArray::from(vec![url.as_str(); rows])),
+                    Some("file.name") => {
+                        Arc::new(StringArray::from(vec![
+                            file.meta.location.filename().unwrap_or("");
+                            rows
+                        ]))
+                    }
+                    Some("file.size") => Arc::new(Int64Array::from(vec![file.meta.size as i64; rows])),
+                    Some("file.modification-time") => Arc::new(TimestampMicrosecondArray::from(vec![
+                    file.meta.last_modified.timestamp_micros();
+                    rows
+                ])),
+                    Some(other) => return Err(SluiceError::internal(format!("file metadata '{other}'"))),
+                    None => match file.partitions.get(field.name()) {
+                        Some(v) => Arc::new(StringArray::from(vec![v.as_deref(); rows])),
+                        None => new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+                    },
+                };
+            Ok(array)
+        })
+    }
+
+    /// A Parquet batch in the payload's columns (by name; missing ones
+    /// NULL).
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let payload = self.layout.payload();
+        let mut columns = Vec::with_capacity(payload.fields().len());
+        for f in payload.fields() {
+            columns.push(match batch.schema().index_of(f.name()) {
+                Ok(i) => cast(batch.column(i), f.data_type())?,
+                Err(_) => new_null_array(f.data_type(), batch.num_rows()),
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            payload.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+
+    /// A file that cannot be read at all (a broken Parquet file): one bad
+    /// record.
+    fn bad_file(&mut self, meta: &ObjectMeta, error: String) -> Result<()> {
+        let url = self.file_url(meta);
+        self.bad.record(BadRecord {
+            raw: Vec::new(),
+            error,
+            position: vec![("file", Value::from(url))],
+        })
+    }
+
+    /// The next batch of the file being read; `None` when it is done.
+    async fn read(&mut self, file: &mut OpenFile) -> Result<Option<RecordBatch>> {
+        match &mut file.reader {
+            Reader::Parquet(reader) => match reader.next() {
+                None => Ok(None),
+                Some(Ok(batch)) => {
+                    let batch = self.conform(batch)?;
+                    Ok(Some(self.assemble(file, batch)?))
+                }
+                Some(Err(e)) => {
+                    self.bad_file(&file.meta, format!("reading Parquet: {e}"))?;
+                    Ok(None)
+                }
+            },
+            Reader::Lines(lines) => {
+                let records = lines.next(self.options.batch).await?;
+                if records.is_empty() {
+                    return Ok(None);
+                }
+                let payloads: Vec<&[u8]> = records.iter().map(|(_, r)| &r[..]).collect();
+                let decoder = self.decoder.as_ref().expect("line formats have a decoder");
+                let mut bad = Vec::new();
+                let (batch, _) = decoder.decode(&payloads, |i, e| {
+                    bad.push((i, e));
+                    Ok(())
+                })?;
+                let url = self.file_url(&file.meta);
+                for (i, error) in bad {
+                    let (line, raw) = &records[i];
+                    self.bad.record(BadRecord {
+                        raw: raw.clone(),
+                        error,
+                        position: vec![("file", Value::from(url.clone())), ("line", Value::from(*line))],
+                    })?;
+                }
+                Ok(Some(self.assemble(file, batch)?))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            self.bad.flush().await?;
+            if let Some(mut file) = self.current.take() {
+                let next = self.read(&mut file).await;
+                match next {
+                    Ok(Some(batch)) => {
+                        self.current = Some(file);
+                        if batch.num_rows() > 0 {
+                            return Ok(Some(batch));
+                        }
+                    }
+                    Ok(None) => self.files_done += 1,
+                    Err(e) => {
+                        return Err(SluiceError::new(
+                            e.kind(),
+                            format!("reading {}: {e}", self.file_url(&file.meta)),
+                        ));
+                    }
+                }
+                continue;
+            }
+            if let Some(meta) = self.queue.pop_front() {
+                match self.open(meta.clone()).await {
+                    Ok(file) => self.current = Some(file),
+                    Err(e) if e.kind() == ErrorKind::InvalidParameter => {
+                        self.bad_file(&meta, e.to_string())?
+                    }
+                    Err(e) => {
+                        // Not readable now (storage): try again later.
+                        self.seen.remove(&meta.location);
+                        return Err(SluiceError::new(
+                            e.kind(),
+                            format!("opening {}: {e}", self.file_url(&meta)),
+                        ));
+                    }
+                }
+                continue;
+            }
+            if self.listed && self.options.bounded {
+                return Ok(None);
+            }
+            if self.listed {
+                tokio::time::sleep_until(self.next_list).await;
+            }
+            self.list().await?;
+            self.listed = true;
+            self.next_list = tokio::time::Instant::now() + self.options.interval;
+        }
+    }
+
+    fn take_bad_records(&mut self) -> u64 {
+        self.bad.take_count()
+    }
+
+    fn status(&self) -> Option<String> {
+        let mut s = format!("files read={} queued={}", self.files_done, self.queue.len());
+        if let Some(f) = &self.current {
+            s.push_str(&format!(" reading={}", self.file_url(&f.meta)));
+        }
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn csv_records_may_span_lines_inside_quotes() {
+        let data = b"id,name\n1,\"a\nb\"\r\n\n2,c".to_vec();
+        let stream = futures::stream::iter(
+            data.chunks(3)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut r = LineReader {
+            stream: stream.boxed(),
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            in_quote: false,
+            quote: Some(b'"'),
+            eof: false,
+            line: 1,
+            skip_header: true,
+        };
+        let got = r.next(10).await.unwrap();
+        assert_eq!(got, vec![(2, b"1,\"a\nb\"".to_vec()), (5, b"2,c".to_vec())]);
+        assert!(r.next(10).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,887 @@
+//! Record formats and bad-record handling, shared by the decoding sources
+//! (Kafka records, lines of JSON-lines / CSV files).
+//!
+//! A source hands a [`RecordDecoder`] a slice of records (one row each) and
+//! gets one Arrow batch back: the whole slice goes through the vectorized
+//! arrow-json / arrow-csv decoder in one pass, and only when that fails are
+//! the records decoded one at a time to find the malformed ones, which then
+//! go to [`BadRecords`] (fail the job, skip and count, or write to a dead
+//! letter topic or path).
+//!
+//! Declared columns a source fills itself (metadata columns such as a Kafka
+//! record's partition, Hive partition columns of a file) are split off by
+//! [`Layout`] so the decoder only sees the payload's columns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use base64::Engine as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use sluice_engine::stream::metadata_key;
+use sluice_engine::{ErrorKind, Result, SluiceError, StoreRegistry};
+
+/// Format options every decoding source accepts.
+pub const FORMAT_OPTIONS: &[&str] = &[
+    "format",
+    "json.ignore-unknown-fields",
+    "json.timestamp-format",
+    "csv.delimiter",
+    "csv.quote",
+    "csv.header",
+];
+
+/// Bad-record options every decoding source accepts (plus
+/// `dead_letter.properties.*` for a dead letter topic's Kafka client).
+pub const BAD_RECORD_OPTIONS: &[&str] = &["bad_records", "dead_letter.topic", "dead_letter.path"];
+
+/// Whether `key` is a bad-record option.
+pub fn is_bad_record_option(key: &str) -> bool {
+    BAD_RECORD_OPTIONS.contains(&key) || key.starts_with("dead_letter.properties.")
+}
+
+/// How JSON timestamps are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampFormat {
+    /// Strings: `2026-11-22T10:00:00Z`, `2026-11-22 10:00:00.123`.
+    Iso8601,
+    /// Numbers since the epoch.
+    Epoch(TimeUnit),
+}
+
+/// A payload format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Json {
+        ignore_unknown: bool,
+        timestamps: TimestampFormat,
+    },
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        header: bool,
+    },
+    /// The whole payload as one TEXT or BYTEA column.
+    Raw,
+    /// Parquet files (file source only).
+    Parquet,
+}
+
+fn single_byte(options: &BTreeMap<String, String>, key: &str, default: u8) -> Result<u8> {
+    match options.get(key) {
+        None => Ok(default),
+        Some(v) if v == "\\t" => Ok(b'\t'),
+        Some(v) if v.len() == 1 => Ok(v.as_bytes()[0]),
+        Some(v) => Err(SluiceError::invalid_parameter(format!(
+            "option '{key}' = '{v}': one ASCII character (or '\\t')"
+        ))),
+    }
+}
+
+fn boolean(options: &BTreeMap<String, String>, key: &str, default: bool) -> Result<bool> {
+    match options.get(key).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(SluiceError::invalid_parameter(format!(
+            "option '{key}' = '{other}': true or false"
+        ))),
+    }
+}
+
+impl Format {
+    /// Reads `format` and its options. `allowed` names the formats the
+    /// source takes (the first is the default); `csv_header` is the default
+    /// of `csv.header` (files usually have one, Kafka records never).
+    pub fn parse(options: &BTreeMap<String, String>, allowed: &[&str], csv_header: bool) -> Result<Self> {
+        let name = options
+            .get("format")
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_else(|| allowed[0].to_string());
+        if !allowed.contains(&name.as_str()) {
+            return Err(SluiceError::not_supported(format!(
+                "format '{name}' is not supported here; use {}",
+                allowed.join(", ")
+            )));
+        }
+        Ok(match name.as_str() {
+            "json" => {
+                let timestamps = match options
+                    .get("json.timestamp-format")
+                    .map(|s| s.to_ascii_lowercase())
+                    .as_deref()
+                {
+                    None | Some("iso-8601") | Some("sql") => TimestampFormat::Iso8601,
+                    Some("epoch-seconds") => TimestampFormat::Epoch(TimeUnit::Second),
+                    Some("epoch-millis") => TimestampFormat::Epoch(TimeUnit::Millisecond),
+                    Some("epoch-micros") => TimestampFormat::Epoch(TimeUnit::Microsecond),
+                    Some(other) => {
+                        return Err(SluiceError::invalid_parameter(format!(
+                            "'json.timestamp-format' = '{other}': use iso-8601, epoch-seconds, epoch-millis \
+                             or epoch-micros"
+                        )));
+                    }
+                };
+                Format::Json {
+                    ignore_unknown: boolean(options, "json.ignore-unknown-fields", true)?,
+                    timestamps,
+                }
+            }
+            "csv" => Format::Csv {
+                delimiter: single_byte(options, "csv.delimiter", b',')?,
+                quote: single_byte(options, "csv.quote", b'"')?,
+                header: boolean(options, "csv.header", csv_header)?,
+            },
+            "raw" => Format::Raw,
+            "parquet" => Format::Parquet,
+            other => {
+                return Err(SluiceError::not_supported(format!(
+                    "format '{other}' is not supported"
+                )));
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Json { .. } => "json",
+            Format::Csv { .. } => "csv",
+            Format::Raw => "raw",
+            Format::Parquet => "parquet",
+        }
+    }
+}
+
+/// Decodes records, one row each, into batches of a schema.
+#[derive(Debug, Clone)]
+pub struct RecordDecoder {
+    format: Format,
+    schema: SchemaRef,
+    /// What the vectorized decoder produces (epoch timestamps as integers).
+    decode_schema: SchemaRef,
+}
+
+impl RecordDecoder {
+    /// A decoder of `format` producing `schema`.
+    pub fn new(format: Format, schema: SchemaRef) -> Result<Self> {
+        if format == Format::Raw {
+            let ok = schema.fields().len() == 1
+                && matches!(
+                    schema.field(0).data_type(),
+                    DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Binary
+                        | DataType::LargeBinary
+                );
+            if !ok {
+                return Err(SluiceError::invalid_parameter(
+                    "format 'raw' reads the whole record into one column: declare exactly one TEXT or BYTEA \
+                     column (besides metadata columns)",
+                ));
+            }
+        }
+        let decode_schema = match &format {
+            Format::Json {
+                timestamps: TimestampFormat::Epoch(_),
+                ..
+            } => Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        DataType::Timestamp(_, _) => {
+                            Arc::new(f.as_ref().clone().with_data_type(DataType::Int64))
+                        }
+                        _ => f.clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            _ => schema.clone(),
+        };
+        Ok(Self {
+            format,
+            schema,
+            decode_schema,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Every record in one pass; an error unless each gave exactly one row.
+    pub fn decode_all(&self, records: &[&[u8]]) -> Result<RecordBatch> {
+        let batch = match &self.format {
+            Format::Json { ignore_unknown, .. } => {
+                let mut decoder = arrow::json::ReaderBuilder::new(self.decode_schema.clone())
+                    .with_batch_size(records.len().max(1))
+                    .with_strict_mode(!ignore_unknown)
+                    .build_decoder()?;
+                for r in records {
+                    feed(r, |b| Ok(decoder.decode(b)?))?;
+                    // One record, one row: a record that is not one complete
+                    // JSON object fails here or in the row count below.
+                    decoder.decode(b"\n")?;
+                }
+                decoder.flush()?
+            }
+            Format::Csv { delimiter, quote, .. } => {
+                let mut decoder = arrow::csv::ReaderBuilder::new(self.decode_schema.clone())
+                    .with_header(false)
+                    .with_delimiter(*delimiter)
+                    .with_quote(*quote)
+                    .with_batch_size(records.len() + 1)
+                    .build_decoder();
+                for r in records {
+                    let line = r.strip_suffix(b"\n").unwrap_or(r);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    feed(line, |b| Ok(decoder.decode(b)?))?;
+                    decoder.decode(b"\n")?;
+                }
+                decoder.flush()?
+            }
+            Format::Raw => {
+                let column: ArrayRef = match self.schema.field(0).data_type() {
+                    DataType::Binary | DataType::LargeBinary => {
+                        Arc::new(BinaryArray::from_iter_values(records.iter().copied()))
+                    }
+                    _ => {
+                        let mut strings = Vec::with_capacity(records.len());
+                        for r in records {
+                            strings.push(std::str::from_utf8(r).map_err(|e| {
+                                SluiceError::invalid_parameter(format!("record is not UTF-8 text: {e}"))
+                            })?);
+                        }
+                        Arc::new(StringArray::from(strings))
+                    }
+                };
+                let column = cast(&column, self.schema.field(0).data_type())?;
+                Some(RecordBatch::try_new(self.schema.clone(), vec![column])?)
+            }
+            Format::Parquet => {
+                return Err(SluiceError::internal(
+                    "parquet is decoded per file, not per record",
+                ));
+            }
+        };
+        let batch = match batch {
+            Some(b) => b,
+            None => RecordBatch::new_empty(self.decode_schema.clone()),
+        };
+        if batch.num_rows() != records.len() {
+            return Err(SluiceError::invalid_parameter(format!(
+                "{} records gave {} rows",
+                records.len(),
+                batch.num_rows()
+            )));
+        }
+        self.finish(batch)
+    }
+
+    /// Converts what the decoder produced into the target schema.
+    fn finish(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if Arc::ptr_eq(&self.decode_schema, &self.schema) {
+            return Ok(batch);
+        }
+        let Format::Json {
+            timestamps: TimestampFormat::Epoch(unit),
+            ..
+        } = self.format
+        else {
+            return Ok(batch);
+        };
+        let mut columns = Vec::with_capacity(batch.num_columns());
+        for (column, field) in batch.columns().iter().zip(self.schema.fields()) {
+            columns.push(match field.data_type() {
+                DataType::Timestamp(_, tz) => {
+                    let raw = cast(column, &DataType::Timestamp(unit, tz.clone()))?;
+                    cast(&raw, field.data_type())?
+                }
+                _ => column.clone(),
+            });
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Every record; the malformed ones go to `on_bad` (with their index and
+    /// the error) and are left out. Returns the good rows and, when some
+    /// were left out, the indexes of the records they came from.
+    pub fn decode(
+        &self,
+        records: &[&[u8]],
+        mut on_bad: impl FnMut(usize, String) -> Result<()>,
+    ) -> Result<(RecordBatch, Option<Vec<usize>>)> {
+        if let Ok(batch) = self.decode_all(records) {
+            return Ok((batch, None));
+        }
+        let mut good = Vec::new();
+        let mut kept = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match self.decode_all(std::slice::from_ref(r)) {
+                Ok(b) => {
+                    good.push(b);
+                    kept.push(i);
+                }
+                Err(e) => on_bad(i, e.to_string())?,
+            }
+        }
+        let batch = concat_batches(&self.schema, &good)?;
+        Ok((batch, Some(kept)))
+    }
+}
+
+/// Feeds `bytes` to a push decoder until it has taken them all.
+fn feed(mut bytes: &[u8], mut decode: impl FnMut(&[u8]) -> Result<usize>) -> Result<()> {
+    while !bytes.is_empty() {
+        let used = decode(bytes)?;
+        if used == 0 {
+            // The decoder is full: it has as many rows as records, so
+            // this record holds more than one.
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                break;
+            }
+            return Err(SluiceError::invalid_parameter("more than one row in a record"));
+        }
+        bytes = &bytes[used..];
+    }
+    Ok(())
+}
+
+/// A declared schema split into the payload's columns (decoded) and the
+/// columns the source fills itself (`extra`: metadata or partition
+/// columns).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    schema: SchemaRef,
+    payload: SchemaRef,
+    /// Per declared column: its payload column, or `None` for an extra one.
+    slots: Vec<Option<usize>>,
+}
+
+impl Layout {
+    /// `extra(field)` says whether the source fills a column itself.
+    pub fn new(schema: &SchemaRef, extra: impl Fn(&Field) -> bool) -> Self {
+        let mut payload = Vec::new();
+        let mut slots = Vec::new();
+        for f in schema.fields() {
+            if extra(f) {
+                slots.push(None);
+            } else {
+                slots.push(Some(payload.len()));
+                // Payload fields carry no Sluice metadata.
+                payload.push(Field::new(f.name(), f.data_type().clone(), f.is_nullable()));
+            }
+        }
+        Self {
+            schema: schema.clone(),
+            payload: Arc::new(Schema::new(payload)),
+            slots,
+        }
+    }
+
+    /// A layout whose extra columns are the declared metadata columns.
+    pub fn with_metadata(schema: &SchemaRef) -> Self {
+        Self::new(schema, |f| metadata_key(f).is_some())
+    }
+
+    pub fn payload(&self) -> &SchemaRef {
+        &self.payload
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn has_extras(&self) -> bool {
+        self.slots.iter().any(Option::is_none)
+    }
+
+    /// The declared batch: payload columns from `payload`, the others from
+    /// `extra(field)`, cast to the declared type.
+    pub fn assemble(
+        &self,
+        payload: RecordBatch,
+        mut extra: impl FnMut(&Field) -> Result<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        if !self.has_extras() {
+            return Ok(RecordBatch::try_new(
+                self.schema.clone(),
+                payload.columns().to_vec(),
+            )?);
+        }
+        let rows = payload.num_rows();
+        let mut columns = Vec::with_capacity(self.slots.len());
+        for (slot, field) in self.slots.iter().zip(self.schema.fields()) {
+            columns.push(match slot {
+                Some(i) => payload.column(*i).clone(),
+                None => {
+                    let array = extra(field)?;
+                    if array.len() != rows {
+                        return Err(SluiceError::internal(format!(
+                            "column {}: {} values for {rows} rows",
+                            field.name(),
+                            array.len()
+                        )));
+                    }
+                    cast(&array, field.data_type()).map_err(|e| {
+                        SluiceError::invalid_parameter(format!(
+                            "column {} ({}): {e}",
+                            field.name(),
+                            field.data_type()
+                        ))
+                    })?
+                }
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+}
+
+/// What happens to a record that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRecordPolicy {
+    /// The job fails with the record's position and the error (default).
+    Fail,
+    /// Counted in SHOW JOBS (bad_rows) and dropped.
+    Skip,
+    /// Counted, and written with its error and position to a Kafka topic.
+    DeadLetterTopic {
+        topic: String,
+        properties: BTreeMap<String, String>,
+    },
+    /// Counted, and written as JSON lines under a path (file://, s3://,
+    /// hdfs://).
+    DeadLetterPath { location: String },
+}
+
+impl BadRecordPolicy {
+    /// Reads `bad_records` and the dead letter options. `properties` are the
+    /// source's own Kafka properties, the default for a dead letter topic.
+    pub fn parse(
+        options: &BTreeMap<String, String>,
+        properties: Option<&BTreeMap<String, String>>,
+    ) -> Result<Self> {
+        match options
+            .get("bad_records")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("fail") => Ok(Self::Fail),
+            Some("skip") => Ok(Self::Skip),
+            Some("dead_letter") => {
+                match (options.get("dead_letter.topic"), options.get("dead_letter.path")) {
+                    (Some(topic), None) => {
+                        let mut props: BTreeMap<String, String> = options
+                            .iter()
+                            .filter_map(|(k, v)| {
+                                k.strip_prefix("dead_letter.properties.")
+                                    .map(|p| (p.to_string(), v.clone()))
+                            })
+                            .collect();
+                        if props.is_empty()
+                            && let Some(p) = properties
+                        {
+                            props = p.clone();
+                        }
+                        if !props.contains_key("bootstrap.servers") {
+                            return Err(SluiceError::invalid_parameter(
+                                "'dead_letter.topic' needs 'dead_letter.properties.bootstrap.servers'",
+                            ));
+                        }
+                        Ok(Self::DeadLetterTopic {
+                            topic: topic.clone(),
+                            properties: props,
+                        })
+                    }
+                    (None, Some(path)) => Ok(Self::DeadLetterPath {
+                        location: path.clone(),
+                    }),
+                    _ => Err(SluiceError::invalid_parameter(
+                        "'bad_records' = 'dead_letter' needs one of 'dead_letter.topic' or 'dead_letter.path'",
+                    )),
+                }
+            }
+            Some(other) => Err(SluiceError::invalid_parameter(format!(
+                "'bad_records' = '{other}': use fail, skip or dead_letter"
+            ))),
+        }
+    }
+}
+
+/// A record that did not decode.
+#[derive(Debug, Clone)]
+pub struct BadRecord {
+    pub raw: Vec<u8>,
+    pub error: String,
+    /// Where it came from: (`topic`, "clicks"), (`partition`, 1), ...
+    pub position: Vec<(&'static str, Value)>,
+}
+
+fn describe(position: &[(&'static str, Value)]) -> String {
+    position
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k} '{s}'"),
+            other => format!("{k} {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+enum DeadLetterSink {
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+    },
+    Files {
+        store: Arc<dyn ObjectStore>,
+        base: Path,
+        prefix: String,
+        seq: u64,
+    },
+}
+
+/// A source task's bad-record handling: the policy, the count for SHOW JOBS
+/// and the dead letters not written yet.
+pub struct BadRecords {
+    policy: BadRecordPolicy,
+    sink: Option<DeadLetterSink>,
+    pending: Vec<BadRecord>,
+    count: u64,
+}
+
+/// How long a dead letter write may take before the job fails.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl BadRecords {
+    /// Opens the dead letter sink, if any. `name` tells this task's dead
+    /// letter files apart from other tasks' and runs'.
+    pub fn open(
+        policy: BadRecordPolicy,
+        stores: &StoreRegistry,
+        store_options: &BTreeMap<String, String>,
+        name: String,
+    ) -> Result<Self> {
+        let sink = match &policy {
+            BadRecordPolicy::DeadLetterTopic { topic, properties } => {
+                let mut config = ClientConfig::new();
+                config.set("message.timeout.ms", "10000");
+                for (k, v) in properties {
+                    config.set(k, v);
+                }
+                let producer: FutureProducer = config
+                    .create()
+                    .map_err(|e| SluiceError::invalid_parameter(format!("dead letter producer: {e}")))?;
+                Some(DeadLetterSink::Kafka {
+                    producer,
+                    topic: topic.clone(),
+                })
+            }
+            BadRecordPolicy::DeadLetterPath { location } => {
+                let (store, base) = sluice_engine::sink::resolve_location(stores, location, store_options)?;
+                Some(DeadLetterSink::Files {
+                    store,
+                    base,
+                    prefix: name,
+                    seq: 0,
+                })
+            }
+            _ => None,
+        };
+        Ok(Self {
+            policy,
+            sink,
+            pending: Vec::new(),
+            count: 0,
+        })
+    }
+
+    /// Handles one bad record: an error under `fail`, else counted (and kept
+    /// for the dead letter sink).
+    pub fn record(&mut self, bad: BadRecord) -> Result<()> {
+        match self.policy {
+            BadRecordPolicy::Fail => Err(SluiceError::new(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "malformed record at {}: {} (set 'bad_records' = 'skip' or 'dead_letter' to keep the job \
+                     running past such records)",
+                    describe(&bad.position),
+                    bad.error
+                ),
+            )),
+            BadRecordPolicy::Skip => {
+                self.count += 1;
+                Ok(())
+            }
+            _ => {
+                self.count += 1;
+                self.pending.push(bad);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bad records since the last call.
+    pub fn take_count(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+
+    /// Writes the pending dead letters. Cancel-safe: a record leaves the
+    /// pending list only once written (at worst it is written twice).
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.sink.as_mut() {
+            None => {
+                self.pending.clear();
+                Ok(())
+            }
+            Some(DeadLetterSink::Kafka { producer, topic }) => {
+                while let Some(bad) = self.pending.first() {
+                    let mut headers = OwnedHeaders::new().insert(Header {
+                        key: "sluice.error",
+                        value: Some(bad.error.as_bytes()),
+                    });
+                    let values: Vec<(String, String)> = bad
+                        .position
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            (format!("sluice.{k}"), v)
+                        })
+                        .collect();
+                    for (k, v) in &values {
+                        headers = headers.insert(Header {
+                            key: k.as_str(),
+                            value: Some(v.as_bytes()),
+                        });
+                    }
+                    let record: FutureRecord<'_, [u8], [u8]> =
+                        FutureRecord::to(topic).payload(&bad.raw[..]).headers(headers);
+                    producer
+                        .send(record, DEAD_LETTER_TIMEOUT)
+                        .await
+                        .map_err(|(e, _)| {
+                            SluiceError::new(
+                                ErrorKind::StorageUnavailable,
+                                format!("writing a dead letter to topic '{topic}': {e}"),
+                            )
+                        })?;
+                    self.pending.remove(0);
+                }
+                Ok(())
+            }
+            Some(DeadLetterSink::Files {
+                store,
+                base,
+                prefix,
+                seq,
+            }) => {
+                let mut lines = Vec::new();
+                for bad in &self.pending {
+                    let mut object = serde_json::Map::new();
+                    object.insert("error".into(), Value::String(bad.error.clone()));
+                    for (k, v) in &bad.position {
+                        object.insert((*k).into(), v.clone());
+                    }
+                    object.insert(
+                        "raw_base64".into(),
+                        Value::String(base64::engine::general_purpose::STANDARD.encode(&bad.raw)),
+                    );
+                    if let Ok(text) = std::str::from_utf8(&bad.raw) {
+                        object.insert("raw_text".into(), Value::String(text.to_string()));
+                    }
+                    serde_json::to_writer(&mut lines, &Value::Object(object))
+                        .map_err(|e| SluiceError::internal(e.to_string()))?;
+                    lines.push(b'\n');
+                }
+                *seq += 1;
+                let path = base.clone().join(format!("{prefix}-{:05}.jsonl", *seq).as_str());
+                let put = store.put(&path, PutPayload::from(lines));
+                tokio::time::timeout(DEAD_LETTER_TIMEOUT, put)
+                    .await
+                    .map_err(|_| {
+                        SluiceError::new(
+                            ErrorKind::StorageUnavailable,
+                            format!("writing dead letters to {path}: timed out"),
+                        )
+                    })?
+                    .map_err(|e| {
+                        SluiceError::new(
+                            ErrorKind::StorageUnavailable,
+                            format!("writing dead letters to {path}: {e}"),
+                        )
+                    })?;
+                self.pending.clear();
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]))
+    }
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn json_csv_and_raw_decode_one_row_per_record() {
+        let json =
+            RecordDecoder::new(Format::parse(&opts(&[]), &["json"], false).unwrap(), schema()).unwrap();
+        let b = json
+            .decode_all(&[
+                br#"{"id": 1, "name": "a", "ts": "2026-11-22T10:00:00Z"}"#,
+                br#"{"id": 2, "extra": true}"#,
+            ])
+            .unwrap();
+        assert_eq!(b.num_rows(), 2);
+        let csv = RecordDecoder::new(
+            Format::parse(
+                &opts(&[("format", "csv"), ("csv.delimiter", "|")]),
+                &["json", "csv"],
+                false,
+            )
+            .unwrap(),
+            schema(),
+        )
+        .unwrap();
+        let b = csv
+            .decode_all(&[b"1|\"a|b\"|2026-11-22 10:00:00\n", b"2||"])
+            .unwrap();
+        assert_eq!(b.num_rows(), 2);
+        let names = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(names.value(0), "a|b");
+        let raw_schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+        let raw = RecordDecoder::new(Format::Raw, raw_schema.clone()).unwrap();
+        assert_eq!(raw.decode_all(&[b"x", b"y z"]).unwrap().num_rows(), 2);
+        assert!(raw.decode_all(&[b"\xff"]).is_err());
+        assert!(RecordDecoder::new(Format::Raw, schema()).is_err());
+    }
+
+    #[test]
+    fn malformed_records_are_found_one_by_one() {
+        let json =
+            RecordDecoder::new(Format::parse(&opts(&[]), &["json"], false).unwrap(), schema()).unwrap();
+        let records: Vec<&[u8]> = vec![
+            br#"{"id": 1}"#,
+            br#"{"id": "#,
+            br#"{"id": "not a number"}"#,
+            b"\xff\xfe",
+            br#"{"id": 5}{"id": 6}"#,
+            br#"{"id": 7}"#,
+        ];
+        let mut bad = Vec::new();
+        let (batch, kept) = json
+            .decode(&records, |i, e| {
+                bad.push((i, e));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(kept, Some(vec![0, 5]), "{bad:?}");
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        let strict = RecordDecoder::new(
+            Format::parse(
+                &opts(&[("json.ignore-unknown-fields", "false")]),
+                &["json"],
+                false,
+            )
+            .unwrap(),
+            schema(),
+        )
+        .unwrap();
+        assert!(strict.decode_all(&[br#"{"id": 2, "extra": true}"#]).is_err());
+    }
+
+    #[test]
+    fn epoch_timestamps() {
+        let json = RecordDecoder::new(
+            Format::parse(
+                &opts(&[("json.timestamp-format", "epoch-millis")]),
+                &["json"],
+                false,
+            )
+            .unwrap(),
+            schema(),
+        )
+        .unwrap();
+        let b = json.decode_all(&[br#"{"id": 1, "ts": 1763805600123}"#]).unwrap();
+        let ts = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1763805600123);
+    }
+
+    #[test]
+    fn policies_parse_and_fail_names_the_position() {
+        assert_eq!(
+            BadRecordPolicy::parse(&opts(&[]), None).unwrap(),
+            BadRecordPolicy::Fail
+        );
+        assert!(BadRecordPolicy::parse(&opts(&[("bad_records", "dead_letter")]), None).is_err());
+        assert!(
+            BadRecordPolicy::parse(
+                &opts(&[("bad_records", "dead_letter"), ("dead_letter.topic", "t")]),
+                None
+            )
+            .is_err()
+        );
+        let p = BadRecordPolicy::parse(
+            &opts(&[("bad_records", "dead_letter"), ("dead_letter.topic", "t")]),
+            Some(&opts(&[("bootstrap.servers", "b:1")])),
+        )
+        .unwrap();
+        assert!(matches!(p, BadRecordPolicy::DeadLetterTopic { .. }));
+        let mut bad = BadRecords::open(
+            BadRecordPolicy::Fail,
+            &StoreRegistry::default(),
+            &BTreeMap::new(),
+            "x".into(),
+        )
+        .unwrap();
+        let e = bad
+            .record(BadRecord {
+                raw: b"{".to_vec(),
+                error: "truncated".into(),
+                position: vec![("topic", Value::from("clicks")), ("offset", Value::from(42))],
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("topic 'clicks' offset 42: truncated"),
+            "{e}"
+        );
+    }
+}

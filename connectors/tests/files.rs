@@ -1,0 +1,262 @@
+//! The filesystem source: directories of JSON-lines, CSV and Parquet files
+//! read as streams (bounded and continuous), Hive partition and metadata
+//! columns, bad lines to a dead letter path. Local files here; the same
+//! source over S3 and HDFS is in sql-tests/slt/{s3,hdfs}/trips.slt.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use sluice_connectors::filesource::FileSystemSource;
+use sluice_connectors::filesystem::FileSystemSink;
+use sluice_engine::datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use sluice_engine::datafusion::arrow::compute::cast;
+use sluice_engine::datafusion::arrow::datatypes::DataType;
+use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry};
+
+async fn engine(dir: &Path, parallelism: usize) -> (Engine, Session) {
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(FileSystemSource::default()));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(FileSystemSink));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.to_path_buf(),
+        stores: Default::default(),
+        target_partitions: Some(parallelism),
+        sources,
+        sinks,
+    })
+    .await
+    .unwrap();
+    let session = engine.new_session();
+    (engine, session)
+}
+
+async fn exec(session: &mut Session, sql: &str) -> sluice_engine::Result<Vec<RecordBatch>> {
+    let mut out = vec![];
+    for stmt in Session::parse(sql)? {
+        let prepared = session.prepare(stmt).await?;
+        if let Output::Rows(s) = session.execute(&prepared, None).await? {
+            out.extend(s.try_collect::<Vec<_>>().await?);
+        }
+    }
+    Ok(out)
+}
+
+/// `key -> count` rows of a two-column result.
+fn counts(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let k = cast(b.column(0), &DataType::Utf8).unwrap();
+        let k = k.as_any().downcast_ref::<StringArray>().unwrap();
+        let v = cast(b.column(1), &DataType::Int64).unwrap();
+        let v = v.as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            *out.entry(k.value(i).to_string()).or_default() += v.value(i);
+        }
+    }
+    out
+}
+
+const BASE_MS: i64 = 1_763_805_600_000; // 2025-11-22T10:00:00Z
+
+/// Writes a file the way files should appear under a watched directory:
+/// whole (a hidden temporary name, then a rename).
+fn land(dir: &Path, rel: &str, bytes: &[u8]) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path
+        .parent()
+        .unwrap()
+        .join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+async fn wait_for(s: &mut Session, sql: &str, want: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = counts(&exec(s, sql).await.unwrap());
+        if &got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_json_files_window_like_the_expected_answer_and_bad_lines_go_to_the_dead_letter_path() {
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("clicks");
+    // 4 files over two day partitions; 10 ms apart, 4000 clicks in all.
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    let mut bad_lines = Vec::new();
+    for f in 0..4i64 {
+        let day = if f < 2 { "2025-11-22" } else { "2025-11-23" };
+        let mut text = String::new();
+        for j in 0..1000i64 {
+            let i = f * 1000 + j;
+            let ts = BASE_MS + i * 10;
+            text.push_str(&format!(
+                r#"{{"user_id": {}, "page": "p{}", "ts": {ts}}}"#,
+                i % 50,
+                i % 7
+            ));
+            text.push('\n');
+            *want
+                .entry(format!("{day} p{} {}", i % 7, ts.div_euclid(1000) * 1000))
+                .or_default() += 1;
+            if j == 500 {
+                // A truncated record and a wrong type, each on its own line.
+                let bad = [
+                    r#"{"user_id": 1, "page": "#.to_string(),
+                    format!(r#"{{"user_id": "x{f}"}}"#),
+                ];
+                for b in bad {
+                    text.push_str(&b);
+                    text.push('\n');
+                    bad_lines.push(b);
+                }
+            }
+        }
+        land(&lake, &format!("dt={day}/part-{f}.json"), text.as_bytes());
+    }
+    // Files the source must not read: hidden and underscore names.
+    land(&lake, "dt=2025-11-22/_SUCCESS", b"not json");
+    land(&lake, "dt=2025-11-22/.part-9.json.crc", b"not json");
+
+    for parallelism in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = dir.path().join("dlq");
+        let (_engine, mut s) = engine(dir.path(), parallelism).await;
+        exec(
+            &mut s,
+            &format!(
+                "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), dt TEXT, \
+                   file TEXT METADATA FROM 'file.name', \
+                   WATERMARK FOR ts AS ts - INTERVAL '1 second') \
+                 WITH (connector = 'filesystem', path = '{}', format = 'json', partition_by = 'dt', \
+                   'scan.mode' = 'bounded', 'bad_records' = 'dead_letter', 'dead_letter.path' = '{}')",
+                lake.display(),
+                dlq.display()
+            ),
+        )
+        .await
+        .unwrap();
+        exec(
+            &mut s,
+            "CREATE SINK per_window WITH (connector = 'filesystem', path = 'per_window', format = 'parquet') AS \
+             SELECT dt || ' ' || page || ' ' || CAST(CAST(window_start AS BIGINT) AS TEXT) AS k, count(*) AS n, \
+                    count(DISTINCT file) AS files \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY dt, page, window_start",
+        )
+        .await
+        .unwrap();
+        // Bounded: the job finishes by itself, every window closed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+            let done = jobs.iter().all(|b| {
+                let c = b.column(b.schema().index_of("status").unwrap());
+                let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+                (0..c.len()).all(|i| c.value(i) == "finished")
+            });
+            if done || Instant::now() > deadline {
+                assert!(done, "the bounded job finished");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = counts(&exec(&mut s, "SELECT k, n FROM per_window").await.unwrap());
+        assert_eq!(got.len(), want.len(), "windows at parallelism {parallelism}");
+        assert_eq!(got, want, "parallelism {parallelism}");
+        // Every row of a window came from one file here (windows are 1 s,
+        // a file holds 10 s of clicks and windows don't straddle files).
+        let files = exec(&mut s, "SELECT max(files) FROM per_window").await.unwrap();
+        let files = files[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(files.value(0), 1);
+
+        // The dead letters: each bad line once, with its error and position.
+        let mut letters = Vec::new();
+        for entry in std::fs::read_dir(&dlq).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for line in text.lines() {
+                letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+            }
+        }
+        let mut raw: Vec<String> = letters
+            .iter()
+            .map(|l| l["raw_text"].as_str().unwrap().to_string())
+            .collect();
+        raw.sort();
+        let mut expected = bad_lines.clone();
+        expected.sort();
+        assert_eq!(raw, expected, "parallelism {parallelism}");
+        for l in &letters {
+            assert!(!l["error"].as_str().unwrap().is_empty(), "{l}");
+            assert!(l["file"].as_str().unwrap().ends_with(".json"), "{l}");
+            assert!(l["line"].as_u64().unwrap() > 500, "{l}");
+        }
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        let bad: i64 = jobs
+            .iter()
+            .map(|b| {
+                let c = b.column(b.schema().index_of("bad_rows").unwrap());
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .iter()
+                    .sum::<i64>()
+            })
+            .sum();
+        assert_eq!(bad, bad_lines.len() as i64, "bad rows counted in SHOW JOBS");
+        exec(&mut s, "DROP SINK per_window").await.unwrap();
+        exec(&mut s, "DROP STREAM clicks").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_csv_source_reads_new_files_once_each() {
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("in");
+    std::fs::create_dir_all(&lake).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM visits (user_id BIGINT, page TEXT, note TEXT) \
+             WITH (connector = 'filesystem', path = '{}', format = 'csv', 'csv.delimiter' = ';', \
+               'source.monitor-interval' = '100ms')",
+            lake.display()
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW per_page AS SELECT page, count(*) AS n FROM visits GROUP BY page",
+    )
+    .await
+    .unwrap();
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for f in 0..5 {
+        // A header line, quoted fields with the delimiter and a line break.
+        let mut text = String::from("user_id;page;note\n");
+        for i in 0..200 {
+            text.push_str(&format!("{i};p{};\"a;b\nc\"\n", (i + f) % 3));
+            *want.entry(format!("p{}", (i + f) % 3)).or_default() += 1;
+        }
+        land(&lake, &format!("visits-{f}.csv"), text.as_bytes());
+        let got = wait_for(&mut s, "SELECT page, n FROM per_page", &want).await;
+        assert_eq!(got, want, "after file {f}");
+    }
+    // Notes kept their quoted delimiter and line break.
+    let notes = exec(&mut s, "SELECT note FROM visits LIMIT 1").await.unwrap();
+    let n = cast(notes[0].column(0), &DataType::Utf8).unwrap();
+    let n = n.as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(n.value(0), "a;b\nc");
+}
