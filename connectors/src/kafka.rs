@@ -515,6 +515,8 @@ impl KafkaSource {
             bad.push((sized[i], e));
             Ok(())
         })?;
+        // In the order they were read.
+        bad.sort_by_key(|(i, _)| *i);
         for (i, error) in bad {
             let r = &records[i];
             self.bad.record(BadRecord {

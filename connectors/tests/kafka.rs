@@ -331,6 +331,8 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
     create_topic(&src, 2).await;
     create_topic(&windows_topic, 1).await;
     create_topic(&totals_topic, 1).await;
+    let changes_topic = format!("d-{id}");
+    create_topic(&changes_topic, 1).await;
     let n = 1000i64;
     let mut records: Vec<(i32, Vec<u8>)> = (0..n).map(|i| ((i % 2) as i32, click(i))).collect();
     for p in 0..2 {
@@ -438,4 +440,269 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
     };
     let totals = read_topic(&totals_topic, 1, |r| final_of(r) == want_totals).await;
     assert_eq!(final_of(&totals), want_totals);
+
+    // Debezium envelopes of the same updating result: replaying c/u/d
+    // gives the final counts, and counts that changed came as updates.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK changes WITH (connector = 'kafka', topic = '{changes_topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'debezium-json', key = 'page') AS \
+             SELECT page, count(*) AS views FROM clicks GROUP BY page"
+        ),
+    )
+    .await
+    .unwrap();
+    let replay = |records: &[(String, Option<String>)]| {
+        let mut state: BTreeMap<String, i64> = BTreeMap::new();
+        let mut ops = std::collections::BTreeSet::new();
+        for (_, v) in records {
+            let v: serde_json::Value = serde_json::from_str(v.as_deref().unwrap()).unwrap();
+            let op = v["op"].as_str().unwrap().to_string();
+            if !v["before"].is_null() {
+                let before = &v["before"];
+                assert_eq!(state.get(before["page"].as_str().unwrap()), before["views"].as_i64().as_ref(), "{v}");
+                state.remove(before["page"].as_str().unwrap());
+            }
+            if !v["after"].is_null() {
+                let after = &v["after"];
+                state.insert(after["page"].as_str().unwrap().to_string(), after["views"].as_i64().unwrap());
+            }
+            ops.insert(op);
+        }
+        (state, ops)
+    };
+    let changes = read_topic(&changes_topic, 1, |r| replay(r).0 == want_totals).await;
+    let (state, ops) = replay(&changes);
+    assert_eq!(state, want_totals);
+    assert!(ops.contains("c"), "{ops:?}");
+}
+
+/// Reads `n` records of a topic (1 partition) with their headers.
+async fn read_with_headers(topic: &str, n: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "sluice-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for h in h.iter() {
+                        headers.insert(
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn strings(batches: &[RecordBatch], col: usize) -> Vec<Option<String>> {
+    let mut out = vec![];
+    for b in batches {
+        let c = cast(b.column(col), &DataType::Utf8).unwrap();
+        let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+        out.extend((0..c.len()).map(|i| (!c.is_null(i)).then(|| c.value(i).to_string())));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let id = std::process::id();
+    let (topic, dlq) = (format!("meta-{id}"), format!("meta-dlq-{id}"));
+    create_topic(&topic, 2).await;
+    create_topic(&dlq, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    // 40 good records with keys, headers and timestamps; bad ones between
+    // them: truncated, a wrong type, invalid UTF-8, oversized.
+    let oversized = format!(r#"{{"user_id": 1, "page": "{}"}}"#, "x".repeat(500)).into_bytes();
+    let bad: Vec<Vec<u8>> = vec![
+        br#"{"user_id": 3, "page"#.to_vec(),
+        br#"{"user_id": "three", "page": "p"}"#.to_vec(),
+        vec![b'{', b'"', b'p', b'a', b'g', b'e', b'"', b':', b'"', 0xff, b'"', b'}'],
+        oversized,
+    ];
+    let mut sent = vec![];
+    for i in 0..40i64 {
+        let part = (i % 2) as i32;
+        let payload = format!(r#"{{"user_id": {i}, "page": "p{}"}}"#, i % 3);
+        let key = format!("k{i}");
+        let ts = BASE_MS + i;
+        let delivered = producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(part)
+                    .key(&key)
+                    .payload(&payload)
+                    .timestamp(ts)
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "origin",
+                        value: Some("test"),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{e}"));
+        sent.push((i, part, delivered.offset, ts));
+        if i % 10 == 5 {
+            let b = &bad[(i / 10) as usize];
+            producer
+                .send(FutureRecord::<(), _>::to(&topic).partition(0).payload(b), Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|(e, _)| panic!("{e}"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = engine(dir.path(), 2).await;
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, \
+               part INT METADATA FROM 'partition', off BIGINT METADATA FROM 'offset', \
+               k TEXT METADATA FROM 'key', at TIMESTAMP(3) METADATA FROM 'timestamp', \
+               hdrs TEXT METADATA FROM 'headers' VIRTUAL) \
+             WITH (connector = 'kafka', topic = '{topic}', 'properties.bootstrap.servers' = '{b}', \
+               'scan.record.max-bytes' = '200', 'bad_records' = 'dead_letter', 'dead_letter.topic' = '{dlq}')"
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nope (a BIGINT, x INT METADATA FROM 'leader') WITH (connector = 'kafka', \
+             topic = '{topic}', 'properties.bootstrap.servers' = '{b}')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("available: key, partition"), "{err}");
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW seen AS SELECT user_id, part, off, k, CAST(at AS BIGINT) AS at, hdrs FROM clicks",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = exec(&mut s, "SELECT user_id, part, off, k, at, hdrs FROM seen ORDER BY user_id")
+            .await
+            .unwrap();
+        let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+        if n >= sent.len() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let users = strings(&rows, 0);
+    let parts = strings(&rows, 1);
+    let offs = strings(&rows, 2);
+    let keys = strings(&rows, 3);
+    let ats = strings(&rows, 4);
+    let hdrs = strings(&rows, 5);
+    assert_eq!(users.len(), sent.len(), "every good record, once");
+    for (row, (i, part, off, ts)) in sent.iter().enumerate() {
+        assert_eq!(users[row].as_deref(), Some(i.to_string().as_str()));
+        assert_eq!(parts[row].as_deref(), Some(part.to_string().as_str()), "row {row}");
+        assert_eq!(offs[row].as_deref(), Some(off.to_string().as_str()), "row {row}");
+        assert_eq!(keys[row].as_deref(), Some(format!("k{i}").as_str()));
+        // TIMESTAMP(3) cast to BIGINT: milliseconds.
+        assert_eq!(ats[row].as_deref(), Some(ts.to_string().as_str()));
+        assert_eq!(hdrs[row].as_deref(), Some(r#"{"origin":"test"}"#));
+    }
+    // Each bad record went to the dead letter topic, raw bytes intact, with
+    // its error and position in the headers.
+    let letters = read_with_headers(&dlq, bad.len()).await;
+    assert_eq!(letters.len(), bad.len());
+    for ((raw, headers), want) in letters.iter().zip(&bad) {
+        assert_eq!(raw, want);
+        assert_eq!(headers["sluice.topic"], topic);
+        assert_eq!(headers["sluice.partition"], "0");
+        assert!(headers["sluice.offset"].parse::<i64>().is_ok(), "{headers:?}");
+        assert!(!headers["sluice.error"].is_empty());
+    }
+    assert!(letters[3].1["sluice.error"].contains("scan.record.max-bytes"), "{:?}", letters[3].1);
+    // SHOW JOBS: bad rows counted, each partition's position and lag shown.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        let bad_rows: i64 = jobs
+            .iter()
+            .map(|b| {
+                let c = b.column(b.schema().index_of("bad_rows").unwrap());
+                c.as_any().downcast_ref::<Int64Array>().unwrap().values().iter().sum::<i64>()
+            })
+            .sum();
+        let details = jobs
+            .iter()
+            .flat_map(|b| strings(std::slice::from_ref(b), b.schema().index_of("detail").unwrap()))
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let shown = details.contains("p0 offset=") && details.contains("p1 offset=") && details.contains("lag=");
+        if (bad_rows == bad.len() as i64 && shown) || Instant::now() > deadline {
+            assert_eq!(bad_rows, bad.len() as i64);
+            assert!(shown, "{details}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // CSV and raw records.
+    let (csv_topic, raw_topic) = (format!("csv-{id}"), format!("raw-{id}"));
+    create_topic(&csv_topic, 1).await;
+    create_topic(&raw_topic, 1).await;
+    produce(&csv_topic, &[(0, b"1|\"a|b\"".to_vec()), (0, b"2|c\r\n".to_vec())]).await;
+    produce(&raw_topic, &[(0, b"first line".to_vec()), (0, b"second".to_vec())]).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM c (n BIGINT, t TEXT) WITH (connector = 'kafka', topic = '{csv_topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'csv', 'csv.delimiter' = '|'); \
+             CREATE STREAM r (line TEXT) WITH (connector = 'kafka', topic = '{raw_topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'raw')"
+        ),
+    )
+    .await
+    .unwrap();
+    let c = exec(&mut s, "SELECT n, t FROM c LIMIT 2").await.unwrap();
+    assert_eq!(strings(&c, 1), vec![Some("a|b".to_string()), Some("c".to_string())]);
+    let r = exec(&mut s, "SELECT line FROM r LIMIT 2").await.unwrap();
+    assert_eq!(strings(&r, 0), vec![Some("first line".to_string()), Some("second".to_string())]);
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM r2 (a TEXT, b TEXT) WITH (connector = 'kafka', topic = '{raw_topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'raw')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("exactly one TEXT or BYTEA"), "{err}");
+    drop(engine);
 }
