@@ -23,8 +23,12 @@ fn brokers() -> String {
 }
 
 async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&brokers(), name, partitions).await
+}
+
+async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -35,8 +39,12 @@ async fn create_topic(name: &str, partitions: i32) {
 }
 
 async fn produce(topic: &str, records: &[(i32, Vec<u8>)]) {
+    produce_on(&brokers(), topic, records).await
+}
+
+async fn produce_on(brokers: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("message.timeout.ms", "10000")
         .create()
         .unwrap();
@@ -461,12 +469,19 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
             let op = v["op"].as_str().unwrap().to_string();
             if !v["before"].is_null() {
                 let before = &v["before"];
-                assert_eq!(state.get(before["page"].as_str().unwrap()), before["views"].as_i64().as_ref(), "{v}");
+                assert_eq!(
+                    state.get(before["page"].as_str().unwrap()),
+                    before["views"].as_i64().as_ref(),
+                    "{v}"
+                );
                 state.remove(before["page"].as_str().unwrap());
             }
             if !v["after"].is_null() {
                 let after = &v["after"];
-                state.insert(after["page"].as_str().unwrap().to_string(), after["views"].as_i64().unwrap());
+                state.insert(
+                    after["page"].as_str().unwrap().to_string(),
+                    after["views"].as_i64().unwrap(),
+                );
             }
             ops.insert(op);
         }
@@ -543,7 +558,9 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     let bad: Vec<Vec<u8>> = vec![
         br#"{"user_id": 3, "page"#.to_vec(),
         br#"{"user_id": "three", "page": "p"}"#.to_vec(),
-        vec![b'{', b'"', b'p', b'a', b'g', b'e', b'"', b':', b'"', 0xff, b'"', b'}'],
+        vec![
+            b'{', b'"', b'p', b'a', b'g', b'e', b'"', b':', b'"', 0xff, b'"', b'}',
+        ],
         oversized,
     ];
     let mut sent = vec![];
@@ -571,7 +588,10 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
         if i % 10 == 5 {
             let b = &bad[(i / 10) as usize];
             producer
-                .send(FutureRecord::<(), _>::to(&topic).partition(0).payload(b), Duration::from_secs(10))
+                .send(
+                    FutureRecord::<(), _>::to(&topic).partition(0).payload(b),
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap_or_else(|(e, _)| panic!("{e}"));
         }
@@ -610,9 +630,12 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
-        let rows = exec(&mut s, "SELECT user_id, part, off, k, at, hdrs FROM seen ORDER BY user_id")
-            .await
-            .unwrap();
+        let rows = exec(
+            &mut s,
+            "SELECT user_id, part, off, k, at, hdrs FROM seen ORDER BY user_id",
+        )
+        .await
+        .unwrap();
         let n: usize = rows.iter().map(|b| b.num_rows()).sum();
         if n >= sent.len() || Instant::now() > deadline {
             break rows;
@@ -628,7 +651,11 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     assert_eq!(users.len(), sent.len(), "every good record, once");
     for (row, (i, part, off, ts)) in sent.iter().enumerate() {
         assert_eq!(users[row].as_deref(), Some(i.to_string().as_str()));
-        assert_eq!(parts[row].as_deref(), Some(part.to_string().as_str()), "row {row}");
+        assert_eq!(
+            parts[row].as_deref(),
+            Some(part.to_string().as_str()),
+            "row {row}"
+        );
         assert_eq!(offs[row].as_deref(), Some(off.to_string().as_str()), "row {row}");
         assert_eq!(keys[row].as_deref(), Some(format!("k{i}").as_str()));
         // TIMESTAMP(3) cast to BIGINT: milliseconds.
@@ -646,7 +673,11 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
         assert!(headers["sluice.offset"].parse::<i64>().is_ok(), "{headers:?}");
         assert!(!headers["sluice.error"].is_empty());
     }
-    assert!(letters[3].1["sluice.error"].contains("scan.record.max-bytes"), "{:?}", letters[3].1);
+    assert!(
+        letters[3].1["sluice.error"].contains("scan.record.max-bytes"),
+        "{:?}",
+        letters[3].1
+    );
     // SHOW JOBS: bad rows counted, each partition's position and lag shown.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -655,7 +686,12 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
             .iter()
             .map(|b| {
                 let c = b.column(b.schema().index_of("bad_rows").unwrap());
-                c.as_any().downcast_ref::<Int64Array>().unwrap().values().iter().sum::<i64>()
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .iter()
+                    .sum::<i64>()
             })
             .sum();
         let details = jobs
@@ -664,7 +700,8 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
-        let shown = details.contains("p0 offset=") && details.contains("p1 offset=") && details.contains("lag=");
+        let shown =
+            details.contains("p0 offset=") && details.contains("p1 offset=") && details.contains("lag=");
         if (bad_rows == bad.len() as i64 && shown) || Instant::now() > deadline {
             assert_eq!(bad_rows, bad.len() as i64);
             assert!(shown, "{details}");
@@ -677,8 +714,16 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     let (csv_topic, raw_topic) = (format!("csv-{id}"), format!("raw-{id}"));
     create_topic(&csv_topic, 1).await;
     create_topic(&raw_topic, 1).await;
-    produce(&csv_topic, &[(0, b"1|\"a|b\"".to_vec()), (0, b"2|c\r\n".to_vec())]).await;
-    produce(&raw_topic, &[(0, b"first line".to_vec()), (0, b"second".to_vec())]).await;
+    produce(
+        &csv_topic,
+        &[(0, b"1|\"a|b\"".to_vec()), (0, b"2|c\r\n".to_vec())],
+    )
+    .await;
+    produce(
+        &raw_topic,
+        &[(0, b"first line".to_vec()), (0, b"second".to_vec())],
+    )
+    .await;
     exec(
         &mut s,
         &format!(
@@ -691,9 +736,15 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     .await
     .unwrap();
     let c = exec(&mut s, "SELECT n, t FROM c LIMIT 2").await.unwrap();
-    assert_eq!(strings(&c, 1), vec![Some("a|b".to_string()), Some("c".to_string())]);
+    assert_eq!(
+        strings(&c, 1),
+        vec![Some("a|b".to_string()), Some("c".to_string())]
+    );
     let r = exec(&mut s, "SELECT line FROM r LIMIT 2").await.unwrap();
-    assert_eq!(strings(&r, 0), vec![Some("first line".to_string()), Some("second".to_string())]);
+    assert_eq!(
+        strings(&r, 0),
+        vec![Some("first line".to_string()), Some("second".to_string())]
+    );
     let err = exec(
         &mut s,
         &format!(
@@ -704,5 +755,167 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("exactly one TEXT or BYTEA"), "{err}");
+    drop(engine);
+}
+
+/// A broker of this test's own (the shared one keeps running for the
+/// others), storing its log on the S3 server so that it survives a restart.
+struct OwnBroker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    fn start(port: u16) -> Self {
+        let tansu =
+            std::env::var("SLUICE_TEST_TANSU").expect("needs SLUICE_TEST_TANSU: run ./scripts/test.sh");
+        let s3 = std::env::var("SLUICE_TEST_S3_ENDPOINT")
+            .expect("needs SLUICE_TEST_S3_ENDPOINT: run ./scripts/test.sh");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // The bucket scripts/infra/s3.sh creates for this test.
+            .args(["--storage-engine", "s3://kafka-restart/"])
+            .env("AWS_ENDPOINT", s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                std::env::var("SLUICE_TEST_S3_ACCESS_KEY_ID").unwrap_or("test".into()),
+            )
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                std::env::var("SLUICE_TEST_S3_SECRET_ACCESS_KEY").unwrap_or("testtesttest".into()),
+            )
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the test's broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_job_loses_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = OwnBroker::start(port);
+    let b = broker.brokers();
+    let topic = format!("restart-{}", std::process::id());
+    create_topic_on(&b, &topic, 2).await;
+    let batch = |from: i64| -> Vec<(i32, Vec<u8>)> {
+        (from..from + 500).map(|i| ((i % 2) as i32, click(i))).collect()
+    };
+    produce_on(&b, &topic, &batch(0)).await;
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..1000 {
+        *want.entry(format!("p{}", i % 7)).or_default() += 1;
+    }
+    let half: BTreeMap<String, i64> = {
+        let mut m = BTreeMap::new();
+        for i in 0..500 {
+            *m.entry(format!("p{}", i % 7)).or_default() += 1;
+        }
+        m
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = engine(dir.path(), 2).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{b}', 'properties.reconnect.backoff.max.ms' = '1000')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW per_page AS SELECT page, count(*) AS n FROM clicks GROUP BY page",
+    )
+    .await
+    .unwrap();
+    let wait = |want: BTreeMap<String, i64>| {
+        let mut s = engine.new_session();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let got = counts(&exec(&mut s, "SELECT page, n FROM per_page").await.unwrap());
+                if got == want || Instant::now() > deadline {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(wait(half.clone()).await, half);
+
+    // The broker goes away: the job keeps running and SHOW JOBS says why
+    // no rows come.
+    broker.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let details = loop {
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        let status = strings(&jobs, jobs[0].schema().index_of("status").unwrap());
+        assert!(
+            status.iter().all(|s| s.as_deref() == Some("running")),
+            "{status:?}"
+        );
+        let details = strings(&jobs, jobs[0].schema().index_of("detail").unwrap())
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if details.contains("error") || details.contains("retrying") || Instant::now() > deadline {
+            break details;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        details.contains("error") || details.contains("retrying"),
+        "{details}"
+    );
+
+    // Back, with its log: the job resumes where it was, nothing lost or
+    // read twice.
+    broker = OwnBroker::start(port);
+    produce_on(&b, &topic, &batch(500)).await;
+    assert_eq!(wait(want.clone()).await, want);
+    drop(broker);
     drop(engine);
 }

@@ -23,6 +23,8 @@ start)
     if curl -fsS "http://127.0.0.1:$PORT/moto-api/" >/dev/null 2>&1; then
       # The bucket the tests write to.
       curl -fsS -X PUT "http://127.0.0.1:$PORT/lake" >/dev/null
+      # The Kafka broker-restart test keeps its broker's log here.
+      curl -fsS -X PUT "http://127.0.0.1:$PORT/kafka-restart" >/dev/null
       echo "export SLUICE_TEST_S3_ENDPOINT=http://127.0.0.1:$PORT"
       echo "export SLUICE_TEST_S3_ACCESS_KEY_ID=test"
       echo "export SLUICE_TEST_S3_SECRET_ACCESS_KEY=testtesttest"
