@@ -37,7 +37,17 @@ struct FsOptions {
     file_size: u64,
     rollover: Duration,
     changelog: bool,
+    /// Files larger than this are uploaded in parts.
+    multipart_threshold: u64,
 }
+
+/// Files above this size go up as multipart uploads by default.
+const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// The part size of multipart uploads (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Attempts per file before the job fails (the stores retry requests
+/// themselves too; this covers a whole upload failing).
+const WRITE_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -167,6 +177,10 @@ impl FsOptions {
             Some(v) => parse_duration("sink.rolling-policy.rollover-interval", v)?,
             None => DEFAULT_ROLLOVER,
         };
+        let multipart_threshold = match options.get("sink.multipart.threshold") {
+            Some(v) => parse_size("sink.multipart.threshold", v)?,
+            None => DEFAULT_MULTIPART_THRESHOLD,
+        };
         Ok(Self {
             path,
             format,
@@ -174,6 +188,7 @@ impl FsOptions {
             file_size,
             rollover,
             changelog: changelog && updating,
+            multipart_threshold,
         })
     }
 
@@ -204,6 +219,7 @@ impl SinkConnector for FileSystemSink {
             "changelog",
             "sink.rolling-policy.file-size",
             "sink.rolling-policy.rollover-interval",
+            "sink.multipart.threshold",
         ]
     }
 
@@ -378,17 +394,47 @@ impl FsWriter {
         self.seq += 1;
         let file = format!("{}-{:05}.{}", self.prefix, self.seq, self.options.format.name());
         let path = path.join(file.as_str());
-        self.store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| {
-                SluiceError::new(
-                    sluice_engine::ErrorKind::StorageUnavailable,
-                    format!("writing {path}: {e}"),
-                )
-            })?;
-        Ok(())
+        let bytes = bytes::Bytes::from(bytes);
+        let mut attempt = 1;
+        loop {
+            let written = if bytes.len() as u64 > self.options.multipart_threshold {
+                upload_in_parts(self.store.as_ref(), &path, bytes.clone()).await
+            } else {
+                self.store
+                    .put(&path, PutPayload::from(bytes.clone()))
+                    .await
+                    .map(|_| ())
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < WRITE_ATTEMPTS => {
+                    tracing::warn!(%path, attempt, "writing a file failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(SluiceError::new(
+                        sluice_engine::ErrorKind::StorageUnavailable,
+                        format!("writing {path} ({attempt} attempts): {e}"),
+                    ));
+                }
+            }
+        }
     }
+}
+
+/// A large file as a multipart upload (parts of [`PART_SIZE`], uploaded
+/// concurrently by object_store); the object appears whole when the upload
+/// completes (a failed completion is aborted; the whole file is retried).
+async fn upload_in_parts(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: bytes::Bytes,
+) -> object_store::Result<()> {
+    let upload = store.put_multipart(path).await?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    writer.put(bytes);
+    writer.finish().await.map(|_| ())
 }
 
 fn encode(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
