@@ -2,7 +2,9 @@
 CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3),
                       WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
 WITH (connector = 'kafka', topic = 'clicks', 'properties.bootstrap.servers' = 'BROKERS',
-      'scan.startup.mode' = 'earliest-offset', format = 'json', 'bad_records' = 'skip');
+      'scan.startup.mode' = 'earliest-offset', format = 'json',
+      -- a malformed record goes to the clicks_bad topic with its error and position
+      'bad_records' = 'dead_letter', 'dead_letter.topic' = 'clicks_bad');
 
 -- Process and store: views per page per minute, landed as Hive-partitioned Parquet
 -- in the data directory (a relative path), readable as the table page_views.
