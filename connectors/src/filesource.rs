@@ -47,8 +47,8 @@ use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector, Sto
 
 use crate::filesystem::parse_duration;
 use crate::format::{
-    BAD_RECORD_OPTIONS, BadRecord, BadRecordPolicy, BadRecords, FORMAT_OPTIONS, Format, Layout,
-    RecordDecoder, is_bad_record_option,
+    BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
+    decoding_source_options, is_bad_record_option, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[
@@ -59,12 +59,7 @@ const OWN_OPTIONS: &[&str] = &[
     "batch.size",
 ];
 
-static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    let mut all = OWN_OPTIONS.to_vec();
-    all.extend_from_slice(FORMAT_OPTIONS);
-    all.extend_from_slice(BAD_RECORD_OPTIONS);
-    all
-});
+static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| decoding_source_options(OWN_OPTIONS));
 
 /// The metadata keys a file stream's columns can be filled from.
 const METADATA: &[&str] = &["file.path", "file.name", "file.size", "file.modification-time"];
@@ -193,17 +188,7 @@ impl SourceConnector for FileSystemSource {
                  'filesystem', path = '...', format = '...')",
             ));
         };
-        for f in schema.fields() {
-            if let Some(key) = metadata_key(f)
-                && !METADATA.contains(&key)
-            {
-                return Err(SluiceError::invalid_parameter(format!(
-                    "column {}: the filesystem source has no metadata '{key}'; available: {}",
-                    f.name(),
-                    METADATA.join(", ")
-                )));
-            }
-        }
+        check_metadata_columns(schema, "the filesystem source", METADATA)?;
         let o = Options::parse(options, schema)?;
         if o.format != Format::Parquet {
             RecordDecoder::new(o.format.clone(), o.layout(schema).payload().clone())?;
@@ -282,7 +267,7 @@ impl SourceConnector for FileSystemSource {
             o.bad_records.clone(),
             &self.stores,
             &store_options,
-            format!("files-{partition}-{}", unique()),
+            format!("files-{partition}-{}", unique_suffix()),
         )?;
         // How `file.path` spells a location: the URL's scheme and authority
         // before the store's path.
@@ -310,14 +295,6 @@ impl SourceConnector for FileSystemSource {
             files_done: 0,
         }))
     }
-}
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}")
 }
 
 /// A stable hash of a path (FNV-1a), to spread files over tasks.

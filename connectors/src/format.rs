@@ -43,6 +43,41 @@ pub const FORMAT_OPTIONS: &[&str] = &[
 /// `dead_letter.properties.*` for a dead letter topic's Kafka client).
 pub const BAD_RECORD_OPTIONS: &[&str] = &["bad_records", "dead_letter.topic", "dead_letter.path"];
 
+/// A decoding source's options: its own, then the format and bad-record
+/// ones.
+pub fn decoding_source_options(own: &[&'static str]) -> Vec<&'static str> {
+    let mut all = own.to_vec();
+    all.extend_from_slice(FORMAT_OPTIONS);
+    all.extend_from_slice(BAD_RECORD_OPTIONS);
+    all
+}
+
+/// Checks that every metadata column names one of the connector's
+/// `available` metadata keys.
+pub fn check_metadata_columns(schema: &SchemaRef, connector: &str, available: &[&str]) -> Result<()> {
+    for f in schema.fields() {
+        if let Some(key) = metadata_key(f)
+            && !available.contains(&key)
+        {
+            return Err(SluiceError::invalid_parameter(format!(
+                "column {}: {connector} has no metadata '{key}'; available: {}",
+                f.name(),
+                available.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Unique enough to tell runs apart in file names.
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}")
+}
+
 /// Whether `key` is a bad-record option.
 pub fn is_bad_record_option(key: &str) -> bool {
     BAD_RECORD_OPTIONS.contains(&key) || key.starts_with("dead_letter.properties.")

@@ -49,8 +49,8 @@ use sluice_engine::stream::metadata_key;
 use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
 use crate::format::{
-    BAD_RECORD_OPTIONS, BadRecord, BadRecordPolicy, BadRecords, FORMAT_OPTIONS, Format, Layout,
-    RecordDecoder, is_bad_record_option,
+    BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
+    decoding_source_options, is_bad_record_option, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[
@@ -64,12 +64,7 @@ const OWN_OPTIONS: &[&str] = &[
     "batch.linger.ms",
 ];
 
-static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    let mut all = OWN_OPTIONS.to_vec();
-    all.extend_from_slice(FORMAT_OPTIONS);
-    all.extend_from_slice(BAD_RECORD_OPTIONS);
-    all
-});
+static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| decoding_source_options(OWN_OPTIONS));
 
 /// The metadata keys a kafka stream's columns can be filled from.
 const METADATA: &[&str] = &["key", "partition", "offset", "timestamp", "headers", "topic"];
@@ -291,17 +286,7 @@ impl SourceConnector for KafkaConnector {
                 "a kafka stream declares its columns: CREATE STREAM name (col TYPE, ...) WITH (connector = 'kafka', ...)",
             ));
         };
-        for f in schema.fields() {
-            if let Some(key) = metadata_key(f)
-                && !METADATA.contains(&key)
-            {
-                return Err(SluiceError::invalid_parameter(format!(
-                    "column {}: kafka has no metadata '{key}'; available: {}",
-                    f.name(),
-                    METADATA.join(", ")
-                )));
-            }
-        }
+        check_metadata_columns(schema, "kafka", METADATA)?;
         let o = Options::parse(options)?;
         RecordDecoder::new(o.format.clone(), Layout::with_metadata(schema).payload().clone())?;
         o.partitions()?;
@@ -370,7 +355,7 @@ impl SourceConnector for KafkaConnector {
             o.bad_records.clone(),
             &self.stores,
             &store_options,
-            format!("kafka-{}-{partition}-{}", o.topic, unique()),
+            format!("kafka-{}-{partition}-{}", o.topic, unique_suffix()),
         )?;
         let wants_key = layout
             .schema()
@@ -401,15 +386,6 @@ impl SourceConnector for KafkaConnector {
             wants_headers,
         }))
     }
-}
-
-/// Unique enough to tell runs apart in file names.
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}", nanos)
 }
 
 /// What librdkafka tells a source task outside of messages: the last

@@ -8,56 +8,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use sluice_connectors::filesource::FileSystemSource;
 use sluice_connectors::filesystem::FileSystemSink;
-use sluice_engine::datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use sluice_engine::datafusion::arrow::array::{Array, Int64Array, StringArray};
 use sluice_engine::datafusion::arrow::compute::cast;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
-use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry};
+use sluice_engine::{Engine, Session, SinkRegistry, SourceRegistry};
+
+mod common;
+use common::{bad_rows, counts, exec, open_engine};
 
 async fn engine(dir: &Path, parallelism: usize) -> (Engine, Session) {
     let mut sources = SourceRegistry::default();
     sources.register(Arc::new(FileSystemSource::default()));
     let mut sinks = SinkRegistry::default();
     sinks.register(Arc::new(FileSystemSink));
-    let engine = Engine::open(EngineConfig {
-        data_dir: dir.to_path_buf(),
-        stores: Default::default(),
-        target_partitions: Some(parallelism),
-        sources,
-        sinks,
-    })
-    .await
-    .unwrap();
-    let session = engine.new_session();
-    (engine, session)
-}
-
-async fn exec(session: &mut Session, sql: &str) -> sluice_engine::Result<Vec<RecordBatch>> {
-    let mut out = vec![];
-    for stmt in Session::parse(sql)? {
-        let prepared = session.prepare(stmt).await?;
-        if let Output::Rows(s) = session.execute(&prepared, None).await? {
-            out.extend(s.try_collect::<Vec<_>>().await?);
-        }
-    }
-    Ok(out)
-}
-
-/// `key -> count` rows of a two-column result.
-fn counts(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let k = cast(b.column(0), &DataType::Utf8).unwrap();
-        let k = k.as_any().downcast_ref::<StringArray>().unwrap();
-        let v = cast(b.column(1), &DataType::Int64).unwrap();
-        let v = v.as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..b.num_rows() {
-            *out.entry(k.value(i).to_string()).or_default() += v.value(i);
-        }
-    }
-    out
+    open_engine(dir, parallelism, sources, sinks).await
 }
 
 const BASE_MS: i64 = 1_763_805_600_000; // 2025-11-22T10:00:00Z
@@ -200,18 +166,7 @@ async fn bounded_json_files_window_like_the_expected_answer_and_bad_lines_go_to_
             assert!(l["line"].as_u64().unwrap() > 500, "{l}");
         }
         let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
-        let bad: i64 = jobs
-            .iter()
-            .map(|b| {
-                let c = b.column(b.schema().index_of("bad_rows").unwrap());
-                c.as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .iter()
-                    .sum::<i64>()
-            })
-            .sum();
+        let bad = bad_rows(&jobs);
         assert_eq!(bad, bad_lines.len() as i64, "bad rows counted in SHOW JOBS");
         exec(&mut s, "DROP SINK per_window").await.unwrap();
         exec(&mut s, "DROP STREAM clicks").await.unwrap();

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -15,7 +14,10 @@ use sluice_connectors::kafka::KafkaConnector;
 use sluice_engine::datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use sluice_engine::datafusion::arrow::compute::cast;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
-use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry};
+use sluice_engine::{Engine, EngineConfig, Session, SinkRegistry, SourceRegistry};
+
+mod common;
+use common::{bad_rows, counts, exec, open_engine};
 
 fn brokers() -> String {
     std::env::var("SLUICE_TEST_KAFKA_BROKERS")
@@ -64,42 +66,7 @@ async fn produce_on(brokers: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
 async fn engine(dir: &std::path::Path, parallelism: usize) -> (Engine, Session) {
     let mut sources = SourceRegistry::default();
     sources.register(Arc::new(KafkaConnector::default()));
-    let engine = Engine::open(EngineConfig {
-        data_dir: dir.to_path_buf(),
-        stores: Default::default(),
-        target_partitions: Some(parallelism),
-        sources,
-        sinks: SinkRegistry::default(),
-    })
-    .await
-    .unwrap();
-    let session = engine.new_session();
-    (engine, session)
-}
-
-async fn exec(session: &mut Session, sql: &str) -> sluice_engine::Result<Vec<RecordBatch>> {
-    let mut out = vec![];
-    for stmt in Session::parse(sql)? {
-        let prepared = session.prepare(stmt).await?;
-        if let Output::Rows(s) = session.execute(&prepared, None).await? {
-            out.extend(s.try_collect::<Vec<_>>().await?);
-        }
-    }
-    Ok(out)
-}
-
-/// `page -> count` rows of a two-column result.
-fn counts(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for b in batches {
-        let k = cast(b.column(0), &DataType::Utf8).unwrap();
-        let k = k.as_any().downcast_ref::<StringArray>().unwrap();
-        let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..b.num_rows() {
-            *out.entry(k.value(i).to_string()).or_default() += v.value(i);
-        }
-    }
-    out
+    open_engine(dir, parallelism, sources, SinkRegistry::default()).await
 }
 
 const BASE_MS: i64 = 1_763_805_600_000; // 2025-11-22T10:00:00Z
@@ -682,18 +649,7 @@ async fn metadata_columns_csv_raw_and_dead_letters_to_a_topic() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
-        let bad_rows: i64 = jobs
-            .iter()
-            .map(|b| {
-                let c = b.column(b.schema().index_of("bad_rows").unwrap());
-                c.as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .iter()
-                    .sum::<i64>()
-            })
-            .sum();
+        let bad_rows = bad_rows(&jobs);
         let details = jobs
             .iter()
             .flat_map(|b| strings(std::slice::from_ref(b), b.schema().index_of("detail").unwrap()))
