@@ -48,7 +48,7 @@ use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector, Sto
 use crate::filesystem::parse_duration;
 use crate::format::{
     BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
-    decoding_source_options, is_bad_record_option, unique_suffix,
+    decoding_source_options, is_bad_record_option, run_aside, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[
@@ -201,29 +201,15 @@ impl SourceConnector for FileSystemSource {
             let mut list = store.list(Some(&base));
             list.next().await.transpose()
         };
-        // On a thread of its own: CREATE STREAM may run inside any kind of
-        // runtime, and the check must not block it.
-        let listed = std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                Ok::<_, std::io::Error>(
-                    rt.block_on(async { tokio::time::timeout(LIST_TIMEOUT, probe).await }),
-                )
-            })
-            .join()
-            .map_err(|_| SluiceError::internal("listing thread panicked"))
-        })??;
-        match listed {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+        match run_aside(probe, LIST_TIMEOUT)? {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
                 return Err(SluiceError::new(
                     ErrorKind::StorageUnavailable,
                     format!("listing {}: {e}", o.path),
                 ));
             }
-            Err(_) => {
+            None => {
                 return Err(SluiceError::new(
                     ErrorKind::StorageUnavailable,
                     format!("listing {} took more than {}s", o.path, LIST_TIMEOUT.as_secs()),

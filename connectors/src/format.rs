@@ -29,6 +29,8 @@ use serde_json::Value;
 use sluice_engine::stream::metadata_key;
 use sluice_engine::{ErrorKind, Result, SluiceError, StoreRegistry};
 
+use crate::avro::{AvroDecoder, AvroFraming};
+
 /// Format options every decoding source accepts.
 pub const FORMAT_OPTIONS: &[&str] = &[
     "format",
@@ -37,6 +39,10 @@ pub const FORMAT_OPTIONS: &[&str] = &[
     "csv.delimiter",
     "csv.quote",
     "csv.header",
+    "avro.schema",
+    "avro-confluent.url",
+    "avro-confluent.schema-registry.url",
+    "avro-confluent.subject",
 ];
 
 /// Bad-record options every decoding source accepts (plus
@@ -78,6 +84,23 @@ pub fn unique_suffix() -> String {
     format!("{nanos:x}")
 }
 
+/// Runs `future` on a thread of its own, for at most `timeout` (`None`
+/// when it took longer). For checks at CREATE: those run inside any kind
+/// of runtime, and must not block it.
+pub fn run_aside<T: Send>(future: impl Future<Output = T> + Send, timeout: Duration) -> Result<Option<T>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok::<_, std::io::Error>(rt.block_on(async { tokio::time::timeout(timeout, future).await.ok() }))
+        })
+        .join()
+        .map_err(|_| SluiceError::internal("a check at CREATE panicked"))
+    })?
+    .map_err(|e| SluiceError::internal(format!("a check at CREATE: {e}")))
+}
+
 /// Whether `key` is a bad-record option.
 pub fn is_bad_record_option(key: &str) -> bool {
     BAD_RECORD_OPTIONS.contains(&key) || key.starts_with("dead_letter.properties.")
@@ -108,6 +131,8 @@ pub enum Format {
     Raw,
     /// Parquet files (file source only).
     Parquet,
+    /// Avro records, plain or in the Confluent wire format.
+    Avro(AvroFraming),
 }
 
 fn single_byte(options: &BTreeMap<String, String>, key: &str, default: u8) -> Result<u8> {
@@ -177,6 +202,7 @@ impl Format {
             },
             "raw" => Format::Raw,
             "parquet" => Format::Parquet,
+            "avro" | "avro-confluent" => Format::Avro(AvroFraming::parse(&name, options)?),
             other => {
                 return Err(SluiceError::not_supported(format!(
                     "format '{other}' is not supported"
@@ -191,6 +217,8 @@ impl Format {
             Format::Csv { .. } => "csv",
             Format::Raw => "raw",
             Format::Parquet => "parquet",
+            Format::Avro(AvroFraming::Plain { .. }) => "avro",
+            Format::Avro(AvroFraming::Confluent { .. }) => "avro-confluent",
         }
     }
 }
@@ -202,6 +230,8 @@ pub struct RecordDecoder {
     schema: SchemaRef,
     /// What the vectorized decoder produces (epoch timestamps as integers).
     decode_schema: SchemaRef,
+    /// The avro decoder (its schemas and registry client), shared by clones.
+    avro: Option<Arc<AvroDecoder>>,
 }
 
 impl RecordDecoder {
@@ -242,11 +272,25 @@ impl RecordDecoder {
             )),
             _ => schema.clone(),
         };
+        let avro = match &format {
+            Format::Avro(framing) => Some(Arc::new(AvroDecoder::new(framing, schema.clone())?)),
+            _ => None,
+        };
         Ok(Self {
             format,
             schema,
             decode_schema,
+            avro,
         })
+    }
+
+    /// Fetches what decoding `records` needs from elsewhere first (the
+    /// writer schemas of Confluent-framed Avro records).
+    pub async fn prepare(&self, records: &[&[u8]]) -> Result<()> {
+        match &self.avro {
+            Some(avro) => avro.prepare(records).await,
+            None => Ok(()),
+        }
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -306,6 +350,10 @@ impl RecordDecoder {
                 return Err(SluiceError::internal(
                     "parquet is decoded per file, not per record",
                 ));
+            }
+            Format::Avro(_) => {
+                let avro = self.avro.as_ref().expect("avro decoder");
+                return avro.decode_all(records);
             }
         };
         let batch = match batch {

@@ -48,9 +48,10 @@ use serde_json::Value;
 use sluice_engine::stream::metadata_key;
 use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
+use crate::avro::{AvroEncoder, AvroFraming, Registry};
 use crate::format::{
     BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
-    decoding_source_options, is_bad_record_option, unique_suffix,
+    decoding_source_options, is_bad_record_option, run_aside, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[
@@ -199,7 +200,7 @@ impl Options {
         };
         Ok(Self {
             startup,
-            format: Format::parse(options, &["json", "csv", "raw"], false)?,
+            format: Format::parse(options, &["json", "csv", "raw", "avro", "avro-confluent"], false)?,
             bad_records: BadRecordPolicy::parse(options, Some(&properties))?,
             max_record_bytes: number(options, "scan.record.max-bytes", 16 << 20)? as usize,
             retry_timeout: Duration::from_secs(number(options, "scan.retry.timeout", 300)?),
@@ -628,6 +629,16 @@ impl Source for KafkaSource {
                     self.deadline = Some(tokio::time::Instant::now() + self.options.linger);
                 }
             }
+            // Writer schemas the records need (Avro with a registry) are
+            // fetched before the records leave `fetching`, so cancelling
+            // here loses nothing; a registry that cannot be reached is
+            // retried like the broker.
+            let payloads: Vec<&[u8]> = self.fetching.iter().map(|r| &r.payload[..]).collect();
+            if let Err(e) = self.decoder.prepare(&payloads).await {
+                self.backoff(e.to_string()).await?;
+                continue;
+            }
+            self.retry = None;
             self.deadline = None;
             let records = std::mem::take(&mut self.fetching);
             // One batch per partition: each partition is a split with its
@@ -744,14 +755,25 @@ mod tests {
 #[derive(Debug, Default)]
 pub struct KafkaSink;
 
-const SINK_OPTIONS: &[&str] = &["topic", "format", "sink.mode", "key"];
+const SINK_OPTIONS: &[&str] = &[
+    "topic",
+    "format",
+    "sink.mode",
+    "key",
+    "avro-confluent.url",
+    "avro-confluent.schema-registry.url",
+    "avro-confluent.subject",
+];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SinkFormat {
     Json,
     Csv,
     /// Debezium-style change envelopes: `{"before", "after", "op"}`.
     Debezium,
+    /// Avro records with the schema derived from the query's columns:
+    /// plain bodies, or the Confluent wire format (registry url, subject).
+    Avro(Option<(String, String)>),
 }
 
 #[derive(Debug, Clone)]
@@ -769,9 +791,17 @@ impl SinkOptions {
             None | Some("json") => SinkFormat::Json,
             Some("csv") => SinkFormat::Csv,
             Some("debezium-json") => SinkFormat::Debezium,
+            Some(name @ ("avro" | "avro-confluent")) => match AvroFraming::parse(name, options)? {
+                AvroFraming::Plain { .. } => SinkFormat::Avro(None),
+                AvroFraming::Confluent { url, subject } => {
+                    let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
+                    SinkFormat::Avro(Some((url, subject)))
+                }
+            },
             Some(other) => {
                 return Err(SluiceError::not_supported(format!(
-                    "format '{other}' is not supported by the kafka sink; use json, csv or debezium-json"
+                    "format '{other}' is not supported by the kafka sink; use json, csv, debezium-json, avro \
+                     or avro-confluent"
                 )));
             }
         };
@@ -849,6 +879,22 @@ impl SinkConnector for KafkaSink {
         updating: bool,
     ) -> Result<Option<sluice_engine::Landed>> {
         let o = SinkOptions::parse(options, schema, updating)?;
+        // The schema must be one Avro can carry, and the registry must take it.
+        if let SinkFormat::Avro(confluent) = &o.format {
+            let json = AvroEncoder::schema_json(schema)?;
+            AvroEncoder::new(schema, None)?;
+            if let Some((url, subject)) = confluent {
+                let registry = Registry::new(url)?;
+                run_aside(registry.register(subject, &json), Duration::from_secs(15))?.ok_or_else(
+                    || {
+                        SluiceError::new(
+                            ErrorKind::StorageUnavailable,
+                            format!("schema registry {url}: no answer in 15s"),
+                        )
+                    },
+                )??;
+            }
+        }
         // The topic must exist: a clear error now rather than a failed job.
         Options::parse(&BTreeMap::from([
             ("topic".to_string(), o.topic.clone()),
@@ -885,6 +931,7 @@ impl SinkConnector for KafkaSink {
             schema: schema.clone(),
             updating,
             pending: Vec::new(),
+            avro: None,
         }))
     }
 }
@@ -895,6 +942,8 @@ struct KafkaWriter {
     schema: SchemaRef,
     updating: bool,
     pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Made at the first write (Confluent: once the registry gave an id).
+    avro: Option<AvroEncoder>,
 }
 
 /// Rows of a batch as JSON objects, one per row.
@@ -1033,8 +1082,21 @@ impl sluice_engine::SinkWriter for KafkaWriter {
             (batch, None)
         };
         let keys = self.keys(&rows)?;
-        let values = match self.options.format {
+        let values = match &self.options.format {
             SinkFormat::Csv => csv_rows(&rows)?,
+            SinkFormat::Avro(confluent) => {
+                if self.avro.is_none() {
+                    let id = match confluent {
+                        None => None,
+                        Some((url, subject)) => {
+                            let json = AvroEncoder::schema_json(&self.schema)?;
+                            Some(Registry::new(url)?.register(subject, &json).await?)
+                        }
+                    };
+                    self.avro = Some(AvroEncoder::new(&self.schema, id)?);
+                }
+                self.avro.as_mut().expect("avro encoder").encode(&rows)?
+            }
             _ => json_rows(&rows)?,
         };
         // A delete followed by an insert of the same key in this batch is
@@ -1056,7 +1118,7 @@ impl sluice_engine::SinkWriter for KafkaWriter {
         for i in 0..rows.num_rows() {
             let key = &keys[i];
             let reinserted = is_delete(i) && last_insert.get(key).is_some_and(|j| *j > i);
-            match self.options.format {
+            match &self.options.format {
                 SinkFormat::Debezium => {
                     if reinserted {
                         updated_from.insert(last_insert[key], i);

@@ -6,6 +6,7 @@
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
 
+pub mod avro;
 pub mod datagen;
 pub mod filesource;
 pub mod filesystem;

@@ -875,3 +875,387 @@ async fn a_broker_restart_mid_job_loses_nothing() {
     drop(broker);
     drop(engine);
 }
+
+/// A schema registry for the Avro test: the three calls of the Confluent
+/// REST API that Sluice makes (GET /schemas/ids/N, POST
+/// /subjects/S/versions), served from memory. No Confluent-API registry
+/// can be installed on these machines (Confluent's and Apicurio's are Java
+/// from outside the reachable package registries; Karapace is not
+/// published as a Python package), so this stands in for one; the broker
+/// is the real one. Returns its URL and what was registered
+/// (id -> (subject, schema)).
+async fn schema_registry(
+    preset: Vec<(u32, String)>,
+) -> (String, Arc<std::sync::Mutex<BTreeMap<u32, (String, String)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let schemas: Arc<std::sync::Mutex<BTreeMap<u32, (String, String)>>> = Arc::new(std::sync::Mutex::new(
+        preset
+            .into_iter()
+            .map(|(id, s)| (id, ("preset".to_string(), s)))
+            .collect(),
+    ));
+    let state = schemas.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        break (head, buf[end + 4..end + 4 + length].to_vec());
+                    }
+                };
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+                let (status, answer) = match (method, parts.as_slice()) {
+                    ("GET", ["schemas", "ids", id]) => {
+                        let id: u32 = id.parse().unwrap_or(u32::MAX);
+                        match state.lock().unwrap().get(&id) {
+                            Some((_, s)) => ("200 OK", serde_json::json!({ "schema": s })),
+                            None => (
+                                "404 Not Found",
+                                serde_json::json!({"error_code": 40403, "message": "Schema not found"}),
+                            ),
+                        }
+                    }
+                    ("POST", ["subjects", subject, "versions"]) => {
+                        let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let schema = req["schema"].as_str().unwrap().to_string();
+                        let mut state = state.lock().unwrap();
+                        let existing = state
+                            .iter()
+                            .find(|(_, (s, v))| s == subject && *v == schema)
+                            .map(|(id, _)| *id);
+                        let id = existing.unwrap_or_else(|| {
+                            let id = state.keys().max().copied().unwrap_or(0) + 1;
+                            state.insert(id, (subject.to_string(), schema));
+                            id
+                        });
+                        ("200 OK", serde_json::json!({ "id": id }))
+                    }
+                    _ => ("404 Not Found", serde_json::json!({"error_code": 404})),
+                };
+                let answer = answer.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, schemas)
+}
+
+/// Avro's binary encoding, by hand (independent of the decoder under test).
+fn avro_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn avro_string(out: &mut Vec<u8>, s: &str) {
+    avro_long(out, s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads a zig-zag long at `*at`.
+fn read_avro_long(bytes: &[u8], at: &mut usize) -> i64 {
+    let (mut z, mut shift) = (0u64, 0);
+    loop {
+        let b = bytes[*at];
+        *at += 1;
+        z |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return (z >> 1) as i64 ^ -((z & 1) as i64);
+        }
+    }
+}
+
+/// The writer schema the test's producer uses: another field order than
+/// the table, a field the table lacks, and millisecond timestamps.
+const CLICK_AVRO: &str = r#"{"type":"record","name":"Click","namespace":"test","fields":[
+  {"name":"page","type":"string"},
+  {"name":"agent","type":"string"},
+  {"name":"user_id","type":"long"},
+  {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+
+fn avro_click(i: i64) -> Vec<u8> {
+    let mut out = vec![];
+    avro_string(&mut out, &format!("p{}", i % 7));
+    avro_string(&mut out, "curl");
+    avro_long(&mut out, i);
+    avro_long(&mut out, BASE_MS + i * 10);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_plain_and_confluent_framed_records_in_and_out() {
+    let id = std::process::id();
+    let (plain, framed, out) = (
+        format!("avro-plain-{id}"),
+        format!("avro-framed-{id}"),
+        format!("avro-out-{id}"),
+    );
+    create_topic(&plain, 2).await;
+    create_topic(&framed, 1).await;
+    create_topic(&out, 1).await;
+    let (url, registered) = schema_registry(vec![(7, CLICK_AVRO.to_string())]).await;
+
+    // Plain bodies: 60 good ones over two partitions; a truncated record,
+    // one with a byte left over and an empty one between them.
+    let mut records: Vec<(i32, Vec<u8>)> = (0..60).map(|i| ((i % 2) as i32, avro_click(i))).collect();
+    let mut long_one = avro_click(1);
+    long_one.push(0);
+    let truncated = avro_click(2)[..5].to_vec();
+    records.insert(10, (0, truncated));
+    records.insert(20, (0, long_one));
+    records.insert(30, (1, vec![]));
+    produce(&plain, &records).await;
+    // Confluent framing: id 7 and the body; one record with an id the
+    // registry does not know, one without the frame at all.
+    let mut records: Vec<(i32, Vec<u8>)> = (100..140)
+        .map(|i| {
+            let mut r = vec![0, 0, 0, 0, 7];
+            r.extend(avro_click(i));
+            (0, r)
+        })
+        .collect();
+    let mut unknown = vec![0, 0, 0, 0, 99];
+    unknown.extend(avro_click(1));
+    records.insert(5, (0, unknown));
+    records.insert(15, (0, avro_click(2)));
+    produce(&framed, &records).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(KafkaConnector::default()));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
+    let (_engine, mut s) = open_engine(dir.path(), 2, sources, sinks).await;
+    let b = brokers();
+    let avro_schema = CLICK_AVRO.replace('\n', " ");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM plain_clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) \
+             WITH (connector = 'kafka', topic = '{plain}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'avro', 'avro.schema' = '{avro_schema}', 'bad_records' = 'skip')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM framed_clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), missing TEXT) \
+             WITH (connector = 'kafka', topic = '{framed}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'avro-confluent', 'avro-confluent.url' = '{url}', 'bad_records' = 'skip')"
+        ),
+    )
+    .await
+    .unwrap();
+    // Bad options are errors at CREATE.
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nope (a BIGINT) WITH (connector = 'kafka', topic = '{plain}', \
+             'properties.bootstrap.servers' = '{b}', format = 'avro', 'avro.schema' = '{{\"type\": 3}}')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("avro.schema"), "{err}");
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nope (a BIGINT) WITH (connector = 'kafka', topic = '{plain}', \
+             'properties.bootstrap.servers' = '{b}', format = 'avro-confluent')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("avro-confluent.url"), "{err}");
+
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW plain_seen AS \
+         SELECT user_id, page, CAST(ts AS BIGINT) AS ts FROM plain_clicks",
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW framed_seen AS \
+         SELECT user_id, page, CAST(ts AS BIGINT) AS ts, missing FROM framed_clicks",
+    )
+    .await
+    .unwrap();
+    // The plain stream out again, in the Confluent wire format.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK avro_out WITH (connector = 'kafka', topic = '{out}', \
+               'properties.bootstrap.servers' = '{b}', format = 'avro-confluent', \
+               'avro-confluent.url' = '{url}') AS SELECT user_id, page, ts FROM plain_clicks"
+        ),
+    )
+    .await
+    .unwrap();
+
+    let rows = wait_for_rows(
+        &mut s,
+        "SELECT user_id, page, ts FROM plain_seen ORDER BY user_id",
+        60,
+    )
+    .await;
+    let want: Vec<i64> = (0..60).collect();
+    check_clicks(&rows, &want);
+    let rows = wait_for_rows(
+        &mut s,
+        "SELECT user_id, page, ts, missing FROM framed_seen ORDER BY user_id",
+        40,
+    )
+    .await;
+    let want: Vec<i64> = (100..140).collect();
+    check_clicks(&rows, &want);
+    assert!(
+        strings(&rows, 3).iter().all(Option::is_none),
+        "a column the writer lacks is NULL"
+    );
+    // Every bad record counted: three plain, two framed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        let bad = bad_rows(&jobs);
+        if bad == 5 || Instant::now() > deadline {
+            assert_eq!(bad, 5, "bad records counted");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The sink registered its schema under <topic>-value and framed each
+    // record with that id; the bodies decode (by hand) to the rows.
+    let letters = read_with_headers(&out, 60).await;
+    assert_eq!(letters.len(), 60);
+    let (sink_id, sink_schema) = registered
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, (subject, _))| *subject == format!("{out}-value"))
+        .map(|(id, (_, s))| (*id, s.clone()))
+        .expect("the sink registered a schema");
+    let parsed: serde_json::Value = serde_json::from_str(&sink_schema).unwrap();
+    let names: Vec<&str> = parsed["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["user_id", "page", "ts"]);
+    let mut seen = vec![];
+    for (raw, _) in &letters {
+        assert_eq!(raw[0], 0, "magic byte");
+        assert_eq!(u32::from_be_bytes(raw[1..5].try_into().unwrap()), sink_id);
+        // Each field is a union ["null", T]: branch 1 (zig-zag 2), the value.
+        let mut at = 5;
+        assert_eq!(read_avro_long(raw, &mut at), 1);
+        let user = read_avro_long(raw, &mut at);
+        assert_eq!(read_avro_long(raw, &mut at), 1);
+        let len = read_avro_long(raw, &mut at) as usize;
+        let page = std::str::from_utf8(&raw[at..at + len]).unwrap().to_string();
+        at += len;
+        assert_eq!(read_avro_long(raw, &mut at), 1);
+        let ts = read_avro_long(raw, &mut at);
+        assert_eq!(at, raw.len(), "nothing after the last field");
+        assert_eq!(page, format!("p{}", user % 7));
+        assert_eq!(ts, BASE_MS + user * 10, "millisecond timestamps");
+        seen.push(user);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..60).collect::<Vec<_>>());
+    // And back in through the registry.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM back (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) \
+             WITH (connector = 'kafka', topic = '{out}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'avro-confluent', 'avro-confluent.url' = '{url}')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW back_seen AS SELECT user_id, page, CAST(ts AS BIGINT) AS ts FROM back",
+    )
+    .await
+    .unwrap();
+    let rows = wait_for_rows(
+        &mut s,
+        "SELECT user_id, page, ts FROM back_seen ORDER BY user_id",
+        60,
+    )
+    .await;
+    check_clicks(&rows, &(0..60).collect::<Vec<_>>());
+}
+
+/// Polls `sql` until it returns `n` rows (or 30 s pass).
+async fn wait_for_rows(s: &mut Session, sql: &str, n: usize) -> Vec<RecordBatch> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = exec(s, sql).await.unwrap();
+        let got: usize = rows.iter().map(|b| b.num_rows()).sum();
+        if got >= n || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Rows (user_id, page, ts ms) are exactly the clicks `want`, in order.
+fn check_clicks(rows: &[RecordBatch], want: &[i64]) {
+    let users = strings(rows, 0);
+    let pages = strings(rows, 1);
+    let ts = strings(rows, 2);
+    let want_users: Vec<Option<String>> = want.iter().map(|i| Some(i.to_string())).collect();
+    assert_eq!(users, want_users);
+    for (row, i) in want.iter().enumerate() {
+        assert_eq!(pages[row].as_deref(), Some(format!("p{}", i % 7).as_str()));
+        assert_eq!(ts[row].as_deref(), Some((BASE_MS + i * 10).to_string().as_str()));
+    }
+}
