@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
-use arrow::compute::{cast, concat_batches};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int8Array, RecordBatch, StringArray, StructArray};
+use arrow::compute::{cast, concat_batches, interleave};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use base64::Engine as _;
 use object_store::path::Path;
@@ -27,6 +27,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sluice_engine::stream::metadata_key;
+use sluice_engine::streaming::operators::with_op_column;
 use sluice_engine::{ErrorKind, Result, SluiceError, StoreRegistry};
 
 use crate::avro::{AvroDecoder, AvroFraming};
@@ -39,6 +40,7 @@ pub const FORMAT_OPTIONS: &[&str] = &[
     "csv.delimiter",
     "csv.quote",
     "csv.header",
+    "debezium-json.schema-include",
     "avro.schema",
     "avro-confluent.url",
     "avro-confluent.schema-registry.url",
@@ -133,6 +135,12 @@ pub enum Format {
     Parquet,
     /// Avro records, plain or in the Confluent wire format.
     Avro(AvroFraming),
+    /// Debezium change envelopes (`{"before", "after", "op"}`, inside
+    /// `{"schema", "payload"}` when `schema_include`): a changelog.
+    DebeziumJson {
+        timestamps: TimestampFormat,
+        schema_include: bool,
+    },
 }
 
 fn single_byte(options: &BTreeMap<String, String>, key: &str, default: u8) -> Result<u8> {
@@ -172,29 +180,28 @@ impl Format {
                 allowed.join(", ")
             )));
         }
+        let timestamps = || match options
+            .get("json.timestamp-format")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("iso-8601") | Some("sql") => Ok(TimestampFormat::Iso8601),
+            Some("epoch-seconds") => Ok(TimestampFormat::Epoch(TimeUnit::Second)),
+            Some("epoch-millis") => Ok(TimestampFormat::Epoch(TimeUnit::Millisecond)),
+            Some("epoch-micros") => Ok(TimestampFormat::Epoch(TimeUnit::Microsecond)),
+            Some(other) => Err(SluiceError::invalid_parameter(format!(
+                "'json.timestamp-format' = '{other}': use iso-8601, epoch-seconds, epoch-millis or epoch-micros"
+            ))),
+        };
         Ok(match name.as_str() {
-            "json" => {
-                let timestamps = match options
-                    .get("json.timestamp-format")
-                    .map(|s| s.to_ascii_lowercase())
-                    .as_deref()
-                {
-                    None | Some("iso-8601") | Some("sql") => TimestampFormat::Iso8601,
-                    Some("epoch-seconds") => TimestampFormat::Epoch(TimeUnit::Second),
-                    Some("epoch-millis") => TimestampFormat::Epoch(TimeUnit::Millisecond),
-                    Some("epoch-micros") => TimestampFormat::Epoch(TimeUnit::Microsecond),
-                    Some(other) => {
-                        return Err(SluiceError::invalid_parameter(format!(
-                            "'json.timestamp-format' = '{other}': use iso-8601, epoch-seconds, epoch-millis \
-                             or epoch-micros"
-                        )));
-                    }
-                };
-                Format::Json {
-                    ignore_unknown: boolean(options, "json.ignore-unknown-fields", true)?,
-                    timestamps,
-                }
-            }
+            "json" => Format::Json {
+                ignore_unknown: boolean(options, "json.ignore-unknown-fields", true)?,
+                timestamps: timestamps()?,
+            },
+            "debezium-json" => Format::DebeziumJson {
+                timestamps: timestamps()?,
+                schema_include: boolean(options, "debezium-json.schema-include", false)?,
+            },
             "csv" => Format::Csv {
                 delimiter: single_byte(options, "csv.delimiter", b',')?,
                 quote: single_byte(options, "csv.quote", b'"')?,
@@ -219,6 +226,27 @@ impl Format {
             Format::Parquet => "parquet",
             Format::Avro(AvroFraming::Plain { .. }) => "avro",
             Format::Avro(AvroFraming::Confluent { .. }) => "avro-confluent",
+            Format::DebeziumJson { .. } => "debezium-json",
+        }
+    }
+
+    /// Whether records are changes (inserts and deletes) rather than rows.
+    pub fn is_changelog(&self) -> bool {
+        matches!(self, Format::DebeziumJson { .. })
+    }
+
+    /// The unit of epoch-number timestamps, for the JSON formats.
+    fn epoch_unit(&self) -> Option<TimeUnit> {
+        match self {
+            Format::Json {
+                timestamps: TimestampFormat::Epoch(unit),
+                ..
+            }
+            | Format::DebeziumJson {
+                timestamps: TimestampFormat::Epoch(unit),
+                ..
+            } => Some(*unit),
+            _ => None,
         }
     }
 }
@@ -254,11 +282,8 @@ impl RecordDecoder {
                 ));
             }
         }
-        let decode_schema = match &format {
-            Format::Json {
-                timestamps: TimestampFormat::Epoch(_),
-                ..
-            } => Arc::new(Schema::new(
+        let decode_schema = match format.epoch_unit() {
+            Some(_) => Arc::new(Schema::new(
                 schema
                     .fields()
                     .iter()
@@ -297,8 +322,33 @@ impl RecordDecoder {
         &self.schema
     }
 
-    /// Every record in one pass; an error unless each gave exactly one row.
+    /// Whether decoded batches are changes (the op column last).
+    pub fn is_changelog(&self) -> bool {
+        self.format.is_changelog()
+    }
+
+    /// The schema of decoded batches: the payload's, plus the op column
+    /// last for a changelog format.
+    pub fn output_schema(&self) -> SchemaRef {
+        if self.format.is_changelog() {
+            with_op_column(&self.schema)
+        } else {
+            self.schema.clone()
+        }
+    }
+
+    /// Every record in one pass; an error unless each gave exactly one row
+    /// (a changelog's record: one or two rows, and the op column).
     pub fn decode_all(&self, records: &[&[u8]]) -> Result<RecordBatch> {
+        Ok(self.decode_mapped(records)?.0)
+    }
+
+    /// Every record in one pass, and, when records don't give one row each,
+    /// the record each row came from.
+    fn decode_mapped(&self, records: &[&[u8]]) -> Result<(RecordBatch, Option<Vec<usize>>)> {
+        if let Format::DebeziumJson { schema_include, .. } = &self.format {
+            return self.decode_debezium(records, *schema_include);
+        }
         let batch = match &self.format {
             Format::Json { ignore_unknown, .. } => {
                 let mut decoder = arrow::json::ReaderBuilder::new(self.decode_schema.clone())
@@ -353,8 +403,9 @@ impl RecordDecoder {
             }
             Format::Avro(_) => {
                 let avro = self.avro.as_ref().expect("avro decoder");
-                return avro.decode_all(records);
+                return Ok((avro.decode_all(records)?, None));
             }
+            Format::DebeziumJson { .. } => unreachable!("decoded above"),
         };
         let batch = match batch {
             Some(b) => b,
@@ -367,7 +418,122 @@ impl RecordDecoder {
                 batch.num_rows()
             )));
         }
-        self.finish(batch)
+        Ok((self.finish(batch)?, None))
+    }
+
+    /// Debezium envelopes: "c" and "r" insert `after`, "d" deletes
+    /// `before`, "u" deletes `before` and inserts `after`.
+    fn decode_debezium(
+        &self,
+        records: &[&[u8]],
+        schema_include: bool,
+    ) -> Result<(RecordBatch, Option<Vec<usize>>)> {
+        // Every image column nullable: a missing image has null children.
+        let image: Vec<Field> = self
+            .decode_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let image = DataType::Struct(image.into());
+        let envelope = vec![
+            Field::new("before", image.clone(), true),
+            Field::new("after", image, true),
+            Field::new("op", DataType::Utf8, true),
+        ];
+        let top = if schema_include {
+            Schema::new(vec![Field::new(
+                "payload",
+                DataType::Struct(envelope.into()),
+                true,
+            )])
+        } else {
+            Schema::new(envelope)
+        };
+        // Envelopes carry more than these fields (source, ts_ms, ...).
+        let mut decoder = arrow::json::ReaderBuilder::new(Arc::new(top))
+            .with_batch_size(records.len().max(1))
+            .with_strict_mode(false)
+            .build_decoder()?;
+        for r in records {
+            feed(r, |b| Ok(decoder.decode(b)?))?;
+            decoder.decode(b"\n")?;
+        }
+        let batch = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty())));
+        if batch.num_rows() != records.len() {
+            return Err(SluiceError::invalid_parameter(format!(
+                "{} records gave {} envelopes",
+                records.len(),
+                batch.num_rows()
+            )));
+        }
+        let envelope: StructArray = if schema_include {
+            let payload = batch.column(0).as_struct().clone();
+            if payload.null_count() > 0 {
+                return Err(SluiceError::invalid_parameter(
+                    "debezium record without a 'payload' ('debezium-json.schema-include' is true)",
+                ));
+            }
+            payload
+        } else {
+            batch.into()
+        };
+        let (before, after, op) = (
+            envelope.column(0).as_struct(),
+            envelope.column(1).as_struct(),
+            envelope.column(2).as_string::<i32>(),
+        );
+        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(records.len());
+        let mut ops: Vec<i8> = Vec::with_capacity(records.len());
+        let mut from: Vec<usize> = Vec::with_capacity(records.len());
+        for i in 0..records.len() {
+            let code = if op.is_valid(i) { op.value(i) } else { "" };
+            let (take_before, take_after) = match code {
+                "c" | "r" => (false, true),
+                "d" => (true, false),
+                "u" => (true, true),
+                other => {
+                    return Err(SluiceError::invalid_parameter(format!(
+                        "debezium record with op '{other}': expected c, r, u or d"
+                    )));
+                }
+            };
+            if take_before {
+                if before.is_null(i) {
+                    return Err(SluiceError::invalid_parameter(format!(
+                        "debezium '{code}' record without a 'before' image (the source table needs \
+                         its full old rows, e.g. REPLICA IDENTITY FULL)"
+                    )));
+                }
+                picks.push((0, i));
+                ops.push(-1);
+                from.push(i);
+            }
+            if take_after {
+                if after.is_null(i) {
+                    return Err(SluiceError::invalid_parameter(format!(
+                        "debezium '{code}' record without an 'after' image"
+                    )));
+                }
+                picks.push((1, i));
+                ops.push(1);
+                from.push(i);
+            }
+        }
+        let mut columns = Vec::with_capacity(self.decode_schema.fields().len());
+        for c in 0..self.decode_schema.fields().len() {
+            columns.push(interleave(
+                &[before.column(c).as_ref(), after.column(c).as_ref()],
+                &picks,
+            )?);
+        }
+        let rows = self.finish(RecordBatch::try_new(self.decode_schema.clone(), columns)?)?;
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(Int8Array::from(ops)));
+        let batch = RecordBatch::try_new(self.output_schema(), columns)?;
+        Ok((batch, Some(from)))
     }
 
     /// Converts what the decoder produced into the target schema.
@@ -375,11 +541,7 @@ impl RecordDecoder {
         if Arc::ptr_eq(&self.decode_schema, &self.schema) {
             return Ok(batch);
         }
-        let Format::Json {
-            timestamps: TimestampFormat::Epoch(unit),
-            ..
-        } = self.format
-        else {
+        let Some(unit) = self.format.epoch_unit() else {
             return Ok(batch);
         };
         let mut columns = Vec::with_capacity(batch.num_columns());
@@ -397,27 +559,28 @@ impl RecordDecoder {
 
     /// Every record; the malformed ones go to `on_bad` (with their index and
     /// the error) and are left out. Returns the good rows and, when some
-    /// were left out, the indexes of the records they came from.
+    /// were left out or a record gave other than one row (a changelog's
+    /// update gives two), the index of the record each row came from.
     pub fn decode(
         &self,
         records: &[&[u8]],
         mut on_bad: impl FnMut(usize, String) -> Result<()>,
     ) -> Result<(RecordBatch, Option<Vec<usize>>)> {
-        if let Ok(batch) = self.decode_all(records) {
-            return Ok((batch, None));
+        if let Ok(decoded) = self.decode_mapped(records) {
+            return Ok(decoded);
         }
         let mut good = Vec::new();
         let mut kept = Vec::new();
         for (i, r) in records.iter().enumerate() {
             match self.decode_all(std::slice::from_ref(r)) {
                 Ok(b) => {
+                    kept.extend(std::iter::repeat_n(i, b.num_rows()));
                     good.push(b);
-                    kept.push(i);
                 }
                 Err(e) => on_bad(i, e.to_string())?,
             }
         }
-        let batch = concat_batches(&self.schema, &good)?;
+        let batch = concat_batches(&self.output_schema(), &good)?;
         Ok((batch, Some(kept)))
     }
 }
@@ -905,6 +1068,80 @@ mod tests {
         )
         .unwrap();
         assert!(strict.decode_all(&[br#"{"id": 2, "extra": true}"#]).is_err());
+    }
+
+    #[test]
+    fn debezium_envelopes_become_inserts_and_deletes() {
+        let plain = RecordDecoder::new(
+            Format::parse(
+                &opts(&[
+                    ("format", "debezium-json"),
+                    ("json.timestamp-format", "epoch-millis"),
+                ]),
+                &["debezium-json"],
+                false,
+            )
+            .unwrap(),
+            schema(),
+        )
+        .unwrap();
+        let records: Vec<&[u8]> = vec![
+            br#"{"before": null, "after": {"id": 1, "name": "a", "ts": 5}, "op": "c", "source": {}}"#,
+            br#"{"before": {"id": 1, "name": "a", "ts": 5}, "after": {"id": 1, "name": "b", "ts": 6}, "op": "u"}"#,
+            br#"{"before": {"id": 1, "name": "b", "ts": 6}, "after": null, "op": "d"}"#,
+            br#"{"before": null, "after": {"id": 2, "name": "c"}, "op": "r"}"#,
+            // Bad: an unknown op, an update without its old row, not JSON.
+            br#"{"before": null, "after": {"id": 3}, "op": "x"}"#,
+            br#"{"before": null, "after": {"id": 3}, "op": "u"}"#,
+            br#"{"before": null, "after": {"#,
+        ];
+        let mut bad = vec![];
+        let (batch, from) = plain
+            .decode(&records, |i, _| {
+                bad.push(i);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(bad, [4, 5, 6]);
+        assert_eq!(from.unwrap(), [0, 1, 1, 2, 3]);
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let ops = batch.column(3).as_any().downcast_ref::<Int8Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 1, 1, 1, 2]);
+        assert_eq!(ops.values(), &[1, -1, 1, -1, 1]);
+        let ts = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(2), 6);
+        assert!(ts.is_null(4));
+        // Debezium with its schema: the envelope is under "payload".
+        let wrapped = RecordDecoder::new(
+            Format::parse(
+                &opts(&[
+                    ("format", "debezium-json"),
+                    ("debezium-json.schema-include", "true"),
+                ]),
+                &["debezium-json"],
+                false,
+            )
+            .unwrap(),
+            schema(),
+        )
+        .unwrap();
+        let b = wrapped
+            .decode_all(&[br#"{"schema": {}, "payload": {"before": null, "after": {"id": 9}, "op": "c"}}"#])
+            .unwrap();
+        assert_eq!(b.num_rows(), 1);
+        assert!(
+            wrapped
+                .decode_all(&[br#"{"before": null, "after": {"id": 9}, "op": "c"}"#])
+                .is_err()
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_engine::stream::metadata_key;
+use sluice_engine::streaming::operators::with_op_column;
 use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
 use crate::avro::{AvroEncoder, AvroFraming, Registry};
@@ -200,7 +201,11 @@ impl Options {
         };
         Ok(Self {
             startup,
-            format: Format::parse(options, &["json", "csv", "raw", "avro", "avro-confluent"], false)?,
+            format: Format::parse(
+                options,
+                &["json", "csv", "raw", "avro", "avro-confluent", "debezium-json"],
+                false,
+            )?,
             bad_records: BadRecordPolicy::parse(options, Some(&properties))?,
             max_record_bytes: number(options, "scan.record.max-bytes", 16 << 20)? as usize,
             retry_timeout: Duration::from_secs(number(options, "scan.retry.timeout", 300)?),
@@ -303,6 +308,12 @@ impl SourceConnector for KafkaConnector {
 
     fn is_bounded(&self, _options: &BTreeMap<String, String>) -> bool {
         false
+    }
+
+    fn is_changelog(&self, options: &BTreeMap<String, String>) -> bool {
+        options
+            .get("format")
+            .is_some_and(|f| f.eq_ignore_ascii_case("debezium-json"))
     }
 
     fn open(
@@ -514,6 +525,16 @@ impl KafkaSource {
             Some(kept) => kept.iter().map(|k| &records[sized[*k]]).collect(),
         };
         let topic = &self.options.topic;
+        // A changelog's op column rides along after the declared columns.
+        let (batch, op) = if self.decoder.is_changelog() {
+            let n = batch.num_columns();
+            (
+                batch.project(&(0..n - 1).collect::<Vec<_>>())?,
+                Some(batch.column(n - 1).clone()),
+            )
+        } else {
+            (batch, None)
+        };
         let batch = self.layout.assemble(batch, |field: &Field| {
             let array: ArrayRef = match metadata_key(field).unwrap_or_default() {
                 "key" => Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.key.as_deref()))),
@@ -528,6 +549,14 @@ impl KafkaSource {
             };
             Ok(array)
         })?;
+        let batch = match op {
+            None => batch,
+            Some(op) => {
+                let mut columns = batch.columns().to_vec();
+                columns.push(op);
+                RecordBatch::try_new(with_op_column(&batch.schema()), columns)?
+            }
+        };
         Ok(Some(batch))
     }
 

@@ -1259,3 +1259,139 @@ fn check_clicks(rows: &[RecordBatch], want: &[i64]) {
         assert_eq!(ts[row].as_deref(), Some((BASE_MS + i * 10).to_string().as_str()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_changelog_source_keeps_views_current() {
+    let id = std::process::id();
+    let topic = format!("cdc-{id}");
+    create_topic(&topic, 2).await;
+    // Changes of a table (id, name, amount), each key on one partition in
+    // order: 30 inserts, updates of the even ids, deletes of multiples of
+    // 5; and two bad records.
+    let row = |id: i64, amount: i64| format!(r#"{{"id": {id}, "name": "n{}", "amount": {amount}}}"#, id % 3);
+    let mut records: Vec<(i32, Vec<u8>)> = vec![];
+    let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+    for i in 0..30 {
+        let op = if i % 4 == 0 { "r" } else { "c" };
+        let r = format!(
+            r#"{{"before": null, "after": {}, "op": "{op}", "ts_ms": 1}}"#,
+            row(i, i)
+        );
+        records.push(((i % 2) as i32, r.into_bytes()));
+        want.insert(i, i);
+    }
+    for i in (0..30).step_by(2) {
+        let r = format!(
+            r#"{{"before": {}, "after": {}, "op": "u"}}"#,
+            row(i, i),
+            row(i, i + 100)
+        );
+        records.push(((i % 2) as i32, r.into_bytes()));
+        want.insert(i, i + 100);
+    }
+    for i in (0..30).step_by(5) {
+        let amount = want[&i];
+        let r = format!(r#"{{"before": {}, "after": null, "op": "d"}}"#, row(i, amount));
+        records.push(((i % 2) as i32, r.into_bytes()));
+        want.remove(&i);
+    }
+    records.push((0, br#"{"before": null, "after": {"id": 99}, "op": "x"}"#.to_vec()));
+    records.push((
+        1,
+        br#"{"before": null, "after": {"id": 98, "name": "n0", "amount": 1}, "op": "u"}"#.to_vec(),
+    ));
+    produce(&topic, &records).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM orders (id BIGINT, name TEXT, amount BIGINT, ts TIMESTAMP(3)) \
+             WITH (connector = 'kafka', topic = '{topic}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'debezium-json', 'bad_records' = 'skip')"
+        ),
+    )
+    .await
+    .unwrap();
+    // Its records are changes: an ad-hoc scan or a window can't use them.
+    let err = exec(&mut s, "SELECT * FROM orders").await.unwrap_err();
+    assert!(err.to_string().contains("changelog"), "{err}");
+    assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW current_orders AS SELECT id, name, amount FROM orders WHERE amount >= 0",
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW by_name AS \
+         SELECT name, count(*) AS n, sum(amount) AS total FROM orders GROUP BY name",
+    )
+    .await
+    .unwrap();
+    let want_rows: Vec<(i64, i64)> = want.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut want_by_name: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (k, v) in &want {
+        let e = want_by_name.entry(format!("n{}", k % 3)).or_default();
+        e.0 += 1;
+        e.1 += v;
+    }
+    // Both views reach the table's final state (poll until they do).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = exec(&mut s, "SELECT id, amount FROM current_orders ORDER BY id")
+            .await
+            .unwrap();
+        let ids = strings(&rows, 0);
+        let amounts = strings(&rows, 1);
+        let got: Vec<(i64, i64)> = ids
+            .iter()
+            .zip(&amounts)
+            .map(|(i, a)| {
+                (
+                    i.as_ref().unwrap().parse().unwrap(),
+                    a.as_ref().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        let agg = exec(&mut s, "SELECT name, n, total FROM by_name ORDER BY name")
+            .await
+            .unwrap();
+        let got_by_name: BTreeMap<String, (i64, i64)> = strings(&agg, 0)
+            .into_iter()
+            .zip(strings(&agg, 1).into_iter().zip(strings(&agg, 2)))
+            .map(|(name, (n, t))| {
+                (
+                    name.unwrap(),
+                    (n.unwrap().parse().unwrap(), t.unwrap().parse().unwrap()),
+                )
+            })
+            .collect();
+        if (got == want_rows && got_by_name == want_by_name) || Instant::now() > deadline {
+            assert_eq!(got, want_rows, "the view holds the table's rows");
+            assert_eq!(
+                got_by_name, want_by_name,
+                "the aggregate follows inserts, updates and deletes"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+    assert_eq!(
+        bad_rows(&jobs),
+        4,
+        "two bad records, counted by each of the two jobs"
+    );
+    let err = exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW w AS SELECT window_start, count(*) FROM \
+         TUMBLE(orders, ts, INTERVAL '1 minute') GROUP BY window_start",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("changelog stream"), "{err}");
+}

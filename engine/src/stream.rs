@@ -109,6 +109,14 @@ pub trait SourceConnector: Send + Sync + Debug {
     /// Whether the source ends by itself with these options.
     fn is_bounded(&self, options: &BTreeMap<String, String>) -> bool;
 
+    /// Whether the source produces a changelog (inserts and deletes, e.g.
+    /// Debezium envelopes) rather than appended rows. Its batches then
+    /// carry the op column last (see `streaming::operators::OP_COLUMN`),
+    /// and the planner treats the stream as updating.
+    fn is_changelog(&self, _options: &BTreeMap<String, String>) -> bool {
+        false
+    }
+
     /// The event-time column a stream gets when its declaration names none
     /// (`WATERMARK FOR ...`): generators know their clock.
     fn default_event_time(&self, _options: &BTreeMap<String, String>) -> Option<String> {
@@ -254,6 +262,7 @@ pub struct StreamTable {
     pub watermark: Option<WatermarkSpec>,
     schema: SchemaRef,
     bounded: bool,
+    changelog: bool,
 }
 
 impl StreamTable {
@@ -269,6 +278,7 @@ impl StreamTable {
     ) -> Result<Self> {
         let schema = connector.schema(&options, declared.as_ref())?;
         let bounded = connector.is_bounded(&options);
+        let changelog = connector.is_changelog(&options);
         let watermark = match watermark.or_else(|| connector.default_event_time(&options).map(|c| (c, 0))) {
             None => None,
             Some((column, delay_us)) => {
@@ -299,7 +309,13 @@ impl StreamTable {
             watermark,
             schema,
             bounded,
+            changelog,
         })
+    }
+
+    /// Whether the stream is a changelog (an updating input).
+    pub fn is_changelog(&self) -> bool {
+        self.changelog
     }
 
     pub fn schema_ref(&self) -> &SchemaRef {
@@ -326,7 +342,22 @@ impl StreamTable {
             .open(&self.options, &self.schema, partition, self.partitions)
     }
 
+    /// Ad-hoc queries read a stream's rows as they come; a changelog's
+    /// records are changes, which only a continuous query can apply.
+    fn check_batch_scan(&self) -> datafusion::error::Result<()> {
+        if self.changelog {
+            return Err(SluiceError::not_supported(format!(
+                "{} is a changelog stream (its records insert and delete rows): read it through a \
+                 materialized view or a sink, e.g. CREATE MATERIALIZED VIEW v AS SELECT * FROM {}",
+                self.name, self.name
+            ))
+            .into_datafusion());
+        }
+        Ok(())
+    }
+
     fn batch_table(&self) -> datafusion::error::Result<StreamingTable> {
+        self.check_batch_scan()?;
         let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
             .map(|p| Arc::new(self.partition(p)) as Arc<dyn PartitionStream>)
             .collect();
@@ -339,6 +370,7 @@ impl StreamTable {
         spec: WindowSpec,
         schema: SchemaRef,
     ) -> datafusion::error::Result<StreamingTable> {
+        self.check_batch_scan()?;
         let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
             .map(|p| {
                 Arc::new(WindowedPartition {

@@ -296,12 +296,21 @@ impl<'a> Planner<'a> {
                 };
                 let schema = source.schema_ref().clone();
                 let parallelism = source.partitions;
+                // A changelog source (Debezium records) is an updating input.
+                let changelog = source.is_changelog();
+                if changelog && spec.is_some() {
+                    return Err(refuse(format!(
+                        "windows over {} can't be computed: it is a changelog stream (its records insert \
+                         and delete rows); aggregate it with GROUP BY without windows",
+                        source.name
+                    )));
+                }
                 let cols = vec![None; schema.fields().len()];
                 let mut node = self.make(
                     NodeKind::Source { table: source },
                     vec![],
                     schema.clone(),
-                    false,
+                    changelog,
                     cols,
                     parallelism,
                 );
@@ -332,7 +341,7 @@ impl<'a> Planner<'a> {
                                 NodeKind::Project { exprs },
                                 vec![node],
                                 narrowed,
-                                false,
+                                changelog,
                                 cols,
                                 parallelism,
                             );
@@ -368,7 +377,7 @@ impl<'a> Planner<'a> {
                         NodeKind::Window { spec },
                         vec![node],
                         out,
-                        false,
+                        changelog,
                         cols,
                         parallelism,
                     );
@@ -392,7 +401,7 @@ impl<'a> Planner<'a> {
                             NodeKind::Project { exprs },
                             vec![node],
                             out,
-                            false,
+                            changelog,
                             cols,
                             parallelism,
                         );
