@@ -39,7 +39,7 @@ use arrow::datatypes::{Field, SchemaRef};
 use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
@@ -326,10 +326,10 @@ impl SourceConnector for KafkaConnector {
         let o = Options::parse(options)?;
         let count = o.partitions()?;
         let context = KafkaContext::default();
-        let consumer: StreamConsumer<KafkaContext> =
-            o.client_config()
-                .create_with_context(context.clone())
-                .map_err(|e| SluiceError::invalid_parameter(format!("kafka consumer: {e}")))?;
+        let consumer: BaseConsumer<KafkaContext> = o
+            .client_config()
+            .create_with_context(context.clone())
+            .map_err(|e| SluiceError::invalid_parameter(format!("kafka consumer: {e}")))?;
         let mine: Vec<i32> = (0..count)
             .filter(|k| *k as usize % partitions.max(1) == partition)
             .collect();
@@ -379,24 +379,156 @@ impl SourceConnector for KafkaConnector {
             .fields()
             .iter()
             .any(|f| metadata_key(f) == Some("headers"));
+        let idle = mine.is_empty();
+        // librdkafka is polled on a thread of its own, which packs records
+        // into batches: no async wake-up, timer or allocation per record.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        if !idle {
+            let fetch = Fetcher {
+                consumer,
+                tx,
+                batch: o.batch,
+                linger: o.linger,
+                wants_key,
+                wants_headers,
+            };
+            std::thread::Builder::new()
+                .name(format!("kafka-{}-{partition}", o.topic))
+                .spawn(move || fetch.run())
+                .map_err(|e| SluiceError::internal(format!("kafka fetch thread: {e}")))?;
+        }
         Ok(Box::new(KafkaSource {
-            consumer,
+            rx,
             context,
             layout,
             decoder,
             options: o,
-            idle: mine.is_empty(),
+            idle,
             next_offsets: vec![None; mine.len()],
             partitions: mine,
             bad,
-            fetching: Vec::new(),
-            deadline: None,
+            pending: None,
             ready: Default::default(),
             last_split: 0,
             retry: None,
-            wants_key,
-            wants_headers,
         }))
+    }
+}
+
+/// What the fetch thread hands the source task.
+enum Fetch {
+    Records(Fetched),
+    /// A consumption error (librdkafka keeps retrying by itself).
+    Error(String),
+}
+
+/// Records polled from librdkafka: payloads and keys packed into one
+/// buffer.
+#[derive(Default)]
+struct Fetched {
+    buf: Vec<u8>,
+    records: Vec<Record>,
+    /// Per partition: the offset after the last message (tombstones too).
+    next_offsets: BTreeMap<i32, i64>,
+}
+
+/// A record's payload (and key) in `Fetched::buf`, position and metadata.
+struct Record {
+    payload: std::ops::Range<usize>,
+    key: Option<std::ops::Range<usize>>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    headers: Option<String>,
+}
+
+/// Polls a consumer until the source task goes away, sending a batch when
+/// it has `batch` records or `linger` passed since its first one.
+struct Fetcher {
+    consumer: BaseConsumer<KafkaContext>,
+    tx: tokio::sync::mpsc::Sender<Fetch>,
+    batch: usize,
+    linger: Duration,
+    wants_key: bool,
+    wants_headers: bool,
+}
+
+impl Fetcher {
+    fn run(self) {
+        let mut current = Fetched::default();
+        let mut deadline: Option<Instant> = None;
+        let mut failures = 0u32;
+        while !self.tx.is_closed() {
+            let wait = deadline.map_or(Duration::from_millis(100), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match self.consumer.poll(wait) {
+                Some(Ok(msg)) => {
+                    failures = 0;
+                    current.next_offsets.insert(msg.partition(), msg.offset() + 1);
+                    // A tombstone (no value) carries no row.
+                    if let Some(payload) = msg.payload() {
+                        let start = current.buf.len();
+                        current.buf.extend_from_slice(payload);
+                        let payload = start..current.buf.len();
+                        let key = match msg.key() {
+                            Some(k) if self.wants_key => {
+                                let start = current.buf.len();
+                                current.buf.extend_from_slice(k);
+                                Some(start..current.buf.len())
+                            }
+                            _ => None,
+                        };
+                        current.records.push(Record {
+                            payload,
+                            key,
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                            timestamp: msg.timestamp().to_millis(),
+                            headers: self
+                                .wants_headers
+                                .then(|| msg.headers().map(headers_json).unwrap_or_else(|| "{}".into())),
+                        });
+                    }
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + self.linger);
+                    }
+                }
+                Some(Err(e)) => {
+                    // Hand out what was fetched, then say what failed and
+                    // give the broker a moment.
+                    if !self.send(&mut current, &mut deadline) {
+                        return;
+                    }
+                    if self.tx.blocking_send(Fetch::Error(e.to_string())).is_err() {
+                        return;
+                    }
+                    failures += 1;
+                    std::thread::sleep(
+                        Duration::from_millis(100 << failures.min(5)).min(Duration::from_secs(3)),
+                    );
+                    continue;
+                }
+                None => {}
+            }
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if (current.records.len() >= self.batch || due) && !self.send(&mut current, &mut deadline) {
+                return;
+            }
+        }
+    }
+
+    /// Sends what was gathered (if anything); false when the task is gone.
+    fn send(&self, current: &mut Fetched, deadline: &mut Option<Instant>) -> bool {
+        *deadline = None;
+        if current.next_offsets.is_empty() {
+            return true;
+        }
+        let capacity = current.buf.capacity();
+        let mut done = std::mem::take(current);
+        current.buf.reserve(capacity);
+        done.records.shrink_to_fit();
+        self.tx.blocking_send(Fetch::Records(done)).is_ok()
     }
 }
 
@@ -437,7 +569,8 @@ impl ClientContext for KafkaContext {
 impl ConsumerContext for KafkaContext {}
 
 struct KafkaSource {
-    consumer: StreamConsumer<KafkaContext>,
+    /// Batches of records from the fetch thread.
+    rx: tokio::sync::mpsc::Receiver<Fetch>,
     context: KafkaContext,
     layout: Layout,
     decoder: RecordDecoder,
@@ -450,35 +583,22 @@ struct KafkaSource {
     /// Per split: the offset after the last record received.
     next_offsets: Vec<Option<i64>>,
     bad: BadRecords,
-    /// Records fetched for the batch being gathered. Kept here, not in a
-    /// local, so that `next_batch` can be cancelled (the runtime wakes up
+    /// Records received and not decoded yet. Kept here, not in a local, so
+    /// that `next_batch` can be cancelled (the runtime wakes up
     /// periodically to advance watermarks past idle partitions) without
     /// losing a record.
-    fetching: Vec<Record>,
-    deadline: Option<tokio::time::Instant>,
+    pending: Option<Fetched>,
     /// Decoded batches (one per partition) not handed out yet.
     ready: std::collections::VecDeque<(usize, RecordBatch)>,
     last_split: usize,
     /// Consumption failing since, attempts, last error.
     retry: Option<(Instant, u32, String)>,
-    wants_key: bool,
-    wants_headers: bool,
-}
-
-/// A record's payload, position and metadata.
-struct Record {
-    payload: Vec<u8>,
-    key: Option<Vec<u8>>,
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    headers: Option<String>,
 }
 
 impl KafkaSource {
     /// Decodes one partition's records into the declared columns; malformed
     /// ones go to the bad-record policy.
-    fn decode(&mut self, records: &[Record]) -> Result<Option<RecordBatch>> {
+    fn decode(&mut self, buf: &[u8], records: &[&Record]) -> Result<Option<RecordBatch>> {
         let mut bad = Vec::new();
         let max = self.options.max_record_bytes;
         let (payloads, sized): (Vec<&[u8]>, Vec<usize>) = records
@@ -495,7 +615,7 @@ impl KafkaSource {
                     ));
                     None
                 } else {
-                    Some((&r.payload[..], i))
+                    Some((&buf[r.payload.clone()], i))
                 }
             })
             .unzip();
@@ -508,7 +628,7 @@ impl KafkaSource {
         for (i, error) in bad {
             let r = &records[i];
             self.bad.record(BadRecord {
-                raw: r.payload.clone(),
+                raw: buf[r.payload.clone()].to_vec(),
                 error,
                 position: vec![
                     ("topic", Value::from(self.options.topic.clone())),
@@ -521,8 +641,8 @@ impl KafkaSource {
             return Ok(None);
         }
         let rows: Vec<&Record> = match kept {
-            None => sized.iter().map(|i| &records[*i]).collect(),
-            Some(kept) => kept.iter().map(|k| &records[sized[*k]]).collect(),
+            None => sized.iter().map(|i| records[*i]).collect(),
+            Some(kept) => kept.iter().map(|k| records[sized[*k]]).collect(),
         };
         let topic = &self.options.topic;
         // A changelog's op column rides along after the declared columns.
@@ -537,7 +657,9 @@ impl KafkaSource {
         };
         let batch = self.layout.assemble(batch, |field: &Field| {
             let array: ArrayRef = match metadata_key(field).unwrap_or_default() {
-                "key" => Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.key.as_deref()))),
+                "key" => Arc::new(BinaryArray::from_iter(
+                    rows.iter().map(|r| r.key.clone().map(|k| &buf[k])),
+                )),
                 "partition" => Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))),
                 "offset" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
                 "timestamp" => Arc::new(TimestampMillisecondArray::from_iter(
@@ -562,6 +684,15 @@ impl KafkaSource {
 
     /// A consumption error: retried with backoff until `scan.retry.timeout`.
     async fn backoff(&mut self, error: String) -> Result<()> {
+        let attempts = self.failed(error)?;
+        let delay = Duration::from_millis(100 << attempts.min(6)).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// Notes a failure; an error once failures have lasted longer than
+    /// `scan.retry.timeout`. Returns the attempts so far.
+    fn failed(&mut self, error: String) -> Result<u32> {
         let (since, attempts) = match &self.retry {
             Some((since, attempts, _)) => (*since, attempts + 1),
             None => (Instant::now(), 1),
@@ -579,9 +710,7 @@ impl KafkaSource {
             ));
         }
         self.retry = Some((since, attempts, error));
-        let delay = Duration::from_millis(100 << attempts.min(6)).min(Duration::from_secs(5));
-        tokio::time::sleep(delay).await;
-        Ok(())
+        Ok(attempts)
     }
 }
 
@@ -610,75 +739,51 @@ impl Source for KafkaSource {
                 self.last_split = split;
                 return Ok(Some(batch));
             }
-            while self.fetching.len() < self.options.batch {
-                let next = match self.deadline {
-                    None => Ok(self.consumer.recv().await),
-                    Some(d) => tokio::time::timeout_at(d, self.consumer.recv()).await,
-                };
-                let Ok(received) = next else { break };
-                let msg = match received {
-                    Ok(msg) => msg,
-                    Err(e) => {
-                        let error = format!("{e}");
-                        if !self.fetching.is_empty() {
-                            // Hand out what was fetched before waiting.
-                            break;
+            if self.pending.is_none() {
+                // Cancel-safe: a batch is either received or left queued.
+                match self.rx.recv().await {
+                    Some(Fetch::Records(fetched)) => {
+                        self.retry = None;
+                        for (partition, next) in &fetched.next_offsets {
+                            if let Some(split) = self.partitions.iter().position(|p| p == partition) {
+                                self.next_offsets[split] = Some(*next);
+                            }
                         }
-                        self.backoff(error).await?;
+                        self.pending = Some(fetched);
+                    }
+                    // The fetch thread waits before polling again.
+                    Some(Fetch::Error(e)) => {
+                        self.failed(e)?;
                         continue;
                     }
-                };
-                self.retry = None;
-                let split = self
-                    .partitions
-                    .iter()
-                    .position(|p| *p == msg.partition())
-                    .unwrap_or(0);
-                self.next_offsets[split] = Some(msg.offset() + 1);
-                // A tombstone (no value) carries no row.
-                if let Some(payload) = msg.payload() {
-                    self.fetching.push(Record {
-                        payload: payload.to_vec(),
-                        key: if self.wants_key {
-                            msg.key().map(<[u8]>::to_vec)
-                        } else {
-                            None
-                        },
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        timestamp: msg.timestamp().to_millis(),
-                        headers: if self.wants_headers {
-                            Some(msg.headers().map(headers_json).unwrap_or_else(|| "{}".into()))
-                        } else {
-                            None
-                        },
-                    });
-                }
-                if self.deadline.is_none() {
-                    self.deadline = Some(tokio::time::Instant::now() + self.options.linger);
+                    None => return Err(SluiceError::internal("the kafka fetch thread stopped")),
                 }
             }
+            let fetched = self.pending.as_ref().expect("pending records");
             // Writer schemas the records need (Avro with a registry) are
-            // fetched before the records leave `fetching`, so cancelling
+            // fetched before the records leave `pending`, so cancelling
             // here loses nothing; a registry that cannot be reached is
             // retried like the broker.
-            let payloads: Vec<&[u8]> = self.fetching.iter().map(|r| &r.payload[..]).collect();
+            let payloads: Vec<&[u8]> = fetched
+                .records
+                .iter()
+                .map(|r| &fetched.buf[r.payload.clone()])
+                .collect();
             if let Err(e) = self.decoder.prepare(&payloads).await {
                 self.backoff(e.to_string()).await?;
                 continue;
             }
             self.retry = None;
-            self.deadline = None;
-            let records = std::mem::take(&mut self.fetching);
+            let fetched = self.pending.take().expect("pending records");
             // One batch per partition: each partition is a split with its
             // own watermark.
-            let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-            for r in records {
+            let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+            for r in &fetched.records {
                 by_partition.entry(r.partition).or_default().push(r);
             }
             for (partition, records) in by_partition {
                 let split = self.partitions.iter().position(|p| *p == partition).unwrap_or(0);
-                if let Some(b) = self.decode(&records)? {
+                if let Some(b) = self.decode(&fetched.buf, &records)? {
                     self.ready.push_back((split, b));
                 }
             }
