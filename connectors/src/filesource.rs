@@ -216,11 +216,7 @@ impl SourceConnector for FileSystemSource {
                 ));
             }
         }
-        if let BadRecordPolicy::DeadLetterTopic { .. } = o.bad_records {
-            return Err(SluiceError::not_supported(
-                "the filesystem source writes dead letters to a path: use 'dead_letter.path'",
-            ));
-        }
+        o.bad_records.check()?;
         Ok(schema.clone())
     }
 

@@ -767,6 +767,21 @@ impl BadRecordPolicy {
     }
 }
 
+impl BadRecordPolicy {
+    /// Checks at CREATE that the dead letter topic exists (a clear error
+    /// now rather than a failed job).
+    pub fn check(&self) -> Result<()> {
+        if let BadRecordPolicy::DeadLetterTopic { topic, properties } = self {
+            let mut config = ClientConfig::new();
+            for (k, v) in properties {
+                config.set(k, v);
+            }
+            crate::kafka::topic_partitions(&config, topic)?;
+        }
+        Ok(())
+    }
+}
+
 /// A record that did not decode.
 #[derive(Debug, Clone)]
 pub struct BadRecord {
@@ -805,7 +820,7 @@ enum DeadLetterSink {
 pub struct BadRecords {
     policy: BadRecordPolicy,
     sink: Option<DeadLetterSink>,
-    pending: Vec<BadRecord>,
+    pending: std::collections::VecDeque<BadRecord>,
     count: u64,
 }
 
@@ -850,7 +865,7 @@ impl BadRecords {
         Ok(Self {
             policy,
             sink,
-            pending: Vec::new(),
+            pending: Default::default(),
             count: 0,
         })
     }
@@ -874,7 +889,7 @@ impl BadRecords {
             }
             _ => {
                 self.count += 1;
-                self.pending.push(bad);
+                self.pending.push_back(bad);
                 Ok(())
             }
         }
@@ -897,7 +912,7 @@ impl BadRecords {
                 Ok(())
             }
             Some(DeadLetterSink::Kafka { producer, topic }) => {
-                while let Some(bad) = self.pending.first() {
+                while let Some(bad) = self.pending.front() {
                     let mut headers = OwnedHeaders::new().insert(Header {
                         key: "sluice.error",
                         value: Some(bad.error.as_bytes()),
@@ -930,7 +945,7 @@ impl BadRecords {
                                 format!("writing a dead letter to topic '{topic}': {e}"),
                             )
                         })?;
-                    self.pending.remove(0);
+                    self.pending.pop_front();
                 }
                 Ok(())
             }

@@ -240,7 +240,7 @@ impl Options {
 
 /// How many partitions `topic` has; a clear error within seconds when the
 /// broker is unreachable or the topic does not exist.
-fn topic_partitions(config: &ClientConfig, topic: &str) -> Result<i32> {
+pub(crate) fn topic_partitions(config: &ClientConfig, topic: &str) -> Result<i32> {
     let brokers = config.get("bootstrap.servers").unwrap_or("?").to_string();
     let consumer: BaseConsumer = config
         .create()
@@ -296,13 +296,7 @@ impl SourceConnector for KafkaConnector {
         let o = Options::parse(options)?;
         RecordDecoder::new(o.format.clone(), Layout::with_metadata(schema).payload().clone())?;
         o.partitions()?;
-        if let BadRecordPolicy::DeadLetterTopic { topic, properties } = &o.bad_records {
-            let mut config = ClientConfig::new();
-            for (k, v) in properties {
-                config.set(k, v);
-            }
-            topic_partitions(&config, topic)?;
-        }
+        o.bad_records.check()?;
         Ok(schema.clone())
     }
 

@@ -1395,3 +1395,67 @@ async fn debezium_changelog_source_keeps_views_current() {
     .unwrap_err();
     assert!(err.to_string().contains("changelog stream"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_dead_letters_go_to_a_topic() {
+    let id = std::process::id();
+    let dlq = format!("files-dlq-{id}");
+    create_topic(&dlq, 1).await;
+    let input = tempfile::tempdir().unwrap();
+    let mut lines = vec![];
+    for i in 0..20 {
+        lines.push(format!(r#"{{"user_id": {i}, "page": "p{}"}}"#, i % 3));
+    }
+    lines.insert(4, r#"{"user_id": "four", "page": "p"}"#.to_string());
+    lines.insert(9, r#"{"user_id": 9, "pa"#.to_string());
+    std::fs::write(input.path().join("clicks.json"), lines.join("\n") + "\n").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(sluice_connectors::filesource::FileSystemSource::new(
+        Default::default(),
+    )));
+    let (_engine, mut s) = open_engine(dir.path(), 1, sources, SinkRegistry::default()).await;
+    let b = brokers();
+    let path = input.path().display();
+    // The topic must exist.
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nope (user_id BIGINT, page TEXT) WITH (connector = 'filesystem', \
+             path = '{path}', format = 'json', 'bad_records' = 'dead_letter', \
+             'dead_letter.topic' = 'no-such-topic-{id}', 'dead_letter.properties.bootstrap.servers' = '{b}')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT) WITH (connector = 'filesystem', \
+             path = '{path}', format = 'json', 'scan.mode' = 'bounded', 'bad_records' = 'dead_letter', \
+             'dead_letter.topic' = '{dlq}', 'dead_letter.properties.bootstrap.servers' = '{b}')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW seen AS SELECT user_id FROM clicks",
+    )
+    .await
+    .unwrap();
+    let rows = wait_for_rows(&mut s, "SELECT user_id FROM seen ORDER BY user_id", 20).await;
+    let want: Vec<Option<String>> = (0..20).map(|i| Some(i.to_string())).collect();
+    assert_eq!(strings(&rows, 0), want, "every good line, once");
+    let letters = read_with_headers(&dlq, 2).await;
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0].0, lines[4].as_bytes());
+    assert_eq!(letters[1].0, lines[9].as_bytes());
+    for (n, (_, headers)) in [5, 10].iter().zip(&letters) {
+        assert!(headers["sluice.file"].ends_with("clicks.json"), "{headers:?}");
+        assert_eq!(headers["sluice.line"], n.to_string());
+        assert!(!headers["sluice.error"].is_empty());
+    }
+}
