@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-connectors --example produce_clicks -- \
-//!     --brokers 127.0.0.1:9092 --topic clicks --partitions 4 --records 200000
+//!     --brokers 127.0.0.1:9092 --topic clicks --partitions 4 --records 200000 --bad-every 10000
 //! ```
+//!
+//! `--bad-every N` makes every Nth record malformed (truncated JSON, a
+//! wrong type, invalid UTF-8 in turn), for the dead letter topic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +30,7 @@ async fn main() {
     let topic = arg("--topic", "clicks");
     let partitions: i32 = arg("--partitions", "4").parse().expect("--partitions");
     let records: u64 = arg("--records", "200000").parse().expect("--records");
+    let bad_every: u64 = arg("--bad-every", "0").parse().expect("--bad-every");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -69,11 +73,19 @@ async fn main() {
         state ^= state << 17;
         let page = pages[(state % pages.len() as u64) as usize];
         let ts = now - span + i * span / records.max(1);
-        let payload = format!(
+        let mut payload = format!(
             r#"{{"user_id": {}, "page": "{page}", "ts": {ts}}}"#,
             state % 10_000
-        );
-        let mut rec = BaseRecord::<(), String>::to(&topic)
+        )
+        .into_bytes();
+        if bad_every > 0 && i % bad_every == bad_every - 1 {
+            payload = match (i / bad_every) % 3 {
+                0 => payload[..payload.len() / 2].to_vec(),
+                1 => format!(r#"{{"user_id": "someone", "page": "{page}", "ts": {ts}}}"#).into_bytes(),
+                _ => [&b"{\"user_id\": 1, \"page\": \""[..], &[0xff, 0xfe], &b"\"}"[..]].concat(),
+            };
+        }
+        let mut rec = BaseRecord::<(), Vec<u8>>::to(&topic)
             .payload(&payload)
             .partition((i % partitions as u64) as i32);
         loop {

@@ -26,3 +26,10 @@ SHOW JOBS;
 \! sleep 8
 SELECT page, sum(views) AS views FROM page_views GROUP BY page ORDER BY views DESC LIMIT 5;
 SELECT dt, count(*) AS minutes_x_pages, sum(views) AS views FROM page_views GROUP BY dt;
+
+-- The malformed clicks, each with its error and position (Kafka headers), read
+-- back from the dead letter topic.
+CREATE STREAM clicks_bad (raw BYTEA, why TEXT METADATA FROM 'headers')
+WITH (connector = 'kafka', topic = 'clicks_bad', 'properties.bootstrap.servers' = 'BROKERS',
+      format = 'raw');
+SELECT why FROM clicks_bad LIMIT 3;
