@@ -117,6 +117,8 @@ impl Engine {
             )
             .build_arc()?;
         let template = SessionContext::new_with_config_rt(session_config, runtime);
+        // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
+        template.register_udf(crate::functions::PgToChar::udf());
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));

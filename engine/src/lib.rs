@@ -15,6 +15,7 @@
 pub mod catalog;
 mod engine;
 pub mod error;
+pub mod functions;
 mod jobs;
 pub mod parser;
 pub mod sink;

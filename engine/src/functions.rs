@@ -1,0 +1,165 @@
+//! Functions Sluice adds to or adjusts in DataFusion's set.
+//!
+//! `to_char(ts, template)`: DataFusion's takes chrono patterns (`%Y-%m-%d`);
+//! Postgres users write Postgres templates (`YYYY-MM-DD`), which DataFusion
+//! would print back literally. A template without `%` is read as a Postgres
+//! template and translated; one with `%` goes to DataFusion as it is.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::error::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
+
+/// Postgres' `to_char` templates on top of DataFusion's.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgToChar {
+    inner: Arc<ScalarUDF>,
+}
+
+impl PgToChar {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            inner: datafusion::functions::datetime::to_char(),
+        })
+    }
+}
+
+impl ScalarUDFImpl for PgToChar {
+    fn name(&self) -> &str {
+        "to_char"
+    }
+
+    /// DataFusion's aliases too (`date_format`), so that no name still
+    /// leads to the replaced function when a session's state is rebuilt.
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if let Some(template) = args.args.get_mut(1) {
+            *template = match std::mem::replace(template, ColumnarValue::Scalar(ScalarValue::Null)) {
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(t))) => {
+                    ColumnarValue::Scalar(ScalarValue::Utf8(Some(chrono_template(&t))))
+                }
+                ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(t))) => {
+                    ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(chrono_template(&t))))
+                }
+                ColumnarValue::Scalar(ScalarValue::Utf8View(Some(t))) => {
+                    ColumnarValue::Scalar(ScalarValue::Utf8View(Some(chrono_template(&t))))
+                }
+                ColumnarValue::Array(a) if matches!(a.data_type(), DataType::Utf8) => {
+                    let a = a.as_any().downcast_ref::<StringArray>().expect("utf8");
+                    let translated: StringArray = a.iter().map(|t| t.map(chrono_template)).collect();
+                    ColumnarValue::Array(Arc::new(translated))
+                }
+                other => other,
+            };
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// A Postgres template as a chrono format; a template with `%` is taken to
+/// be chrono's already.
+pub fn chrono_template(template: &str) -> String {
+    if template.contains('%') {
+        return template.to_string();
+    }
+    // Longest patterns first; `FM` (no padding) is handled before them.
+    const PATTERNS: &[(&str, &str, &str)] = &[
+        // (Postgres, chrono, chrono without padding)
+        ("HH24", "%H", "%-H"),
+        ("HH12", "%I", "%-I"),
+        ("YYYY", "%Y", "%Y"),
+        ("Month", "%B", "%B"),
+        ("MONTH", "%B", "%B"),
+        ("month", "%B", "%B"),
+        ("DDD", "%j", "%-j"),
+        ("Mon", "%b", "%b"),
+        ("MON", "%b", "%b"),
+        ("mon", "%b", "%b"),
+        ("Day", "%A", "%A"),
+        ("DAY", "%A", "%A"),
+        ("day", "%A", "%A"),
+        ("A.M.", "%p", "%p"),
+        ("P.M.", "%p", "%p"),
+        ("YY", "%y", "%y"),
+        ("MM", "%m", "%-m"),
+        ("DD", "%d", "%-d"),
+        ("HH", "%I", "%-I"),
+        ("MI", "%M", "%-M"),
+        ("SS", "%S", "%-S"),
+        ("MS", "%3f", "%3f"),
+        ("US", "%6f", "%6f"),
+        ("AM", "%p", "%p"),
+        ("PM", "%p", "%p"),
+        ("am", "%P", "%P"),
+        ("pm", "%P", "%P"),
+        ("Dy", "%a", "%a"),
+        ("DY", "%a", "%a"),
+        ("dy", "%a", "%a"),
+        ("TZ", "%Z", "%Z"),
+        ("OF", "%:z", "%:z"),
+    ];
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    'outer: while !rest.is_empty() {
+        // "quoted text" is literal.
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push_str(&quoted[..end]);
+            rest = quoted.get(end + 1..).unwrap_or("");
+            continue;
+        }
+        let (fill, body) = match rest.strip_prefix("FM") {
+            Some(b) => (true, b),
+            None => (false, rest),
+        };
+        for (pg, padded, unpadded) in PATTERNS {
+            if let Some(after) = body.strip_prefix(pg) {
+                out.push_str(if fill { unpadded } else { padded });
+                rest = after;
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chrono_template;
+
+    #[test]
+    fn postgres_templates_become_chrono_formats() {
+        assert_eq!(chrono_template("YYYY-MM-DD"), "%Y-%m-%d");
+        assert_eq!(
+            chrono_template("YYYY-MM-DD HH24:MI:SS.MS"),
+            "%Y-%m-%d %H:%M:%S.%3f"
+        );
+        assert_eq!(chrono_template("FMDD Mon YYYY, HH12 AM"), "%-d %b %Y, %I %p");
+        assert_eq!(chrono_template("\"week of\" Dy DD"), "week of %a %d");
+        // chrono formats pass as they are.
+        assert_eq!(chrono_template("%Y-%m-%d"), "%Y-%m-%d");
+    }
+}
