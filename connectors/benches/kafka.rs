@@ -17,6 +17,7 @@
 //! Arguments: a record count, `reps=N` rounds (the median is reported),
 //! `count` / `blackhole` / `parquet` and `p1` / `p2` to narrow the runs,
 //! `source` to also time the kafka source alone (no engine).
+//! `SLUICE_BENCH_PROPS='k=v,...'` adds Kafka properties to Sluice's consumers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,9 @@ fn bare(brokers: &str, topic: &str, n: u64) -> (f64, u64, u64) {
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-bare")
         .set("enable.auto.commit", "false")
+        // As Sluice's consumers: without it librdkafka idles up to a second
+        // whenever its queue is full (both readers were bimodal before).
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -184,7 +188,20 @@ async fn exec(s: &mut Session, sql: &str) -> Vec<sluice_engine::datafusion::arro
     out
 }
 
-async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: Target) -> f64 {
+/// CPU seconds this process has used (user + system, all threads).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses).
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line, in 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Seconds for `n` records, and the CPU seconds the process spent meanwhile
+/// (from CREATE to the last record: setup included, so on the high side).
+async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: Target) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut sources = SourceRegistry::default();
     sources.register(Arc::new(KafkaConnector::default()));
@@ -201,12 +218,20 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
     .await
     .unwrap();
     let mut s = engine.new_session();
+    // SLUICE_BENCH_PROPS='fetch.wait.max.ms=10,...': more properties for
+    // Sluice's consumers.
+    let extra: String = std::env::var("SLUICE_BENCH_PROPS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!(", 'properties.{k}' = '{v}'"))
+        .collect();
     exec(
         &mut s,
         &format!(
             "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), referrer TEXT, \
              WATERMARK FOR ts AS ts) WITH (connector = 'kafka', topic = '{topic}', \
-             'properties.bootstrap.servers' = '{brokers}', format = 'json')"
+             'properties.bootstrap.servers' = '{brokers}', format = 'json'{extra})"
         ),
     )
     .await;
@@ -222,6 +247,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
             out.display()
         ),
     };
+    let cpu0 = cpu_seconds();
     exec(&mut s, &sql).await;
     // From the first rows seen to the last.
     let mut first: Option<(Instant, u64)> = None;
@@ -234,7 +260,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
             let (t0, c0) = first.expect("rows seen");
             let secs = t0.elapsed().as_secs_f64();
             // As if the flow had run at this rate for all n records.
-            return secs * n as f64 / (n - c0).max(1) as f64;
+            return (secs * n as f64 / (n - c0).max(1) as f64, cpu_seconds() - cpu0);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -340,6 +366,7 @@ fn main() {
     // Rounds: every reader once per round, so the machine's drift hits all.
     let mut bare_times = vec![];
     let mut times: Vec<Vec<f64>> = vec![vec![]; runs.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![vec![]; runs.len()];
     let mut ratios: Vec<Vec<f64>> = vec![vec![]; runs.len()];
     let mut stored = n;
     let mut bytes = 0;
@@ -349,8 +376,9 @@ fn main() {
         bytes = b;
         bare_times.push(t_bare);
         for (k, (target, p)) in runs.iter().enumerate() {
-            let t = rt.block_on(sluice(&brokers, &topic, got, *p, *target));
+            let (t, cpu) = rt.block_on(sluice(&brokers, &topic, got, *p, *target));
             times[k].push(t);
+            cpus[k].push(cpu);
             ratios[k].push(t / t_bare);
         }
     }
@@ -359,22 +387,23 @@ fn main() {
     }
     let n = stored;
     let mb = bytes as f64 / 1e6;
-    println!("| reader | records/s | MB/s | vs bare consumer |");
-    println!("|---|---:|---:|---:|");
+    println!("| reader | records/s | MB/s | vs bare consumer | records per CPU-second |");
+    println!("|---|---:|---:|---:|---:|");
     let t_bare = median(bare_times);
     println!(
-        "| bare librdkafka consumer (count bytes) | {:.0} | {:.1} | 1.00 |",
+        "| bare librdkafka consumer (count bytes) | {:.0} | {:.1} | 1.00 | |",
         n as f64 / t_bare,
         mb / t_bare
     );
     for (k, (target, p)) in runs.iter().enumerate() {
         let t = median(times[k].clone());
         println!(
-            "| Sluice kafka source, JSON decoded, {}, P={p} | {:.0} | {:.1} | {:.2}x slower |",
+            "| Sluice kafka source, JSON decoded, {}, P={p} | {:.0} | {:.1} | {:.2}x slower | {:.0} |",
             target.name(),
             n as f64 / t,
             mb / t,
-            median(ratios[k].clone())
+            median(ratios[k].clone()),
+            n as f64 / median(cpus[k].clone())
         );
     }
     if args.iter().any(|a| a == "source") {

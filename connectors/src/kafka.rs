@@ -224,7 +224,11 @@ impl Options {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // librdkafka stops fetching a partition for this long once its
+            // local queue holds `queued.min.messages`; the default (1 s)
+            // leaves a fast reader idle for most of each second.
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &self.properties {
             config.set(k, v);
         }
