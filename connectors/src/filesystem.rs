@@ -386,7 +386,13 @@ impl FsWriter {
         if buffer.batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(());
         }
-        let bytes = encode(self.options.format, &self.file_schema, &buffer.batches)?;
+        // Encoding a file (Parquet with ZSTD: up to seconds for a large one)
+        // is CPU work: off the async workers, which other jobs and client
+        // sessions share.
+        let (format, schema) = (self.options.format, self.file_schema.clone());
+        let bytes = tokio::task::spawn_blocking(move || encode(format, &schema, &buffer.batches))
+            .await
+            .map_err(|e| SluiceError::internal(format!("encoding a file: {e}")))??;
         let mut path = self.base.clone();
         for segment in key.split('/').filter(|s| !s.is_empty()) {
             path = path.join(segment);
