@@ -996,6 +996,13 @@ impl Session {
         check_options(connector.as_ref(), &create.options)?;
         let mut options = create.options.clone();
         options.remove("connector");
+        // Relative paths name the data directory, as a sink's do: a stream
+        // can read what a sink landed there.
+        for key in ["path", "dead_letter.path"] {
+            if let Some(path) = options.get_mut(key) {
+                *path = self.landing_path(path);
+            }
+        }
         let watermark = match &create.watermark {
             Some((col, expr)) => Some((col.clone(), watermark_delay(col, expr)?)),
             None => None,

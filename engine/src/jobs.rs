@@ -189,7 +189,7 @@ impl Session {
 
     /// A relative sink path lands in the data directory (the default
     /// landing zone); URLs and absolute paths are kept.
-    fn landing_path(&self, path: &str) -> String {
+    pub(crate) fn landing_path(&self, path: &str) -> String {
         if path.contains("://") || std::path::Path::new(path).is_absolute() {
             path.to_string()
         } else {
