@@ -20,7 +20,7 @@
 //! schema lacks reads as NULL. Each record must be exactly one body: a
 //! truncated record or one with bytes left over is a bad record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -208,7 +208,7 @@ pub struct AvroDecoder {
     /// Writer schemas by id (plain framing: the one schema, id 0).
     schemas: Mutex<BTreeMap<u32, AvroSchema>>,
     /// Ids the registry does not know (records with them are bad).
-    unknown: Mutex<BTreeMap<u32, ()>>,
+    unknown: Mutex<BTreeSet<u32>>,
     /// A decoder kept between calls, for the schemas it was built with.
     cached: Mutex<Option<(usize, Decoder)>>,
     target: SchemaRef,
@@ -237,7 +237,7 @@ impl AvroDecoder {
             confluent,
             registry,
             schemas: Mutex::new(schemas),
-            unknown: Mutex::new(BTreeMap::new()),
+            unknown: Mutex::new(BTreeSet::new()),
             cached: Mutex::new(None),
             target,
         };
@@ -275,7 +275,7 @@ impl AvroDecoder {
             let mut ids: Vec<u32> = records
                 .iter()
                 .filter_map(|r| confluent_id(r))
-                .filter(|id| !schemas.contains_key(id) && !unknown.contains_key(id))
+                .filter(|id| !schemas.contains_key(id) && !unknown.contains(id))
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -291,12 +291,12 @@ impl AvroDecoder {
                         }
                         Err(e) => {
                             tracing::warn!(id, "schema registry: unreadable schema: {e}");
-                            self.unknown.lock().expect("avro unknown lock").insert(id, ());
+                            self.unknown.lock().expect("avro unknown lock").insert(id);
                         }
                     }
                 }
                 None => {
-                    self.unknown.lock().expect("avro unknown lock").insert(id, ());
+                    self.unknown.lock().expect("avro unknown lock").insert(id);
                 }
             }
         }

@@ -522,10 +522,11 @@ impl Fetcher {
         if current.next_offsets.is_empty() {
             return true;
         }
-        let capacity = current.buf.capacity();
-        let mut done = std::mem::take(current);
-        current.buf.reserve(capacity);
-        done.records.shrink_to_fit();
+        // The next batch starts with room for as much as this one had.
+        let (bytes, records) = (current.buf.capacity(), current.records.capacity());
+        let done = std::mem::take(current);
+        current.buf.reserve(bytes);
+        current.records.reserve(records);
         self.tx.blocking_send(Fetch::Records(done)).is_ok()
     }
 }
