@@ -101,7 +101,7 @@ start)
     sleep 0.5
   done
   echo "HDFS did not become ready; logs:" >&2
-  tail -30 "$STATE/logs/namenode.out" "$STATE/logs/datanode.out" >&2
+  tail -n 30 "$STATE/logs/namenode.out" "$STATE/logs/datanode.out" >&2
   exit 1
   ;;
 stop)
