@@ -1308,7 +1308,8 @@ async fn debezium_changelog_source_keeps_views_current() {
     exec(
         &mut s,
         &format!(
-            "CREATE STREAM orders (id BIGINT, name TEXT, amount BIGINT, ts TIMESTAMP(3)) \
+            "CREATE STREAM orders (id BIGINT, name TEXT, amount BIGINT, ts TIMESTAMP(3), \
+               part INT METADATA FROM 'partition') \
              WITH (connector = 'kafka', topic = '{topic}', 'properties.bootstrap.servers' = '{b}', \
                format = 'debezium-json', 'bad_records' = 'skip')"
         ),
@@ -1321,7 +1322,7 @@ async fn debezium_changelog_source_keeps_views_current() {
     assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
     exec(
         &mut s,
-        "CREATE MATERIALIZED VIEW current_orders AS SELECT id, name, amount FROM orders WHERE amount >= 0",
+        "CREATE MATERIALIZED VIEW current_orders AS SELECT id, name, amount, part FROM orders WHERE amount >= 0",
     )
     .await
     .unwrap();
@@ -1372,6 +1373,15 @@ async fn debezium_changelog_source_keeps_views_current() {
             .collect();
         if (got == want_rows && got_by_name == want_by_name) || Instant::now() > deadline {
             assert_eq!(got, want_rows, "the view holds the table's rows");
+            // Each row carries its record's partition (an update's two rows
+            // come from one record).
+            let parts = exec(&mut s, "SELECT id, part FROM current_orders ORDER BY id")
+                .await
+                .unwrap();
+            for (id, part) in strings(&parts, 0).iter().zip(strings(&parts, 1)) {
+                let id: i64 = id.as_ref().unwrap().parse().unwrap();
+                assert_eq!(part, Some((id % 2).to_string()), "row {id}");
+            }
             assert_eq!(
                 got_by_name, want_by_name,
                 "the aggregate follows inserts, updates and deletes"
