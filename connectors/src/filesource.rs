@@ -1,5 +1,6 @@
 //! The `filesystem` source: a directory (or S3 prefix, or HDFS path) of
-//! Parquet, JSON-lines or CSV files read as a stream.
+//! Parquet, Avro (object container), JSON-lines or CSV files read as a
+//! stream.
 //!
 //! ```sql
 //! CREATE STREAM trips (id BIGINT, fare DOUBLE, ts TIMESTAMP, dt TEXT,
@@ -18,7 +19,9 @@
 //! metadata columns from `file.path`, `file.name`, `file.size` and
 //! `file.modification-time`. JSON and CSV files are read a line (record) at a
 //! time through the same decoders and bad-record handling as Kafka records;
-//! a Parquet file that does not read is one bad record. In `bounded` mode
+//! Parquet and Avro files carry their schema: columns are taken by name
+//! and cast (missing ones NULL), and a file that does not read is one bad
+//! record. In `bounded` mode
 //! the source ends after the files that were there at the start: its
 //! watermark then goes to the end of time, closing every window.
 
@@ -152,13 +155,19 @@ impl Options {
         };
         Ok(Self {
             path,
-            format: Format::parse(options, &["json", "csv", "parquet"], true)?,
+            format: Format::parse(options, &["json", "csv", "parquet", "avro"], true)?,
             bounded,
             interval,
             partition_by,
             bad_records: BadRecordPolicy::parse(options, None)?,
             batch,
         })
+    }
+
+    /// Formats read a whole file at a time (they carry their schema), not
+    /// a record per line.
+    fn whole_files(&self) -> bool {
+        matches!(self.format, Format::Parquet | Format::Avro(_))
     }
 
     fn layout(&self, schema: &SchemaRef) -> Layout {
@@ -190,7 +199,7 @@ impl SourceConnector for FileSystemSource {
         };
         check_metadata_columns(schema, "the filesystem source", METADATA)?;
         let o = Options::parse(options, schema)?;
-        if o.format != Format::Parquet {
+        if !o.whole_files() {
             RecordDecoder::new(o.format.clone(), o.layout(schema).payload().clone())?;
         }
         // The location must be reachable now: a clear error rather than a
@@ -242,7 +251,7 @@ impl SourceConnector for FileSystemSource {
         let (store, base) = sluice_engine::sink::resolve_location(&self.stores, &o.path, &store_options)?;
         let layout = o.layout(schema);
         let decoder = match o.format {
-            Format::Parquet => None,
+            _ if o.whole_files() => None,
             _ => Some(RecordDecoder::new(o.format.clone(), layout.payload().clone())?),
         };
         let bad = BadRecords::open(
@@ -302,6 +311,8 @@ enum Reader {
     /// Over the whole file, fetched at once (files landed by sinks are
     /// rolled at a bounded size).
     Parquet(ParquetRecordBatchReader),
+    /// An Avro object container file, fetched at once like Parquet.
+    Avro(Box<arrow_avro::reader::Reader<std::io::Cursor<Bytes>>>),
 }
 
 /// Splits a byte stream into records: lines, except that a CSV line break
@@ -475,6 +486,24 @@ impl FileSource {
                         .map_err(|e| SluiceError::invalid_parameter(format!("reading Parquet: {e}")))?,
                 )
             }
+            Format::Avro(_) => {
+                let bytes = self
+                    .store
+                    .get(&meta.location)
+                    .await
+                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?
+                    .bytes()
+                    .await
+                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
+                Reader::Avro(Box::new(
+                    arrow_avro::reader::ReaderBuilder::new()
+                        .with_batch_size(self.options.batch)
+                        .build(std::io::Cursor::new(bytes))
+                        .map_err(|e| {
+                            SluiceError::invalid_parameter(format!("not a readable Avro file: {e}"))
+                        })?,
+                ))
+            }
             format => {
                 let got = self
                     .store
@@ -538,8 +567,8 @@ impl FileSource {
         })
     }
 
-    /// A Parquet batch in the payload's columns (by name; missing ones
-    /// NULL).
+    /// A Parquet or Avro batch in the payload's columns (by name; missing
+    /// ones NULL).
     fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let payload = self.layout.payload();
         let mut columns = Vec::with_capacity(payload.fields().len());
@@ -578,6 +607,17 @@ impl FileSource {
                 }
                 Some(Err(e)) => {
                     self.bad_file(&file.meta, format!("reading Parquet: {e}"))?;
+                    Ok(None)
+                }
+            },
+            Reader::Avro(reader) => match reader.next() {
+                None => Ok(None),
+                Some(Ok(batch)) => {
+                    let batch = self.conform(batch)?;
+                    Ok(Some(self.assemble(file, batch)?))
+                }
+                Some(Err(e)) => {
+                    self.bad_file(&file.meta, format!("reading Avro: {e}"))?;
                     Ok(None)
                 }
             },
