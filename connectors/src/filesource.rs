@@ -308,11 +308,12 @@ struct OpenFile {
 
 enum Reader {
     Lines(LineReader),
-    /// Over the whole file, fetched at once (files landed by sinks are
-    /// rolled at a bounded size).
-    Parquet(ParquetRecordBatchReader),
-    /// An Avro object container file, fetched at once like Parquet.
-    Avro(Box<arrow_avro::reader::Reader<std::io::Cursor<Bytes>>>),
+    /// The batches of a whole file in a format with its own schema, and
+    /// the format's name for errors.
+    Whole(
+        Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>,
+        &'static str,
+    ),
 }
 
 /// Splits a byte stream into records: lines, except that a CSV line break
@@ -457,7 +458,9 @@ impl FileSource {
     async fn open(&mut self, meta: ObjectMeta) -> Result<OpenFile> {
         let partitions = self.partition_values(&meta.location);
         let reader = match &self.options.format {
-            Format::Parquet => {
+            // Formats that carry their schema: the whole file at once
+            // (files landed by sinks are rolled at a bounded size).
+            format @ (Format::Parquet | Format::Avro(_)) => {
                 let bytes = self
                     .store
                     .get(&meta.location)
@@ -466,43 +469,17 @@ impl FileSource {
                     .bytes()
                     .await
                     .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| {
-                    SluiceError::invalid_parameter(format!("not a readable Parquet file: {e}"))
-                })?;
-                let file_schema = builder.schema().clone();
-                let roots: Vec<usize> = self
-                    .layout
-                    .payload()
-                    .fields()
-                    .iter()
-                    .filter_map(|f| file_schema.index_of(f.name()).ok())
-                    .collect();
-                let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-                Reader::Parquet(
-                    builder
-                        .with_projection(mask)
-                        .with_batch_size(self.options.batch)
-                        .build()
-                        .map_err(|e| SluiceError::invalid_parameter(format!("reading Parquet: {e}")))?,
-                )
-            }
-            Format::Avro(_) => {
-                let bytes = self
-                    .store
-                    .get(&meta.location)
-                    .await
-                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?
-                    .bytes()
-                    .await
-                    .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
-                Reader::Avro(Box::new(
-                    arrow_avro::reader::ReaderBuilder::new()
+                if let Format::Parquet = format {
+                    Reader::Whole(Box::new(self.parquet_reader(bytes)?), "Parquet")
+                } else {
+                    let reader = arrow_avro::reader::ReaderBuilder::new()
                         .with_batch_size(self.options.batch)
                         .build(std::io::Cursor::new(bytes))
                         .map_err(|e| {
                             SluiceError::invalid_parameter(format!("not a readable Avro file: {e}"))
-                        })?,
-                ))
+                        })?;
+                    Reader::Whole(Box::new(reader), "Avro")
+                }
             }
             format => {
                 let got = self
@@ -532,6 +509,26 @@ impl FileSource {
             partitions,
             reader,
         })
+    }
+
+    /// A Parquet file's batches, reading only the payload's columns.
+    fn parquet_reader(&self, bytes: Bytes) -> Result<ParquetRecordBatchReader> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| SluiceError::invalid_parameter(format!("not a readable Parquet file: {e}")))?;
+        let file_schema = builder.schema().clone();
+        let roots: Vec<usize> = self
+            .layout
+            .payload()
+            .fields()
+            .iter()
+            .filter_map(|f| file_schema.index_of(f.name()).ok())
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder
+            .with_projection(mask)
+            .with_batch_size(self.options.batch)
+            .build()
+            .map_err(|e| SluiceError::invalid_parameter(format!("reading Parquet: {e}")))
     }
 
     fn file_url(&self, meta: &ObjectMeta) -> String {
@@ -599,25 +596,15 @@ impl FileSource {
     /// The next batch of the file being read; `None` when it is done.
     async fn read(&mut self, file: &mut OpenFile) -> Result<Option<RecordBatch>> {
         match &mut file.reader {
-            Reader::Parquet(reader) => match reader.next() {
+            Reader::Whole(reader, name) => match reader.next() {
                 None => Ok(None),
                 Some(Ok(batch)) => {
                     let batch = self.conform(batch)?;
                     Ok(Some(self.assemble(file, batch)?))
                 }
                 Some(Err(e)) => {
-                    self.bad_file(&file.meta, format!("reading Parquet: {e}"))?;
-                    Ok(None)
-                }
-            },
-            Reader::Avro(reader) => match reader.next() {
-                None => Ok(None),
-                Some(Ok(batch)) => {
-                    let batch = self.conform(batch)?;
-                    Ok(Some(self.assemble(file, batch)?))
-                }
-                Some(Err(e)) => {
-                    self.bad_file(&file.meta, format!("reading Avro: {e}"))?;
+                    let error = format!("reading {name}: {e}");
+                    self.bad_file(&file.meta, error)?;
                     Ok(None)
                 }
             },
