@@ -320,15 +320,17 @@ impl AvroDecoder {
         let mut batches = Vec::new();
         let mut framed = Vec::new();
         let mut last_id = None;
+        // Held for the pass (one lock, not one per record).
+        let schemas = self.schemas.lock().expect("avro schemas lock");
         for record in records {
             let id = confluent_id(record);
             let bytes: &[u8] = if self.confluent {
-                let Some(id) = confluent_id(record) else {
+                let Some(id) = id else {
                     return Err(avro_error(
                         "record is not in the Confluent wire format (a 0 byte, a 4-byte schema id, the body)",
                     ));
                 };
-                if !self.schemas.lock().expect("avro schemas lock").contains_key(&id) {
+                if !schemas.contains_key(&id) {
                     return Err(avro_error(format!(
                         "schema id {id} is not in the schema registry"
                     )));
