@@ -61,25 +61,11 @@ async fn fill(brokers: &str, topic: &str, n: u64) {
         .unwrap();
     for i in 0..n {
         let payload = record(i);
-        let mut rec = BaseRecord::<(), String>::to(topic)
+        let rec = BaseRecord::<(), String>::to(topic)
             .payload(&payload)
             .partition((i % PARTITIONS as u64) as i32);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    // librdkafka's queue is full: let it deliver, then retry.
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
+        sluice_connectors::kafka::send_waiting(&producer, rec)
+            .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }

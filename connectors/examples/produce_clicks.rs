@@ -85,25 +85,11 @@ async fn main() {
                 _ => [&b"{\"user_id\": 1, \"page\": \""[..], &[0xff, 0xfe], &b"\"}"[..]].concat(),
             };
         }
-        let mut rec = BaseRecord::<(), Vec<u8>>::to(&topic)
+        let rec = BaseRecord::<(), Vec<u8>>::to(&topic)
             .payload(&payload)
             .partition((i % partitions as u64) as i32);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    // librdkafka's queue is full: let it deliver, then retry.
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
+        sluice_connectors::kafka::send_waiting(&producer, rec)
+            .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
     println!("produced {records} clicks to {topic} ({partitions} partitions) on {brokers}");

@@ -831,14 +831,27 @@ impl Source for KafkaSource {
     }
 }
 
-/// A shared handle for tests and tools that produce to Kafka.
-pub fn producer(brokers: &str) -> Result<Arc<rdkafka::producer::FutureProducer>> {
-    let p = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
-    Ok(Arc::new(p))
+/// Sends a record, waiting while librdkafka's queue is full (for tools
+/// and benches that produce in bulk).
+pub fn send_waiting<K, P>(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P>,
+) -> std::result::Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                // Let it deliver, then try again.
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
