@@ -1065,6 +1065,10 @@ impl SinkConnector for KafkaSink {
         let o = SinkOptions::parse(options, schema, updating)?;
         let mut config = ClientConfig::new();
         config.set("message.timeout.ms", "30000");
+        // Upserts and change envelopes are only right in order: the
+        // idempotent producer keeps a partition's records in the order they
+        // were sent even when a request is retried (and sends each once).
+        config.set("enable.idempotence", "true");
         for (k, v) in &o.properties {
             config.set(k, v);
         }

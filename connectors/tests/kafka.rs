@@ -428,7 +428,9 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
     )
     .await
     .unwrap();
-    let replay = |records: &[(String, Option<String>)]| {
+    // An envelope whose "before" is not the current row is an error that
+    // names every record of that key, in topic order.
+    let replay = |records: &[(String, Option<String>)]| -> Result<_, String> {
         let mut state: BTreeMap<String, i64> = BTreeMap::new();
         let mut ops = std::collections::BTreeSet::new();
         for (_, v) in records {
@@ -436,12 +438,19 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
             let op = v["op"].as_str().unwrap().to_string();
             if !v["before"].is_null() {
                 let before = &v["before"];
-                assert_eq!(
-                    state.get(before["page"].as_str().unwrap()),
-                    before["views"].as_i64().as_ref(),
-                    "{v}"
-                );
-                state.remove(before["page"].as_str().unwrap());
+                let page = before["page"].as_str().unwrap();
+                if state.get(page) != before["views"].as_i64().as_ref() {
+                    let history: Vec<&str> = records
+                        .iter()
+                        .filter(|(k, _)| k == page)
+                        .map(|(_, v)| v.as_deref().unwrap())
+                        .collect();
+                    return Err(format!(
+                        "{v} does not follow {:?}; key history: {history:#?}",
+                        state.get(page)
+                    ));
+                }
+                state.remove(page);
             }
             if !v["after"].is_null() {
                 let after = &v["after"];
@@ -452,10 +461,13 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
             }
             ops.insert(op);
         }
-        (state, ops)
+        Ok((state, ops))
     };
-    let changes = read_topic(&changes_topic, 1, |r| replay(r).0 == want_totals).await;
-    let (state, ops) = replay(&changes);
+    let changes = read_topic(&changes_topic, 1, |r| {
+        replay(r).is_ok_and(|(s, _)| s == want_totals)
+    })
+    .await;
+    let (state, ops) = replay(&changes).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(state, want_totals);
     assert!(ops.contains("c"), "{ops:?}");
 }
