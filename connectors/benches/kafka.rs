@@ -200,6 +200,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
         target_partitions: Some(parallelism),
         sources,
         sinks,
+        checkpoint_interval: None,
     })
     .await
     .unwrap();
@@ -293,7 +294,9 @@ async fn source_only(brokers: &str, topic: &str, n: u64) -> f64 {
         ("topic".to_string(), topic.to_string()),
         ("properties.bootstrap.servers".to_string(), brokers.to_string()),
     ]);
-    let mut source = KafkaConnector::default().open(&options, &schema, 0, 1).unwrap();
+    let mut source = KafkaConnector::default()
+        .open(&options, &schema, 0, 1, None)
+        .unwrap();
     let mut got = 0u64;
     let mut first: Option<(Instant, u64)> = None;
     while got < n {

@@ -133,7 +133,7 @@ async fn generator(events: u64, parallelism: usize) -> f64 {
     for p in 0..parallelism {
         let schema = NexmarkConnector.schema(&options(events), None).unwrap();
         let mut source = NexmarkConnector
-            .open(&options(events), &schema, p, parallelism)
+            .open(&options(events), &schema, p, parallelism, None)
             .unwrap();
         tasks.push(tokio::spawn(async move {
             let mut rows = 0usize;
@@ -161,6 +161,7 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
         target_partitions: Some(parallelism),
         sources,
         sinks,
+        checkpoint_interval: None,
     })
     .await
     .unwrap();

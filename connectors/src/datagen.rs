@@ -209,6 +209,7 @@ impl SourceConnector for DatagenConnector {
         schema: &SchemaRef,
         partition: usize,
         partitions: usize,
+        resume: Option<&str>,
     ) -> Result<Box<dyn Source>> {
         let o = Options::parse(options, schema)?;
         let start_us = o.start_us.unwrap_or_else(|| {
@@ -217,16 +218,31 @@ impl SourceConnector for DatagenConnector {
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(0)
         });
-        Ok(Box::new(DatagenSource {
+        let mut source = DatagenSource {
             schema: schema.clone(),
             rng: SplitMix(o.seed ^ (partition as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             options: o,
             partition: partition as u64,
             partitions: partitions.max(1) as u64,
             next: 0,
+            paced_from: 0,
             start_us,
             started: None,
-        }))
+        };
+        // Rows are a function of the row number and the generator state:
+        // those (and the clock's start) are the whole position.
+        if let Some(position) = resume {
+            let bad = || SluiceError::internal(format!("datagen: bad checkpointed position '{position}'"));
+            let parts: Vec<&str> = position.split(',').collect();
+            let [next, rng, start] = parts[..] else {
+                return Err(bad());
+            };
+            source.next = next.parse().map_err(|_| bad())?;
+            source.rng = SplitMix(rng.parse().map_err(|_| bad())?);
+            source.start_us = start.parse().map_err(|_| bad())?;
+            source.paced_from = source.next;
+        }
+        Ok(Box::new(source))
     }
 }
 
@@ -255,6 +271,8 @@ struct DatagenSource {
     partitions: u64,
     /// Rows this partition produced.
     next: u64,
+    /// The row the rate's clock starts from (resumed: not 0).
+    paced_from: u64,
     start_us: i64,
     started: Option<Instant>,
 }
@@ -286,8 +304,9 @@ impl Source for DatagenSource {
         if o.rate > 0 {
             // Pace by this partition's share of the rate.
             let started = *self.started.get_or_insert_with(Instant::now);
-            let due =
-                Duration::from_secs_f64((self.next + n) as f64 * self.partitions as f64 / o.rate as f64);
+            let due = Duration::from_secs_f64(
+                (self.next - self.paced_from + n) as f64 * self.partitions as f64 / o.rate as f64,
+            );
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
@@ -356,6 +375,10 @@ impl Source for DatagenSource {
         self.next += n;
         Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
     }
+
+    fn position(&self) -> Option<String> {
+        Some(format!("{},{},{}", self.next, self.rng.0, self.start_us))
+    }
 }
 
 #[cfg(test)]
@@ -385,7 +408,7 @@ mod tests {
         let s = c.schema(o, Some(&schema())).unwrap();
         let mut out = vec![];
         for p in 0..parts {
-            let mut src = c.open(o, &s, p, parts).unwrap();
+            let mut src = c.open(o, &s, p, parts, None).unwrap();
             while let Some(b) = src.next_batch().await.unwrap() {
                 out.push(b);
             }

@@ -245,9 +245,15 @@ impl SourceConnector for FileSystemSource {
         schema: &SchemaRef,
         partition: usize,
         partitions: usize,
+        resume: Option<&str>,
     ) -> Result<Box<dyn Source>> {
         let o = Options::parse(options, schema)?;
         let store_options = self.store_options(options);
+        let resumed: Position = match resume {
+            Some(p) => serde_json::from_str(p)
+                .map_err(|e| SluiceError::internal(format!("files: bad checkpointed position: {e}")))?,
+            None => Position::default(),
+        };
         let (store, base) = sluice_engine::sink::resolve_location(&self.stores, &o.path, &store_options)?;
         let layout = o.layout(schema);
         let decoder = match o.format {
@@ -277,15 +283,28 @@ impl SourceConnector for FileSystemSource {
             decoder,
             task: partition,
             tasks: partitions.max(1),
-            seen: HashSet::new(),
+            seen: resumed.done.iter().map(|p| Path::from(p.as_str())).collect(),
+            files_done: resumed.done.len() as u64,
+            resume_current: resumed.current.map(|c| (Path::from(c.as_str()), resumed.steps)),
+            done: resumed.done,
+            steps: 0,
+            skip: 0,
             queue: VecDeque::new(),
             current: None,
             listed: false,
             next_list: tokio::time::Instant::now(),
             bad,
-            files_done: 0,
         }))
     }
+}
+
+/// Where a file source task stands: the files it finished, and how many
+/// read steps it took into the one it is reading.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Position {
+    done: std::collections::BTreeSet<String>,
+    current: Option<String>,
+    steps: u64,
 }
 
 /// A stable hash of a path (FNV-1a), to spread files over tasks.
@@ -401,6 +420,14 @@ struct FileSource {
     seen: HashSet<Path>,
     queue: VecDeque<ObjectMeta>,
     current: Option<OpenFile>,
+    /// Files read to the end (or found broken): the checkpointed position.
+    done: std::collections::BTreeSet<String>,
+    /// Read steps taken into the current file.
+    steps: u64,
+    /// Steps of the current file to read again and drop (resumed mid-file).
+    skip: u64,
+    /// Resumed mid-file: that file and the steps already taken into it.
+    resume_current: Option<(Path, u64)>,
     /// Listed at least once (a bounded source lists once).
     listed: bool,
     next_list: tokio::time::Instant,
@@ -435,7 +462,16 @@ impl FileSource {
         found.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         for m in found {
             self.seen.insert(m.location.clone());
-            self.queue.push_back(m);
+            if self
+                .resume_current
+                .as_ref()
+                .is_some_and(|(p, _)| *p == m.location)
+            {
+                // The file a checkpoint was taken in the middle of goes first.
+                self.queue.push_front(m);
+            } else {
+                self.queue.push_back(m);
+            }
         }
         Ok(())
     }
@@ -585,6 +621,7 @@ impl FileSource {
     /// A file that cannot be read at all (a broken Parquet file): one bad
     /// record.
     fn bad_file(&mut self, meta: &ObjectMeta, error: String) -> Result<()> {
+        self.done.insert(meta.location.to_string());
         let url = self.file_url(meta);
         self.bad.record(BadRecord {
             raw: Vec::new(),
@@ -645,11 +682,21 @@ impl Source for FileSource {
                 match next {
                     Ok(Some(batch)) => {
                         self.current = Some(file);
+                        self.steps += 1;
+                        if self.skip > 0 {
+                            // Read before the checkpoint this resumed from.
+                            self.skip -= 1;
+                            continue;
+                        }
                         if batch.num_rows() > 0 {
                             return Ok(Some(batch));
                         }
                     }
-                    Ok(None) => self.files_done += 1,
+                    Ok(None) => {
+                        self.files_done += 1;
+                        self.done.insert(file.meta.location.to_string());
+                        self.steps = 0;
+                    }
                     Err(e) => {
                         return Err(SluiceError::new(
                             e.kind(),
@@ -660,6 +707,11 @@ impl Source for FileSource {
                 continue;
             }
             if let Some(meta) = self.queue.pop_front() {
+                self.steps = 0;
+                self.skip = match self.resume_current.take_if(|(p, _)| *p == meta.location) {
+                    Some((_, steps)) => steps,
+                    None => 0,
+                };
                 match self.open(meta.clone()).await {
                     Ok(file) => self.current = Some(file),
                     Err(e) if e.kind() == ErrorKind::InvalidParameter => {
@@ -690,6 +742,15 @@ impl Source for FileSource {
 
     fn take_bad_records(&mut self) -> u64 {
         self.bad.take_count()
+    }
+
+    fn position(&self) -> Option<String> {
+        let position = Position {
+            done: self.done.clone(),
+            current: self.current.as_ref().map(|f| f.meta.location.to_string()),
+            steps: self.steps,
+        };
+        serde_json::to_string(&position).ok()
     }
 
     fn status(&self) -> Option<String> {

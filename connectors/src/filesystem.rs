@@ -516,6 +516,14 @@ impl SinkWriter for FsWriter {
         }
         Ok(())
     }
+
+    /// Every row before the barrier is in a visible file once the barrier
+    /// passes (at-least-once: rows after the checkpoint may land again
+    /// after a restore, until files are committed through a table log).
+    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
+        self.finish().await?;
+        Ok(vec![])
+    }
 }
 
 /// The `blackhole` sink: counts and discards (for benchmarks).
@@ -526,6 +534,10 @@ struct Blackhole;
 
 #[async_trait]
 impl SinkWriter for Blackhole {
+    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
+        Ok(vec![])
+    }
+
     async fn write(&mut self, _batch: RecordBatch) -> Result<()> {
         Ok(())
     }

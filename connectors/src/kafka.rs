@@ -320,9 +320,12 @@ impl SourceConnector for KafkaConnector {
         schema: &SchemaRef,
         partition: usize,
         partitions: usize,
+        resume: Option<&str>,
     ) -> Result<Box<dyn Source>> {
         let o = Options::parse(options)?;
         let count = o.partitions()?;
+        // A checkpoint's offsets win over the startup mode.
+        let resumed = resume.map(parse_position).transpose()?.unwrap_or_default();
         let context = KafkaContext::default();
         let consumer: BaseConsumer<KafkaContext> = o
             .client_config()
@@ -332,24 +335,39 @@ impl SourceConnector for KafkaConnector {
             .filter(|k| *k as usize % partitions.max(1) == partition)
             .collect();
         let mut tpl = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
         for k in &mine {
-            let offset = match &o.startup {
-                Startup::Earliest => Offset::Beginning,
-                Startup::Latest => Offset::End,
-                Startup::GroupOffsets => Offset::Stored,
-                Startup::Timestamp(ms) => Offset::Offset(*ms),
-                Startup::Specific(m) => m.get(k).map(|o| Offset::Offset(*o)).unwrap_or(Offset::Beginning),
+            let offset = match (&o.startup, resumed.get(k)) {
+                (_, Some(next)) => Offset::Offset(*next),
+                (Startup::Earliest, _) => Offset::Beginning,
+                (Startup::Latest, _) => Offset::End,
+                (Startup::GroupOffsets, _) => Offset::Stored,
+                (Startup::Timestamp(ms), _) => {
+                    by_time
+                        .add_partition_offset(&o.topic, *k, Offset::Offset(*ms))
+                        .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
+                    continue;
+                }
+                (Startup::Specific(m), _) => {
+                    m.get(k).map(|o| Offset::Offset(*o)).unwrap_or(Offset::Beginning)
+                }
             };
             tpl.add_partition_offset(&o.topic, *k, offset)
                 .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
         }
-        if let Startup::Timestamp(_) = o.startup {
-            tpl = consumer.offsets_for_times(tpl, METADATA_TIMEOUT).map_err(|e| {
-                SluiceError::new(
-                    ErrorKind::StorageUnavailable,
-                    format!("kafka offsets for timestamp: {e}"),
-                )
-            })?;
+        if by_time.count() > 0 {
+            let found = consumer
+                .offsets_for_times(by_time, METADATA_TIMEOUT)
+                .map_err(|e| {
+                    SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("kafka offsets for timestamp: {e}"),
+                    )
+                })?;
+            for e in found.elements() {
+                tpl.add_partition_offset(&o.topic, e.partition(), e.offset())
+                    .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
+            }
         }
         consumer
             .assign(&tpl)
@@ -403,6 +421,7 @@ impl SourceConnector for KafkaConnector {
             options: o,
             idle,
             next_offsets: vec![None; mine.len()],
+            emitted: mine.iter().map(|k| resumed.get(k).copied()).collect(),
             partitions: mine,
             bad,
             pending: None,
@@ -411,6 +430,19 @@ impl SourceConnector for KafkaConnector {
             retry: None,
         }))
     }
+}
+
+/// A checkpointed position: `partition:next_offset,...`.
+fn parse_position(position: &str) -> Result<BTreeMap<i32, i64>> {
+    let bad = || SluiceError::internal(format!("kafka: bad checkpointed position '{position}'"));
+    position
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (p, o) = pair.split_once(':').ok_or_else(bad)?;
+            Ok((p.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?))
+        })
+        .collect()
 }
 
 /// What the fetch thread hands the source task.
@@ -581,14 +613,18 @@ struct KafkaSource {
     partitions: Vec<i32>,
     /// Per split: the offset after the last record received.
     next_offsets: Vec<Option<i64>>,
+    /// Per split: the offset after the last record handed out (the
+    /// checkpointed position).
+    emitted: Vec<Option<i64>>,
     bad: BadRecords,
     /// Records received and not decoded yet. Kept here, not in a local, so
     /// that `next_batch` can be cancelled (the runtime wakes up
     /// periodically to advance watermarks past idle partitions) without
     /// losing a record.
     pending: Option<Fetched>,
-    /// Decoded batches (one per partition) not handed out yet.
-    ready: std::collections::VecDeque<(usize, RecordBatch)>,
+    /// Decoded batches (one per partition, with the offset after its
+    /// records; `None` when every record was bad) not handed out yet.
+    ready: std::collections::VecDeque<(usize, Option<RecordBatch>, i64)>,
     last_split: usize,
     /// Consumption failing since, attempts, last error.
     retry: Option<(Instant, u32, String)>,
@@ -734,9 +770,13 @@ impl Source for KafkaSource {
         }
         loop {
             self.bad.flush().await?;
-            if let Some((split, batch)) = self.ready.pop_front() {
-                self.last_split = split;
-                return Ok(Some(batch));
+            if let Some((split, batch, next)) = self.ready.pop_front() {
+                self.emitted[split] = Some(next);
+                if let Some(batch) = batch {
+                    self.last_split = split;
+                    return Ok(Some(batch));
+                }
+                continue;
             }
             if self.pending.is_none() {
                 // Cancel-safe: a batch is either received or left queued.
@@ -782,9 +822,13 @@ impl Source for KafkaSource {
             }
             for (partition, records) in by_partition {
                 let split = self.partitions.iter().position(|p| *p == partition).unwrap_or(0);
-                if let Some(b) = self.decode(&fetched.buf, &records)? {
-                    self.ready.push_back((split, b));
-                }
+                let next = fetched
+                    .next_offsets
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or_else(|| records.last().map_or(0, |r| r.offset + 1));
+                let batch = self.decode(&fetched.buf, &records)?;
+                self.ready.push_back((split, batch, next));
             }
         }
     }
@@ -799,6 +843,18 @@ impl Source for KafkaSource {
 
     fn take_bad_records(&mut self) -> u64 {
         self.bad.take_count()
+    }
+
+    /// `partition:next_offset,...` for the partitions read so far.
+    fn position(&self) -> Option<String> {
+        Some(
+            self.partitions
+                .iter()
+                .zip(&self.emitted)
+                .filter_map(|(p, next)| next.map(|n| format!("{p}:{n}")))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 
     fn status(&self) -> Option<String> {
@@ -1304,5 +1360,12 @@ impl sluice_engine::SinkWriter for KafkaWriter {
 
     async fn finish(&mut self) -> Result<()> {
         self.flush().await
+    }
+
+    /// Every record before the barrier is acknowledged by the broker
+    /// (at-least-once until transactions commit at checkpoints).
+    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
+        self.flush().await?;
+        Ok(vec![])
     }
 }

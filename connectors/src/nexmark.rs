@@ -208,6 +208,7 @@ impl SourceConnector for NexmarkConnector {
         _schema: &SchemaRef,
         partition: usize,
         partitions: usize,
+        resume: Option<&str>,
     ) -> Result<Box<dyn Source>> {
         let o = Options::parse(options)?;
         let mut config = NexmarkConfig {
@@ -234,7 +235,15 @@ impl SourceConnector for NexmarkConnector {
         if let Some(t) = type_filter {
             generator = generator.with_type_filter(t);
         }
+        // The generator is deterministic: its offset is the whole position.
+        if let Some(position) = resume {
+            let offset: u64 = position.parse().map_err(|_| {
+                SluiceError::internal(format!("nexmark: bad checkpointed position '{position}'"))
+            })?;
+            generator = generator.with_offset(offset);
+        }
         Ok(Box::new(NexmarkSource {
+            paced_from: generator.global_offset(),
             generator,
             schema: schema_of(o.table),
             options: o,
@@ -248,6 +257,8 @@ struct NexmarkSource {
     schema: SchemaRef,
     options: Options,
     started: Option<Instant>,
+    /// The event the rate's clock starts from (resumed: not 0).
+    paced_from: u64,
 }
 
 /// Column builders for one batch of one table. One value lives per batch,
@@ -475,7 +486,10 @@ impl NexmarkSource {
         if self.options.rate == 0 {
             return true;
         }
-        let due = started + Duration::from_secs_f64(global as f64 / self.options.rate as f64);
+        let due = started
+            + Duration::from_secs_f64(
+                global.saturating_sub(self.paced_from) as f64 / self.options.rate as f64,
+            );
         if due > Instant::now() {
             if have_rows {
                 return false;
@@ -550,7 +564,10 @@ impl Source for NexmarkSource {
             if self.options.rate > 0 {
                 // Event n of the combined stream is due n / rate seconds
                 // after start; hand out what is due, then wait.
-                let due = started + Duration::from_secs_f64(global as f64 / self.options.rate as f64);
+                let due = started
+                    + Duration::from_secs_f64(
+                        global.saturating_sub(self.paced_from) as f64 / self.options.rate as f64,
+                    );
                 let now = Instant::now();
                 if due > now {
                     if rows > 0 {
@@ -570,6 +587,10 @@ impl Source for NexmarkSource {
             .map_err(|e| SluiceError::internal(format!("nexmark batch: {e}")))?;
         Ok(Some(batch))
     }
+
+    fn position(&self) -> Option<String> {
+        Some(self.generator.offset().to_string())
+    }
 }
 
 #[cfg(test)]
@@ -587,7 +608,7 @@ mod tests {
         let mut out = Vec::new();
         for p in 0..parts {
             let schema = c.schema(o, None).unwrap();
-            let mut s = c.open(o, &schema, p, parts).unwrap();
+            let mut s = c.open(o, &schema, p, parts, None).unwrap();
             while let Some(b) = s.next_batch().await.unwrap() {
                 out.push(b);
             }

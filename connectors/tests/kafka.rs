@@ -336,6 +336,7 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
         target_partitions: Some(2),
         sources,
         sinks,
+        checkpoint_interval: None,
     })
     .await
     .unwrap();

@@ -38,6 +38,7 @@ async fn fixture(parallelism: usize) -> Fixture {
         target_partitions: Some(parallelism),
         sources,
         sinks,
+        checkpoint_interval: None,
     })
     .await
     .unwrap();

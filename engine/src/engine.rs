@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub sources: SourceRegistry,
     /// Sink connectors for `CREATE SINK`.
     pub sinks: SinkRegistry,
+    /// How often jobs checkpoint unless a session sets
+    /// `streaming.checkpoint_interval`; `None`: they don't.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
@@ -82,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) streams: Arc<Streams>,
     /// Running sinks and materialized views, by name.
     pub(crate) jobs: std::sync::Mutex<BTreeMap<String, RunningJob>>,
+    /// The default `streaming.checkpoint_interval`.
+    pub(crate) checkpoint_interval: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -139,6 +144,7 @@ impl Engine {
                 unavailable: Default::default(),
                 streams,
                 jobs: Default::default(),
+                checkpoint_interval: config.checkpoint_interval,
             }),
         };
         for entry in entries {
@@ -164,10 +170,15 @@ impl Engine {
 
     /// A new session over the shared catalog.
     pub fn new_session(&self) -> Session {
+        let mut vars = default_session_vars();
+        vars.insert(
+            CHECKPOINT_INTERVAL_VAR.into(),
+            crate::checkpoint::format_interval(self.inner.checkpoint_interval),
+        );
         Session {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
-            vars: default_session_vars(),
+            vars,
         }
     }
 
@@ -187,6 +198,9 @@ impl Engine {
         }
     }
 }
+
+/// The session setting jobs created afterwards checkpoint at.
+pub(crate) const CHECKPOINT_INTERVAL_VAR: &str = "streaming.checkpoint_interval";
 
 fn default_session_vars() -> BTreeMap<String, String> {
     [
@@ -280,6 +294,7 @@ enum Action {
         sink: bool,
     },
     ShowJobs,
+    ShowCheckpoints,
     /// `SUBSCRIBE`, with the schema of its rows.
     Subscribe {
         target: crate::parser::SubscribeTarget,
@@ -319,6 +334,7 @@ impl Prepared {
             Action::ShowStreams => Some(show_streams_schema()),
             Action::ShowJobObjects { sink } => Some(crate::jobs::show_objects_schema(*sink)),
             Action::ShowJobs => Some(crate::jobs::show_jobs_schema()),
+            Action::ShowCheckpoints => Some(crate::jobs::show_checkpoints_schema()),
             Action::ExplainJob { .. } => Some(crate::jobs::explain_schema()),
             Action::Subscribe { schema, .. } => Some(schema.clone()),
             _ => None,
@@ -387,7 +403,7 @@ fn show_schema(name: &str) -> SchemaRef {
 pub struct Session {
     pub(crate) engine: Engine,
     pub(crate) ctx: SessionContext,
-    vars: BTreeMap<String, String>,
+    pub(crate) vars: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -446,6 +462,7 @@ impl Session {
             Statement::ShowSinks => Action::ShowJobObjects { sink: true },
             Statement::ShowMaterializedViews => Action::ShowJobObjects { sink: false },
             Statement::ShowJobs => Action::ShowJobs,
+            Statement::ShowCheckpoints => Action::ShowCheckpoints,
             Statement::Subscribe { target, copy } => {
                 let schema = self.subscribe_schema(&target).await?;
                 Action::Subscribe { target, copy, schema }
@@ -806,6 +823,7 @@ impl Session {
             }
             Action::ShowJobObjects { sink } => self.show_job_objects(*sink).await,
             Action::ShowJobs => self.show_jobs(),
+            Action::ShowCheckpoints => self.show_checkpoints(),
             Action::ExplainJob { create, sink } => self.explain_job(create, *sink).await,
             Action::Subscribe { target, copy, .. } => Ok(Output::Subscribe {
                 rows: self.subscribe(target).await?,
@@ -848,6 +866,12 @@ impl Session {
                         "invalid value for parameter \"TimeZone\": \"{value}\""
                     ))
                 })?;
+        }
+        if name == CHECKPOINT_INTERVAL_VAR {
+            let interval = crate::checkpoint::parse_interval(value)?;
+            self.vars
+                .insert(name.to_string(), crate::checkpoint::format_interval(interval));
+            return Ok(());
         }
         self.vars.insert(name.to_string(), value.to_string());
         Ok(())

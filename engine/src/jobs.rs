@@ -17,6 +17,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement};
 
 use crate::catalog::{CatalogEntry, ObjectKind};
+use crate::checkpoint::{CheckpointConfig, CheckpointHistory, CheckpointStore, Restore};
 use crate::engine::{Engine, Output, Session};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::parser::{CreateJob, Statement, SubscribeTarget};
@@ -58,6 +59,8 @@ pub(crate) struct RunningJob {
     pub(crate) sink: bool,
     pub(crate) job: Job,
     pub(crate) view: Option<Arc<MaterializedView>>,
+    /// Recent checkpoints (None: the job does not checkpoint).
+    pub(crate) checkpoints: Option<Arc<CheckpointHistory>>,
 }
 
 /// `WATERMARK FOR col AS col [- INTERVAL '...']`: how far the watermark
@@ -129,6 +132,18 @@ pub(crate) fn show_jobs_schema() -> SchemaRef {
     ]))
 }
 
+pub(crate) fn show_checkpoints_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("job", DataType::Utf8, false),
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("started", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new("duration_ms", DataType::Int64, true),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("detail", DataType::Utf8, true),
+    ]))
+}
+
 pub(crate) fn explain_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]))
 }
@@ -187,6 +202,38 @@ impl Session {
         Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
     }
 
+    /// How a new (`persist`) or restored job checkpoints: at this
+    /// session's `streaming.checkpoint_interval`; a restored job from its
+    /// newest complete checkpoint.
+    fn checkpoint_config(&self, name: &str, persist: bool) -> Result<Option<CheckpointConfig>> {
+        let store = CheckpointStore::new(&self.engine.inner.data_dir, name);
+        let interval = match self.vars.get(crate::engine::CHECKPOINT_INTERVAL_VAR) {
+            Some(v) => crate::checkpoint::parse_interval(v)?,
+            None => self.engine.inner.checkpoint_interval,
+        };
+        if persist {
+            // A new job: nothing of an earlier one by this name applies.
+            store.remove_all();
+        }
+        let restore = if persist {
+            None
+        } else {
+            store.latest().map(|manifest| Restore {
+                store: store.clone(),
+                manifest,
+            })
+        };
+        let Some(interval) = interval else {
+            return Ok(None);
+        };
+        Ok(Some(CheckpointConfig {
+            store,
+            interval,
+            restore,
+            history: Arc::new(CheckpointHistory::default()),
+        }))
+    }
+
     /// A relative sink path lands in the data directory (the default
     /// landing zone); URLs and absolute paths are kept.
     pub(crate) fn landing_path(&self, path: &str) -> String {
@@ -220,6 +267,8 @@ impl Session {
         let node = self.plan_job(&create.query).await?;
         let schema = node.schema.clone();
         let updating = node.updating;
+        let checkpoints = self.checkpoint_config(&name, persist)?;
+        let history = checkpoints.as_ref().map(|c| c.history.clone());
         let run_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -258,9 +307,12 @@ impl Session {
                 stores: stores.clone(),
                 store_options,
             };
-            let started = Job::start(&name, node, |lane, lanes| {
-                connector.open(&options, &schema, updating, &ctx, lane, lanes)
-            });
+            let started = Job::start(
+                &name,
+                node,
+                |lane, lanes| connector.open(&options, &schema, updating, &ctx, lane, lanes),
+                checkpoints,
+            );
             match started {
                 Ok(job) => (job, None),
                 Err(e) => {
@@ -276,7 +328,7 @@ impl Session {
             }
             let view = Arc::new(MaterializedView::try_new(schema.clone(), updating)?);
             self.ctx.register_table(name.as_str(), view.clone())?;
-            let job = Job::start(&name, node, |_, _| Ok(view.writer()))?;
+            let job = Job::start(&name, node, |lane, _| Ok(view.writer(lane)), checkpoints)?;
             (job, Some(view))
         };
         if persist
@@ -293,12 +345,15 @@ impl Session {
             let _ = self.ctx.deregister_table(name.as_str());
             return Err(e);
         }
-        self.engine
-            .inner
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .insert(name, RunningJob { sink, job, view });
+        self.engine.inner.jobs.lock().expect("jobs lock").insert(
+            name,
+            RunningJob {
+                sink,
+                job,
+                view,
+                checkpoints: history,
+            },
+        );
         Ok(())
     }
 
@@ -335,6 +390,7 @@ impl Session {
         // Dropping the job aborts its tasks and frees their state.
         let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
         drop(job);
+        CheckpointStore::new(&self.engine.inner.data_dir, name).remove_all();
         Ok(())
     }
 
@@ -460,6 +516,38 @@ impl Session {
         )
     }
 
+    pub(crate) fn show_checkpoints(&self) -> Result<Output> {
+        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
+        let (mut job, mut epoch, mut status, mut started, mut duration, mut bytes, mut detail) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (name, j) in jobs.iter() {
+            let Some(history) = &j.checkpoints else {
+                continue;
+            };
+            for s in history.entries() {
+                job.push(name.clone());
+                epoch.push(s.epoch as i64);
+                status.push(s.status);
+                started.push(s.started_ms * 1000);
+                duration.push(s.duration_ms.map(|d| d as i64));
+                bytes.push(s.bytes as i64);
+                detail.push(s.detail);
+            }
+        }
+        one_batch(
+            show_checkpoints_schema(),
+            vec![
+                Arc::new(StringArray::from(job)),
+                Arc::new(Int64Array::from(epoch)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(TimestampMicrosecondArray::from(started)),
+                Arc::new(Int64Array::from(duration)),
+                Arc::new(Int64Array::from(bytes)),
+                Arc::new(StringArray::from(detail)),
+            ],
+        )
+    }
+
     fn view(&self, name: &datafusion::sql::sqlparser::ast::ObjectName) -> Result<Arc<MaterializedView>> {
         let name = crate::engine::normalize_name(name);
         let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
@@ -529,14 +617,19 @@ impl Session {
                 let schema = subscribe_schema(&rows_schema);
                 let updating = node.updating;
                 let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(16);
-                let job = Arc::new(Job::start("subscribe", node, |_, _| {
-                    Ok(Box::new(ChannelWriter {
-                        tx: tx.clone(),
-                        schema: rows_schema.clone(),
-                        updating,
-                        watermark: None,
-                    }) as Box<dyn SinkWriter>)
-                })?);
+                let job = Arc::new(Job::start(
+                    "subscribe",
+                    node,
+                    |_, _| {
+                        Ok(Box::new(ChannelWriter {
+                            tx: tx.clone(),
+                            schema: rows_schema.clone(),
+                            updating,
+                            watermark: None,
+                        }) as Box<dyn SinkWriter>)
+                    },
+                    None,
+                )?);
                 drop(tx);
                 let stream = futures::stream::unfold((rx, job, false), |(mut rx, job, done)| async move {
                     if done {
@@ -608,6 +701,10 @@ impl SinkWriter for ChannelWriter {
 
     async fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
+        Ok(vec![])
     }
 }
 

@@ -13,6 +13,7 @@
 //! providers for `s3://` and `hdfs://`.
 
 pub mod catalog;
+pub mod checkpoint;
 mod engine;
 pub mod error;
 pub mod functions;

@@ -42,6 +42,8 @@ pub enum Statement {
     ShowMaterializedViews,
     /// `SHOW JOBS`
     ShowJobs,
+    /// `SHOW CHECKPOINTS`: recent checkpoints of every job.
+    ShowCheckpoints,
     /// `EXPLAIN CREATE SINK ...` / `EXPLAIN CREATE MATERIALIZED VIEW ...`:
     /// the streaming plan.
     Explain(Box<Statement>),
@@ -98,6 +100,7 @@ impl fmt::Display for Statement {
             Statement::ShowSinks => write!(f, "SHOW SINKS"),
             Statement::ShowMaterializedViews => write!(f, "SHOW MATERIALIZED VIEWS"),
             Statement::ShowJobs => write!(f, "SHOW JOBS"),
+            Statement::ShowCheckpoints => write!(f, "SHOW CHECKPOINTS"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
             Statement::Subscribe { target, copy } => {
                 let t = match target {
@@ -288,6 +291,11 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             df.parser.next_token();
             df.parser.next_token();
             Statement::ShowJobs
+        }
+        (Some("SHOW"), Some("CHECKPOINTS"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::ShowCheckpoints
         }
         (Some("CREATE"), Some("STREAM"), _) => {
             df.parser.next_token();

@@ -41,6 +41,18 @@ pub trait SinkWriter: Send {
     }
     /// The input ended (bounded sources): make everything written visible.
     async fn finish(&mut self) -> Result<()>;
+    /// A checkpoint barrier passed: everything written so far must be
+    /// durable (files closed, deliveries confirmed). Returns state to keep
+    /// in the checkpoint (a view's rows), restored by [`Self::restore`].
+    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>>;
+    /// Takes back the state of a checkpoint, before the first write.
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(SluiceError::internal("this sink keeps no checkpoint state"))
+        }
+    }
 }
 
 /// What a sink is opened with.

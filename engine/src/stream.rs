@@ -85,6 +85,13 @@ pub trait Source: Send {
     fn status(&self) -> Option<String> {
         None
     }
+
+    /// Where this source stands, for a checkpoint: enough to continue right
+    /// after the last batch it returned (Kafka offsets per partition, files
+    /// read). `None`: it can't resume, so its job can't checkpoint.
+    fn position(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A kind of source (`connector = '...'` in `CREATE STREAM`).
@@ -123,13 +130,15 @@ pub trait SourceConnector: Send + Sync + Debug {
         None
     }
 
-    /// Opens partition `partition` of `partitions`, producing `schema`.
+    /// Opens partition `partition` of `partitions`, producing `schema`;
+    /// with `resume`, continuing from what [`Source::position`] returned.
     fn open(
         &self,
         options: &BTreeMap<String, String>,
         schema: &SchemaRef,
         partition: usize,
         partitions: usize,
+        resume: Option<&str>,
     ) -> Result<Box<dyn Source>>;
 }
 
@@ -197,7 +206,7 @@ impl PartitionStream for SourcePartition {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let opened = self
             .connector
-            .open(&self.options, &self.schema, self.partition, self.partitions);
+            .open(&self.options, &self.schema, self.partition, self.partitions, None);
         let stream = futures::stream::unfold(Some(opened), |state| async move {
             let mut source = match state? {
                 Ok(source) => source,
@@ -336,10 +345,11 @@ impl StreamTable {
         }
     }
 
-    /// Opens source partition `partition` for a streaming job.
-    pub fn open(&self, partition: usize) -> Result<Box<dyn Source>> {
+    /// Opens source partition `partition` for a streaming job, resuming
+    /// from a checkpointed position if given.
+    pub fn open(&self, partition: usize, resume: Option<&str>) -> Result<Box<dyn Source>> {
         self.connector
-            .open(&self.options, &self.schema, partition, self.partitions)
+            .open(&self.options, &self.schema, partition, self.partitions, resume)
     }
 
     /// Ad-hoc queries read a stream's rows as they come; a changelog's

@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:6866"
 //! data_dir = "./sluice-data"
 //! log = "info"
+//! checkpoint_interval = "10s"   # or "off"
 //! [users]
 //! sluice = "sluice"
 //! [s3]
@@ -38,6 +39,9 @@ pub struct Config {
     pub s3: S3Config,
     /// DataFusion target partitions (default: number of cores).
     pub target_partitions: Option<usize>,
+    /// How often jobs checkpoint (`10s`, `500ms`, `off`); sessions may
+    /// change it for the jobs they create (`SET streaming.checkpoint_interval`).
+    pub checkpoint_interval: String,
     /// PEM certificate chain; with `tls_key`, clients may connect with TLS
     /// (`sslmode=require`). Without both, the server speaks plain TCP only.
     pub tls_cert: Option<PathBuf>,
@@ -58,6 +62,7 @@ impl Default for Config {
             auth: crate::auth::AuthMethod::Scram,
             s3: S3Config::default(),
             target_partitions: None,
+            checkpoint_interval: "10s".into(),
             tls_cert: None,
             tls_key: None,
             debug_functions: false,

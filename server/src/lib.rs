@@ -72,6 +72,7 @@ impl Server {
             target_partitions: config.target_partitions,
             sources,
             sinks,
+            checkpoint_interval: sluice_engine::checkpoint::parse_interval(&config.checkpoint_interval)?,
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(

@@ -43,6 +43,9 @@ struct Args {
     /// S3 secret access key
     #[arg(long, env = "SLUICE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     s3_secret_access_key: Option<String>,
+    /// How often jobs checkpoint: a duration such as 10s or 500ms, or off
+    #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL")]
+    checkpoint_interval: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.log {
         config.log = v;
+    }
+    if let Some(v) = args.checkpoint_interval {
+        config.checkpoint_interval = v;
     }
     if let Some(v) = args.tls_cert {
         config.tls_cert = Some(v);

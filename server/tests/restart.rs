@@ -71,3 +71,157 @@ fn a_table_whose_storage_is_gone_at_start_is_kept_and_explained() {
     let p = SluiceProcess::start(&data);
     assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM trips"]).trim(), "3");
 }
+
+/// Polls `f` every 200 ms for up to 60 s until it returns `Some`.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Clicks as JSON lines: `n` rows from row `from`, one every 100 ms of event
+/// time, pages p0..p4.
+fn clicks(from: i64, n: i64) -> String {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{{\"page\": \"p{}\", \"ts\": \"2026-11-22T10:{:02}:{:02}.{}\"}}\n",
+                i % 5,
+                i / 600,
+                (i / 10) % 60,
+                i % 10
+            )
+        })
+        .collect()
+}
+
+/// The newest completed checkpoint epoch of `job`, if any.
+fn completed_epoch(p: &SluiceProcess, job: &str) -> Option<i64> {
+    checkpoints(p)
+        .into_iter()
+        .filter(|(j, _, status)| j == job && status == "completed")
+        .map(|(_, epoch, _)| epoch)
+        .max()
+}
+
+/// (job, epoch, status) of SHOW CHECKPOINTS.
+fn checkpoints(p: &SluiceProcess) -> Vec<(String, i64, String)> {
+    p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn jobs_resume_from_their_checkpoint_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = dir.path().join("clicks");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let mut p = SluiceProcess::start_with(&data, &env);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (page TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'filesystem', \
+             path = '{}', format = 'json', 'source.monitor-interval' = '100ms')",
+            input.display()
+        ),
+        "-c",
+        "CREATE MATERIALIZED VIEW totals AS SELECT page, count(*) AS n FROM clicks GROUP BY page",
+        "-c",
+        &format!(
+            "CREATE SINK per_window WITH (connector = 'filesystem', path = '{}', format = 'csv', \
+             'sink.rolling-policy.rollover-interval' = '100ms') AS \
+             SELECT page, window_start, count(*) AS views FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) \
+             GROUP BY page, window_start",
+            out.display()
+        ),
+    ]);
+    // The first file is in the view and its closed windows (the last one,
+    // 10:00:20-30, stays open) have landed ...
+    let landed = |p: &SluiceProcess| -> i64 {
+        p.psql(&["-tA", "-c", "SELECT coalesce(sum(views), 0) FROM per_window"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    wait_for("the first file", || {
+        let total = p.psql(&["-tA", "-c", "SELECT coalesce(sum(n), 0) FROM totals"]);
+        (total.trim() == "300" && landed(&p) == 200).then_some(())
+    });
+    // ... and a checkpoint started after that completed for both jobs.
+    let (v, s) = (completed_epoch(&p, "totals"), completed_epoch(&p, "per_window"));
+    wait_for("checkpoints after the first file", || {
+        (completed_epoch(&p, "totals") > v.map(|e| e + 1).or(Some(1))
+            && completed_epoch(&p, "per_window") > s.map(|e| e + 1).or(Some(1)))
+        .then_some(())
+    });
+    p.kill9();
+
+    std::fs::write(input.join("b.json"), clicks(300, 300)).unwrap();
+    let p = SluiceProcess::start_with(&data, &env);
+    let restored: Vec<String> = checkpoints(&p)
+        .into_iter()
+        .filter(|(_, _, status)| status == "restored")
+        .map(|(job, _, _)| job)
+        .collect();
+    assert_eq!(
+        restored,
+        ["per_window", "totals"],
+        "both jobs start from a checkpoint"
+    );
+    let want = (0..5).map(|k| format!("p{k}|120")).collect::<Vec<_>>().join("\n");
+    wait_for("both files in the view", || {
+        let rows = p.psql(&["-tA", "-c", "SELECT page, n FROM totals ORDER BY page"]);
+        (rows.trim() == want).then_some(())
+    });
+    // Windows up to 10:00:50 are closed; each landed exactly once.
+    wait_for("the second file's windows", || (landed(&p) >= 500).then_some(()));
+    let windows = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT page, window_start, views FROM per_window ORDER BY 1, 2",
+    ]);
+    let windows: Vec<&str> = windows.lines().collect();
+    let distinct: std::collections::BTreeSet<&str> =
+        windows.iter().map(|l| l.rsplit_once('|').unwrap().0).collect();
+    assert_eq!(
+        (windows.len(), distinct.len()),
+        (25, 25),
+        "no window lost or landed twice: {windows:#?}"
+    );
+    assert!(windows.iter().all(|l| l.ends_with("|20")), "{windows:#?}");
+    // The restored jobs read only the new file: resuming, not replaying.
+    // SHOW JOBS: job|kind|status|operator_id|operator|parallelism|rows_in|rows_out|...
+    let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+    let mut per_job: std::collections::BTreeMap<String, i64> = Default::default();
+    for l in jobs.lines() {
+        let f: Vec<&str> = l.split('|').collect();
+        if f.len() > 7 && f[4].starts_with("Source") {
+            *per_job.entry(f[0].to_string()).or_default() += f[7].parse::<i64>().unwrap();
+        }
+    }
+    assert_eq!(
+        per_job,
+        [("per_window".to_string(), 300), ("totals".to_string(), 300)].into(),
+        "sources resumed after the first file"
+    );
+}

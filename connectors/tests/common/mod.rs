@@ -24,6 +24,7 @@ pub async fn open_engine(
         target_partitions: Some(parallelism),
         sources,
         sinks,
+        checkpoint_interval: None,
     })
     .await
     .unwrap();

@@ -97,6 +97,76 @@ pub trait KeyedOperator: Send {
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()>;
     /// (rows, bytes) of state held.
     fn state_size(&self) -> (usize, usize);
+    /// The state as batches, for a checkpoint. The runtime calls it at a
+    /// barrier, right after a progress step (no change is pending).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(DataFusionError::NotImplemented(
+            "this operator's state is not checkpointed yet".into(),
+        ))
+    }
+    /// Takes back what [`Self::snapshot`] returned (on a fresh operator).
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        Err(DataFusionError::NotImplemented(
+            "this operator's state is not checkpointed yet".into(),
+        ))
+    }
+}
+
+/// The schema-metadata key under which a window aggregate's snapshot keeps
+/// its watermark.
+const WATERMARK_META: &str = "sluice.watermark";
+
+/// A snapshot batch: named columns, all nullable (`extra` as schema
+/// metadata).
+fn state_batch(
+    names: Vec<String>,
+    columns: Vec<ArrayRef>,
+    extra: HashMap<String, String>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    let fields: Vec<Field> = names
+        .into_iter()
+        .zip(&columns)
+        .map(|(n, c)| Field::new(n, c.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(fields, extra));
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// The schema-metadata key under which a snapshot says how many state
+/// columns each aggregate has (a sliding accumulator's state can be wider
+/// than the aggregate's declared state fields).
+const WIDTHS_META: &str = "sluice.state_widths";
+
+fn widths_meta(widths: &[usize]) -> String {
+    widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// How many state columns each aggregate has in a snapshot batch.
+fn state_widths(batch: &RecordBatch, aggs: usize) -> Result<Vec<usize>> {
+    let bad = || DataFusionError::Internal("snapshot without its state widths".into());
+    let meta = batch
+        .schema()
+        .metadata()
+        .get(WIDTHS_META)
+        .cloned()
+        .ok_or_else(bad)?;
+    let widths = meta
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|w| w.parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>>>()?;
+    if widths.len() != aggs {
+        return Err(bad());
+    }
+    Ok(widths)
 }
 
 /// Where the window of each row is found among the group keys.
@@ -169,16 +239,40 @@ impl WindowAggregate {
         Ok(ticks.unary(|t| ticks_to_micros(if is_end { t } else { t + size }, unit)))
     }
 
+    fn new_window(&self) -> Result<WindowState> {
+        Ok(WindowState {
+            groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None)?,
+            accs: self
+                .aggs
+                .iter()
+                .map(|a| a.groups_accumulator())
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Puts groups (`keys`) with accumulator states into window `end`.
+    fn load_window(
+        &mut self,
+        end: i64,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        rows: usize,
+    ) -> Result<()> {
+        let mut state = self.new_window()?;
+        let mut idx = Vec::new();
+        state.groups.intern(keys, &mut idx)?;
+        let total = state.groups.len();
+        for (acc, st) in state.accs.iter_mut().zip(states) {
+            acc.merge_batch(st, &idx, total)?;
+        }
+        debug_assert_eq!(idx.len(), rows);
+        self.windows.insert(end, state);
+        Ok(())
+    }
+
     fn update(&mut self, end: i64, batch: &RecordBatch) -> Result<()> {
         if !self.windows.contains_key(&end) {
-            let state = WindowState {
-                groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None)?,
-                accs: self
-                    .aggs
-                    .iter()
-                    .map(|a| a.groups_accumulator())
-                    .collect::<Result<_>>()?,
-            };
+            let state = self.new_window()?;
             self.windows.insert(end, state);
         }
         let state = self.windows.get_mut(&end).expect("inserted above");
@@ -253,7 +347,9 @@ impl KeyedOperator for WindowAggregate {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        self.watermark = watermark;
+        // Never backwards: after a restore the inputs start low again.
+        self.watermark = self.watermark.max(watermark);
+        let watermark = self.watermark;
         while let Some(entry) = self.windows.first_entry() {
             if *entry.key() > watermark {
                 break;
@@ -276,6 +372,77 @@ impl KeyedOperator for WindowAggregate {
             bytes += s.groups.size() + s.accs.iter().map(|a| a.size()).sum::<usize>();
         }
         (rows, bytes)
+    }
+
+    /// One batch per open window: its end, the group keys and every
+    /// accumulator's state columns; the watermark in the schema metadata.
+    /// Taking a groups accumulator's state empties it, so each window is
+    /// loaded back right away.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut extra = HashMap::from([(WATERMARK_META.to_string(), self.watermark.to_string())]);
+        let mut out = Vec::new();
+        let ends: Vec<i64> = self.windows.keys().copied().collect();
+        for end in ends {
+            let mut state = self.windows.remove(&end).expect("listed above");
+            let rows = state.groups.len();
+            let keys = state.groups.emit(EmitTo::All)?;
+            let states = state
+                .accs
+                .iter_mut()
+                .map(|a| a.state(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            self.load_window(end, &keys, &states, rows)?;
+            let widths: Vec<usize> = states.iter().map(Vec::len).collect();
+            extra.insert(WIDTHS_META.to_string(), widths_meta(&widths));
+            let mut names = vec!["end".to_string()];
+            let mut cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![end; rows]))];
+            for (i, k) in keys.into_iter().enumerate() {
+                names.push(format!("k{i}"));
+                cols.push(k);
+            }
+            for (a, st) in states.into_iter().enumerate() {
+                for (j, c) in st.into_iter().enumerate() {
+                    names.push(format!("a{a}_{j}"));
+                    cols.push(c);
+                }
+            }
+            out.push(state_batch(names, cols, extra.clone(), rows)?);
+        }
+        if out.is_empty() {
+            out.push(state_batch(vec![], vec![], extra, 0)?);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let n_keys = self.keys.len();
+        for b in state {
+            if let Some(w) = b.schema().metadata().get(WATERMARK_META) {
+                let w: i64 = w
+                    .parse()
+                    .map_err(|_| DataFusionError::Internal(format!("bad watermark in snapshot: {w}")))?;
+                self.watermark = self.watermark.max(w);
+            }
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let end = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| DataFusionError::Internal("window snapshot without its end".into()))?
+                .value(0);
+            let widths = state_widths(&b, self.aggs.len())?;
+            let keys = b.columns()[1..1 + n_keys].to_vec();
+            let mut at = 1 + n_keys;
+            let mut states = Vec::new();
+            for w in &widths {
+                states.push(b.columns()[at..at + w].to_vec());
+                at += w;
+            }
+            self.load_window(end, &keys, &states, b.num_rows())?;
+        }
+        Ok(())
     }
 }
 
@@ -596,6 +763,91 @@ impl KeyedOperator for UpdatingAggregate {
 
     fn state_size(&self) -> (usize, usize) {
         (self.rows.iter().filter(|r| **r > 0).count(), self.state_bytes)
+    }
+
+    /// One row per group: the keys, the net row count and each
+    /// accumulator's state. What was emitted is the current value (the
+    /// runtime flushes before a snapshot), so it is not stored.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let n = self.accs.len();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut names = Vec::new();
+        let mut cols: Vec<ArrayRef> = match (&self.converter, &self.key_rows) {
+            (Some(c), Some(rows)) => c.convert_rows(rows.iter())?,
+            _ => vec![],
+        };
+        for i in 0..cols.len() {
+            names.push(format!("k{i}"));
+        }
+        names.push("rows".into());
+        cols.push(Arc::new(Int64Array::from(self.rows.clone())));
+        let mut widths = Vec::new();
+        for k in 0..self.aggs.len() {
+            let states = (0..n)
+                .map(|g| self.accs[g][k].state())
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| {
+                    DataFusionError::NotImplemented(format!(
+                        "{} over an updating input is not checkpointed yet ({e})",
+                        self.aggs[k].func.name()
+                    ))
+                })?;
+            widths.push(states[0].len());
+            for j in 0..states[0].len() {
+                names.push(format!("a{k}_{j}"));
+                cols.push(ScalarValue::iter_to_array(states.iter().map(|s| s[j].clone()))?);
+            }
+        }
+        let extra = HashMap::from([(WIDTHS_META.to_string(), widths_meta(&widths))]);
+        Ok(vec![state_batch(names, cols, extra, n)?])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        for b in state {
+            let widths = state_widths(&b, self.aggs.len())?;
+            let n_keys = if self.converter.is_some() {
+                self.keys.len()
+            } else {
+                0
+            };
+            let keys = match &self.converter {
+                Some(c) => Some(c.convert_columns(&b.columns()[..n_keys])?),
+                None => None,
+            };
+            let rows = b
+                .column(n_keys)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| DataFusionError::Internal("aggregate snapshot without row counts".into()))?
+                .clone();
+            for i in 0..b.num_rows() {
+                let g = self.new_group()?;
+                if let Some(keys) = &keys {
+                    let row = keys.row(i);
+                    self.index.insert(row.as_ref().into(), g);
+                    self.key_rows.as_mut().expect("keyed").push(row);
+                    self.state_bytes += row.as_ref().len() + 64;
+                }
+                self.rows[g] = rows.value(i);
+                let mut at = n_keys + 1;
+                for (k, w) in widths.iter().enumerate() {
+                    let st: Vec<ArrayRef> = b.columns()[at..at + w].iter().map(|c| c.slice(i, 1)).collect();
+                    self.accs[g][k].merge_batch(&st)?;
+                    self.state_bytes += self.accs[g][k].size();
+                    at += w;
+                }
+                if self.rows[g] > 0 {
+                    let values = self.accs[g]
+                        .iter_mut()
+                        .map(|a| a.evaluate())
+                        .collect::<Result<Vec<_>>>()?;
+                    self.emitted[g] = Some(values);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1075,6 +1327,204 @@ mod tests {
         arrow::util::pretty::pretty_format_batches(batches)
             .unwrap()
             .to_string()
+    }
+
+    /// Snapshot, round trip through an Arrow IPC file as a checkpoint
+    /// does, restore into a fresh operator.
+    fn through_ipc(state: Vec<RecordBatch>) -> Vec<RecordBatch> {
+        if state.is_empty() {
+            return state;
+        }
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, &state[0].schema()).unwrap();
+            for b in &state {
+                w.write(b).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(buf), None)
+            .unwrap()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
+    /// Runs `steps` (a batch, then a watermark) through one operator, and
+    /// through a second that is checkpointed after step `cut` and restored
+    /// into a third: both must emit the same rows.
+    fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(
+        make: F,
+        steps: &[(RecordBatch, i64)],
+        cut: usize,
+    ) {
+        let mut straight = make();
+        let mut expected = vec![];
+        for (b, w) in steps {
+            straight.on_batch(b.clone(), &mut expected).unwrap();
+            straight.on_watermark(*w, &mut expected).unwrap();
+        }
+        let mut first = make();
+        let mut got = vec![];
+        for (b, w) in &steps[..cut] {
+            first.on_batch(b.clone(), &mut got).unwrap();
+            first.on_watermark(*w, &mut got).unwrap();
+        }
+        let state = through_ipc(first.snapshot().unwrap());
+        // The snapshot leaves the operator as it was.
+        let mut check = got.clone();
+        for (b, w) in &steps[cut..] {
+            first.on_batch(b.clone(), &mut check).unwrap();
+            first.on_watermark(*w, &mut check).unwrap();
+        }
+        assert_eq!(pretty(&check), pretty(&expected), "after a snapshot");
+        let mut restored = make();
+        restored.restore(state).unwrap();
+        // A restored job's inputs start their watermarks from scratch.
+        restored.on_watermark(i64::MIN, &mut got).unwrap();
+        for (b, w) in &steps[cut..] {
+            restored.on_batch(b.clone(), &mut got).unwrap();
+            restored.on_watermark(*w, &mut got).unwrap();
+        }
+        assert_eq!(pretty(&got), pretty(&expected), "after a restore");
+    }
+
+    #[test]
+    fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
+        use datafusion::functions_aggregate::count::count_udaf;
+        use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+        let schema = input();
+        let count = || AggExpr {
+            func: Arc::new(
+                AggregateExprBuilder::new(count_udaf(), vec![col("v", &schema).unwrap()])
+                    .schema(schema.clone())
+                    .alias("c")
+                    .build()
+                    .unwrap(),
+            ),
+            filter: None,
+        };
+        let out = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("s", DataType::Int64, true),
+            Field::new("c", DataType::Int64, true),
+        ]));
+        let steps = vec![
+            (rows(&["a", "b", "a"], &[1, 2, 3]), 0),
+            (rows(&["c", "a"], &[5, 10]), 1),
+            (rows(&["b", "d"], &[7, 1]), 2),
+            (rows(&["a"], &[100]), 3),
+        ];
+        for cut in 1..steps.len() {
+            // Append-only input: DataFusion's own accumulators.
+            recovery_matches(
+                || {
+                    Box::new(
+                        UpdatingAggregate::new(
+                            vec![col("k", &schema).unwrap()],
+                            &schema,
+                            false,
+                            vec![sum_agg(&schema), count()],
+                            out.clone(),
+                        )
+                        .unwrap(),
+                    )
+                },
+                &steps,
+                cut,
+            );
+        }
+        // Updating input: retractable (sliding) accumulators.
+        let with_op = with_op_column(&schema);
+        let changes = |k: &[&str], v: &[i64], op: &[i8]| {
+            RecordBatch::try_new(
+                with_op.clone(),
+                vec![
+                    Arc::new(StringArray::from(k.to_vec())),
+                    Arc::new(Int64Array::from(v.to_vec())),
+                    Arc::new(Int8Array::from(op.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let steps = vec![
+            (changes(&["a", "b"], &[1, 2], &[1, 1]), 0),
+            (changes(&["a", "a"], &[1, 5], &[-1, 1]), 1),
+            (changes(&["b"], &[2], &[-1]), 2),
+            (changes(&["b", "a"], &[9, 1], &[1, 1]), 3),
+        ];
+        for cut in 1..steps.len() {
+            recovery_matches(
+                || {
+                    Box::new(
+                        UpdatingAggregate::new(
+                            vec![col("k", &schema).unwrap()],
+                            &schema,
+                            true,
+                            vec![sum_agg(&schema), count()],
+                            out.clone(),
+                        )
+                        .unwrap(),
+                    )
+                },
+                &steps,
+                cut,
+            );
+        }
+        // Windows: open ones survive, closed ones are not emitted again,
+        // and rows for windows closed before the snapshot stay late.
+        use arrow::array::TimestampMillisecondArray;
+        let wschema = Arc::new(Schema::new(vec![
+            Field::new("ws", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let wb = |ws: &[i64], k: &[&str], v: &[i64]| {
+            RecordBatch::try_new(
+                wschema.clone(),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from(ws.to_vec())),
+                    Arc::new(StringArray::from(k.to_vec())),
+                    Arc::new(Int64Array::from(v.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let wout = Arc::new(Schema::new(vec![
+            Field::new("ws", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("k", DataType::Utf8, false),
+            Field::new("s", DataType::Int64, true),
+        ]));
+        let steps = vec![
+            (wb(&[0, 0, 10_000], &["a", "b", "a"], &[1, 2, 3]), 5_000_000),
+            (wb(&[10_000, 0], &["b", "a"], &[4, 5]), 10_000_000),
+            // Window 0 closed at 10 s: this row is late in both runs.
+            (wb(&[0, 20_000], &["a", "a"], &[6, 7]), 20_000_000),
+            (wb(&[20_000], &["b"], &[8]), i64::MAX),
+        ];
+        for cut in 1..steps.len() {
+            recovery_matches(
+                || {
+                    Box::new(
+                        WindowAggregate::new(
+                            vec![col("ws", &wschema).unwrap(), col("k", &wschema).unwrap()],
+                            &wschema,
+                            vec![sum_agg(&wschema)],
+                            WindowKey {
+                                key: 0,
+                                is_end: false,
+                                size_us: 10_000_000,
+                                unit: TimeUnit::Millisecond,
+                            },
+                            wout.clone(),
+                            Arc::new(NodeMetrics::default()),
+                        )
+                        .unwrap(),
+                    )
+                },
+                &steps,
+                cut,
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //!
 //! All tasks of a job live in one `JoinSet`: the first failure marks the job
 //! failed and aborts the rest; dropping the job aborts everything.
+//!
+//! Checkpoints (see [`crate::checkpoint`]): a coordinator task triggers an
+//! epoch; each source lane records its position and sends `Barrier(epoch)`
+//! down its lane; a keyed task holds back each input once its barrier came
+//! until all inputs delivered it (alignment), then snapshots its operator;
+//! a sink lane makes its output durable at the barrier. When every one of
+//! them acknowledged, the coordinator writes the manifest.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -29,6 +36,7 @@ use super::metrics::NodeMetrics;
 use super::operators::{KeyedOperator, SessionAggregate, UpdatingAggregate, WindowAggregate, eval};
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
+use crate::checkpoint::{Ack, CheckpointConfig, CheckpointStats, CheckpointStore, Manifest, Restore};
 use crate::error::{Result, SluiceError};
 use crate::sink::SinkWriter;
 use crate::stream::{Message, StreamTable};
@@ -89,20 +97,64 @@ impl Job {
         name: &str,
         plan: Node,
         mut open_writer: impl FnMut(usize, usize) -> Result<Box<dyn SinkWriter>>,
+        checkpoints: Option<CheckpointConfig>,
     ) -> Result<Job> {
         let plan = Arc::new(plan);
         let mut tasks: Vec<Task> = Vec::new();
-        let lanes = build(&plan, &mut tasks)?;
+        let (trigger_tx, trigger) = tokio::sync::watch::channel(0u64);
+        let (acks, ack_rx) = mpsc::unbounded_channel();
+        let mut wiring = Wiring {
+            trigger,
+            acks,
+            store: checkpoints.as_ref().map(|c| c.store.clone()),
+            restore: checkpoints.as_ref().and_then(|c| c.restore.clone()),
+            participants: 0,
+            parallelism: Default::default(),
+        };
+        if let Some(r) = &wiring.restore {
+            check_parallelism(&plan, &r.manifest)?;
+        }
+        let lanes = build(&plan, &mut tasks, &mut wiring)?;
         let n = lanes.len();
         for (i, lane) in lanes.into_iter().enumerate() {
-            let writer = open_writer(i, n)?;
-            tasks.push(drive_sink(lane, writer).boxed());
+            let mut writer = open_writer(i, n)?;
+            let key = format!("sink-{i}");
+            if let Some(r) = &wiring.restore {
+                writer.restore(r.state(&key)?)?;
+            }
+            wiring.participants += usize::from(wiring.store.is_some());
+            tasks.push(drive_sink(lane, writer, wiring.task(key)).boxed());
         }
+        let coordinator = match checkpoints {
+            Some(config) => {
+                if let Some(r) = &config.restore {
+                    config.history.record(CheckpointStats {
+                        epoch: r.manifest.epoch,
+                        started_ms: r.manifest.started_ms,
+                        duration_ms: Some(r.manifest.duration_ms),
+                        bytes: r.manifest.bytes,
+                        status: "restored",
+                        detail: Some(describe_positions(&r.manifest)),
+                    });
+                }
+                let coordinator = Coordinator {
+                    job: name.to_string(),
+                    config,
+                    participants: wiring.participants,
+                    parallelism: std::mem::take(&mut wiring.parallelism),
+                };
+                Some(tokio::spawn(coordinator.run(trigger_tx, ack_rx)))
+            }
+            None => None,
+        };
+        drop(wiring);
         let status = Arc::new(std::sync::Mutex::new(JobStatus::Running));
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let job_status = status.clone();
         let job_name = name.to_string();
         let monitor = tokio::spawn(async move {
+            // The coordinator stops with the job.
+            let _coordinator = coordinator.map(AbortOnDrop);
             let mut set = JoinSet::new();
             for t in tasks {
                 set.spawn(t);
@@ -151,6 +203,211 @@ impl Job {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What `build` hands each task for checkpoints.
+struct Wiring {
+    trigger: tokio::sync::watch::Receiver<u64>,
+    acks: mpsc::UnboundedSender<Ack>,
+    /// None: the job does not checkpoint (a SUBSCRIBE's private job).
+    store: Option<CheckpointStore>,
+    restore: Option<Restore>,
+    /// Tasks that acknowledge each checkpoint.
+    participants: usize,
+    /// Parallelism per keyed node, recorded in manifests.
+    parallelism: std::collections::BTreeMap<String, usize>,
+}
+
+impl Wiring {
+    fn task(&self, key: String) -> TaskCheckpoint {
+        TaskCheckpoint {
+            key,
+            acks: self.acks.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// A stateful task's end of the checkpoint protocol.
+struct TaskCheckpoint {
+    key: String,
+    acks: mpsc::UnboundedSender<Ack>,
+    store: Option<CheckpointStore>,
+}
+
+impl TaskCheckpoint {
+    /// Writes this task's state for `epoch` and acknowledges it. A failure
+    /// fails the checkpoint, not the job.
+    async fn save(&self, epoch: u64, state: Result<Vec<RecordBatch>>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let key = self.key.clone();
+        let written = match state {
+            Ok(batches) => tokio::task::spawn_blocking(move || store.write_state(epoch, &key, &batches))
+                .await
+                .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}")))),
+            Err(e) => Err(e),
+        };
+        let ack = match written {
+            Ok(file) => Ack::State {
+                epoch,
+                key: self.key.clone(),
+                file,
+            },
+            Err(e) => Ack::Failed {
+                epoch,
+                error: format!("{}: {e}", self.key),
+            },
+        };
+        let _ = self.acks.send(ack);
+    }
+}
+
+/// Refuses a checkpoint whose keyed state was split over a different
+/// number of tasks than this plan has.
+fn check_parallelism(plan: &Node, manifest: &Manifest) -> Result<()> {
+    let mut nodes = vec![];
+    plan.walk(&mut nodes);
+    for n in nodes {
+        if let Some(p) = manifest.parallelism.get(&n.id.to_string())
+            && *p != n.parallelism
+        {
+            return Err(SluiceError::not_supported(format!(
+                "checkpoint {} of job {} was taken with {p} tasks for operator {}, this server runs {};                  start it with the same parallelism",
+                manifest.epoch, manifest.job, n.id, n.parallelism
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Source positions of a manifest, for SHOW CHECKPOINTS.
+fn describe_positions(m: &Manifest) -> String {
+    m.sources
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Triggers checkpoints at the interval and completes them.
+struct Coordinator {
+    job: String,
+    config: CheckpointConfig,
+    participants: usize,
+    parallelism: std::collections::BTreeMap<String, usize>,
+}
+
+impl Coordinator {
+    async fn run(self, trigger: tokio::sync::watch::Sender<u64>, mut acks: mpsc::UnboundedReceiver<Ack>) {
+        let mut epoch = self.config.restore.as_ref().map_or(0, |r| r.manifest.epoch);
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            epoch += 1;
+            let started = SystemTime::now();
+            let started_ms = started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let mut stats = CheckpointStats {
+                epoch,
+                started_ms,
+                duration_ms: None,
+                bytes: 0,
+                status: "in progress",
+                detail: None,
+            };
+            self.config.history.record(stats.clone());
+            if trigger.send(epoch).is_err() {
+                return;
+            }
+            let mut manifest = Manifest {
+                job: self.job.clone(),
+                epoch,
+                started_ms,
+                duration_ms: 0,
+                bytes: 0,
+                sources: Default::default(),
+                states: Default::default(),
+                parallelism: self.parallelism.clone(),
+            };
+            let mut pending = self.participants;
+            let mut failure: Option<String> = None;
+            while pending > 0 {
+                let Some(ack) = acks.recv().await else {
+                    return;
+                };
+                match ack {
+                    Ack::Ended => {
+                        // A bounded source finished: its lane takes no more
+                        // barriers, so no later checkpoint can complete.
+                        stats.status = "failed";
+                        stats.detail = Some("a source finished; the job takes no more checkpoints".into());
+                        self.config.history.record(stats);
+                        return;
+                    }
+                    Ack::Source { epoch: e, .. }
+                    | Ack::State { epoch: e, .. }
+                    | Ack::Failed { epoch: e, .. }
+                        if e != epoch =>
+                    {
+                        continue;
+                    }
+                    Ack::Source { key, position, .. } => {
+                        manifest.sources.insert(key, position);
+                    }
+                    Ack::State { key, file, .. } => {
+                        if let Some((name, bytes)) = file {
+                            manifest.bytes += bytes;
+                            manifest.states.insert(key, name);
+                        }
+                    }
+                    Ack::Failed { error, .. } => {
+                        failure.get_or_insert(error);
+                    }
+                }
+                pending -= 1;
+            }
+            manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
+            stats.duration_ms = Some(manifest.duration_ms);
+            stats.bytes = manifest.bytes;
+            if failure.is_none() {
+                let store = self.config.store.clone();
+                let m = manifest.clone();
+                let committed = tokio::task::spawn_blocking(move || store.commit(&m))
+                    .await
+                    .unwrap_or_else(|e| Err(SluiceError::internal(format!("checkpoint writer: {e}"))));
+                if let Err(e) = committed {
+                    failure = Some(format!("writing the manifest: {e}"));
+                }
+            }
+            match failure {
+                None => {
+                    stats.status = "completed";
+                    stats.detail = Some(describe_positions(&manifest));
+                }
+                Some(e) => {
+                    tracing::warn!(job = %self.job, epoch, error = %e, "checkpoint failed");
+                    stats.status = "failed";
+                    stats.detail = Some(e);
+                }
+            }
+            self.config.history.record(stats);
+        }
+    }
+}
+
 fn panic_message(e: tokio::task::JoinError) -> String {
     let p = e.into_panic();
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -162,7 +419,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<()> {
+async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskCheckpoint) -> Result<()> {
     let mut watermark = i64::MIN;
     loop {
         // When the input goes quiet, still give the writer its progress
@@ -181,7 +438,13 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<(
                 watermark = watermark.max(w);
                 writer.on_watermark(w).await?
             }
-            Message::Barrier(_) | Message::Idle => {}
+            Message::Barrier(epoch) => {
+                // Output before the barrier must be durable before the
+                // checkpoint counts; a sink that can't is a failed job.
+                let state = writer.checkpoint(epoch).await?;
+                ck.save(epoch, Ok(state)).await;
+            }
+            Message::Idle => {}
             Message::End => break,
         }
     }
@@ -189,17 +452,31 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>) -> Result<(
 }
 
 /// The lanes a node produces; tasks it needs go to `tasks`.
-fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
+fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<Lane>> {
     match &node.kind {
         NodeKind::Source { table } => Ok((0..table.partitions)
-            .map(|p| source_lane(table.clone(), p, node.metrics.clone()))
+            .map(|p| {
+                let key = format!("{}-{p}", node.id);
+                wiring.participants += usize::from(wiring.store.is_some());
+                let ck = SourceCheckpoint {
+                    resume: wiring
+                        .restore
+                        .as_ref()
+                        .and_then(|r| r.position(&key))
+                        .map(String::from),
+                    trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
+                    acks: wiring.acks.clone(),
+                    key,
+                };
+                source_lane(table.clone(), p, node.metrics.clone(), ck)
+            })
             .collect()),
         NodeKind::Union => {
             let mut lanes = Vec::new();
             for input in &node.inputs {
                 let schema = node.schema.clone();
                 let updating = node.updating;
-                for lane in build(input, tasks)? {
+                for lane in build(input, tasks, wiring)? {
                     let schema = schema.clone();
                     lanes.push(
                         lane.map(move |m| match m {
@@ -214,7 +491,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
         }
         NodeKind::Window { .. } | NodeKind::Filter { .. } | NodeKind::Project { .. } => {
             let input = &node.inputs[0];
-            let lanes = build(input, tasks)?;
+            let lanes = build(input, tasks, wiring)?;
             let step = Arc::new(Step::new(node)?);
             Ok(lanes
                 .into_iter()
@@ -253,7 +530,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
                     node.metrics.clone(),
                 )?));
             }
-            keyed(node, keys.clone(), ops, tasks)
+            keyed(node, keys.clone(), ops, tasks, wiring)
         }
         NodeKind::SessionAggregate { keys, layout, aggs } => {
             let input = &node.inputs[0];
@@ -268,7 +545,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
                     node.metrics.clone(),
                 )?));
             }
-            keyed(node, keys.clone(), ops, tasks)
+            keyed(node, keys.clone(), ops, tasks, wiring)
         }
         NodeKind::Aggregate { keys, aggs } => {
             let input = &node.inputs[0];
@@ -282,7 +559,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>) -> Result<Vec<Lane>> {
                     node.schema.clone(),
                 )?));
             }
-            keyed(node, keys.clone(), ops, tasks)
+            keyed(node, keys.clone(), ops, tasks, wiring)
         }
     }
 }
@@ -404,8 +681,18 @@ impl Step {
 /// One source partition as a lane: batches, each followed by the watermark
 /// when it advanced; at the end of a bounded source, the watermark jumps to
 /// the end of time (closing every window) and `End` follows.
-fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetrics>) -> Lane {
+fn source_lane(
+    table: Arc<StreamTable>,
+    partition: usize,
+    metrics: Arc<NodeMetrics>,
+    ck: SourceCheckpoint,
+) -> Lane {
     struct State {
+        /// When the lane next checks for idle splits (a deadline, so that
+        /// frequent checkpoint barriers do not postpone it forever).
+        tick: tokio::time::Instant,
+        /// Checkpoint triggers (None: the job does not checkpoint).
+        trigger: Option<tokio::sync::watch::Receiver<u64>>,
         source: Option<Box<dyn crate::stream::Source>>,
         pending: std::collections::VecDeque<Message>,
         watermark: i64,
@@ -415,9 +702,14 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
         idle_sent: bool,
         done: bool,
     }
-    let opened = table.open(partition);
+    let opened = table.open(partition, ck.resume.as_deref());
+    let SourceCheckpoint {
+        key, trigger, acks, ..
+    } = ck;
     let init = match opened {
         Ok(s) => Ok(State {
+            tick: tokio::time::Instant::now() + SOURCE_TICK,
+            trigger,
             splits: vec![(None, Instant::now()); s.splits().max(1)],
             idle_sent: false,
             source: Some(s),
@@ -430,6 +722,8 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
     futures::stream::unfold(Some(init), move |state| {
         let table = table.clone();
         let metrics = metrics.clone();
+        let key = key.clone();
+        let acks = acks.clone();
         async move {
             let mut state = match state? {
                 Ok(s) => s,
@@ -447,9 +741,44 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                 // holding the watermark back even when no row arrives, and a
                 // lane whose splits are all idle tells downstream so
                 // (sources keep `next_batch` cancel-safe).
-                let next = match tokio::time::timeout(SOURCE_TICK, source.next_batch()).await {
+                let trigger = &mut state.trigger;
+                let timed = tokio::select! {
+                    biased;
+                    changed = async {
+                        match trigger.as_mut() {
+                            Some(t) => t.changed().await.map(|_| *t.borrow_and_update()),
+                            None => futures::future::pending().await,
+                        }
+                    } => {
+                        match changed {
+                            Ok(epoch) => {
+                                // Everything the source returned is ahead of
+                                // the barrier (emitted or queued), so its
+                                // position covers exactly the rows before it.
+                                let ack = match source.position() {
+                                    Some(position) => Ack::Source { epoch, key: key.clone(), position },
+                                    None => Ack::Failed {
+                                        epoch,
+                                        error: format!(
+                                            "stream {}: its connector can't resume from a position, so it is not checkpointed",
+                                            table.name
+                                        ),
+                                    },
+                                };
+                                let _ = acks.send(ack);
+                                state.pending.push_back(Message::Barrier(epoch));
+                            }
+                            // The coordinator is gone: no more checkpoints.
+                            Err(_) => state.trigger = None,
+                        }
+                        continue;
+                    }
+                    next = tokio::time::timeout_at(state.tick, source.next_batch()) => next,
+                };
+                let next = match timed {
                     Ok(next) => next,
                     Err(_) => {
+                        state.tick = tokio::time::Instant::now() + SOURCE_TICK;
                         metrics.set_detail(partition, source.status());
                         let all_idle = state
                             .splits
@@ -506,6 +835,9 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
                         }
                     }
                     Ok(None) => {
+                        if state.trigger.is_some() {
+                            let _ = acks.send(Ack::Ended);
+                        }
                         state.done = true;
                         state.idle_sent = false;
                         state.source = None;
@@ -519,6 +851,15 @@ fn source_lane(table: Arc<StreamTable>, partition: usize, metrics: Arc<NodeMetri
         }
     })
     .boxed()
+}
+
+/// A source lane's end of the checkpoint protocol.
+struct SourceCheckpoint {
+    /// `<node>-<partition>`: how the manifest names this lane's position.
+    key: String,
+    resume: Option<String>,
+    trigger: Option<tokio::sync::watch::Receiver<u64>>,
+    acks: mpsc::UnboundedSender<Ack>,
 }
 
 /// How often a waiting source lane wakes up to check for idle splits.
@@ -561,10 +902,17 @@ fn max_time(batch: &RecordBatch, column: usize) -> Result<Option<i64>> {
 fn keyed(
     node: &Node,
     keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    ops: Vec<Box<dyn KeyedOperator>>,
+    mut ops: Vec<Box<dyn KeyedOperator>>,
     tasks: &mut Vec<Task>,
+    wiring: &mut Wiring,
 ) -> Result<Vec<Lane>> {
-    let inputs = build(&node.inputs[0], tasks)?;
+    if let Some(r) = &wiring.restore {
+        for (t, op) in ops.iter_mut().enumerate() {
+            op.restore(r.state(&format!("op-{}-{t}", node.id))?)?;
+        }
+    }
+    wiring.parallelism.insert(node.id.to_string(), ops.len());
+    let inputs = build(&node.inputs[0], tasks, wiring)?;
     let n_inputs = inputs.len();
     let p = ops.len();
     let mut senders = Vec::with_capacity(p);
@@ -581,7 +929,9 @@ fn keyed(
     let mut lanes = Vec::with_capacity(p);
     for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
         let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
-        tasks.push(run_keyed(rx, n_inputs, op, tx, node.metrics.clone(), t).boxed());
+        let ck = wiring.task(format!("op-{}-{t}", node.id));
+        wiring.participants += usize::from(wiring.store.is_some());
+        tasks.push(run_keyed(rx, n_inputs, op, tx, node.metrics.clone(), t, ck).boxed());
         lanes.push(tokio_stream_from(orx));
     }
     Ok(lanes)
@@ -658,8 +1008,14 @@ async fn run_keyed(
     tx: mpsc::Sender<Result<Message>>,
     metrics: Arc<NodeMetrics>,
     task: usize,
+    ck: TaskCheckpoint,
 ) -> Result<()> {
     let mut watermarks = vec![i64::MIN; inputs];
+    // Barrier alignment: an input whose barrier came is blocked, and what
+    // it sends meanwhile is held back, until every input's barrier came.
+    let mut blocked = vec![false; inputs];
+    let mut held: Vec<std::collections::VecDeque<Message>> = vec![Default::default(); inputs];
+    let mut aligning: Option<u64> = None;
     let mut ended = vec![false; inputs];
     let mut current = i64::MIN;
     let mut out = Vec::new();
@@ -669,7 +1025,19 @@ async fn run_keyed(
     // they send rows or a watermark again.
     let mut idle = vec![false; inputs];
     let mut sent_idle = false;
-    while let Some((i, msg)) = rx.recv().await {
+    loop {
+        // Held messages of inputs no longer blocked come first, in order.
+        let next = match (0..inputs).find(|j| !blocked[*j] && !held[*j].is_empty()) {
+            Some(j) => held[j].pop_front().map(|m| (j, m)),
+            None => rx.recv().await,
+        };
+        let Some((i, msg)) = next else {
+            break;
+        };
+        if blocked[i] {
+            held[i].push_back(msg);
+            continue;
+        }
         match msg {
             Message::Batch(b) => {
                 idle[i] = false;
@@ -679,13 +1047,12 @@ async fn run_keyed(
             Message::Idle => {
                 idle[i] = true;
                 let active = (0..inputs).filter(|j| !idle[*j]).map(|j| watermarks[j]).min();
-                match active {
-                    None if !sent_idle => {
-                        sent_idle = true;
-                        if tx.send(Ok(Message::Idle)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
+                // All inputs idle: the greatest watermark known stands (as
+                // for a source's splits), so an input that never had a row
+                // does not keep windows of the others open forever.
+                let all_idle = active.is_none();
+                let target = active.or_else(|| watermarks.iter().copied().max());
+                match target {
                     Some(least) if least > current => {
                         // What the active inputs allow.
                         sent_idle = false;
@@ -703,6 +1070,12 @@ async fn run_keyed(
                         }
                     }
                     _ => {}
+                }
+                if all_idle && !sent_idle {
+                    sent_idle = true;
+                    if tx.send(Ok(Message::Idle)).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
             Message::Watermark(w) => {
@@ -740,7 +1113,10 @@ async fn run_keyed(
                     return Ok(());
                 }
             }
-            Message::Barrier(_) => {}
+            Message::Barrier(epoch) => {
+                blocked[i] = true;
+                aligning = Some(epoch);
+            }
             Message::End => {
                 ended[i] = true;
                 if ended.iter().all(|e| *e) {
@@ -755,6 +1131,25 @@ async fn run_keyed(
                     return Ok(());
                 }
             }
+        }
+        if let Some(epoch) = aligning
+            && (0..inputs).all(|j| blocked[j] || ended[j])
+        {
+            // Every input is at the barrier: emit what is pending (a
+            // progress step), snapshot, pass the barrier on, unblock.
+            aligning = None;
+            op.on_watermark(current, &mut out)?;
+            for b in out.drain(..) {
+                metrics.add_out(b.num_rows());
+                if tx.send(Ok(Message::Batch(b))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            ck.save(epoch, op.snapshot().map_err(SluiceError::from)).await;
+            if tx.send(Ok(Message::Barrier(epoch))).await.is_err() {
+                return Ok(());
+            }
+            blocked.fill(false);
         }
     }
     Ok(())
