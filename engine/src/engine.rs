@@ -540,6 +540,8 @@ impl Session {
                         .join(" ");
                     let name = match name.as_str() {
                         "time zone" => "timezone".to_string(),
+                        // SHOW streaming.checkpoint_interval: dotted names.
+                        _ if !self.vars.contains_key(&name) => name.replace(' ', "."),
                         _ => name,
                     };
                     if self.vars.contains_key(&name) {

@@ -1124,6 +1124,12 @@ fn merge_into(target: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumulat
 }
 
 impl KeyedOperator for SessionAggregate {
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(DataFusionError::NotImplemented(
+            "session windows are not checkpointed yet".into(),
+        ))
+    }
+
     fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
