@@ -693,6 +693,9 @@ fn source_lane(
         tick: tokio::time::Instant,
         /// Checkpoint triggers (None: the job does not checkpoint).
         trigger: Option<tokio::sync::watch::Receiver<u64>>,
+        /// This lane's name in manifests, and where it acknowledges.
+        key: String,
+        acks: mpsc::UnboundedSender<Ack>,
         source: Option<Box<dyn crate::stream::Source>>,
         pending: std::collections::VecDeque<Message>,
         watermark: i64,
@@ -710,6 +713,8 @@ fn source_lane(
         Ok(s) => Ok(State {
             tick: tokio::time::Instant::now() + SOURCE_TICK,
             trigger,
+            key,
+            acks,
             splits: vec![(None, Instant::now()); s.splits().max(1)],
             idle_sent: false,
             source: Some(s),
@@ -722,8 +727,6 @@ fn source_lane(
     futures::stream::unfold(Some(init), move |state| {
         let table = table.clone();
         let metrics = metrics.clone();
-        let key = key.clone();
-        let acks = acks.clone();
         async move {
             let mut state = match state? {
                 Ok(s) => s,
@@ -756,7 +759,11 @@ fn source_lane(
                                 // the barrier (emitted or queued), so its
                                 // position covers exactly the rows before it.
                                 let ack = match source.position() {
-                                    Some(position) => Ack::Source { epoch, key: key.clone(), position },
+                                    Some(position) => Ack::Source {
+                                        epoch,
+                                        key: state.key.clone(),
+                                        position,
+                                    },
                                     None => Ack::Failed {
                                         epoch,
                                         error: format!(
@@ -765,7 +772,7 @@ fn source_lane(
                                         ),
                                     },
                                 };
-                                let _ = acks.send(ack);
+                                let _ = state.acks.send(ack);
                                 state.pending.push_back(Message::Barrier(epoch));
                             }
                             // The coordinator is gone: no more checkpoints.
@@ -836,7 +843,7 @@ fn source_lane(
                     }
                     Ok(None) => {
                         if state.trigger.is_some() {
-                            let _ = acks.send(Ack::Ended);
+                            let _ = state.acks.send(Ack::Ended);
                         }
                         state.done = true;
                         state.idle_sent = false;
