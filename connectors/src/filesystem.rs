@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int8Array, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sluice_engine::datafusion::parquet::arrow::ArrowWriter;
 use sluice_engine::datafusion::parquet::basic::{Compression, ZstdLevel};
 use sluice_engine::datafusion::parquet::file::properties::WriterProperties;
-use sluice_engine::sink::{Landed, SinkConnector, SinkContext, SinkWriter};
+use sluice_engine::sink::{CommitRequest, Landed, SinkConnector, SinkContext, SinkWriter, TableLog};
 use sluice_engine::{Result, SluiceError};
 
 const DEFAULT_FILE_SIZE: u64 = 64 * 1024 * 1024;
@@ -30,10 +30,10 @@ const DEFAULT_ROLLOVER: Duration = Duration::from_secs(60);
 
 /// Where and how the filesystem sink writes.
 #[derive(Debug, Clone)]
-struct FsOptions {
-    path: String,
+pub(crate) struct FsOptions {
+    pub(crate) path: String,
     format: Format,
-    partition_by: Vec<String>,
+    pub(crate) partition_by: Vec<String>,
     file_size: u64,
     rollover: Duration,
     changelog: bool,
@@ -105,7 +105,7 @@ pub(crate) fn parse_duration(key: &str, v: &str) -> Result<Duration> {
 }
 
 impl FsOptions {
-    fn parse(options: &BTreeMap<String, String>, schema: &Schema, updating: bool) -> Result<Self> {
+    pub(crate) fn parse(options: &BTreeMap<String, String>, schema: &Schema, updating: bool) -> Result<Self> {
         let path = options.get("path").cloned().ok_or_else(|| {
             SluiceError::invalid_parameter("sink connector 'filesystem' needs option 'path'")
         })?;
@@ -193,7 +193,7 @@ impl FsOptions {
     }
 
     /// The schema of what lands: the output plus `op` in changelog mode.
-    fn landed_schema(&self, schema: &Schema) -> SchemaRef {
+    pub(crate) fn landed_schema(&self, schema: &Schema) -> SchemaRef {
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         if self.changelog {
             fields.push(Field::new("op", DataType::Utf8, false));
@@ -259,8 +259,22 @@ impl SinkConnector for FileSystemSink {
         _lanes: usize,
     ) -> Result<Box<dyn SinkWriter>> {
         let o = FsOptions::parse(options, schema, updating)?;
-        let (store, base) = ctx.resolve(&o.path)?;
         let landed = o.landed_schema(schema);
+        Ok(Box::new(FsWriter::new(o, landed, ctx, lane, None)?))
+    }
+}
+
+impl FsWriter {
+    /// A lane's writer of `landed` rows. With `log`, written files are kept
+    /// as pending for a table log instead of being visible on their own.
+    pub(crate) fn new(
+        o: FsOptions,
+        landed: SchemaRef,
+        ctx: &SinkContext,
+        lane: usize,
+        log: Option<LogLane>,
+    ) -> Result<Self> {
+        let (store, base) = ctx.resolve(&o.path)?;
         let partition_idx: Vec<usize> = o
             .partition_by
             .iter()
@@ -270,7 +284,7 @@ impl SinkConnector for FileSystemSink {
             .filter(|i| !partition_idx.contains(i))
             .collect();
         let file_schema = Arc::new(landed.project(&file_cols)?);
-        Ok(Box::new(FsWriter {
+        Ok(FsWriter {
             store,
             base,
             options: o,
@@ -281,8 +295,36 @@ impl SinkConnector for FileSystemSink {
             buffers: HashMap::new(),
             prefix: format!("part-{}-{lane}", ctx.run_id),
             seq: 0,
-        }))
+            log,
+        })
     }
+}
+
+/// A file written for a table log but not committed yet.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PendingFile {
+    /// Relative to the table's location, in object store form.
+    pub(crate) path: String,
+    pub(crate) size: i64,
+    pub(crate) rows: i64,
+    /// Partition column -> value (None: NULL).
+    pub(crate) partition: Vec<(String, Option<String>)>,
+}
+
+/// A lane's side of a table log: the files it wrote since the last
+/// checkpoint, and (for jobs without checkpoints) the log it commits them
+/// to itself.
+pub(crate) struct LogLane {
+    /// With the checkpoint each was last handed to.
+    pub(crate) pending: Vec<(Option<u64>, PendingFile)>,
+    pub(crate) log: Arc<dyn TableLog>,
+    /// With checkpoints, pending files go into the checkpoint and the
+    /// coordinator commits them; without, the lane commits them itself
+    /// whenever it closes files.
+    pub(crate) checkpointing: bool,
+    /// Casts the output to the log's column types (Delta's timestamps are
+    /// microseconds in UTC).
+    pub(crate) casts: bool,
 }
 
 struct Buffer {
@@ -291,7 +333,7 @@ struct Buffer {
     opened: Instant,
 }
 
-struct FsWriter {
+pub(crate) struct FsWriter {
     store: Arc<dyn ObjectStore>,
     base: Path,
     options: FsOptions,
@@ -302,6 +344,7 @@ struct FsWriter {
     buffers: HashMap<String, Buffer>,
     prefix: String,
     seq: u64,
+    log: Option<LogLane>,
 }
 
 /// Hive's spelling of a NULL partition value.
@@ -310,6 +353,26 @@ const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 impl FsWriter {
     /// The output batch as it lands: with `op` in changelog mode.
     fn landed_batch(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let batch = self.landed_changes(batch)?;
+        if !self.log.as_ref().is_some_and(|l| l.casts) {
+            return Ok(batch);
+        }
+        let cols = batch
+            .columns()
+            .iter()
+            .zip(self.landed.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast(c, f.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(self.landed.clone(), cols)?)
+    }
+
+    fn landed_changes(&self, batch: RecordBatch) -> Result<RecordBatch> {
         if !self.options.changelog {
             return Ok(batch);
         }
@@ -326,7 +389,12 @@ impl FsWriter {
             .collect();
         let mut cols: Vec<ArrayRef> = batch.columns()[..n - 1].to_vec();
         cols.push(Arc::new(op));
-        Ok(RecordBatch::try_new(self.landed.clone(), cols)?)
+        let mut fields: Vec<Field> = batch.schema().fields()[..n - 1]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("op", DataType::Utf8, false));
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
     }
 
     fn partitions(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
@@ -383,7 +451,8 @@ impl FsWriter {
         let Some(buffer) = self.buffers.remove(key) else {
             return Ok(());
         };
-        if buffer.batches.iter().all(|b| b.num_rows() == 0) {
+        let rows: usize = buffer.batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
             return Ok(());
         }
         // Encoding a file (Parquet with ZSTD: up to seconds for a large one)
@@ -401,6 +470,7 @@ impl FsWriter {
         let file = format!("{}-{:05}.{}", self.prefix, self.seq, self.options.format.name());
         let path = path.join(file.as_str());
         let bytes = bytes::Bytes::from(bytes);
+        let size = bytes.len() as i64;
         let mut attempt = 1;
         loop {
             let written = if bytes.len() as u64 > self.options.multipart_threshold {
@@ -412,7 +482,37 @@ impl FsWriter {
                     .map(|_| ())
             };
             match written {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some(log) = &mut self.log {
+                        let relative = path
+                            .prefix_match(&self.base)
+                            .map(|parts| {
+                                parts
+                                    .map(|p| p.as_ref().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("/")
+                            })
+                            .ok_or_else(|| {
+                                SluiceError::internal(format!("{path} is not under {}", self.base))
+                            })?;
+                        let partition = key
+                            .split('/')
+                            .filter(|s| !s.is_empty())
+                            .filter_map(|s| s.split_once('='))
+                            .map(|(k, v)| (k.to_string(), (v != NULL_PARTITION).then(|| v.to_string())))
+                            .collect();
+                        log.pending.push((
+                            None,
+                            PendingFile {
+                                path: relative,
+                                size,
+                                rows: rows as i64,
+                                partition,
+                            },
+                        ));
+                    }
+                    return Ok(());
+                }
                 Err(e) if attempt < WRITE_ATTEMPTS => {
                     tracing::warn!(%path, attempt, "writing a file failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -476,6 +576,121 @@ fn encode(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result
     Ok(out)
 }
 
+/// The checkpoint state of a lane's pending files.
+pub(crate) fn pending_batch(files: &[PendingFile]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("partition", DataType::Utf8, false),
+    ]));
+    let path: StringArray = files.iter().map(|f| Some(f.path.as_str())).collect();
+    let size: Int64Array = files.iter().map(|f| Some(f.size)).collect();
+    let rows: Int64Array = files.iter().map(|f| Some(f.rows)).collect();
+    let partition: StringArray = files
+        .iter()
+        .map(|f| {
+            let map: serde_json::Map<String, serde_json::Value> = f
+                .partition
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.clone()
+                            .map_or(serde_json::Value::Null, serde_json::Value::String),
+                    )
+                })
+                .collect();
+            Some(serde_json::Value::Object(map).to_string())
+        })
+        .collect();
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(path),
+            Arc::new(size),
+            Arc::new(rows),
+            Arc::new(partition),
+        ],
+    )?)
+}
+
+/// The pending files in checkpoint state (see [`pending_batch`]).
+pub(crate) fn pending_files(batches: &[RecordBatch]) -> Result<Vec<PendingFile>> {
+    let bad = || SluiceError::internal("sink checkpoint state is not a list of pending files");
+    let mut out = vec![];
+    for b in batches {
+        if b.num_columns() != 4 {
+            return Err(bad());
+        }
+        let path = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        let size = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let rows = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let partition = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        for i in 0..b.num_rows() {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(partition.value(i)).map_err(|_| bad())?;
+            out.push(PendingFile {
+                path: path.value(i).to_string(),
+                size: size.value(i),
+                rows: rows.value(i),
+                partition: map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().map(String::from)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl FsWriter {
+    /// Without checkpoints, a table-log lane commits what it closed.
+    async fn commit_directly(&mut self) -> Result<()> {
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        if log.checkpointing || log.pending.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<PendingFile> = log.pending.iter().map(|(_, f)| f.clone()).collect();
+        let state = pending_batch(&files)?;
+        log.log
+            .commit(CommitRequest {
+                epoch: None,
+                lane_states: vec![vec![state]],
+                sources: vec![],
+            })
+            .await?;
+        log.pending.clear();
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<()> {
+        let keys: Vec<String> = self.buffers.keys().cloned().collect();
+        for key in keys {
+            self.flush(&key).await?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl SinkWriter for FsWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -491,6 +706,7 @@ impl SinkWriter for FsWriter {
             buffer.bytes += size;
             if buffer.bytes >= self.options.file_size {
                 self.flush(&key).await?;
+                self.commit_directly().await?;
             }
         }
         Ok(())
@@ -506,23 +722,63 @@ impl SinkWriter for FsWriter {
         for key in due {
             self.flush(&key).await?;
         }
-        Ok(())
+        self.commit_directly().await
     }
 
+    /// The input ended: everything is made visible. A table-log lane
+    /// commits its files itself here, with or without checkpoints (the end
+    /// of a bounded input is not a checkpoint yet).
     async fn finish(&mut self) -> Result<()> {
-        let keys: Vec<String> = self.buffers.keys().cloned().collect();
-        for key in keys {
-            self.flush(&key).await?;
+        self.flush_all().await?;
+        if let Some(log) = &mut self.log {
+            log.checkpointing = false;
         }
-        Ok(())
+        self.commit_directly().await
     }
 
-    /// Every row before the barrier is in a visible file once the barrier
-    /// passes (at-least-once: rows after the checkpoint may land again
-    /// after a restore, until files are committed through a table log).
-    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
-        self.finish().await?;
-        Ok(vec![])
+    /// The filesystem sink: every row before the barrier is in a visible
+    /// file once the barrier passes (at-least-once: rows after the
+    /// checkpoint may land again after a restore). A table-log lane hands
+    /// its closed files to the checkpoint, to be committed when it is
+    /// complete (exactly-once).
+    async fn checkpoint(&mut self, epoch: u64) -> Result<Vec<RecordBatch>> {
+        self.flush_all().await?;
+        match &mut self.log {
+            Some(log) if log.checkpointing => {
+                // Files of a committed checkpoint are done; those of a
+                // failed one go into this one again.
+                let committed = log.log.committed_epoch();
+                log.pending
+                    .retain(|(handed, _)| !matches!((handed, committed), (Some(h), Some(c)) if h <= &c));
+                let files: Vec<PendingFile> = log
+                    .pending
+                    .iter_mut()
+                    .map(|(handed, f)| {
+                        handed.get_or_insert(epoch);
+                        f.clone()
+                    })
+                    .collect();
+                Ok(vec![pending_batch(&files)?])
+            }
+            _ => {
+                self.commit_directly().await?;
+                Ok(vec![])
+            }
+        }
+    }
+
+    /// A table-log lane's restored state is committed by the coordinator
+    /// (its files belong to a completed checkpoint); nothing to take back.
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if self.log.is_some() {
+            pending_files(&state).map(|_| ())
+        } else if state.is_empty() {
+            Ok(())
+        } else {
+            Err(SluiceError::internal(
+                "the filesystem sink keeps no checkpoint state",
+            ))
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //!   endpoint (AWS, MinIO, moto, s3s-fs).
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
+//! - `delta::DeltaSink`: exactly-once, versioned landed tables (Delta Lake).
 
 pub mod avro;
 pub mod datagen;
+pub mod delta;
 pub mod filesource;
 pub mod filesystem;
 pub mod format;

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, SluiceError};
 
 const MANIFEST: &str = "_manifest.json";
+const JOB_ID: &str = "_job_id";
 
 /// Completed checkpoints kept on disk (the newest is the one restored).
 const KEEP: usize = 2;
@@ -52,6 +53,10 @@ pub struct Manifest {
     pub bytes: u64,
     /// Per source lane (`<node>-<partition>`): where to resume.
     pub sources: BTreeMap<String, String>,
+    /// Per source lane: where the previous checkpoint was (absent: the
+    /// start), so that this checkpoint's commit names the input it covers.
+    #[serde(default)]
+    pub sources_from: BTreeMap<String, String>,
     /// Per stateful task (`op-<node>-<task>`, `sink-<lane>`): its state
     /// file in the checkpoint's directory (absent: empty state).
     pub states: BTreeMap<String, String>,
@@ -71,6 +76,35 @@ impl CheckpointStore {
         Self {
             dir: data_dir.join("checkpoints").join(job),
         }
+    }
+
+    /// The id of this incarnation of the job: made when the job is created
+    /// (after [`Self::remove_all`]), kept across restarts. Table logs use
+    /// it as their transaction id.
+    pub fn job_id(&self) -> Result<String> {
+        let path = self.dir.join(JOB_ID);
+        if let Ok(id) = fs::read_to_string(&path) {
+            let id = id.trim();
+            if !id.is_empty() {
+                return Ok(id.to_string());
+            }
+        }
+        fs::create_dir_all(&self.dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("job");
+        let id = format!("{name}-{nanos:x}-{:x}", std::process::id());
+        let tmp = self.dir.join(format!("{JOB_ID}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(id.as_bytes())?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(id)
     }
 
     fn epoch_dir(&self, epoch: u64) -> PathBuf {
@@ -258,6 +292,8 @@ pub struct CheckpointConfig {
     pub restore: Option<Restore>,
     /// Where the job's checkpoint history is kept for SHOW CHECKPOINTS.
     pub history: Arc<CheckpointHistory>,
+    /// The sink's table log: each completed checkpoint is committed to it.
+    pub table_log: Option<Arc<dyn crate::sink::TableLog>>,
 }
 
 /// One row of SHOW CHECKPOINTS.
@@ -334,6 +370,7 @@ mod tests {
             duration_ms: 1,
             bytes: 0,
             sources: BTreeMap::from([("1-0".to_string(), format!("{epoch}"))]),
+            sources_from: BTreeMap::new(),
             states: BTreeMap::new(),
             parallelism: BTreeMap::new(),
         }

@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     pub(crate) jobs: std::sync::Mutex<BTreeMap<String, RunningJob>>,
     /// The default `streaming.checkpoint_interval`.
     pub(crate) checkpoint_interval: Option<std::time::Duration>,
+    /// Sinks with a table log (AS OF, sluice_commits).
+    pub(crate) versioned: Arc<crate::versions::VersionedTables>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,6 +130,19 @@ impl Engine {
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));
         template.register_udtf("session", Arc::new(WindowFunction::session(streams.clone())));
+        let versioned = Arc::new(crate::versions::VersionedTables::default());
+        template.register_udtf(
+            crate::versions::AS_OF_FUNCTION,
+            Arc::new(crate::versions::AsOfFunction::new(versioned.clone())),
+        );
+        template.register_table(
+            "sluice_commits",
+            Arc::new(crate::versions::CommitsTable::commits(versioned.clone())),
+        )?;
+        template.register_table(
+            "sluice_commit_sources",
+            Arc::new(crate::versions::CommitsTable::sources(versioned.clone())),
+        )?;
         let catalog = DurableCatalog::open(&config.data_dir)?;
         let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
         // Tables and streams first: sinks and views read them.
@@ -145,6 +160,7 @@ impl Engine {
                 streams,
                 jobs: Default::default(),
                 checkpoint_interval: config.checkpoint_interval,
+                versioned,
             }),
         };
         for entry in entries {
@@ -560,7 +576,9 @@ impl Session {
                              CASE table_type WHEN 'BASE TABLE' THEN 'table' \
                              WHEN 'VIEW' THEN 'view' ELSE lower(table_type) END AS kind \
                              FROM information_schema.tables \
-                             WHERE table_schema = 'public' ORDER BY table_name",
+                             WHERE table_schema = 'public' \
+                             AND table_name NOT IN ('sluice_commits', 'sluice_commit_sources') \
+                             ORDER BY table_name",
                         )
                         .await?;
                     Action::Plan(plan)

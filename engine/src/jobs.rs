@@ -22,7 +22,7 @@ use crate::engine::{Engine, Output, Session};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::parser::{CreateJob, Statement, SubscribeTarget};
 use crate::sink::SinkWriter;
-use crate::sink::{Landed, SinkContext, check_sink_options};
+use crate::sink::{Landed, SinkContext, TableLog, check_sink_options};
 use crate::stream::StreamTable;
 use crate::streaming::mview::MaterializedView;
 use crate::streaming::mview::{SUBSCRIBER_BACKLOG, subscribe_schema, to_changes};
@@ -231,6 +231,7 @@ impl Session {
             interval,
             restore,
             history: Arc::new(CheckpointHistory::default()),
+            table_log: None,
         }))
     }
 
@@ -267,7 +268,8 @@ impl Session {
         let node = self.plan_job(&create.query).await?;
         let schema = node.schema.clone();
         let updating = node.updating;
-        let checkpoints = self.checkpoint_config(&name, persist)?;
+        let mut checkpoints = self.checkpoint_config(&name, persist)?;
+        let mut table_log: Option<Arc<dyn TableLog>> = None;
         let history = checkpoints.as_ref().map(|c| c.history.clone());
         let run_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -294,19 +296,34 @@ impl Session {
             let connector = self.engine.inner.sinks.get(&connector_name)?;
             check_sink_options(connector.as_ref(), &options)?;
             let landed = connector.validate(&options, &schema, updating)?;
+            let mut ctx = SinkContext {
+                name: name.clone(),
+                run_id,
+                job_id: CheckpointStore::new(&self.engine.inner.data_dir, &name).job_id()?,
+                checkpointing: checkpoints.is_some(),
+                table_log: None,
+                stores: stores.clone(),
+                store_options: store_options.clone(),
+            };
             if let Some(landed) = &landed {
                 self.register_store(&landed.location, &store_options)?;
                 // Creates the directory for local sinks, so the table lists.
                 crate::sink::resolve_location(stores, &landed.location, &store_options)?;
-                let table = landed_table(landed, &connector.landed_schema(&options, &schema, updating))?;
+                table_log =
+                    connector.table_log(&options, &schema, updating, &ctx, &create.query.to_string())?;
+                let table: Arc<dyn datafusion::catalog::TableProvider> = match &table_log {
+                    Some(log) => {
+                        log.prepare().await?;
+                        log.table(None)?
+                    }
+                    None => landed_table(landed, &connector.landed_schema(&options, &schema, updating))?,
+                };
                 self.ctx.register_table(name.as_str(), table)?;
             }
-            let ctx = SinkContext {
-                name: name.clone(),
-                run_id,
-                stores: stores.clone(),
-                store_options,
-            };
+            ctx.table_log = table_log.clone();
+            if let Some(c) = checkpoints.as_mut() {
+                c.table_log = table_log.clone();
+            }
             let started = Job::start(
                 &name,
                 node,
@@ -344,6 +361,9 @@ impl Session {
         {
             let _ = self.ctx.deregister_table(name.as_str());
             return Err(e);
+        }
+        if let Some(log) = &table_log {
+            self.engine.inner.versioned.insert(&name, log.clone());
         }
         self.engine.inner.jobs.lock().expect("jobs lock").insert(
             name,
@@ -390,6 +410,7 @@ impl Session {
         // Dropping the job aborts its tasks and frees their state.
         let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
         drop(job);
+        self.engine.inner.versioned.remove(name);
         CheckpointStore::new(&self.engine.inner.data_dir, name).remove_all();
         Ok(())
     }

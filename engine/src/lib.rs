@@ -23,6 +23,7 @@ pub mod sink;
 pub mod storage;
 pub mod stream;
 pub mod streaming;
+pub mod versions;
 
 pub use engine::{
     CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineConfig, Output, PG_SERVER_VERSION, Prepared, Session,

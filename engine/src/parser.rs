@@ -192,10 +192,113 @@ fn peek_word(parser: &Parser, n: usize) -> Option<String> {
     }
 }
 
+/// `name AS OF VERSION 12` / `name AS OF TIMESTAMP '2026-11-22 10:00:00'`
+/// (time travel on a versioned sink's table) becomes the table function
+/// call `sluice_as_of('name', ...) AS name`, which DataFusion plans. Text
+/// without the pattern is returned as is.
+pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
+    use datafusion::sql::sqlparser::keywords::RESERVED_FOR_TABLE_ALIAS;
+    use datafusion::sql::sqlparser::tokenizer::{Location, Tokenizer};
+    let mentions_of = sql
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| w.eq_ignore_ascii_case("of"));
+    if !mentions_of {
+        return Ok(std::borrow::Cow::Borrowed(sql));
+    }
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize_with_location() else {
+        // The parser reports the error.
+        return Ok(std::borrow::Cow::Borrowed(sql));
+    };
+    // Byte offset of each line's start, to turn (line, column) into offsets.
+    let mut line_starts = vec![0usize];
+    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let offset = |l: Location| -> usize {
+        let start = line_starts
+            .get(l.line.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth(l.column.saturating_sub(1) as usize)
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let sig: Vec<_> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let word = |i: usize| match sig.get(i).map(|t| &t.token) {
+        Some(Token::Word(w)) => Some(w),
+        _ => None,
+    };
+    let mut edits: Vec<(usize, usize, String)> = vec![];
+    for i in 1..sig.len() {
+        let (Some(a), Some(o), Some(kind)) = (word(i), word(i + 1), word(i + 2)) else {
+            continue;
+        };
+        if a.keyword != Keyword::AS || o.keyword != Keyword::OF {
+            continue;
+        }
+        let Some(value) = sig.get(i + 3) else {
+            continue;
+        };
+        match (kind.keyword, &value.token) {
+            (Keyword::VERSION, Token::Number(..)) | (Keyword::TIMESTAMP, Token::SingleQuotedString(_)) => {}
+            (Keyword::VERSION | Keyword::TIMESTAMP, _) => {
+                return Err(SluiceError::new(
+                    ErrorKind::Syntax,
+                    "syntax error: write AS OF VERSION <number> or AS OF TIMESTAMP '<time>'",
+                ));
+            }
+            _ => continue,
+        }
+        // The table name before AS: a word, possibly qualified (a.b.c).
+        let Some(last) = word(i - 1) else {
+            continue;
+        };
+        let mut first = i - 1;
+        while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
+            first -= 2;
+        }
+        let name = match last.quote_style {
+            Some(_) => last.value.clone(),
+            None => last.value.to_ascii_lowercase(),
+        };
+        let start = offset(sig[first].span.start);
+        let end = offset(value.span.end);
+        let value_text = &sql[offset(value.span.start)..end];
+        let mut replacement = format!("{AS_OF}('{}', {value_text})", name.replace('\'', "''"));
+        let has_alias = match sig.get(i + 4).map(|t| &t.token) {
+            Some(Token::Word(w)) => {
+                w.keyword == Keyword::AS || !RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword)
+            }
+            _ => false,
+        };
+        if !has_alias {
+            replacement.push_str(" AS ");
+            replacement.push_str(&sql[offset(sig[i - 1].span.start)..offset(sig[i - 1].span.end)]);
+        }
+        edits.push((start, end, replacement));
+    }
+    if edits.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(sql));
+    }
+    let mut out = sql.to_string();
+    for (start, end, replacement) in edits.into_iter().rev() {
+        out.replace_range(start..end, &replacement);
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+const AS_OF: &str = crate::versions::AS_OF_FUNCTION;
+
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
-    let mut df = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
+    let sql = rewrite_as_of(sql)?;
+    let mut df = DFParserBuilder::new(sql.as_ref())
+        .with_dialect(&dialect)
+        .build()?;
     let mut out = Vec::new();
     let mut expecting_delimiter = false;
     loop {
@@ -501,6 +604,31 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_of_becomes_a_table_function_call() {
+        let r = rewrite_as_of("SELECT * FROM page_views AS OF VERSION 12 WHERE x = 1").unwrap();
+        assert_eq!(
+            r,
+            "SELECT * FROM sluice_as_of('page_views', 12) AS page_views WHERE x = 1"
+        );
+        let r = rewrite_as_of("select count(*) from Views as of timestamp '2026-11-22 10:00:00' v").unwrap();
+        assert_eq!(
+            r,
+            "select count(*) from sluice_as_of('views', '2026-11-22 10:00:00') v"
+        );
+        let r = rewrite_as_of("SELECT 'as of version 3' FROM t AS OF VERSION 3 AS x, u").unwrap();
+        assert_eq!(r, "SELECT 'as of version 3' FROM sluice_as_of('t', 3) AS x, u");
+        let r = rewrite_as_of("SELECT * FROM a.\"B\" AS OF VERSION 0\n;").unwrap();
+        assert_eq!(r, "SELECT * FROM sluice_as_of('B', 0) AS \"B\"\n;");
+        // Untouched: no AS OF, or AS OF something else.
+        assert!(matches!(
+            rewrite_as_of("SELECT 1 AS one").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let e = rewrite_as_of("SELECT * FROM t AS OF VERSION 'x'").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Syntax);
+    }
 
     #[test]
     fn sluice_and_datafusion_statements_mix() {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use datafusion::catalog::TableProvider;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
@@ -63,6 +64,15 @@ pub struct SinkContext {
     /// Unique per run of the job, so that files of different runs never
     /// collide.
     pub run_id: String,
+    /// Unique per incarnation of the job (kept across restarts, new when the
+    /// sink is dropped and created again): a table log's transaction id.
+    pub job_id: String,
+    /// Whether the job takes checkpoints. A table-log sink then commits
+    /// once per completed checkpoint (exactly-once); without checkpoints its
+    /// lanes commit the files they wrote themselves.
+    pub checkpointing: bool,
+    /// The sink's table log, when its connector has one.
+    pub table_log: Option<Arc<dyn TableLog>>,
     /// Storage for non-local locations.
     pub stores: StoreRegistry,
     /// Storage options given with the sink (`s3.endpoint`, ...).
@@ -109,6 +119,84 @@ pub fn resolve_location(
     Ok((store, path))
 }
 
+/// A version of a versioned landed table (`AS OF VERSION n`,
+/// `AS OF TIMESTAMP '...'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableVersion {
+    Version(u64),
+    /// The newest version committed at or before this time (ms since the
+    /// Unix epoch).
+    Timestamp(i64),
+}
+
+/// The input a commit covers on one source lane: from the position of the
+/// previous checkpoint (None: the start) to this one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRange {
+    /// The stream read.
+    pub stream: String,
+    /// The lane's name in checkpoint manifests (`<node>-<lane>`).
+    pub lane: String,
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// One completed checkpoint's output, handed to a table log to commit.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// The checkpoint (None: a direct commit by a lane of a job without
+    /// checkpoints; it carries no transaction id).
+    pub epoch: Option<u64>,
+    /// What each sink lane returned from [`SinkWriter::checkpoint`] for this
+    /// epoch (its pending files), in lane order.
+    pub lane_states: Vec<Vec<RecordBatch>>,
+    /// The input this commit covers.
+    pub sources: Vec<SourceRange>,
+}
+
+/// One commit of a versioned landed table (a row of `sluice_commits`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRecord {
+    pub version: u64,
+    /// ms since the Unix epoch.
+    pub committed_at: i64,
+    /// The checkpoint committed (None for commits without one, such as the
+    /// table's creation).
+    pub checkpoint: Option<u64>,
+    /// Paths (relative to the table's location) of the files added.
+    pub files: Vec<String>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sources: Vec<SourceRange>,
+    /// SHA-256 of the sink's query text.
+    pub query_hash: Option<String>,
+    /// The table log's own name for the operation (`CREATE TABLE`, `WRITE`).
+    pub operation: String,
+}
+
+/// A sink that lands through a table log (two-phase commit): lanes write
+/// files that no reader sees and return them as checkpoint state; once the
+/// checkpoint is complete the coordinator hands every lane's files to
+/// [`TableLog::commit`], which makes them visible as one atomic version.
+#[async_trait]
+pub trait TableLog: Send + Sync + Debug {
+    /// Creates the table when it does not exist yet.
+    async fn prepare(&self) -> Result<()>;
+    /// Commits one checkpoint's files as one version. Idempotent per epoch:
+    /// after a crash the restored checkpoint is committed again, and a
+    /// commit already in the log is skipped.
+    async fn commit(&self, request: CommitRequest) -> Result<()>;
+    /// The landed table at its newest version (resolved at each scan), or
+    /// at `version`.
+    fn table(&self, version: Option<TableVersion>) -> Result<Arc<dyn TableProvider>>;
+    /// The table's commits, oldest first.
+    async fn commits(&self) -> Result<Vec<CommitRecord>>;
+    /// The newest checkpoint this process committed (or found committed).
+    /// A lane keeps handing its files to checkpoints until one of them is
+    /// committed, so a failed checkpoint loses nothing.
+    fn committed_epoch(&self) -> Option<u64>;
+}
+
 /// A kind of sink (`connector = '...'` in `CREATE SINK`).
 pub trait SinkConnector: Send + Sync + Debug {
     /// The connector's name, as users write it.
@@ -141,6 +229,19 @@ pub trait SinkConnector: Send + Sync + Debug {
         _updating: bool,
     ) -> SchemaRef {
         schema.clone()
+    }
+
+    /// The sink's table log, for connectors that commit through one.
+    /// `query` is the sink's query text (hashed into each commit).
+    fn table_log(
+        &self,
+        _options: &BTreeMap<String, String>,
+        _schema: &SchemaRef,
+        _updating: bool,
+        _ctx: &SinkContext,
+        _query: &str,
+    ) -> Result<Option<Arc<dyn TableLog>>> {
+        Ok(None)
     }
 
     /// Opens the writer for output lane `lane` of `lanes`.

@@ -64,6 +64,7 @@ impl Server {
         sources.register(Arc::new(FileSystemSource::new(stores.clone())));
         let mut sinks = SinkRegistry::default();
         sinks.register(Arc::new(FileSystemSink));
+        sinks.register(Arc::new(sluice_connectors::delta::DeltaSink));
         sinks.register(Arc::new(BlackholeSink));
         sinks.register(Arc::new(KafkaSink));
         let engine = Engine::open(EngineConfig {

@@ -90,8 +90,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.s3_secret_access_key {
         config.s3.secret_access_key = Some(v);
     }
+    // The Delta libraries narrate every table load at info; keep them to
+    // warnings unless the filter names them.
+    let mut filter = config.log.clone();
+    for quiet in ["buoyant_kernel", "deltalake_core"] {
+        if !filter.contains(quiet) {
+            filter.push_str(&format!(",{quiet}=warn"));
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log)?)
+        .with_env_filter(EnvFilter::try_new(&filter)?)
         .init();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let server = Server::open(&config).await?;

@@ -38,7 +38,7 @@ use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
 use crate::checkpoint::{Ack, CheckpointConfig, CheckpointStats, CheckpointStore, Manifest, Restore};
 use crate::error::{Result, SluiceError};
-use crate::sink::SinkWriter;
+use crate::sink::{CommitRequest, SinkWriter, SourceRange, TableLog};
 use crate::stream::{Message, StreamTable};
 
 /// Messages per channel. With batches of a few thousand rows this bounds a
@@ -110,6 +110,7 @@ impl Job {
             restore: checkpoints.as_ref().and_then(|c| c.restore.clone()),
             participants: 0,
             parallelism: Default::default(),
+            source_streams: Default::default(),
         };
         if let Some(r) = &wiring.restore {
             check_parallelism(&plan, &r.manifest)?;
@@ -142,6 +143,8 @@ impl Job {
                     config,
                     participants: wiring.participants,
                     parallelism: std::mem::take(&mut wiring.parallelism),
+                    source_streams: std::mem::take(&mut wiring.source_streams),
+                    sink_lanes: n,
                 };
                 Some(tokio::spawn(coordinator.run(trigger_tx, ack_rx)))
             }
@@ -223,6 +226,8 @@ struct Wiring {
     participants: usize,
     /// Parallelism per keyed node, recorded in manifests.
     parallelism: std::collections::BTreeMap<String, usize>,
+    /// The stream each source lane reads (by its manifest key).
+    source_streams: std::collections::BTreeMap<String, String>,
 }
 
 impl Wiring {
@@ -304,11 +309,89 @@ struct Coordinator {
     config: CheckpointConfig,
     participants: usize,
     parallelism: std::collections::BTreeMap<String, usize>,
+    source_streams: std::collections::BTreeMap<String, String>,
+    sink_lanes: usize,
 }
 
+/// Waits between attempts to commit a completed checkpoint to a table log.
+const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Coordinator {
+    /// Commits a completed checkpoint's sink output to the table log,
+    /// retrying until it succeeds: the next checkpoint is not triggered
+    /// before, so commits stay in epoch order and none is skipped (output
+    /// keeps flowing into pending files meanwhile).
+    async fn commit(&self, log: &Arc<dyn TableLog>, manifest: &Manifest) {
+        let sources: Vec<SourceRange> = manifest
+            .sources
+            .iter()
+            .map(|(lane, to)| SourceRange {
+                stream: self.source_streams.get(lane).cloned().unwrap_or_default(),
+                lane: lane.clone(),
+                from: manifest.sources_from.get(lane).cloned(),
+                to: to.clone(),
+            })
+            .collect();
+        let mut attempt = 1u32;
+        loop {
+            let store = self.config.store.clone();
+            let m = manifest.clone();
+            let lanes = self.sink_lanes;
+            let read = tokio::task::spawn_blocking(move || {
+                (0..lanes)
+                    .map(|i| store.read_state(&m, &format!("sink-{i}")))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await
+            .unwrap_or_else(|e| Err(SluiceError::internal(format!("reading sink state: {e}"))));
+            let committed = match read {
+                Ok(lane_states) => {
+                    log.commit(CommitRequest {
+                        epoch: Some(manifest.epoch),
+                        lane_states,
+                        sources: sources.clone(),
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match committed {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(job = %self.job, epoch = manifest.epoch, attempt, error = %e,
+                        "committing the checkpoint's output failed; retrying");
+                    self.config.history.record(CheckpointStats {
+                        epoch: manifest.epoch,
+                        started_ms: manifest.started_ms,
+                        duration_ms: Some(manifest.duration_ms),
+                        bytes: manifest.bytes,
+                        status: "committing",
+                        detail: Some(format!("attempt {attempt} to commit the output failed: {e}")),
+                    });
+                    attempt += 1;
+                    tokio::time::sleep(
+                        COMMIT_RETRY.min(std::time::Duration::from_millis(100 << attempt.min(4))),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
     async fn run(self, trigger: tokio::sync::watch::Sender<u64>, mut acks: mpsc::UnboundedReceiver<Ack>) {
         let mut epoch = self.config.restore.as_ref().map_or(0, |r| r.manifest.epoch);
+        let mut previous_sources = self
+            .config
+            .restore
+            .as_ref()
+            .map(|r| r.manifest.sources.clone())
+            .unwrap_or_default();
+        if let (Some(log), Some(r)) = (&self.config.table_log, &self.config.restore) {
+            // The crash may have come between the manifest and the commit:
+            // commit the restored checkpoint again (skipped when it is in
+            // the log already).
+            self.commit(log, &r.manifest).await;
+        }
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -339,6 +422,7 @@ impl Coordinator {
                 duration_ms: 0,
                 bytes: 0,
                 sources: Default::default(),
+                sources_from: previous_sources.clone(),
                 states: Default::default(),
                 parallelism: self.parallelism.clone(),
             };
@@ -392,8 +476,14 @@ impl Coordinator {
                     failure = Some(format!("writing the manifest: {e}"));
                 }
             }
+            if failure.is_none()
+                && let Some(log) = &self.config.table_log
+            {
+                self.commit(log, &manifest).await;
+            }
             match failure {
                 None => {
+                    previous_sources = manifest.sources.clone();
                     stats.status = "completed";
                     stats.detail = Some(describe_positions(&manifest));
                 }
@@ -458,6 +548,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             .map(|p| {
                 let key = format!("{}-{p}", node.id);
                 wiring.participants += usize::from(wiring.store.is_some());
+                wiring.source_streams.insert(key.clone(), table.name.clone());
                 let ck = SourceCheckpoint {
                     resume: wiring
                         .restore

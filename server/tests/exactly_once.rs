@@ -1,0 +1,379 @@
+//! Exactly-once through crashes: a Kafka source (the real broker started by
+//! scripts/test.sh) -> a windowed aggregate and an updating aggregate ->
+//! `delta` sinks, while the server is killed with SIGKILL at random moments
+//! and restarted. What landed must equal the answer computed here from the
+//! records produced: no row missing, no row twice. Then time travel and
+//! provenance are checked on the landed versions.
+//!
+//! `SLUICE_CRASH_KILLS` sets the kills per run (default 3) and
+//! `SLUICE_CRASH_RUNS` the runs (default 1); `scripts/stress.sh` runs 20.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::SluiceProcess;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+fn brokers() -> String {
+    std::env::var("SLUICE_TEST_KAFKA_BROKERS")
+        .expect("needs a Kafka broker: run ./scripts/test.sh, or set SLUICE_TEST_KAFKA_BROKERS")
+}
+
+const PARTITIONS: i32 = 3;
+/// 2026-11-22T10:00:00Z.
+const BASE_MS: i64 = 1_795_341_600_000;
+/// Event time of the last record of each partition: its window stays open,
+/// every earlier one closes.
+const END_MS: i64 = BASE_MS + 3_600_000;
+
+/// Record `i`: user, page, event time (ms), partition.
+fn record(i: i64) -> (i64, String, i64, i32) {
+    (
+        i % 13,
+        format!("p{}", i % 5),
+        BASE_MS + i * 100,
+        (i % PARTITIONS as i64) as i32,
+    )
+}
+
+fn create_topic(name: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+        for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    });
+}
+
+fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Produces records `from..to` (and, with `end`, the closing record of each
+/// partition), waiting until the broker has them.
+fn produce(producer: &BaseProducer, topic: &str, from: i64, to: i64, end: bool) {
+    let mut payloads: Vec<(i32, String)> = (from..to)
+        .map(|i| {
+            let (user, page, ts, p) = record(i);
+            (
+                p,
+                format!(r#"{{"user_id": {user}, "page": "{page}", "ts": {ts}}}"#),
+            )
+        })
+        .collect();
+    if end {
+        for p in 0..PARTITIONS {
+            payloads.push((p, format!(r#"{{"user_id": 0, "page": "end", "ts": {END_MS}}}"#)));
+        }
+    }
+    for (p, payload) in &payloads {
+        loop {
+            match producer.send(BaseRecord::<(), _>::to(topic).partition(*p).payload(payload)) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    producer.poll(Duration::from_millis(50));
+                    assert!(
+                        matches!(e, rdkafka::error::KafkaError::MessageProduction(_)),
+                        "producing: {e}"
+                    );
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flushing the producer");
+}
+
+/// A small deterministic generator (the seed is printed, so a failing run
+/// can be repeated with SLUICE_CRASH_SEED).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn delta_sinks_land_exactly_once_through_random_kills() {
+    let runs = env_number("SLUICE_CRASH_RUNS", 1);
+    let kills = env_number("SLUICE_CRASH_KILLS", 3);
+    let seed = env_number(
+        "SLUICE_CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1,
+    );
+    for run in 0..runs {
+        let seed = seed.wrapping_add(run * 7919) | 1;
+        eprintln!("crash run {run}: seed {seed}, {kills} kills");
+        crash_run(seed, kills);
+    }
+}
+
+fn crash_run(seed: u64, kills: u64) {
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let topic = format!("clicks_eo_{seed:x}");
+    create_topic(&topic);
+    let total: i64 = 6000;
+    // Files roll at 1 KB, so between checkpoints output is written all the
+    // time: at a kill, files of the running epoch exist and must not show.
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "700ms")];
+    let mut p = SluiceProcess::start_with(&data, &env);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3), \
+             WATERMARK FOR ts AS ts - INTERVAL '1 second') WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', format = 'json')",
+            brokers()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK per_second WITH (connector = 'delta', path = '{}', \
+             'sink.rolling-policy.file-size' = '1KB') AS \
+             SELECT page, window_start, count(*) AS n, sum(user_id) AS users \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY page, window_start",
+            lake.join("per_second").display()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK totals WITH (connector = 'delta', path = '{}', changelog = 'true', \
+             'sink.rolling-policy.file-size' = '1KB') AS \
+             SELECT page, count(*) AS n FROM clicks GROUP BY page",
+            lake.join("totals").display()
+        ),
+    ]);
+
+    // Records keep arriving (50 every 100 ms, so windows keep closing and
+    // output keeps landing) while the server is killed and restarted.
+    let producer = {
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            let producer = producer();
+            let chunk = 50;
+            for from in (0..total).step_by(chunk as usize) {
+                let to = (from + chunk).min(total);
+                produce(&producer, &topic, from, to, to == total);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    for k in 0..kills {
+        // Kill a running job, not one still starting: wait for a checkpoint
+        // of both jobs after the (re)start, then a random moment more.
+        let after = [completed_epoch(&p, "per_second"), completed_epoch(&p, "totals")];
+        wait_for("both jobs to checkpoint after a start", 60, || {
+            let now = [completed_epoch(&p, "per_second"), completed_epoch(&p, "totals")];
+            (now[0] > after[0] && now[1] > after[1]).then_some(())
+        });
+        std::thread::sleep(rng.millis(100, 1500));
+        eprintln!("kill {}", k + 1);
+        p.kill9();
+        p = SluiceProcess::start_with(&data, &env);
+    }
+    producer.join().expect("the producer");
+
+    // The answer, from the records themselves: every window before END.
+    let mut windows: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..total {
+        let (user, page, ts, _) = record(i);
+        let w = windows
+            .entry((page.clone(), ts - ts.rem_euclid(1000)))
+            .or_default();
+        w.0 += 1;
+        w.1 += user;
+        *totals.entry(page).or_default() += 1;
+    }
+    *totals.entry("end".into()).or_default() += PARTITIONS as i64;
+    let want_windows: Vec<String> = windows
+        .iter()
+        .map(|((page, start), (n, users))| {
+            let t = chrono_like(*start);
+            format!("{page}|{t}|{n}|{users}")
+        })
+        .collect();
+
+    let landed_windows = |p: &SluiceProcess| {
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT page, to_char(window_start, 'YYYY-MM-DD HH24:MI:SS'), n, users FROM per_second \
+             ORDER BY page, window_start, n, users",
+        ])
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    wait_for("every closed window to land", 120, || {
+        (landed_windows(&p).len() >= want_windows.len()).then_some(())
+    });
+    // Give a late duplicate time to show up before comparing.
+    std::thread::sleep(Duration::from_secs(1));
+    let got = landed_windows(&p);
+    if got != want_windows {
+        let extra: Vec<_> = got.iter().filter(|r| !want_windows.contains(r)).collect();
+        let missing: Vec<_> = want_windows.iter().filter(|r| !got.contains(r)).collect();
+        panic!(
+            "seed {seed}: {} windows landed, {} expected; not expected: {extra:?}; missing: {missing:?}",
+            got.len(),
+            want_windows.len()
+        );
+    }
+
+    // The updating aggregate's changelog nets out to the true counts: an
+    // insert or delete landed twice (or lost) would leave a row behind.
+    let want_totals: Vec<String> = totals.iter().map(|(p, n)| format!("{p}|{n}")).collect();
+    let net = |p: &SluiceProcess| {
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT page, n FROM (SELECT page, n, sum(CASE op WHEN 'insert' THEN 1 ELSE -1 END) AS c \
+             FROM totals GROUP BY page, n) WHERE c <> 0 ORDER BY page, n",
+        ])
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    wait_for("the totals' changelog to net out to the counts", 60, || {
+        (net(&p) == want_totals).then_some(())
+    });
+    let bad = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT count(*) FROM (SELECT page, n, sum(CASE op WHEN 'insert' THEN 1 ELSE -1 END) AS c \
+         FROM totals GROUP BY page, n) WHERE c NOT IN (0, 1)",
+    ]);
+    assert_eq!(bad.trim(), "0", "seed {seed}: a change landed twice");
+
+    // Time travel: each version holds exactly the rows of the commits up to it.
+    let commits = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT version, rows FROM sluice_commits WHERE sink = 'per_second' ORDER BY version",
+    ]);
+    let mut running = 0i64;
+    let mut versions = 0;
+    for line in commits.lines() {
+        let (v, rows) = line.split_once('|').unwrap();
+        running += rows.parse::<i64>().unwrap();
+        versions += 1;
+        let at = p.psql(&[
+            "-tA",
+            "-c",
+            &format!("SELECT count(*) FROM per_second AS OF VERSION {v}"),
+        ]);
+        assert_eq!(at.trim(), running.to_string(), "version {v}");
+    }
+    assert!(versions >= 2, "several versions: {commits}");
+    assert_eq!(running as usize, want_windows.len());
+
+    // Provenance: per partition, commit ranges are contiguous from the
+    // start and never overlap.
+    let ranges = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT partition, coalesce(from_offset, -1), to_offset FROM sluice_commit_sources \
+         WHERE sink = 'per_second' ORDER BY partition, version",
+    ]);
+    let mut next: BTreeMap<i64, i64> = BTreeMap::new();
+    for line in ranges.lines() {
+        let f: Vec<i64> = line.split('|').map(|x| x.parse().unwrap()).collect();
+        let (partition, from, to) = (f[0], f[1], f[2]);
+        let expected_from = next.get(&partition).copied().unwrap_or(-1);
+        assert_eq!(
+            from, expected_from,
+            "partition {partition}: ranges must be contiguous\n{ranges}"
+        );
+        assert!(to >= from.max(0), "{ranges}");
+        next.insert(partition, to);
+    }
+    assert_eq!(next.len(), PARTITIONS as usize, "{ranges}");
+}
+
+/// The newest completed (or restored) checkpoint of `job`.
+fn completed_epoch(p: &SluiceProcess, job: &str) -> Option<i64> {
+    p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.first() == Some(&job) && matches!(f.get(2), Some(&"completed") | Some(&"restored")))
+                .then(|| f.get(1)?.parse().ok())
+                .flatten()
+        })
+        .max()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a UTC time in ms (the test's dates only).
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
