@@ -305,6 +305,11 @@ enum Action {
         sink: bool,
         if_exists: bool,
     },
+    /// `ALTER SINK name SET (...)`.
+    AlterSink {
+        name: String,
+        options: BTreeMap<String, String>,
+    },
     /// `SHOW SINKS` / `SHOW MATERIALIZED VIEWS`.
     ShowJobObjects {
         sink: bool,
@@ -464,6 +469,10 @@ impl Session {
             Statement::CreateMaterializedView(create) => Action::CreateJob {
                 create: Box::new(create),
                 sink: false,
+            },
+            Statement::AlterSink { name, options } => Action::AlterSink {
+                name: normalize_name(&name),
+                options,
             },
             Statement::DropSink { name, if_exists } => Action::DropJob {
                 name: normalize_name(&name),
@@ -822,6 +831,13 @@ impl Session {
                         "CREATE MATERIALIZED VIEW"
                     }
                     .into(),
+                    rows: None,
+                })
+            }
+            Action::AlterSink { name, options } => {
+                self.alter_sink(name, options).await?;
+                Ok(Output::Command {
+                    tag: "ALTER SINK".into(),
                     rows: None,
                 })
             }

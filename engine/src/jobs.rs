@@ -377,6 +377,92 @@ impl Session {
         Ok(())
     }
 
+    /// `ALTER SINK name SET (...)`: options that change neither what the
+    /// sink lands nor where (file sizes, rollover, client properties) take
+    /// effect by restarting the job from its newest checkpoint with the new
+    /// options; the catalog keeps them. Output since that checkpoint is
+    /// produced again (a delta sink never showed it; other sinks land it
+    /// again, as after a crash).
+    pub(crate) async fn alter_sink(&self, name: &str, set: &BTreeMap<String, String>) -> Result<()> {
+        const FIXED: &[&str] = &[
+            "connector",
+            "path",
+            "format",
+            "partition_by",
+            "changelog",
+            "topic",
+            "key",
+            "sink.mode",
+        ];
+        if let Some(key) = set.keys().find(|k| FIXED.contains(&k.as_str())) {
+            return Err(SluiceError::not_supported(format!(
+                "ALTER SINK can't change '{key}': it decides what the sink lands or where;                  create a new sink instead (options that can change: file sizes, rollover,                  multipart threshold, properties.*)"
+            )));
+        }
+        let old = {
+            let catalog = self.engine.inner.catalog.lock().await;
+            match catalog.get(name) {
+                Some(e) if e.kind == ObjectKind::Sink => e.sql.clone(),
+                Some(e) => {
+                    return Err(SluiceError::new(
+                        ErrorKind::Semantic,
+                        format!("{name} is a {}, not a sink", e.kind.noun()),
+                    ));
+                }
+                None => {
+                    return Err(SluiceError::new(
+                        ErrorKind::UndefinedTable,
+                        format!("sink \"{name}\" does not exist"),
+                    ));
+                }
+            }
+        };
+        let Some(Statement::CreateSink(old)) = crate::parser::parse(&old)?.pop() else {
+            return Err(SluiceError::internal(format!(
+                "catalog entry {name} is not a CREATE SINK"
+            )));
+        };
+        let mut new = old.clone();
+        new.options
+            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // Checked against the connector before anything stops.
+        {
+            let connector_name = new.options.get("connector").cloned().unwrap_or_default();
+            let connector = self.engine.inner.sinks.get(&connector_name)?;
+            let mut options = new.options.clone();
+            options.retain(|k, _| k != "connector" && !self.engine.inner.stores.is_store_option(k));
+            check_sink_options(connector.as_ref(), &options)?;
+        }
+        self.stop_job(name);
+        match self.create_job(new.clone(), true, false).await {
+            Ok(()) => {
+                let mut catalog = self.engine.inner.catalog.lock().await;
+                catalog.put(CatalogEntry {
+                    name: name.to_string(),
+                    kind: ObjectKind::Sink,
+                    sql: Statement::CreateSink(new).to_string(),
+                })
+            }
+            Err(e) => {
+                // Back to the options it ran with.
+                self.stop_job(name);
+                if let Err(again) = self.create_job(old, true, false).await {
+                    tracing::error!(sink = %name, error = %again, "could not restart the sink after a failed ALTER");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a running job and unregisters its table, keeping its catalog
+    /// entry and checkpoints.
+    fn stop_job(&self, name: &str) {
+        let _ = self.ctx.deregister_table(name);
+        let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
+        drop(job);
+        self.engine.inner.versioned.remove(name);
+    }
+
     pub(crate) async fn drop_job(&self, name: &str, sink: bool, if_exists: bool) -> Result<()> {
         let mut catalog = self.engine.inner.catalog.lock().await;
         let want = if sink {

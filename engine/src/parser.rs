@@ -34,6 +34,11 @@ pub enum Statement {
     CreateMaterializedView(CreateJob),
     /// `DROP SINK [IF EXISTS] name`
     DropSink { name: ObjectName, if_exists: bool },
+    /// `ALTER SINK name SET (key = 'value', ...)`
+    AlterSink {
+        name: ObjectName,
+        options: BTreeMap<String, String>,
+    },
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name`
     DropMaterializedView { name: ObjectName, if_exists: bool },
     /// `SHOW SINKS`
@@ -95,6 +100,9 @@ impl fmt::Display for Statement {
             Statement::CreateMaterializedView(c) => c.render("MATERIALIZED VIEW", f),
             Statement::DropStream { name, .. } => write!(f, "DROP STREAM {name}"),
             Statement::DropSink { name, .. } => write!(f, "DROP SINK {name}"),
+            Statement::AlterSink { name, options } => {
+                write!(f, "ALTER SINK {name} SET ({})", render_options(options))
+            }
             Statement::DropMaterializedView { name, .. } => write!(f, "DROP MATERIALIZED VIEW {name}"),
             Statement::ShowStreams => write!(f, "SHOW STREAMS"),
             Statement::ShowSinks => write!(f, "SHOW SINKS"),
@@ -363,6 +371,14 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             df.parser.next_token();
             expect_word(&mut df.parser, "VIEW")?;
             Statement::CreateMaterializedView(parse_create_job(&mut df.parser, false)?)
+        }
+        (Some("ALTER"), Some("SINK"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            expect_word(&mut df.parser, "SET")?;
+            let options = parse_options(&mut df.parser)?;
+            Statement::AlterSink { name, options }
         }
         (Some("DROP"), Some("SINK"), _) => {
             df.parser.next_token();

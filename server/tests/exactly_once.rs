@@ -221,6 +221,14 @@ fn crash_run(seed: u64, kills: u64) {
         p.kill9();
         p = SluiceProcess::start_with(&data, &env);
     }
+    // Changing an option restarts the job from its newest checkpoint, with
+    // the same guarantee.
+    p.psql(&[
+        "-c",
+        "ALTER SINK per_second SET ('sink.rolling-policy.file-size' = '2KB')",
+    ]);
+    let sinks = p.psql(&["-tA", "-c", "SHOW SINKS"]);
+    assert!(sinks.contains("sink.rolling-policy.file-size=2KB"), "{sinks}");
     producer.join().expect("the producer");
 
     // The answer, from the records themselves: every window before END.
