@@ -57,6 +57,9 @@ pub struct Manifest {
     /// start), so that this checkpoint's commit names the input it covers.
     #[serde(default)]
     pub sources_from: BTreeMap<String, String>,
+    /// Per source lane: the stream it reads (for `start_from`).
+    #[serde(default)]
+    pub streams: BTreeMap<String, String>,
     /// Per stateful task (`op-<node>-<task>`, `sink-<lane>`): its state
     /// file in the checkpoint's directory (absent: empty state).
     pub states: BTreeMap<String, String>,
@@ -214,7 +217,35 @@ impl CheckpointStore {
         Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
-    /// Removes every checkpoint of the job (DROP).
+    /// Where a dropped job's checkpoints are kept, for a later sink's
+    /// `start_from = 'sink:<name>'`.
+    pub fn dropped(data_dir: &Path, job: &str) -> Self {
+        Self {
+            dir: data_dir.join("checkpoints").join(".dropped").join(job),
+        }
+    }
+
+    /// Moves the job's checkpoints to [`Self::dropped`] (DROP), replacing
+    /// those of an earlier job of that name.
+    pub fn park(&self, data_dir: &Path, job: &str) {
+        let to = Self::dropped(data_dir, job);
+        to.remove_all();
+        if !self.dir.exists() {
+            return;
+        }
+        let moved = to
+            .dir
+            .parent()
+            .map(fs::create_dir_all)
+            .transpose()
+            .and_then(|_| fs::rename(&self.dir, &to.dir));
+        if let Err(e) = moved {
+            tracing::warn!(path = %self.dir.display(), error = %e, "could not keep a dropped job's checkpoints");
+            self.remove_all();
+        }
+    }
+
+    /// Removes every checkpoint of the job.
     pub fn remove_all(&self) {
         if self.dir.exists()
             && let Err(e) = fs::remove_dir_all(&self.dir)
@@ -371,6 +402,7 @@ mod tests {
             bytes: 0,
             sources: BTreeMap::from([("1-0".to_string(), format!("{epoch}"))]),
             sources_from: BTreeMap::new(),
+            streams: BTreeMap::new(),
             states: BTreeMap::new(),
             parallelism: BTreeMap::new(),
         }

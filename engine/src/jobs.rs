@@ -268,7 +268,16 @@ impl Session {
         let node = self.plan_job(&create.query).await?;
         let schema = node.schema.clone();
         let updating = node.updating;
+        // Read before this job's own checkpoints are reset: a sink may start
+        // where another (even a dropped one of the same name) stopped.
+        let start_from = match create.options.get("start_from") {
+            Some(from) => self.start_positions(from)?,
+            None => Default::default(),
+        };
         let mut checkpoints = self.checkpoint_config(&name, persist)?;
+        if persist {
+            CheckpointStore::dropped(&self.engine.inner.data_dir, &name).remove_all();
+        }
         let mut table_log: Option<Arc<dyn TableLog>> = None;
         let history = checkpoints.as_ref().map(|c| c.history.clone());
         let run_id = SystemTime::now()
@@ -284,7 +293,7 @@ impl Session {
                 .filter(|(k, _)| stores.is_store_option(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            options.retain(|k, _| !stores.is_store_option(k));
+            options.retain(|k, _| !stores.is_store_option(k) && k != "start_from");
             let connector_name = options.remove("connector").ok_or_else(|| {
                 SluiceError::invalid_parameter(format!(
                     "CREATE SINK {name}: the connector option is required"
@@ -329,6 +338,7 @@ impl Session {
                 node,
                 |lane, lanes| connector.open(&options, &schema, updating, &ctx, lane, lanes),
                 checkpoints,
+                start_from,
             );
             match started {
                 Ok(job) => (job, None),
@@ -345,7 +355,13 @@ impl Session {
             }
             let view = Arc::new(MaterializedView::try_new(schema.clone(), updating)?);
             self.ctx.register_table(name.as_str(), view.clone())?;
-            let job = Job::start(&name, node, |lane, _| Ok(view.writer(lane)), checkpoints)?;
+            let job = Job::start(
+                &name,
+                node,
+                |lane, _| Ok(view.writer(lane)),
+                checkpoints,
+                start_from,
+            )?;
             (job, Some(view))
         };
         if persist
@@ -454,6 +470,26 @@ impl Session {
         }
     }
 
+    /// `start_from = 'sink:<name>'`: the source positions of that sink's
+    /// newest checkpoint (a running sink's, else a dropped one's).
+    fn start_positions(&self, from: &str) -> Result<crate::streaming::runtime::StartPositions> {
+        let Some(other) = from.strip_prefix("sink:").map(|s| s.trim().to_ascii_lowercase()) else {
+            return Err(SluiceError::invalid_parameter(format!(
+                "start_from = '{from}': write start_from = 'sink:<name>' (start at that sink's newest checkpoint)"
+            )));
+        };
+        let data = &self.engine.inner.data_dir;
+        let manifest = CheckpointStore::new(data, &other)
+            .latest()
+            .or_else(|| CheckpointStore::dropped(data, &other).latest())
+            .ok_or_else(|| {
+                SluiceError::invalid_parameter(format!(
+                    "start_from: sink {other} has no completed checkpoint to start from"
+                ))
+            })?;
+        Ok(crate::streaming::runtime::start_positions(&manifest))
+    }
+
     /// Stops a running job and unregisters its table, keeping its catalog
     /// entry and checkpoints.
     fn stop_job(&self, name: &str) {
@@ -497,7 +533,8 @@ impl Session {
         let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
         drop(job);
         self.engine.inner.versioned.remove(name);
-        CheckpointStore::new(&self.engine.inner.data_dir, name).remove_all();
+        // Kept aside for a sink created with start_from = 'sink:<name>'.
+        CheckpointStore::new(&self.engine.inner.data_dir, name).park(&self.engine.inner.data_dir, name);
         Ok(())
     }
 
@@ -736,6 +773,7 @@ impl Session {
                         }) as Box<dyn SinkWriter>)
                     },
                     None,
+                    Default::default(),
                 )?);
                 drop(tx);
                 let stream = futures::stream::unfold((rx, job, false), |(mut rx, job, done)| async move {

@@ -385,3 +385,92 @@ fn chrono_like(ms: i64) -> String {
         rem % 60
     )
 }
+
+/// A sink dropped and created again with another query, `start_from` the
+/// old one: the new sink reads exactly the records after the old one's last
+/// checkpoint, so the two together hold each record once.
+#[test]
+fn a_new_sink_starts_where_a_dropped_one_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let topic = format!(
+        "clicks_from_{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    create_topic(&topic);
+    let producer = producer();
+    let (first, total) = (900, 1500);
+    produce(&producer, &topic, 0, first, false);
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let p = SluiceProcess::start_with(&data, &env);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
+             topic = '{topic}', 'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
+             format = 'json')",
+            brokers()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK raw WITH (connector = 'delta', path = '{}') AS SELECT page, ts FROM clicks",
+            lake.join("raw").display()
+        ),
+    ]);
+    wait_for("the first records committed", 60, || {
+        let n = p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT coalesce(sum(rows), 0) FROM sluice_commits WHERE sink = 'raw'",
+        ]);
+        (n.trim() == first.to_string()).then_some(())
+    });
+    p.psql(&["-c", "DROP SINK raw"]);
+    produce(&producer, &topic, first, total, false);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE SINK raw WITH (connector = 'delta', path = '{}', start_from = 'sink:raw') AS \
+             SELECT page, ts, user_id * 2 AS doubled FROM clicks",
+            lake.join("raw_v2").display()
+        ),
+    ]);
+    let want = format!(
+        "{}|{}|{}",
+        total - first,
+        total - first,
+        chrono_like(record(first).2)
+    );
+    let got = wait_for("the new sink to read the rest", 60, || {
+        let got = p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT count(*), count(DISTINCT ts), to_char(min(ts), 'YYYY-MM-DD HH24:MI:SS') FROM raw",
+        ]);
+        (got.trim().split('|').next() == Some(&(total - first).to_string())).then_some(got)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let again = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT count(*), count(DISTINCT ts), to_char(min(ts), 'YYYY-MM-DD HH24:MI:SS') FROM raw",
+    ]);
+    assert_eq!(got.trim(), want);
+    assert_eq!(again.trim(), want, "nothing more arrived");
+    let bad = p.psql_output(
+        "sluice",
+        &[
+            "-c",
+            "CREATE SINK x WITH (connector = 'blackhole', start_from = 'sink:nope') AS SELECT * FROM clicks",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("sink nope has no completed checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

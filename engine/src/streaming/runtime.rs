@@ -98,6 +98,7 @@ impl Job {
         plan: Node,
         mut open_writer: impl FnMut(usize, usize) -> Result<Box<dyn SinkWriter>>,
         checkpoints: Option<CheckpointConfig>,
+        start_from: StartPositions,
     ) -> Result<Job> {
         let plan = Arc::new(plan);
         let mut tasks: Vec<Task> = Vec::new();
@@ -111,6 +112,7 @@ impl Job {
             participants: 0,
             parallelism: Default::default(),
             source_streams: Default::default(),
+            start_from,
         };
         if let Some(r) = &wiring.restore {
             check_parallelism(&plan, &r.manifest)?;
@@ -228,6 +230,25 @@ struct Wiring {
     parallelism: std::collections::BTreeMap<String, usize>,
     /// The stream each source lane reads (by its manifest key).
     source_streams: std::collections::BTreeMap<String, String>,
+    /// Where sources start when there is no checkpoint to restore.
+    start_from: StartPositions,
+}
+
+/// Source positions by (stream, partition), for a job that starts where
+/// another one stopped (`start_from = 'sink:<name>'`).
+pub type StartPositions = std::collections::BTreeMap<(String, usize), String>;
+
+/// The positions of a checkpoint by (stream, partition).
+pub fn start_positions(manifest: &Manifest) -> StartPositions {
+    manifest
+        .sources
+        .iter()
+        .filter_map(|(key, position)| {
+            let stream = manifest.streams.get(key)?;
+            let partition = key.rsplit_once('-')?.1.parse().ok()?;
+            Some(((stream.clone(), partition), position.clone()))
+        })
+        .collect()
 }
 
 impl Wiring {
@@ -423,6 +444,7 @@ impl Coordinator {
                 bytes: 0,
                 sources: Default::default(),
                 sources_from: previous_sources.clone(),
+                streams: self.source_streams.clone(),
                 states: Default::default(),
                 parallelism: self.parallelism.clone(),
             };
@@ -550,11 +572,10 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 wiring.participants += usize::from(wiring.store.is_some());
                 wiring.source_streams.insert(key.clone(), table.name.clone());
                 let ck = SourceCheckpoint {
-                    resume: wiring
-                        .restore
-                        .as_ref()
-                        .and_then(|r| r.position(&key))
-                        .map(String::from),
+                    resume: match &wiring.restore {
+                        Some(r) => r.position(&key).map(String::from),
+                        None => wiring.start_from.get(&(table.name.clone(), p)).cloned(),
+                    },
                     trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
                     acks: wiring.acks.clone(),
                     key,
