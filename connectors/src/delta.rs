@@ -35,8 +35,8 @@ use sluice_engine::datafusion::error::DataFusionError;
 use sluice_engine::datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use sluice_engine::datafusion::physical_plan::ExecutionPlan;
 use sluice_engine::sink::{
-    CommitRecord, CommitRequest, Landed, SinkConnector, SinkContext, SinkWriter, SourceRange, TableLog,
-    TableVersion,
+    CommitRecord, CommitRequest, Committer, Landed, SinkConnector, SinkContext, SinkWriter, SourceRange,
+    TableLog, TableVersion,
 };
 use sluice_engine::{ErrorKind, Result, SluiceError};
 use url::Url;
@@ -403,69 +403,7 @@ fn now_ms() -> i64 {
 }
 
 #[async_trait]
-impl TableLog for DeltaLog {
-    async fn prepare(&self) -> Result<()> {
-        let s = &self.0;
-        // A new table has no log yet (loading it would log an error).
-        let log_dir = s.log_dir();
-        let exists = s
-            .store
-            .list_with_delimiter(Some(&log_dir))
-            .await
-            .map(|l| !l.objects.is_empty())
-            .unwrap_or(true);
-        let loaded = if exists {
-            s.builder()?.load().await
-        } else {
-            Err(DeltaTableError::NotATable(s.url.to_string()))
-        };
-        let table = match loaded {
-            Ok(t) => {
-                let existing: Vec<String> = t
-                    .snapshot()
-                    .map_err(delta_error)?
-                    .schema()
-                    .fields()
-                    .map(|f| f.name().to_string())
-                    .collect();
-                let wanted: Vec<String> = s.schema.fields().iter().map(|f| f.name().to_string()).collect();
-                let (mut a, mut b) = (existing.clone(), wanted.clone());
-                a.sort();
-                b.sort();
-                if a != b {
-                    return Err(SluiceError::new(
-                        ErrorKind::DuplicateObject,
-                        format!(
-                            "{} already holds a Delta table with columns ({}); the query produces ({}): \
-                             land it somewhere else",
-                            s.url,
-                            existing.join(", "),
-                            wanted.join(", ")
-                        ),
-                    ));
-                }
-                t
-            }
-            Err(e) if !matches!(e, DeltaTableError::NotATable(_)) => return Err(delta_error(e)),
-            Err(_) => {
-                let columns = StructType::try_from_arrow(s.schema.as_ref())
-                    .map_err(|e| SluiceError::not_supported(format!("delta sink {}: {e}", s.name)))?;
-                let log_store = s.builder()?.build().map_err(delta_error)?.log_store();
-                deltalake::operations::create::CreateBuilder::new()
-                    .with_log_store(log_store)
-                    .with_table_name(s.name.clone())
-                    .with_columns(columns.fields().cloned())
-                    .with_partition_columns(s.partition_by.clone())
-                    .with_save_mode(SaveMode::Ignore)
-                    .await
-                    .map_err(delta_error)?
-            }
-        };
-        let provider = table.table_provider().await?;
-        let _ = s.table_schema.set(provider.schema());
-        Ok(())
-    }
-
+impl Committer for DeltaLog {
     async fn commit(&self, request: CommitRequest) -> Result<()> {
         let s = &self.0;
         let table = s.latest().await?;
@@ -556,6 +494,82 @@ impl TableLog for DeltaLog {
         Ok(())
     }
 
+    fn committed_epoch(&self) -> Option<u64> {
+        match self.0.committed.load(Ordering::SeqCst) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[async_trait]
+impl TableLog for DeltaLog {
+    async fn prepare(&self) -> Result<()> {
+        let s = &self.0;
+        // A new table has no log yet (loading it would log an error).
+        let log_dir = s.log_dir();
+        let exists = s
+            .store
+            .list_with_delimiter(Some(&log_dir))
+            .await
+            .map(|l| !l.objects.is_empty())
+            .unwrap_or(true);
+        let loaded = if exists {
+            s.builder()?.load().await
+        } else {
+            Err(DeltaTableError::NotATable(s.url.to_string()))
+        };
+        let table = match loaded {
+            Ok(t) => {
+                let existing: Vec<String> = t
+                    .snapshot()
+                    .map_err(delta_error)?
+                    .schema()
+                    .fields()
+                    .map(|f| f.name().to_string())
+                    .collect();
+                let wanted: Vec<String> = s.schema.fields().iter().map(|f| f.name().to_string()).collect();
+                let (mut a, mut b) = (existing.clone(), wanted.clone());
+                a.sort();
+                b.sort();
+                if a != b {
+                    return Err(SluiceError::new(
+                        ErrorKind::DuplicateObject,
+                        format!(
+                            "{} already holds a Delta table with columns ({}); the query produces ({}): \
+                             land it somewhere else",
+                            s.url,
+                            existing.join(", "),
+                            wanted.join(", ")
+                        ),
+                    ));
+                }
+                t
+            }
+            Err(e) if !matches!(e, DeltaTableError::NotATable(_)) => return Err(delta_error(e)),
+            Err(_) => {
+                let columns = StructType::try_from_arrow(s.schema.as_ref())
+                    .map_err(|e| SluiceError::not_supported(format!("delta sink {}: {e}", s.name)))?;
+                let log_store = s.builder()?.build().map_err(delta_error)?.log_store();
+                deltalake::operations::create::CreateBuilder::new()
+                    .with_log_store(log_store)
+                    .with_table_name(s.name.clone())
+                    .with_columns(columns.fields().cloned())
+                    .with_partition_columns(s.partition_by.clone())
+                    .with_save_mode(SaveMode::Ignore)
+                    .await
+                    .map_err(delta_error)?
+            }
+        };
+        let provider = table.table_provider().await?;
+        let _ = s.table_schema.set(provider.schema());
+        Ok(())
+    }
+
     fn table(&self, version: Option<TableVersion>) -> Result<Arc<dyn TableProvider>> {
         let schema = self
             .0
@@ -573,13 +587,6 @@ impl TableLog for DeltaLog {
     async fn commits(&self) -> Result<Vec<CommitRecord>> {
         let table = self.0.latest().await?;
         self.0.all_commits(&table).await
-    }
-
-    fn committed_epoch(&self) -> Option<u64> {
-        match self.0.committed.load(Ordering::SeqCst) {
-            0 => None,
-            e => Some(e),
-        }
     }
 }
 

@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::producer::Producer as _;
+
 use arrow::array::RecordBatch;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
@@ -965,6 +967,7 @@ const SINK_OPTIONS: &[&str] = &[
     "avro-confluent.url",
     "avro-confluent.schema-registry.url",
     "avro-confluent.subject",
+    "sink.delivery-guarantee",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -984,6 +987,9 @@ struct SinkOptions {
     properties: BTreeMap<String, String>,
     key: Vec<usize>,
     format: SinkFormat,
+    /// `'sink.delivery-guarantee' = 'exactly-once'`: transactions committed
+    /// when checkpoints complete.
+    exactly_once: bool,
 }
 
 impl SinkOptions {
@@ -1052,12 +1058,170 @@ impl SinkOptions {
                 "'sink.mode' = 'upsert' needs key = '<columns>' (the GROUP BY columns)",
             ));
         }
+        let exactly_once = match options
+            .get("sink.delivery-guarantee")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("at-least-once") => false,
+            Some("exactly-once") => true,
+            Some(other) => {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "'sink.delivery-guarantee' = '{other}': use at-least-once or exactly-once"
+                )));
+            }
+        };
         Ok(Self {
             topic,
             properties,
             key,
             format,
+            exactly_once,
         })
+    }
+}
+
+/// Transactions of an exactly-once Kafka sink waiting for their checkpoint
+/// to complete, and the producers free for the next ones, per lane.
+///
+/// A lane writes each epoch's records in a transaction of its own producer
+/// (transactional ids `sluice-<job id>-<lane>-<n>`). At a barrier it flushes
+/// and parks the open transaction here; when the checkpoint completes the
+/// coordinator commits every parked transaction of that epoch or before. A
+/// new producer can't commit another's transaction, so after a crash the
+/// job restores from the newest checkpoint whose commit finished, and the
+/// first use of each transactional id fences (aborts) what an earlier run
+/// left open.
+#[derive(Default)]
+pub struct KafkaTransactions {
+    pending: std::sync::Mutex<Vec<(u64, usize, rdkafka::producer::FutureProducer)>>,
+    free: std::sync::Mutex<HashMap<usize, Vec<rdkafka::producer::FutureProducer>>>,
+    committed: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for KafkaTransactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTransactions").finish_non_exhaustive()
+    }
+}
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl sluice_engine::sink::Committer for KafkaTransactions {
+    async fn commit(&self, request: sluice_engine::sink::CommitRequest) -> Result<()> {
+        let epoch = request.epoch.unwrap_or(u64::MAX);
+        let due: Vec<_> = {
+            let mut pending = self.pending.lock().expect("pending transactions");
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(e, _, _)| *e <= epoch);
+            *pending = keep;
+            due
+        };
+        let mut failed = None;
+        for (e, lane, producer) in due {
+            if failed.is_some() {
+                self.pending
+                    .lock()
+                    .expect("pending transactions")
+                    .push((e, lane, producer));
+                continue;
+            }
+            let p = producer.clone();
+            let committed = tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(|e| SluiceError::internal(format!("committing a kafka transaction: {e}")))?;
+            match committed {
+                Ok(()) => self
+                    .free
+                    .lock()
+                    .expect("free producers")
+                    .entry(lane)
+                    .or_default()
+                    .push(producer),
+                Err(err) => {
+                    failed = Some(SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!("committing the kafka transaction of lane {lane}, checkpoint {e}: {err}"),
+                    ));
+                    self.pending
+                        .lock()
+                        .expect("pending transactions")
+                        .push((e, lane, producer));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if epoch != u64::MAX {
+            self.committed
+                .fetch_max(epoch, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn committed_epoch(&self) -> Option<u64> {
+        match self.committed.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+
+    fn recommits(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// An exactly-once lane's side: its transactional producers.
+struct TxnLane {
+    txns: Arc<dyn sluice_engine::sink::Committer>,
+    lane: usize,
+    config: ClientConfig,
+    prefix: String,
+    next_id: usize,
+    /// The current producer has been initialised for transactions.
+    ready: bool,
+    /// A transaction is open on the current producer.
+    open: bool,
+}
+
+impl TxnLane {
+    fn shared(&self) -> &KafkaTransactions {
+        self.txns
+            .as_any()
+            .downcast_ref::<KafkaTransactions>()
+            .expect("the kafka sink's committer")
+    }
+
+    /// A producer for the next transaction: a free one of this lane, or a
+    /// new transactional id.
+    fn next_producer(&mut self) -> Result<(rdkafka::producer::FutureProducer, bool)> {
+        if let Some(p) = self
+            .shared()
+            .free
+            .lock()
+            .expect("free producers")
+            .get_mut(&self.lane)
+            .and_then(Vec::pop)
+        {
+            return Ok((p, true));
+        }
+        let mut config = self.config.clone();
+        config.set(
+            "transactional.id",
+            format!("{}-{}-{}", self.prefix, self.lane, self.next_id),
+        );
+        self.next_id += 1;
+        let p = config
+            .create()
+            .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
+        Ok((p, false))
     }
 }
 
@@ -1114,8 +1278,8 @@ impl SinkConnector for KafkaSink {
         options: &BTreeMap<String, String>,
         schema: &SchemaRef,
         updating: bool,
-        _ctx: &sluice_engine::SinkContext,
-        _lane: usize,
+        ctx: &sluice_engine::SinkContext,
+        lane: usize,
         _lanes: usize,
     ) -> Result<Box<dyn sluice_engine::SinkWriter>> {
         let o = SinkOptions::parse(options, schema, updating)?;
@@ -1128,9 +1292,38 @@ impl SinkConnector for KafkaSink {
         for (k, v) in &o.properties {
             config.set(k, v);
         }
-        let producer: rdkafka::producer::FutureProducer = config
-            .create()
-            .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
+        let txn = if o.exactly_once {
+            let Some(txns) = ctx.committer.clone() else {
+                return Err(SluiceError::invalid_parameter(
+                    "'sink.delivery-guarantee' = 'exactly-once' commits a transaction per checkpoint: \
+                     turn checkpoints on (streaming.checkpoint_interval)",
+                ));
+            };
+            config.set("transaction.timeout.ms", "60000");
+            let mut t = TxnLane {
+                txns,
+                lane,
+                config: config.clone(),
+                prefix: format!("sluice-{}", ctx.job_id),
+                next_id: 0,
+                ready: false,
+                open: false,
+            };
+            let (producer, ready) = t.next_producer()?;
+            t.ready = ready;
+            Some((t, producer))
+        } else {
+            None
+        };
+        let (txn, producer) = match txn {
+            Some((t, p)) => (Some(t), p),
+            None => (
+                None,
+                config
+                    .create()
+                    .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?,
+            ),
+        };
         Ok(Box::new(KafkaWriter {
             producer,
             options: o,
@@ -1138,7 +1331,19 @@ impl SinkConnector for KafkaSink {
             updating,
             pending: Vec::new(),
             avro: None,
+            txn,
         }))
+    }
+
+    fn committer(
+        &self,
+        options: &BTreeMap<String, String>,
+        _ctx: &sluice_engine::SinkContext,
+    ) -> Result<Option<Arc<dyn sluice_engine::sink::Committer>>> {
+        let exactly_once = options
+            .get("sink.delivery-guarantee")
+            .is_some_and(|v| v.eq_ignore_ascii_case("exactly-once"));
+        Ok(exactly_once.then(|| Arc::new(KafkaTransactions::default()) as _))
     }
 }
 
@@ -1150,6 +1355,57 @@ struct KafkaWriter {
     pending: Vec<rdkafka::producer::DeliveryFuture>,
     /// Made at the first write (Confluent: once the registry gave an id).
     avro: Option<AvroEncoder>,
+    /// Exactly-once: the lane's transactions.
+    txn: Option<TxnLane>,
+}
+
+impl KafkaWriter {
+    /// Exactly-once: a transaction is open before a record is sent.
+    async fn ensure_transaction(&mut self) -> Result<()> {
+        let Some(t) = &mut self.txn else {
+            return Ok(());
+        };
+        if t.open {
+            return Ok(());
+        }
+        let p = self.producer.clone();
+        let ready = t.ready;
+        tokio::task::spawn_blocking(move || {
+            if !ready {
+                // Fences an earlier run's producer of this id (its open
+                // transaction is aborted).
+                p.init_transactions(TXN_TIMEOUT)?;
+            }
+            p.begin_transaction()
+        })
+        .await
+        .map_err(|e| SluiceError::internal(format!("kafka transaction: {e}")))?
+        .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, format!("kafka transaction: {e}")))?;
+        t.ready = true;
+        t.open = true;
+        Ok(())
+    }
+
+    /// Exactly-once, at a barrier: the open transaction waits for the
+    /// checkpoint; the next records go to another producer.
+    fn park_transaction(&mut self, epoch: u64) -> Result<()> {
+        let Some(t) = &mut self.txn else {
+            return Ok(());
+        };
+        if !t.open {
+            return Ok(());
+        }
+        let (next, ready) = t.next_producer()?;
+        let parked = std::mem::replace(&mut self.producer, next);
+        t.shared()
+            .pending
+            .lock()
+            .expect("pending transactions")
+            .push((epoch, t.lane, parked));
+        t.ready = ready;
+        t.open = false;
+        Ok(())
+    }
 }
 
 /// Rows of a batch as JSON objects, one per row.
@@ -1220,6 +1476,7 @@ impl KafkaWriter {
     }
 
     async fn send(&mut self, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Result<()> {
+        self.ensure_transaction().await?;
         loop {
             let mut record = rdkafka::producer::FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.options.topic);
             if let Some(k) = &key {
@@ -1358,14 +1615,31 @@ impl sluice_engine::SinkWriter for KafkaWriter {
         self.flush().await
     }
 
+    /// The input ended: an exactly-once lane commits its last transaction
+    /// itself (the end of input is not a checkpoint yet).
     async fn finish(&mut self) -> Result<()> {
-        self.flush().await
+        self.flush().await?;
+        if let Some(t) = &mut self.txn
+            && t.open
+        {
+            let p = self.producer.clone();
+            tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(|e| SluiceError::internal(format!("kafka transaction: {e}")))?
+                .map_err(|e| {
+                    SluiceError::new(ErrorKind::StorageUnavailable, format!("kafka transaction: {e}"))
+                })?;
+            t.open = false;
+        }
+        Ok(())
     }
 
-    /// Every record before the barrier is acknowledged by the broker
-    /// (at-least-once until transactions commit at checkpoints).
-    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
+    /// Every record before the barrier is acknowledged by the broker. With
+    /// exactly-once they are in a transaction committed when the checkpoint
+    /// completes; otherwise they are visible already (at-least-once).
+    async fn checkpoint(&mut self, epoch: u64) -> Result<Vec<RecordBatch>> {
         self.flush().await?;
+        self.park_transaction(epoch)?;
         Ok(vec![])
     }
 }

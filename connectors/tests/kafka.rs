@@ -1482,3 +1482,112 @@ async fn file_source_dead_letters_go_to_a_topic() {
         assert!(!headers["sluice.error"].is_empty());
     }
 }
+
+/// Reads everything visible in `topic` (one partition) at `isolation`
+/// within `wait`: the values.
+async fn read_isolated(topic: &str, isolation: &str, wait: Duration) -> Vec<String> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "sluice-test-isolated")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await {
+        if let Some(p) = m.payload() {
+            out.push(String::from_utf8_lossy(p).into_owned());
+        }
+    }
+    out
+}
+
+/// `'sink.delivery-guarantee' = 'exactly-once'`: records go out in a
+/// transaction per checkpoint; a read_committed consumer sees none of them
+/// before the checkpoint completes and each exactly once after. (The test
+/// broker still shows records of an aborted transaction, so what a crash
+/// aborts can't be checked here: see the README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_kafka_sink_commits_with_checkpoints() {
+    let (input, output) = (
+        format!("txn-in-{}", std::process::id()),
+        format!("txn-out-{}", std::process::id()),
+    );
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let records: Vec<(i32, Vec<u8>)> = (0..100).map(|i| (0, click(i))).collect();
+    produce(&input, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(KafkaConnector::default()));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
+    let engine = Engine::open(EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        stores: Default::default(),
+        target_partitions: Some(1),
+        sources,
+        sinks,
+        checkpoint_interval: Some(Duration::from_secs(6)),
+    })
+    .await
+    .unwrap();
+    let mut s = engine.new_session();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{input}', \
+             'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', format = 'json'); \
+             CREATE SINK out WITH (connector = 'kafka', topic = '{output}', 'properties.bootstrap.servers' = '{b}', \
+             format = 'json', 'sink.delivery-guarantee' = 'exactly-once') AS SELECT user_id, page FROM clicks",
+            b = brokers()
+        ),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    // Written (a read_uncommitted consumer sees them) ...
+    let uncommitted = read_isolated(&output, "read_uncommitted", Duration::from_secs(3)).await;
+    // ... but not visible to read_committed before the first checkpoint.
+    let committed = read_isolated(&output, "read_committed", Duration::from_millis(500)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the checks must run before the first checkpoint (6 s)"
+    );
+    assert_eq!(uncommitted.len(), 100, "the records are written");
+    assert_eq!(
+        committed.len(),
+        0,
+        "nothing is visible before the checkpoint commits"
+    );
+    // After the first checkpoint, exactly one copy of each.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    let committed = read_isolated(&output, "read_committed", Duration::from_secs(3)).await;
+    assert_eq!(committed.len(), 100, "{committed:?}");
+    let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
+    assert_eq!(distinct.len(), 100);
+    // The next records go in the next checkpoint's transaction.
+    let more: Vec<(i32, Vec<u8>)> = (100..150).map(|i| (0, click(i))).collect();
+    produce(&input, &more).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let committed = loop {
+        let got = read_isolated(&output, "read_committed", Duration::from_secs(2)).await;
+        if got.len() >= 150 || Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert_eq!(committed.len(), 150);
+    let cps = exec(&mut s, "SHOW CHECKPOINTS").await.unwrap();
+    let statuses = strings(&cps, 2);
+    assert!(
+        statuses.iter().any(|s| s.as_deref() == Some("completed")),
+        "{statuses:?}"
+    );
+}

@@ -34,6 +34,7 @@ use crate::error::{Result, SluiceError};
 
 const MANIFEST: &str = "_manifest.json";
 const JOB_ID: &str = "_job_id";
+const COMMITTED: &str = "_committed";
 
 /// Completed checkpoints kept on disk (the newest is the one restored).
 const KEEP: usize = 2;
@@ -190,10 +191,30 @@ impl CheckpointStore {
         }
     }
 
+    /// Records that `epoch`'s output was committed by the sink.
+    pub fn mark_committed(&self, epoch: u64) -> Result<()> {
+        let dir = self.epoch_dir(epoch);
+        File::create(dir.join(COMMITTED))?.sync_all()?;
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// The newest complete checkpoint whose output was committed.
+    pub fn latest_committed(&self) -> Option<Manifest> {
+        self.newest(true)
+    }
+
     /// The newest complete checkpoint. Torn ones (no manifest, or one that
     /// does not parse) are skipped.
     pub fn latest(&self) -> Option<Manifest> {
+        self.newest(false)
+    }
+
+    fn newest(&self, committed: bool) -> Option<Manifest> {
         for (_, path) in self.epochs() {
+            if committed && !path.join(COMMITTED).exists() {
+                continue;
+            }
             let Ok(bytes) = fs::read(path.join(MANIFEST)) else {
                 continue;
             };
@@ -323,8 +344,8 @@ pub struct CheckpointConfig {
     pub restore: Option<Restore>,
     /// Where the job's checkpoint history is kept for SHOW CHECKPOINTS.
     pub history: Arc<CheckpointHistory>,
-    /// The sink's table log: each completed checkpoint is committed to it.
-    pub table_log: Option<Arc<dyn crate::sink::TableLog>>,
+    /// The sink's committer: each completed checkpoint is committed to it.
+    pub committer: Option<Arc<dyn crate::sink::Committer>>,
 }
 
 /// One row of SHOW CHECKPOINTS.

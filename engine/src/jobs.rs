@@ -231,7 +231,7 @@ impl Session {
             interval,
             restore,
             history: Arc::new(CheckpointHistory::default()),
-            table_log: None,
+            committer: None,
         }))
     }
 
@@ -311,6 +311,7 @@ impl Session {
                 job_id: CheckpointStore::new(&self.engine.inner.data_dir, &name).job_id()?,
                 checkpointing: checkpoints.is_some(),
                 table_log: None,
+                committer: None,
                 stores: stores.clone(),
                 store_options: store_options.clone(),
             };
@@ -330,8 +331,25 @@ impl Session {
                 self.ctx.register_table(name.as_str(), table)?;
             }
             ctx.table_log = table_log.clone();
+            ctx.committer = match &table_log {
+                Some(log) => Some(log.clone() as Arc<dyn crate::sink::Committer>),
+                None if ctx.checkpointing => connector.committer(&options, &ctx)?,
+                None => None,
+            };
             if let Some(c) = checkpoints.as_mut() {
-                c.table_log = table_log.clone();
+                c.committer = ctx.committer.clone();
+                if let Some(committer) = &ctx.committer
+                    && !committer.recommits()
+                {
+                    // Only a checkpoint whose output was committed can be
+                    // restored: a later one's output is produced again.
+                    c.restore = c.restore.take().and_then(|r| {
+                        r.store.latest_committed().map(|manifest| Restore {
+                            store: r.store.clone(),
+                            manifest,
+                        })
+                    });
+                }
             }
             let started = Job::start(
                 &name,

@@ -73,6 +73,8 @@ pub struct SinkContext {
     pub checkpointing: bool,
     /// The sink's table log, when its connector has one.
     pub table_log: Option<Arc<dyn TableLog>>,
+    /// The sink's committer (its table log, or the connector's own).
+    pub committer: Option<Arc<dyn Committer>>,
     /// Storage for non-local locations.
     pub stores: StoreRegistry,
     /// Storage options given with the sink (`s3.endpoint`, ...).
@@ -174,27 +176,43 @@ pub struct CommitRecord {
     pub operation: String,
 }
 
+/// The second phase of a two-phase-commit sink: lanes make their output
+/// durable but invisible at each barrier; once the checkpoint is complete
+/// the coordinator calls [`Committer::commit`], which makes it visible.
+#[async_trait]
+pub trait Committer: Send + Sync + Debug {
+    /// Makes one completed checkpoint's output visible.
+    async fn commit(&self, request: CommitRequest) -> Result<()>;
+    /// The newest checkpoint this process committed (or found committed).
+    /// A lane keeps handing its output to checkpoints until one of them is
+    /// committed, so a failed checkpoint loses nothing.
+    fn committed_epoch(&self) -> Option<u64>;
+    /// Whether a completed checkpoint can be committed again after a crash
+    /// (a table log can; a Kafka transaction can't be resumed by a new
+    /// producer). When not, a job restores only from checkpoints whose
+    /// commit finished, and the output of a later one is produced again.
+    fn recommits(&self) -> bool {
+        true
+    }
+    /// For the connector's writers to find their committer.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// A sink that lands through a table log (two-phase commit): lanes write
 /// files that no reader sees and return them as checkpoint state; once the
 /// checkpoint is complete the coordinator hands every lane's files to
-/// [`TableLog::commit`], which makes them visible as one atomic version.
+/// [`Committer::commit`], which makes them visible as one atomic version.
+/// Commits are idempotent per epoch: after a crash the restored checkpoint
+/// is committed again, and a commit already in the log is skipped.
 #[async_trait]
-pub trait TableLog: Send + Sync + Debug {
+pub trait TableLog: Committer {
     /// Creates the table when it does not exist yet.
     async fn prepare(&self) -> Result<()>;
-    /// Commits one checkpoint's files as one version. Idempotent per epoch:
-    /// after a crash the restored checkpoint is committed again, and a
-    /// commit already in the log is skipped.
-    async fn commit(&self, request: CommitRequest) -> Result<()>;
     /// The landed table at its newest version (resolved at each scan), or
     /// at `version`.
     fn table(&self, version: Option<TableVersion>) -> Result<Arc<dyn TableProvider>>;
     /// The table's commits, oldest first.
     async fn commits(&self) -> Result<Vec<CommitRecord>>;
-    /// The newest checkpoint this process committed (or found committed).
-    /// A lane keeps handing its files to checkpoints until one of them is
-    /// committed, so a failed checkpoint loses nothing.
-    fn committed_epoch(&self) -> Option<u64>;
 }
 
 /// A kind of sink (`connector = '...'` in `CREATE SINK`).
@@ -241,6 +259,16 @@ pub trait SinkConnector: Send + Sync + Debug {
         _ctx: &SinkContext,
         _query: &str,
     ) -> Result<Option<Arc<dyn TableLog>>> {
+        Ok(None)
+    }
+
+    /// The committer of a two-phase-commit sink without a table log
+    /// (used when the job checkpoints).
+    fn committer(
+        &self,
+        _options: &BTreeMap<String, String>,
+        _ctx: &SinkContext,
+    ) -> Result<Option<Arc<dyn Committer>>> {
         Ok(None)
     }
 

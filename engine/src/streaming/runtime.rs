@@ -38,7 +38,7 @@ use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
 use crate::checkpoint::{Ack, CheckpointConfig, CheckpointStats, CheckpointStore, Manifest, Restore};
 use crate::error::{Result, SluiceError};
-use crate::sink::{CommitRequest, SinkWriter, SourceRange, TableLog};
+use crate::sink::{CommitRequest, Committer, SinkWriter, SourceRange};
 use crate::stream::{Message, StreamTable};
 
 /// Messages per channel. With batches of a few thousand rows this bounds a
@@ -342,7 +342,7 @@ impl Coordinator {
     /// retrying until it succeeds: the next checkpoint is not triggered
     /// before, so commits stay in epoch order and none is skipped (output
     /// keeps flowing into pending files meanwhile).
-    async fn commit(&self, log: &Arc<dyn TableLog>, manifest: &Manifest) {
+    async fn commit(&self, log: &Arc<dyn Committer>, manifest: &Manifest) {
         let sources: Vec<SourceRange> = manifest
             .sources
             .iter()
@@ -377,7 +377,15 @@ impl Coordinator {
                 Err(e) => Err(e),
             };
             match committed {
-                Ok(()) => return,
+                Ok(()) => {
+                    let store = self.config.store.clone();
+                    let epoch = manifest.epoch;
+                    let marked = tokio::task::spawn_blocking(move || store.mark_committed(epoch)).await;
+                    if !matches!(marked, Ok(Ok(()))) {
+                        tracing::warn!(job = %self.job, epoch, "could not mark the checkpoint committed");
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(job = %self.job, epoch = manifest.epoch, attempt, error = %e,
                         "committing the checkpoint's output failed; retrying");
@@ -407,7 +415,9 @@ impl Coordinator {
             .as_ref()
             .map(|r| r.manifest.sources.clone())
             .unwrap_or_default();
-        if let (Some(log), Some(r)) = (&self.config.table_log, &self.config.restore) {
+        if let (Some(log), Some(r)) = (&self.config.committer, &self.config.restore)
+            && log.recommits()
+        {
             // The crash may have come between the manifest and the commit:
             // commit the restored checkpoint again (skipped when it is in
             // the log already).
@@ -499,7 +509,7 @@ impl Coordinator {
                 }
             }
             if failure.is_none()
-                && let Some(log) = &self.config.table_log
+                && let Some(log) = &self.config.committer
             {
                 self.commit(log, &manifest).await;
             }
