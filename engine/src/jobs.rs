@@ -631,6 +631,25 @@ impl Session {
             let st = j.job.status();
             let mut nodes = vec![];
             j.job.plan.walk(&mut nodes);
+            // The job's checkpoint figures, on its first row.
+            let mut summary = j.checkpoints.as_ref().map(|h| {
+                let entries = h.entries();
+                let last = entries.iter().rev().find(|c| c.status == "completed");
+                let restored = entries.iter().find(|c| c.status == "restored");
+                let mut s = match last {
+                    Some(c) => format!(
+                        "checkpoint {} completed in {} ms, {} bytes",
+                        c.epoch,
+                        c.duration_ms.unwrap_or(0),
+                        c.bytes
+                    ),
+                    None => "no checkpoint completed yet".to_string(),
+                };
+                if let Some(r) = restored {
+                    s.push_str(&format!("; restored from checkpoint {}", r.epoch));
+                }
+                s
+            });
             for n in nodes {
                 let m = n.metrics.snapshot();
                 job.push(name.clone());
@@ -649,7 +668,11 @@ impl Session {
                 state_bytes.push(m.state_bytes as i64);
                 late.push(m.late_rows as i64);
                 bad.push(m.bad_rows as i64);
-                detail.push(n.metrics.detail());
+                detail.push(match (summary.take(), n.metrics.detail()) {
+                    (Some(s), Some(d)) => Some(format!("{s}; {d}")),
+                    (Some(s), None) => Some(s),
+                    (None, d) => d,
+                });
                 error.push(match &st {
                     crate::streaming::runtime::JobStatus::Failed(e) => Some(e.clone()),
                     _ => None,
