@@ -152,13 +152,33 @@ impl Rng {
     }
 }
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    wait_or_explain(None, what, secs, f)
+}
+
+/// Like [`wait_for`]; on a timeout it prints the server's SHOW JOBS and
+/// SHOW CHECKPOINTS, so a failure says where the jobs were.
+fn wait_or_explain<T>(
+    p: Option<&SluiceProcess>,
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            if let Some(p) = p {
+                eprintln!("SHOW JOBS:\n{}", p.psql(&["-tA", "-c", "SHOW JOBS"]));
+                eprintln!(
+                    "SHOW CHECKPOINTS:\n{}",
+                    p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"])
+                );
+            }
+            panic!("timed out waiting for {what}");
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -254,7 +274,7 @@ fn crash_run(seed: u64, kills: u64) {
         // Kill a running job, not one still starting: wait for a checkpoint
         // of both jobs after the (re)start, then a random moment more.
         let after = [completed_epoch(&p, "per_second"), completed_epoch(&p, "totals")];
-        wait_for("both jobs to checkpoint after a start", 60, || {
+        wait_or_explain(Some(&p), "both jobs to checkpoint after a start", 120, || {
             let now = [completed_epoch(&p, "per_second"), completed_epoch(&p, "totals")];
             (now[0] > after[0] && now[1] > after[1]).then_some(())
         });
@@ -305,7 +325,7 @@ fn crash_run(seed: u64, kills: u64) {
         .map(String::from)
         .collect::<Vec<_>>()
     };
-    wait_for("every closed window to land", 120, || {
+    wait_or_explain(Some(&p), "every closed window to land", 180, || {
         (landed_windows(&p).len() >= want_windows.len()).then_some(())
     });
     // Give a late duplicate time to show up before comparing.
@@ -335,9 +355,12 @@ fn crash_run(seed: u64, kills: u64) {
         .map(String::from)
         .collect::<Vec<_>>()
     };
-    wait_for("the totals' changelog to net out to the counts", 60, || {
-        (net(&p) == want_totals).then_some(())
-    });
+    wait_or_explain(
+        Some(&p),
+        "the totals' changelog to net out to the counts",
+        120,
+        || (net(&p) == want_totals).then_some(()),
+    );
     // The Kafka sink: every window is there. The test broker can't show
     // more: it returns records of aborted transactions, and here a
     // read_committed consumer stopped at the first kill's transaction (240
