@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""What checkpoints cost, measured through the release `sluice` binary.
+
+1. Throughput of Nexmark q5 (HOP count per auction) and q7 (TUMBLE max price)
+   over the bounded generator at full speed into `blackhole`, with checkpoints
+   off, every 10 s and every 1 s, interleaved in one run (ratios, as these
+   machines are noisy).
+2. State size: an updating GROUP BY with many groups (the q17 shape) fed at a
+   fixed rate with checkpoints every second: state rows, the last checkpoint's
+   duration and size; then kill -9 and restart: the time from the kill until
+   the restored job processes new rows (recovery), and how long the restore of
+   the state took inside that.
+
+    cargo build --release -p sluice-server
+    python3 bench/checkpoints.py                       # 60M events; states ~100 MB, ~1 GB
+    python3 bench/checkpoints.py --events 20000000 --states 200000:10
+
+(`cargo bench -p sluice-connectors --bench checkpoints` measures the same
+in-process.)
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice-target-release"))
+BINARY = os.path.join(TARGET, "release", "sluice")
+
+Q5 = ("SELECT auction, count(*) AS num, window_start, window_end FROM HOP(bid, date_time, "
+      "INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end")
+Q7 = ("SELECT window_start, window_end, max(price) AS maxprice FROM TUMBLE(bid, date_time, "
+      "INTERVAL '10' SECOND) GROUP BY window_start, window_end")
+Q17 = ("SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, "
+       "min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, "
+       "sum(price) AS sum_price FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    def __init__(self, data, interval="10s"):
+        self.data = data
+        self.interval = interval
+        self.start()
+
+    def start(self):
+        self.port = free_port()
+        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL=self.interval)
+        self.proc = subprocess.Popen(
+            [BINARY, "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("sluice did not start")
+
+    def sql(self, *statements):
+        args = ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "sluice", "-X", "-tA",
+                "-v", "ON_ERROR_STOP=1"]
+        for s in statements:
+            args += ["-c", s]
+        out = subprocess.run(args, env=dict(os.environ, PGPASSWORD="sluice"),
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        return [line.split("|") for line in out.stdout.splitlines() if line]
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def stream(name, events, rate):
+    return (f"CREATE STREAM {name} WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
+            f"'events.max' = '{events}', 'events.per.second' = '{rate}', "
+            f"'nexmark.base.time' = '1700000000000')")
+
+
+def job_rows(server, job):
+    """(status, rows out of its sources, state rows) of a job."""
+    status, source_rows, state = None, 0, 0
+    for r in server.sql("SHOW JOBS"):
+        if r[0] != job:
+            continue
+        status = r[2]
+        if r[4].startswith("Source"):
+            source_rows += int(r[7])
+        state += int(r[9] or 0)
+    return status, source_rows, state
+
+
+def throughput(server, n, query, events, interval):
+    s, j = f"bid_{n}", f"out_{n}"
+    server.sql(stream(s, events, 0))
+    started = time.time()
+    server.sql(f"SET streaming.checkpoint_interval = '{interval}'",
+               f"CREATE SINK {j} WITH (connector = 'blackhole') AS {query.replace('FROM bid', f'FROM {s}').replace('(bid,', f'({s},')}")
+    while True:
+        status, _, _ = job_rows(server, j)
+        if status in ("finished", "failed"):
+            break
+        time.sleep(0.02)
+    secs = time.time() - started
+    assert status == "finished", status
+    taken = sum(1 for r in server.sql("SHOW CHECKPOINTS") if r[0] == j and r[2] == "completed")
+    server.sql(f"DROP SINK {j}", f"DROP STREAM {s}")
+    return secs, taken
+
+
+def state_case(rate, secs):
+    data = tempfile.mkdtemp(prefix="sluice-ck-")
+    try:
+        server = Server(data, interval="1s")
+        server.sql(stream("bid", rate * 36000, rate),
+                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {Q17}")
+        time.sleep(secs)
+        _, rows_before, state = job_rows(server, "agg")
+        done = [r for r in server.sql("SHOW CHECKPOINTS") if r[0] == "agg" and r[2] == "completed"]
+        last = max(done, key=lambda r: int(r[1]))
+        ck_ms, ck_bytes = int(last[4]), int(last[5])
+        killed = time.time()
+        server.kill9()
+        server.start()
+        listening = time.time() - killed
+        # Recovered when the restored job processes rows again.
+        while True:
+            status, rows, _ = job_rows(server, "agg")
+            if rows > 0:
+                break
+            time.sleep(0.01)
+        recovery = time.time() - killed
+        server.stop()
+        return state, ck_ms, ck_bytes, listening, recovery
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=60_000_000)
+    ap.add_argument("--states", default="1000000:25,1500000:170",
+                    help="rate:seconds of the q17-shaped input, comma separated")
+    args = ap.parse_args()
+    if not os.path.exists(BINARY):
+        raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
+    print(f"Checkpoint overhead, {args.events} events, blackhole sink, {os.cpu_count()} cores\n")
+    print("| query | off events/s | 10 s events/s | 10 s / off | 1 s events/s | 1 s / off | checkpoints (10 s, 1 s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    data = tempfile.mkdtemp(prefix="sluice-ck-")
+    server = Server(data)
+    n = 0
+    try:
+        for name, q in (("q5", Q5), ("q7", Q7)):
+            res = {}
+            for interval in ("off", "10s", "1s"):
+                n += 1
+                res[interval] = throughput(server, n, q, args.events, interval)
+            rate = {k: args.events / v[0] / 1e6 for k, v in res.items()}
+            print(f"| {name} | {rate['off']:.2f}M | {rate['10s']:.2f}M | {rate['10s'] / rate['off']:.3f} "
+                  f"| {rate['1s']:.2f}M | {rate['1s'] / rate['off']:.3f} | {res['10s'][1]}, {res['1s'][1]} |",
+                  flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    print("\nState size (q17 shape: updating GROUP BY auction, day; checkpoint every 1 s), "
+          "then kill -9 and restart:\n")
+    print("| input | state rows | last checkpoint ms | checkpoint MiB | kill to listening (s) | kill to new rows processed (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for case in args.states.split(","):
+        rate, secs = (int(x) for x in case.split(":"))
+        state, ms, size, listening, recovery = state_case(rate, secs)
+        print(f"| {rate}/s for {secs} s | {state} | {ms} | {size / 2**20:.1f} | {listening:.2f} | {recovery:.2f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
