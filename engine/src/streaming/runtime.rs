@@ -1031,15 +1031,11 @@ fn max_time(batch: &RecordBatch, column: usize) -> Result<Option<i64>> {
 fn keyed(
     node: &Node,
     keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    mut ops: Vec<Box<dyn KeyedOperator>>,
+    ops: Vec<Box<dyn KeyedOperator>>,
     tasks: &mut Vec<Task>,
     wiring: &mut Wiring,
 ) -> Result<Vec<Lane>> {
-    if let Some(r) = &wiring.restore {
-        for (t, op) in ops.iter_mut().enumerate() {
-            op.restore(r.state(&format!("op-{}-{t}", node.id))?)?;
-        }
-    }
+    let restore = wiring.restore.clone();
     wiring.parallelism.insert(node.id.to_string(), ops.len());
     let inputs = build(&node.inputs[0], tasks, wiring)?;
     let n_inputs = inputs.len();
@@ -1058,9 +1054,30 @@ fn keyed(
     let mut lanes = Vec::with_capacity(p);
     for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
         let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
-        let ck = wiring.task(format!("op-{}-{t}", node.id));
+        let key = format!("op-{}-{t}", node.id);
+        let ck = wiring.task(key.clone());
         wiring.participants += usize::from(wiring.store.is_some());
-        tasks.push(run_keyed(rx, n_inputs, op, tx, node.metrics.clone(), t, ck).boxed());
+        let restore = restore.clone();
+        let metrics = node.metrics.clone();
+        tasks.push(
+            async move {
+                // Each task restores its own state, in parallel with the
+                // others and off the async workers (a large state takes
+                // seconds to rebuild).
+                let op = match restore {
+                    Some(r) => tokio::task::spawn_blocking(move || -> Result<Box<dyn KeyedOperator>> {
+                        let mut op = op;
+                        op.restore(r.state(&key)?)?;
+                        Ok(op)
+                    })
+                    .await
+                    .map_err(|e| SluiceError::internal(format!("restoring operator state: {e}")))??,
+                    None => op,
+                };
+                run_keyed(rx, n_inputs, op, tx, metrics, t, ck).await
+            }
+            .boxed(),
+        );
         lanes.push(tokio_stream_from(orx));
     }
     Ok(lanes)
