@@ -96,16 +96,16 @@ def stream(name, events, rate):
 
 
 def job_rows(server, job):
-    """(status, rows out of its sources, state rows) of a job."""
-    status, source_rows, state = None, 0, 0
+    """(status, rows into its aggregate, state rows) of a job."""
+    status, agg_rows, state = None, 0, 0
     for r in server.sql("SHOW JOBS"):
         if r[0] != job:
             continue
         status = r[2]
-        if r[4].startswith("Source"):
-            source_rows += int(r[7])
+        if r[4].startswith("Aggregate"):
+            agg_rows += int(r[6])
         state += int(r[9] or 0)
-    return status, source_rows, state
+    return status, agg_rows, state
 
 
 def throughput(server, n, query, events, interval):
@@ -141,7 +141,8 @@ def state_case(rate, secs):
         server.kill9()
         server.start()
         listening = time.time() - killed
-        # Recovered when the restored job processes rows again.
+        # Recovered when the restored aggregate takes rows again (sources
+        # start at once; the aggregate first rebuilds its state).
         while True:
             status, rows, _ = job_rows(server, "agg")
             if rows > 0:
