@@ -632,14 +632,25 @@ impl TableProvider for DeltaLanded {
             Some(TableVersion::Version(v)) => {
                 let newest = self.log.latest().await.map_err(external)?.version().unwrap_or(0) as u64;
                 if v > newest {
-                    return Err(DataFusionError::Plan(format!(
+                    return Err(external(SluiceError::invalid_parameter(format!(
                         "{} has no version {v}: its versions are 0 to {newest} (SELECT * FROM sluice_commits)",
                         self.log.name
-                    )));
+                    ))));
                 }
                 builder = builder.with_version(v as _)
             }
             Some(TableVersion::Timestamp(ms)) => {
+                let latest = self.log.latest().await.map_err(external)?;
+                let created = self.log.all_commits(&latest).await.map_err(external)?;
+                if let Some(first) = created.first()
+                    && ms < first.committed_at
+                {
+                    return Err(external(SluiceError::invalid_parameter(format!(
+                        "{} did not exist yet at that time: its first version was committed at {} ms \
+                         since the epoch (SELECT * FROM sluice_commits)",
+                        self.log.name, first.committed_at
+                    ))));
+                }
                 let at = chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| {
                     DataFusionError::Plan(format!("AS OF TIMESTAMP: {ms} ms is out of range"))
                 })?;
@@ -647,10 +658,10 @@ impl TableProvider for DeltaLanded {
             }
         }
         let table = builder.load().await.map_err(|e| match (&self.version, &e) {
-            (Some(TableVersion::Timestamp(_)), _) => DataFusionError::Plan(format!(
+            (Some(TableVersion::Timestamp(_)), _) => external(SluiceError::invalid_parameter(format!(
                 "{} has no version committed at or before that time ({e})",
                 self.log.name
-            )),
+            ))),
             _ => external(delta_error(e)),
         })?;
         table

@@ -90,8 +90,10 @@ impl TableFunctionImpl for AsOfFunction {
             return plan_err!("AS OF: write name AS OF VERSION <n> or name AS OF TIMESTAMP '<time>'");
         };
         let Some(log) = self.tables.get(name) else {
-            return Err(datafusion::error::DataFusionError::Plan(format!(
-                "{name} is not a versioned table: AS OF applies to sinks with connector = 'delta'"
+            return Err(datafusion::error::DataFusionError::External(Box::new(
+                crate::error::SluiceError::not_supported(format!(
+                    "{name} is not a versioned table: AS OF applies to sinks with connector = 'delta'"
+                )),
             )));
         };
         let version = match at {
