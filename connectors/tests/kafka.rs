@@ -1535,7 +1535,7 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
         target_partitions: Some(1),
         sources,
         sinks,
-        checkpoint_interval: Some(Duration::from_secs(6)),
+        checkpoint_interval: Some(Duration::from_secs(10)),
     })
     .await
     .unwrap();
@@ -1552,14 +1552,18 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
     )
     .await
     .unwrap();
-    let started = Instant::now();
     // Written (a read_uncommitted consumer sees them) ...
     let uncommitted = read_isolated(&output, "read_uncommitted", Duration::from_secs(3)).await;
     // ... but not visible to read_committed before the first checkpoint.
     let committed = read_isolated(&output, "read_committed", Duration::from_millis(500)).await;
+    let completed = |batches: &[RecordBatch]| {
+        strings(batches, 2)
+            .iter()
+            .any(|s| s.as_deref() == Some("completed"))
+    };
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the checks must run before the first checkpoint (6 s)"
+        !completed(&exec(&mut s, "SHOW CHECKPOINTS").await.unwrap()),
+        "the checks above must run before the first checkpoint (10 s) completes"
     );
     assert_eq!(uncommitted.len(), 100, "the records are written");
     assert_eq!(
@@ -1568,7 +1572,11 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
         "nothing is visible before the checkpoint commits"
     );
     // After the first checkpoint, exactly one copy of each.
-    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !completed(&exec(&mut s, "SHOW CHECKPOINTS").await.unwrap()) {
+        assert!(Instant::now() < deadline, "no checkpoint completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let committed = read_isolated(&output, "read_committed", Duration::from_secs(3)).await;
     assert_eq!(committed.len(), 100, "{committed:?}");
     let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
