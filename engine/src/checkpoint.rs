@@ -35,6 +35,7 @@ use crate::error::{Result, SluiceError};
 const MANIFEST: &str = "_manifest.json";
 const JOB_ID: &str = "_job_id";
 const COMMITTED: &str = "_committed";
+const SETTINGS: &str = "_settings.json";
 
 /// Completed checkpoints kept on disk (the newest is the one restored).
 const KEEP: usize = 2;
@@ -100,15 +101,27 @@ impl CheckpointStore {
             .unwrap_or(0);
         let name = self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("job");
         let id = format!("{name}-{nanos:x}-{:x}", std::process::id());
-        let tmp = self.dir.join(format!("{JOB_ID}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(id.as_bytes())?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        write_atomic(&self.dir, JOB_ID, id.as_bytes())?;
         Ok(id)
+    }
+
+    /// Keeps the settings the job was created with, so that a restart (of
+    /// the server, or after a failure) runs it as its creator asked.
+    pub fn save_settings(&self, settings: &JobSettings) -> Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let bytes = serde_json::to_vec_pretty(settings).map_err(|e| SluiceError::internal(e.to_string()))?;
+        write_atomic(&self.dir, SETTINGS, &bytes)
+    }
+
+    /// The settings the job was created with (None for jobs created before
+    /// they were kept, or an unreadable file).
+    pub fn settings(&self) -> Option<JobSettings> {
+        let bytes = fs::read(self.dir.join(SETTINGS)).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(
+                |e| tracing::warn!(dir = %self.dir.display(), error = %e, "ignoring unreadable job settings"),
+            )
+            .ok()
     }
 
     fn epoch_dir(&self, epoch: u64) -> PathBuf {
@@ -146,16 +159,8 @@ impl CheckpointStore {
     pub fn commit(&self, manifest: &Manifest) -> Result<()> {
         let dir = self.epoch_dir(manifest.epoch);
         fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!("{MANIFEST}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(
-                &serde_json::to_vec_pretty(manifest).map_err(|e| SluiceError::internal(e.to_string()))?,
-            )?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, dir.join(MANIFEST))?;
-        File::open(&dir)?.sync_all()?;
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| SluiceError::internal(e.to_string()))?;
+        write_atomic(&dir, MANIFEST, &bytes)?;
         self.prune(manifest.epoch);
         Ok(())
     }
@@ -274,6 +279,51 @@ impl CheckpointStore {
             tracing::warn!(path = %self.dir.display(), error = %e, "could not remove checkpoints");
         }
     }
+}
+
+/// Writes `dir/name` whole or not at all: a temporary file, fsync, rename,
+/// fsync of the directory.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// What a job keeps of the session that created it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSettings {
+    /// `streaming.checkpoint_interval` in milliseconds (None: off).
+    pub checkpoint_interval_ms: Option<u64>,
+    /// `streaming.restart_attempts`: restarts after failures in a row.
+    pub restart_attempts: u32,
+}
+
+impl JobSettings {
+    pub fn checkpoint_interval(&self) -> Option<Duration> {
+        self.checkpoint_interval_ms.map(Duration::from_millis)
+    }
+}
+
+/// `streaming.restart_attempts`: a count from 0 (never restart) to 1000.
+pub fn parse_restart_attempts(value: &str) -> Result<u32> {
+    value
+        .trim()
+        .trim_matches('\'')
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= 1000)
+        .ok_or_else(|| {
+            SluiceError::invalid_parameter(format!(
+                "invalid value for parameter \"streaming.restart_attempts\": \"{value}\"; \
+                 write a count from 0 (a failed job stays failed) to 1000"
+            ))
+        })
 }
 
 /// `streaming.checkpoint_interval`: a duration (`10s`, `500ms`, `2min`,
@@ -439,6 +489,28 @@ mod tests {
         assert!(parse_interval("1ms").is_err());
         assert_eq!(format_interval(Some(Duration::from_secs(10))), "10s");
         assert_eq!(format_interval(Some(Duration::from_millis(500))), "500ms");
+    }
+
+    #[test]
+    fn job_settings_round_trip_and_restart_attempts_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "j");
+        assert_eq!(store.settings(), None);
+        let settings = JobSettings {
+            checkpoint_interval_ms: Some(1500),
+            restart_attempts: 2,
+        };
+        store.save_settings(&settings).unwrap();
+        assert_eq!(store.settings(), Some(settings));
+        assert_eq!(
+            store.settings().unwrap().checkpoint_interval(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_restart_attempts("3").unwrap(), 3);
+        assert_eq!(parse_restart_attempts("'0'").unwrap(), 0);
+        assert!(parse_restart_attempts("-1").is_err());
+        assert!(parse_restart_attempts("many").is_err());
+        assert!(parse_restart_attempts("1001").is_err());
     }
 
     #[test]

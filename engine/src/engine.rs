@@ -89,6 +89,9 @@ pub(crate) struct Inner {
     pub(crate) checkpoint_interval: Option<std::time::Duration>,
     /// Sinks with a table log (AS OF, sluice_commits).
     pub(crate) versioned: Arc<crate::versions::VersionedTables>,
+    /// Jobs being restarted after a failure: restarts so far in a row and
+    /// the failure that caused the last one (read by the new incarnation).
+    pub(crate) restarts: std::sync::Mutex<BTreeMap<String, crate::jobs::Restarts>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -161,6 +164,7 @@ impl Engine {
                 jobs: Default::default(),
                 checkpoint_interval: config.checkpoint_interval,
                 versioned,
+                restarts: Default::default(),
             }),
         };
         for entry in entries {
@@ -191,6 +195,7 @@ impl Engine {
             CHECKPOINT_INTERVAL_VAR.into(),
             crate::checkpoint::format_interval(self.inner.checkpoint_interval),
         );
+        vars.insert(RESTART_ATTEMPTS_VAR.into(), DEFAULT_RESTART_ATTEMPTS.to_string());
         Session {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
@@ -217,6 +222,13 @@ impl Engine {
 
 /// The session setting jobs created afterwards checkpoint at.
 pub(crate) const CHECKPOINT_INTERVAL_VAR: &str = "streaming.checkpoint_interval";
+
+/// The session setting: how many times in a row a failed job created
+/// afterwards is restarted from its newest checkpoint.
+pub(crate) const RESTART_ATTEMPTS_VAR: &str = "streaming.restart_attempts";
+
+/// The default of [`RESTART_ATTEMPTS_VAR`].
+pub(crate) const DEFAULT_RESTART_ATTEMPTS: u32 = 5;
 
 fn default_session_vars() -> BTreeMap<String, String> {
     [
@@ -902,6 +914,11 @@ impl Session {
                         "invalid value for parameter \"TimeZone\": \"{value}\""
                     ))
                 })?;
+        }
+        if name == RESTART_ATTEMPTS_VAR {
+            let n = crate::checkpoint::parse_restart_attempts(value)?;
+            self.vars.insert(name.to_string(), n.to_string());
+            return Ok(());
         }
         if name == CHECKPOINT_INTERVAL_VAR {
             let interval = crate::checkpoint::parse_interval(value)?;

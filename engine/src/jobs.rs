@@ -17,7 +17,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement};
 
 use crate::catalog::{CatalogEntry, ObjectKind};
-use crate::checkpoint::{CheckpointConfig, CheckpointHistory, CheckpointStore, Restore};
+use crate::checkpoint::{CheckpointConfig, CheckpointHistory, CheckpointStore, JobSettings, Restore};
 use crate::engine::{Engine, Output, Session};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::parser::{CreateJob, Statement, SubscribeTarget};
@@ -61,6 +61,167 @@ pub(crate) struct RunningJob {
     pub(crate) view: Option<Arc<MaterializedView>>,
     /// Recent checkpoints (None: the job does not checkpoint).
     pub(crate) checkpoints: Option<Arc<CheckpointHistory>>,
+    /// Tells this run of the job from the one a restart replaces it with.
+    pub(crate) incarnation: u64,
+    /// Restarts after failures in a row that led to this run (None: it
+    /// was created, restored at server start or altered).
+    pub(crate) restarts: Option<Restarts>,
+    /// Set while a restart of this failed run is scheduled.
+    pub(crate) pending_restart: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Restarts of a job after failures in a row.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Restarts {
+    pub(crate) count: u32,
+    /// The failure the last restart recovered from.
+    pub(crate) last_error: String,
+}
+
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The pause before restart number `attempt` (from 1): 1 s, 2 s, 4 s, ...,
+/// at most 30 s.
+fn restart_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << attempt.saturating_sub(1).min(5)).min(30))
+}
+
+/// Watches one run of a job that checkpoints. When it fails, it is started
+/// again from its newest checkpoint after [`restart_delay`], as Flink's
+/// restart strategies do, at most `max` times in a row; a run that
+/// completed a checkpoint before failing starts the count again. A run
+/// that is dropped, altered or finished ends the watch.
+/// (Boxed: a restart creates the next run's watch, and the future types
+/// would otherwise contain themselves.)
+fn supervise(
+    engine: std::sync::Weak<crate::engine::Inner>,
+    name: String,
+    sink: bool,
+    incarnation: u64,
+    mut done: tokio::sync::watch::Receiver<bool>,
+    restarts: u32,
+    max: u32,
+) -> futures::future::BoxFuture<'static, ()> {
+    let mut restarts = restarts;
+    // Set once a restart of this run could not be started.
+    let mut retrying = false;
+    Box::pin(async move {
+        loop {
+            if done.wait_for(|d| *d).await.is_err() {
+                return; // the run was dropped
+            }
+            let (error, progressed, pending) = {
+                let Some(inner) = engine.upgrade() else { return };
+                let jobs = inner.jobs.lock().expect("jobs lock");
+                let Some(j) = jobs.get(&name).filter(|j| j.incarnation == incarnation) else {
+                    return;
+                };
+                let crate::streaming::runtime::JobStatus::Failed(error) = j.job.status() else {
+                    return;
+                };
+                let progressed = j
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(|h| h.entries().iter().any(|c| c.status == "completed"));
+                (error, progressed, j.pending_restart.clone())
+            };
+            let attempt = if progressed && !retrying { 1 } else { restarts + 1 };
+            if attempt > max {
+                tracing::warn!(job = %name, restarts, "job failed; no restart attempts left");
+                return;
+            }
+            let delay = restart_delay(attempt);
+            *pending.lock().expect("restart lock") = Some(format!(
+                "restart {attempt} of {max} in {} s from the newest checkpoint",
+                delay.as_secs()
+            ));
+            tracing::warn!(job = %name, attempt, max, error = %error, "job failed; restarting from its newest checkpoint");
+            tokio::time::sleep(delay).await;
+            let Some(inner) = engine.upgrade() else { return };
+            let engine_handle = Engine { inner };
+            match engine_handle
+                .restart_job(&name, sink, incarnation, attempt, &error)
+                .await
+            {
+                // Restarted (the new run has its own watch), or the run is
+                // no longer there (dropped, altered).
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(job = %name, attempt, error = %e, "could not restart the job");
+                    *pending.lock().expect("restart lock") = None;
+                    restarts = attempt;
+                    retrying = true;
+                    // The failed run is back in place: try again.
+                }
+            }
+        }
+    })
+}
+
+impl Engine {
+    /// Replaces the failed run `incarnation` of job `name` by a new one
+    /// restored from its newest checkpoint. `Ok(false)`: that run is no
+    /// longer there (dropped, altered). On an error the failed run is put
+    /// back.
+    async fn restart_job(
+        &self,
+        name: &str,
+        sink: bool,
+        incarnation: u64,
+        attempt: u32,
+        error: &str,
+    ) -> Result<bool> {
+        let sql = {
+            let catalog = self.inner.catalog.lock().await;
+            match catalog.get(name) {
+                Some(e) => e.sql.clone(),
+                None => return Ok(false),
+            }
+        };
+        let create = match crate::parser::parse(&sql)?.pop() {
+            Some(Statement::CreateSink(c)) | Some(Statement::CreateMaterializedView(c)) => c,
+            _ => {
+                return Err(SluiceError::internal(format!(
+                    "catalog entry {name} is not a job"
+                )));
+            }
+        };
+        let old = {
+            let mut jobs = self.inner.jobs.lock().expect("jobs lock");
+            if jobs.get(name).is_none_or(|j| j.incarnation != incarnation) {
+                return Ok(false);
+            }
+            jobs.remove(name).expect("checked above")
+        };
+        let session = self.new_session();
+        let table = session.ctx.deregister_table(name).ok().flatten();
+        let log = self.inner.versioned.remove(name);
+        self.inner.restarts.lock().expect("restarts lock").insert(
+            name.to_string(),
+            Restarts {
+                count: attempt,
+                last_error: error.to_string(),
+            },
+        );
+        match session.create_job(create, sink, false).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.inner.restarts.lock().expect("restarts lock").remove(name);
+                let mut jobs = self.inner.jobs.lock().expect("jobs lock");
+                if jobs.contains_key(name) {
+                    return Ok(false); // someone else started it meanwhile
+                }
+                if let Some(table) = table {
+                    let _ = session.ctx.register_table(name, table);
+                }
+                if let Some(log) = log {
+                    self.inner.versioned.insert(name, log);
+                }
+                jobs.insert(name.to_string(), old);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// `WATERMARK FOR col AS col [- INTERVAL '...']`: how far the watermark
@@ -202,19 +363,43 @@ impl Session {
         Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
     }
 
-    /// How a new (`persist`) or restored job checkpoints: at this
-    /// session's `streaming.checkpoint_interval`; a restored job from its
-    /// newest complete checkpoint.
-    fn checkpoint_config(&self, name: &str, persist: bool) -> Result<Option<CheckpointConfig>> {
-        let store = CheckpointStore::new(&self.engine.inner.data_dir, name);
+    /// The settings a job runs with: a new one (`persist`) takes this
+    /// session's; a restarted, restored or altered one those it was created
+    /// with (a job from before they were kept: this session's).
+    fn job_settings(&self, name: &str, persist: bool) -> Result<JobSettings> {
+        if !persist && let Some(kept) = CheckpointStore::new(&self.engine.inner.data_dir, name).settings() {
+            return Ok(kept);
+        }
         let interval = match self.vars.get(crate::engine::CHECKPOINT_INTERVAL_VAR) {
             Some(v) => crate::checkpoint::parse_interval(v)?,
             None => self.engine.inner.checkpoint_interval,
         };
+        let restart_attempts = match self.vars.get(crate::engine::RESTART_ATTEMPTS_VAR) {
+            Some(v) => crate::checkpoint::parse_restart_attempts(v)?,
+            None => crate::engine::DEFAULT_RESTART_ATTEMPTS,
+        };
+        Ok(JobSettings {
+            checkpoint_interval_ms: interval.map(|d| d.as_millis() as u64),
+            restart_attempts,
+        })
+    }
+
+    /// How a new (`persist`) or restored job checkpoints: at its
+    /// `streaming.checkpoint_interval`; a restored job from its newest
+    /// complete checkpoint. Keeps the settings with the job.
+    fn checkpoint_config(
+        &self,
+        name: &str,
+        persist: bool,
+        settings: &JobSettings,
+    ) -> Result<Option<CheckpointConfig>> {
+        let store = CheckpointStore::new(&self.engine.inner.data_dir, name);
+        let interval = settings.checkpoint_interval();
         if persist {
             // A new job: nothing of an earlier one by this name applies.
             store.remove_all();
         }
+        store.save_settings(settings)?;
         let restore = if persist {
             None
         } else {
@@ -255,7 +440,14 @@ impl Session {
             Statement::CreateMaterializedView(create.clone())
         };
         let mut catalog = self.engine.inner.catalog.lock().await;
-        // On restore (`!persist`) the entry is in the catalog already.
+        // On restore (`!persist`) the entry is in the catalog already,
+        // unless the job was dropped while a restart was on its way.
+        if !persist && catalog.get(&name).is_none() {
+            return Err(SluiceError::new(
+                ErrorKind::UndefinedTable,
+                format!("\"{name}\" was dropped"),
+            ));
+        }
         if (persist && catalog.get(&name).is_some()) || self.ctx.table_exist(name.as_str())? {
             if create.if_not_exists {
                 return Ok(());
@@ -274,7 +466,8 @@ impl Session {
             Some(from) => self.start_positions(from)?,
             None => Default::default(),
         };
-        let mut checkpoints = self.checkpoint_config(&name, persist)?;
+        let settings = self.job_settings(&name, persist)?;
+        let mut checkpoints = self.checkpoint_config(&name, persist, &settings)?;
         if persist {
             CheckpointStore::dropped(&self.engine.inner.data_dir, &name).remove_all();
         }
@@ -399,6 +592,28 @@ impl Session {
         if let Some(log) = &table_log {
             self.engine.inner.versioned.insert(&name, log.clone());
         }
+        let incarnation = INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let restarts = self
+            .engine
+            .inner
+            .restarts
+            .lock()
+            .expect("restarts lock")
+            .remove(&name);
+        // Only jobs that checkpoint are restarted: another would start over
+        // from the beginning of its input (as Flink, which does not restart
+        // jobs without checkpoints).
+        let watch = (history.is_some() && settings.restart_attempts > 0).then(|| {
+            supervise(
+                Arc::downgrade(&self.engine.inner),
+                name.clone(),
+                sink,
+                incarnation,
+                job.done_receiver(),
+                restarts.as_ref().map_or(0, |r| r.count),
+                settings.restart_attempts,
+            )
+        });
         self.engine.inner.jobs.lock().expect("jobs lock").insert(
             name,
             RunningJob {
@@ -406,8 +621,14 @@ impl Session {
                 job,
                 view,
                 checkpoints: history,
+                incarnation,
+                restarts,
+                pending_restart: Default::default(),
             },
         );
+        if let Some(watch) = watch {
+            tokio::spawn(watch);
+        }
         Ok(())
     }
 
@@ -629,6 +850,11 @@ impl Session {
         let mut detail: Vec<Option<String>> = vec![];
         for (name, j) in jobs.iter() {
             let st = j.job.status();
+            let pending = j.pending_restart.lock().expect("restart lock").clone();
+            let status_name = match (&st, &pending) {
+                (crate::streaming::runtime::JobStatus::Failed(_), Some(_)) => "restarting",
+                _ => st.name(),
+            };
             let mut nodes = vec![];
             j.job.plan.walk(&mut nodes);
             // The job's checkpoint figures, on its first row.
@@ -648,13 +874,22 @@ impl Session {
                 if let Some(r) = restored {
                     s.push_str(&format!("; restored from checkpoint {}", r.epoch));
                 }
+                if let Some(r) = &j.restarts {
+                    s.push_str(&format!(
+                        "; restart {} after a failure: {}",
+                        r.count, r.last_error
+                    ));
+                }
+                if let Some(p) = &pending {
+                    s.push_str(&format!("; {p}"));
+                }
                 s
             });
             for n in nodes {
                 let m = n.metrics.snapshot();
                 job.push(name.clone());
                 kind.push(if j.sink { "sink" } else { "materialized view" });
-                status.push(st.name());
+                status.push(status_name);
                 op_id.push(n.id as i64);
                 op.push(n.label());
                 par.push(n.parallelism as i64);

@@ -38,8 +38,8 @@ impl VersionedTables {
             .insert(name.to_string(), log);
     }
 
-    pub fn remove(&self, name: &str) {
-        self.0.lock().expect("versioned tables").remove(name);
+    pub fn remove(&self, name: &str) -> Option<Arc<dyn TableLog>> {
+        self.0.lock().expect("versioned tables").remove(name)
     }
 
     fn get(&self, name: &str) -> Option<Arc<dyn TableLog>> {

@@ -47,8 +47,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
-    /// Registers `sluice_debug_panic(text)`, a function that panics, so tests
-    /// can check that a panicking query fails alone. Never set in production.
+    /// Registers `sluice_debug_panic(text)`, a function that panics, and
+    /// `sluice_debug_fail_if_exists(path)`, one that fails while a file is
+    /// there, so tests can check how failures are handled. Never set in
+    /// production.
     pub debug_functions: bool,
 }
 

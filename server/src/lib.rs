@@ -84,6 +84,9 @@ impl Server {
         .map_err(|e| anyhow::anyhow!("installing pg_catalog: {e}"))?;
         if config.debug_functions {
             engine.template_context().register_udf(debug::panic_udf());
+            engine
+                .template_context()
+                .register_udf(debug::fail_if_exists_udf());
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),

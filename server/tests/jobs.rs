@@ -67,7 +67,11 @@ fn a_failing_job_fails_alone_and_show_jobs_says_why() {
         "-c",
         "CREATE MATERIALIZED VIEW ok AS SELECT auction FROM bid WHERE price > 0",
     ]);
+    // A job that checkpoints is restarted after a failure (here once), then
+    // stays failed.
     p.psql(&[
+        "-c",
+        "SET streaming.restart_attempts = 1",
         "-c",
         "CREATE MATERIALIZED VIEW doomed AS SELECT sluice_debug_panic(url) AS x FROM bid",
     ]);
@@ -85,6 +89,7 @@ fn a_failing_job_fails_alone_and_show_jobs_says_why() {
         assert!(line.contains("|failed|"), "{line}");
         assert!(line.contains("sluice_debug_panic"), "the error is shown: {line}");
     }
+    assert!(doomed[0].contains("restart 1 after a failure"), "{}", doomed[0]);
     // The other job and the server carry on.
     assert_eq!(wait_for(&p, "SELECT count(*) > 18000 FROM ok", "t"), "t");
     let ok: Vec<&str> = jobs.lines().filter(|l| l.starts_with("ok|")).collect();
@@ -244,4 +249,92 @@ fn a_subscriber_that_stops_reading_is_cut_off_not_buffered() {
             .unwrap();
         assert!(matches!(rows.get(1), Some(SimpleQueryMessage::Row(_))));
     });
+}
+
+/// Polls SHOW JOBS until `pred` holds for the lines of job `name` (or 30 s
+/// pass); those lines.
+fn wait_for_job_lines(p: &SluiceProcess, name: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+        let lines: Vec<String> = jobs
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}|")))
+            .map(str::to_string)
+            .collect();
+        if pred(&lines) || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_failed_job_restarts_from_its_checkpoint_and_lands_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail-now");
+    let p = SluiceProcess::start_with(dir.path(), &[("SLUICE_DEBUG_FUNCTIONS", "1")]);
+    p.psql(&[
+        "-c",
+        "CREATE STREAM nums (id BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '2000', \
+         'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '16000')",
+    ]);
+    // The session's settings go with the job into its restarts.
+    p.psql(&[
+        "-c",
+        "SET streaming.checkpoint_interval = '300ms'",
+        "-c",
+        "SET streaming.restart_attempts = 4",
+        "-c",
+        &format!(
+            "CREATE SINK landed WITH (connector = 'delta', path = 'landed') AS \
+             SELECT id FROM nums WHERE sluice_debug_fail_if_exists('{}')",
+            flag.display()
+        ),
+    ]);
+    // Some output committed, then the job fails.
+    assert_eq!(
+        wait_for(&p, "SELECT count(*) > 0 FROM landed", "t"),
+        "t",
+        "{}",
+        p.psql(&["-c", "SHOW CHECKPOINTS"])
+    );
+    std::fs::write(&flag, b"").unwrap();
+    let lines = wait_for_job_lines(&p, "landed", |l| {
+        l.first().is_some_and(|l| l.contains("|restarting|"))
+    });
+    let first = lines.first().cloned().unwrap_or_default();
+    assert!(first.contains("|restarting|"), "{lines:?}");
+    assert!(
+        first.contains("sluice_debug_fail_if_exists"),
+        "the error is shown: {first}"
+    );
+    assert!(first.contains("restart 1 of 4"), "the schedule is shown: {first}");
+    // The cause goes away; the restart resumes from the checkpoint and the
+    // bounded input runs to its end.
+    std::fs::remove_file(&flag).unwrap();
+    let lines = wait_for_job_lines(&p, "landed", |l| {
+        l.first().is_some_and(|l| l.contains("|finished|"))
+    });
+    let first = lines.first().cloned().unwrap_or_default();
+    assert!(first.contains("|finished|"), "{lines:?}");
+    assert!(first.contains("restored from checkpoint"), "{first}");
+    assert!(first.contains("after a failure: "), "{first}");
+    assert!(first.contains("sluice_debug_fail_if_exists"), "{first}");
+    // Exactly once through the failure: every id, none twice.
+    assert_eq!(
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM landed"
+        ])
+        .trim(),
+        "16000|16000|1|16000"
+    );
+    // The restarted run kept the session's interval (not the server's 10 s).
+    let checkpoints = p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"]);
+    assert!(
+        checkpoints.lines().filter(|l| l.contains("|completed|")).count() >= 2,
+        "{checkpoints}"
+    );
 }
