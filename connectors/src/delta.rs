@@ -181,6 +181,7 @@ impl SinkConnector for DeltaSink {
             committed: AtomicU64::new(0),
             last_sources: tokio::sync::Mutex::new(None),
             commits: Mutex::new(BTreeMap::new()),
+            committed_files: Mutex::new(Default::default()),
         })))))
     }
 
@@ -271,6 +272,9 @@ struct Shared {
     last_sources: tokio::sync::Mutex<Option<BTreeMap<String, SourceRange>>>,
     /// Commits read from the log so far (they never change).
     commits: Mutex<BTreeMap<u64, CommitRecord>>,
+    /// Files this process committed: a lane's last state (taken when its
+    /// input ended) may name files whose commit was still under way.
+    committed_files: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -424,6 +428,10 @@ impl Committer for DeltaLog {
         for state in &request.lane_states {
             files.extend(pending_files(state)?);
         }
+        {
+            let done = s.committed_files.lock().expect("committed files");
+            files.retain(|f| !done.contains(&f.path));
+        }
         let mut last = s.last_sources.lock().await;
         if last.is_none() {
             let mut from_log = BTreeMap::new();
@@ -485,6 +493,10 @@ impl Committer for DeltaLog {
             )
             .await
             .map_err(delta_error)?;
+        s.committed_files
+            .lock()
+            .expect("committed files")
+            .extend(files.iter().map(|f| f.path.clone()));
         if let Some(epoch) = request.epoch {
             s.committed.fetch_max(epoch, Ordering::SeqCst);
         }

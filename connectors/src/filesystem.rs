@@ -725,14 +725,11 @@ impl SinkWriter for FsWriter {
         self.commit_directly().await
     }
 
-    /// The input ended: everything is made visible. A table-log lane
-    /// commits its files itself here, with or without checkpoints (the end
-    /// of a bounded input is not a checkpoint yet).
+    /// The input ended: everything is written. A table-log lane commits
+    /// its files itself without checkpoints; with them its files went to
+    /// the job's final checkpoint, which commits them.
     async fn finish(&mut self) -> Result<()> {
         self.flush_all().await?;
-        if let Some(log) = &mut self.log {
-            log.checkpointing = false;
-        }
         self.commit_directly().await
     }
 

@@ -454,8 +454,12 @@ pub(crate) enum Ack {
     },
     /// The task could not take part (the checkpoint fails, the job goes on).
     Failed { epoch: u64, error: String },
-    /// A source lane ended (bounded input): no more checkpoints can complete.
-    Ended,
+    /// A source lane ended (bounded input) at this position (None: its
+    /// connector can't resume): it takes no more barriers.
+    Ended { key: String, position: Option<String> },
+    /// A sink lane's input ended: its state for the job's final checkpoint
+    /// (its output since the last checkpoint is committed with it).
+    Finished { key: String, state: Vec<RecordBatch> },
 }
 
 #[cfg(test)]

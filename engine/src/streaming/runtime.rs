@@ -159,7 +159,7 @@ impl Job {
         let job_name = name.to_string();
         let monitor = tokio::spawn(async move {
             // The coordinator stops with the job.
-            let _coordinator = coordinator.map(AbortOnDrop);
+            let mut coordinator = coordinator.map(AbortOnDrop);
             let mut set = JoinSet::new();
             for t in tasks {
                 set.spawn(t);
@@ -177,6 +177,25 @@ impl Job {
                     result = JobStatus::Failed(msg);
                     set.abort_all();
                     break;
+                }
+            }
+            // Every task finished: the job is done once its final checkpoint
+            // (and the sink's commit of its last output) is.
+            if result == JobStatus::Finished
+                && let Some(c) = coordinator.as_mut()
+            {
+                let failure = match (&mut c.0).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) if e.is_panic() => Some(format!(
+                        "the checkpoint coordinator panicked: {}",
+                        panic_message(e)
+                    )),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(msg) = failure {
+                    tracing::warn!(job = %job_name, error = %msg, "job failed at its end");
+                    result = JobStatus::Failed(msg);
                 }
             }
             *job_status.lock().expect("job status poisoned") = result;
@@ -209,9 +228,9 @@ impl Job {
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -257,6 +276,7 @@ impl Wiring {
             key,
             acks: self.acks.clone(),
             store: self.store.clone(),
+            trigger: self.trigger.clone(),
         }
     }
 }
@@ -266,9 +286,19 @@ struct TaskCheckpoint {
     key: String,
     acks: mpsc::UnboundedSender<Ack>,
     store: Option<CheckpointStore>,
+    /// The newest epoch triggered.
+    trigger: tokio::sync::watch::Receiver<u64>,
 }
 
 impl TaskCheckpoint {
+    /// A sink lane's input ended: hands its state to the final checkpoint.
+    fn finish(&self, state: Vec<RecordBatch>) {
+        let _ = self.acks.send(Ack::Finished {
+            key: self.key.clone(),
+            state,
+        });
+    }
+
     /// Writes this task's state for `epoch` and acknowledges it. A failure
     /// fails the checkpoint, not the job.
     async fn save(&self, epoch: u64, state: Result<Vec<RecordBatch>>) {
@@ -407,7 +437,15 @@ impl Coordinator {
         }
     }
 
-    async fn run(self, trigger: tokio::sync::watch::Sender<u64>, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    /// Triggers a checkpoint every interval until an input ends, then
+    /// takes the final checkpoint once every sink lane has finished.
+    /// Returns when that is done (or the job's tasks are gone); an error
+    /// when the final checkpoint could not be taken.
+    async fn run(
+        self,
+        trigger: tokio::sync::watch::Sender<u64>,
+        mut acks: mpsc::UnboundedReceiver<Ack>,
+    ) -> Result<()> {
         let mut epoch = self.config.restore.as_ref().map_or(0, |r| r.manifest.epoch);
         let mut previous_sources = self
             .config
@@ -423,11 +461,26 @@ impl Coordinator {
             // the log already).
             self.commit(log, &r.manifest).await;
         }
+        let mut ending = Ending::default();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            ticker.tick().await;
+            if ending.sinks.len() == self.sink_lanes {
+                return self.final_checkpoint(epoch + 1, &previous_sources, ending).await;
+            }
+            tokio::select! {
+                _ = ticker.tick(), if ending.sources.is_empty() => {}
+                ack = acks.recv() => {
+                    let Some(ack) = ack else {
+                        return Ok(());
+                    };
+                    // Between checkpoints only the ends count; other acks
+                    // belong to an abandoned checkpoint.
+                    ending.take(ack);
+                    continue;
+                }
+            }
             epoch += 1;
             let started = SystemTime::now();
             let started_ms = started
@@ -444,7 +497,7 @@ impl Coordinator {
             };
             self.config.history.record(stats.clone());
             if trigger.send(epoch).is_err() {
-                return;
+                return Ok(());
             }
             let mut manifest = Manifest {
                 job: self.job.clone(),
@@ -462,16 +515,19 @@ impl Coordinator {
             let mut failure: Option<String> = None;
             while pending > 0 {
                 let Some(ack) = acks.recv().await else {
-                    return;
+                    return Ok(());
                 };
                 match ack {
-                    Ack::Ended => {
+                    Ack::Ended { .. } | Ack::Finished { .. } => {
                         // A bounded source finished: its lane takes no more
-                        // barriers, so no later checkpoint can complete.
-                        stats.status = "failed";
-                        stats.detail = Some("a source finished; the job takes no more checkpoints".into());
-                        self.config.history.record(stats);
-                        return;
+                        // barriers, so this checkpoint can't complete; the
+                        // job's final checkpoint comes when its sinks end.
+                        ending.take(ack);
+                        failure = Some(
+                            "an input ended; the final checkpoint follows when every sink has finished"
+                                .into(),
+                        );
+                        break;
                     }
                     Ack::Source { epoch: e, .. }
                     | Ack::State { epoch: e, .. }
@@ -498,15 +554,10 @@ impl Coordinator {
             manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
             stats.duration_ms = Some(manifest.duration_ms);
             stats.bytes = manifest.bytes;
-            if failure.is_none() {
-                let store = self.config.store.clone();
-                let m = manifest.clone();
-                let committed = tokio::task::spawn_blocking(move || store.commit(&m))
-                    .await
-                    .unwrap_or_else(|e| Err(SluiceError::internal(format!("checkpoint writer: {e}"))));
-                if let Err(e) = committed {
-                    failure = Some(format!("writing the manifest: {e}"));
-                }
+            if failure.is_none()
+                && let Err(e) = self.write_manifest(&manifest).await
+            {
+                failure = Some(format!("writing the manifest: {e}"));
             }
             if failure.is_none()
                 && let Some(log) = &self.config.committer
@@ -526,6 +577,158 @@ impl Coordinator {
                 }
             }
             self.config.history.record(stats);
+        }
+    }
+
+    async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let store = self.config.store.clone();
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || store.commit(&m))
+            .await
+            .unwrap_or_else(|e| Err(SluiceError::internal(format!("checkpoint writer: {e}"))))
+    }
+
+    /// Every input ended and every sink lane handed over its last output:
+    /// one more checkpoint with the sources' final positions, committed to
+    /// the sink like any other. A restart after it resumes at the end of
+    /// the input and lands nothing again.
+    async fn final_checkpoint(
+        &self,
+        epoch: u64,
+        previous_sources: &std::collections::BTreeMap<String, String>,
+        ending: Ending,
+    ) -> Result<()> {
+        let started = SystemTime::now();
+        let started_ms = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut stats = CheckpointStats {
+            epoch,
+            started_ms,
+            duration_ms: None,
+            bytes: 0,
+            status: "in progress",
+            detail: Some("final: the input ended".into()),
+        };
+        self.config.history.record(stats.clone());
+        let mut sources = std::collections::BTreeMap::new();
+        let mut unpositioned = vec![];
+        for (key, position) in ending.sources {
+            match position {
+                Some(p) => {
+                    sources.insert(key, p);
+                }
+                None => unpositioned.push(key),
+            }
+        }
+        if !unpositioned.is_empty() {
+            // Nothing to resume from: the output is committed all the same
+            // (not lost), without a checkpoint.
+            let reason = format!(
+                "no final checkpoint: source lanes {} can't record a position",
+                unpositioned.join(", ")
+            );
+            if let Some(log) = &self.config.committer {
+                let mut lane_states = vec![vec![]; self.sink_lanes];
+                for (key, state) in ending.sinks {
+                    if let Some(i) = key.strip_prefix("sink-").and_then(|i| i.parse::<usize>().ok())
+                        && i < lane_states.len()
+                    {
+                        lane_states[i] = state;
+                    }
+                }
+                log.commit(CommitRequest {
+                    epoch: None,
+                    lane_states,
+                    sources: vec![],
+                })
+                .await?;
+            }
+            stats.status = "failed";
+            stats.detail = Some(reason);
+            self.config.history.record(stats);
+            return Ok(());
+        }
+        let mut manifest = Manifest {
+            job: self.job.clone(),
+            epoch,
+            started_ms,
+            duration_ms: 0,
+            bytes: 0,
+            sources,
+            sources_from: previous_sources.clone(),
+            streams: self.source_streams.clone(),
+            states: Default::default(),
+            parallelism: self.parallelism.clone(),
+        };
+        let store = self.config.store.clone();
+        let sinks = ending.sinks;
+        let written = tokio::task::spawn_blocking(move || {
+            let mut files = vec![];
+            for (key, state) in sinks {
+                if let Some(file) = store.write_state(epoch, &key, &state)? {
+                    files.push((key, file));
+                }
+            }
+            Ok::<_, SluiceError>(files)
+        })
+        .await
+        .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}"))));
+        let result = match written {
+            Ok(files) => {
+                for (key, (name, bytes)) in files {
+                    manifest.bytes += bytes;
+                    manifest.states.insert(key, name);
+                }
+                manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
+                self.write_manifest(&manifest).await
+            }
+            Err(e) => Err(e),
+        };
+        stats.duration_ms = Some(manifest.duration_ms);
+        stats.bytes = manifest.bytes;
+        match result {
+            Ok(()) => {
+                if let Some(log) = &self.config.committer {
+                    self.commit(log, &manifest).await;
+                }
+                stats.status = "completed";
+                stats.detail = Some(format!("final: {}", describe_positions(&manifest)));
+                self.config.history.record(stats);
+                Ok(())
+            }
+            Err(e) => {
+                stats.status = "failed";
+                stats.detail = Some(format!("final: {e}"));
+                self.config.history.record(stats);
+                Err(SluiceError::new(
+                    crate::error::ErrorKind::StorageUnavailable,
+                    format!("the final checkpoint failed (its output is not committed): {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// What the coordinator has heard of the job's end: ended source lanes
+/// (final positions) and finished sink lanes (their last state).
+#[derive(Default)]
+struct Ending {
+    sources: std::collections::BTreeMap<String, Option<String>>,
+    sinks: std::collections::BTreeMap<String, Vec<RecordBatch>>,
+}
+
+impl Ending {
+    fn take(&mut self, ack: Ack) {
+        match ack {
+            Ack::Ended { key, position } => {
+                self.sources.insert(key, position);
+            }
+            Ack::Finished { key, state } => {
+                self.sinks.insert(key, state);
+            }
+            _ => {}
         }
     }
 }
@@ -570,7 +773,18 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskChe
             Message::End => break,
         }
     }
-    writer.finish().await
+    if ck.store.is_none() {
+        return writer.finish().await;
+    }
+    // The end of the input is the job's final checkpoint: the output since
+    // the last one goes to it (so a two-phase-commit sink commits it with
+    // the final source positions, and a restart after the end lands nothing
+    // twice). The final epoch comes after every one triggered so far.
+    let last = *ck.trigger.borrow();
+    let state = writer.checkpoint(last + 1).await?;
+    writer.finish().await?;
+    ck.finish(state);
+    Ok(())
 }
 
 /// The lanes a node produces; tasks it needs go to `tasks`.
@@ -965,7 +1179,10 @@ fn source_lane(
                     }
                     Ok(None) => {
                         if state.trigger.is_some() {
-                            let _ = state.acks.send(Ack::Ended);
+                            let _ = state.acks.send(Ack::Ended {
+                                key: state.key.clone(),
+                                position: source.position(),
+                            });
                         }
                         state.done = true;
                         state.idle_sent = false;
