@@ -64,6 +64,7 @@ const OWN_OPTIONS: &[&str] = &[
     "scan.startup.specific-offsets",
     "scan.record.max-bytes",
     "scan.retry.timeout",
+    "commit.offsets.on.checkpoint",
     "batch.size",
     "batch.linger.ms",
 ];
@@ -109,6 +110,8 @@ struct Options {
     retry_timeout: Duration,
     batch: usize,
     linger: Duration,
+    /// Commit offsets to the consumer group when a checkpoint completes.
+    commit_offsets: bool,
 }
 
 fn parse_specific(v: &str) -> Result<BTreeMap<i32, i64>> {
@@ -211,6 +214,10 @@ impl Options {
             bad_records: BadRecordPolicy::parse(options, Some(&properties))?,
             max_record_bytes: number(options, "scan.record.max-bytes", 16 << 20)? as usize,
             retry_timeout: Duration::from_secs(number(options, "scan.retry.timeout", 300)?),
+            commit_offsets: match options.get("commit.offsets.on.checkpoint") {
+                Some(v) => crate::storage::parse_bool("commit.offsets.on.checkpoint", v)?,
+                None => true,
+            },
             batch: number(options, "batch.size", 4096)?.max(1) as usize,
             linger: Duration::from_millis(number(options, "batch.linger.ms", 20)?),
             topic,
@@ -430,6 +437,7 @@ impl SourceConnector for KafkaConnector {
             ready: Default::default(),
             last_split: 0,
             retry: None,
+            group: None,
         }))
     }
 }
@@ -630,6 +638,9 @@ struct KafkaSource {
     last_split: usize,
     /// Consumption failing since, attempts, last error.
     retry: Option<(Instant, u32, String)>,
+    /// Commits offsets to the consumer group (made at the first completed
+    /// checkpoint).
+    group: Option<Arc<BaseConsumer>>,
 }
 
 impl KafkaSource {
@@ -848,6 +859,49 @@ impl Source for KafkaSource {
     }
 
     /// `partition:next_offset,...` for the partitions read so far.
+    /// Commits the checkpoint's offsets to the consumer group
+    /// (`properties.group.id`, default `sluice`) so that tools reading the
+    /// group's lag see how far the job is; information only, never read
+    /// back (unless a new job asks for `'scan.startup.mode' =
+    /// 'group-offsets'`). A failed commit is logged and the next checkpoint
+    /// commits again.
+    fn checkpoint_completed(&mut self, position: &str) {
+        if self.idle || !self.options.commit_offsets {
+            return;
+        }
+        let Ok(offsets) = parse_position(position) else {
+            return;
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        if self.group.is_none() {
+            match self.options.client_config().create::<BaseConsumer>() {
+                Ok(c) => self.group = Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(topic = %self.options.topic, error = %e, "no client to commit offsets to the consumer group");
+                    return;
+                }
+            }
+        }
+        let consumer = self.group.clone().expect("made above");
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            if tpl
+                .add_partition_offset(&self.options.topic, p, Offset::Offset(o))
+                .is_err()
+            {
+                return;
+            }
+        }
+        let topic = self.options.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+                tracing::warn!(%topic, error = %e, "committing offsets to the consumer group failed");
+            }
+        });
+    }
+
     fn position(&self) -> Option<String> {
         Some(
             self.partitions

@@ -1513,13 +1513,15 @@ async fn read_isolated(topic: &str, isolation: &str, wait: Duration) -> Vec<Stri
 /// transaction per checkpoint; a read_committed consumer sees none of them
 /// before the checkpoint completes and each exactly once after. (The test
 /// broker still shows records of an aborted transaction, so what a crash
-/// aborts can't be checked here: see the README.)
+/// aborts can't be checked here: see the README.) The source commits each
+/// completed checkpoint's offsets to its consumer group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_kafka_sink_commits_with_checkpoints() {
     let (input, output) = (
         format!("txn-in-{}", std::process::id()),
         format!("txn-out-{}", std::process::id()),
     );
+    let group = format!("txn-group-{}", std::process::id());
     create_topic(&input, 1).await;
     create_topic(&output, 1).await;
     let records: Vec<(i32, Vec<u8>)> = (0..100).map(|i| (0, click(i))).collect();
@@ -1544,7 +1546,8 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
         &mut s,
         &format!(
             "CREATE STREAM clicks (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{input}', \
-             'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', format = 'json'); \
+             'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', format = 'json', \
+             'properties.group.id' = '{group}'); \
              CREATE SINK out WITH (connector = 'kafka', topic = '{output}', 'properties.bootstrap.servers' = '{b}', \
              format = 'json', 'sink.delivery-guarantee' = 'exactly-once') AS SELECT user_id, page FROM clicks",
             b = brokers()
@@ -1581,6 +1584,9 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
     assert_eq!(committed.len(), 100, "{committed:?}");
     let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
     assert_eq!(distinct.len(), 100);
+    // The source told its consumer group how far the checkpoint is (for
+    // lag monitoring; Sluice itself resumes from its checkpoints).
+    assert_eq!(group_offset(&group, &input, 100).await, Some(100));
     // The next records go in the next checkpoint's transaction.
     let more: Vec<(i32, Vec<u8>)> = (100..150).map(|i| (0, click(i))).collect();
     produce(&input, &more).await;
@@ -1592,10 +1598,42 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
         }
     };
     assert_eq!(committed.len(), 150);
+    assert_eq!(group_offset(&group, &input, 150).await, Some(150));
     let cps = exec(&mut s, "SHOW CHECKPOINTS").await.unwrap();
     let statuses = strings(&cps, 2);
     assert!(
         statuses.iter().any(|s| s.as_deref() == Some("completed")),
         "{statuses:?}"
     );
+}
+
+/// The offset `group` committed for partition 0 of `topic`, polled until it
+/// is `want` or 20 s pass.
+async fn group_offset(group: &str, topic: &str, want: i64) -> Option<i64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (g, t) = (group.to_string(), topic.to_string());
+        let got = tokio::task::spawn_blocking(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers())
+                .set("group.id", &g)
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&t, 0);
+            let committed =
+                rdkafka::consumer::Consumer::committed_offsets(&consumer, tpl, Duration::from_secs(5))
+                    .ok()?;
+            match committed.find_partition(&t, 0)?.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            }
+        })
+        .await
+        .unwrap();
+        if got == Some(want) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

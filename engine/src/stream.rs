@@ -92,6 +92,13 @@ pub trait Source: Send {
     fn position(&self) -> Option<String> {
         None
     }
+
+    /// The checkpoint that recorded `position` (one this source returned)
+    /// completed. A source may tell its system so, for information only
+    /// (Kafka: the consumer group's committed offsets, which monitoring
+    /// reads as lag); Sluice resumes from its own checkpoints, never from
+    /// there.
+    fn checkpoint_completed(&mut self, _position: &str) {}
 }
 
 /// A kind of source (`connector = '...'` in `CREATE STREAM`).

@@ -103,9 +103,11 @@ impl Job {
         let plan = Arc::new(plan);
         let mut tasks: Vec<Task> = Vec::new();
         let (trigger_tx, trigger) = tokio::sync::watch::channel(0u64);
+        let (completed_tx, completed) = tokio::sync::watch::channel(0u64);
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let mut wiring = Wiring {
             trigger,
+            completed,
             acks,
             store: checkpoints.as_ref().map(|c| c.store.clone()),
             restore: checkpoints.as_ref().and_then(|c| c.restore.clone()),
@@ -148,7 +150,7 @@ impl Job {
                     source_streams: std::mem::take(&mut wiring.source_streams),
                     sink_lanes: n,
                 };
-                Some(tokio::spawn(coordinator.run(trigger_tx, ack_rx)))
+                Some(tokio::spawn(coordinator.run(trigger_tx, completed_tx, ack_rx)))
             }
             None => None,
         };
@@ -239,6 +241,8 @@ impl<T> Drop for AbortOnDrop<T> {
 /// What `build` hands each task for checkpoints.
 struct Wiring {
     trigger: tokio::sync::watch::Receiver<u64>,
+    /// The newest completed checkpoint.
+    completed: tokio::sync::watch::Receiver<u64>,
     acks: mpsc::UnboundedSender<Ack>,
     /// None: the job does not checkpoint (a SUBSCRIBE's private job).
     store: Option<CheckpointStore>,
@@ -444,6 +448,7 @@ impl Coordinator {
     async fn run(
         self,
         trigger: tokio::sync::watch::Sender<u64>,
+        completed: tokio::sync::watch::Sender<u64>,
         mut acks: mpsc::UnboundedReceiver<Ack>,
     ) -> Result<()> {
         let mut epoch = self.config.restore.as_ref().map_or(0, |r| r.manifest.epoch);
@@ -569,6 +574,7 @@ impl Coordinator {
                     previous_sources = manifest.sources.clone();
                     stats.status = "completed";
                     stats.detail = Some(describe_positions(&manifest));
+                    let _ = completed.send(epoch);
                 }
                 Some(e) => {
                     tracing::warn!(job = %self.job, epoch, error = %e, "checkpoint failed");
@@ -801,6 +807,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                         None => wiring.start_from.get(&(table.name.clone(), p)).cloned(),
                     },
                     trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
+                    completed: wiring.store.is_some().then(|| wiring.completed.clone()),
                     acks: wiring.acks.clone(),
                     key,
                 };
@@ -1029,6 +1036,10 @@ fn source_lane(
         tick: tokio::time::Instant,
         /// Checkpoint triggers (None: the job does not checkpoint).
         trigger: Option<tokio::sync::watch::Receiver<u64>>,
+        /// Completed checkpoints, and the positions recorded for those in
+        /// flight (by epoch).
+        completed: Option<tokio::sync::watch::Receiver<u64>>,
+        recorded: std::collections::VecDeque<(u64, String)>,
         /// This lane's name in manifests, and where it acknowledges.
         key: String,
         acks: mpsc::UnboundedSender<Ack>,
@@ -1043,12 +1054,18 @@ fn source_lane(
     }
     let opened = table.open(partition, ck.resume.as_deref());
     let SourceCheckpoint {
-        key, trigger, acks, ..
+        key,
+        trigger,
+        completed,
+        acks,
+        ..
     } = ck;
     let init = match opened {
         Ok(s) => Ok(State {
             tick: tokio::time::Instant::now() + SOURCE_TICK,
             trigger,
+            completed,
+            recorded: Default::default(),
             key,
             acks,
             splits: vec![(None, Instant::now()); s.splits().max(1)],
@@ -1081,6 +1098,7 @@ fn source_lane(
                 // lane whose splits are all idle tells downstream so
                 // (sources keep `next_batch` cancel-safe).
                 let trigger = &mut state.trigger;
+                let completed = &mut state.completed;
                 let timed = tokio::select! {
                     biased;
                     changed = async {
@@ -1095,11 +1113,14 @@ fn source_lane(
                                 // the barrier (emitted or queued), so its
                                 // position covers exactly the rows before it.
                                 let ack = match source.position() {
-                                    Some(position) => Ack::Source {
-                                        epoch,
-                                        key: state.key.clone(),
-                                        position,
-                                    },
+                                    Some(position) => {
+                                        state.recorded.push_back((epoch, position.clone()));
+                                        Ack::Source {
+                                            epoch,
+                                            key: state.key.clone(),
+                                            position,
+                                        }
+                                    }
                                     None => Ack::Failed {
                                         epoch,
                                         error: format!(
@@ -1113,6 +1134,28 @@ fn source_lane(
                             }
                             // The coordinator is gone: no more checkpoints.
                             Err(_) => state.trigger = None,
+                        }
+                        continue;
+                    }
+                    done = async {
+                        match completed.as_mut() {
+                            Some(c) => c.changed().await.map(|_| *c.borrow_and_update()),
+                            None => futures::future::pending().await,
+                        }
+                    } => {
+                        match done {
+                            Ok(epoch) => {
+                                while state.recorded.front().is_some_and(|(e, _)| *e < epoch) {
+                                    state.recorded.pop_front();
+                                }
+                                if let Some((e, position)) = state.recorded.front()
+                                    && *e == epoch
+                                {
+                                    source.checkpoint_completed(position);
+                                    state.recorded.pop_front();
+                                }
+                            }
+                            Err(_) => state.completed = None,
                         }
                         continue;
                     }
@@ -1205,6 +1248,8 @@ struct SourceCheckpoint {
     key: String,
     resume: Option<String>,
     trigger: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Completed checkpoints (None: the job does not checkpoint).
+    completed: Option<tokio::sync::watch::Receiver<u64>>,
     acks: mpsc::UnboundedSender<Ack>,
 }
 
