@@ -5,9 +5,10 @@
 #
 #   ./scripts/stress.sh            # 20 runs x 5 kills
 #   RUNS=50 KILLS=8 ./scripts/stress.sh
+# (--workspace, so the test build the suite made is reused.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'scripts/infra/kafka.sh stop || true' EXIT
 eval "$(scripts/infra/kafka.sh start)"
 SLUICE_CRASH_RUNS=${RUNS:-20} SLUICE_CRASH_KILLS=${KILLS:-5} \
-  cargo nextest run -p sluice-server --test exactly_once --no-capture
+  cargo nextest run --workspace -E 'binary(exactly_once)' --no-capture
