@@ -14,6 +14,12 @@
     cargo build --release -p sluice-server
     python3 bench/checkpoints.py                       # 60M events; states ~100 MB, ~1 GB
     python3 bench/checkpoints.py --events 20000000 --states 200000:10
+    python3 bench/checkpoints.py --only-big --big 14000000:1000   # ~1 GB of state
+
+3. With --big keys:MiB: a datagen stream of random keys (1..keys) at full speed
+   into the same kind of GROUP BY (count, min, max, avg, sum per key),
+   checkpoints every 5 s, killed once a completed checkpoint holds at least MiB
+   of state; then the same recovery figures.
 
 (`cargo bench -p sluice-connectors --bench checkpoints` measures the same
 in-process.)
@@ -155,14 +161,77 @@ def state_case(rate, secs):
         shutil.rmtree(data, ignore_errors=True)
 
 
+BIG = ("SELECT k, count(*) AS n, min(v) AS lo, max(v) AS hi, avg(v) AS av, sum(v) AS s "
+       "FROM kv GROUP BY k")
+
+
+def recover(server):
+    """kill -9, restart: (kill to listening, kill to the aggregate taking rows) in s."""
+    killed = time.time()
+    server.kill9()
+    server.start()
+    listening = time.time() - killed
+    # Recovered when the restored aggregate takes rows again (sources
+    # start at once; the aggregate first rebuilds its state).
+    while True:
+        _, rows, _ = job_rows(server, "agg")
+        if rows > 0:
+            break
+        time.sleep(0.01)
+    return listening, time.time() - killed
+
+
+def big_state_case(keys, mib):
+    data = tempfile.mkdtemp(prefix="sluice-ck-")
+    try:
+        server = Server(data, interval="5s")
+        server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT) WITH (connector = 'datagen', "
+                   f"'rows-per-second' = '0', 'fields.k.kind' = 'random', 'fields.k.min' = '1', "
+                   f"'fields.k.max' = '{keys}', 'fields.v.kind' = 'random', 'fields.v.min' = '1', "
+                   f"'fields.v.max' = '1000000')",
+                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG}")
+        started = time.time()
+        while True:
+            done = [r for r in server.sql("SHOW CHECKPOINTS") if r[0] == "agg" and r[2] == "completed"]
+            last = max(done, key=lambda r: int(r[1])) if done else None
+            if last and int(last[5]) >= mib * 2**20:
+                break
+            time.sleep(0.5)
+        _, _, state = job_rows(server, "agg")
+        ck_ms, ck_bytes = int(last[4]), int(last[5])
+        filled = time.time() - started
+        listening, recovery = recover(server)
+        server.stop()
+        return state, ck_ms, ck_bytes, listening, recovery, filled
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=60_000_000)
     ap.add_argument("--states", default="1000000:25,1500000:170",
                     help="rate:seconds of the q17-shaped input, comma separated")
+    ap.add_argument("--big", default="",
+                    help="keys:MiB of the datagen GROUP BY case, comma separated")
+    ap.add_argument("--only-big", action="store_true", help="run only the --big cases")
     args = ap.parse_args()
     if not os.path.exists(BINARY):
         raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
+    if args.big:
+        print("Big state (datagen random keys, GROUP BY k with count, min, max, avg, sum; "
+              "checkpoint every 5 s), then kill -9 and restart:\n")
+        print("| keys | state rows | filled in (s) | last checkpoint ms | checkpoint MiB "
+              "| kill to listening (s) | kill to new rows processed (s) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for case in args.big.split(","):
+            keys, mib = (int(x) for x in case.split(":"))
+            state, ms, size, listening, recovery, filled = big_state_case(keys, mib)
+            print(f"| {keys} | {state} | {filled:.0f} | {ms} | {size / 2**20:.1f} | {listening:.2f} "
+                  f"| {recovery:.2f} |", flush=True)
+        print()
+    if args.only_big:
+        return
     print(f"Checkpoint overhead, {args.events} events, blackhole sink, {os.cpu_count()} cores\n")
     print("| query | off events/s | 10 s events/s | 10 s / off | 1 s events/s | 1 s / off | checkpoints (10 s, 1 s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

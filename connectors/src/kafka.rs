@@ -65,6 +65,8 @@ const OWN_OPTIONS: &[&str] = &[
     "scan.record.max-bytes",
     "scan.retry.timeout",
     "commit.offsets.on.checkpoint",
+    "scan.bounded.mode",
+    "scan.bounded.specific-offsets",
     "batch.size",
     "batch.linger.ms",
 ];
@@ -112,6 +114,18 @@ struct Options {
     linger: Duration,
     /// Commit offsets to the consumer group when a checkpoint completes.
     commit_offsets: bool,
+    /// Where reading stops (a bounded stream), if it does.
+    bounded: Bounded,
+}
+
+/// `scan.bounded.mode` (Flink's names): where a bounded Kafka stream ends.
+#[derive(Debug, Clone)]
+enum Bounded {
+    Unbounded,
+    /// The partitions' ends when the stream opens.
+    Latest,
+    /// Before these offsets (exclusive); partitions not named are not read.
+    Specific(BTreeMap<i32, i64>),
 }
 
 fn parse_specific(v: &str) -> Result<BTreeMap<i32, i64>> {
@@ -214,6 +228,23 @@ impl Options {
             bad_records: BadRecordPolicy::parse(options, Some(&properties))?,
             max_record_bytes: number(options, "scan.record.max-bytes", 16 << 20)? as usize,
             retry_timeout: Duration::from_secs(number(options, "scan.retry.timeout", 300)?),
+            bounded: match options.get("scan.bounded.mode").map(|s| s.as_str()) {
+                None | Some("unbounded") => Bounded::Unbounded,
+                Some("latest-offset") => Bounded::Latest,
+                Some("specific-offsets") => {
+                    let v = options.get("scan.bounded.specific-offsets").ok_or_else(|| {
+                        SluiceError::invalid_parameter(
+                            "'scan.bounded.mode' = 'specific-offsets' needs 'scan.bounded.specific-offsets'",
+                        )
+                    })?;
+                    Bounded::Specific(parse_specific(v)?)
+                }
+                Some(other) => {
+                    return Err(SluiceError::invalid_parameter(format!(
+                        "'scan.bounded.mode' = '{other}': use unbounded, latest-offset or specific-offsets"
+                    )));
+                }
+            },
             commit_offsets: match options.get("commit.offsets.on.checkpoint") {
                 Some(v) => crate::storage::parse_bool("commit.offsets.on.checkpoint", v)?,
                 None => true,
@@ -378,6 +409,37 @@ impl SourceConnector for KafkaConnector {
                     .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
             }
         }
+        // A bounded stream: where each partition stops, and where it starts
+        // when that is known (a partition already at its stop is done).
+        let (stop, start) = match &o.bounded {
+            Bounded::Unbounded => (None, vec![None; mine.len()]),
+            bounded => {
+                let mut stop = Vec::with_capacity(mine.len());
+                let mut start = Vec::with_capacity(mine.len());
+                for k in &mine {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&o.topic, *k, METADATA_TIMEOUT)
+                        .map_err(|e| {
+                            SluiceError::new(
+                                ErrorKind::StorageUnavailable,
+                                format!("kafka offsets of {} partition {k}: {e}", o.topic),
+                            )
+                        })?;
+                    stop.push(match bounded {
+                        Bounded::Specific(m) => m.get(k).copied().unwrap_or(i64::MIN),
+                        _ => high,
+                    });
+                    start.push(match (&o.startup, resumed.get(k)) {
+                        (_, Some(next)) => Some(*next),
+                        (Startup::Earliest, _) => Some(low),
+                        (Startup::Latest, _) => Some(high),
+                        (Startup::Specific(m), _) => Some(m.get(k).copied().unwrap_or(low)),
+                        _ => None,
+                    });
+                }
+                (Some(stop), start)
+            }
+        };
         consumer
             .assign(&tpl)
             .map_err(|e| SluiceError::internal(format!("kafka assignment: {e}")))?;
@@ -438,6 +500,8 @@ impl SourceConnector for KafkaConnector {
             last_split: 0,
             retry: None,
             group: None,
+            stop,
+            start,
         }))
     }
 }
@@ -641,9 +705,24 @@ struct KafkaSource {
     /// Commits offsets to the consumer group (made at the first completed
     /// checkpoint).
     group: Option<Arc<BaseConsumer>>,
+    /// A bounded stream: per split, the offset reading stops before.
+    stop: Option<Vec<i64>>,
+    /// Per split, the first offset read, where known.
+    start: Vec<Option<i64>>,
 }
 
 impl KafkaSource {
+    /// A bounded stream read every partition up to its stop.
+    fn bounded_done(&self) -> bool {
+        let Some(stop) = &self.stop else {
+            return false;
+        };
+        // A partition a specific-offsets bound does not name is not read.
+        stop.iter().enumerate().all(|(s, stop)| {
+            *stop == i64::MIN || self.emitted[s].or(self.start[s]).is_some_and(|at| at >= *stop)
+        })
+    }
+
     /// Decodes one partition's records into the declared columns; malformed
     /// ones go to the bad-record policy.
     fn decode(&mut self, buf: &[u8], records: &[&Record]) -> Result<Option<RecordBatch>> {
@@ -778,6 +857,9 @@ fn headers_json(headers: &rdkafka::message::BorrowedHeaders) -> String {
 impl Source for KafkaSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         if self.idle {
+            if self.stop.is_some() {
+                return Ok(None);
+            }
             // Nothing assigned: never produce, never end.
             futures::future::pending::<()>().await;
         }
@@ -790,6 +872,9 @@ impl Source for KafkaSource {
                     return Ok(Some(batch));
                 }
                 continue;
+            }
+            if self.pending.is_none() && self.bounded_done() {
+                return Ok(None);
             }
             if self.pending.is_none() {
                 // Cancel-safe: a batch is either received or left queued.
@@ -833,14 +918,28 @@ impl Source for KafkaSource {
             for r in &fetched.records {
                 by_partition.entry(r.partition).or_default().push(r);
             }
-            for (partition, records) in by_partition {
+            for (partition, mut records) in by_partition {
                 let split = self.partitions.iter().position(|p| *p == partition).unwrap_or(0);
-                let next = fetched
+                let mut next = fetched
                     .next_offsets
                     .get(&partition)
                     .copied()
                     .unwrap_or_else(|| records.last().map_or(0, |r| r.offset + 1));
-                let batch = self.decode(&fetched.buf, &records)?;
+                if let Some(stop) = self.stop.as_ref().map(|s| s[split]) {
+                    if self.emitted[split]
+                        .or(self.start[split])
+                        .is_some_and(|at| at >= stop)
+                    {
+                        continue; // this partition is done
+                    }
+                    records.retain(|r| r.offset < stop);
+                    next = next.min(stop);
+                }
+                let batch = if records.is_empty() {
+                    None
+                } else {
+                    self.decode(&fetched.buf, &records)?
+                };
                 self.ready.push_back((split, batch, next));
             }
         }

@@ -1637,3 +1637,77 @@ async fn group_offset(group: &str, topic: &str, want: i64) -> Option<i64> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `scan.bounded.mode`: a stream reads an offset range and ends (the way a
+/// recorded range of a sink's commits is read again), or reads what the
+/// topic holds when it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_streams_read_an_offset_range_and_end() {
+    let topic = format!("bounded-{}", std::process::id());
+    create_topic(&topic, 2).await;
+    // Partition p holds clicks p, p + 2, p + 4, ...: offset j is click 2j + p.
+    let records: Vec<(i32, Vec<u8>)> = (0..300).map(|i| ((i % 2) as i32, click(i))).collect();
+    produce(&topic, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut s) = engine(dir.path(), 2).await;
+    let clicks = |batches: &[RecordBatch]| -> Vec<i64> {
+        let mut out: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let ts = cast(b.column(0), &DataType::Int64).unwrap();
+                let ts = ts.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                ts.values().iter().map(|t| (t - BASE_MS) / 10).collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM ranged (ts BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'json', \
+             'scan.startup.mode' = 'specific-offsets', \
+             'scan.startup.specific-offsets' = 'partition:0,offset:10;partition:1,offset:0', \
+             'scan.bounded.mode' = 'specific-offsets', \
+             'scan.bounded.specific-offsets' = 'partition:0,offset:60;partition:1,offset:25'); \
+             CREATE MATERIALIZED VIEW ranged_rows AS SELECT ts FROM ranged; \
+             CREATE STREAM upto_now (ts BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'json', 'scan.bounded.mode' = 'latest-offset'); \
+             CREATE MATERIALIZED VIEW upto_now_rows AS SELECT ts FROM upto_now",
+            b = brokers()
+        ),
+    )
+    .await
+    .unwrap();
+    for job in ["ranged_rows", "upto_now_rows"] {
+        let status = tokio::time::timeout(Duration::from_secs(30), engine.wait_for_job(job))
+            .await
+            .unwrap_or_else(|_| panic!("{job} did not end"));
+        assert_eq!(status.as_deref(), Some("finished"), "{job}");
+    }
+    let mut want: Vec<i64> = (10..60)
+        .map(|j| 2 * j)
+        .chain((0..25).map(|j| 2 * j + 1))
+        .collect();
+    want.sort();
+    let got = clicks(&exec(&mut s, "SELECT ts FROM ranged_rows").await.unwrap());
+    assert_eq!(
+        got, want,
+        "offsets [10, 60) of partition 0 and [0, 25) of partition 1"
+    );
+    let got = clicks(&exec(&mut s, "SELECT ts FROM upto_now_rows").await.unwrap());
+    assert_eq!(got, (0..300).collect::<Vec<i64>>(), "everything the topic held");
+    // A bad bound is refused at CREATE.
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM bad (ts BIGINT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{b}', format = 'json', 'scan.bounded.mode' = 'someday')",
+            b = brokers()
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("scan.bounded.mode"), "{err}");
+}

@@ -559,3 +559,129 @@ fn a_new_sink_starts_where_a_dropped_one_stopped() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// Provenance put to use: the offsets a commit of one sink covers (from
+/// sluice_commit_sources) are read again through a bounded stream by a
+/// changed query into a new sink, whose output SQL compares with what the
+/// commit added.
+#[test]
+fn a_commits_offset_range_is_read_again_by_a_changed_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let topic = format!(
+        "clicks_again_{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    create_topic(&topic);
+    let producer = producer();
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let p = SluiceProcess::start_with(&data, &env);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
+             topic = '{topic}', 'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
+             format = 'json')",
+            brokers()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK v1 WITH (connector = 'delta', path = '{}') AS SELECT user_id, page, ts FROM clicks",
+            lake.join("v1").display()
+        ),
+    ]);
+    // Three bursts, each committed before the next: at least three versions.
+    for burst in 0..3 {
+        produce(&producer, &topic, burst * 400, (burst + 1) * 400, false);
+        let want = ((burst + 1) * 400).to_string();
+        wait_for("a burst to be committed", 60, || {
+            let n = p.psql(&[
+                "-tA",
+                "-c",
+                "SELECT coalesce(sum(rows), 0) FROM sluice_commits WHERE sink = 'v1'",
+            ]);
+            (n.trim() == want).then_some(())
+        });
+    }
+    // The second version that added rows, and the offsets it covers.
+    let version: i64 = p
+        .psql(&[
+            "-tA",
+            "-c",
+            "SELECT version FROM sluice_commits WHERE sink = 'v1' AND rows > 0 ORDER BY version LIMIT 1 OFFSET 1",
+        ])
+        .trim()
+        .parse()
+        .unwrap();
+    let ranges = p.psql(&[
+        "-tA",
+        "-c",
+        &format!(
+            "SELECT partition, coalesce(from_offset, 0), to_offset FROM sluice_commit_sources \
+             WHERE sink = 'v1' AND version = {version} ORDER BY partition"
+        ),
+    ]);
+    let (mut from, mut to) = (vec![], vec![]);
+    for line in ranges.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split('|').collect();
+        from.push(format!("partition:{},offset:{}", f[0], f[1]));
+        to.push(format!("partition:{},offset:{}", f[0], f[2]));
+    }
+    assert_eq!(from.len(), PARTITIONS as usize, "{ranges}");
+    // The range again, through a changed query, into a new sink.
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM again (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
+             topic = '{topic}', 'properties.bootstrap.servers' = '{}', format = 'json', \
+             'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{}', \
+             'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{}')",
+            brokers(),
+            from.join(";"),
+            to.join(";")
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK v2 WITH (connector = 'delta', path = '{}') AS \
+             SELECT user_id * 2 AS doubled, upper(page) AS page, ts FROM again",
+            lake.join("v2").display()
+        ),
+    ]);
+    wait_for("the range to be read again", 60, || {
+        let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+        jobs.lines()
+            .any(|l| l.starts_with("v2|") && l.contains("|finished|"))
+            .then_some(())
+    });
+    // What the version added, through the changed query, equals v2.
+    let added = format!(
+        "(SELECT user_id * 2 AS doubled, upper(page) AS page, ts FROM v1 AS OF VERSION {version} \
+         EXCEPT SELECT user_id * 2, upper(page), ts FROM v1 AS OF VERSION {})",
+        version - 1
+    );
+    let rows = p.psql(&[
+        "-tA",
+        "-c",
+        &format!("SELECT rows FROM sluice_commits WHERE sink = 'v1' AND version = {version}"),
+    ]);
+    let counts = p.psql(&[
+        "-tA",
+        "-c",
+        &format!(
+            "SELECT (SELECT count(*) FROM {added} a) AS added, (SELECT count(*) FROM v2) AS v2, \
+             (SELECT count(*) FROM (SELECT * FROM {added} a EXCEPT SELECT * FROM v2) d) AS only_added, \
+             (SELECT count(*) FROM (SELECT * FROM v2 EXCEPT SELECT * FROM {added} a) d) AS only_v2"
+        ),
+    ]);
+    let n = rows.trim();
+    assert!(n.parse::<i64>().unwrap() > 0, "version {version} added rows");
+    assert_eq!(
+        counts.trim(),
+        format!("{n}|{n}|0|0"),
+        "added | v2 | only in added | only in v2"
+    );
+}
