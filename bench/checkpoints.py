@@ -14,7 +14,7 @@
     cargo build --release -p sluice-server
     python3 bench/checkpoints.py                       # 60M events; states ~100 MB, ~1 GB
     python3 bench/checkpoints.py --events 20000000 --states 200000:10
-    python3 bench/checkpoints.py --only-big --big 14000000:1000   # ~1 GB of state
+    python3 bench/checkpoints.py --only-big --big 5000000:290 --big-window 30000000:1000
 
 3. With --big keys:MiB: a datagen stream of random keys (1..keys) at full speed
    into the same kind of GROUP BY (count, min, max, avg, sum per key),
@@ -108,7 +108,7 @@ def job_rows(server, job):
         if r[0] != job:
             continue
         status = r[2]
-        if r[4].startswith("Aggregate"):
+        if r[4].startswith("Aggregate") or r[4].startswith("WindowAggregate"):
             agg_rows += int(r[6])
         state += int(r[9] or 0)
     return status, agg_rows, state
@@ -163,6 +163,10 @@ def state_case(rate, secs):
 
 BIG = ("SELECT k, count(*) AS n, min(v) AS lo, max(v) AS hi, avg(v) AS av, sum(v) AS s "
        "FROM kv GROUP BY k")
+# The same per key, in one open day-long window (a windowed aggregate keeps
+# its groups in DataFusion's GroupsAccumulators).
+BIG_WINDOW = ("SELECT k, window_start, count(*) AS n, min(v) AS lo, max(v) AS hi, avg(v) AS av, "
+              "sum(v) AS s FROM TUMBLE(kv, ts, INTERVAL '1' DAY) GROUP BY k, window_start")
 
 
 def recover(server):
@@ -181,15 +185,16 @@ def recover(server):
     return listening, time.time() - killed
 
 
-def big_state_case(keys, mib):
+def big_state_case(keys, mib, windowed):
     data = tempfile.mkdtemp(prefix="sluice-ck-")
     try:
         server = Server(data, interval="5s")
-        server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT) WITH (connector = 'datagen', "
+        server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT, ts TIMESTAMP, "
+                   f"WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'datagen', "
                    f"'rows-per-second' = '0', 'fields.k.kind' = 'random', 'fields.k.min' = '1', "
                    f"'fields.k.max' = '{keys}', 'fields.v.kind' = 'random', 'fields.v.min' = '1', "
                    f"'fields.v.max' = '1000000')",
-                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG}")
+                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG_WINDOW if windowed else BIG}")
         started = time.time()
         while True:
             done = [r for r in server.sql("SHOW CHECKPOINTS") if r[0] == "agg" and r[2] == "completed"]
@@ -214,21 +219,25 @@ def main():
                     help="rate:seconds of the q17-shaped input, comma separated")
     ap.add_argument("--big", default="",
                     help="keys:MiB of the datagen GROUP BY case, comma separated")
+    ap.add_argument("--big-window", default="",
+                    help="keys:MiB of the datagen windowed GROUP BY case, comma separated")
     ap.add_argument("--only-big", action="store_true", help="run only the --big cases")
     args = ap.parse_args()
     if not os.path.exists(BINARY):
         raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
-    if args.big:
-        print("Big state (datagen random keys, GROUP BY k with count, min, max, avg, sum; "
-              "checkpoint every 5 s), then kill -9 and restart:\n")
-        print("| keys | state rows | filled in (s) | last checkpoint ms | checkpoint MiB "
+    if args.big or args.big_window:
+        print("Big state (datagen random keys, GROUP BY k with count, min, max, avg, sum, updating "
+              "or in one open day-long window; checkpoint every 5 s), then kill -9 and restart:\n")
+        print("| operator | keys | state rows | filled in (s) | last checkpoint ms | checkpoint MiB "
               "| kill to listening (s) | kill to new rows processed (s) |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for case in args.big.split(","):
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        cases = [(c, False) for c in args.big.split(",") if c] + \
+                [(c, True) for c in args.big_window.split(",") if c]
+        for case, windowed in cases:
             keys, mib = (int(x) for x in case.split(":"))
-            state, ms, size, listening, recovery, filled = big_state_case(keys, mib)
-            print(f"| {keys} | {state} | {filled:.0f} | {ms} | {size / 2**20:.1f} | {listening:.2f} "
-                  f"| {recovery:.2f} |", flush=True)
+            state, ms, size, listening, recovery, filled = big_state_case(keys, mib, windowed)
+            print(f"| {'window' if windowed else 'updating'} | {keys} | {state} | {filled:.0f} | {ms} "
+                  f"| {size / 2**20:.1f} | {listening:.2f} | {recovery:.2f} |", flush=True)
         print()
     if args.only_big:
         return

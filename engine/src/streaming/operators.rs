@@ -539,6 +539,8 @@ pub struct UpdatingAggregate {
     restored: Vec<RecordBatch>,
     /// Per group: its (batch, row) in `restored` while not made yet.
     origin: Vec<Option<(u32, u32)>>,
+    /// Groups with net rows above zero (the output's row count).
+    live: usize,
     /// State columns per aggregate in `restored`.
     restored_widths: Vec<usize>,
 }
@@ -570,6 +572,7 @@ impl UpdatingAggregate {
             restored: Vec::new(),
             origin: Vec::new(),
             restored_widths: Vec::new(),
+            live: 0,
         })
     }
 
@@ -774,7 +777,13 @@ impl UpdatingAggregate {
         for &(g, start, end) in &runs {
             let g = g as usize;
             let n = (end - start) as i64;
+            let was = self.rows[g] > 0;
             self.rows[g] += if retract { -n } else { n };
+            match (was, self.rows[g] > 0) {
+                (false, true) => self.live += 1,
+                (true, false) => self.live -= 1,
+                _ => {}
+            }
             if !self.is_dirty[g] {
                 self.is_dirty[g] = true;
                 self.dirty.push(g);
@@ -815,7 +824,7 @@ impl KeyedOperator for UpdatingAggregate {
     }
 
     fn state_size(&self) -> (usize, usize) {
-        (self.rows.iter().filter(|r| **r > 0).count(), self.state_bytes)
+        (self.live, self.state_bytes)
     }
 
     /// One row per group: the keys, the net row count and each
@@ -948,6 +957,7 @@ impl KeyedOperator for UpdatingAggregate {
                 let g = self.accs.len();
                 self.accs.push(Vec::new());
                 self.rows.push(rows.value(i));
+                self.live += usize::from(rows.value(i) > 0);
                 self.emitted.push(None);
                 self.is_dirty.push(false);
                 self.origin.push(Some((at, i as u32)));

@@ -1253,6 +1253,10 @@ struct SourceCheckpoint {
     acks: mpsc::UnboundedSender<Ack>,
 }
 
+/// How often a keyed task refreshes its state figures for SHOW JOBS when
+/// the watermark does not move.
+const STATE_METRICS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How often a waiting source lane wakes up to check for idle splits.
 const SOURCE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -1426,6 +1430,7 @@ async fn run_keyed(
     let mut aligning: Option<u64> = None;
     let mut ended = vec![false; inputs];
     let mut current = i64::MIN;
+    let mut state_seen = Instant::now();
     let mut out = Vec::new();
     let (mut rows, mut bytes) = (0i64, 0i64);
     let started = Instant::now();
@@ -1504,6 +1509,11 @@ async fn run_keyed(
                 op.on_watermark(current, &mut out)?;
                 if advanced {
                     metrics.set_watermark(task, current);
+                }
+                // State figures when time moves, and now and then without
+                // (a stream without event time never moves it).
+                if advanced || state_seen.elapsed() >= STATE_METRICS_EVERY {
+                    state_seen = Instant::now();
                     let (r, by) = op.state_size();
                     metrics.add_state(r as i64 - rows, by as i64 - bytes);
                     (rows, bytes) = (r as i64, by as i64);
