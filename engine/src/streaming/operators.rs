@@ -523,7 +523,8 @@ pub struct UpdatingAggregate {
     aggs: Vec<AggExpr>,
     output: SchemaRef,
     converter: Option<RowConverter>,
-    index: HashMap<Box<[u8]>, usize>,
+    /// Group id by key (hashbrown with its fast default hasher, as DataFusion uses).
+    index: datafusion::common::HashMap<Box<[u8]>, usize>,
     key_rows: Option<Rows>,
     /// Per group its accumulators; empty for a group restored from a
     /// checkpoint and not touched since (see `origin`).
@@ -562,7 +563,7 @@ impl UpdatingAggregate {
             aggs,
             output: with_op_column(&output),
             converter,
-            index: HashMap::new(),
+            index: Default::default(),
             key_rows,
             accs: Vec::new(),
             emitted: Vec::new(),
@@ -1025,12 +1026,28 @@ fn multiset_kind(agg: &AggExpr) -> Option<MultisetKind> {
 
 fn retracting_accumulator(agg: &AggExpr) -> Result<Box<dyn Accumulator>> {
     match multiset_kind(agg) {
-        Some(kind) => Ok(Box::new(MultisetAccumulator {
-            kind,
-            data_type: agg.func.field().data_type().clone(),
-            values: BTreeMap::new(),
-            bytes: 0,
-        })),
+        Some(kind) => {
+            let data_type = agg.func.field().data_type().clone();
+            // The type of the values kept: min / max / string_agg return
+            // their input's type; count(DISTINCT) keeps a list of inputs.
+            let value_type = match &kind {
+                MultisetKind::CountDistinct => {
+                    match agg.func.state_fields()?.first().map(|f| f.data_type().clone()) {
+                        Some(DataType::List(f) | DataType::LargeList(f)) => f.data_type().clone(),
+                        Some(other) => other,
+                        None => DataType::Null,
+                    }
+                }
+                _ => data_type.clone(),
+            };
+            Ok(Box::new(MultisetAccumulator {
+                kind,
+                data_type,
+                value_type,
+                values: BTreeMap::new(),
+                bytes: 0,
+            }))
+        }
         None => agg.func.create_sliding_accumulator(),
     }
 }
@@ -1074,6 +1091,8 @@ impl Ord for OrdScalar {
 struct MultisetAccumulator {
     kind: MultisetKind,
     data_type: DataType,
+    /// The type of the values in the multiset (its state's list type).
+    value_type: DataType,
     values: BTreeMap<OrdScalar, i64>,
     bytes: usize,
 }
@@ -1085,20 +1104,22 @@ impl MultisetAccumulator {
             if a.is_null(i) {
                 continue;
             }
-            let v = OrdScalar(ScalarValue::try_from_array(a, i)?);
-            let size = v.0.size();
-            let entry = self.values.entry(v).or_insert_with(|| 0);
-            if *entry == 0 {
-                self.bytes += size + 32;
-            }
-            *entry += delta;
-            if *entry == 0 {
-                let key = OrdScalar(ScalarValue::try_from_array(a, i)?);
-                self.values.remove(&key);
-                self.bytes = self.bytes.saturating_sub(size + 32);
-            }
+            self.add_value(ScalarValue::try_from_array(a, i)?, delta);
         }
         Ok(())
+    }
+
+    fn add_value(&mut self, v: ScalarValue, delta: i64) {
+        let size = v.size();
+        let entry = self.values.entry(OrdScalar(v.clone())).or_insert_with(|| 0);
+        if *entry == 0 {
+            self.bytes += size + 32;
+        }
+        *entry += delta;
+        if *entry == 0 {
+            self.values.remove(&OrdScalar(v));
+            self.bytes = self.bytes.saturating_sub(size + 32);
+        }
     }
 }
 
@@ -1155,16 +1176,51 @@ impl Accumulator for MultisetAccumulator {
         std::mem::size_of_val(self) + self.bytes
     }
 
+    /// Two lists: the distinct values and their counts (a checkpoint keeps
+    /// the multiset whole, so retractions after a restore still find the
+    /// values they take back).
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Err(DataFusionError::NotImplemented(
-            "multiset accumulator state".into(),
-        ))
+        let values: ArrayRef = if self.values.is_empty() {
+            arrow::array::new_empty_array(&self.value_type)
+        } else {
+            let a = ScalarValue::iter_to_array(self.values.keys().map(|v| v.0.clone()))?;
+            if a.data_type() == &self.value_type {
+                a
+            } else {
+                cast(&a, &self.value_type)?
+            }
+        };
+        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(self.values.values().copied()));
+        Ok(vec![
+            datafusion::common::utils::SingleRowListArrayBuilder::new(values).build_list_scalar(),
+            datafusion::common::utils::SingleRowListArrayBuilder::new(counts).build_list_scalar(),
+        ])
     }
 
-    fn merge_batch(&mut self, _states: &[ArrayRef]) -> Result<()> {
-        Err(DataFusionError::NotImplemented(
-            "multiset accumulator merge".into(),
-        ))
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        use arrow::array::AsArray;
+        let (values, counts) = match states {
+            [v, c] => (v.as_list::<i32>(), c.as_list::<i32>()),
+            _ => {
+                return Err(DataFusionError::Internal(
+                    "a multiset state is two lists: values and counts".into(),
+                ));
+            }
+        };
+        for row in 0..values.len() {
+            if values.is_null(row) || counts.is_null(row) {
+                continue;
+            }
+            let v = values.value(row);
+            let c = counts.value(row);
+            let c = c
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .ok_or_else(|| DataFusionError::Internal("multiset counts are not Int64".into()))?;
+            for i in 0..v.len() {
+                self.add_value(ScalarValue::try_from_array(&v, i)?, c.value(i));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1248,10 +1304,111 @@ fn merge_into(target: &mut [Box<dyn Accumulator>], from: &mut [Box<dyn Accumulat
 }
 
 impl KeyedOperator for SessionAggregate {
+    /// One row per open session: the key columns, the session's start and
+    /// end, and each accumulator's state; the watermark in the metadata.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(DataFusionError::NotImplemented(
-            "session windows are not checkpointed yet".into(),
-        ))
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(self.open);
+        let (mut starts, mut ends) = (Vec::with_capacity(self.open), Vec::with_capacity(self.open));
+        let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::with_capacity(self.open); self.aggs.len()];
+        for (key, list) in self.sessions.iter_mut() {
+            for s in list.iter_mut() {
+                keys.push(key);
+                starts.push(s.start);
+                ends.push(s.end);
+                for (k, acc) in s.accs.iter_mut().enumerate() {
+                    states[k].push(acc.state()?);
+                }
+            }
+        }
+        let n = starts.len();
+        let extra = HashMap::from([(WATERMARK_META.to_string(), self.watermark.to_string())]);
+        let mut names = Vec::new();
+        let mut cols: Vec<ArrayRef> = match &self.converter {
+            Some(c) => {
+                let parser = c.parser();
+                c.convert_rows(keys.iter().map(|k| parser.parse(k)))?
+            }
+            None => vec![],
+        };
+        for i in 0..cols.len() {
+            names.push(format!("k{i}"));
+        }
+        names.push("start".into());
+        cols.push(Arc::new(Int64Array::from(starts)));
+        names.push("end".into());
+        cols.push(Arc::new(Int64Array::from(ends)));
+        let mut widths = Vec::new();
+        for (k, agg) in self.aggs.iter().enumerate() {
+            let width = match states[k].first() {
+                Some(s) => s.len(),
+                None => agg.func.state_fields()?.len(),
+            };
+            widths.push(width);
+            for j in 0..width {
+                names.push(format!("a{k}_{j}"));
+                cols.push(if n == 0 {
+                    let f = agg.func.state_fields()?;
+                    arrow::array::new_empty_array(f[j].data_type())
+                } else {
+                    ScalarValue::iter_to_array(states[k].iter().map(|s| s[j].clone()))?
+                });
+            }
+        }
+        let mut extra = extra;
+        extra.insert(WIDTHS_META.to_string(), widths_meta(&widths));
+        Ok(vec![state_batch(names, cols, extra, n)?])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        for b in state {
+            if let Some(w) = b.schema().metadata().get(WATERMARK_META) {
+                let w: i64 = w
+                    .parse()
+                    .map_err(|_| DataFusionError::Internal(format!("bad watermark in snapshot: {w}")))?;
+                self.watermark = self.watermark.max(w);
+            }
+            let widths = state_widths(&b, self.aggs.len())?;
+            let n_keys = if self.converter.is_some() {
+                self.keys.len()
+            } else {
+                0
+            };
+            let rows = match &self.converter {
+                Some(c) => Some(c.convert_columns(&b.columns()[..n_keys])?),
+                None => None,
+            };
+            let int = |i: usize| -> Result<Int64Array> {
+                Ok(b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| DataFusionError::Internal("session snapshot without bounds".into()))?
+                    .clone())
+            };
+            let (starts, ends) = (int(n_keys)?, int(n_keys + 1)?);
+            for i in 0..b.num_rows() {
+                let key: Box<[u8]> = match &rows {
+                    Some(r) => r.row(i).as_ref().into(),
+                    None => Box::new([]),
+                };
+                let mut accs = self.new_accs()?;
+                let mut at = n_keys + 2;
+                for (acc, w) in accs.iter_mut().zip(&widths) {
+                    let st: Vec<ArrayRef> = b.columns()[at..at + w].iter().map(|c| c.slice(i, 1)).collect();
+                    acc.merge_batch(&st)?;
+                    at += w;
+                }
+                let list = self.sessions.entry(key).or_default();
+                let s = Session {
+                    start: starts.value(i),
+                    end: ends.value(i),
+                    accs,
+                };
+                let at = list.partition_point(|x| x.start < s.start);
+                list.insert(at, s);
+                self.open += 1;
+            }
+        }
+        Ok(())
     }
 
     fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
@@ -1374,6 +1531,17 @@ impl KeyedOperator for SessionAggregate {
             return Ok(());
         }
         self.open -= keys.len();
+        // Emitted in the order sessions ended (then by key), not in hash
+        // order, so that a run's output does not depend on the hasher.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|a, b| (ends[*a], &keys[*a]).cmp(&(ends[*b], &keys[*b])));
+        let keys: Vec<Box<[u8]>> = order.iter().map(|i| keys[*i].clone()).collect();
+        let starts: Vec<i64> = order.iter().map(|i| starts[*i]).collect();
+        let ends: Vec<i64> = order.iter().map(|i| ends[*i]).collect();
+        let values: Vec<Vec<ScalarValue>> = values
+            .into_iter()
+            .map(|col| order.iter().map(|i| col[*i].clone()).collect())
+            .collect();
         let mut columns: Vec<Option<ArrayRef>> = vec![None; self.output.fields().len()];
         if let Some(c) = &self.converter {
             let parser = c.parser();
@@ -1619,6 +1787,51 @@ mod tests {
                 cut,
             );
         }
+        // Updating input with min, max and count(DISTINCT): multisets.
+        use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+        let agg = |udaf: Arc<datafusion::logical_expr::AggregateUDF>, alias: &str, distinct: bool| AggExpr {
+            func: Arc::new(
+                AggregateExprBuilder::new(udaf, vec![col("v", &schema).unwrap()])
+                    .schema(schema.clone())
+                    .alias(alias)
+                    .with_distinct(distinct)
+                    .build()
+                    .unwrap(),
+            ),
+            filter: None,
+        };
+        let multiset_out = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("lo", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+            Field::new("d", DataType::Int64, true),
+        ]));
+        for cut in 1..steps.len() {
+            recovery_matches(
+                || {
+                    let aggs = vec![
+                        agg(min_udaf(), "lo", false),
+                        agg(max_udaf(), "hi", false),
+                        agg(count_udaf(), "d", true),
+                    ];
+                    for a in &aggs {
+                        assert!(multiset_kind(a).is_some(), "{}", a.func.name());
+                    }
+                    Box::new(
+                        UpdatingAggregate::new(
+                            vec![col("k", &schema).unwrap()],
+                            &schema,
+                            true,
+                            aggs,
+                            multiset_out.clone(),
+                        )
+                        .unwrap(),
+                    )
+                },
+                &steps,
+                cut,
+            );
+        }
         // Windows: open ones survive, closed ones are not emitted again,
         // and rows for windows closed before the snapshot stay late.
         use arrow::array::TimestampMillisecondArray;
@@ -1664,6 +1877,44 @@ mod tests {
                                 size_us: 10_000_000,
                                 unit: TimeUnit::Millisecond,
                             },
+                            wout.clone(),
+                            Arc::new(NodeMetrics::default()),
+                        )
+                        .unwrap(),
+                    )
+                },
+                &steps,
+                cut,
+            );
+        }
+        // Session windows: open sessions survive (and merge with rows that
+        // bridge them after the restore); closed ones are not emitted again.
+        let steps = vec![
+            (wb(&[0, 0, 5_000], &["a", "b", "a"], &[1, 2, 3]), 5_000_000),
+            (wb(&[30_000, 12_000], &["b", "a"], &[4, 5]), 10_000_000),
+            (
+                wb(&[40_000, 1_000, 28_000], &["a", "a", "a"], &[6, 7, 9]),
+                20_000_000,
+            ),
+            (wb(&[35_000, 21_000], &["b", "a"], &[8, 10]), i64::MAX),
+        ];
+        for cut in 1..steps.len() {
+            recovery_matches(
+                || {
+                    Box::new(
+                        SessionAggregate::new(
+                            vec![col("k", &wschema).unwrap()],
+                            &wschema,
+                            SessionLayout {
+                                key_pos: vec![1],
+                                start_pos: Some(0),
+                                end_pos: None,
+                                time: col("ws", &wschema).unwrap(),
+                                time_is_end: false,
+                                gap_us: 10_000_000,
+                                unit: TimeUnit::Millisecond,
+                            },
+                            vec![sum_agg(&wschema)],
                             wout.clone(),
                             Arc::new(NodeMetrics::default()),
                         )
@@ -1776,13 +2027,24 @@ mod tests {
             (MultisetKind::Max, [9, 5, 5]),
             (MultisetKind::CountDistinct, [4, 3, 1]),
         ] {
-            let mut acc = MultisetAccumulator {
+            let fresh = || MultisetAccumulator {
                 kind: kind.clone(),
                 data_type: DataType::Int64,
+                value_type: DataType::Int64,
                 values: BTreeMap::new(),
                 bytes: 0,
             };
-            acc.update_batch(&values(vec![5, 1, 2, 9, 1])).unwrap();
+            let mut first = fresh();
+            first.update_batch(&values(vec![5, 1, 2, 9, 1])).unwrap();
+            // Through its state into another (a checkpoint's round trip).
+            let state: Vec<ArrayRef> = first
+                .state()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.to_array().unwrap())
+                .collect();
+            let mut acc = fresh();
+            acc.merge_batch(&state).unwrap();
             let v = |acc: &mut MultisetAccumulator| match acc.evaluate().unwrap() {
                 ScalarValue::Int64(Some(v)) => v,
                 other => panic!("{other:?}"),
