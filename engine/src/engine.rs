@@ -129,6 +129,8 @@ impl Engine {
         let template = SessionContext::new_with_config_rt(session_config, runtime);
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());
+        // What `::json`, `::jsonb` and `::uuid` become.
+        crate::types::register(&template);
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));

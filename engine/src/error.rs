@@ -161,6 +161,8 @@ fn classify_plan_message(msg: &str) -> ErrorKind {
         ErrorKind::UndefinedTable
     } else if lower.contains("already exists") {
         ErrorKind::DuplicateObject
+    } else if lower.contains("invalid input syntax for type") {
+        ErrorKind::InvalidParameter
     } else if lower.contains("unsupported") || lower.contains("not supported") {
         ErrorKind::NotSupported
     } else if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {

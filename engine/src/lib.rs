@@ -23,6 +23,7 @@ pub mod sink;
 pub mod storage;
 pub mod stream;
 pub mod streaming;
+pub mod types;
 pub mod versions;
 
 pub use engine::{

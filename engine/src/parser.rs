@@ -325,11 +325,59 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 ),
             ));
         }
-        let statement = parse_one(&mut df)?;
+        let mut statement = parse_one(&mut df)?;
+        rewrite_pg_types(&mut statement)?;
         out.push(statement);
         expecting_delimiter = true;
     }
     Ok(out)
+}
+
+/// `x::json`, `CAST(x AS jsonb)`, `x::uuid`: calls of the functions that
+/// make values of those types (see [`crate::types`]), since DataFusion has
+/// no SQL name for them.
+pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{DataType as SqlType, visit_expressions_mut};
+    use std::ops::ControlFlow;
+    let rewrite = |e: &mut SqlExpr| -> ControlFlow<ParserError> {
+        if let SqlExpr::Cast { expr, data_type, .. } = e {
+            let to = match data_type {
+                SqlType::JSON => crate::types::PgType::Json,
+                SqlType::JSONB => crate::types::PgType::Jsonb,
+                SqlType::Uuid => crate::types::PgType::Uuid,
+                _ => return ControlFlow::Continue(()),
+            };
+            let text = format!("{}({expr})", to.function());
+            match Parser::new(&PostgreSqlDialect {})
+                .try_with_sql(&text)
+                .and_then(|mut p| p.parse_expr())
+            {
+                Ok(call) => *e = call,
+                Err(err) => return ControlFlow::Break(err),
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    let flow = match statement {
+        Statement::DataFusion(DFStatement::Statement(s)) => visit_expressions_mut(s.as_mut(), rewrite),
+        Statement::DataFusion(DFStatement::Explain(explain)) => match explain.statement.as_mut() {
+            DFStatement::Statement(s) => visit_expressions_mut(s.as_mut(), rewrite),
+            _ => ControlFlow::Continue(()),
+        },
+        Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => {
+            visit_expressions_mut(c.query.as_mut(), rewrite)
+        }
+        Statement::Subscribe {
+            target: SubscribeTarget::Query(q),
+            ..
+        } => visit_expressions_mut(q.as_mut(), rewrite),
+        Statement::Explain(inner) => return rewrite_pg_types(inner),
+        _ => ControlFlow::Continue(()),
+    };
+    match flow {
+        ControlFlow::Break(e) => Err(syntax(e)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {

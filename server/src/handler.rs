@@ -6,7 +6,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
+
+use crate::pgtypes::{pg_fields, wire_batch};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -50,6 +52,16 @@ pub struct SqlParser {
 
 impl SqlParser {
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
+        let mut statements = self.parse_statements(sql)?;
+        // `::json`, `::jsonb`, `::uuid` (also in what the compatibility
+        // parser returned).
+        for s in statements.iter_mut() {
+            sluice_engine::parser::rewrite_pg_types(s)?;
+        }
+        Ok(statements)
+    }
+
+    fn parse_statements(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
         let plain = |s: ast::Statement| Statement::DataFusion(DFStatement::Statement(Box::new(s)));
         let rewrite = |s: Statement| match s {
             Statement::DataFusion(DFStatement::Statement(inner)) => plain(self.compat.rewrite(*inner)),
@@ -133,9 +145,12 @@ fn encode_rows(
     stream
         .map(
             move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
-                match batch {
+                match batch
+                    .map_err(SluiceError::from)
+                    .and_then(|b| wire_batch(b, &fields))
+                {
                     Ok(batch) => encode_recordbatch(fields.clone(), batch),
-                    Err(e) => Box::new(std::iter::once(Err(to_pg(SluiceError::from(e))))),
+                    Err(e) => Box::new(std::iter::once(Err(to_pg(e)))),
                 }
             },
         )
@@ -150,15 +165,15 @@ fn output_to_response(
     Ok(match output {
         Output::Rows(stream) => {
             let schema = stream.schema();
-            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+            let fields = Arc::new(pg_fields(&schema, format)?);
             let encode_fields = fields.clone();
             let rows = encode_rows(stream, encode_fields);
             Response::Query(QueryResponse::new(fields, guarded(rows, cancel)))
         }
         Output::Subscribe { rows: stream, copy } => {
             let schema = stream.schema();
-            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
-            let text_fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
+            let fields = Arc::new(pg_fields(&schema, format)?);
+            let text_fields = Arc::new(pg_fields(&schema, &Format::UnifiedText)?);
             let encode_fields = if copy { text_fields } else { fields.clone() };
             let rows = encode_rows(stream, encode_fields);
             let rows = guarded(rows, cancel);
@@ -513,9 +528,7 @@ impl QueryParser for StatementParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match stmt.prepared.result_schema() {
-            Some(schema) => {
-                arrow_schema_to_pg_fields(&schema, column_format.unwrap_or(&Format::UnifiedText), None)
-            }
+            Some(schema) => pg_fields(&schema, column_format.unwrap_or(&Format::UnifiedText)),
             None => Ok(vec![]),
         }
     }

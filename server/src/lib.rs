@@ -14,6 +14,7 @@ pub mod config;
 mod debug;
 pub mod errors;
 mod handler;
+mod pgtypes;
 mod tls;
 
 use std::future::Future;

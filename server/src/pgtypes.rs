@@ -1,0 +1,132 @@
+//! json, jsonb and uuid on the wire. arrow-pg maps Arrow types to Postgres
+//! types; these three are text (or a 16-byte uuid) in Arrow and named by
+//! field metadata (see `sluice_engine::types`), so their fields are renamed
+//! here and their binary forms made: jsonb with its version byte, a uuid as
+//! its 16 bytes. The text forms are the values as they are.
+
+use std::sync::Arc;
+
+use arrow_pg::datatypes::arrow_schema_to_pg_fields;
+use pgwire::api::Type;
+use pgwire::api::portal::Format;
+use pgwire::api::results::{FieldFormat, FieldInfo};
+use pgwire::error::PgWireResult;
+use sluice_engine::datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringBuilder,
+};
+use sluice_engine::datafusion::arrow::compute::cast;
+use sluice_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use sluice_engine::types::{PgType, format_uuid, parse_uuid};
+use sluice_engine::{Result, SluiceError};
+
+fn wire_type(t: PgType) -> Type {
+    match t {
+        PgType::Json => Type::JSON,
+        PgType::Jsonb => Type::JSONB,
+        PgType::Uuid => Type::UUID,
+    }
+}
+
+/// The result fields: arrow-pg's, with json / jsonb / uuid columns named as
+/// such.
+pub fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    let mut fields = arrow_schema_to_pg_fields(schema, format, None)?;
+    for (info, field) in fields.iter_mut().zip(schema.fields()) {
+        if let Some(t) = PgType::of_field(field) {
+            *info = FieldInfo::new(info.name().into(), None, None, wire_type(t), info.format());
+        }
+    }
+    Ok(fields)
+}
+
+/// A batch as arrow-pg should encode it for `fields`: the json / jsonb /
+/// uuid columns in the form their field's format wants. Other batches pass
+/// as they are.
+pub fn wire_batch(batch: RecordBatch, fields: &[FieldInfo]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let special: Vec<(usize, PgType)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| PgType::of_field(f).map(|t| (i, t)))
+        .collect();
+    if special.is_empty() {
+        return Ok(batch);
+    }
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut out_fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (i, t) in special {
+        let binary = fields.get(i).is_some_and(|f| f.format() == FieldFormat::Binary);
+        let column = &columns[i];
+        let converted: ArrayRef = match (t, binary) {
+            (PgType::Uuid, true) => uuid_bytes(column)?,
+            (PgType::Uuid, false) => uuid_text(column)?,
+            (PgType::Jsonb, true) => {
+                let text = cast(column, &DataType::Utf8)?;
+                let mut b = BinaryBuilder::new();
+                for v in text.as_string::<i32>().iter() {
+                    match v {
+                        Some(s) => {
+                            let mut bytes = Vec::with_capacity(s.len() + 1);
+                            bytes.push(1u8); // jsonb's binary format version
+                            bytes.extend_from_slice(s.as_bytes());
+                            b.append_value(bytes);
+                        }
+                        None => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            (PgType::Json | PgType::Jsonb, false) | (PgType::Json, true) => cast(column, &DataType::Utf8)?,
+        };
+        out_fields[i] = Field::new(out_fields[i].name(), converted.data_type().clone(), true);
+        columns[i] = converted;
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(out_fields)), columns)?)
+}
+
+/// A uuid column (canonical text, or 16 bytes) as 16-byte binary values
+/// (arrow-pg writes binary values as they are).
+fn uuid_bytes(column: &ArrayRef) -> Result<ArrayRef> {
+    let mut b = BinaryBuilder::new();
+    if column.data_type() == &DataType::FixedSizeBinary(16) {
+        let bytes = column.as_fixed_size_binary();
+        for i in 0..bytes.len() {
+            if bytes.is_null(i) {
+                b.append_null();
+            } else {
+                b.append_value(bytes.value(i));
+            }
+        }
+        return Ok(Arc::new(b.finish()));
+    }
+    let text = cast(column, &DataType::Utf8)?;
+    for v in text.as_string::<i32>().iter() {
+        match v {
+            Some(s) => {
+                let bytes = parse_uuid(s)
+                    .ok_or_else(|| SluiceError::invalid_parameter(format!("not a uuid: {s}")))?;
+                b.append_value(bytes);
+            }
+            None => b.append_null(),
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+/// A uuid column as canonical text.
+fn uuid_text(column: &ArrayRef) -> Result<ArrayRef> {
+    if column.data_type() != &DataType::FixedSizeBinary(16) {
+        return Ok(cast(column, &DataType::Utf8)?);
+    }
+    let bytes = column.as_fixed_size_binary();
+    let mut b = StringBuilder::new();
+    for i in 0..bytes.len() {
+        if bytes.is_null(i) {
+            b.append_null();
+        } else {
+            b.append_value(format_uuid(bytes.value(i)));
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
