@@ -487,35 +487,10 @@ impl Coordinator {
                 }
             }
             epoch += 1;
-            let started = SystemTime::now();
-            let started_ms = started
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            let mut stats = CheckpointStats {
-                epoch,
-                started_ms,
-                duration_ms: None,
-                bytes: 0,
-                status: "in progress",
-                detail: None,
-            };
-            self.config.history.record(stats.clone());
+            let (started, mut stats, mut manifest) = self.begin(epoch, None, &previous_sources);
             if trigger.send(epoch).is_err() {
                 return Ok(());
             }
-            let mut manifest = Manifest {
-                job: self.job.clone(),
-                epoch,
-                started_ms,
-                duration_ms: 0,
-                bytes: 0,
-                sources: Default::default(),
-                sources_from: previous_sources.clone(),
-                streams: self.source_streams.clone(),
-                states: Default::default(),
-                parallelism: self.parallelism.clone(),
-            };
             let mut pending = self.participants;
             let mut failure: Option<String> = None;
             while pending > 0 {
@@ -586,6 +561,43 @@ impl Coordinator {
         }
     }
 
+    /// Starts checkpoint `epoch`: when, its SHOW CHECKPOINTS row (recorded
+    /// as in progress) and its manifest so far.
+    fn begin(
+        &self,
+        epoch: u64,
+        detail: Option<String>,
+        previous_sources: &std::collections::BTreeMap<String, String>,
+    ) -> (SystemTime, CheckpointStats, Manifest) {
+        let started = SystemTime::now();
+        let started_ms = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let stats = CheckpointStats {
+            epoch,
+            started_ms,
+            duration_ms: None,
+            bytes: 0,
+            status: "in progress",
+            detail,
+        };
+        self.config.history.record(stats.clone());
+        let manifest = Manifest {
+            job: self.job.clone(),
+            epoch,
+            started_ms,
+            duration_ms: 0,
+            bytes: 0,
+            sources: Default::default(),
+            sources_from: previous_sources.clone(),
+            streams: self.source_streams.clone(),
+            states: Default::default(),
+            parallelism: self.parallelism.clone(),
+        };
+        (started, stats, manifest)
+    }
+
     async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let store = self.config.store.clone();
         let m = manifest.clone();
@@ -604,20 +616,8 @@ impl Coordinator {
         previous_sources: &std::collections::BTreeMap<String, String>,
         ending: Ending,
     ) -> Result<()> {
-        let started = SystemTime::now();
-        let started_ms = started
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let mut stats = CheckpointStats {
-            epoch,
-            started_ms,
-            duration_ms: None,
-            bytes: 0,
-            status: "in progress",
-            detail: Some("final: the input ended".into()),
-        };
-        self.config.history.record(stats.clone());
+        let (started, mut stats, mut manifest) =
+            self.begin(epoch, Some("final: the input ended".into()), previous_sources);
         let mut sources = std::collections::BTreeMap::new();
         let mut unpositioned = vec![];
         for (key, position) in ending.sources {
@@ -656,18 +656,7 @@ impl Coordinator {
             self.config.history.record(stats);
             return Ok(());
         }
-        let mut manifest = Manifest {
-            job: self.job.clone(),
-            epoch,
-            started_ms,
-            duration_ms: 0,
-            bytes: 0,
-            sources,
-            sources_from: previous_sources.clone(),
-            streams: self.source_streams.clone(),
-            states: Default::default(),
-            parallelism: self.parallelism.clone(),
-        };
+        manifest.sources = sources;
         let store = self.config.store.clone();
         let sinks = ending.sinks;
         let written = tokio::task::spawn_blocking(move || {
