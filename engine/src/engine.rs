@@ -131,6 +131,7 @@ impl Engine {
         template.register_udf(crate::functions::PgToChar::udf());
         // What `::json`, `::jsonb` and `::uuid` become.
         crate::types::register(&template);
+        template.add_optimizer_rule(Arc::new(crate::optimizer::GroupByFixedColumns));
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));

@@ -18,6 +18,7 @@ mod engine;
 pub mod error;
 pub mod functions;
 mod jobs;
+pub mod optimizer;
 pub mod parser;
 pub mod sink;
 pub mod storage;
