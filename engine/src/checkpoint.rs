@@ -302,11 +302,24 @@ pub struct JobSettings {
     pub checkpoint_interval_ms: Option<u64>,
     /// `streaming.restart_attempts`: restarts after failures in a row.
     pub restart_attempts: u32,
+    /// `streaming.checkpoint_timeout` in milliseconds (absent: the default).
+    #[serde(default)]
+    pub checkpoint_timeout_ms: Option<u64>,
 }
+
+/// How long a checkpoint may take before it counts as failed (Flink's
+/// default too).
+pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl JobSettings {
     pub fn checkpoint_interval(&self) -> Option<Duration> {
         self.checkpoint_interval_ms.map(Duration::from_millis)
+    }
+
+    pub fn checkpoint_timeout(&self) -> Duration {
+        self.checkpoint_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_CHECKPOINT_TIMEOUT)
     }
 }
 
@@ -324,6 +337,17 @@ pub fn parse_restart_attempts(value: &str) -> Result<u32> {
                  write a count from 0 (a failed job stays failed) to 1000"
             ))
         })
+}
+
+/// `streaming.checkpoint_timeout`: a duration (`10min`, `30s`).
+pub fn parse_timeout(value: &str) -> Result<Duration> {
+    match parse_interval(value) {
+        Ok(Some(d)) => Ok(d),
+        _ => Err(SluiceError::invalid_parameter(format!(
+            "invalid value for parameter \"streaming.checkpoint_timeout\": \"{value}\"; \
+             write a duration between 100ms and 24h such as '10min' or '30s'"
+        ))),
+    }
 }
 
 /// `streaming.checkpoint_interval`: a duration (`10s`, `500ms`, `2min`,
@@ -390,6 +414,9 @@ impl Restore {
 pub struct CheckpointConfig {
     pub store: CheckpointStore,
     pub interval: Duration,
+    /// A checkpoint not complete after this long fails (the next one is
+    /// triggered as usual).
+    pub timeout: Duration,
     /// The checkpoint to start from, if any.
     pub restore: Option<Restore>,
     /// Where the job's checkpoint history is kept for SHOW CHECKPOINTS.
@@ -503,6 +530,7 @@ mod tests {
         let settings = JobSettings {
             checkpoint_interval_ms: Some(1500),
             restart_attempts: 2,
+            checkpoint_timeout_ms: None,
         };
         store.save_settings(&settings).unwrap();
         assert_eq!(store.settings(), Some(settings));

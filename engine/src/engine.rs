@@ -199,6 +199,10 @@ impl Engine {
             crate::checkpoint::format_interval(self.inner.checkpoint_interval),
         );
         vars.insert(RESTART_ATTEMPTS_VAR.into(), DEFAULT_RESTART_ATTEMPTS.to_string());
+        vars.insert(
+            CHECKPOINT_TIMEOUT_VAR.into(),
+            crate::checkpoint::format_interval(Some(crate::checkpoint::DEFAULT_CHECKPOINT_TIMEOUT)),
+        );
         Session {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
@@ -229,6 +233,10 @@ pub(crate) const CHECKPOINT_INTERVAL_VAR: &str = "streaming.checkpoint_interval"
 /// The session setting: how many times in a row a failed job created
 /// afterwards is restarted from its newest checkpoint.
 pub(crate) const RESTART_ATTEMPTS_VAR: &str = "streaming.restart_attempts";
+
+/// The session setting: how long a checkpoint of a job created afterwards
+/// may take before it counts as failed.
+pub(crate) const CHECKPOINT_TIMEOUT_VAR: &str = "streaming.checkpoint_timeout";
 
 /// The default of [`RESTART_ATTEMPTS_VAR`].
 pub(crate) const DEFAULT_RESTART_ATTEMPTS: u32 = 5;
@@ -917,6 +925,14 @@ impl Session {
                         "invalid value for parameter \"TimeZone\": \"{value}\""
                     ))
                 })?;
+        }
+        if name == CHECKPOINT_TIMEOUT_VAR {
+            let timeout = crate::checkpoint::parse_timeout(value)?;
+            self.vars.insert(
+                name.to_string(),
+                crate::checkpoint::format_interval(Some(timeout)),
+            );
+            return Ok(());
         }
         if name == RESTART_ATTEMPTS_VAR {
             let n = crate::checkpoint::parse_restart_attempts(value)?;

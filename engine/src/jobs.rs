@@ -378,9 +378,14 @@ impl Session {
             Some(v) => crate::checkpoint::parse_restart_attempts(v)?,
             None => crate::engine::DEFAULT_RESTART_ATTEMPTS,
         };
+        let checkpoint_timeout_ms = match self.vars.get(crate::engine::CHECKPOINT_TIMEOUT_VAR) {
+            Some(v) => Some(crate::checkpoint::parse_timeout(v)?.as_millis() as u64),
+            None => None,
+        };
         Ok(JobSettings {
             checkpoint_interval_ms: interval.map(|d| d.as_millis() as u64),
             restart_attempts,
+            checkpoint_timeout_ms,
         })
     }
 
@@ -414,6 +419,7 @@ impl Session {
         Ok(Some(CheckpointConfig {
             store,
             interval,
+            timeout: settings.checkpoint_timeout(),
             restore,
             history: Arc::new(CheckpointHistory::default()),
             committer: None,

@@ -53,3 +53,39 @@ pub fn fail_if_exists_udf() -> ScalarUDF {
         }),
     )
 }
+
+/// Whether a call of `sluice_debug_sleep_if_exists` is sleeping.
+static SLEEPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `sluice_debug_sleep_if_exists(path, ms)`: `true`, after sleeping `ms`
+/// milliseconds per call while a file is at `path`. A test stalls a task at
+/// a moment of its choosing (so that it can't take part in a checkpoint).
+/// One call sleeps at a time (the sleep blocks a runtime thread; the server
+/// must keep another to answer).
+pub fn sleep_if_exists_udf() -> ScalarUDF {
+    create_udf(
+        "sluice_debug_sleep_if_exists",
+        vec![DataType::Utf8, DataType::Int64],
+        DataType::Boolean,
+        Volatility::Volatile,
+        Arc::new(|args: &[ColumnarValue]| {
+            let (ColumnarValue::Scalar(path), ColumnarValue::Scalar(ScalarValue::Int64(Some(ms)))) =
+                (&args[0], &args[1])
+            else {
+                return Err(DataFusionError::Execution(
+                    "sluice_debug_sleep_if_exists takes a constant path and milliseconds".into(),
+                ));
+            };
+            use std::sync::atomic::Ordering;
+            if std::path::Path::new(&path.to_string()).exists()
+                && SLEEPING
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                std::thread::sleep(std::time::Duration::from_millis((*ms).max(0) as u64));
+                SLEEPING.store(false, Ordering::SeqCst);
+            }
+            Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+        }),
+    )
+}

@@ -88,6 +88,9 @@ impl Server {
             engine
                 .template_context()
                 .register_udf(debug::fail_if_exists_udf());
+            engine
+                .template_context()
+                .register_udf(debug::sleep_if_exists_udf());
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),

@@ -349,3 +349,65 @@ fn a_failed_job_restarts_from_its_checkpoint_and_lands_every_row_once() {
         "{checkpoints}"
     );
 }
+
+#[test]
+fn a_checkpoint_that_takes_too_long_fails_and_the_next_one_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("stall");
+    let p = SluiceProcess::start_with(dir.path(), &[("SLUICE_DEBUG_FUNCTIONS", "1")]);
+    p.psql(&[
+        "-c",
+        "CREATE STREAM ticks (n BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '5000')",
+    ]);
+    p.psql(&[
+        "-c",
+        "SET streaming.checkpoint_interval = '300ms'",
+        "-c",
+        "SET streaming.checkpoint_timeout = '1s'",
+        "-c",
+        &format!(
+            "CREATE MATERIALIZED VIEW seen AS SELECT count(*) AS n FROM ticks \
+             WHERE sluice_debug_sleep_if_exists('{}', 2500)",
+            flag.display()
+        ),
+    ]);
+    let completed = |p: &SluiceProcess| {
+        p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"])
+            .lines()
+            .filter(|l| l.starts_with("seen|") && l.contains("|completed|"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&p) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The source task stalls (2.5 s per batch): its checkpoints time out.
+    std::fs::write(&flag, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let timed_out = loop {
+        let cps = p.psql(&["-tA", "-c", "SHOW CHECKPOINTS"]);
+        if let Some(l) = cps
+            .lines()
+            .find(|l| l.contains("|failed|") && l.contains("timed out after 1000 ms"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no checkpoint timed out: {cps}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(timed_out.contains("participants"), "{timed_out}");
+    // The stall ends: checkpoints complete again and the job runs on.
+    std::fs::remove_file(&flag).unwrap();
+    let before = completed(&p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&p) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint completed after the stall"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = wait_for_job_lines(&p, "seen", |l| !l.is_empty());
+    assert!(lines.iter().all(|l| l.contains("|running|")), "{lines:?}");
+}

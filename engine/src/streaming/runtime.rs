@@ -493,9 +493,21 @@ impl Coordinator {
             }
             let mut pending = self.participants;
             let mut failure: Option<String> = None;
+            let deadline = tokio::time::Instant::now() + self.config.timeout;
             while pending > 0 {
-                let Some(ack) = acks.recv().await else {
-                    return Ok(());
+                let ack = match tokio::time::timeout_at(deadline, acks.recv()).await {
+                    Ok(Some(ack)) => ack,
+                    Ok(None) => return Ok(()),
+                    Err(_) => {
+                        // Late acknowledgements of this epoch are ignored;
+                        // the next checkpoint is triggered as usual.
+                        failure = Some(format!(
+                            "timed out after {} ms waiting for {pending} of {} participants",
+                            self.config.timeout.as_millis(),
+                            self.participants
+                        ));
+                        break;
+                    }
                 };
                 match ack {
                     Ack::Ended { .. } | Ack::Finished { .. } => {
