@@ -143,18 +143,7 @@ def state_case(rate, secs):
         done = [r for r in server.sql("SHOW CHECKPOINTS") if r[0] == "agg" and r[2] == "completed"]
         last = max(done, key=lambda r: int(r[1]))
         ck_ms, ck_bytes = int(last[4]), int(last[5])
-        killed = time.time()
-        server.kill9()
-        server.start()
-        listening = time.time() - killed
-        # Recovered when the restored aggregate takes rows again (sources
-        # start at once; the aggregate first rebuilds its state).
-        while True:
-            status, rows, _ = job_rows(server, "agg")
-            if rows > 0:
-                break
-            time.sleep(0.01)
-        recovery = time.time() - killed
+        listening, recovery = recover(server)
         server.stop()
         return state, ck_ms, ck_bytes, listening, recovery
     finally:
