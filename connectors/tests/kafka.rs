@@ -14,10 +14,10 @@ use sluice_connectors::kafka::KafkaConnector;
 use sluice_engine::datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use sluice_engine::datafusion::arrow::compute::cast;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
-use sluice_engine::{Engine, EngineConfig, Session, SinkRegistry, SourceRegistry};
+use sluice_engine::{Engine, Session, SinkRegistry, SourceRegistry};
 
 mod common;
-use common::{bad_rows, counts, exec, open_engine};
+use common::{bad_rows, counts, exec, open_engine, open_engine_checkpointing};
 
 fn brokers() -> String {
     std::env::var("SLUICE_TEST_KAFKA_BROKERS")
@@ -61,6 +61,19 @@ async fn produce_on(brokers: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
             .await
             .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
     }
+}
+
+/// An engine with the Kafka source and sink.
+async fn kafka_engine(
+    dir: &std::path::Path,
+    parallelism: usize,
+    checkpoint_interval: Option<Duration>,
+) -> (Engine, Session) {
+    let mut sources = SourceRegistry::default();
+    sources.register(Arc::new(KafkaConnector::default()));
+    let mut sinks = SinkRegistry::default();
+    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
+    open_engine_checkpointing(dir, parallelism, sources, sinks, checkpoint_interval).await
 }
 
 async fn engine(dir: &std::path::Path, parallelism: usize) -> (Engine, Session) {
@@ -326,21 +339,7 @@ async fn kafka_sinks_append_windows_and_upsert_updating_results() {
         .or_default() += 2;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut sources = SourceRegistry::default();
-    sources.register(Arc::new(KafkaConnector::default()));
-    let mut sinks = SinkRegistry::default();
-    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
-    let engine = Engine::open(EngineConfig {
-        data_dir: dir.path().to_path_buf(),
-        stores: Default::default(),
-        target_partitions: Some(2),
-        sources,
-        sinks,
-        checkpoint_interval: None,
-    })
-    .await
-    .unwrap();
-    let mut s = engine.new_session();
+    let (_engine, mut s) = kafka_engine(dir.path(), 2, None).await;
     let b = brokers();
     exec(
         &mut s,
@@ -1527,21 +1526,7 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
     let records: Vec<(i32, Vec<u8>)> = (0..100).map(|i| (0, click(i))).collect();
     produce(&input, &records).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut sources = SourceRegistry::default();
-    sources.register(Arc::new(KafkaConnector::default()));
-    let mut sinks = SinkRegistry::default();
-    sinks.register(Arc::new(sluice_connectors::kafka::KafkaSink));
-    let engine = Engine::open(EngineConfig {
-        data_dir: dir.path().to_path_buf(),
-        stores: Default::default(),
-        target_partitions: Some(1),
-        sources,
-        sinks,
-        checkpoint_interval: Some(Duration::from_secs(10)),
-    })
-    .await
-    .unwrap();
-    let mut s = engine.new_session();
+    let (_engine, mut s) = kafka_engine(dir.path(), 1, Some(Duration::from_secs(10))).await;
     exec(
         &mut s,
         &format!(

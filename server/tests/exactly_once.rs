@@ -471,6 +471,29 @@ fn chrono_like(ms: i64) -> String {
     )
 }
 
+/// A topic of its own for a test: `<prefix>_<nanos>`, created.
+fn new_topic(prefix: &str) -> String {
+    let topic = format!(
+        "{prefix}_{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    create_topic(&topic);
+    topic
+}
+
+/// `CREATE STREAM name` of the test's JSON click records in `topic`, with
+/// these startup / bound options.
+fn clicks_stream(name: &str, topic: &str, options: &str) -> String {
+    format!(
+        "CREATE STREAM {name} (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
+         topic = '{topic}', 'properties.bootstrap.servers' = '{}', format = 'json', {options})",
+        brokers()
+    )
+}
+
 /// A sink dropped and created again with another query, `start_from` the
 /// old one: the new sink reads exactly the records after the old one's last
 /// checkpoint, so the two together hold each record once.
@@ -479,14 +502,7 @@ fn a_new_sink_starts_where_a_dropped_one_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let lake = dir.path().join("lake");
-    let topic = format!(
-        "clicks_from_{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    create_topic(&topic);
+    let topic = new_topic("clicks_from");
     let producer = producer();
     let (first, total) = (900, 1500);
     produce(&producer, &topic, 0, first, false);
@@ -494,12 +510,7 @@ fn a_new_sink_starts_where_a_dropped_one_stopped() {
     let p = SluiceProcess::start_with(&data, &env);
     p.psql(&[
         "-c",
-        &format!(
-            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
-             topic = '{topic}', 'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
-             format = 'json')",
-            brokers()
-        ),
+        &clicks_stream("clicks", &topic, "'scan.startup.mode' = 'earliest'"),
         "-c",
         &format!(
             "CREATE SINK raw WITH (connector = 'delta', path = '{}') AS SELECT page, ts FROM clicks",
@@ -569,25 +580,13 @@ fn a_commits_offset_range_is_read_again_by_a_changed_query() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let lake = dir.path().join("lake");
-    let topic = format!(
-        "clicks_again_{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    create_topic(&topic);
+    let topic = new_topic("clicks_again");
     let producer = producer();
     let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
     let p = SluiceProcess::start_with(&data, &env);
     p.psql(&[
         "-c",
-        &format!(
-            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
-             topic = '{topic}', 'properties.bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
-             format = 'json')",
-            brokers()
-        ),
+        &clicks_stream("clicks", &topic, "'scan.startup.mode' = 'earliest'"),
         "-c",
         &format!(
             "CREATE SINK v1 WITH (connector = 'delta', path = '{}') AS SELECT user_id, page, ts FROM clicks",
@@ -635,14 +634,15 @@ fn a_commits_offset_range_is_read_again_by_a_changed_query() {
     // The range again, through a changed query, into a new sink.
     p.psql(&[
         "-c",
-        &format!(
-            "CREATE STREAM again (user_id BIGINT, page TEXT, ts TIMESTAMP(3)) WITH (connector = 'kafka', \
-             topic = '{topic}', 'properties.bootstrap.servers' = '{}', format = 'json', \
-             'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{}', \
-             'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{}')",
-            brokers(),
-            from.join(";"),
-            to.join(";")
+        &clicks_stream(
+            "again",
+            &topic,
+            &format!(
+                "'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{}', \
+                 'scan.bounded.mode' = 'specific-offsets', 'scan.bounded.specific-offsets' = '{}'",
+                from.join(";"),
+                to.join(";")
+            ),
         ),
         "-c",
         &format!(

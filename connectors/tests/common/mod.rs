@@ -11,12 +11,24 @@ use sluice_engine::datafusion::arrow::compute::cast;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::{Engine, EngineConfig, Output, Session, SinkRegistry, SourceRegistry};
 
-/// An engine in `dir` with these connectors, and a session on it.
+/// An engine in `dir` with these connectors (jobs without checkpoints),
+/// and a session on it.
 pub async fn open_engine(
     dir: &std::path::Path,
     parallelism: usize,
     sources: SourceRegistry,
     sinks: SinkRegistry,
+) -> (Engine, Session) {
+    open_engine_checkpointing(dir, parallelism, sources, sinks, None).await
+}
+
+/// [`open_engine`] with jobs checkpointing at `interval`.
+pub async fn open_engine_checkpointing(
+    dir: &std::path::Path,
+    parallelism: usize,
+    sources: SourceRegistry,
+    sinks: SinkRegistry,
+    interval: Option<std::time::Duration>,
 ) -> (Engine, Session) {
     let engine = Engine::open(EngineConfig {
         data_dir: dir.to_path_buf(),
@@ -24,7 +36,7 @@ pub async fn open_engine(
         target_partitions: Some(parallelism),
         sources,
         sinks,
-        checkpoint_interval: None,
+        checkpoint_interval: interval,
     })
     .await
     .unwrap();
