@@ -6,9 +6,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::into_pg_type;
 
 use crate::pgtypes::{pg_fields, wire_batch};
+use crate::rows::encode_batch;
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -137,24 +138,28 @@ impl ConnectionHandler {
     }
 }
 
-/// A result's batches as pgwire rows in the given field formats.
+/// A result's batches as pgwire rows in the given field formats, a batch
+/// at a time (see [`crate::rows`]), with cancel and panic handling (see
+/// [`guarded`]) per batch rather than per row.
 fn encode_rows(
     stream: sluice_engine::datafusion::execution::SendableRecordBatchStream,
     fields: Arc<Vec<FieldInfo>>,
+    cancel: Option<Arc<ConnectionHandle>>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
-    stream
-        .map(
-            move |batch| -> Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send> {
-                match batch
-                    .map_err(SluiceError::from)
-                    .and_then(|b| wire_batch(b, &fields))
-                {
-                    Ok(batch) => encode_recordbatch(fields.clone(), batch),
-                    Err(e) => Box::new(std::iter::once(Err(to_pg(e)))),
-                }
-            },
-        )
-        .flat_map(futures::stream::iter)
+    let batches = stream.map(move |batch| {
+        batch
+            .map_err(SluiceError::from)
+            .and_then(|b| wire_batch(b, &fields))
+            .map_err(to_pg)
+            .and_then(|b| encode_batch(&b, &fields))
+    });
+    guarded(batches, cancel).flat_map(|rows| {
+        let (rows, error) = match rows {
+            Ok(rows) => (rows, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        futures::stream::iter(rows.into_iter().map(Ok).chain(error.map(Err)))
+    })
 }
 
 fn output_to_response(
@@ -167,16 +172,15 @@ fn output_to_response(
             let schema = stream.schema();
             let fields = Arc::new(pg_fields(&schema, format)?);
             let encode_fields = fields.clone();
-            let rows = encode_rows(stream, encode_fields);
-            Response::Query(QueryResponse::new(fields, guarded(rows, cancel)))
+            let rows = encode_rows(stream, encode_fields, cancel);
+            Response::Query(QueryResponse::new(fields, rows))
         }
         Output::Subscribe { rows: stream, copy } => {
             let schema = stream.schema();
             let fields = Arc::new(pg_fields(&schema, format)?);
             let text_fields = Arc::new(pg_fields(&schema, &Format::UnifiedText)?);
             let encode_fields = if copy { text_fields } else { fields.clone() };
-            let rows = encode_rows(stream, encode_fields);
-            let rows = guarded(rows, cancel);
+            let rows = encode_rows(stream, encode_fields, cancel);
             if copy {
                 let columns = schema.fields().len();
                 let data = rows.map(|row| row.map(|r| CopyData::new(copy_text_line(&r))));
@@ -212,12 +216,13 @@ fn output_to_response(
 /// The work of a query happens while its rows are pulled, after pgwire's own
 /// cancel window (which covers only planning) has closed; so the stream
 /// installs a fresh cancel receiver when it is first polled.
-fn guarded<S>(
+fn guarded<S, T>(
     rows: S,
     cancel: Option<Arc<ConnectionHandle>>,
-) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static
+) -> impl Stream<Item = PgWireResult<T>> + Send + 'static
 where
-    S: Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+    S: Stream<Item = PgWireResult<T>> + Send + 'static,
+    T: Send + 'static,
 {
     struct State<S> {
         rows: std::pin::Pin<Box<S>>,

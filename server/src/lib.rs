@@ -15,6 +15,7 @@ mod debug;
 pub mod errors;
 mod handler;
 mod pgtypes;
+mod rows;
 mod tls;
 
 use std::future::Future;

@@ -344,12 +344,14 @@ impl std::fmt::Display for PgInterval {
     }
 }
 
-fn pg_float<F: Into<f64>>(f: F) -> String {
-    let f: f64 = f.into();
-    if f.is_nan() {
+/// A float printed at its own width (a float4 widened to f64 would print
+/// its binary expansion), with Postgres's spelling of the special values.
+fn pg_float<F: Into<f64> + ToString + Copy>(f: F) -> String {
+    let wide: f64 = f.into();
+    if wide.is_nan() {
         "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 {
+    } else if wide.is_infinite() {
+        if wide > 0.0 {
             "Infinity".into()
         } else {
             "-Infinity".into()
