@@ -360,6 +360,10 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
     };
     let flow = match statement {
         Statement::DataFusion(DFStatement::Statement(s)) => visit_expressions_mut(s.as_mut(), rewrite),
+        Statement::DataFusion(DFStatement::CopyTo(copy)) => match &mut copy.source {
+            datafusion::sql::parser::CopyToSource::Query(q) => visit_expressions_mut(q.as_mut(), rewrite),
+            datafusion::sql::parser::CopyToSource::Relation(_) => ControlFlow::Continue(()),
+        },
         Statement::DataFusion(DFStatement::Explain(explain)) => match explain.statement.as_mut() {
             DFStatement::Statement(s) => visit_expressions_mut(s.as_mut(), rewrite),
             _ => ControlFlow::Continue(()),

@@ -7,8 +7,12 @@
 //! `x::json`, `CAST(x AS jsonb)`, `x::uuid` are rewritten by the parser into
 //! calls of the functions here (a cast to a type with metadata would give
 //! the logical and the physical plan different fields in DataFusion 55).
-//! Parquet columns with Arrow's canonical extension types (`arrow.json`,
-//! `arrow.uuid`) are named the same way.
+//! The marking is an Arrow extension type name (`arrow.json`, the canonical
+//! one, and `sluice.jsonb` / `sluice.uuid` for text): DataFusion drops
+//! extension names through a cast, so `j::text` is text again, while other
+//! metadata would be carried through it. Parquet columns with Arrow's
+//! canonical extension types (`arrow.json`, `arrow.uuid`) are named the same
+//! way; fields marked by earlier versions (`sluice.pg_type`) still are.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +25,12 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-/// The field-metadata key that names a column's Postgres type.
+/// The field-metadata key earlier versions named a column's Postgres type
+/// with (still read, no longer written).
 pub const PG_TYPE_KEY: &str = "sluice.pg_type";
+
+/// Arrow's field-metadata key for an extension type's name.
+pub const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
 
 /// A Postgres type beyond what the Arrow type says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +46,15 @@ impl PgType {
             PgType::Json => "json",
             PgType::Jsonb => "jsonb",
             PgType::Uuid => "uuid",
+        }
+    }
+
+    /// The Arrow extension type name a text column of this type carries.
+    pub fn extension_name(self) -> &'static str {
+        match self {
+            PgType::Json => "arrow.json",
+            PgType::Jsonb => "sluice.jsonb",
+            PgType::Uuid => "sluice.uuid",
         }
     }
 
@@ -58,8 +75,10 @@ impl PgType {
             Some("uuid") => return Some(PgType::Uuid),
             _ => {}
         }
-        match field.metadata().get("ARROW:extension:name").map(String::as_str) {
+        match field.metadata().get(EXTENSION_NAME_KEY).map(String::as_str) {
             Some("arrow.json") => Some(PgType::Json),
+            Some("sluice.jsonb") => Some(PgType::Jsonb),
+            Some("sluice.uuid") => Some(PgType::Uuid),
             Some("arrow.uuid") if field.data_type() == &DataType::FixedSizeBinary(16) => Some(PgType::Uuid),
             _ => None,
         }
@@ -187,8 +206,8 @@ impl ScalarUDFImpl for ToPgType {
         let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
         Ok(Arc::new(
             Field::new(self.name(), DataType::Utf8, nullable).with_metadata(HashMap::from([(
-                PG_TYPE_KEY.to_string(),
-                self.to.name().to_string(),
+                EXTENSION_NAME_KEY.to_string(),
+                self.to.extension_name().to_string(),
             )])),
         ))
     }
