@@ -57,6 +57,7 @@ async fn open(dir: &std::path::Path, interval: Option<Duration>) -> Engine {
         sources,
         sinks,
         checkpoint_interval: interval,
+        checkpoint_location: None,
     })
     .await
     .unwrap()

@@ -201,6 +201,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
         sources,
         sinks,
         checkpoint_interval: None,
+        checkpoint_location: None,
     })
     .await
     .unwrap();

@@ -162,6 +162,7 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
         sources,
         sinks,
         checkpoint_interval: None,
+        checkpoint_location: None,
     })
     .await
     .unwrap();

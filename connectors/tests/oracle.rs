@@ -39,6 +39,7 @@ async fn fixture(parallelism: usize) -> Fixture {
         sources,
         sinks,
         checkpoint_interval: None,
+        checkpoint_location: None,
     })
     .await
     .unwrap();

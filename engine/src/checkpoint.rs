@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SluiceError};
@@ -70,16 +72,194 @@ pub struct Manifest {
     pub parallelism: BTreeMap<String, usize>,
 }
 
-/// A job's checkpoint directory.
+/// Where checkpoints live: a local directory (the default,
+/// `<data dir>/checkpoints`) or a prefix of an object store (an `s3://` or
+/// `hdfs://` checkpoint location), each job under its own name.
+#[derive(Debug, Clone)]
+pub enum CheckpointRoot {
+    Local(PathBuf),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        /// The location as the user wrote it, for messages.
+        url: String,
+    },
+}
+
+impl CheckpointRoot {
+    /// The default: `<data dir>/checkpoints`.
+    pub fn local(data_dir: &Path) -> Self {
+        CheckpointRoot::Local(data_dir.join("checkpoints"))
+    }
+
+    fn join(&self, part: &str) -> Self {
+        match self {
+            CheckpointRoot::Local(dir) => CheckpointRoot::Local(dir.join(part)),
+            CheckpointRoot::Object { store, prefix, url } => CheckpointRoot::Object {
+                store: store.clone(),
+                prefix: prefix.clone().join(part),
+                url: format!("{}/{part}", url.trim_end_matches('/')),
+            },
+        }
+    }
+
+    /// The location, for messages and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            CheckpointRoot::Local(dir) => dir.display().to_string(),
+            CheckpointRoot::Object { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// Runs object-store I/O to completion from synchronous code, on a runtime
+/// of its own: the checkpoint store is called from blocking threads and
+/// from async tasks alike, and a store's HTTP client keeps working whatever
+/// runtime the caller is on.
+fn block_on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    static IO: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-checkpoint-io")
+            .enable_all()
+            .build()
+            .expect("building the checkpoint I/O runtime")
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .expect("the checkpoint I/O task ended without an answer")
+}
+
+fn store_error(url: &str, e: object_store::Error) -> SluiceError {
+    SluiceError::new(
+        crate::error::ErrorKind::StorageUnavailable,
+        format!("checkpoint location {url}: {e}"),
+    )
+}
+
+/// Objects larger than this go up in parts.
+const MULTIPART_OVER: usize = 16 << 20;
+
+/// A job's checkpoints: one directory (or prefix) per epoch.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    root: CheckpointRoot,
 }
 
 impl CheckpointStore {
-    pub fn new(data_dir: &Path, job: &str) -> Self {
-        Self {
-            dir: data_dir.join("checkpoints").join(job),
+    pub fn new(root: &CheckpointRoot, job: &str) -> Self {
+        Self { root: root.join(job) }
+    }
+
+    /// Writes `rel` (a path under the job) whole or not at all.
+    fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        match &self.root {
+            CheckpointRoot::Local(dir) => {
+                let path = dir.join(rel);
+                let parent = path.parent().unwrap_or(dir);
+                fs::create_dir_all(parent)?;
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(rel);
+                write_atomic(parent, name, &bytes)
+            }
+            CheckpointRoot::Object { store, prefix, url } => {
+                let (store, path, url) = (store.clone(), object_path(prefix, rel), url.clone());
+                block_on_io(async move {
+                    if bytes.len() <= MULTIPART_OVER {
+                        store.put(&path, bytes.into()).await.map(|_| ())
+                    } else {
+                        let upload = store.put_multipart(&path).await?;
+                        let mut w = object_store::WriteMultipart::new(upload);
+                        w.write(&bytes);
+                        w.finish().await.map(|_| ())
+                    }
+                })
+                .map_err(|e| store_error(&url, e))
+            }
+        }
+    }
+
+    /// The bytes of `rel`, None when there is no such file.
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match &self.root {
+            CheckpointRoot::Local(dir) => match fs::read(dir.join(rel)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            CheckpointRoot::Object { store, prefix, url } => {
+                let (store, path, url) = (store.clone(), object_path(prefix, rel), url.clone());
+                block_on_io(async move {
+                    match store.get(&path).await {
+                        Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .map_err(|e| store_error(&url, e))
+            }
+        }
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        match &self.root {
+            CheckpointRoot::Local(dir) => dir.join(rel).exists(),
+            CheckpointRoot::Object { store, prefix, .. } => {
+                let (store, path) = (store.clone(), object_path(prefix, rel));
+                block_on_io(async move { store.head(&path).await.is_ok() })
+            }
+        }
+    }
+
+    /// Every object under `rel` (everything when empty), relative to the
+    /// job's root.
+    fn list_objects(&self, rel: &str) -> Result<Vec<ObjectPath>> {
+        let CheckpointRoot::Object { store, prefix, url } = &self.root else {
+            return Ok(vec![]);
+        };
+        let (store, under, url) = (store.clone(), object_path(prefix, rel), url.clone());
+        block_on_io(async move {
+            use futures::TryStreamExt;
+            store
+                .list(Some(&under))
+                .map_ok(|m| m.location)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(|e| store_error(&url, e))
+    }
+
+    /// Removes `rel` and everything under it (the whole job when empty).
+    fn remove(&self, rel: &str) -> Result<()> {
+        match &self.root {
+            CheckpointRoot::Local(dir) => {
+                let path = if rel.is_empty() {
+                    dir.clone()
+                } else {
+                    dir.join(rel)
+                };
+                match fs::remove_dir_all(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
+            CheckpointRoot::Object { store, url, .. } => {
+                let objects = self.list_objects(rel)?;
+                let (store, url) = (store.clone(), url.clone());
+                block_on_io(async move {
+                    for o in objects {
+                        match store.delete(&o).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| store_error(&url, e))
+            }
         }
     }
 
@@ -87,45 +267,47 @@ impl CheckpointStore {
     /// (after [`Self::remove_all`]), kept across restarts. Table logs use
     /// it as their transaction id.
     pub fn job_id(&self) -> Result<String> {
-        let path = self.dir.join(JOB_ID);
-        if let Ok(id) = fs::read_to_string(&path) {
-            let id = id.trim();
+        if let Some(id) = self.get(JOB_ID)? {
+            let id = String::from_utf8_lossy(&id).trim().to_string();
             if !id.is_empty() {
-                return Ok(id.to_string());
+                return Ok(id);
             }
         }
-        fs::create_dir_all(&self.dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let name = self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("job");
+        let described = self.root.describe();
+        let name = described
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("job");
         let id = format!("{name}-{nanos:x}-{:x}", std::process::id());
-        write_atomic(&self.dir, JOB_ID, id.as_bytes())?;
+        self.put(JOB_ID, id.clone().into_bytes())?;
         Ok(id)
     }
 
     /// Keeps the settings the job was created with, so that a restart (of
     /// the server, or after a failure) runs it as its creator asked.
     pub fn save_settings(&self, settings: &JobSettings) -> Result<()> {
-        fs::create_dir_all(&self.dir)?;
         let bytes = serde_json::to_vec_pretty(settings).map_err(|e| SluiceError::internal(e.to_string()))?;
-        write_atomic(&self.dir, SETTINGS, &bytes)
+        self.put(SETTINGS, bytes)
     }
 
     /// The settings the job was created with (None for jobs created before
     /// they were kept, or an unreadable file).
     pub fn settings(&self) -> Option<JobSettings> {
-        let bytes = fs::read(self.dir.join(SETTINGS)).ok()?;
+        let bytes = self.get(SETTINGS).ok()??;
         serde_json::from_slice(&bytes)
-            .map_err(
-                |e| tracing::warn!(dir = %self.dir.display(), error = %e, "ignoring unreadable job settings"),
-            )
+            .map_err(|e| {
+                tracing::warn!(location = %self.root.describe(), error = %e, "ignoring unreadable job settings")
+            })
             .ok()
     }
 
-    fn epoch_dir(&self, epoch: u64) -> PathBuf {
-        self.dir.join(format!("{epoch:020}"))
+    fn epoch_dir(epoch: u64) -> String {
+        format!("{epoch:020}")
     }
 
     /// Writes one task's state for `epoch`; returns (file name, bytes).
@@ -138,99 +320,127 @@ impl CheckpointStore {
         let Some(first) = batches.first() else {
             return Ok(None);
         };
-        let dir = self.epoch_dir(epoch);
-        fs::create_dir_all(&dir)?;
         let name = format!("{key}.arrow");
-        let path = dir.join(&name);
-        let file = File::create(&path)?;
-        let mut w = arrow::ipc::writer::FileWriter::try_new(file, &first.schema())?;
-        for b in batches {
-            w.write(b)?;
+        match &self.root {
+            CheckpointRoot::Local(dir) => {
+                // Streamed to the file: a large state is not held twice.
+                let dir = dir.join(Self::epoch_dir(epoch));
+                fs::create_dir_all(&dir)?;
+                let file = File::create(dir.join(&name))?;
+                let mut w = arrow::ipc::writer::FileWriter::try_new(file, &first.schema())?;
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+                let file = w.into_inner()?;
+                file.sync_all()?;
+                let bytes = file.metadata()?.len();
+                Ok(Some((name, bytes)))
+            }
+            CheckpointRoot::Object { .. } => {
+                let mut w = arrow::ipc::writer::FileWriter::try_new(Vec::new(), &first.schema())?;
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+                let bytes = w.into_inner()?;
+                let len = bytes.len() as u64;
+                self.put(&format!("{}/{name}", Self::epoch_dir(epoch)), bytes)?;
+                Ok(Some((name, len)))
+            }
         }
-        w.finish()?;
-        let file = w.into_inner()?;
-        file.sync_all()?;
-        let bytes = file.metadata()?.len();
-        Ok(Some((name, bytes)))
     }
 
     /// Makes `manifest` the newest complete checkpoint and removes older
     /// ones (keeping [`KEEP`]).
     pub fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let dir = self.epoch_dir(manifest.epoch);
-        fs::create_dir_all(&dir)?;
         let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| SluiceError::internal(e.to_string()))?;
-        write_atomic(&dir, MANIFEST, &bytes)?;
+        self.put(&format!("{}/{MANIFEST}", Self::epoch_dir(manifest.epoch)), bytes)?;
         self.prune(manifest.epoch);
         Ok(())
     }
 
-    /// Epoch directories, newest first.
-    fn epochs(&self) -> Vec<(u64, PathBuf)> {
-        let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let epoch = e.file_name().to_str()?.parse::<u64>().ok()?;
-                Some((epoch, e.path()))
-            })
-            .collect();
-        out.sort_by_key(|e| std::cmp::Reverse(e.0));
-        out
+    /// Epochs with something written, newest first. An error when the
+    /// location can't be listed: a job must not start over because its
+    /// checkpoints could not be seen.
+    fn epochs(&self) -> Result<Vec<u64>> {
+        let names: Vec<String> = match &self.root {
+            CheckpointRoot::Local(dir) => fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect(),
+            CheckpointRoot::Object { store, prefix, url } => {
+                let (store, prefix, url) = (store.clone(), prefix.clone(), url.clone());
+                block_on_io(async move { store.list_with_delimiter(Some(&prefix)).await })
+                    .map_err(|e| store_error(&url, e))?
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename().map(str::to_string))
+                    .collect()
+            }
+        };
+        let mut out: Vec<u64> = names.iter().filter_map(|n| n.parse::<u64>().ok()).collect();
+        out.sort_unstable_by_key(|e| std::cmp::Reverse(*e));
+        Ok(out)
     }
 
     fn prune(&self, newest: u64) {
         let mut complete = 0;
-        for (epoch, path) in self.epochs() {
+        let epochs = self.epochs().unwrap_or_else(|e| {
+            tracing::warn!(location = %self.root.describe(), error = %e, "could not list checkpoints to prune");
+            vec![]
+        });
+        for epoch in epochs {
             if epoch > newest {
                 continue;
             }
-            let keep = path.join(MANIFEST).exists() && complete < KEEP;
-            if path.join(MANIFEST).exists() {
+            let dir = Self::epoch_dir(epoch);
+            let has_manifest = self.exists(&format!("{dir}/{MANIFEST}"));
+            let keep = has_manifest && complete < KEEP;
+            if has_manifest {
                 complete += 1;
             }
-            if !keep && let Err(e) = fs::remove_dir_all(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove an old checkpoint");
+            if !keep && let Err(e) = self.remove(&dir) {
+                tracing::warn!(location = %self.root.describe(), epoch, error = %e, "could not remove an old checkpoint");
             }
         }
     }
 
     /// Records that `epoch`'s output was committed by the sink.
     pub fn mark_committed(&self, epoch: u64) -> Result<()> {
-        let dir = self.epoch_dir(epoch);
-        File::create(dir.join(COMMITTED))?.sync_all()?;
-        File::open(&dir)?.sync_all()?;
-        Ok(())
+        self.put(&format!("{}/{COMMITTED}", Self::epoch_dir(epoch)), vec![])
     }
 
     /// The newest complete checkpoint whose output was committed.
-    pub fn latest_committed(&self) -> Option<Manifest> {
+    pub fn latest_committed(&self) -> Result<Option<Manifest>> {
         self.newest(true)
     }
 
     /// The newest complete checkpoint. Torn ones (no manifest, or one that
     /// does not parse) are skipped.
-    pub fn latest(&self) -> Option<Manifest> {
+    pub fn latest(&self) -> Result<Option<Manifest>> {
         self.newest(false)
     }
 
-    fn newest(&self, committed: bool) -> Option<Manifest> {
-        for (_, path) in self.epochs() {
-            if committed && !path.join(COMMITTED).exists() {
+    fn newest(&self, committed: bool) -> Result<Option<Manifest>> {
+        for epoch in self.epochs()? {
+            let dir = Self::epoch_dir(epoch);
+            if committed && !self.exists(&format!("{dir}/{COMMITTED}")) {
                 continue;
             }
-            let Ok(bytes) = fs::read(path.join(MANIFEST)) else {
+            let Some(bytes) = self.get(&format!("{dir}/{MANIFEST}"))? else {
                 continue;
             };
             match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) => return Some(m),
+                Ok(m) => return Ok(Some(m)),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable checkpoint")
+                    tracing::warn!(location = %self.root.describe(), epoch, error = %e, "ignoring an unreadable checkpoint")
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// A task's state as of `manifest` (empty when it had none).
@@ -238,47 +448,96 @@ impl CheckpointStore {
         let Some(name) = manifest.states.get(key) else {
             return Ok(vec![]);
         };
-        let file = File::open(self.epoch_dir(manifest.epoch).join(name))?;
-        let reader = arrow::ipc::reader::FileReader::try_new(file, None)?;
-        Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+        let rel = format!("{}/{name}", Self::epoch_dir(manifest.epoch));
+        let batches = match &self.root {
+            CheckpointRoot::Local(dir) => {
+                let file = File::open(dir.join(&rel))?;
+                let reader = arrow::ipc::reader::FileReader::try_new(file, None)?;
+                reader.collect::<std::result::Result<Vec<_>, _>>()?
+            }
+            CheckpointRoot::Object { .. } => {
+                let bytes = self.get(&rel)?.ok_or_else(|| {
+                    SluiceError::new(
+                        crate::error::ErrorKind::StorageUnavailable,
+                        format!(
+                            "checkpoint {} of {}: state file {name} is missing",
+                            manifest.epoch,
+                            self.root.describe()
+                        ),
+                    )
+                })?;
+                let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+                reader.collect::<std::result::Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(batches)
     }
 
     /// Where a dropped job's checkpoints are kept, for a later sink's
     /// `start_from = 'sink:<name>'`.
-    pub fn dropped(data_dir: &Path, job: &str) -> Self {
+    pub fn dropped(root: &CheckpointRoot, job: &str) -> Self {
         Self {
-            dir: data_dir.join("checkpoints").join(".dropped").join(job),
+            root: root.join(".dropped").join(job),
         }
     }
 
     /// Moves the job's checkpoints to [`Self::dropped`] (DROP), replacing
     /// those of an earlier job of that name.
-    pub fn park(&self, data_dir: &Path, job: &str) {
-        let to = Self::dropped(data_dir, job);
+    pub fn park(&self, root: &CheckpointRoot, job: &str) {
+        let to = Self::dropped(root, job);
         to.remove_all();
-        if !self.dir.exists() {
-            return;
-        }
-        let moved = to
-            .dir
-            .parent()
-            .map(fs::create_dir_all)
-            .transpose()
-            .and_then(|_| fs::rename(&self.dir, &to.dir));
+        let moved = match (&self.root, &to.root) {
+            (CheckpointRoot::Local(from), CheckpointRoot::Local(to)) => {
+                if !from.exists() {
+                    return;
+                }
+                to.parent()
+                    .map(fs::create_dir_all)
+                    .transpose()
+                    .and_then(|_| fs::rename(from, to))
+                    .map_err(SluiceError::from)
+            }
+            (
+                CheckpointRoot::Object { store, prefix, url },
+                CheckpointRoot::Object {
+                    prefix: to_prefix, ..
+                },
+            ) => self.list_objects("").and_then(|objects| {
+                let (store, prefix, to_prefix, url) =
+                    (store.clone(), prefix.clone(), to_prefix.clone(), url.clone());
+                block_on_io(async move {
+                    for o in objects {
+                        let Some(rest) = o.prefix_match(&prefix) else {
+                            continue;
+                        };
+                        let target = rest.fold(to_prefix.clone(), |p, part| p.join(part));
+                        store.rename(&o, &target).await?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| store_error(&url, e))
+            }),
+            _ => Ok(()),
+        };
         if let Err(e) = moved {
-            tracing::warn!(path = %self.dir.display(), error = %e, "could not keep a dropped job's checkpoints");
+            tracing::warn!(location = %self.root.describe(), error = %e, "could not keep a dropped job's checkpoints");
             self.remove_all();
         }
     }
 
     /// Removes every checkpoint of the job.
     pub fn remove_all(&self) {
-        if self.dir.exists()
-            && let Err(e) = fs::remove_dir_all(&self.dir)
-        {
-            tracing::warn!(path = %self.dir.display(), error = %e, "could not remove checkpoints");
+        if let Err(e) = self.remove("") {
+            tracing::warn!(location = %self.root.describe(), error = %e, "could not remove checkpoints");
         }
     }
+}
+
+/// `prefix/rel` as an object path (`rel` split on `/`).
+fn object_path(prefix: &ObjectPath, rel: &str) -> ObjectPath {
+    rel.split('/')
+        .filter(|p| !p.is_empty())
+        .fold(prefix.clone(), |p, part| p.join(part))
 }
 
 /// Writes `dir/name` whole or not at all: a temporary file, fsync, rename,
@@ -525,7 +784,7 @@ mod tests {
     #[test]
     fn job_settings_round_trip_and_restart_attempts_parse() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(dir.path(), "j");
+        let store = CheckpointStore::new(&CheckpointRoot::local(dir.path()), "j");
         assert_eq!(store.settings(), None);
         let settings = JobSettings {
             checkpoint_interval_ms: Some(1500),
@@ -545,10 +804,8 @@ mod tests {
         assert!(parse_restart_attempts("1001").is_err());
     }
 
-    #[test]
-    fn torn_checkpoints_are_ignored_and_old_ones_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(dir.path(), "j");
+    fn torn_checkpoints_are_ignored_and_old_ones_pruned(root: &CheckpointRoot) {
+        let store = CheckpointStore::new(root, "j");
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
         for epoch in 1..=3 {
@@ -564,15 +821,57 @@ mod tests {
         store
             .write_state(4, "op-1-0", std::slice::from_ref(&batch))
             .unwrap();
-        let latest = store.latest().unwrap();
+        let latest = store.latest().unwrap().unwrap();
         assert_eq!(latest.epoch, 3);
         assert_eq!(store.read_state(&latest, "op-1-0").unwrap(), vec![batch]);
         assert!(store.read_state(&latest, "op-2-0").unwrap().is_empty());
         // Epoch 1 is gone, 2 and 3 are kept.
-        let epochs: Vec<u64> = store.epochs().into_iter().map(|(e, _)| e).collect();
-        assert_eq!(epochs, vec![4, 3, 2]);
+        assert_eq!(store.epochs().unwrap(), vec![4, 3, 2]);
         // A manifest that does not parse is torn too.
-        fs::write(store.epoch_dir(4).join(MANIFEST), b"{\"job\":").unwrap();
-        assert_eq!(store.latest().unwrap().epoch, 3);
+        store
+            .put(
+                &format!("{}/{MANIFEST}", CheckpointStore::epoch_dir(4)),
+                b"{\"job\":".to_vec(),
+            )
+            .unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().epoch, 3);
+        // Only committed checkpoints count for latest_committed.
+        assert_eq!(store.latest_committed().unwrap(), None);
+        store.mark_committed(2).unwrap();
+        assert_eq!(store.latest_committed().unwrap().unwrap().epoch, 2);
+        // The job id is made once and kept.
+        let id = store.job_id().unwrap();
+        assert_eq!(store.job_id().unwrap(), id);
+        // DROP parks the checkpoints where start_from finds them.
+        store.park(root, "j");
+        assert_eq!(store.latest().unwrap(), None);
+        assert_eq!(
+            CheckpointStore::dropped(root, "j")
+                .latest()
+                .unwrap()
+                .unwrap()
+                .epoch,
+            3
+        );
+        CheckpointStore::dropped(root, "j").remove_all();
+        assert_eq!(CheckpointStore::dropped(root, "j").latest().unwrap(), None);
+    }
+
+    #[test]
+    fn local_checkpoints_skip_torn_ones_prune_and_park() {
+        let dir = tempfile::tempdir().unwrap();
+        torn_checkpoints_are_ignored_and_old_ones_pruned(&CheckpointRoot::local(dir.path()));
+    }
+
+    /// The same on an object store (in memory here; S3 in the server's
+    /// tests).
+    #[test]
+    fn object_store_checkpoints_skip_torn_ones_prune_and_park() {
+        let root = CheckpointRoot::Object {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: ObjectPath::from("bucket/ckpt"),
+            url: "memory:///bucket/ckpt".into(),
+        };
+        torn_checkpoints_are_ignored_and_old_ones_pruned(&root);
     }
 }

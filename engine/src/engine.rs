@@ -61,12 +61,48 @@ pub struct EngineConfig {
     /// How often jobs checkpoint unless a session sets
     /// `streaming.checkpoint_interval`; `None`: they don't.
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// Where jobs keep their checkpoints: `None` for `<data dir>/checkpoints`,
+    /// else a local path or a URL of a registered store (`s3://bucket/prefix`,
+    /// `hdfs://namenode:port/path`).
+    pub checkpoint_location: Option<String>,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// The checkpoint root for `location` (see [`EngineConfig::checkpoint_location`]).
+fn checkpoint_root(
+    stores: &StoreRegistry,
+    data_dir: &std::path::Path,
+    location: Option<&str>,
+) -> Result<crate::checkpoint::CheckpointRoot> {
+    use crate::checkpoint::CheckpointRoot;
+    let Some(location) = location.map(str::trim).filter(|l| !l.is_empty()) else {
+        return Ok(CheckpointRoot::local(data_dir));
+    };
+    match stores.store_for_location(location, &Default::default())? {
+        None => {
+            let path = location.strip_prefix("file://").unwrap_or(location);
+            std::fs::create_dir_all(path)?;
+            Ok(CheckpointRoot::Local(std::path::PathBuf::from(path)))
+        }
+        Some((_, store)) => {
+            let url = url::Url::parse(location).map_err(|e| {
+                SluiceError::invalid_parameter(format!("checkpoint location {location}: {e}"))
+            })?;
+            let prefix = object_store::path::Path::from_url_path(url.path()).map_err(|e| {
+                SluiceError::invalid_parameter(format!("checkpoint location {location}: {e}"))
+            })?;
+            Ok(CheckpointRoot::Object {
+                store,
+                prefix,
+                url: location.trim_end_matches('/').to_string(),
+            })
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -77,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) sinks: SinkRegistry,
     /// The data directory (catalog; relative sink paths land under it).
     pub(crate) data_dir: PathBuf,
+    /// Where jobs keep their checkpoints.
+    pub(crate) checkpoints: crate::checkpoint::CheckpointRoot,
     /// Parallel tasks per stream and per keyed operator.
     pub(crate) parallelism: usize,
     /// Catalog entries that could not be restored at start, with the reason.
@@ -150,6 +188,11 @@ impl Engine {
             Arc::new(crate::versions::CommitsTable::sources(versioned.clone())),
         )?;
         let catalog = DurableCatalog::open(&config.data_dir)?;
+        let checkpoints = checkpoint_root(
+            &config.stores,
+            &config.data_dir,
+            config.checkpoint_location.as_deref(),
+        )?;
         let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
         // Tables and streams first: sinks and views read them.
         entries.sort_by_key(|e| matches!(e.kind, ObjectKind::Sink | ObjectKind::MaterializedView));
@@ -166,6 +209,7 @@ impl Engine {
                 streams,
                 jobs: Default::default(),
                 checkpoint_interval: config.checkpoint_interval,
+                checkpoints,
                 versioned,
                 restarts: Default::default(),
             }),

@@ -367,7 +367,8 @@ impl Session {
     /// session's; a restarted, restored or altered one those it was created
     /// with (a job from before they were kept: this session's).
     fn job_settings(&self, name: &str, persist: bool) -> Result<JobSettings> {
-        if !persist && let Some(kept) = CheckpointStore::new(&self.engine.inner.data_dir, name).settings() {
+        if !persist && let Some(kept) = CheckpointStore::new(&self.engine.inner.checkpoints, name).settings()
+        {
             return Ok(kept);
         }
         let interval = match self.vars.get(crate::engine::CHECKPOINT_INTERVAL_VAR) {
@@ -398,7 +399,7 @@ impl Session {
         persist: bool,
         settings: &JobSettings,
     ) -> Result<Option<CheckpointConfig>> {
-        let store = CheckpointStore::new(&self.engine.inner.data_dir, name);
+        let store = CheckpointStore::new(&self.engine.inner.checkpoints, name);
         let interval = settings.checkpoint_interval();
         if persist {
             // A new job: nothing of an earlier one by this name applies.
@@ -408,7 +409,7 @@ impl Session {
         let restore = if persist {
             None
         } else {
-            store.latest().map(|manifest| Restore {
+            store.latest()?.map(|manifest| Restore {
                 store: store.clone(),
                 manifest,
             })
@@ -475,7 +476,7 @@ impl Session {
         let settings = self.job_settings(&name, persist)?;
         let mut checkpoints = self.checkpoint_config(&name, persist, &settings)?;
         if persist {
-            CheckpointStore::dropped(&self.engine.inner.data_dir, &name).remove_all();
+            CheckpointStore::dropped(&self.engine.inner.checkpoints, &name).remove_all();
         }
         let mut table_log: Option<Arc<dyn TableLog>> = None;
         let history = checkpoints.as_ref().map(|c| c.history.clone());
@@ -507,7 +508,7 @@ impl Session {
             let mut ctx = SinkContext {
                 name: name.clone(),
                 run_id,
-                job_id: CheckpointStore::new(&self.engine.inner.data_dir, &name).job_id()?,
+                job_id: CheckpointStore::new(&self.engine.inner.checkpoints, &name).job_id()?,
                 checkpointing: checkpoints.is_some(),
                 table_log: None,
                 committer: None,
@@ -542,12 +543,12 @@ impl Session {
                 {
                     // Only a checkpoint whose output was committed can be
                     // restored: a later one's output is produced again.
-                    c.restore = c.restore.take().and_then(|r| {
-                        r.store.latest_committed().map(|manifest| Restore {
+                    if let Some(r) = c.restore.take() {
+                        c.restore = r.store.latest_committed()?.map(|manifest| Restore {
                             store: r.store.clone(),
                             manifest,
-                        })
-                    });
+                        });
+                    }
                 }
             }
             let started = Job::start(
@@ -723,15 +724,17 @@ impl Session {
                 "start_from = '{from}': write start_from = 'sink:<name>' (start at that sink's newest checkpoint)"
             )));
         };
-        let data = &self.engine.inner.data_dir;
-        let manifest = CheckpointStore::new(data, &other)
-            .latest()
-            .or_else(|| CheckpointStore::dropped(data, &other).latest())
-            .ok_or_else(|| {
-                SluiceError::invalid_parameter(format!(
-                    "start_from: sink {other} has no completed checkpoint to start from"
-                ))
-            })?;
+        let data = &self.engine.inner.checkpoints;
+        let live = CheckpointStore::new(data, &other).latest()?;
+        let manifest = match live {
+            Some(m) => Some(m),
+            None => CheckpointStore::dropped(data, &other).latest()?,
+        }
+        .ok_or_else(|| {
+            SluiceError::invalid_parameter(format!(
+                "start_from: sink {other} has no completed checkpoint to start from"
+            ))
+        })?;
         Ok(crate::streaming::runtime::start_positions(&manifest))
     }
 
@@ -779,7 +782,7 @@ impl Session {
         drop(job);
         self.engine.inner.versioned.remove(name);
         // Kept aside for a sink created with start_from = 'sink:<name>'.
-        CheckpointStore::new(&self.engine.inner.data_dir, name).park(&self.engine.inner.data_dir, name);
+        CheckpointStore::new(&self.engine.inner.checkpoints, name).park(&self.engine.inner.checkpoints, name);
         Ok(())
     }
 

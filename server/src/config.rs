@@ -6,6 +6,7 @@
 //! data_dir = "./sluice-data"
 //! log = "info"
 //! checkpoint_interval = "10s"   # or "off"
+//! checkpoint_location = "s3://bucket/checkpoints"   # default: <data_dir>/checkpoints
 //! [users]
 //! sluice = "sluice"
 //! [s3]
@@ -42,6 +43,10 @@ pub struct Config {
     /// How often jobs checkpoint (`10s`, `500ms`, `off`); sessions may
     /// change it for the jobs they create (`SET streaming.checkpoint_interval`).
     pub checkpoint_interval: String,
+    /// Where jobs keep their checkpoints: a local path, or `s3://bucket/prefix`
+    /// (with the `[s3]` settings) or `hdfs://namenode:port/path`. Default:
+    /// `<data_dir>/checkpoints`.
+    pub checkpoint_location: Option<String>,
     /// PEM certificate chain; with `tls_key`, clients may connect with TLS
     /// (`sslmode=require`). Without both, the server speaks plain TCP only.
     pub tls_cert: Option<PathBuf>,
@@ -65,6 +70,7 @@ impl Default for Config {
             s3: S3Config::default(),
             target_partitions: None,
             checkpoint_interval: "10s".into(),
+            checkpoint_location: None,
             tls_cert: None,
             tls_key: None,
             debug_functions: false,

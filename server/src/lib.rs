@@ -76,6 +76,7 @@ impl Server {
             sources,
             sinks,
             checkpoint_interval: sluice_engine::checkpoint::parse_interval(&config.checkpoint_interval)?,
+            checkpoint_location: config.checkpoint_location.clone(),
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(

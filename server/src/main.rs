@@ -46,6 +46,10 @@ struct Args {
     /// How often jobs checkpoint: a duration such as 10s or 500ms, or off
     #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL")]
     checkpoint_interval: Option<String>,
+    /// Where jobs keep their checkpoints: a local path, s3://bucket/prefix or
+    /// hdfs://namenode:port/path (default: <data-dir>/checkpoints)
+    #[arg(long, env = "SLUICE_CHECKPOINT_LOCATION")]
+    checkpoint_location: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +69,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.checkpoint_interval {
         config.checkpoint_interval = v;
+    }
+    if let Some(v) = args.checkpoint_location {
+        config.checkpoint_location = Some(v);
     }
     if let Some(v) = args.tls_cert {
         config.tls_cert = Some(v);

@@ -130,12 +130,51 @@ fn checkpoints(p: &SluiceProcess) -> Vec<(String, i64, String)> {
 #[test]
 fn jobs_resume_from_their_checkpoint_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let input = dir.path().join("clicks");
-    let out = dir.path().join("out");
+    resume_after_kill_9(dir.path(), &[]);
+    assert!(
+        dir.path().join("data/checkpoints").is_dir(),
+        "checkpoints are kept in the data directory by default"
+    );
+}
+
+/// The same with the checkpoints on the S3 server (`checkpoint_location`):
+/// nothing of them is on local disk, and the jobs still resume.
+#[test]
+fn jobs_resume_from_checkpoints_on_s3_after_kill_9() {
+    let endpoint = std::env::var("SLUICE_TEST_S3_ENDPOINT")
+        .expect("needs SLUICE_TEST_S3_ENDPOINT: run ./scripts/test.sh");
+    let key = std::env::var("SLUICE_TEST_S3_ACCESS_KEY_ID").unwrap_or("test".into());
+    let secret = std::env::var("SLUICE_TEST_S3_SECRET_ACCESS_KEY").unwrap_or("testtesttest".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    // The bucket scripts/infra/s3.sh creates; a prefix of this run's own.
+    let location = format!("s3://lake/checkpoints-{nanos:x}/");
+    let dir = tempfile::tempdir().unwrap();
+    resume_after_kill_9(
+        dir.path(),
+        &[
+            ("SLUICE_CHECKPOINT_LOCATION", &location),
+            ("SLUICE_S3_ENDPOINT", &endpoint),
+            ("SLUICE_S3_ACCESS_KEY_ID", &key),
+            ("SLUICE_S3_SECRET_ACCESS_KEY", &secret),
+        ],
+    );
+    assert!(
+        !dir.path().join("data/checkpoints").exists(),
+        "no checkpoint is written to the data directory"
+    );
+}
+
+fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
+    let data = dir.join("data");
+    let input = dir.join("clicks");
+    let out = dir.join("out");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
-    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let mut env = vec![("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    env.extend_from_slice(extra_env);
     let mut p = SluiceProcess::start_with(&data, &env);
     p.psql(&[
         "-c",

@@ -37,6 +37,7 @@ pub async fn open_engine_checkpointing(
         sources,
         sinks,
         checkpoint_interval: interval,
+        checkpoint_location: None,
     })
     .await
     .unwrap();
