@@ -32,6 +32,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::columnar::ColumnarAggregate;
 use super::metrics::NodeMetrics;
 use super::operators::{KeyedOperator, SessionAggregate, UpdatingAggregate, WindowAggregate, eval};
 use super::plan::{Node, NodeKind};
@@ -895,13 +896,28 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             let input = &node.inputs[0];
             let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
             for _ in 0..node.parallelism {
-                ops.push(Box::new(UpdatingAggregate::new(
-                    keys.clone(),
-                    &input.schema,
-                    input.updating,
-                    aggs.clone(),
-                    node.schema.clone(),
-                )?));
+                // Column-wise state where every aggregate has that form and
+                // nothing is retracted; boxed accumulators otherwise.
+                let columnar = if input.updating {
+                    None
+                } else {
+                    ColumnarAggregate::try_new(
+                        keys.clone(),
+                        &input.schema,
+                        aggs.clone(),
+                        node.schema.clone(),
+                    )?
+                };
+                match columnar {
+                    Some(op) => ops.push(Box::new(op)),
+                    None => ops.push(Box::new(UpdatingAggregate::new(
+                        keys.clone(),
+                        &input.schema,
+                        input.updating,
+                        aggs.clone(),
+                        node.schema.clone(),
+                    )?)),
+                }
             }
             keyed(node, keys.clone(), ops, tasks, wiring)
         }
