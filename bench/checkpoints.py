@@ -86,6 +86,13 @@ class Server:
             raise RuntimeError(out.stderr)
         return [line.split("|") for line in out.stdout.splitlines() if line]
 
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
     def kill9(self):
         self.proc.kill()
         self.proc.wait()
@@ -194,9 +201,10 @@ def big_state_case(keys, mib, windowed):
         _, _, state = job_rows(server, "agg")
         ck_ms, ck_bytes = int(last[4]), int(last[5])
         filled = time.time() - started
+        rss = server.rss_mib()
         listening, recovery = recover(server)
         server.stop()
-        return state, ck_ms, ck_bytes, listening, recovery, filled
+        return state, ck_ms, ck_bytes, listening, recovery, filled, rss
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -218,15 +226,15 @@ def main():
         print("Big state (datagen random keys, GROUP BY k with count, min, max, avg, sum, updating "
               "or in one open day-long window; checkpoint every 5 s), then kill -9 and restart:\n")
         print("| operator | keys | state rows | filled in (s) | last checkpoint ms | checkpoint MiB "
-              "| kill to listening (s) | kill to new rows processed (s) |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+              "| server RSS MiB | kill to listening (s) | kill to new rows processed (s) |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         cases = [(c, False) for c in args.big.split(",") if c] + \
                 [(c, True) for c in args.big_window.split(",") if c]
         for case, windowed in cases:
             keys, mib = (int(x) for x in case.split(":"))
-            state, ms, size, listening, recovery, filled = big_state_case(keys, mib, windowed)
+            state, ms, size, listening, recovery, filled, rss = big_state_case(keys, mib, windowed)
             print(f"| {'window' if windowed else 'updating'} | {keys} | {state} | {filled:.0f} | {ms} "
-                  f"| {size / 2**20:.1f} | {listening:.2f} | {recovery:.2f} |", flush=True)
+                  f"| {size / 2**20:.1f} | {rss:.0f} | {listening:.2f} | {recovery:.2f} |", flush=True)
         print()
     if args.only_big:
         return
