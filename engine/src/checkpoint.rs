@@ -67,6 +67,11 @@ pub struct Manifest {
     /// Per stateful task (`op-<node>-<task>`, `sink-<lane>`): its state
     /// file in the checkpoint's directory (absent: empty state).
     pub states: BTreeMap<String, String>,
+    /// Per task whose state file is incremental (the groups changed since
+    /// its last full snapshot): that full snapshot, as `<epoch dir>/<file>`
+    /// of an earlier checkpoint. Restoring reads it, then the state file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bases: BTreeMap<String, String>,
     /// Parallelism per keyed node, to refuse restoring state split for a
     /// different number of tasks.
     pub parallelism: BTreeMap<String, usize>,
@@ -392,6 +397,9 @@ impl CheckpointStore {
             tracing::warn!(location = %self.root.describe(), error = %e, "could not list checkpoints to prune");
             vec![]
         });
+        // Epoch directories holding the full snapshots that kept
+        // incremental ones apply to (bases are always older).
+        let mut referenced = std::collections::BTreeSet::new();
         for epoch in epochs {
             if epoch > newest {
                 continue;
@@ -402,10 +410,36 @@ impl CheckpointStore {
             if has_manifest {
                 complete += 1;
             }
-            if !keep && let Err(e) = self.remove(&dir) {
+            if keep && let Ok(Some(bytes)) = self.get(&format!("{dir}/{MANIFEST}")) {
+                match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(m) => referenced.extend(
+                        m.bases
+                            .values()
+                            .filter_map(|b| b.split('/').next().map(str::to_string)),
+                    ),
+                    // A kept manifest that can't be read: keep everything
+                    // older rather than guess what it needs.
+                    Err(_) => return,
+                }
+            }
+            if keep || referenced.contains(&dir) {
+                continue;
+            }
+            if let Err(e) = self.remove(&dir) {
                 tracing::warn!(location = %self.root.describe(), epoch, error = %e, "could not remove an old checkpoint");
             }
         }
+    }
+
+    /// Whether checkpoint `epoch` completed (its manifest is there).
+    pub fn is_complete(&self, epoch: u64) -> bool {
+        self.exists(&format!("{}/{MANIFEST}", Self::epoch_dir(epoch)))
+    }
+
+    /// The path of a state file relative to the job, as manifests name
+    /// incremental snapshots' bases.
+    pub fn state_path(epoch: u64, file: &str) -> String {
+        format!("{}/{file}", Self::epoch_dir(epoch))
     }
 
     /// Records that `epoch`'s output was committed by the sink.
@@ -443,25 +477,34 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// A task's state as of `manifest` (empty when it had none).
+    /// A task's state as of `manifest` (empty when it had none): its full
+    /// snapshot, followed by the changes since when it is incremental.
     pub fn read_state(&self, manifest: &Manifest, key: &str) -> Result<Vec<RecordBatch>> {
         let Some(name) = manifest.states.get(key) else {
             return Ok(vec![]);
         };
-        let rel = format!("{}/{name}", Self::epoch_dir(manifest.epoch));
+        let mut out = match manifest.bases.get(key) {
+            Some(base) => self.read_file(base, manifest.epoch)?,
+            None => vec![],
+        };
+        out.extend(self.read_file(&Self::state_path(manifest.epoch, name), manifest.epoch)?);
+        Ok(out)
+    }
+
+    /// The batches of state file `rel` (for checkpoint `epoch`'s messages).
+    fn read_file(&self, rel: &str, epoch: u64) -> Result<Vec<RecordBatch>> {
         let batches = match &self.root {
             CheckpointRoot::Local(dir) => {
-                let file = File::open(dir.join(&rel))?;
+                let file = File::open(dir.join(rel))?;
                 let reader = arrow::ipc::reader::FileReader::try_new(file, None)?;
                 reader.collect::<std::result::Result<Vec<_>, _>>()?
             }
             CheckpointRoot::Object { .. } => {
-                let bytes = self.get(&rel)?.ok_or_else(|| {
+                let bytes = self.get(rel)?.ok_or_else(|| {
                     SluiceError::new(
                         crate::error::ErrorKind::StorageUnavailable,
                         format!(
-                            "checkpoint {} of {}: state file {name} is missing",
-                            manifest.epoch,
+                            "checkpoint {epoch} of {}: state file {rel} is missing",
                             self.root.describe()
                         ),
                     )
@@ -732,11 +775,13 @@ pub(crate) enum Ack {
         key: String,
         position: String,
     },
-    /// A stateful task (or sink lane) snapshotted: its file and size.
+    /// A stateful task (or sink lane) snapshotted: its file and size,
+    /// and for an incremental snapshot the full one it applies to.
     State {
         epoch: u64,
         key: String,
         file: Option<(String, u64)>,
+        base: Option<String>,
     },
     /// The task could not take part (the checkpoint fails, the job goes on).
     Failed { epoch: u64, error: String },
@@ -765,6 +810,7 @@ mod tests {
             sources_from: BTreeMap::new(),
             streams: BTreeMap::new(),
             states: BTreeMap::new(),
+            bases: BTreeMap::new(),
             parallelism: BTreeMap::new(),
         }
     }
@@ -855,6 +901,60 @@ mod tests {
         );
         CheckpointStore::dropped(root, "j").remove_all();
         assert_eq!(CheckpointStore::dropped(root, "j").latest().unwrap(), None);
+    }
+
+    /// Incremental state: a manifest naming a base reads it first, and
+    /// pruning keeps the base's checkpoint while a kept one needs it.
+    fn incremental_states_read_their_base_and_keep_it(root: &CheckpointRoot) {
+        let store = CheckpointStore::new(root, "inc");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch =
+            |v: i64| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![v]))]).unwrap();
+        let (full, _) = store.write_state(1, "op-1-0", &[batch(1)]).unwrap().unwrap();
+        let mut m = manifest(1);
+        m.states.insert("op-1-0".into(), full.clone());
+        store.commit(&m).unwrap();
+        for epoch in 2..=4 {
+            let (delta, _) = store
+                .write_state(epoch, "op-1-0", &[batch(epoch as i64)])
+                .unwrap()
+                .unwrap();
+            let mut m = manifest(epoch);
+            m.states.insert("op-1-0".into(), delta);
+            m.bases
+                .insert("op-1-0".into(), CheckpointStore::state_path(1, &full));
+            store.commit(&m).unwrap();
+        }
+        // 4 and 3 are the kept ones, 1 holds their base, 2 is gone.
+        assert_eq!(store.epochs().unwrap(), vec![4, 3, 1]);
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!(
+            store.read_state(&latest, "op-1-0").unwrap(),
+            vec![batch(1), batch(4)]
+        );
+        // A new full snapshot: the old base goes with the next prune.
+        let (full, _) = store.write_state(5, "op-1-0", &[batch(5)]).unwrap().unwrap();
+        let mut m = manifest(5);
+        m.states.insert("op-1-0".into(), full);
+        store.commit(&m).unwrap();
+        let mut m = manifest(6);
+        m.states.insert(
+            "op-1-0".into(),
+            store.write_state(6, "op-1-0", &[batch(6)]).unwrap().unwrap().0,
+        );
+        store.commit(&m).unwrap();
+        assert_eq!(store.epochs().unwrap(), vec![6, 5]);
+    }
+
+    #[test]
+    fn incremental_states_local_and_on_an_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        incremental_states_read_their_base_and_keep_it(&CheckpointRoot::local(dir.path()));
+        incremental_states_read_their_base_and_keep_it(&CheckpointRoot::Object {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: ObjectPath::from("bucket/ckpt"),
+            url: "memory:///bucket/ckpt".into(),
+        });
     }
 
     #[test]

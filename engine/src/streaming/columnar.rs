@@ -250,23 +250,32 @@ impl ColumnAcc {
         Ok(out)
     }
 
-    /// DataFusion's state columns for every group.
-    fn state(&self, groups: usize) -> Result<Vec<ArrayRef>> {
-        let all = 0..groups;
+    /// DataFusion's state columns for the listed groups (every group when
+    /// None).
+    fn state(&self, groups: Option<&[usize]>) -> Result<Vec<ArrayRef>> {
+        let n = self.counts.len();
+        let idx = |i: usize| groups.map_or(i, |g| g[i]);
+        let len = groups.map_or(n, <[usize]>::len);
         let cols: Vec<ArrayRef> = match self.kind {
-            Kind::Count => vec![Arc::new(Int64Array::from(self.counts.clone()))],
+            Kind::Count => vec![Arc::new(Int64Array::from_iter_values(
+                (0..len).map(|i| self.counts[idx(i)]),
+            ))],
             Kind::Avg => vec![
                 Arc::new(UInt64Array::from_iter_values(
-                    self.counts.iter().map(|&c| c as u64),
+                    (0..len).map(|i| self.counts[idx(i)] as u64),
                 )),
-                Arc::new(Float64Array::from(self.floats.clone())),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..len).map(|i| self.floats[idx(i)]),
+                )),
             ],
-            _ if self.float => vec![Arc::new(Float64Array::from_iter(
-                all.map(|g| (self.counts[g] > 0).then_some(self.floats[g])),
-            ))],
-            _ => vec![Arc::new(Int64Array::from_iter(
-                all.map(|g| (self.counts[g] > 0).then_some(self.ints[g])),
-            ))],
+            _ if self.float => vec![Arc::new(Float64Array::from_iter((0..len).map(|i| {
+                let g = idx(i);
+                (self.counts[g] > 0).then_some(self.floats[g])
+            })))],
+            _ => vec![Arc::new(Int64Array::from_iter((0..len).map(|i| {
+                let g = idx(i);
+                (self.counts[g] > 0).then_some(self.ints[g])
+            })))],
         };
         cols.into_iter()
             .zip(&self.state_types)
@@ -354,6 +363,9 @@ pub struct ColumnarAggregate {
     /// state (in order, see [`ColumnAcc::save_old`]).
     dirty: Vec<usize>,
     had_row: Vec<bool>,
+    /// Groups changed since the last full snapshot (for incremental ones).
+    changed: Vec<bool>,
+    changed_list: Vec<usize>,
     scratch: Vec<usize>,
 }
 
@@ -393,6 +405,8 @@ impl ColumnarAggregate {
             is_dirty: Vec::new(),
             dirty: Vec::new(),
             had_row: Vec::new(),
+            changed: Vec::new(),
+            changed_list: Vec::new(),
             scratch: Vec::new(),
         }))
     }
@@ -439,6 +453,7 @@ impl ColumnarAggregate {
         self.rows.resize(self.n, 0);
         self.emitted.resize(self.n, false);
         self.is_dirty.resize(self.n, false);
+        self.changed.resize(self.n, false);
         Ok(())
     }
 
@@ -528,6 +543,10 @@ impl KeyedOperator for ColumnarAggregate {
                 self.dirty.push(g);
                 let had = self.emitted[g];
                 self.had_row.push(had);
+                if !self.changed[g] {
+                    self.changed[g] = true;
+                    self.changed_list.push(g);
+                }
                 if had {
                     for acc in &mut self.accs {
                         acc.save_old(g);
@@ -566,22 +585,53 @@ impl KeyedOperator for ColumnarAggregate {
     /// The boxed operator's layout: keys, row counts, each aggregate's
     /// DataFusion state columns.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        for g in self.changed_list.drain(..) {
+            self.changed[g] = false;
+        }
         if self.n == 0 {
             return Ok(vec![]);
         }
+        self.state_rows(None)
+    }
+
+    /// The changed groups' rows in the same layout; restoring them after
+    /// the full snapshot overwrites those groups. Once half the groups
+    /// changed, a full snapshot is cheaper to restore.
+    fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        if self.changed_list.len() * 2 > self.n {
+            return Ok(None);
+        }
+        let mut list = self.changed_list.clone();
+        list.sort_unstable();
+        self.state_rows(Some(&list)).map(Some)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        self.load_state(state)
+    }
+}
+
+impl ColumnarAggregate {
+    /// Snapshot rows for the listed groups (all when None).
+    fn state_rows(&self, groups: Option<&[usize]>) -> Result<Vec<RecordBatch>> {
+        let len = groups.map_or(self.n, <[usize]>::len);
         let mut names = Vec::new();
-        let mut cols: Vec<ArrayRef> = match (&self.converter, &self.key_rows) {
-            (Some(c), Some(rows)) => c.convert_rows(rows.iter())?,
+        let mut cols: Vec<ArrayRef> = match (&self.converter, &self.key_rows, groups) {
+            (Some(c), Some(rows), None) => c.convert_rows(rows.iter())?,
+            (Some(c), Some(rows), Some(list)) => c.convert_rows(list.iter().map(|&g| rows.row(g)))?,
             _ => vec![],
         };
         for i in 0..cols.len() {
             names.push(format!("k{i}"));
         }
         names.push("rows".into());
-        cols.push(Arc::new(Int64Array::from(self.rows.clone())));
+        cols.push(Arc::new(match groups {
+            None => Int64Array::from(self.rows.clone()),
+            Some(list) => Int64Array::from_iter_values(list.iter().map(|&g| self.rows[g])),
+        }));
         let mut widths = Vec::new();
         for (k, acc) in self.accs.iter().enumerate() {
-            let state = acc.state(self.n)?;
+            let state = acc.state(groups)?;
             widths.push(state.len());
             for (j, c) in state.into_iter().enumerate() {
                 names.push(format!("a{k}_{j}"));
@@ -589,10 +639,12 @@ impl KeyedOperator for ColumnarAggregate {
             }
         }
         let extra = HashMap::from([(WIDTHS_META.to_string(), widths_meta(&widths))]);
-        Ok(vec![state_batch(names, cols, extra, self.n)?])
+        Ok(vec![state_batch(names, cols, extra, len)?])
     }
 
-    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+    /// Restores snapshot batches in order: a later row of a group (an
+    /// incremental snapshot's) overwrites an earlier one.
+    fn load_state(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let n_keys = if self.converter.is_some() {
             self.keys.len()
         } else {

@@ -282,6 +282,7 @@ impl Wiring {
             acks: self.acks.clone(),
             store: self.store.clone(),
             trigger: self.trigger.clone(),
+            base: None,
         }
     }
 }
@@ -293,6 +294,9 @@ struct TaskCheckpoint {
     store: Option<CheckpointStore>,
     /// The newest epoch triggered.
     trigger: tokio::sync::watch::Receiver<u64>,
+    /// This run's last full snapshot of a keyed operator (epoch, file):
+    /// what an incremental one applies to, while that checkpoint stands.
+    base: Option<(u64, String)>,
 }
 
 impl TaskCheckpoint {
@@ -304,12 +308,52 @@ impl TaskCheckpoint {
         });
     }
 
-    /// Writes this task's state for `epoch` and acknowledges it. A failure
-    /// fails the checkpoint, not the job.
-    async fn save(&self, epoch: u64, state: Result<Vec<RecordBatch>>) {
+    /// Snapshots a keyed operator for `epoch`: only the groups changed
+    /// since its last full snapshot when the operator can and that full
+    /// snapshot's checkpoint completed (so a failed checkpoint never leaves
+    /// a gap: the changes are cumulative), else in full.
+    async fn save_operator(&mut self, epoch: u64, op: &mut dyn KeyedOperator) {
         let Some(store) = self.store.clone() else {
             return;
         };
+        let standing = match self.base.clone() {
+            Some((b, file)) => tokio::task::spawn_blocking(move || store.is_complete(b))
+                .await
+                .unwrap_or(false)
+                .then(|| CheckpointStore::state_path(b, &file)),
+            None => None,
+        };
+        if let Some(base) = standing {
+            match op.snapshot_changes() {
+                Ok(Some(changes)) => {
+                    self.write(epoch, Ok(changes), Some(base)).await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.write(epoch, Err(e.into()), None).await;
+                    return;
+                }
+            }
+        }
+        self.base = None;
+        if let Some(file) = self
+            .write(epoch, op.snapshot().map_err(SluiceError::from), None)
+            .await
+        {
+            self.base = Some((epoch, file));
+        }
+    }
+
+    /// Writes this task's state for `epoch` and acknowledges it; returns
+    /// the file written. A failure fails the checkpoint, not the job.
+    async fn write(
+        &self,
+        epoch: u64,
+        state: Result<Vec<RecordBatch>>,
+        base: Option<String>,
+    ) -> Option<String> {
+        let store = self.store.clone()?;
         let key = self.key.clone();
         let written = match state {
             Ok(batches) => tokio::task::spawn_blocking(move || store.write_state(epoch, &key, &batches))
@@ -317,18 +361,32 @@ impl TaskCheckpoint {
                 .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}")))),
             Err(e) => Err(e),
         };
-        let ack = match written {
-            Ok(file) => Ack::State {
-                epoch,
-                key: self.key.clone(),
-                file,
-            },
-            Err(e) => Ack::Failed {
-                epoch,
-                error: format!("{}: {e}", self.key),
-            },
+        let (ack, file) = match written {
+            Ok(file) => (
+                Ack::State {
+                    epoch,
+                    key: self.key.clone(),
+                    file: file.clone(),
+                    base: file.as_ref().and(base),
+                },
+                file.map(|(name, _)| name),
+            ),
+            Err(e) => (
+                Ack::Failed {
+                    epoch,
+                    error: format!("{}: {e}", self.key),
+                },
+                None,
+            ),
         };
         let _ = self.acks.send(ack);
+        file
+    }
+
+    /// Writes this task's state for `epoch` and acknowledges it. A failure
+    /// fails the checkpoint, not the job.
+    async fn save(&self, epoch: u64, state: Result<Vec<RecordBatch>>) {
+        self.write(epoch, state, None).await;
     }
 }
 
@@ -532,9 +590,12 @@ impl Coordinator {
                     Ack::Source { key, position, .. } => {
                         manifest.sources.insert(key, position);
                     }
-                    Ack::State { key, file, .. } => {
+                    Ack::State { key, file, base, .. } => {
                         if let Some((name, bytes)) = file {
                             manifest.bytes += bytes;
+                            if let Some(base) = base {
+                                manifest.bases.insert(key.clone(), base);
+                            }
                             manifest.states.insert(key, name);
                         }
                     }
@@ -606,6 +667,7 @@ impl Coordinator {
             sources_from: previous_sources.clone(),
             streams: self.source_streams.clone(),
             states: Default::default(),
+            bases: Default::default(),
             parallelism: self.parallelism.clone(),
         };
         (started, stats, manifest)
@@ -1437,7 +1499,7 @@ async fn run_keyed(
     tx: mpsc::Sender<Result<Message>>,
     metrics: Arc<NodeMetrics>,
     task: usize,
-    ck: TaskCheckpoint,
+    mut ck: TaskCheckpoint,
 ) -> Result<()> {
     let mut watermarks = vec![i64::MIN; inputs];
     // Barrier alignment: an input whose barrier came is blocked, and what
@@ -1580,7 +1642,7 @@ async fn run_keyed(
                     return Ok(());
                 }
             }
-            ck.save(epoch, op.snapshot().map_err(SluiceError::from)).await;
+            ck.save_operator(epoch, op.as_mut()).await;
             if tx.send(Ok(Message::Barrier(epoch))).await.is_err() {
                 return Ok(());
             }
