@@ -209,6 +209,77 @@ def big_state_case(keys, mib, windowed):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def incremental_case(keys, changes, steps):
+    """A GROUP BY over `keys` groups (one file), then `steps` small files of
+    `changes` rows each on random keys: the checkpoint after the first file
+    is full, the ones after the small files hold only the changed groups.
+    Returns (full (ms, bytes), [incremental (ms, bytes)], recovery s)."""
+    import random
+    data = tempfile.mkdtemp(prefix="sluice-ck-")
+    files = os.path.join(data, "in")
+    os.makedirs(files)
+    try:
+        # Files are written beside the watched folder and moved in whole.
+        with open(os.path.join(data, "a.json"), "w") as f:
+            for k in range(keys):
+                f.write(f'{{"k": {k}, "v": {k % 1000}}}\n')
+        os.rename(os.path.join(data, "a.json"), os.path.join(files, "a.json"))
+        server = Server(data, interval="1s")
+        server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT) WITH (connector = 'filesystem', path = '{files}', "
+                   f"format = 'json', 'source.monitor-interval' = '100ms')",
+                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG}")
+
+        def completed():
+            return sorted((int(r[1]), int(r[4]), int(r[5])) for r in server.sql("SHOW CHECKPOINTS")
+                          if r[0] == "agg" and r[2] == "completed")
+
+        def wait_rows(n):
+            while job_rows(server, "agg")[1] < n:
+                time.sleep(0.1)
+
+        def next_checkpoint():
+            seen = max((e for e, _, _ in completed()), default=0)
+            while True:
+                done = [c for c in completed() if c[0] > seen + 1]
+                if done:
+                    return done[0]
+                time.sleep(0.1)
+
+        wait_rows(keys)
+        next_checkpoint()
+        # The full snapshot: the first checkpoint holding the groups (later
+        # ones hold only changes: none yet).
+        _, full_ms, full_bytes = max(completed(), key=lambda c: c[2])
+        rng = random.Random(7)
+        incremental = []
+        total = keys
+        for step in range(steps):
+            name = f"b{step}.json"
+            with open(os.path.join(data, name), "w") as f:
+                for _ in range(changes):
+                    f.write(f'{{"k": {rng.randrange(keys)}, "v": {rng.randrange(1000)}}}\n')
+            os.rename(os.path.join(data, name), os.path.join(files, name))
+            total += changes
+            wait_rows(total)
+            _, ms, size = next_checkpoint()
+            incremental.append((ms, size))
+        # Recovery: kill -9, start, one more small file; until the restored
+        # aggregate takes its rows (includes the source's 100 ms listing).
+        killed = time.time()
+        server.kill9()
+        server.start()
+        with open(os.path.join(data, "c.json"), "w") as f:
+            f.write('{"k": 1, "v": 1}\n')
+        os.rename(os.path.join(data, "c.json"), os.path.join(files, "c.json"))
+        while job_rows(server, "agg")[1] < 1:
+            time.sleep(0.01)
+        recovery = time.time() - killed
+        server.stop()
+        return (full_ms, full_bytes), incremental, recovery
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=60_000_000)
@@ -219,9 +290,24 @@ def main():
     ap.add_argument("--big-window", default="",
                     help="keys:MiB of the datagen windowed GROUP BY case, comma separated")
     ap.add_argument("--only-big", action="store_true", help="run only the --big cases")
+    ap.add_argument("--incremental", default="",
+                    help="keys:changes:steps of the incremental checkpoint case (then exits)")
     args = ap.parse_args()
     if not os.path.exists(BINARY):
         raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
+    if args.incremental:
+        keys, changes, steps = (int(x) for x in args.incremental.split(":"))
+        (full_ms, full_bytes), inc, recovery = incremental_case(keys, changes, steps)
+        print(f"Incremental checkpoints: GROUP BY k (count, min, max, avg, sum) over {keys} keys from one "
+              f"file, then {steps} files of {changes} rows on random keys; checkpoint every 1 s\n")
+        print("| checkpoint | ms | bytes |")
+        print("|---|---:|---:|")
+        print(f"| full, after the first file | {full_ms} | {full_bytes} |")
+        for i, (ms, size) in enumerate(inc):
+            print(f"| after small file {i + 1} (changes since the full one) | {ms} | {size} |")
+        print(f"\nkill -9 after the last one: new rows processed {recovery:.2f} s after the kill "
+              f"(full snapshot + changes restored)")
+        return
     if args.big or args.big_window:
         print("Big state (datagen random keys, GROUP BY k with count, min, max, avg, sum, updating "
               "or in one open day-long window; checkpoint every 5 s), then kill -9 and restart:\n")

@@ -337,6 +337,9 @@ enum Reader {
 
 /// Splits a byte stream into records: lines, except that a CSV line break
 /// inside quotes belongs to the record.
+/// Records of a line format with their line numbers.
+type Records = Vec<(u64, Vec<u8>)>;
+
 struct LineReader {
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     buf: Vec<u8>,
@@ -350,12 +353,29 @@ struct LineReader {
     /// The line number where the next record starts (1-based).
     line: u64,
     skip_header: bool,
+    /// Records split off `buf` for the batch being gathered: kept here, not
+    /// in the future, so that a `next` dropped at its await (the runtime
+    /// times source reads out to send watermarks) loses nothing.
+    pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl LineReader {
     /// Up to `max` records, with their line numbers; empty at the end.
+    /// Cancel-safe: dropped before it returns, the next call goes on where
+    /// it stopped.
     async fn next(&mut self, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
+        let result = self.fill(&mut out, max).await;
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.pending = out;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill(&mut self, out: &mut Vec<(u64, Vec<u8>)>, max: usize) -> Result<()> {
         loop {
             while self.scanned < self.buf.len() && out.len() < max {
                 let b = self.buf[self.scanned];
@@ -363,7 +383,7 @@ impl LineReader {
                     self.in_quote = !self.in_quote;
                 } else if b == b'\n' && !self.in_quote {
                     let record = &self.buf[self.start..self.scanned];
-                    self.take(record.to_vec(), &mut out);
+                    self.take(record.to_vec(), out);
                     self.start = self.scanned + 1;
                 }
                 self.scanned += 1;
@@ -373,11 +393,16 @@ impl LineReader {
                     let record = self.buf[self.start..].to_vec();
                     self.start = self.buf.len();
                     self.scanned = self.buf.len();
-                    self.take(record, &mut out);
+                    self.take(record, out);
                 }
-                return Ok(out);
+                return Ok(());
             }
-            match self.stream.next().await {
+            // The one await: a stream's `next` is cancel-safe, and the
+            // records gathered so far are moved to `pending` meanwhile.
+            self.pending = std::mem::take(out);
+            let chunk = self.stream.next().await;
+            *out = std::mem::take(&mut self.pending);
+            match chunk {
                 Some(chunk) => {
                     let chunk =
                         chunk.map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, e.to_string()))?;
@@ -537,6 +562,7 @@ impl FileSource {
                     eof: false,
                     line: 1,
                     skip_header: header,
+                    pending: Vec::new(),
                 })
             }
         };
@@ -631,7 +657,12 @@ impl FileSource {
     }
 
     /// The next batch of the file being read; `None` when it is done.
-    async fn read(&mut self, file: &mut OpenFile) -> Result<Option<RecordBatch>> {
+    /// `records`: what its line reader returned (line formats).
+    fn read(
+        &mut self,
+        file: &mut OpenFile,
+        records: Option<Result<Records>>,
+    ) -> Result<Option<RecordBatch>> {
         match &mut file.reader {
             Reader::Whole(reader, name) => match reader.next() {
                 None => Ok(None),
@@ -645,8 +676,8 @@ impl FileSource {
                     Ok(None)
                 }
             },
-            Reader::Lines(lines) => {
-                let records = lines.next(self.options.batch).await?;
+            Reader::Lines(_) => {
+                let records = records.unwrap_or_else(|| Ok(Vec::new()))?;
                 if records.is_empty() {
                     return Ok(None);
                 }
@@ -677,8 +708,16 @@ impl Source for FileSource {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             self.bad.flush().await?;
-            if let Some(mut file) = self.current.take() {
-                let next = self.read(&mut file).await;
+            if let Some(open) = self.current.as_mut() {
+                // Awaits only with the file in place (a source read can be
+                // dropped at an await: the runtime times it out to send
+                // watermarks); the file is taken out after.
+                let records = match &mut open.reader {
+                    Reader::Lines(lines) => Some(lines.next(self.options.batch).await),
+                    Reader::Whole(..) => None,
+                };
+                let mut file = self.current.take().expect("checked above");
+                let next = self.read(&mut file, records);
                 match next {
                     Ok(Some(batch)) => {
                         self.current = Some(file);
@@ -706,13 +745,17 @@ impl Source for FileSource {
                 }
                 continue;
             }
-            if let Some(meta) = self.queue.pop_front() {
+            if let Some(meta) = self.queue.front().cloned() {
+                // Off the queue only once opened: dropped while opening,
+                // the next call opens it again.
+                let opened = self.open(meta.clone()).await;
+                self.queue.pop_front();
                 self.steps = 0;
                 self.skip = match self.resume_current.take_if(|(p, _)| *p == meta.location) {
                     Some((_, steps)) => steps,
                     None => 0,
                 };
-                match self.open(meta.clone()).await {
+                match opened {
                     Ok(file) => self.current = Some(file),
                     Err(e) if e.kind() == ErrorKind::InvalidParameter => {
                         self.bad_file(&meta, e.to_string())?
@@ -784,9 +827,59 @@ mod tests {
             eof: false,
             line: 1,
             skip_header: true,
+            pending: Vec::new(),
         };
         let got = r.next(10).await.unwrap();
         assert_eq!(got, vec![(2, b"1,\"a\nb\"".to_vec()), (5, b"2,c".to_vec())]);
         assert!(r.next(10).await.unwrap().is_empty());
+    }
+
+    /// `next` dropped at an await (as the runtime's tick timeout does)
+    /// loses no record: calls that never finish, then ones that do, give
+    /// every line once.
+    #[tokio::test]
+    async fn line_reader_loses_nothing_when_a_read_is_dropped() {
+        use futures::FutureExt;
+        let data: Vec<u8> = (0..50).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        // Every chunk comes after a pending poll.
+        let stream = futures::stream::iter(
+            data.chunks(4)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+        .then(|c| async move {
+            tokio::task::yield_now().await;
+            c
+        });
+        let mut r = LineReader {
+            stream: stream.boxed(),
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            in_quote: false,
+            quote: None,
+            eof: false,
+            line: 1,
+            skip_header: false,
+            pending: Vec::new(),
+        };
+        let mut got = Vec::new();
+        // Polled once and dropped, many times: progress is kept inside.
+        for _ in 0..40 {
+            if let Some(records) = r.next(20).now_or_never() {
+                got.extend(records.unwrap());
+            }
+        }
+        loop {
+            let records = r.next(20).await.unwrap();
+            if records.is_empty() {
+                break;
+            }
+            got.extend(records);
+        }
+        let want: Vec<(u64, Vec<u8>)> = (0..50)
+            .map(|i| (i + 1, format!("line {i}").into_bytes()))
+            .collect();
+        assert_eq!(got, want);
     }
 }
