@@ -658,11 +658,7 @@ impl FileSource {
 
     /// The next batch of the file being read; `None` when it is done.
     /// `records`: what its line reader returned (line formats).
-    fn read(
-        &mut self,
-        file: &mut OpenFile,
-        records: Option<Result<Records>>,
-    ) -> Result<Option<RecordBatch>> {
+    fn read(&mut self, file: &mut OpenFile, records: Option<Result<Records>>) -> Result<Option<RecordBatch>> {
         match &mut file.reader {
             Reader::Whole(reader, name) => match reader.next() {
                 None => Ok(None),
@@ -809,6 +805,25 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
+    fn reader(
+        stream: BoxStream<'static, object_store::Result<Bytes>>,
+        quote: Option<u8>,
+        skip_header: bool,
+    ) -> LineReader {
+        LineReader {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            in_quote: false,
+            quote,
+            eof: false,
+            line: 1,
+            skip_header,
+            pending: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn csv_records_may_span_lines_inside_quotes() {
         let data = b"id,name\n1,\"a\nb\"\r\n\n2,c".to_vec();
@@ -817,18 +832,7 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        let mut r = LineReader {
-            stream: stream.boxed(),
-            buf: Vec::new(),
-            start: 0,
-            scanned: 0,
-            in_quote: false,
-            quote: Some(b'"'),
-            eof: false,
-            line: 1,
-            skip_header: true,
-            pending: Vec::new(),
-        };
+        let mut r = reader(stream.boxed(), Some(b'"'), true);
         let got = r.next(10).await.unwrap();
         assert_eq!(got, vec![(2, b"1,\"a\nb\"".to_vec()), (5, b"2,c".to_vec())]);
         assert!(r.next(10).await.unwrap().is_empty());
@@ -851,18 +855,7 @@ mod tests {
             tokio::task::yield_now().await;
             c
         });
-        let mut r = LineReader {
-            stream: stream.boxed(),
-            buf: Vec::new(),
-            start: 0,
-            scanned: 0,
-            in_quote: false,
-            quote: None,
-            eof: false,
-            line: 1,
-            skip_header: false,
-            pending: Vec::new(),
-        };
+        let mut r = reader(stream.boxed(), None, false);
         let mut got = Vec::new();
         // Polled once and dropped, many times: progress is kept inside.
         for _ in 0..40 {

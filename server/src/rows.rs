@@ -165,6 +165,30 @@ fn put_value(buf: &mut BytesMut, value: &[u8]) {
     buf.put_slice(value);
 }
 
+/// A value's cell, or NULL.
+#[inline]
+fn put_opt(buf: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        Some(v) => put_value(buf, v),
+        None => buf.put_i32(-1),
+    }
+}
+
+/// A float's Postgres text; `precision` is FLT_DIG or DBL_DIG.
+#[inline]
+fn put_float_text<F: ryu::Float + Into<f64>>(buf: &mut BytesMut, v: F, precision: i32) {
+    let wide: f64 = v.into();
+    let mut digits = ryu::Buffer::new();
+    let mut out = [0u8; 40];
+    let n = pg_float_text(
+        wide.is_finite().then(|| digits.format_finite(v)),
+        wide,
+        precision,
+        &mut out,
+    );
+    put_value(buf, &out[..n]);
+}
+
 #[inline]
 fn put_int(buf: &mut BytesMut, v: i64, width: Width) {
     match width {
@@ -212,59 +236,20 @@ fn write_cell(
         Column::U8(a, w) => ints(buf, *a, row, *w),
         Column::U16(a, w) => ints(buf, *a, row, *w),
         Column::U32(a, w) => ints(buf, *a, row, *w),
-        Column::F32(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else if text {
-                let mut digits = ryu::Buffer::new();
-                let v = a.value(row);
-                let mut out = [0u8; 40];
-                let n = pg_float_text(
-                    v.is_finite().then(|| digits.format_finite(v)),
-                    v.into(),
-                    6,
-                    &mut out,
-                );
-                put_value(buf, &out[..n]);
-            } else {
-                put_value(buf, &a.value(row).to_bits().to_be_bytes());
-            }
-        }
-        Column::F64(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else if text {
-                let mut digits = ryu::Buffer::new();
-                let v = a.value(row);
-                let mut out = [0u8; 40];
-                let n = pg_float_text(v.is_finite().then(|| digits.format_finite(v)), v, 15, &mut out);
-                put_value(buf, &out[..n]);
-            } else {
-                put_value(buf, &a.value(row).to_bits().to_be_bytes());
-            }
-        }
+        Column::F32(a) => match (a.is_valid(row), text) {
+            (false, _) => buf.put_i32(-1),
+            (true, true) => put_float_text(buf, a.value(row), 6),
+            (true, false) => put_value(buf, &a.value(row).to_bits().to_be_bytes()),
+        },
+        Column::F64(a) => match (a.is_valid(row), text) {
+            (false, _) => buf.put_i32(-1),
+            (true, true) => put_float_text(buf, a.value(row), 15),
+            (true, false) => put_value(buf, &a.value(row).to_bits().to_be_bytes()),
+        },
         // Text and varchar are their UTF-8 bytes in both formats.
-        Column::Str(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else {
-                put_value(buf, a.value(row).as_bytes());
-            }
-        }
-        Column::LargeStr(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else {
-                put_value(buf, a.value(row).as_bytes());
-            }
-        }
-        Column::View(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else {
-                put_value(buf, a.value(row).as_bytes());
-            }
-        }
+        Column::Str(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
+        Column::LargeStr(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
+        Column::View(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
         Column::Other(array, field) => {
             encode_value(fallback, array, row, field, info)?;
             buf.put_slice(&fallback.buf.split());
@@ -423,18 +408,19 @@ impl Encoder for Fallback {
 mod tests {
     use super::*;
 
+    /// The cell's text (after its 4-byte length).
+    fn cell(f: impl FnOnce(&mut BytesMut)) -> String {
+        let mut buf = BytesMut::new();
+        f(&mut buf);
+        String::from_utf8(buf[4..].to_vec()).unwrap()
+    }
+
     fn text(v: f64) -> String {
-        let mut b = ryu::Buffer::new();
-        let mut out = [0u8; 40];
-        let n = pg_float_text(v.is_finite().then(|| b.format_finite(v)), v, 15, &mut out);
-        String::from_utf8(out[..n].to_vec()).unwrap()
+        cell(|b| put_float_text(b, v, 15))
     }
 
     fn text4(v: f32) -> String {
-        let mut b = ryu::Buffer::new();
-        let mut out = [0u8; 40];
-        let n = pg_float_text(v.is_finite().then(|| b.format_finite(v)), v.into(), 6, &mut out);
-        String::from_utf8(out[..n].to_vec()).unwrap()
+        cell(|b| put_float_text(b, v, 6))
     }
 
     /// What Postgres 15 prints for these float8 and float4 values.
