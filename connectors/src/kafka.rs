@@ -1286,14 +1286,22 @@ impl sluice_engine::sink::Committer for KafkaTransactions {
                 .await
                 .map_err(|e| SluiceError::internal(format!("committing a kafka transaction: {e}")))?;
             match committed {
-                Ok(()) => self
-                    .free
-                    .lock()
-                    .expect("free producers")
-                    .entry(lane)
-                    .or_default()
-                    .push(producer),
+                Ok(()) => {
+                    tracing::info!(
+                        lane,
+                        epoch = e,
+                        checkpoint = epoch,
+                        "committed a kafka transaction"
+                    );
+                    self.free
+                        .lock()
+                        .expect("free producers")
+                        .entry(lane)
+                        .or_default()
+                        .push(producer)
+                }
                 Err(err) => {
+                    tracing::warn!(lane, epoch = e, checkpoint = epoch, error = %err, "a kafka transaction did not commit");
                     failed = Some(SluiceError::new(
                         ErrorKind::StorageUnavailable,
                         format!("committing the kafka transaction of lane {lane}, checkpoint {e}: {err}"),
@@ -1366,10 +1374,9 @@ impl TxnLane {
             return Ok((p, true));
         }
         let mut config = self.config.clone();
-        config.set(
-            "transactional.id",
-            format!("{}-{}-{}", self.prefix, self.lane, self.next_id),
-        );
+        let id = format!("{}-{}-{}", self.prefix, self.lane, self.next_id);
+        tracing::info!(lane = self.lane, transactional_id = %id, "a new transactional producer");
+        config.set("transactional.id", id);
         self.next_id += 1;
         let p = config
             .create()

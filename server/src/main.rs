@@ -105,8 +105,11 @@ fn main() -> anyhow::Result<()> {
             filter.push_str(&format!(",{quiet}=warn"));
         }
     }
+    // Logs go to stderr (stdout stays free, and test harnesses that keep a
+    // server's stderr show its warnings when a test fails).
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter)?)
+        .with_writer(std::io::stderr)
         .init();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let server = Server::open(&config).await?;

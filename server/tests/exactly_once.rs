@@ -220,7 +220,13 @@ fn crash_run(seed: u64, kills: u64) {
     let total: i64 = 6000;
     // Files roll at 1 KB, so between checkpoints output is written all the
     // time: at a kill, files of the running epoch exist and must not show.
-    let env = [("SLUICE_CHECKPOINT_INTERVAL", "700ms")];
+    // SLUICE_CRASH_LOG (say `warn,sluice_connectors::kafka=info`) sets the
+    // servers' log filter, to see each Kafka transaction's commit.
+    let log = std::env::var("SLUICE_CRASH_LOG").unwrap_or_else(|_| "warn".into());
+    let env = [
+        ("SLUICE_CHECKPOINT_INTERVAL", "700ms"),
+        ("SLUICE_LOG", log.as_str()),
+    ];
     let mut p = SluiceProcess::start_with(&data, &env);
     p.psql(&[
         "-c",

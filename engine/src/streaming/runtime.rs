@@ -474,7 +474,9 @@ impl Coordinator {
                     let store = self.config.store.clone();
                     let epoch = manifest.epoch;
                     let marked = tokio::task::spawn_blocking(move || store.mark_committed(epoch)).await;
-                    if !matches!(marked, Ok(Ok(()))) {
+                    if matches!(marked, Ok(Ok(()))) {
+                        tracing::info!(job = %self.job, epoch, "the checkpoint's output is committed");
+                    } else {
                         tracing::warn!(job = %self.job, epoch, "could not mark the checkpoint committed");
                     }
                     return;
