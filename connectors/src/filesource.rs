@@ -360,6 +360,25 @@ struct LineReader {
 }
 
 impl LineReader {
+    fn new(
+        stream: BoxStream<'static, object_store::Result<Bytes>>,
+        quote: Option<u8>,
+        skip_header: bool,
+    ) -> Self {
+        LineReader {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            in_quote: false,
+            quote,
+            eof: false,
+            line: 1,
+            skip_header,
+            pending: Vec::new(),
+        }
+    }
+
     /// Up to `max` records, with their line numbers; empty at the end.
     /// Cancel-safe: dropped before it returns, the next call goes on where
     /// it stopped.
@@ -552,18 +571,7 @@ impl FileSource {
                     Format::Csv { quote, header, .. } => (Some(*quote), *header),
                     _ => (None, false),
                 };
-                Reader::Lines(LineReader {
-                    stream: got.into_stream(),
-                    buf: Vec::new(),
-                    start: 0,
-                    scanned: 0,
-                    in_quote: false,
-                    quote,
-                    eof: false,
-                    line: 1,
-                    skip_header: header,
-                    pending: Vec::new(),
-                })
+                Reader::Lines(LineReader::new(got.into_stream(), quote, header))
             }
         };
         Ok(OpenFile {
@@ -805,25 +813,6 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
-    fn reader(
-        stream: BoxStream<'static, object_store::Result<Bytes>>,
-        quote: Option<u8>,
-        skip_header: bool,
-    ) -> LineReader {
-        LineReader {
-            stream,
-            buf: Vec::new(),
-            start: 0,
-            scanned: 0,
-            in_quote: false,
-            quote,
-            eof: false,
-            line: 1,
-            skip_header,
-            pending: Vec::new(),
-        }
-    }
-
     #[tokio::test]
     async fn csv_records_may_span_lines_inside_quotes() {
         let data = b"id,name\n1,\"a\nb\"\r\n\n2,c".to_vec();
@@ -832,7 +821,7 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        let mut r = reader(stream.boxed(), Some(b'"'), true);
+        let mut r = LineReader::new(stream.boxed(), Some(b'"'), true);
         let got = r.next(10).await.unwrap();
         assert_eq!(got, vec![(2, b"1,\"a\nb\"".to_vec()), (5, b"2,c".to_vec())]);
         assert!(r.next(10).await.unwrap().is_empty());
@@ -855,7 +844,7 @@ mod tests {
             tokio::task::yield_now().await;
             c
         });
-        let mut r = reader(stream.boxed(), None, false);
+        let mut r = LineReader::new(stream.boxed(), None, false);
         let mut got = Vec::new();
         // Polled once and dropped, many times: progress is kept inside.
         for _ in 0..40 {
