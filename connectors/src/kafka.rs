@@ -27,7 +27,7 @@
 //! back. SHOW JOBS also shows each partition's position and lag (from
 //! librdkafka's statistics).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -262,7 +262,6 @@ impl Options {
         config
             .set("group.id", "sluice")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "1000")
             // librdkafka stops fetching a partition for this long once its
@@ -272,6 +271,10 @@ impl Options {
         for (k, v) in &self.properties {
             config.set(k, v);
         }
+        // The end of a partition is how a source knows it is caught up:
+        // only then may the partition count as idle (see
+        // `Source::split_caught_up`).
+        config.set("enable.partition.eof", "true");
         config
     }
 
@@ -492,6 +495,7 @@ impl SourceConnector for KafkaConnector {
             options: o,
             idle,
             next_offsets: vec![None; mine.len()],
+            at_end: vec![false; mine.len()],
             emitted: mine.iter().map(|k| resumed.get(k).copied()).collect(),
             partitions: mine,
             bad,
@@ -534,6 +538,8 @@ struct Fetched {
     records: Vec<Record>,
     /// Per partition: the offset after the last message (tombstones too).
     next_offsets: BTreeMap<i32, i64>,
+    /// Partitions read to their end after the last of these messages.
+    at_end: BTreeSet<i32>,
 }
 
 /// A record's payload (and key) in `Fetched::buf`, position and metadata.
@@ -570,6 +576,7 @@ impl Fetcher {
                 Some(Ok(msg)) => {
                     failures = 0;
                     current.next_offsets.insert(msg.partition(), msg.offset() + 1);
+                    current.at_end.remove(&msg.partition());
                     // A tombstone (no value) carries no row.
                     if let Some(payload) = msg.payload() {
                         let start = current.buf.len();
@@ -594,6 +601,13 @@ impl Fetcher {
                                 .then(|| msg.headers().map(headers_json).unwrap_or_else(|| "{}".into())),
                         });
                     }
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + self.linger);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    failures = 0;
+                    current.at_end.insert(p);
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + self.linger);
                     }
@@ -625,7 +639,7 @@ impl Fetcher {
     /// Sends what was gathered (if anything); false when the task is gone.
     fn send(&self, current: &mut Fetched, deadline: &mut Option<Instant>) -> bool {
         *deadline = None;
-        if current.next_offsets.is_empty() {
+        if current.next_offsets.is_empty() && current.at_end.is_empty() {
             return true;
         }
         // The next batch starts with room for as much as this one had.
@@ -690,6 +704,8 @@ struct KafkaSource {
     /// Per split: the offset after the last record handed out (the
     /// checkpointed position).
     emitted: Vec<Option<i64>>,
+    /// Per split: read to the end of its partition (as of the last fetch).
+    at_end: Vec<bool>,
     bad: BadRecords,
     /// Records received and not decoded yet. Kept here, not in a local, so
     /// that `next_batch` can be cancelled (the runtime wakes up
@@ -884,6 +900,12 @@ impl Source for KafkaSource {
                         for (partition, next) in &fetched.next_offsets {
                             if let Some(split) = self.partitions.iter().position(|p| p == partition) {
                                 self.next_offsets[split] = Some(*next);
+                                self.at_end[split] = false;
+                            }
+                        }
+                        for partition in &fetched.at_end {
+                            if let Some(split) = self.partitions.iter().position(|p| p == partition) {
+                                self.at_end[split] = true;
                             }
                         }
                         self.pending = Some(fetched);
@@ -951,6 +973,24 @@ impl Source for KafkaSource {
 
     fn last_split(&self) -> usize {
         self.last_split
+    }
+
+    /// Read to the end of the partition, and nothing of it still waiting
+    /// here. A partition not fetched yet (a slow start, a stalled broker)
+    /// is not caught up.
+    fn split_caught_up(&self, split: usize) -> bool {
+        if self.idle {
+            return true;
+        }
+        let Some(partition) = self.partitions.get(split) else {
+            return true;
+        };
+        self.at_end[split]
+            && !self.ready.iter().any(|(s, _, _)| *s == split)
+            && !self
+                .pending
+                .as_ref()
+                .is_some_and(|f| f.next_offsets.contains_key(partition))
     }
 
     fn take_bad_records(&mut self) -> u64 {
@@ -1247,9 +1287,16 @@ impl SinkOptions {
 /// left open.
 #[derive(Default)]
 pub struct KafkaTransactions {
-    pending: std::sync::Mutex<Vec<(u64, usize, rdkafka::producer::FutureProducer)>>,
-    free: std::sync::Mutex<HashMap<usize, Vec<rdkafka::producer::FutureProducer>>>,
+    pending: std::sync::Mutex<Vec<(u64, usize, TxnProducer)>>,
+    free: std::sync::Mutex<HashMap<usize, Vec<TxnProducer>>>,
     committed: std::sync::atomic::AtomicU64,
+}
+
+/// A transactional producer and its transactional id (for the logs).
+#[derive(Clone)]
+struct TxnProducer {
+    id: Arc<str>,
+    producer: rdkafka::producer::FutureProducer,
 }
 
 impl std::fmt::Debug for KafkaTransactions {
@@ -1281,7 +1328,7 @@ impl sluice_engine::sink::Committer for KafkaTransactions {
                     .push((e, lane, producer));
                 continue;
             }
-            let p = producer.clone();
+            let p = producer.producer.clone();
             let committed = tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
                 .await
                 .map_err(|e| SluiceError::internal(format!("committing a kafka transaction: {e}")))?;
@@ -1291,6 +1338,7 @@ impl sluice_engine::sink::Committer for KafkaTransactions {
                         lane,
                         epoch = e,
                         checkpoint = epoch,
+                        transactional_id = %producer.id,
                         "committed a kafka transaction"
                     );
                     self.free
@@ -1301,7 +1349,7 @@ impl sluice_engine::sink::Committer for KafkaTransactions {
                         .push(producer)
                 }
                 Err(err) => {
-                    tracing::warn!(lane, epoch = e, checkpoint = epoch, error = %err, "a kafka transaction did not commit");
+                    tracing::warn!(lane, epoch = e, checkpoint = epoch, transactional_id = %producer.id, error = %err, "a kafka transaction did not commit");
                     failed = Some(SluiceError::new(
                         ErrorKind::StorageUnavailable,
                         format!("committing the kafka transaction of lane {lane}, checkpoint {e}: {err}"),
@@ -1346,6 +1394,8 @@ struct TxnLane {
     config: ClientConfig,
     prefix: String,
     next_id: usize,
+    /// The current producer's transactional id.
+    current: Arc<str>,
     /// The current producer has been initialised for transactions.
     ready: bool,
     /// A transaction is open on the current producer.
@@ -1362,7 +1412,7 @@ impl TxnLane {
 
     /// A producer for the next transaction: a free one of this lane, or a
     /// new transactional id.
-    fn next_producer(&mut self) -> Result<(rdkafka::producer::FutureProducer, bool)> {
+    fn next_producer(&mut self) -> Result<(TxnProducer, bool)> {
         if let Some(p) = self
             .shared()
             .free
@@ -1376,12 +1426,18 @@ impl TxnLane {
         let mut config = self.config.clone();
         let id = format!("{}-{}-{}", self.prefix, self.lane, self.next_id);
         tracing::info!(lane = self.lane, transactional_id = %id, "a new transactional producer");
-        config.set("transactional.id", id);
+        config.set("transactional.id", &id);
         self.next_id += 1;
-        let p = config
+        let producer = config
             .create()
             .map_err(|e| SluiceError::invalid_parameter(format!("kafka producer: {e}")))?;
-        Ok((p, false))
+        Ok((
+            TxnProducer {
+                id: id.into(),
+                producer,
+            },
+            false,
+        ))
     }
 }
 
@@ -1466,12 +1522,14 @@ impl SinkConnector for KafkaSink {
                 config: config.clone(),
                 prefix: format!("sluice-{}", ctx.job_id),
                 next_id: 0,
+                current: Arc::from(""),
                 ready: false,
                 open: false,
             };
             let (producer, ready) = t.next_producer()?;
             t.ready = ready;
-            Some((t, producer))
+            t.current = producer.id;
+            Some((t, producer.producer))
         } else {
             None
         };
@@ -1512,7 +1570,9 @@ struct KafkaWriter {
     options: SinkOptions,
     schema: SchemaRef,
     updating: bool,
-    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Records sent and not yet acknowledged (with their value when debug
+    /// logging is on: each delivery is logged with its offset).
+    pending: Vec<(rdkafka::producer::DeliveryFuture, Option<Vec<u8>>)>,
     /// Made at the first write (Confluent: once the registry gave an id).
     avro: Option<AvroEncoder>,
     /// Exactly-once: the lane's transactions.
@@ -1541,6 +1601,7 @@ impl KafkaWriter {
         .await
         .map_err(|e| SluiceError::internal(format!("kafka transaction: {e}")))?
         .map_err(|e| SluiceError::new(ErrorKind::StorageUnavailable, format!("kafka transaction: {e}")))?;
+        tracing::debug!(lane = t.lane, transactional_id = %t.current, initialised = !ready, "a kafka transaction began");
         t.ready = true;
         t.open = true;
         Ok(())
@@ -1556,7 +1617,11 @@ impl KafkaWriter {
             return Ok(());
         }
         let (next, ready) = t.next_producer()?;
-        let parked = std::mem::replace(&mut self.producer, next);
+        tracing::debug!(lane = t.lane, epoch, transactional_id = %t.current, "a kafka transaction waits for its checkpoint");
+        let parked = TxnProducer {
+            id: std::mem::replace(&mut t.current, next.id),
+            producer: std::mem::replace(&mut self.producer, next.producer),
+        };
         t.shared()
             .pending
             .lock()
@@ -1647,7 +1712,9 @@ impl KafkaWriter {
             }
             match self.producer.send_result(record) {
                 Ok(delivery) => {
-                    self.pending.push(delivery);
+                    let logged =
+                        tracing::enabled!(tracing::Level::DEBUG).then(|| value.clone().unwrap_or_default());
+                    self.pending.push((delivery, logged));
                     return Ok(());
                 }
                 Err((
@@ -1670,9 +1737,21 @@ impl KafkaWriter {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        for d in std::mem::take(&mut self.pending) {
+        for (d, logged) in std::mem::take(&mut self.pending) {
             match d.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(rdkafka::producer::future_producer::Delivery {
+                    partition, offset, ..
+                })) => {
+                    if let Some(value) = logged {
+                        tracing::debug!(
+                            transactional_id = self.txn.as_ref().map(|t| &*t.current),
+                            partition,
+                            offset,
+                            value = %String::from_utf8_lossy(&value),
+                            "delivered"
+                        );
+                    }
+                }
                 Ok(Err((e, _))) => {
                     return Err(SluiceError::new(
                         ErrorKind::StorageUnavailable,

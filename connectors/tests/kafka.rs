@@ -1696,3 +1696,77 @@ async fn bounded_streams_read_an_offset_range_and_end() {
     .unwrap_err();
     assert!(err.to_string().contains("scan.bounded.mode"), "{err}");
 }
+
+/// A partition counts as caught up (and so may go idle and stop holding
+/// the watermark back) only once it was read to its end: before its first
+/// fetch, or while its records wait in the source, it is not. An empty
+/// partition is caught up as soon as it was fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_caught_up_only_once_read_to_its_end() {
+    use sluice_engine::datafusion::arrow::datatypes::{Field, Schema};
+    use sluice_engine::stream::SourceConnector;
+    let topic = format!("caught-up-{}", std::process::id());
+    create_topic(&topic, 2).await;
+    let records: Vec<(i32, Vec<u8>)> = (0..200).map(|i| (0, click(i))).collect();
+    produce(&topic, &records).await;
+    let options: BTreeMap<String, String> = [
+        ("topic", topic.as_str()),
+        ("properties.bootstrap.servers", &brokers()),
+        ("format", "json"),
+        ("scan.startup.mode", "earliest"),
+        ("batch.size", "50"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, true)]));
+    let mut source = KafkaConnector::default()
+        .open(&options, &schema, 0, 1, None)
+        .unwrap();
+    assert_eq!(source.splits(), 2);
+    assert!(
+        !source.split_caught_up(0) && !source.split_caught_up(1),
+        "nothing fetched yet: neither partition is caught up"
+    );
+    // Read partition 0's 200 records; until the last is handed out it is
+    // not caught up.
+    let mut rows = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows < 200 {
+        assert!(Instant::now() < deadline, "read {rows} of 200 rows");
+        assert!(!source.split_caught_up(0), "{rows} of 200 rows read");
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(500), source.next_batch())
+            .await
+            .map(|r| r.unwrap())
+        {
+            assert_eq!(source.last_split(), 0);
+            rows += b.num_rows();
+        }
+    }
+    assert_eq!(rows, 200);
+    // Both partitions get to their end (the empty one too).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(source.split_caught_up(0) && source.split_caught_up(1)) {
+        assert!(Instant::now() < deadline, "both partitions read to the end");
+        let got = tokio::time::timeout(Duration::from_millis(200), source.next_batch()).await;
+        assert!(got.is_err(), "no more rows: {got:?}");
+    }
+    // New records: partition 1 is behind again until they are handed out.
+    produce(&topic, &[(1, click(500))]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the new record arrives");
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(200), source.next_batch())
+            .await
+            .map(|r| r.unwrap())
+        {
+            assert_eq!((source.last_split(), b.num_rows()), (1, 1));
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !source.split_caught_up(1) {
+        assert!(Instant::now() < deadline, "partition 1 read to its end again");
+        let _ = tokio::time::timeout(Duration::from_millis(200), source.next_batch()).await;
+    }
+}

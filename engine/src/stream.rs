@@ -80,6 +80,16 @@ pub trait Source: Send {
         0
     }
 
+    /// Whether `split` has handed out every row its input had when last
+    /// asked (a Kafka partition read to its end). Only such a split may be
+    /// called idle and stop holding the watermark back after a while
+    /// without rows: a split that is merely slow (a fetch stalled, a
+    /// restart catching up) keeps it, or its rows would arrive behind the
+    /// watermark and be dropped as late.
+    fn split_caught_up(&self, _split: usize) -> bool {
+        true
+    }
+
     /// What SHOW JOBS says about this source task beyond row counts:
     /// position and lag per split, a connection being retried, files read.
     fn status(&self) -> Option<String> {

@@ -21,7 +21,8 @@ start)
   fi
   "$0" stop
   PORT=${SLUICE_KAFKA_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
+  # SLUICE_KAFKA_LOG sets the broker's log filter (RUST_LOG), e.g. `warn`.
+  RUST_LOG=${SLUICE_KAFKA_LOG:-${RUST_LOG:-}} "$TANSU" broker --listener-url "tcp://127.0.0.1:$PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$PORT" --storage-engine memory://tansu/ \
     >"$RUN/kafka.log" 2>&1 &
   echo $! >"$RUN/kafka.pid"

@@ -378,9 +378,19 @@ fn crash_run(seed: u64, kills: u64) {
     let got: std::collections::BTreeSet<String> = out.into_iter().collect();
     let want: std::collections::BTreeSet<String> = want_windows.iter().map(|w| w.replace('|', ",")).collect();
     let missing: Vec<_> = want.difference(&got).collect();
+    // What the topic has for the missing windows' (page, window) instead
+    // (a smaller count would mean rows dropped as late, not lost output).
+    let instead: Vec<_> = missing
+        .iter()
+        .flat_map(|m| {
+            let prefix = m.rsplitn(3, ',').last().unwrap_or_default().to_string() + ",";
+            got.iter().filter(move |g| g.starts_with(&prefix))
+        })
+        .collect();
     assert!(
         missing.is_empty(),
-        "seed {seed}: {} of {} windows missing from kafka ({} read, e.g. {:?}): {missing:?}",
+        "seed {seed}: {} of {} windows missing from kafka ({} read, e.g. {:?}): {missing:?}; \
+         the topic has instead: {instead:?}",
         missing.len(),
         want.len(),
         got.len(),

@@ -92,6 +92,9 @@ impl NodeMetrics {
     }
 
     pub fn add_late(&self, n: u64) {
+        if n > 0 {
+            tracing::debug!(rows = n, "rows behind the watermark dropped as late");
+        }
         self.late_rows.fetch_add(n, Ordering::Relaxed);
     }
 

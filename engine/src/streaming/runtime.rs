@@ -1247,16 +1247,13 @@ fn source_lane(
                     Err(_) => {
                         state.tick = tokio::time::Instant::now() + SOURCE_TICK;
                         metrics.set_detail(partition, source.status());
-                        let all_idle = state
-                            .splits
-                            .iter()
-                            .all(|(_, seen)| seen.elapsed() >= SPLIT_IDLE_TIMEOUT);
-                        if all_idle {
+                        let idle = idle_splits(&state.splits, &**source);
+                        if idle.iter().all(|i| *i) {
                             if !state.idle_sent {
                                 state.idle_sent = true;
                                 state.pending.push_back(Message::Idle);
                             }
-                        } else if let Some(wm) = split_watermark(&state.splits)
+                        } else if let Some(wm) = split_watermark(&state.splits, &idle)
                             && wm > state.watermark
                         {
                             state.watermark = wm;
@@ -1285,7 +1282,7 @@ fn source_lane(
                                 Err(e) => return Some((Err(e), None)),
                             }
                         }
-                        let wm = split_watermark(&state.splits);
+                        let wm = split_watermark(&state.splits, &idle_splits(&state.splits, &**source));
                         state.pending.push_back(Message::Batch(batch));
                         if table.watermark.is_none() {
                             // No event time: every batch is a progress step
@@ -1341,18 +1338,31 @@ const STATE_METRICS_EVERY: std::time::Duration = std::time::Duration::from_milli
 /// How often a waiting source lane wakes up to check for idle splits.
 const SOURCE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A split with no rows for this long no longer holds the watermark back.
+/// A caught-up split with no rows for this long no longer holds the
+/// watermark back.
 const SPLIT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The watermark over splits: the least of the active ones. A split that
-/// had no rows for [`SPLIT_IDLE_TIMEOUT`] is idle and skipped (an empty
-/// Kafka partition must not stall every window); when all are idle, the
-/// greatest known one stands.
-fn split_watermark(splits: &[(Option<i64>, Instant)]) -> Option<i64> {
+/// Per split: idle, i.e. no rows for [`SPLIT_IDLE_TIMEOUT`] and nothing
+/// waiting to be read (the source says it is caught up). A split that is
+/// only slow is not idle: its rows are still to come, and skipping it
+/// would close windows before they arrive.
+fn idle_splits(splits: &[(Option<i64>, Instant)], source: &dyn crate::stream::Source) -> Vec<bool> {
+    splits
+        .iter()
+        .enumerate()
+        .map(|(i, (_, seen))| seen.elapsed() >= SPLIT_IDLE_TIMEOUT && source.split_caught_up(i))
+        .collect()
+}
+
+/// The watermark over splits: the least of the active ones. Idle splits
+/// are skipped (an empty Kafka partition must not stall every window);
+/// when all are idle, the greatest known one stands.
+fn split_watermark(splits: &[(Option<i64>, Instant)], idle: &[bool]) -> Option<i64> {
     let active: Vec<Option<i64>> = splits
         .iter()
-        .filter(|(_, seen)| seen.elapsed() < SPLIT_IDLE_TIMEOUT)
-        .map(|(w, _)| *w)
+        .zip(idle)
+        .filter(|(_, idle)| !**idle)
+        .map(|((w, _), _)| *w)
         .collect();
     if active.is_empty() {
         return splits.iter().filter_map(|(w, _)| *w).max();
@@ -1652,4 +1662,53 @@ async fn run_keyed(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source whose splits are caught up as told.
+    struct Splits(Vec<bool>);
+
+    #[async_trait::async_trait]
+    impl crate::stream::Source for Splits {
+        async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+            Ok(None)
+        }
+
+        fn splits(&self) -> usize {
+            self.0.len()
+        }
+
+        fn split_caught_up(&self, split: usize) -> bool {
+            self.0[split]
+        }
+    }
+
+    #[test]
+    fn only_a_caught_up_split_goes_idle() {
+        let now = Instant::now();
+        let quiet = now
+            .checked_sub(SPLIT_IDLE_TIMEOUT + std::time::Duration::from_secs(1))
+            .expect("a past instant");
+        // Split 0 has rows; split 1 had none for longer than the timeout.
+        let splits = [(Some(5_000), now), (Some(1_000), quiet)];
+        // Caught up: split 1 is idle, the watermark is split 0's.
+        let idle = idle_splits(&splits, &Splits(vec![true, true]));
+        assert_eq!(idle, [false, true]);
+        assert_eq!(split_watermark(&splits, &idle), Some(5_000));
+        // Behind (its rows not fetched yet): split 1 holds the watermark.
+        let idle = idle_splits(&splits, &Splits(vec![true, false]));
+        assert_eq!(idle, [false, false]);
+        assert_eq!(split_watermark(&splits, &idle), Some(1_000));
+        // A split that never had a row and is behind holds it back entirely.
+        let splits = [(Some(5_000), now), (None, quiet)];
+        let idle = idle_splits(&splits, &Splits(vec![true, false]));
+        assert_eq!(split_watermark(&splits, &idle), None);
+        // All idle: the greatest known watermark stands.
+        let splits = [(Some(5_000), quiet), (Some(1_000), quiet)];
+        let idle = idle_splits(&splits, &Splits(vec![true, true]));
+        assert_eq!(split_watermark(&splits, &idle), Some(5_000));
+    }
 }
