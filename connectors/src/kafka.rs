@@ -668,6 +668,11 @@ struct ContextState {
 
 impl ClientContext for KafkaContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition comes through here too (and to the fetch
+        // thread's poll, which uses it): not an error.
+        if let KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) = error {
+            return;
+        }
         tracing::warn!("kafka: {error}: {reason}");
         let mut s = self.shared.lock().expect("kafka context lock");
         s.last_error = Some((Instant::now(), format!("{error}: {reason}")));
