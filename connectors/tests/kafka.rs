@@ -294,7 +294,10 @@ async fn read_topic(
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        // Offset 0, not `Beginning`: the test broker answers "earliest" with
+        // the batch written first, which concurrent producers can make a
+        // later one (see `read_all` in server/tests/exactly_once.rs).
+        tpl.add_partition_offset(topic, p, Offset::Offset(0)).unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut out = vec![];
@@ -484,7 +487,7 @@ async fn read_with_headers(topic: &str, n: usize) -> Vec<(Vec<u8>, BTreeMap<Stri
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0)).unwrap(); // see above
     consumer.assign(&tpl).unwrap();
     let mut out = vec![];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -1496,7 +1499,7 @@ async fn read_isolated(topic: &str, isolation: &str, wait: Duration) -> Vec<Stri
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0)).unwrap(); // see above
     consumer.assign(&tpl).unwrap();
     let mut out = vec![];
     let deadline = tokio::time::Instant::now() + wait;
