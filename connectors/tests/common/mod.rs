@@ -74,15 +74,28 @@ pub fn counts(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
 
 /// The `bad_rows` of every operator in a SHOW JOBS result, summed.
 pub fn bad_rows(jobs: &[RecordBatch]) -> i64 {
-    jobs.iter()
-        .map(|b| {
-            let c = b.column(b.schema().index_of("bad_rows").unwrap());
-            c.as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .iter()
-                .sum::<i64>()
-        })
-        .sum()
+    bad_rows_where(jobs, |_| true)
+}
+
+/// The `bad_rows` of one job's operators in a SHOW JOBS result, summed.
+/// Each job reads its sources itself and counts what it skips, so a stream
+/// read by two jobs has its bad records counted twice in the total.
+pub fn bad_rows_of(jobs: &[RecordBatch], job: &str) -> i64 {
+    bad_rows_where(jobs, |name| name == job)
+}
+
+fn bad_rows_where(jobs: &[RecordBatch], keep: impl Fn(&str) -> bool) -> i64 {
+    let mut total = 0;
+    for b in jobs {
+        let names = b.column(b.schema().index_of("job").unwrap());
+        let names = names.as_any().downcast_ref::<StringArray>().unwrap();
+        let bad = b.column(b.schema().index_of("bad_rows").unwrap());
+        let bad = bad.as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            if keep(names.value(i)) {
+                total += bad.value(i);
+            }
+        }
+    }
+    total
 }
