@@ -60,8 +60,8 @@ static SLEEPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// `sluice_debug_sleep_if_exists(path, ms)`: `true`, after sleeping `ms`
 /// milliseconds per call while a file is at `path`. A test stalls a task at
 /// a moment of its choosing (so that it can't take part in a checkpoint).
-/// One call sleeps at a time (the sleep blocks a runtime thread; the server
-/// must keep another to answer).
+/// One call sleeps at a time, and it gives its runtime thread's other work
+/// to another thread first (`block_in_place`): the server keeps answering.
 pub fn sleep_if_exists_udf() -> ScalarUDF {
     create_udf(
         "sluice_debug_sleep_if_exists",
@@ -82,7 +82,17 @@ pub fn sleep_if_exists_udf() -> ScalarUDF {
                     .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {
-                std::thread::sleep(std::time::Duration::from_millis((*ms).max(0) as u64));
+                let sleep = || std::thread::sleep(std::time::Duration::from_millis((*ms).max(0) as u64));
+                // On the server's runtime the thread is handed over first,
+                // so that what was queued on it (a connection's accept, the
+                // checkpoint coordinator) runs elsewhere meanwhile: only the
+                // calling task stalls.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(sleep)
+                    }
+                    _ => sleep(),
+                }
                 SLEEPING.store(false, Ordering::SeqCst);
             }
             Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
