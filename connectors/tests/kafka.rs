@@ -1597,6 +1597,72 @@ async fn exactly_once_kafka_sink_commits_with_checkpoints() {
     );
 }
 
+/// An exactly-once sink over a bounded stream and an unbounded one: the
+/// sink lane the bounded stream feeds finishes while the job runs, and the
+/// next checkpoint commits its last transaction (it is not left for a final
+/// checkpoint, which a job with an unbounded input never takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_inputs_last_transaction_commits_while_the_job_runs() {
+    let id = std::process::id();
+    let (bounded, live, output) = (
+        format!("ended-in-{id}"),
+        format!("live-in-{id}"),
+        format!("mixed-out-{id}"),
+    );
+    for t in [&bounded, &live, &output] {
+        create_topic(t, 1).await;
+    }
+    let records: Vec<(i32, Vec<u8>)> = (0..100).map(|i| (0, click(i))).collect();
+    produce(&bounded, &records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = kafka_engine(dir.path(), 1, Some(Duration::from_millis(500))).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM ended (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{bounded}', \
+             'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', \
+             'scan.bounded.mode' = 'latest-offset', format = 'json'); \
+             CREATE STREAM live (user_id BIGINT, page TEXT) WITH (connector = 'kafka', topic = '{live}', \
+             'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', format = 'json'); \
+             CREATE SINK out WITH (connector = 'kafka', topic = '{output}', 'properties.bootstrap.servers' = '{b}', \
+             format = 'json', 'sink.delivery-guarantee' = 'exactly-once') AS \
+             SELECT user_id, page FROM ended UNION ALL SELECT user_id, page FROM live",
+            b = brokers()
+        ),
+    )
+    .await
+    .unwrap();
+    let committed_at_least = |n: usize| {
+        let output = output.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = read_isolated(&output, "read_committed", Duration::from_secs(2)).await;
+                if got.len() >= n || Instant::now() > deadline {
+                    return got;
+                }
+            }
+        }
+    };
+    let committed = committed_at_least(100).await;
+    assert_eq!(committed.len(), 100, "the bounded stream's output is committed");
+    let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
+    assert_eq!(distinct.len(), 100);
+    // The job runs on and keeps committing what the live stream brings.
+    let more: Vec<(i32, Vec<u8>)> = (100..120).map(|i| (0, click(i))).collect();
+    produce(&live, &more).await;
+    let committed = committed_at_least(120).await;
+    assert_eq!(committed.len(), 120);
+    let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
+    assert_eq!(distinct.len(), 120);
+    let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+    let statuses = strings(&jobs, 2);
+    assert!(
+        statuses.iter().all(|s| s.as_deref() == Some("running")),
+        "{statuses:?}"
+    );
+}
+
 /// The offset `group` committed for partition 0 of `topic`, polled until it
 /// is `want` or 20 s pass.
 async fn group_offset(group: &str, topic: &str, want: i64) -> Option<i64> {

@@ -784,13 +784,25 @@ pub(crate) enum Ack {
         base: Option<String>,
     },
     /// The task could not take part (the checkpoint fails, the job goes on).
-    Failed { epoch: u64, error: String },
+    Failed { epoch: u64, key: String, error: String },
     /// A source lane ended (bounded input) at this position (None: its
-    /// connector can't resume): it takes no more barriers.
+    /// connector can't resume): it takes no more barriers, and later
+    /// checkpoints record it at this position.
     Ended { key: String, position: Option<String> },
-    /// A sink lane's input ended: its state for the job's final checkpoint
-    /// (its output since the last checkpoint is committed with it).
-    Finished { key: String, state: Vec<RecordBatch> },
+    /// A sink lane's input ended: its last state, taken after the barrier
+    /// of checkpoint `after` (the last one it passed, or the one restored).
+    /// It goes into the first checkpoint after `after` to complete (its
+    /// output since then is committed with it); the lane takes no more
+    /// barriers.
+    Finished {
+        key: String,
+        after: u64,
+        state: Vec<RecordBatch>,
+    },
+    /// Every input of a keyed task ended and it passed on all it had: it
+    /// takes no more barriers and keeps no state (its output is in the
+    /// state of the tasks below it).
+    Done { key: String },
 }
 
 #[cfg(test)]

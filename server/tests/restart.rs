@@ -354,3 +354,130 @@ fn incremental_checkpoints_restore_after_kill_9() {
     let got: std::collections::BTreeSet<String> = changed.lines().map(str::to_string).collect();
     assert_eq!(got.into_iter().collect::<Vec<_>>(), want);
 }
+
+/// A job reading a bounded stream and an unbounded one keeps taking
+/// checkpoints after the bounded one ends (as Flink does since FLIP-147):
+/// later checkpoints record the ended lanes at their end and take the last
+/// state of the sink lanes they fed. After kill -9 the jobs restore from
+/// such a checkpoint: the bounded stream is not read again, the view keeps
+/// the rows of its finished lanes, the Delta sink lands nothing twice.
+#[test]
+fn checkpoints_go_on_after_a_bounded_input_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = dir.path().join("clicks");
+    let lake = dir.path().join("landed");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let mut p = SluiceProcess::start_with(&data, &env);
+    // 2000 nexmark events hold 1840 bids.
+    let union = "SELECT 'bid' AS src, CAST(auction AS TEXT) AS k FROM bid \
+                 UNION ALL SELECT 'click' AS src, page AS k FROM clicks";
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (page TEXT, ts TIMESTAMP) WITH (connector = 'filesystem', \
+             path = '{}', format = 'json', 'source.monitor-interval' = '100ms')",
+            input.display()
+        ),
+        "-c",
+        "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', \
+         'events.max' = '2000', 'events.per.second' = '0')",
+        "-c",
+        &format!("CREATE MATERIALIZED VIEW seen AS {union}"),
+        // The bid count's task ends with its input; the click count's runs on.
+        "-c",
+        "CREATE MATERIALIZED VIEW per_src AS SELECT 'bid' AS src, count(*) AS n FROM bid \
+         UNION ALL SELECT 'click' AS src, count(*) AS n FROM clicks",
+        "-c",
+        &format!(
+            "CREATE SINK landed WITH (connector = 'delta', path = '{}') AS {union}",
+            lake.display()
+        ),
+    ]);
+    let counts = |p: &SluiceProcess, table: &str| -> String {
+        p.psql(&[
+            "-tA",
+            "-c",
+            &format!("SELECT src, count(*) FROM {table} GROUP BY src ORDER BY src"),
+        ])
+        .trim()
+        .replace('\n', " ")
+    };
+    let per_src = |p: &SluiceProcess| -> String {
+        p.psql(&["-tA", "-c", "SELECT src, n FROM per_src ORDER BY src"])
+            .trim()
+            .replace('\n', " ")
+    };
+    wait_for("the bids and the first file", || {
+        (counts(&p, "seen") == "bid|1840 click|300"
+            && counts(&p, "landed") == "bid|1840 click|300"
+            && per_src(&p) == "bid|1840 click|300")
+            .then_some(())
+    });
+    // The bid stream has ended; checkpoints keep completing for every job.
+    let jobs = ["landed", "per_src", "seen"];
+    let two_more = |p: &SluiceProcess, what: &str| {
+        let before: Vec<Option<i64>> = jobs.iter().map(|j| completed_epoch(p, j)).collect();
+        wait_for(what, || {
+            jobs.iter()
+                .zip(&before)
+                .all(|(j, b)| completed_epoch(p, j) > b.map(|e| e + 1).or(Some(1)))
+                .then_some(())
+        });
+        before
+    };
+    two_more(&p, "checkpoints after the bounded stream ended");
+    std::fs::write(input.join("b.json"), clicks(300, 300)).unwrap();
+    wait_for("the second file", || {
+        (counts(&p, "seen") == "bid|1840 click|600"
+            && counts(&p, "landed") == "bid|1840 click|600"
+            && per_src(&p) == "bid|1840 click|600")
+            .then_some(())
+    });
+    let before = two_more(&p, "checkpoints after the second file");
+    p.kill9();
+
+    std::fs::write(input.join("c.json"), clicks(600, 300)).unwrap();
+    let p = SluiceProcess::start_with(&data, &env);
+    let restored: Vec<(String, i64)> = checkpoints(&p)
+        .into_iter()
+        .filter(|(_, _, status)| status == "restored")
+        .map(|(job, epoch, _)| (job, epoch))
+        .collect();
+    assert_eq!(restored.len(), 3, "{restored:?}");
+    for (job, epoch) in &restored {
+        let before = before[jobs.iter().position(|j| j == job).unwrap()];
+        assert!(
+            Some(*epoch) > before,
+            "{job} restored from checkpoint {epoch}, one taken after the second file ({before:?} or later)"
+        );
+    }
+    wait_for("the third file", || {
+        (counts(&p, "seen") == "bid|1840 click|900"
+            && counts(&p, "landed") == "bid|1840 click|900"
+            && per_src(&p) == "bid|1840 click|900")
+            .then_some(())
+    });
+    // Resuming, not replaying: the bid stream was at its end, the clicks
+    // after the second file.
+    let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+    let mut read: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for l in jobs.lines() {
+        let f: Vec<&str> = l.split('|').collect();
+        if f.len() > 7 && f[4].starts_with("Source") {
+            *read.entry((f[0].to_string(), f[4].to_string())).or_default() += f[7].parse::<i64>().unwrap();
+        }
+    }
+    let want: std::collections::BTreeMap<(String, String), i64> = [
+        (("landed".to_string(), "Source: bid".to_string()), 0),
+        (("landed".to_string(), "Source: clicks".to_string()), 300),
+        (("per_src".to_string(), "Source: bid".to_string()), 0),
+        (("per_src".to_string(), "Source: clicks".to_string()), 300),
+        (("seen".to_string(), "Source: bid".to_string()), 0),
+        (("seen".to_string(), "Source: clicks".to_string()), 300),
+    ]
+    .into();
+    assert_eq!(read, want, "{jobs}");
+}

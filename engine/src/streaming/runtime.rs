@@ -112,7 +112,7 @@ impl Job {
             acks,
             store: checkpoints.as_ref().map(|c| c.store.clone()),
             restore: checkpoints.as_ref().and_then(|c| c.restore.clone()),
-            participants: 0,
+            participants: vec![],
             parallelism: Default::default(),
             source_streams: Default::default(),
             start_from,
@@ -128,7 +128,7 @@ impl Job {
             if let Some(r) = &wiring.restore {
                 writer.restore(r.state(&key)?)?;
             }
-            wiring.participants += usize::from(wiring.store.is_some());
+            wiring.participate(&key);
             tasks.push(drive_sink(lane, writer, wiring.task(key)).boxed());
         }
         let coordinator = match checkpoints {
@@ -146,7 +146,7 @@ impl Job {
                 let coordinator = Coordinator {
                     job: name.to_string(),
                     config,
-                    participants: wiring.participants,
+                    participants: std::mem::take(&mut wiring.participants),
                     parallelism: std::mem::take(&mut wiring.parallelism),
                     source_streams: std::mem::take(&mut wiring.source_streams),
                     sink_lanes: n,
@@ -248,8 +248,8 @@ struct Wiring {
     /// None: the job does not checkpoint (a SUBSCRIBE's private job).
     store: Option<CheckpointStore>,
     restore: Option<Restore>,
-    /// Tasks that acknowledge each checkpoint.
-    participants: usize,
+    /// Tasks that acknowledge each checkpoint (by their keys).
+    participants: Vec<String>,
     /// Parallelism per keyed node, recorded in manifests.
     parallelism: std::collections::BTreeMap<String, usize>,
     /// The stream each source lane reads (by its manifest key).
@@ -281,8 +281,15 @@ impl Wiring {
             key,
             acks: self.acks.clone(),
             store: self.store.clone(),
-            trigger: self.trigger.clone(),
+            restored: self.restore.as_ref().map_or(0, |r| r.manifest.epoch),
             base: None,
+        }
+    }
+
+    /// The task `key` acknowledges each checkpoint (when the job takes any).
+    fn participate(&mut self, key: &str) {
+        if self.store.is_some() {
+            self.participants.push(key.to_string());
         }
     }
 }
@@ -292,20 +299,32 @@ struct TaskCheckpoint {
     key: String,
     acks: mpsc::UnboundedSender<Ack>,
     store: Option<CheckpointStore>,
-    /// The newest epoch triggered.
-    trigger: tokio::sync::watch::Receiver<u64>,
+    /// The checkpoint this run restored (0: none).
+    restored: u64,
     /// This run's last full snapshot of a keyed operator (epoch, file):
     /// what an incremental one applies to, while that checkpoint stands.
     base: Option<(u64, String)>,
 }
 
 impl TaskCheckpoint {
-    /// A sink lane's input ended: hands its state to the final checkpoint.
-    fn finish(&self, state: Vec<RecordBatch>) {
+    /// A sink lane's input ended after it passed the barrier of checkpoint
+    /// `after`: hands its last state to the next checkpoint.
+    fn finish(&self, after: u64, state: Vec<RecordBatch>) {
         let _ = self.acks.send(Ack::Finished {
             key: self.key.clone(),
+            after,
             state,
         });
+    }
+
+    /// A keyed task's inputs all ended and it passed on everything: it
+    /// takes part in no more checkpoints.
+    fn done(&self) {
+        if self.store.is_some() {
+            let _ = self.acks.send(Ack::Done {
+                key: self.key.clone(),
+            });
+        }
     }
 
     /// Snapshots a keyed operator for `epoch`: only the groups changed
@@ -374,6 +393,7 @@ impl TaskCheckpoint {
             Err(e) => (
                 Ack::Failed {
                     epoch,
+                    key: self.key.clone(),
                     error: format!("{}: {e}", self.key),
                 },
                 None,
@@ -421,7 +441,8 @@ fn describe_positions(m: &Manifest) -> String {
 struct Coordinator {
     job: String,
     config: CheckpointConfig,
-    participants: usize,
+    /// The keys of the tasks that acknowledge checkpoints.
+    participants: Vec<String>,
     parallelism: std::collections::BTreeMap<String, usize>,
     source_streams: std::collections::BTreeMap<String, String>,
     sink_lanes: usize,
@@ -502,10 +523,14 @@ impl Coordinator {
         }
     }
 
-    /// Triggers a checkpoint every interval until an input ends, then
-    /// takes the final checkpoint once every sink lane has finished.
-    /// Returns when that is done (or the job's tasks are gone); an error
-    /// when the final checkpoint could not be taken.
+    /// Triggers a checkpoint every interval while any source lane runs.
+    /// Lanes that ended take part no more: a later checkpoint records an
+    /// ended source lane at its final position and takes a finished sink
+    /// lane's last state (so a job that reads a bounded and an unbounded
+    /// stream keeps checkpointing after the bounded one ends). Once every
+    /// sink lane has finished, takes the job's final checkpoint. Returns
+    /// when that is done (or the job's tasks are gone); an error when the
+    /// final checkpoint could not be taken.
     async fn run(
         self,
         trigger: tokio::sync::watch::Sender<u64>,
@@ -535,8 +560,11 @@ impl Coordinator {
             if ending.sinks.len() == self.sink_lanes {
                 return self.final_checkpoint(epoch + 1, &previous_sources, ending).await;
             }
+            // Barriers enter through the source lanes: none left, none to
+            // take (the final checkpoint follows when the sinks finish).
+            let sources_run = ending.sources.len() < self.source_streams.len();
             tokio::select! {
-                _ = ticker.tick(), if ending.sources.is_empty() => {}
+                _ = ticker.tick(), if sources_run => {}
                 ack = acks.recv() => {
                     let Some(ack) = ack else {
                         return Ok(());
@@ -552,35 +580,43 @@ impl Coordinator {
             if trigger.send(epoch).is_err() {
                 return Ok(());
             }
-            let mut pending = self.participants;
+            let mut pending: std::collections::BTreeSet<&str> = self
+                .participants
+                .iter()
+                .map(String::as_str)
+                .filter(|k| !ending.ended(k))
+                .collect();
             let mut failure: Option<String> = None;
             let deadline = tokio::time::Instant::now() + self.config.timeout;
-            while pending > 0 {
+            while !pending.is_empty() {
                 let ack = match tokio::time::timeout_at(deadline, acks.recv()).await {
                     Ok(Some(ack)) => ack,
                     Ok(None) => return Ok(()),
                     Err(_) => {
                         // Late acknowledgements of this epoch are ignored;
                         // the next checkpoint is triggered as usual.
+                        let waiting: Vec<&str> = pending.iter().take(4).copied().collect();
                         failure = Some(format!(
-                            "timed out after {} ms waiting for {pending} of {} participants",
+                            "timed out after {} ms waiting for {} of {} participants ({}{})",
                             self.config.timeout.as_millis(),
-                            self.participants
+                            pending.len(),
+                            self.participants.len(),
+                            waiting.join(", "),
+                            if pending.len() > waiting.len() {
+                                ", ..."
+                            } else {
+                                ""
+                            }
                         ));
                         break;
                     }
                 };
                 match ack {
-                    Ack::Ended { .. } | Ack::Finished { .. } => {
-                        // A bounded source finished: its lane takes no more
-                        // barriers, so this checkpoint can't complete; the
-                        // job's final checkpoint comes when its sinks end.
-                        ending.take(ack);
-                        failure = Some(
-                            "an input ended; the final checkpoint follows when every sink has finished"
-                                .into(),
-                        );
-                        break;
+                    Ack::Ended { .. } | Ack::Finished { .. } | Ack::Done { .. } => {
+                        // The lane or task takes no more barriers: what it
+                        // ended with stands in for its part (below).
+                        let key = ending.take(ack);
+                        pending.remove(key.as_str());
                     }
                     Ack::Source { epoch: e, .. }
                     | Ack::State { epoch: e, .. }
@@ -590,9 +626,11 @@ impl Coordinator {
                         continue;
                     }
                     Ack::Source { key, position, .. } => {
+                        pending.remove(key.as_str());
                         manifest.sources.insert(key, position);
                     }
                     Ack::State { key, file, base, .. } => {
+                        pending.remove(key.as_str());
                         if let Some((name, bytes)) = file {
                             manifest.bytes += bytes;
                             if let Some(base) = base {
@@ -601,11 +639,32 @@ impl Coordinator {
                             manifest.states.insert(key, name);
                         }
                     }
-                    Ack::Failed { error, .. } => {
+                    Ack::Failed { key, error, .. } => {
+                        pending.remove(key.as_str());
                         failure.get_or_insert(error);
                     }
                 }
-                pending -= 1;
+            }
+            // Source lanes that ended before this barrier: at their end.
+            for (key, position) in &ending.sources {
+                if failure.is_some() || manifest.sources.contains_key(key) {
+                    continue;
+                }
+                match position {
+                    Some(p) => {
+                        manifest.sources.insert(key.clone(), p.clone());
+                    }
+                    None => {
+                        failure = Some(format!(
+                            "source lane {key} ended and can't record a position to resume from"
+                        ))
+                    }
+                }
+            }
+            if failure.is_none()
+                && let Err(e) = self.write_finished(epoch, &ending, &mut manifest).await
+            {
+                failure = Some(format!("writing the state of finished sink lanes: {e}"));
             }
             manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
             stats.duration_ms = Some(manifest.duration_ms);
@@ -622,6 +681,7 @@ impl Coordinator {
             }
             match failure {
                 None => {
+                    ending.landed(epoch);
                     previous_sources = manifest.sources.clone();
                     stats.status = "completed";
                     stats.detail = Some(describe_positions(&manifest));
@@ -635,6 +695,35 @@ impl Coordinator {
             }
             self.config.history.record(stats);
         }
+    }
+
+    /// Writes the last state of the sink lanes that finished before
+    /// checkpoint `epoch`'s barrier into it. With a committer, each such
+    /// state goes into one completed checkpoint only (it is output to
+    /// commit, and committing it again would land it twice); without one
+    /// (a view's rows) into every later checkpoint, which a restore needs.
+    async fn write_finished(&self, epoch: u64, ending: &Ending, manifest: &mut Manifest) -> Result<()> {
+        let states = ending.states_for(epoch, self.config.committer.is_some());
+        if states.is_empty() {
+            return Ok(());
+        }
+        let store = self.config.store.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let mut files = vec![];
+            for (key, state) in states {
+                if let Some(file) = store.write_state(epoch, &key, &state)? {
+                    files.push((key, file));
+                }
+            }
+            Ok::<_, SluiceError>(files)
+        })
+        .await
+        .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}"))))?;
+        for (key, (name, bytes)) in files {
+            manifest.bytes += bytes;
+            manifest.states.insert(key, name);
+        }
+        Ok(())
     }
 
     /// Starts checkpoint `epoch`: when, its SHOW CHECKPOINTS row (recorded
@@ -697,12 +786,12 @@ impl Coordinator {
             self.begin(epoch, Some("final: the input ended".into()), previous_sources);
         let mut sources = std::collections::BTreeMap::new();
         let mut unpositioned = vec![];
-        for (key, position) in ending.sources {
+        for (key, position) in &ending.sources {
             match position {
                 Some(p) => {
-                    sources.insert(key, p);
+                    sources.insert(key.clone(), p.clone());
                 }
-                None => unpositioned.push(key),
+                None => unpositioned.push(key.clone()),
             }
         }
         if !unpositioned.is_empty() {
@@ -714,7 +803,7 @@ impl Coordinator {
             );
             if let Some(log) = &self.config.committer {
                 let mut lane_states = vec![vec![]; self.sink_lanes];
-                for (key, state) in ending.sinks {
+                for (key, state) in ending.states_for(epoch, true) {
                     if let Some(i) = key.strip_prefix("sink-").and_then(|i| i.parse::<usize>().ok())
                         && i < lane_states.len()
                     {
@@ -734,25 +823,8 @@ impl Coordinator {
             return Ok(());
         }
         manifest.sources = sources;
-        let store = self.config.store.clone();
-        let sinks = ending.sinks;
-        let written = tokio::task::spawn_blocking(move || {
-            let mut files = vec![];
-            for (key, state) in sinks {
-                if let Some(file) = store.write_state(epoch, &key, &state)? {
-                    files.push((key, file));
-                }
-            }
-            Ok::<_, SluiceError>(files)
-        })
-        .await
-        .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}"))));
-        let result = match written {
-            Ok(files) => {
-                for (key, (name, bytes)) in files {
-                    manifest.bytes += bytes;
-                    manifest.states.insert(key, name);
-                }
+        let result = match self.write_finished(epoch, &ending, &mut manifest).await {
+            Ok(()) => {
                 manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
                 self.write_manifest(&manifest).await
             }
@@ -783,24 +855,75 @@ impl Coordinator {
     }
 }
 
-/// What the coordinator has heard of the job's end: ended source lanes
-/// (final positions) and finished sink lanes (their last state).
+/// What the coordinator has heard of lanes and tasks that ended: ended
+/// source lanes (final positions), finished sink lanes (their last state)
+/// and keyed tasks whose inputs all ended.
 #[derive(Default)]
 struct Ending {
     sources: std::collections::BTreeMap<String, Option<String>>,
-    sinks: std::collections::BTreeMap<String, Vec<RecordBatch>>,
+    sinks: std::collections::BTreeMap<String, FinishedLane>,
+    tasks: std::collections::BTreeSet<String>,
+}
+
+/// A sink lane whose input ended.
+struct FinishedLane {
+    /// The last checkpoint whose barrier it passed.
+    after: u64,
+    state: Vec<RecordBatch>,
+    /// The completed checkpoint that took its state, if one did.
+    landed: Option<u64>,
 }
 
 impl Ending {
-    fn take(&mut self, ack: Ack) {
+    /// Takes an end acknowledgement (others are ignored); returns the key
+    /// of the lane or task that ended.
+    fn take(&mut self, ack: Ack) -> String {
         match ack {
             Ack::Ended { key, position } => {
-                self.sources.insert(key, position);
+                self.sources.insert(key.clone(), position);
+                key
             }
-            Ack::Finished { key, state } => {
-                self.sinks.insert(key, state);
+            Ack::Finished { key, after, state } => {
+                self.sinks.insert(
+                    key.clone(),
+                    FinishedLane {
+                        after,
+                        state,
+                        landed: None,
+                    },
+                );
+                key
             }
-            _ => {}
+            Ack::Done { key } => {
+                self.tasks.insert(key.clone());
+                key
+            }
+            Ack::Source { key, .. } | Ack::State { key, .. } | Ack::Failed { key, .. } => key,
+        }
+    }
+
+    fn ended(&self, key: &str) -> bool {
+        self.sources.contains_key(key) || self.sinks.contains_key(key) || self.tasks.contains(key)
+    }
+
+    /// The states of finished sink lanes that go into checkpoint `epoch`:
+    /// of lanes that did not pass its barrier, and (`once`) not in a
+    /// completed checkpoint yet.
+    fn states_for(&self, epoch: u64, once: bool) -> Vec<(String, Vec<RecordBatch>)> {
+        self.sinks
+            .iter()
+            .filter(|(_, l)| l.after < epoch && !(once && l.landed.is_some()))
+            .map(|(k, l)| (k.clone(), l.state.clone()))
+            .collect()
+    }
+
+    /// Checkpoint `epoch` completed: it took the states of the lanes that
+    /// finished before its barrier.
+    fn landed(&mut self, epoch: u64) {
+        for l in self.sinks.values_mut() {
+            if l.after < epoch && l.landed.is_none() {
+                l.landed = Some(epoch);
+            }
         }
     }
 }
@@ -818,6 +941,8 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 
 async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskCheckpoint) -> Result<()> {
     let mut watermark = i64::MIN;
+    // The last checkpoint whose barrier this lane passed.
+    let mut passed = ck.restored;
     loop {
         // When the input goes quiet, still give the writer its progress
         // step now and then, so that time-based file rolling happens.
@@ -836,6 +961,7 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskChe
                 writer.on_watermark(w).await?
             }
             Message::Barrier(epoch) => {
+                passed = epoch;
                 // Output before the barrier must be durable before the
                 // checkpoint counts; a sink that can't is a failed job.
                 let state = writer.checkpoint(epoch).await?;
@@ -848,14 +974,14 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskChe
     if ck.store.is_none() {
         return writer.finish().await;
     }
-    // The end of the input is the job's final checkpoint: the output since
-    // the last one goes to it (so a two-phase-commit sink commits it with
-    // the final source positions, and a restart after the end lands nothing
-    // twice). The final epoch comes after every one triggered so far.
-    let last = *ck.trigger.borrow();
-    let state = writer.checkpoint(last + 1).await?;
+    // The output since the last barrier goes to the next checkpoint to
+    // complete, which records the sources of this lane at their end (so a
+    // two-phase-commit sink commits it with the final source positions, and
+    // a restart after that lands nothing twice): the next checkpoint after
+    // `passed`, or the job's final one when every lane has ended.
+    let state = writer.checkpoint(passed + 1).await?;
     writer.finish().await?;
-    ck.finish(state);
+    ck.finish(passed, state);
     Ok(())
 }
 
@@ -865,7 +991,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
         NodeKind::Source { table } => Ok((0..table.partitions)
             .map(|p| {
                 let key = format!("{}-{p}", node.id);
-                wiring.participants += usize::from(wiring.store.is_some());
+                wiring.participate(&key);
                 wiring.source_streams.insert(key.clone(), table.name.clone());
                 let ck = SourceCheckpoint {
                     resume: match &wiring.restore {
@@ -1204,6 +1330,7 @@ fn source_lane(
                                     }
                                     None => Ack::Failed {
                                         epoch,
+                                        key: state.key.clone(),
                                         error: format!(
                                             "stream {}: its connector can't resume from a position, so it is not checkpointed",
                                             table.name
@@ -1413,7 +1540,7 @@ fn keyed(
         let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
         let key = format!("op-{}-{t}", node.id);
         let ck = wiring.task(key.clone());
-        wiring.participants += usize::from(wiring.store.is_some());
+        wiring.participate(&key);
         let restore = restore.clone();
         let metrics = node.metrics.clone();
         tasks.push(
@@ -1636,6 +1763,7 @@ async fn run_keyed(
                         }
                     }
                     let _ = tx.send(Ok(Message::End)).await;
+                    ck.done();
                     tracing::debug!(elapsed = ?started.elapsed(), "keyed task finished");
                     return Ok(());
                 }
@@ -1684,6 +1812,33 @@ mod tests {
         fn split_caught_up(&self, split: usize) -> bool {
             self.0[split]
         }
+    }
+
+    #[test]
+    fn a_finished_lanes_state_goes_to_the_checkpoints_after_its_last_barrier() {
+        let mut ending = Ending::default();
+        let finished = |key: &str, after| Ack::Finished {
+            key: key.into(),
+            after,
+            state: vec![],
+        };
+        assert_eq!(ending.take(finished("sink-0", 3)), "sink-0");
+        ending.take(finished("sink-1", 4));
+        assert_eq!(ending.take(Ack::Done { key: "op-2-0".into() }), "op-2-0");
+        assert!(ending.ended("sink-1") && ending.ended("op-2-0") && !ending.ended("sink-2"));
+        let keys = |states: Vec<(String, Vec<RecordBatch>)>| -> Vec<String> {
+            states.into_iter().map(|(k, _)| k).collect()
+        };
+        // Lane 1 passed checkpoint 4's barrier: its last state is not 4's.
+        assert_eq!(keys(ending.states_for(4, true)), ["sink-0"]);
+        ending.landed(4);
+        // Output to commit goes into one completed checkpoint; state a
+        // restore needs (no committer) into every later one.
+        assert_eq!(keys(ending.states_for(5, true)), ["sink-1"]);
+        assert_eq!(keys(ending.states_for(5, false)), ["sink-0", "sink-1"]);
+        ending.landed(5);
+        assert!(ending.states_for(6, true).is_empty());
+        assert_eq!(keys(ending.states_for(6, false)), ["sink-0", "sink-1"]);
     }
 
     #[test]
