@@ -69,7 +69,8 @@ pub struct Manifest {
     pub states: BTreeMap<String, String>,
     /// Per task whose state file is incremental (the groups changed since
     /// its last full snapshot): that full snapshot, as `<epoch dir>/<file>`
-    /// of an earlier checkpoint. Restoring reads it, then the state file.
+    /// of an earlier checkpoint. Restoring reads it, then the state file
+    /// (if any: a finished sink lane's state is named here alone).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bases: BTreeMap<String, String>,
     /// Parallelism per keyed node, to refuse restoring state split for a
@@ -480,14 +481,15 @@ impl CheckpointStore {
     /// A task's state as of `manifest` (empty when it had none): its full
     /// snapshot, followed by the changes since when it is incremental.
     pub fn read_state(&self, manifest: &Manifest, key: &str) -> Result<Vec<RecordBatch>> {
-        let Some(name) = manifest.states.get(key) else {
-            return Ok(vec![]);
-        };
         let mut out = match manifest.bases.get(key) {
             Some(base) => self.read_file(base, manifest.epoch)?,
             None => vec![],
         };
-        out.extend(self.read_file(&Self::state_path(manifest.epoch, name), manifest.epoch)?);
+        // A base without a file of this checkpoint: the state is unchanged
+        // since (a finished sink lane's).
+        if let Some(name) = manifest.states.get(key) {
+            out.extend(self.read_file(&Self::state_path(manifest.epoch, name), manifest.epoch)?);
+        }
         Ok(out)
     }
 

@@ -46,6 +46,14 @@ pub trait SinkWriter: Send {
     /// durable (files closed, deliveries confirmed). Returns state to keep
     /// in the checkpoint (a view's rows), restored by [`Self::restore`].
     async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>>;
+    /// Instead of [`Self::checkpoint`], when the writer can: only what
+    /// changed since the state the last `checkpoint` call returned (all of
+    /// it, not just since the previous call), to be restored after that
+    /// state. `Ok(None)` asks for a full snapshot (`checkpoint` is called).
+    /// Used only while that full snapshot's checkpoint stands.
+    async fn checkpoint_changes(&mut self, _epoch: u64) -> Result<Option<Vec<RecordBatch>>> {
+        Ok(None)
+    }
     /// Takes back the state of a checkpoint, before the first write.
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         if state.is_empty() {

@@ -316,10 +316,18 @@ fn incremental_checkpoints_restore_after_kill_9() {
         }
         out
     };
+    // Incremental for both the aggregate's task (`op-`) and the view's
+    // lanes (`sink-`: the rows changed since their full snapshot).
+    let based = |m: &str, key: &str| {
+        m.split_once("\"bases\"")
+            .is_some_and(|(_, rest)| rest.split('}').next().unwrap_or("").contains(key))
+    };
     let second = completed_epoch(&p, "totals");
     wait_for("an incremental checkpoint after the second file", || {
         (completed_epoch(&p, "totals") > second.map(|e| e + 1).or(Some(1))
-            && manifests().iter().any(|m| m.contains("\"bases\"")))
+            && manifests()
+                .iter()
+                .any(|m| based(m, "\"op-") && based(m, "\"sink-")))
         .then_some(())
     });
     p.kill9();

@@ -33,6 +33,9 @@ use crate::sink::SinkWriter;
 /// slow subscriber must not make the server's memory grow without bound.
 pub const SUBSCRIBER_BACKLOG: usize = 256;
 
+/// Net change in count per row (row bytes in Arrow's row format).
+type RowCounts = HashMap<Box<[u8]>, i64>;
+
 /// One `SUBSCRIBE` to a view.
 struct Subscriber {
     tx: tokio::sync::mpsc::Sender<RecordBatch>,
@@ -100,11 +103,17 @@ impl MaterializedView {
     /// subscriber's snapshot and its first change never overlap or leave a
     /// gap.
     pub fn apply(&self, lane: usize, batch: &RecordBatch) -> Result<()> {
+        self.apply_tracked(lane, batch, None)
+    }
+
+    /// [`Self::apply`], also adding an updating batch's net change per row
+    /// to `delta` (what changed since a checkpoint's full snapshot).
+    fn apply_tracked(&self, lane: usize, batch: &RecordBatch, delta: Option<&mut RowCounts>) -> Result<()> {
         let mut state = self.state.write().expect("view lock poisoned");
         while state.len() <= lane {
             state.push(Self::new_part(&self.schema, self.updating)?);
         }
-        self.apply_locked(&mut state[lane], batch)?;
+        self.apply_locked(&mut state[lane], batch, delta)?;
         let mut subs = self.subscribers.lock().expect("subscribers lock");
         if !subs.is_empty() {
             let changes = to_changes(&self.schema, batch, self.updating, self.watermark())?;
@@ -158,7 +167,12 @@ impl MaterializedView {
         Ok((snapshot, rx, lagged))
     }
 
-    fn apply_locked(&self, state: &mut State, batch: &RecordBatch) -> Result<()> {
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        batch: &RecordBatch,
+        mut delta: Option<&mut RowCounts>,
+    ) -> Result<()> {
         match state {
             State::Append(batches) => {
                 batches.push(batch_with_schema(&self.schema, batch.columns().to_vec())?);
@@ -176,6 +190,19 @@ impl MaterializedView {
                     .map_err(datafusion::error::DataFusionError::from)?;
                 for (row, op) in rows.iter().zip(ops.values().iter()) {
                     let key = row.as_ref();
+                    if let Some(d) = delta.as_deref_mut() {
+                        match d.get_mut(key) {
+                            Some(c) => {
+                                *c += *op as i64;
+                                if *c == 0 {
+                                    d.remove(key);
+                                }
+                            }
+                            None => {
+                                d.insert(key.into(), *op as i64);
+                            }
+                        }
+                    }
                     match counts.get_mut(key) {
                         Some(c) => {
                             *c += *op as i64;
@@ -270,27 +297,77 @@ impl MaterializedView {
             None => Ok(vec![]),
             Some(State::Append(b)) => Ok(b.clone()),
             Some(State::Multiset { converter, counts }) => {
-                let Some(mut cols) = Self::rows_of(converter, counts.keys().map(|k| (k, 1)))? else {
+                if counts.is_empty() {
                     return Ok(vec![]);
-                };
-                cols.push(Arc::new(arrow::array::Int64Array::from(
-                    counts.values().copied().collect::<Vec<_>>(),
-                )));
-                let mut fields: Vec<arrow::datatypes::Field> = self
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_nullable(true))
-                    .collect();
-                fields.push(arrow::datatypes::Field::new(
-                    "__count",
-                    arrow::datatypes::DataType::Int64,
-                    false,
-                ));
-                Ok(vec![RecordBatch::try_new(
-                    Arc::new(arrow::datatypes::Schema::new(fields)),
-                    cols,
-                )?])
+                }
+                Ok(vec![self.counts_batch(converter, counts.iter())?])
+            }
+        }
+    }
+
+    /// Distinct rows with a `__count` column (the updating checkpoint
+    /// layout); a batch without rows when there are none.
+    fn counts_batch<'a>(
+        &self,
+        converter: &RowConverter,
+        counts: impl Iterator<Item = (&'a Box<[u8]>, &'a i64)>,
+    ) -> Result<RecordBatch> {
+        let mut fields: Vec<arrow::datatypes::Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.push(arrow::datatypes::Field::new(
+            "__count",
+            arrow::datatypes::DataType::Int64,
+            false,
+        ));
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let (keys, values): (Vec<_>, Vec<i64>) = counts.map(|(k, c)| (k, *c)).unzip();
+        let Some(mut cols) = Self::rows_of(converter, keys.into_iter().map(|k| (k, 1)))? else {
+            return Ok(RecordBatch::new_empty(schema));
+        };
+        cols.push(Arc::new(arrow::array::Int64Array::from(values)));
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
+    /// What lane `lane` changed since its full snapshot, for an incremental
+    /// checkpoint restored on top of that snapshot: the batches appended
+    /// after the first `appended` (append-only), or each changed row with
+    /// its net change in count (updating; [`Self::restore_lane`] adds
+    /// counts). None when a full snapshot is smaller to restore: more than
+    /// half the rows changed.
+    fn lane_changes(
+        &self,
+        lane: usize,
+        appended: usize,
+        delta: &RowCounts,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let state = self.state.read().expect("view lock poisoned");
+        match state.get(lane) {
+            None => Ok(Some(vec![RecordBatch::new_empty(self.schema.clone())])),
+            Some(State::Append(b)) => {
+                let new = b.get(appended..).unwrap_or_default();
+                let total: usize = b.iter().map(RecordBatch::num_rows).sum();
+                let changed: usize = new.iter().map(RecordBatch::num_rows).sum();
+                if changed * 2 > total {
+                    return Ok(None);
+                }
+                Ok(Some(if new.is_empty() {
+                    vec![RecordBatch::new_empty(self.schema.clone())]
+                } else {
+                    new.to_vec()
+                }))
+            }
+            Some(State::Multiset { converter, counts }) => {
+                if delta.len() * 2 > counts.len() {
+                    return Ok(None);
+                }
+                Ok(Some(vec![self.counts_batch(
+                    converter,
+                    delta.iter().filter(|(_, c)| **c != 0),
+                )?]))
             }
         }
     }
@@ -323,6 +400,8 @@ impl MaterializedView {
                         *counts.entry(row.as_ref().into()).or_default() += *c;
                     }
                 }
+                // An incremental checkpoint's changes can cancel rows out.
+                counts.retain(|_, c| *c != 0);
             }
         }
         Ok(())
@@ -358,6 +437,7 @@ impl MaterializedView {
         Box::new(ViewWriter {
             view: self.clone(),
             lane,
+            since_full: None,
         })
     }
 }
@@ -415,19 +495,37 @@ pub fn to_changes(
 struct ViewWriter {
     view: Arc<MaterializedView>,
     lane: usize,
+    /// Since the last full snapshot (None: none taken in this run): the
+    /// number of batches it held (append-only) and the net change per row
+    /// after it (updating).
+    since_full: Option<(usize, RowCounts)>,
 }
 
 #[async_trait]
 impl SinkWriter for ViewWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        self.view.apply(self.lane, &batch)
+        let delta = match &mut self.since_full {
+            Some((_, delta)) if self.view.updating => Some(delta),
+            _ => None,
+        };
+        self.view.apply_tracked(self.lane, &batch, delta)
     }
 
     async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
-        self.view.lane_state(self.lane)
+        let state = self.view.lane_state(self.lane)?;
+        self.since_full = Some((state.len(), HashMap::new()));
+        Ok(state)
+    }
+
+    async fn checkpoint_changes(&mut self, _epoch: u64) -> Result<Option<Vec<RecordBatch>>> {
+        match &self.since_full {
+            Some((appended, delta)) => self.view.lane_changes(self.lane, *appended, delta),
+            None => Ok(None),
+        }
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        self.since_full = None;
         self.view.restore_lane(self.lane, state)
     }
 
@@ -525,6 +623,109 @@ mod tests {
                 .unwrap()
                 .to_string()
                 .len()
+        );
+    }
+
+    /// Lines of a snapshot, sorted (for comparing contents).
+    fn lines(batches: &[RecordBatch]) -> Vec<String> {
+        let mut rows: Vec<String> = arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .map(String::from)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[tokio::test]
+    async fn incremental_checkpoints_restore_on_top_of_the_full_one() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let with_op = super::super::operators::with_op_column(&schema);
+        let b = |k: Vec<&str>, n: Vec<i64>, op: Vec<i8>| {
+            RecordBatch::try_new(
+                with_op.clone(),
+                vec![
+                    Arc::new(StringArray::from(k)),
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(Int8Array::from(op)),
+                ],
+            )
+            .unwrap()
+        };
+        // Updating: the changes are each changed row's net count change.
+        let view = Arc::new(MaterializedView::try_new(schema.clone(), true).unwrap());
+        let mut w = view.writer(0);
+        assert!(
+            w.checkpoint_changes(1).await.unwrap().is_none(),
+            "no full one yet"
+        );
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        w.write(b(keys.to_vec(), vec![1; 10], vec![1; 10])).await.unwrap();
+        let full = w.checkpoint(1).await.unwrap();
+        // a: 1 -> 2 (delete and insert), x new, a row inserted and deleted.
+        w.write(b(
+            vec!["a", "a", "x", "y", "y"],
+            vec![1, 2, 1, 1, 1],
+            vec![-1, 1, 1, 1, -1],
+        ))
+        .await
+        .unwrap();
+        let changes = w.checkpoint_changes(2).await.unwrap().expect("incremental");
+        let rows: usize = changes.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 3, "a|1 -1, a|2 +1, x|1 +1; y cancelled out");
+        let copy = MaterializedView::try_new(schema.clone(), true).unwrap();
+        copy.restore_lane(0, full.iter().chain(&changes).cloned().collect())
+            .unwrap();
+        assert_eq!(lines(&copy.snapshot().unwrap()), lines(&view.snapshot().unwrap()));
+        assert_eq!(copy.len(), 11);
+        // Changes keep adding up from the full snapshot; once more than half
+        // the rows changed, a full one is asked for.
+        w.write(b(vec!["b"], vec![1], vec![-1])).await.unwrap();
+        let changes = w.checkpoint_changes(3).await.unwrap().expect("incremental");
+        let copy = MaterializedView::try_new(schema.clone(), true).unwrap();
+        copy.restore_lane(0, full.iter().chain(&changes).cloned().collect())
+            .unwrap();
+        assert_eq!(lines(&copy.snapshot().unwrap()), lines(&view.snapshot().unwrap()));
+        w.write(b(vec!["c", "d"], vec![1, 1], vec![-1, -1]))
+            .await
+            .unwrap();
+        assert!(
+            w.checkpoint_changes(4).await.unwrap().is_none(),
+            "6 changes, 8 rows"
+        );
+
+        // Append-only: the batches after the full snapshot.
+        let view = Arc::new(MaterializedView::try_new(schema.clone(), false).unwrap());
+        let mut w = view.writer(0);
+        let rows = |k: Vec<&str>| {
+            let n = vec![1; k.len()];
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringArray::from(k)), Arc::new(Int64Array::from(n))],
+            )
+            .unwrap()
+        };
+        w.write(rows(vec!["a", "b", "c", "d"])).await.unwrap();
+        let full = w.checkpoint(1).await.unwrap();
+        let none = w.checkpoint_changes(2).await.unwrap().expect("incremental");
+        assert_eq!(none.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+        w.write(rows(vec!["e"])).await.unwrap();
+        w.write(rows(vec!["f"])).await.unwrap();
+        let changes = w.checkpoint_changes(3).await.unwrap().expect("incremental");
+        assert_eq!(changes.len(), 2);
+        let copy = MaterializedView::try_new(schema.clone(), false).unwrap();
+        copy.restore_lane(0, full.iter().chain(&changes).cloned().collect())
+            .unwrap();
+        assert_eq!(lines(&copy.snapshot().unwrap()), lines(&view.snapshot().unwrap()));
+        w.write(rows(vec!["g", "h", "i"])).await.unwrap();
+        assert!(
+            w.checkpoint_changes(4).await.unwrap().is_none(),
+            "5 new rows of 9"
         );
     }
 }

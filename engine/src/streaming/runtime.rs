@@ -332,17 +332,10 @@ impl TaskCheckpoint {
     /// snapshot's checkpoint completed (so a failed checkpoint never leaves
     /// a gap: the changes are cumulative), else in full.
     async fn save_operator(&mut self, epoch: u64, op: &mut dyn KeyedOperator) {
-        let Some(store) = self.store.clone() else {
+        if self.store.is_none() {
             return;
-        };
-        let standing = match self.base.clone() {
-            Some((b, file)) => tokio::task::spawn_blocking(move || store.is_complete(b))
-                .await
-                .unwrap_or(false)
-                .then(|| CheckpointStore::state_path(b, &file)),
-            None => None,
-        };
-        if let Some(base) = standing {
+        }
+        if let Some(base) = self.standing_base().await {
             match op.snapshot_changes() {
                 Ok(Some(changes)) => {
                     self.write(epoch, Ok(changes), Some(base)).await;
@@ -362,6 +355,36 @@ impl TaskCheckpoint {
         {
             self.base = Some((epoch, file));
         }
+    }
+
+    /// The last full snapshot, when its checkpoint completed (what an
+    /// incremental one can apply to), as manifests name bases.
+    async fn standing_base(&self) -> Option<String> {
+        let store = self.store.clone()?;
+        let (b, file) = self.base.clone()?;
+        tokio::task::spawn_blocking(move || store.is_complete(b))
+            .await
+            .unwrap_or(false)
+            .then(|| CheckpointStore::state_path(b, &file))
+    }
+
+    /// Snapshots a sink lane for `epoch` (its output made durable first):
+    /// only what changed since its last full snapshot when the writer can
+    /// and that snapshot's checkpoint completed, else in full. An error of
+    /// the writer fails the job (its output could not be made durable).
+    async fn save_sink(&mut self, epoch: u64, writer: &mut dyn SinkWriter) -> Result<()> {
+        if let Some(base) = self.standing_base().await
+            && let Some(changes) = writer.checkpoint_changes(epoch).await?
+        {
+            self.write(epoch, Ok(changes), Some(base)).await;
+            return Ok(());
+        }
+        self.base = None;
+        let state = writer.checkpoint(epoch).await?;
+        if let Some(file) = self.write(epoch, Ok(state), None).await {
+            self.base = Some((epoch, file));
+        }
+        Ok(())
     }
 
     /// Writes this task's state for `epoch` and acknowledges it; returns
@@ -401,12 +424,6 @@ impl TaskCheckpoint {
         };
         let _ = self.acks.send(ack);
         file
-    }
-
-    /// Writes this task's state for `epoch` and acknowledges it. A failure
-    /// fails the checkpoint, not the job.
-    async fn save(&self, epoch: u64, state: Result<Vec<RecordBatch>>) {
-        self.write(epoch, state, None).await;
     }
 }
 
@@ -662,7 +679,7 @@ impl Coordinator {
                 }
             }
             if failure.is_none()
-                && let Err(e) = self.write_finished(epoch, &ending, &mut manifest).await
+                && let Err(e) = self.write_finished(epoch, &mut ending, &mut manifest).await
             {
                 failure = Some(format!("writing the state of finished sink lanes: {e}"));
             }
@@ -702,8 +719,18 @@ impl Coordinator {
     /// state goes into one completed checkpoint only (it is output to
     /// commit, and committing it again would land it twice); without one
     /// (a view's rows) into every later checkpoint, which a restore needs.
-    async fn write_finished(&self, epoch: u64, ending: &Ending, manifest: &mut Manifest) -> Result<()> {
-        let states = ending.states_for(epoch, self.config.committer.is_some());
+    async fn write_finished(&self, epoch: u64, ending: &mut Ending, manifest: &mut Manifest) -> Result<()> {
+        let mut states = ending.states_for(epoch, self.config.committer.is_some());
+        // A state already in a completed checkpoint is named, not copied.
+        states.retain(
+            |(key, _)| match ending.sinks.get(key).and_then(FinishedLane::kept) {
+                Some(path) => {
+                    manifest.bases.insert(key.clone(), path);
+                    false
+                }
+                None => true,
+            },
+        );
         if states.is_empty() {
             return Ok(());
         }
@@ -721,6 +748,9 @@ impl Coordinator {
         .unwrap_or_else(|e| Err(SluiceError::internal(format!("state writer: {e}"))))?;
         for (key, (name, bytes)) in files {
             manifest.bytes += bytes;
+            if let Some(lane) = ending.sinks.get_mut(&key) {
+                lane.written = Some((epoch, CheckpointStore::state_path(epoch, &name)));
+            }
             manifest.states.insert(key, name);
         }
         Ok(())
@@ -780,7 +810,7 @@ impl Coordinator {
         &self,
         epoch: u64,
         previous_sources: &std::collections::BTreeMap<String, String>,
-        ending: Ending,
+        mut ending: Ending,
     ) -> Result<()> {
         let (started, mut stats, mut manifest) =
             self.begin(epoch, Some("final: the input ended".into()), previous_sources);
@@ -823,7 +853,7 @@ impl Coordinator {
             return Ok(());
         }
         manifest.sources = sources;
-        let result = match self.write_finished(epoch, &ending, &mut manifest).await {
+        let result = match self.write_finished(epoch, &mut ending, &mut manifest).await {
             Ok(()) => {
                 manifest.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);
                 self.write_manifest(&manifest).await
@@ -872,6 +902,19 @@ struct FinishedLane {
     state: Vec<RecordBatch>,
     /// The completed checkpoint that took its state, if one did.
     landed: Option<u64>,
+    /// The last checkpoint that wrote its state, and the file's path.
+    written: Option<(u64, String)>,
+}
+
+impl FinishedLane {
+    /// The state's file in a completed checkpoint, which later ones name
+    /// as the lane's base instead of writing it again.
+    fn kept(&self) -> Option<String> {
+        match (&self.written, self.landed) {
+            (Some((w, path)), Some(l)) if *w == l => Some(path.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl Ending {
@@ -890,6 +933,7 @@ impl Ending {
                         after,
                         state,
                         landed: None,
+                        written: None,
                     },
                 );
                 key
@@ -939,7 +983,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskCheckpoint) -> Result<()> {
+async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, mut ck: TaskCheckpoint) -> Result<()> {
     let mut watermark = i64::MIN;
     // The last checkpoint whose barrier this lane passed.
     let mut passed = ck.restored;
@@ -964,8 +1008,7 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, ck: TaskChe
                 passed = epoch;
                 // Output before the barrier must be durable before the
                 // checkpoint counts; a sink that can't is a failed job.
-                let state = writer.checkpoint(epoch).await?;
-                ck.save(epoch, Ok(state)).await;
+                ck.save_sink(epoch, writer.as_mut()).await?;
             }
             Message::Idle => {}
             Message::End => break,
