@@ -209,10 +209,12 @@ def big_state_case(keys, mib, windowed):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def incremental_case(keys, changes, steps):
+def incremental_case(keys, changes, steps, view=False):
     """A GROUP BY over `keys` groups (one file), then `steps` small files of
     `changes` rows each on random keys: the checkpoint after the first file
     is full, the ones after the small files hold only the changed groups.
+    With `view`, the aggregate feeds a materialized view (whose lanes are
+    checkpointed too) instead of a blackhole sink.
     Returns (full (ms, bytes), [incremental (ms, bytes)], recovery s)."""
     import random
     data = tempfile.mkdtemp(prefix="sluice-ck-")
@@ -227,6 +229,7 @@ def incremental_case(keys, changes, steps):
         server = Server(data, interval="1s")
         server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT) WITH (connector = 'filesystem', path = '{files}', "
                    f"format = 'json', 'source.monitor-interval' = '100ms')",
+                   f"CREATE MATERIALIZED VIEW agg AS {BIG}" if view else
                    f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG}")
 
         def completed():
@@ -292,14 +295,17 @@ def main():
     ap.add_argument("--only-big", action="store_true", help="run only the --big cases")
     ap.add_argument("--incremental", default="",
                     help="keys:changes:steps of the incremental checkpoint case (then exits)")
+    ap.add_argument("--incremental-view", action="store_true",
+                    help="the incremental case into a materialized view instead of a blackhole sink")
     args = ap.parse_args()
     if not os.path.exists(BINARY):
         raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
     if args.incremental:
         keys, changes, steps = (int(x) for x in args.incremental.split(":"))
-        (full_ms, full_bytes), inc, recovery = incremental_case(keys, changes, steps)
+        (full_ms, full_bytes), inc, recovery = incremental_case(keys, changes, steps, args.incremental_view)
+        into = "a materialized view" if args.incremental_view else "a blackhole sink"
         print(f"Incremental checkpoints: GROUP BY k (count, min, max, avg, sum) over {keys} keys from one "
-              f"file, then {steps} files of {changes} rows on random keys; checkpoint every 1 s\n")
+              f"file into {into}, then {steps} files of {changes} rows on random keys; checkpoint every 1 s\n")
         print("| checkpoint | ms | bytes |")
         print("|---|---:|---:|")
         print(f"| full, after the first file | {full_ms} | {full_bytes} |")

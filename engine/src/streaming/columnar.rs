@@ -366,6 +366,8 @@ pub struct ColumnarAggregate {
     /// Groups changed since the last full snapshot (for incremental ones).
     changed: Vec<bool>,
     changed_list: Vec<usize>,
+    /// Groups written by incremental snapshots since the last full one.
+    written_since_full: usize,
     scratch: Vec<usize>,
 }
 
@@ -407,6 +409,7 @@ impl ColumnarAggregate {
             had_row: Vec::new(),
             changed: Vec::new(),
             changed_list: Vec::new(),
+            written_since_full: 0,
             scratch: Vec::new(),
         }))
     }
@@ -588,6 +591,7 @@ impl KeyedOperator for ColumnarAggregate {
         for g in self.changed_list.drain(..) {
             self.changed[g] = false;
         }
+        self.written_since_full = 0;
         if self.n == 0 {
             return Ok(vec![]);
         }
@@ -595,12 +599,18 @@ impl KeyedOperator for ColumnarAggregate {
     }
 
     /// The changed groups' rows in the same layout; restoring them after
-    /// the full snapshot overwrites those groups. Once half the groups
-    /// changed, a full snapshot is cheaper to restore.
+    /// the full snapshot overwrites those groups. A full snapshot instead
+    /// once half the groups changed (cheaper to restore), or once the
+    /// incremental ones since the last full one would have written more
+    /// groups than there are (the changes are cumulative: a full snapshot
+    /// taken early, say while a first large input was still coming in,
+    /// would otherwise have most of the state written again each time).
     fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
-        if self.changed_list.len() * 2 > self.n {
+        let changed = self.changed_list.len();
+        if changed * 2 > self.n || self.written_since_full + changed > self.n {
             return Ok(None);
         }
+        self.written_since_full += changed;
         let mut list = self.changed_list.clone();
         list.sort_unstable();
         self.state_rows(Some(&list)).map(Some)

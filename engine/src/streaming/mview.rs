@@ -334,39 +334,44 @@ impl MaterializedView {
 
     /// What lane `lane` changed since its full snapshot, for an incremental
     /// checkpoint restored on top of that snapshot: the batches appended
-    /// after the first `appended` (append-only), or each changed row with
-    /// its net change in count (updating; [`Self::restore_lane`] adds
-    /// counts). None when a full snapshot is smaller to restore: more than
-    /// half the rows changed.
-    fn lane_changes(
-        &self,
-        lane: usize,
-        appended: usize,
-        delta: &RowCounts,
-    ) -> Result<Option<Vec<RecordBatch>>> {
+    /// after the first `since.appended` (append-only), or each changed row
+    /// with its net change in count (updating; [`Self::restore_lane`] adds
+    /// counts). None when a full snapshot is better: more than half the
+    /// rows changed (cheaper to restore), or the incremental ones since the
+    /// full one would have written more rows than there are (the changes
+    /// are cumulative: a full snapshot taken early would otherwise have
+    /// most of the rows written again each time).
+    fn lane_changes(&self, lane: usize, since: &mut SinceFull) -> Result<Option<Vec<RecordBatch>>> {
         let state = self.state.read().expect("view lock poisoned");
-        match state.get(lane) {
-            None => Ok(Some(vec![RecordBatch::new_empty(self.schema.clone())])),
-            Some(State::Append(b)) => {
-                let new = b.get(appended..).unwrap_or_default();
-                let total: usize = b.iter().map(RecordBatch::num_rows).sum();
-                let changed: usize = new.iter().map(RecordBatch::num_rows).sum();
-                if changed * 2 > total {
-                    return Ok(None);
-                }
+        let (total, changed) = match state.get(lane) {
+            None => return Ok(Some(vec![RecordBatch::new_empty(self.schema.clone())])),
+            Some(State::Append(b)) => (
+                b.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                b.get(since.appended..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum::<usize>(),
+            ),
+            Some(State::Multiset { counts, .. }) => (counts.len(), since.delta.len()),
+        };
+        if changed * 2 > total || since.written + changed > total {
+            return Ok(None);
+        }
+        since.written += changed;
+        match &state[lane] {
+            State::Append(b) => {
+                let new = b.get(since.appended..).unwrap_or_default();
                 Ok(Some(if new.is_empty() {
                     vec![RecordBatch::new_empty(self.schema.clone())]
                 } else {
                     new.to_vec()
                 }))
             }
-            Some(State::Multiset { converter, counts }) => {
-                if delta.len() * 2 > counts.len() {
-                    return Ok(None);
-                }
+            State::Multiset { converter, .. } => {
                 Ok(Some(vec![self.counts_batch(
                     converter,
-                    delta.iter().filter(|(_, c)| **c != 0),
+                    since.delta.iter().filter(|(_, c)| **c != 0),
                 )?]))
             }
         }
@@ -495,17 +500,25 @@ pub fn to_changes(
 struct ViewWriter {
     view: Arc<MaterializedView>,
     lane: usize,
-    /// Since the last full snapshot (None: none taken in this run): the
-    /// number of batches it held (append-only) and the net change per row
-    /// after it (updating).
-    since_full: Option<(usize, RowCounts)>,
+    /// Since the last full snapshot (None: none taken in this run).
+    since_full: Option<SinceFull>,
+}
+
+/// What a view lane changed since its last full snapshot.
+struct SinceFull {
+    /// Batches the snapshot held (append-only).
+    appended: usize,
+    /// Net change in count per row after it (updating).
+    delta: RowCounts,
+    /// Rows written by incremental snapshots since.
+    written: usize,
 }
 
 #[async_trait]
 impl SinkWriter for ViewWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let delta = match &mut self.since_full {
-            Some((_, delta)) if self.view.updating => Some(delta),
+            Some(since) if self.view.updating => Some(&mut since.delta),
             _ => None,
         };
         self.view.apply_tracked(self.lane, &batch, delta)
@@ -513,13 +526,17 @@ impl SinkWriter for ViewWriter {
 
     async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
         let state = self.view.lane_state(self.lane)?;
-        self.since_full = Some((state.len(), HashMap::new()));
+        self.since_full = Some(SinceFull {
+            appended: state.len(),
+            delta: HashMap::new(),
+            written: 0,
+        });
         Ok(state)
     }
 
     async fn checkpoint_changes(&mut self, _epoch: u64) -> Result<Option<Vec<RecordBatch>>> {
-        match &self.since_full {
-            Some((appended, delta)) => self.view.lane_changes(self.lane, *appended, delta),
+        match &mut self.since_full {
+            Some(since) => self.view.lane_changes(self.lane, since),
             None => Ok(None),
         }
     }
@@ -726,6 +743,23 @@ mod tests {
         assert!(
             w.checkpoint_changes(4).await.unwrap().is_none(),
             "5 new rows of 9"
+        );
+        // The same few changes written again and again: a full snapshot
+        // once they add up to more rows than there are.
+        let full = w.checkpoint(5).await.unwrap();
+        assert_eq!(full.iter().map(RecordBatch::num_rows).sum::<usize>(), 9);
+        w.write(rows(vec!["j", "k"])).await.unwrap();
+        for epoch in 6..11 {
+            let changes = w.checkpoint_changes(epoch).await.unwrap();
+            assert!(
+                changes.is_some(),
+                "epoch {epoch}: {} of 11 rows written so far",
+                (epoch - 6) * 2
+            );
+        }
+        assert!(
+            w.checkpoint_changes(11).await.unwrap().is_none(),
+            "12 rows written > 11"
         );
     }
 }
