@@ -591,25 +591,32 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
-    #[test]
-    fn retractions_cancel_inserts() {
-        let schema = Arc::new(Schema::new(vec![
+    /// `k TEXT, n BIGINT`.
+    fn k_n_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, false),
             Field::new("n", DataType::Int64, false),
-        ]));
+        ]))
+    }
+
+    /// An updating batch of `k_n_schema` rows with their operations.
+    fn updating(schema: &SchemaRef, k: Vec<&str>, n: Vec<i64>, op: Vec<i8>) -> RecordBatch {
+        RecordBatch::try_new(
+            super::super::operators::with_op_column(schema),
+            vec![
+                Arc::new(StringArray::from(k)),
+                Arc::new(Int64Array::from(n)),
+                Arc::new(Int8Array::from(op)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn retractions_cancel_inserts() {
+        let schema = k_n_schema();
         let view = MaterializedView::try_new(schema.clone(), true).unwrap();
-        let with_op = super::super::operators::with_op_column(&schema);
-        let b = |k: Vec<&str>, n: Vec<i64>, op: Vec<i8>| {
-            RecordBatch::try_new(
-                with_op.clone(),
-                vec![
-                    Arc::new(StringArray::from(k)),
-                    Arc::new(Int64Array::from(n)),
-                    Arc::new(Int8Array::from(op)),
-                ],
-            )
-            .unwrap()
-        };
+        let b = |k, n, op| updating(&schema, k, n, op);
         view.apply(0, &b(vec!["a", "b"], vec![1, 1], vec![1, 1])).unwrap();
         // Lane 1 deletes a row lane 0 inserted.
         view.apply(1, &b(vec!["a", "a"], vec![1, 2], vec![-1, 1]))
@@ -658,22 +665,8 @@ mod tests {
 
     #[tokio::test]
     async fn incremental_checkpoints_restore_on_top_of_the_full_one() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, false),
-        ]));
-        let with_op = super::super::operators::with_op_column(&schema);
-        let b = |k: Vec<&str>, n: Vec<i64>, op: Vec<i8>| {
-            RecordBatch::try_new(
-                with_op.clone(),
-                vec![
-                    Arc::new(StringArray::from(k)),
-                    Arc::new(Int64Array::from(n)),
-                    Arc::new(Int8Array::from(op)),
-                ],
-            )
-            .unwrap()
-        };
+        let schema = k_n_schema();
+        let b = |k, n, op| updating(&schema, k, n, op);
         // Updating: the changes are each changed row's net count change.
         let view = Arc::new(MaterializedView::try_new(schema.clone(), true).unwrap());
         let mut w = view.writer(0);
