@@ -290,24 +290,36 @@ fn incremental_checkpoints_restore_after_kill_9() {
         ),
         "-c",
         "CREATE MATERIALIZED VIEW totals AS SELECT page, count(*) AS n, sum(v) AS s FROM events GROUP BY page",
+        // count(DISTINCT) has no column-wise form: the boxed GROUP BY.
+        "-c",
+        "CREATE MATERIALIZED VIEW distincts AS SELECT page, count(DISTINCT v) AS d FROM events GROUP BY page",
     ]);
+    let distinct = |p: &SluiceProcess| -> String {
+        p.psql(&["-tA", "-c", "SELECT count(*), sum(d) FROM distincts"])
+            .trim()
+            .to_string()
+    };
     let total = |p: &SluiceProcess| -> String {
         p.psql(&["-tA", "-c", "SELECT count(*), sum(n), sum(s) FROM totals"])
             .trim()
             .to_string()
     };
-    wait_for("the first file", || (total(&p) == "1000|1000|1000").then_some(()));
-    let first = completed_epoch(&p, "totals");
+    wait_for("the first file", || {
+        (total(&p) == "1000|1000|1000" && distinct(&p) == "1000|1000").then_some(())
+    });
+    let first = (completed_epoch(&p, "totals"), completed_epoch(&p, "distincts"));
     wait_for("a checkpoint after the first file", || {
-        (completed_epoch(&p, "totals") > first.map(|e| e + 1).or(Some(1))).then_some(())
+        (completed_epoch(&p, "totals") > first.0.map(|e| e + 1).or(Some(1))
+            && completed_epoch(&p, "distincts") > first.1.map(|e| e + 1).or(Some(1)))
+        .then_some(())
     });
     // Ten groups change: the next checkpoints are incremental.
     std::fs::write(input.join("b.json"), rows(0..10, 5)).unwrap();
     wait_for("the second file", || {
-        (total(&p) == "1000|1010|1050").then_some(())
+        (total(&p) == "1000|1010|1050" && distinct(&p) == "1000|1010").then_some(())
     });
-    let manifests = || -> Vec<String> {
-        let job = data.join("checkpoints/totals");
+    let manifests = |job: &str| -> Vec<String> {
+        let job = data.join("checkpoints").join(job);
         let mut out = vec![];
         for e in std::fs::read_dir(&job).into_iter().flatten().flatten() {
             if let Ok(m) = std::fs::read_to_string(e.path().join("_manifest.json")) {
@@ -325,23 +337,30 @@ fn incremental_checkpoints_restore_after_kill_9() {
     let second = completed_epoch(&p, "totals");
     wait_for("an incremental checkpoint after the second file", || {
         (completed_epoch(&p, "totals") > second.map(|e| e + 1).or(Some(1))
-            && manifests()
-                .iter()
-                .any(|m| based(m, "\"op-") && based(m, "\"sink-")))
+            && ["totals", "distincts"].iter().all(|job| {
+                manifests(job)
+                    .iter()
+                    .any(|m| based(m, "\"op-") && based(m, "\"sink-"))
+            }))
         .then_some(())
     });
     p.kill9();
 
     std::fs::write(input.join("c.json"), rows(5..15, 100)).unwrap();
     let p = SluiceProcess::start_with(&data, &env);
-    assert!(
-        checkpoints(&p)
-            .iter()
-            .any(|(job, _, status)| job == "totals" && status == "restored"),
-        "the view starts from a checkpoint"
-    );
-    // Exact: every group once, the changes of b and c counted once.
-    wait_for("the third file", || (total(&p) == "1000|1020|2050").then_some(()));
+    for view in ["totals", "distincts"] {
+        assert!(
+            checkpoints(&p)
+                .iter()
+                .any(|(job, _, status)| job == view && status == "restored"),
+            "{view} starts from a checkpoint"
+        );
+    }
+    // Exact: every group once, the changes of b and c counted once
+    // (distinct values: p0-p4 {1, 5}, p5-p9 {1, 5, 100}, p10-p14 {1, 100}).
+    wait_for("the third file", || {
+        (total(&p) == "1000|1020|2050" && distinct(&p) == "1000|1020").then_some(())
+    });
     let changed = p.psql(&[
         "-tA",
         "-c",

@@ -409,7 +409,8 @@ impl TaskCheckpoint {
                     epoch,
                     key: self.key.clone(),
                     file: file.clone(),
-                    base: file.as_ref().and(base),
+                    // Incremental without changes: the base alone.
+                    base,
                 },
                 file.map(|(name, _)| name),
             ),
@@ -648,11 +649,11 @@ impl Coordinator {
                     }
                     Ack::State { key, file, base, .. } => {
                         pending.remove(key.as_str());
+                        if let Some(base) = base {
+                            manifest.bases.insert(key.clone(), base);
+                        }
                         if let Some((name, bytes)) = file {
                             manifest.bytes += bytes;
-                            if let Some(base) = base {
-                                manifest.bases.insert(key.clone(), base);
-                            }
                             manifest.states.insert(key, name);
                         }
                     }
