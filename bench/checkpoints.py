@@ -209,7 +209,10 @@ def big_state_case(keys, mib, windowed):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def incremental_case(keys, changes, steps, view=False):
+BIG_DISTINCT = "SELECT k, count(*) AS n, count(DISTINCT v) AS d FROM kv GROUP BY k"
+
+
+def incremental_case(keys, changes, steps, view=False, query=None):
     """A GROUP BY over `keys` groups (one file), then `steps` small files of
     `changes` rows each on random keys: the checkpoint after the first file
     is full, the ones after the small files hold only the changed groups.
@@ -229,8 +232,8 @@ def incremental_case(keys, changes, steps, view=False):
         server = Server(data, interval="1s")
         server.sql(f"CREATE STREAM kv (k BIGINT, v BIGINT) WITH (connector = 'filesystem', path = '{files}', "
                    f"format = 'json', 'source.monitor-interval' = '100ms')",
-                   f"CREATE MATERIALIZED VIEW agg AS {BIG}" if view else
-                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {BIG}")
+                   f"CREATE MATERIALIZED VIEW agg AS {query or BIG}" if view else
+                   f"CREATE SINK agg WITH (connector = 'blackhole') AS {query or BIG}")
 
         def completed():
             return sorted((int(r[1]), int(r[4]), int(r[5])) for r in server.sql("SHOW CHECKPOINTS")
@@ -297,14 +300,18 @@ def main():
                     help="keys:changes:steps of the incremental checkpoint case (then exits)")
     ap.add_argument("--incremental-view", action="store_true",
                     help="the incremental case into a materialized view instead of a blackhole sink")
+    ap.add_argument("--incremental-distinct", action="store_true",
+                    help="the incremental case with count(DISTINCT v) (the boxed GROUP BY)")
     args = ap.parse_args()
     if not os.path.exists(BINARY):
         raise SystemExit(f"build it first: cargo build --release -p sluice-server ({BINARY})")
     if args.incremental:
         keys, changes, steps = (int(x) for x in args.incremental.split(":"))
-        (full_ms, full_bytes), inc, recovery = incremental_case(keys, changes, steps, args.incremental_view)
+        query = BIG_DISTINCT if args.incremental_distinct else BIG
+        (full_ms, full_bytes), inc, recovery = incremental_case(keys, changes, steps, args.incremental_view, query)
         into = "a materialized view" if args.incremental_view else "a blackhole sink"
-        print(f"Incremental checkpoints: GROUP BY k (count, min, max, avg, sum) over {keys} keys from one "
+        aggs = "count, count(DISTINCT v)" if args.incremental_distinct else "count, min, max, avg, sum"
+        print(f"Incremental checkpoints: GROUP BY k ({aggs}) over {keys} keys from one "
               f"file into {into}, then {steps} files of {changes} rows on random keys; checkpoint every 1 s\n")
         print("| checkpoint | ms | bytes |")
         print("|---|---:|---:|")
