@@ -36,6 +36,21 @@ pub const SUBSCRIBER_BACKLOG: usize = 256;
 /// Net change in count per row (row bytes in Arrow's row format).
 type RowCounts = HashMap<Box<[u8]>, i64>;
 
+/// Adds `n` to a row's count; a count that reaches zero is removed.
+fn add_count(counts: &mut RowCounts, row: &[u8], n: i64) {
+    match counts.get_mut(row) {
+        Some(c) => {
+            *c += n;
+            if *c == 0 {
+                counts.remove(row);
+            }
+        }
+        None => {
+            counts.insert(row.into(), n);
+        }
+    }
+}
+
 /// One `SUBSCRIBE` to a view.
 struct Subscriber {
     tx: tokio::sync::mpsc::Sender<RecordBatch>,
@@ -189,31 +204,10 @@ impl MaterializedView {
                     .convert_columns(&batch.columns()[..n - 1])
                     .map_err(datafusion::error::DataFusionError::from)?;
                 for (row, op) in rows.iter().zip(ops.values().iter()) {
-                    let key = row.as_ref();
                     if let Some(d) = delta.as_deref_mut() {
-                        match d.get_mut(key) {
-                            Some(c) => {
-                                *c += *op as i64;
-                                if *c == 0 {
-                                    d.remove(key);
-                                }
-                            }
-                            None => {
-                                d.insert(key.into(), *op as i64);
-                            }
-                        }
+                        add_count(d, row.as_ref(), *op as i64);
                     }
-                    match counts.get_mut(key) {
-                        Some(c) => {
-                            *c += *op as i64;
-                            if *c == 0 {
-                                counts.remove(key);
-                            }
-                        }
-                        None => {
-                            counts.insert(key.into(), *op as i64);
-                        }
-                    }
+                    add_count(counts, row.as_ref(), *op as i64);
                 }
             }
         }

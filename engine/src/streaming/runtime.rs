@@ -301,8 +301,9 @@ struct TaskCheckpoint {
     store: Option<CheckpointStore>,
     /// The checkpoint this run restored (0: none).
     restored: u64,
-    /// This run's last full snapshot of a keyed operator (epoch, file):
-    /// what an incremental one applies to, while that checkpoint stands.
+    /// This run's last full snapshot of the task's state (a keyed
+    /// operator's or a sink lane's; epoch, file): what an incremental one
+    /// applies to, while that checkpoint stands.
     base: Option<(u64, String)>,
 }
 
