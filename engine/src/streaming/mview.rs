@@ -338,7 +338,8 @@ impl MaterializedView {
     fn lane_changes(&self, lane: usize, since: &mut SinceFull) -> Result<Option<Vec<RecordBatch>>> {
         let state = self.state.read().expect("view lock poisoned");
         let (total, changed) = match state.get(lane) {
-            None => return Ok(Some(vec![RecordBatch::new_empty(self.schema.clone())])),
+            // Nothing yet, nothing changed: the full snapshot alone stands.
+            None => return Ok(Some(vec![])),
             Some(State::Append(b)) => (
                 b.iter().map(RecordBatch::num_rows).sum::<usize>(),
                 b.get(since.appended..)
@@ -353,20 +354,13 @@ impl MaterializedView {
             return Ok(None);
         }
         since.written += changed;
+        // No change: no file, the full snapshot alone stands.
         match &state[lane] {
-            State::Append(b) => {
-                let new = b.get(since.appended..).unwrap_or_default();
-                Ok(Some(if new.is_empty() {
-                    vec![RecordBatch::new_empty(self.schema.clone())]
-                } else {
-                    new.to_vec()
-                }))
-            }
+            State::Append(b) => Ok(Some(b.get(since.appended..).unwrap_or_default().to_vec())),
+            State::Multiset { .. } if since.delta.is_empty() => Ok(Some(vec![])),
+            // Rows whose net change is zero are not in `delta`.
             State::Multiset { converter, .. } => {
-                Ok(Some(vec![self.counts_batch(
-                    converter,
-                    since.delta.iter().filter(|(_, c)| **c != 0),
-                )?]))
+                Ok(Some(vec![self.counts_batch(converter, since.delta.iter())?]))
             }
         }
     }
