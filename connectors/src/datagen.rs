@@ -35,6 +35,8 @@ const OPTIONS: &[&str] = &[
     "batch.size",
     "start.time",
 ];
+/// The longest random string datagen makes.
+const MAX_TEXT_LENGTH: usize = 1 << 16;
 const FIELD_OPTIONS: &[&str] = &["kind", "min", "max", "start", "end", "length"];
 
 /// The `datagen` connector.
@@ -118,9 +120,14 @@ impl Options {
                     )));
                 }
                 (Some("random") | None, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
-                    Gen::Text {
-                        length: num(options, &key("length"))?.unwrap_or(10),
+                    let length = num(options, &key("length"))?.unwrap_or(10);
+                    if length > MAX_TEXT_LENGTH {
+                        return Err(SluiceError::invalid_parameter(format!(
+                            "option '{}': at most {MAX_TEXT_LENGTH} characters",
+                            key("length")
+                        )));
                     }
+                    Gen::Text { length }
                 }
                 (Some("random") | None, DataType::Timestamp(_, _) | DataType::Date32) => Gen::Time,
                 (Some("random") | None, DataType::Boolean) => Gen::Bool,
@@ -160,7 +167,7 @@ impl Options {
             rate: num(options, "rows-per-second")?.unwrap_or(10_000),
             rows: num(options, "number-of-rows")?,
             seed: num(options, "seed")?.unwrap_or(42),
-            batch: num(options, "batch.size")?.unwrap_or(4096).max(1),
+            batch: sluice_engine::stream::batch_size(options, 4096)?,
             start_us: num::<i64>(options, "start.time")?.map(|ms| ms * 1000),
             gens,
         })

@@ -97,10 +97,7 @@ impl Options {
                 ));
             }
         };
-        let batch_size = num(options, "batch.size")?.unwrap_or(DEFAULT_BATCH as u64) as usize;
-        if batch_size == 0 {
-            return Err(SluiceError::invalid_parameter("'batch.size' must be at least 1"));
-        }
+        let batch_size = sluice_engine::stream::batch_size(options, DEFAULT_BATCH as u64)?;
         Ok(Options {
             table,
             rate: num(options, "events.per.second")?.unwrap_or(DEFAULT_RATE),

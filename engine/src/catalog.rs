@@ -76,6 +76,8 @@ impl DurableCatalog {
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let path = dir.join(CATALOG_FILE);
+        // A catalog written by an older build may be readable by all.
+        restrict(&path, 0o600)?;
         let entries = match fs::read(&path) {
             Ok(bytes) => {
                 let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -146,7 +148,8 @@ impl DurableCatalog {
             .map_err(|e| SluiceError::internal(format!("catalog serialization: {e}")))?;
         let tmp = self.dir.join(format!("{CATALOG_FILE}.tmp"));
         {
-            let mut f = File::create(&tmp)?;
+            // Options may hold secrets: the file is the server's own.
+            let mut f = private_file(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
@@ -155,6 +158,31 @@ impl DurableCatalog {
         File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// Creates (truncating) a file only its owner can read and write.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let f = o.open(path)?;
+    // The mode applies only when the file is created.
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Sets the mode of `path` if it exists (Unix only).
+pub fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    match fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -167,6 +195,20 @@ mod tests {
             kind: ObjectKind::Table,
             sql: format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '/x'"),
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_catalog_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(CATALOG_FILE), br#"{"version":1,"entries":{}}"#).unwrap();
+        fs::set_permissions(dir.path().join(CATALOG_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = DurableCatalog::open(dir.path()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(CATALOG_FILE)), 0o600);
+        c.put(entry("t")).unwrap();
+        assert_eq!(mode(&dir.path().join(CATALOG_FILE)), 0o600);
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     /// Jobs being restarted after a failure: restarts so far in a row and
     /// the failure that caused the last one (read by the new incarnation).
     pub(crate) restarts: std::sync::Mutex<BTreeMap<String, crate::jobs::Restarts>>,
+    /// Where statements and jobs run.
+    pub(crate) compute: crate::compute::ComputeRuntime,
 }
 
 impl std::fmt::Debug for Engine {
@@ -143,6 +145,24 @@ impl Engine {
     /// object back. An object whose storage cannot be reached stays in the
     /// catalog (it is not forgotten) and queries on it say why it is missing.
     pub async fn open(config: EngineConfig) -> Result<Self> {
+        // Queries and jobs run on the engine's own runtime (see
+        // `compute`), restored jobs included: open there.
+        let threads = config
+            .target_partitions
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        // Twice as many workers as partitions: a query keeps at most
+        // `target_partitions` tasks busy (plus the one pulling its result),
+        // so one heavy query leaves workers free for everyone else and the
+        // operating system shares the cores among them.
+        let compute = crate::compute::ComputeRuntime::new(threads * 2)?;
+        let handle = compute.handle();
+        let opened = crate::compute::Offloaded::new(handle.spawn(Self::open_on_compute(config, compute)));
+        opened
+            .await
+            .map_err(|e| SluiceError::internal(format!("opening the engine: {e}")))?
+    }
+
+    async fn open_on_compute(config: EngineConfig, compute: crate::compute::ComputeRuntime) -> Result<Self> {
         let mut session_config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_information_schema(true)
@@ -188,6 +208,10 @@ impl Engine {
             Arc::new(crate::versions::CommitsTable::sources(versioned.clone())),
         )?;
         let catalog = DurableCatalog::open(&config.data_dir)?;
+        // Catalog, checkpoints and landed data are the server's own (as
+        // Postgres wants its data directory 0700): options in them may hold
+        // secrets.
+        crate::catalog::restrict(&config.data_dir, 0o700)?;
         let checkpoints = checkpoint_root(
             &config.stores,
             &config.data_dir,
@@ -212,6 +236,7 @@ impl Engine {
                 checkpoints,
                 versioned,
                 restarts: Default::default(),
+                compute,
             }),
         };
         for entry in entries {
@@ -226,6 +251,17 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Runs `work` on the engine's runtime, away from the caller's (the
+    /// server's, which must stay free to accept connections and cancel
+    /// requests). Dropping the returned future aborts the work.
+    pub fn spawn<F>(&self, work: F) -> crate::compute::Offloaded<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        crate::compute::Offloaded::new(self.inner.compute.handle().spawn(work))
     }
 
     /// The context new sessions are cloned from. The server uses it once at
@@ -285,6 +321,34 @@ pub(crate) const CHECKPOINT_TIMEOUT_VAR: &str = "streaming.checkpoint_timeout";
 /// The default of [`RESTART_ATTEMPTS_VAR`].
 pub(crate) const DEFAULT_RESTART_ATTEMPTS: u32 = 5;
 
+/// `statement_timeout` as Postgres takes it: milliseconds, or a number with
+/// a unit (`ms`, `s`, `min`, `h`); 0 turns it off.
+fn parse_statement_timeout(value: &str) -> Result<Option<std::time::Duration>> {
+    let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+    let digits = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let bad = || {
+        SluiceError::invalid_parameter(format!(
+            "invalid value for parameter \"statement_timeout\": \"{value}\""
+        ))
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "d" => n * 86_400_000.0,
+        _ => return Err(bad()),
+    };
+    if !(0.0..=i32::MAX as f64).contains(&ms) {
+        return Err(bad());
+    }
+    Ok((ms >= 1.0).then(|| std::time::Duration::from_millis(ms as u64)))
+}
+
 fn default_session_vars() -> BTreeMap<String, String> {
     [
         ("server_version", PG_SERVER_VERSION),
@@ -303,6 +367,7 @@ fn default_session_vars() -> BTreeMap<String, String> {
         ("integer_datetimes", "on"),
         ("is_superuser", "on"),
         ("max_identifier_length", "63"),
+        ("statement_timeout", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -508,6 +573,18 @@ impl Session {
     }
 
     /// Plans one statement.
+    /// The session's `statement_timeout`, if one is set.
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        self.vars
+            .get("statement_timeout")
+            .and_then(|v| parse_statement_timeout(v).ok().flatten())
+    }
+
+    /// The engine this session runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
         let action = match statement {
             Statement::DataFusion(s) => return self.prepare_statement(s).await,
@@ -853,13 +930,7 @@ impl Session {
                     if let Some(Statement::CreateStream(c)) = parser::parse(&entry.sql)?.pop() {
                         names.push(entry.name.clone());
                         connectors.push(c.options.get("connector").cloned().unwrap_or_default());
-                        let rest: Vec<String> = c
-                            .options
-                            .iter()
-                            .filter(|(k, _)| k.as_str() != "connector")
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect();
-                        options.push(rest.join(", "));
+                        options.push(crate::secrets::options_text(&c.options));
                     }
                 }
                 one_batch(
@@ -975,6 +1046,14 @@ impl Session {
             self.vars.insert(
                 name.to_string(),
                 crate::checkpoint::format_interval(Some(timeout)),
+            );
+            return Ok(());
+        }
+        if name == "statement_timeout" {
+            let timeout = parse_statement_timeout(value)?;
+            self.vars.insert(
+                name.to_string(),
+                timeout.map_or("0".to_string(), |d| format!("{}ms", d.as_millis())),
             );
             return Ok(());
         }

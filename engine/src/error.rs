@@ -29,6 +29,19 @@ pub enum ErrorKind {
     StorageUnavailable,
     /// The query was cancelled by the client.
     Cancelled,
+    /// Division by zero.
+    DivisionByZero,
+    /// A number outside its type's range (integer overflow).
+    NumericOutOfRange,
+    /// Text that does not parse as the type it is cast to.
+    InvalidTextRepresentation,
+    /// A statement larger than the server accepts, or a value too large to
+    /// make (Postgres' program_limit_exceeded).
+    ProgramLimitExceeded,
+    /// Expressions or queries nested too deeply to plan.
+    StatementTooComplex,
+    /// The query needed more memory than it may use.
+    OutOfMemory,
     /// A bug in Sluice or one of its libraries.
     Internal,
 }
@@ -124,6 +137,9 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
         }
         DataFusionError::Plan(msg) => classify_plan_message(msg),
         DataFusionError::Configuration(_) => ErrorKind::InvalidParameter,
+        DataFusionError::ArrowError(e, _) if classify_arrow(e).is_some() => {
+            classify_arrow(e).expect("checked")
+        }
         DataFusionError::ArrowError(_, _) | DataFusionError::ParquetError(_) => {
             // Arrow and Parquet errors while reading landed files are most
             // often bad or unreachable data, not bugs.
@@ -143,8 +159,20 @@ fn classify_datafusion(e: &DataFusionError) -> ErrorKind {
                 ErrorKind::Internal
             }
         }
-        DataFusionError::ResourcesExhausted(_) => ErrorKind::Internal,
+        DataFusionError::ResourcesExhausted(_) => ErrorKind::OutOfMemory,
         _ => ErrorKind::Internal,
+    }
+}
+
+/// Arrow's compute errors that are the data's fault, as Postgres reports them.
+fn classify_arrow(e: &arrow::error::ArrowError) -> Option<ErrorKind> {
+    use arrow::error::ArrowError;
+    match e {
+        ArrowError::DivideByZero => Some(ErrorKind::DivisionByZero),
+        ArrowError::ArithmeticOverflow(_) => Some(ErrorKind::NumericOutOfRange),
+        ArrowError::CastError(_) | ArrowError::ParseError(_) => Some(ErrorKind::InvalidTextRepresentation),
+        ArrowError::MemoryError(_) => Some(ErrorKind::OutOfMemory),
+        _ => None,
     }
 }
 

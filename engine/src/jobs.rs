@@ -814,14 +814,7 @@ impl Session {
             });
             queries.push(c.query.to_string());
             connectors.push(c.options.get("connector").cloned().unwrap_or_default());
-            options.push(
-                c.options
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "connector")
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
+            options.push(crate::secrets::options_text(&c.options));
             rows.push(
                 job.and_then(|j| j.view.as_ref())
                     .map(|v| v.len() as i64)

@@ -14,12 +14,14 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod compute;
 mod engine;
 pub mod error;
 pub mod functions;
 mod jobs;
 pub mod optimizer;
 pub mod parser;
+pub mod secrets;
 pub mod sink;
 pub mod storage;
 pub mod stream;

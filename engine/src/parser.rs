@@ -302,6 +302,42 @@ const AS_OF: &str = crate::versions::AS_OF_FUNCTION;
 
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(SluiceError::new(
+            ErrorKind::ProgramLimitExceeded,
+            format!(
+                "statement of {} bytes is longer than the limit of {MAX_STATEMENT_BYTES} bytes",
+                sql.len()
+            ),
+        ));
+    }
+    on_deep_stack(sql.len(), || parse_checked(sql))
+}
+
+/// The longest statement text accepted.
+pub const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// The deepest nesting of expressions, subqueries and set operations
+/// (`UNION`, `EXCEPT`, `INTERSECT`) accepted in one statement. Planning
+/// walks these trees recursively; deeper ones are refused with 54001 before
+/// anything else walks them.
+pub const MAX_NESTING: usize = 1000;
+
+/// Runs `f`, which parses (and may drop) a tree as deep as a statement of
+/// `len` bytes can make, on a stack large enough for it. A left-deep chain
+/// such as `1+1+...+1` is parsed in a loop but dropped recursively, one
+/// frame per level, so a refused statement could otherwise overflow the
+/// thread's stack while being thrown away. Short statements run where they
+/// are.
+pub fn on_deep_stack<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    if len < 16 * 1024 {
+        return f();
+    }
+    // Generous per byte (two bytes can add a level), reserved not touched.
+    stacker::grow((len * 256).max(4 << 20), f)
+}
+
+fn parse_checked(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
     let sql = rewrite_as_of(sql)?;
     let mut df = DFParserBuilder::new(sql.as_ref())
@@ -326,11 +362,107 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             ));
         }
         let mut statement = parse_one(&mut df)?;
+        check_nesting(&statement)?;
         rewrite_pg_types(&mut statement)?;
         out.push(statement);
         expecting_delimiter = true;
     }
     Ok(out)
+}
+
+/// Refuses a statement nested deeper than [`MAX_NESTING`] (54001), without
+/// walking deeper than that itself.
+pub fn check_nesting(statement: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let mut depth = Nesting::default();
+    let flow = match statement {
+        Statement::DataFusion(DFStatement::Statement(s)) => s.visit(&mut depth),
+        Statement::DataFusion(DFStatement::CopyTo(copy)) => match &copy.source {
+            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(&mut depth),
+            datafusion::sql::parser::CopyToSource::Relation(_) => std::ops::ControlFlow::Continue(()),
+        },
+        Statement::DataFusion(DFStatement::Explain(explain)) => {
+            return check_nesting(&Statement::DataFusion((*explain.statement).clone()));
+        }
+        Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => c.query.visit(&mut depth),
+        Statement::Subscribe {
+            target: SubscribeTarget::Query(q),
+            ..
+        } => q.visit(&mut depth),
+        Statement::Explain(inner) => return check_nesting(inner),
+        _ => std::ops::ControlFlow::Continue(()),
+    };
+    match flow {
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+        std::ops::ControlFlow::Break(()) => Err(SluiceError::new(
+            ErrorKind::StatementTooComplex,
+            format!(
+                "statement too complex: expressions, subqueries or set operations nested more \
+                 than {MAX_NESTING} levels deep"
+            ),
+        )),
+    }
+}
+
+/// Counts nesting while sqlparser's visitor walks a statement; breaks as
+/// soon as it passes [`MAX_NESTING`].
+#[derive(Default)]
+struct Nesting {
+    depth: usize,
+    /// What each open query added (itself plus its set operations).
+    queries: Vec<usize>,
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Nesting {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> std::ops::ControlFlow<()> {
+        // The visitor walks set operations without a hook of its own: count
+        // them here, before it descends into them.
+        let added = 1 + set_operation_depth(&query.body);
+        self.queries.push(added);
+        self.enter(added)
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> std::ops::ControlFlow<()> {
+        self.depth -= self.queries.pop().unwrap_or(0);
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, _expr: &SqlExpr) -> std::ops::ControlFlow<()> {
+        self.enter(1)
+    }
+
+    fn post_visit_expr(&mut self, _expr: &SqlExpr) -> std::ops::ControlFlow<()> {
+        self.depth -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl Nesting {
+    fn enter(&mut self, levels: usize) -> std::ops::ControlFlow<()> {
+        self.depth += levels;
+        if self.depth > MAX_NESTING {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+}
+
+/// How deep set operations nest in a query body, without recursion.
+fn set_operation_depth(body: &datafusion::sql::sqlparser::ast::SetExpr) -> usize {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    let mut deepest = 0;
+    let mut todo = vec![(body, 0usize)];
+    while let Some((e, d)) = todo.pop() {
+        deepest = deepest.max(d);
+        if let SetExpr::SetOperation { left, right, .. } = e {
+            todo.push((left, d + 1));
+            todo.push((right, d + 1));
+        }
+    }
+    deepest
 }
 
 /// `x::json`, `CAST(x AS jsonb)`, `x::uuid`: calls of the functions that
@@ -671,6 +803,38 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn deep_statements_are_refused_without_overflowing_the_stack() {
+        // On a thread with a small stack, as a runtime worker has.
+        let run = |sql: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&sql).map(|_| ()).map_err(|e| e.kind()))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        let chain = |n: usize, op: &str| format!("SELECT 1{}", format!(" {op} 1").repeat(n));
+        assert_eq!(run(chain(500, "+")), Ok(()));
+        assert_eq!(run(chain(2_000, "+")), Err(ErrorKind::StatementTooComplex));
+        assert_eq!(run(chain(200_000, "||")), Err(ErrorKind::StatementTooComplex));
+        assert_eq!(run(chain(100_000, "AND")), Err(ErrorKind::StatementTooComplex));
+        let unions = |n: usize| vec!["SELECT 1"; n].join(" UNION ALL ");
+        assert_eq!(run(unions(100)), Ok(()));
+        assert_eq!(run(unions(5_000)), Err(ErrorKind::StatementTooComplex));
+        assert_eq!(
+            run(format!("SELECT '{}'", "x".repeat(MAX_STATEMENT_BYTES))),
+            Err(ErrorKind::ProgramLimitExceeded)
+        );
+        // Inside a continuous query too.
+        let sink = format!(
+            "CREATE SINK s WITH (connector = 'blackhole') AS {}",
+            chain(3_000, "-")
+        );
+        assert_eq!(run(sink), Err(ErrorKind::StatementTooComplex));
+    }
+
     use super::*;
 
     #[test]

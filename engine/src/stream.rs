@@ -190,6 +190,24 @@ impl SourceRegistry {
 
 /// Checks `options` against the connector's accepted keys; an unknown key is
 /// an error that lists the accepted ones.
+/// The most rows a source may put in one batch (`batch.size`): enough for
+/// any throughput, small enough that a batch's buffers are a few hundred MB
+/// at worst rather than an allocation that aborts the process.
+pub const MAX_BATCH_ROWS: u64 = 1 << 20;
+
+/// A `batch.size` option's value, range-checked.
+pub fn batch_size(options: &BTreeMap<String, String>, default: u64) -> Result<usize> {
+    let Some(v) = options.get("batch.size") else {
+        return Ok(default as usize);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_BATCH_ROWS).contains(&n) => Ok(n as usize),
+        _ => Err(SluiceError::invalid_parameter(format!(
+            "option 'batch.size' takes a whole number from 1 to {MAX_BATCH_ROWS}, not '{v}'"
+        ))),
+    }
+}
+
 pub fn check_options(connector: &dyn SourceConnector, options: &BTreeMap<String, String>) -> Result<()> {
     for key in options.keys() {
         if key != "connector" && !connector.accepts_option(key) {

@@ -18,7 +18,7 @@ use pgwire::api::{
     ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PidSecretKeyGenerator,
     RandomPidSecretKeyGenerator,
 };
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use serde::Deserialize;
 
@@ -40,6 +40,7 @@ pub enum Startup {
     Trust {
         params: Arc<DefaultServerParameterProvider>,
         connections: Arc<ConnectionManager>,
+        pids: Arc<RandomPidSecretKeyGenerator>,
     },
 }
 
@@ -53,11 +54,15 @@ impl StartupHandler for Startup {
     {
         match self {
             Startup::Scram(h) => h.on_startup(client, message).await,
-            Startup::Trust { params, connections } => {
+            Startup::Trust {
+                params,
+                connections,
+                pids,
+            } => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
-                    let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
+                    let (pid, secret) = pids.generate(client);
                     client.set_pid_and_secret_key(pid, secret.clone());
                     // Registered like the SCRAM handler does, so cancel
                     // requests reach this connection.
@@ -96,35 +101,115 @@ impl Users {
 impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let user = login.user().unwrap_or_default();
-        let Some(password) = self.users.get(user) else {
-            // Same error as a wrong password, so user names cannot be probed.
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28P01".into(),
-                format!("password authentication failed for user \"{user}\""),
-            ))));
+        // An unknown user gets a random password nobody knows, salted and
+        // hashed like a real one: the login then fails at the same step,
+        // with the same message and after the same work as a wrong
+        // password, so user names cannot be probed.
+        let unknown;
+        let password = match self.users.get(user) {
+            Some(p) => p.as_str(),
+            None => {
+                unknown = hex(&rand::random::<[u8; 32]>());
+                unknown.as_str()
+            }
         };
-        let salt: [u8; 16] = rand_salt();
+        let salt: [u8; 16] = rand::random();
         let hashed = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
         Ok(Password::new(Some(salt.to_vec()), hashed))
     }
 }
 
-/// A per-login salt. It only has to differ between logins, not be secret,
-/// so the standard library's randomly keyed hasher is enough.
-fn rand_salt() -> [u8; 16] {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
-        );
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Failed logins per client address: once an address has failed
+/// `max_failures` times within `window`, its next logins are refused
+/// without looking at the password until the oldest failure leaves the
+/// window (a brake on password guessing; the wire protocol has no other).
+#[derive(Debug)]
+pub struct LoginThrottle {
+    max_failures: usize,
+    window: std::time::Duration,
+    failures: std::sync::Mutex<
+        std::collections::HashMap<std::net::IpAddr, std::collections::VecDeque<std::time::Instant>>,
+    >,
+}
+
+impl LoginThrottle {
+    /// `max_failures` 0 turns the brake off.
+    pub fn new(max_failures: usize, window: std::time::Duration) -> Self {
+        Self {
+            max_failures,
+            window,
+            failures: Default::default(),
+        }
     }
-    out
+
+    /// Ok when `ip` may try to log in, else how long until it may.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        if self.max_failures == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let mut all = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(times) = all.get_mut(&ip) else {
+            return Ok(());
+        };
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.max_failures {
+            let oldest = *times.front().expect("not empty");
+            return Err(self.window.saturating_sub(now.duration_since(oldest)));
+        }
+        Ok(())
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        if self.max_failures == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut all = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() > 10_000 {
+            // Many addresses: forget those with no failure in the window.
+            let window = self.window;
+            all.retain(|_, t| t.back().is_some_and(|last| now.duration_since(*last) < window));
+        }
+        let times = all.entry(ip).or_default();
+        times.push_back(now);
+        while times.len() > self.max_failures {
+            times.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_after_too_many_failures_in_the_window() {
+        let t = LoginThrottle::new(3, std::time::Duration::from_millis(200));
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check(a).is_ok());
+            t.failed(a);
+        }
+        assert!(t.check(a).is_err());
+        assert!(t.check(b).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(t.check(a).is_ok());
+        assert!(
+            LoginThrottle::new(0, std::time::Duration::from_secs(1))
+                .check(a)
+                .is_ok()
+        );
+    }
 }

@@ -57,6 +57,17 @@ pub struct Config {
     /// there, so tests can check how failures are handled. Never set in
     /// production.
     pub debug_functions: bool,
+    /// Most client connections at once, logged in or not; one more is
+    /// refused with 53300 (a cancel request is still served).
+    pub max_connections: usize,
+    /// Seconds from connecting to a finished login.
+    pub login_timeout_secs: u64,
+    /// The largest message (a query's text, a Bind's values) a logged-in
+    /// client may send, in bytes; before login the limit is 10,000.
+    pub max_message_bytes: usize,
+    /// Failed logins from one address within a minute after which its
+    /// logins are refused until the minute has passed (0: no limit).
+    pub login_failures_per_minute: usize,
 }
 
 impl Default for Config {
@@ -74,6 +85,10 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             debug_functions: false,
+            max_connections: 100,
+            login_timeout_secs: 60,
+            max_message_bytes: 64 << 20,
+            login_failures_per_minute: 10,
         }
     }
 }

@@ -16,6 +16,12 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::Semantic => "42804",
         ErrorKind::StorageUnavailable => "58030",
         ErrorKind::Cancelled => "57014",
+        ErrorKind::DivisionByZero => "22012",
+        ErrorKind::NumericOutOfRange => "22003",
+        ErrorKind::InvalidTextRepresentation => "22P02",
+        ErrorKind::ProgramLimitExceeded => "54000",
+        ErrorKind::StatementTooComplex => "54001",
+        ErrorKind::OutOfMemory => "53200",
         ErrorKind::Internal => "XX000",
     }
 }
@@ -38,13 +44,46 @@ pub fn pg_error(kind: ErrorKind, message: impl Into<String>) -> PgWireError {
 /// A panic caught while running one statement: the statement fails with
 /// XX000 and the server keeps serving.
 pub fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PgWireError {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
+    let msg = panic_text(&*payload);
     tracing::error!(panic = %msg, "statement panicked");
     pg_error(ErrorKind::Internal, format!("internal error: {msg}"))
+}
+
+pub use sluice_engine::compute::panic_text;
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While one is alive on a thread, a panic on that thread is not printed by
+/// the panic hook (nor a backtrace captured): the caller catches it and
+/// reports it itself. Used around pgwire's frame decoding, where a panic
+/// means a malformed frame from the client, not a bug in Sluice.
+pub struct QuietPanics {
+    was: bool,
+}
+
+impl QuietPanics {
+    pub fn enter() -> Self {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(|q| q.get()) {
+                    previous(info)
+                }
+            }));
+        });
+        Self {
+            was: QUIET.with(|q| q.replace(true)),
+        }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        QUIET.with(|q| q.set(self.was));
+    }
 }
 
 #[cfg(test)]

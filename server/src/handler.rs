@@ -53,7 +53,16 @@ pub struct SqlParser {
 
 impl SqlParser {
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
+        // Both parsers may build (and throw away) trees as deep as the
+        // text allows: see `on_deep_stack`.
+        sluice_engine::parser::on_deep_stack(sql.len(), || self.parse_on_this_stack(sql))
+    }
+
+    fn parse_on_this_stack(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
         let mut statements = self.parse_statements(sql)?;
+        for s in &statements {
+            sluice_engine::parser::check_nesting(s)?;
+        }
         // `::json`, `::jsonb`, `::uuid` (also in what the compatibility
         // parser returned).
         for s in statements.iter_mut() {
@@ -79,6 +88,15 @@ impl SqlParser {
                 }
             }
             Ok(statements) => Ok(statements.into_iter().map(rewrite).collect()),
+            // Too long or too deep: no second parser gets to walk it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ProgramLimitExceeded | ErrorKind::StatementTooComplex
+                ) =>
+            {
+                Err(e)
+            }
             // Sluice's parser refused it; the compatibility parser's token
             // rewrites may still make a client's query parse. Never for
             // CREATE: a malformed CREATE EXTERNAL TABLE would otherwise come
@@ -107,34 +125,82 @@ pub struct ConnectionHandler {
 
 impl ConnectionHandler {
     pub fn new(session: Session, sql_parser: Arc<SqlParser>) -> Self {
+        let engine = session.engine().clone();
         let session = Arc::new(Mutex::new(session));
         Self {
             parser: Arc::new(StatementParser {
                 session: session.clone(),
                 sql_parser,
+                engine,
             }),
             session,
         }
     }
 
-    /// Runs one prepared statement, turning a panic into an XX000 error.
+    /// Runs one prepared statement on the engine's runtime (see
+    /// `sluice_engine::compute`), within `deadline`; a panic becomes XX000.
     async fn run(
         &self,
         prepared: &Prepared,
         params: Option<sluice_engine::datafusion::common::ParamValues>,
         format: &Format,
         cancel: Option<Arc<ConnectionHandle>>,
+        deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Response> {
-        let fut = async {
-            let mut session = self.session.lock().await;
-            session.execute(prepared, params).await
-        };
-        let output = AssertUnwindSafe(fut)
-            .catch_unwind()
+        let session = self.session.clone();
+        let prepared = prepared.clone();
+        let work = self.parser.engine.spawn(async move {
+            let mut session = session.lock().await;
+            let output = session.execute(&prepared, params).await?;
+            // Rows are computed here too, not where they are sent.
+            Ok::<_, SluiceError>(match output {
+                Output::Rows(stream) => Output::Rows(sluice_engine::compute::forward(stream)),
+                other => other,
+            })
+        });
+        let output = joined(within(deadline, work).await?)?.map_err(to_pg)?;
+        output_to_response(output, format, cancel, deadline)
+    }
+
+    /// Plans one statement (on the engine's runtime, within `deadline`).
+    async fn prepare(
+        &self,
+        statement: Statement,
+        deadline: Option<tokio::time::Instant>,
+    ) -> PgWireResult<Prepared> {
+        self.parser.prepare(statement, deadline).await
+    }
+
+    /// When a statement starting now must be done by (`statement_timeout`).
+    async fn deadline(&self) -> Option<tokio::time::Instant> {
+        let timeout = self.session.lock().await.statement_timeout()?;
+        Some(tokio::time::Instant::now() + timeout)
+    }
+}
+
+/// Awaits `work` until `deadline`; past it, the work is dropped (aborted)
+/// and the statement fails with 57014.
+async fn within<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    work: F,
+) -> PgWireResult<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, work)
             .await
-            .map_err(panic_error)?
-            .map_err(to_pg)?;
-        output_to_response(output, format, cancel)
+            .map_err(|_| statement_timeout_error()),
+        None => Ok(work.await),
+    }
+}
+
+/// The result of work on the engine's runtime; its panic becomes XX000.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> PgWireResult<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_panic() => Err(panic_error(e.into_panic())),
+        Err(_) => Err(pg_error(
+            ErrorKind::Cancelled,
+            "canceling statement due to user request",
+        )),
     }
 }
 
@@ -145,6 +211,7 @@ fn encode_rows(
     stream: sluice_engine::datafusion::execution::SendableRecordBatchStream,
     fields: Arc<Vec<FieldInfo>>,
     cancel: Option<Arc<ConnectionHandle>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
     let batches = stream.map(move |batch| {
         batch
@@ -153,7 +220,7 @@ fn encode_rows(
             .map_err(to_pg)
             .and_then(|b| encode_batch(&b, &fields))
     });
-    guarded(batches, cancel).flat_map(|rows| {
+    guarded(batches, cancel, deadline).flat_map(|rows| {
         let (rows, error) = match rows {
             Ok(rows) => (rows, None),
             Err(e) => (Vec::new(), Some(e)),
@@ -166,13 +233,14 @@ fn output_to_response(
     output: Output,
     format: &Format,
     cancel: Option<Arc<ConnectionHandle>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> PgWireResult<Response> {
     Ok(match output {
         Output::Rows(stream) => {
             let schema = stream.schema();
             let fields = Arc::new(pg_fields(&schema, format)?);
             let encode_fields = fields.clone();
-            let rows = encode_rows(stream, encode_fields, cancel);
+            let rows = encode_rows(stream, encode_fields, cancel, deadline);
             Response::Query(QueryResponse::new(fields, rows))
         }
         Output::Subscribe { rows: stream, copy } => {
@@ -180,7 +248,9 @@ fn output_to_response(
             let fields = Arc::new(pg_fields(&schema, format)?);
             let text_fields = Arc::new(pg_fields(&schema, &Format::UnifiedText)?);
             let encode_fields = if copy { text_fields } else { fields.clone() };
-            let rows = encode_rows(stream, encode_fields, cancel);
+            // A subscription runs until cancelled: statement_timeout does
+            // not end it.
+            let rows = encode_rows(stream, encode_fields, cancel, None);
             if copy {
                 let columns = schema.fields().len();
                 let data = rows.map(|row| row.map(|r| CopyData::new(copy_text_line(&r))));
@@ -219,6 +289,7 @@ fn output_to_response(
 fn guarded<S, T>(
     rows: S,
     cancel: Option<Arc<ConnectionHandle>>,
+    deadline: Option<tokio::time::Instant>,
 ) -> impl Stream<Item = PgWireResult<T>> + Send + 'static
 where
     S: Stream<Item = PgWireResult<T>> + Send + 'static,
@@ -228,12 +299,14 @@ where
         rows: std::pin::Pin<Box<S>>,
         handle: Option<Arc<ConnectionHandle>>,
         rx: Option<futures::channel::oneshot::Receiver<()>>,
+        deadline: Option<tokio::time::Instant>,
         done: bool,
     }
     let state = State {
         rows: Box::pin(rows),
         handle: cancel,
         rx: None,
+        deadline,
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -245,27 +318,34 @@ where
         {
             st.rx = Some(h.start_query().await);
         }
-        let next = AssertUnwindSafe(st.rows.next()).catch_unwind();
-        let item = match st.rx.as_mut() {
-            Some(rx) => {
-                tokio::select! {
-                    biased;
-                    cancelled = rx => match cancelled {
-                        Ok(()) => {
-                            st.done = true;
-                            return Some((Err(pg_error(ErrorKind::Cancelled, "canceling statement due to user request")), st));
-                        }
-                        // The sender went away (connection closing): stop
-                        // watching for cancels, keep streaming.
-                        Err(_) => {
-                            st.rx = None;
-                            AssertUnwindSafe(st.rows.next()).catch_unwind().await
-                        }
-                    },
-                    item = next => item,
+        let deadline = st.deadline;
+        let item = loop {
+            let next = pull(&mut st.rows, deadline);
+            match st.rx.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        biased;
+                        cancelled = rx => match cancelled {
+                            Ok(()) => {
+                                st.done = true;
+                                return Some((Err(pg_error(ErrorKind::Cancelled, "canceling statement due to user request")), st));
+                            }
+                            // The sender went away (connection closing):
+                            // stop watching for cancels, keep streaming.
+                            Err(_) => {
+                                st.rx = None;
+                                continue;
+                            }
+                        },
+                        item = next => break item,
+                    }
                 }
+                None => break next.await,
             }
-            None => next.await,
+        };
+        let Some(item) = item else {
+            st.done = true;
+            return Some((Err(statement_timeout_error()), st));
         };
         match item {
             Ok(Some(Ok(row))) => Some((Ok(row), st)),
@@ -280,6 +360,25 @@ where
             }
         }
     })
+}
+
+/// The next item of `rows`, a panic caught; `None` once `deadline` passed.
+async fn pull<S: Stream + ?Sized>(
+    rows: &mut std::pin::Pin<Box<S>>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<std::thread::Result<Option<S::Item>>> {
+    let next = AssertUnwindSafe(rows.next()).catch_unwind();
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, next).await.ok(),
+        None => Some(next.await),
+    }
+}
+
+fn statement_timeout_error() -> PgWireError {
+    pg_error(
+        ErrorKind::Cancelled,
+        "canceling statement due to statement timeout",
+    )
 }
 
 /// A text-format DataRow as one line of `COPY ... TO STDOUT` text format:
@@ -411,15 +510,9 @@ impl SimpleQueryHandler for ConnectionHandler {
         client.set_state(PgWireConnectionState::QueryInProgress);
         let cancel = cancel_handle(client);
         let result = async {
-            let prepared = {
-                let session = self.session.lock().await;
-                AssertUnwindSafe(session.prepare(statement))
-                    .catch_unwind()
-                    .await
-                    .map_err(panic_error)?
-                    .map_err(to_pg)?
-            };
-            self.run(&prepared, None, &Format::UnifiedText, cancel).await
+            let prepared = self.prepare(statement, None).await?;
+            self.run(&prepared, None, &Format::UnifiedText, cancel, None)
+                .await
         }
         .await;
         let sent = match result {
@@ -453,16 +546,16 @@ impl SimpleQueryHandler for ConnectionHandler {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             let result = async {
-                let prepared = {
-                    let session = self.session.lock().await;
-                    AssertUnwindSafe(session.prepare(statement))
-                        .catch_unwind()
-                        .await
-                        .map_err(panic_error)?
-                        .map_err(to_pg)?
-                };
-                self.run(&prepared, None, &Format::UnifiedText, cancel_handle(client))
-                    .await
+                let deadline = self.deadline().await;
+                let prepared = self.prepare(statement, deadline).await?;
+                self.run(
+                    &prepared,
+                    None,
+                    &Format::UnifiedText,
+                    cancel_handle(client),
+                    deadline,
+                )
+                .await
             }
             .await;
             match result {
@@ -484,6 +577,22 @@ impl SimpleQueryHandler for ConnectionHandler {
 pub struct StatementParser {
     session: Arc<Mutex<Session>>,
     sql_parser: Arc<SqlParser>,
+    engine: sluice_engine::Engine,
+}
+
+impl StatementParser {
+    /// Plans one statement on the engine's runtime, within `deadline`.
+    async fn prepare(
+        &self,
+        statement: Statement,
+        deadline: Option<tokio::time::Instant>,
+    ) -> PgWireResult<Prepared> {
+        let session = self.session.clone();
+        let work = self
+            .engine
+            .spawn(async move { session.lock().await.prepare(statement).await });
+        joined(within(deadline, work).await?)?.map_err(to_pg)
+    }
 }
 
 fn pg_type_of(dt: Option<&DataType>) -> Type {
@@ -513,12 +622,9 @@ impl QueryParser for StatementParser {
         let Some(statement) = statements.pop() else {
             return Ok(None);
         };
-        let session = self.session.lock().await;
-        let prepared = AssertUnwindSafe(session.prepare(statement))
-            .catch_unwind()
-            .await
-            .map_err(panic_error)?
-            .map_err(to_pg)?;
+        let timeout = self.session.lock().await.statement_timeout();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let prepared = self.prepare(statement, deadline).await?;
         Ok(Some(ParsedStatement { prepared }))
     }
 
@@ -616,11 +722,17 @@ impl ExtendedQueryHandler for ConnectionHandler {
             let refs: Vec<Option<&DataType>> = types.iter().map(|t| t.as_ref()).collect();
             Some(deserialize_parameters(portal, &refs)?)
         };
+        let deadline = if prepared.is_subscribe() {
+            None
+        } else {
+            self.deadline().await
+        };
         self.run(
             prepared,
             params,
             &portal.result_column_format,
             cancel_handle(client),
+            deadline,
         )
         .await
     }

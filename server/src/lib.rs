@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+mod connection;
 mod debug;
 pub mod errors;
 mod handler;
@@ -26,7 +27,7 @@ use pgwire::api::auth::DefaultServerParameterProvider;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::cancel::DefaultCancelHandler;
-use pgwire::api::{ConnectionManager, PgWireServerHandlers};
+use pgwire::api::{ConnectionManager, PgWireServerHandlers, RandomPidSecretKeyGenerator};
 use sluice_connectors::datagen::DatagenConnector;
 use sluice_connectors::filesource::FileSystemSource;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
@@ -50,6 +51,11 @@ pub struct Server {
     auth: auth::AuthMethod,
     connections: Arc<ConnectionManager>,
     sql_parser: Arc<SqlParser>,
+    /// One generator for the server, so each connection gets its own pid.
+    pids: Arc<RandomPidSecretKeyGenerator>,
+    throttle: Arc<auth::LoginThrottle>,
+    limits: connection::ConnectionLimits,
+    max_connections: usize,
 }
 
 impl Server {
@@ -94,6 +100,24 @@ impl Server {
                 .template_context()
                 .register_udf(debug::sleep_if_exists_udf());
         }
+        if config.auth == auth::AuthMethod::Trust {
+            if !is_loopback(&config.listen) {
+                anyhow::bail!(
+                    "--auth trust lets anyone who can connect in without a password; it is refused on {}, \
+                     which is not a loopback address (listen on 127.0.0.1, or use scram-sha-256)",
+                    config.listen
+                );
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "AUTHENTICATION IS OFF (--auth trust): anyone who can connect is let in without a password"
+            );
+        } else if config.users.get("sluice").is_some_and(|p| p == "sluice") {
+            tracing::warn!(
+                "the built-in user sluice has the default password 'sluice': set [users] in the config file \
+                 before anyone else can reach this server"
+            );
+        }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             (None, None) => None,
@@ -106,6 +130,16 @@ impl Server {
             auth: config.auth,
             connections: Arc::new(ConnectionManager::new()),
             sql_parser: Arc::new(SqlParser::default()),
+            pids: Arc::new(RandomPidSecretKeyGenerator::default()),
+            throttle: Arc::new(auth::LoginThrottle::new(
+                config.login_failures_per_minute,
+                std::time::Duration::from_secs(60),
+            )),
+            limits: connection::ConnectionLimits {
+                login_timeout: std::time::Duration::from_secs(config.login_timeout_secs.max(1)),
+                max_message_size: config.max_message_bytes.max(1024),
+            },
+            max_connections: config.max_connections.max(1),
         }))
     }
 
@@ -123,11 +157,13 @@ impl Server {
             auth::AuthMethod::Scram => auth::Startup::Scram(
                 SASLAuthStartupHandler::new(Arc::new(params))
                     .with_scram(scram)
-                    .with_connection_manager(self.connections.clone()),
+                    .with_connection_manager(self.connections.clone())
+                    .with_pid_secret_key_generator(self.pids.clone()),
             ),
             auth::AuthMethod::Trust => auth::Startup::Trust {
                 params: Arc::new(params),
                 connections: self.connections.clone(),
+                pids: self.pids.clone(),
             },
         };
         ConnectionHandlers {
@@ -165,13 +201,37 @@ impl PgWireServerHandlers for ConnectionHandlers {
     }
 }
 
+/// Whether a listen address (`host:port`) is a loopback one.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting and
 /// waits (briefly) for open connections to end.
+///
+/// At most `max_connections` connections are served at once; beyond that a
+/// few more are read far enough to serve a cancel request or refuse a
+/// login with 53300, and the rest are closed at once.
 pub async fn run(
     listener: TcpListener,
     server: Arc<Server>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Connections over the limit that are still read (for a cancel request).
+    const OVERFLOW: usize = 16;
+    struct Slot(Arc<AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let open = Arc::new(AtomicUsize::new(0));
+    let overflow = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -189,11 +249,31 @@ pub async fn run(
                     }
                 };
                 let _ = socket.set_nodelay(true);
+                let admitted = open.fetch_add(1, Ordering::Relaxed) < server.max_connections;
+                let slot = if admitted {
+                    Slot(open.clone())
+                } else {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    if overflow.fetch_add(1, Ordering::Relaxed) >= OVERFLOW {
+                        overflow.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, "connection refused: too many connections");
+                        drop(socket);
+                        continue;
+                    }
+                    Slot(overflow.clone())
+                };
                 let handlers = server.handlers();
                 let tls = server.tls.clone();
+                let mut limits = server.limits.clone();
+                if !admitted {
+                    limits.login_timeout = limits.login_timeout.min(std::time::Duration::from_secs(5));
+                }
+                let throttle = server.throttle.clone();
                 connections.spawn(async move {
+                    let _slot = slot;
                     tracing::debug!(%peer, "connection opened");
-                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    let served = connection::serve(socket, peer, tls, handlers, limits, throttle, admitted);
+                    if let Err(e) = served.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

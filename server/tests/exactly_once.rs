@@ -13,16 +13,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::SluiceProcess;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use common::{SluiceProcess, brokers};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-fn brokers() -> String {
-    std::env::var("SLUICE_TEST_KAFKA_BROKERS")
-        .expect("needs a Kafka broker: run ./scripts/test.sh, or set SLUICE_TEST_KAFKA_BROKERS")
-}
 
 const PARTITIONS: i32 = 3;
 /// 2026-11-22T10:00:00Z.
@@ -42,20 +35,7 @@ fn record(i: i64) -> (i64, String, i64, i32) {
 }
 
 fn create_topic(name: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-        let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-        for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
-            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-        }
-    });
+    common::create_topic(name, PARTITIONS);
 }
 
 fn producer() -> BaseProducer {

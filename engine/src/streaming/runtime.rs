@@ -975,14 +975,7 @@ impl Ending {
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
-    let p = e.into_panic();
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
+    crate::compute::panic_text(&*e.into_panic())
 }
 
 async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, mut ck: TaskCheckpoint) -> Result<()> {

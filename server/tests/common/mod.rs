@@ -19,6 +19,16 @@ impl SluiceProcess {
     }
 
     pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_inner(data_dir, extra_env, Stdio::inherit())
+    }
+
+    /// Starts with the server's log (stderr) written to `log`.
+    pub fn start_logging(data_dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let file = std::fs::File::create(log).expect("creating the log file");
+        Self::start_inner(data_dir, extra_env, Stdio::from(file))
+    }
+
+    fn start_inner(data_dir: &Path, extra_env: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,7 +41,7 @@ impl SluiceProcess {
             .arg(data_dir)
             .env("SLUICE_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -148,4 +158,31 @@ pub fn write_trips(p: &SluiceProcess, dir: &Path) {
             dir.display()
         ),
     ]);
+}
+
+/// The test broker (`SLUICE_TEST_KAFKA_BROKERS`, set by the test script).
+pub fn brokers() -> String {
+    std::env::var("SLUICE_TEST_KAFKA_BROKERS")
+        .expect("needs a Kafka broker: run ./scripts/test.sh, or set SLUICE_TEST_KAFKA_BROKERS")
+}
+
+/// Creates a topic on the test broker.
+pub fn create_topic(name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    });
 }

@@ -1,0 +1,578 @@
+//! Security: a failed login never runs a query (every failure path, plain
+//! and TLS), logins fail alike for unknown users and wrong passwords, frames
+//! are checked before they are buffered, connection and login limits,
+//! secrets never shown, deep statements refused with 54001.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::SluiceProcess;
+
+fn startup(user: &str) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for kv in ["user", user, "database", "sluice"] {
+        body.extend_from_slice(kv.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(body);
+    msg
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    msg(b'Q', &body)
+}
+
+/// A SASLInitialResponse for `mechanism` with `data`.
+fn sasl_initial(mechanism: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = mechanism.as_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(&(data.len() as i32).to_be_bytes());
+    body.extend_from_slice(data);
+    msg(b'p', &body)
+}
+
+/// Backend messages read until the server closes the connection (`true`)
+/// or stays silent for `quiet` (`false`).
+fn read_messages(s: &mut TcpStream, quiet: Duration) -> (Vec<(u8, Vec<u8>)>, bool) {
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (parse_messages(&bytes), closed)
+}
+
+fn parse_messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = i32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        if bytes.len() < 1 + len {
+            break;
+        }
+        out.push((bytes[0], bytes[5..1 + len].to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// The SQLSTATE and message of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    for field in body.split(|b| *b == 0) {
+        if let Some((&t, v)) = field.split_first() {
+            match t {
+                b'C' => code = String::from_utf8_lossy(v).into(),
+                b'M' => message = String::from_utf8_lossy(v).into(),
+                _ => {}
+            }
+        }
+    }
+    (code, message)
+}
+
+/// Reads until the next message of type `tag`; panics if the server closes.
+fn until(s: &mut TcpStream, tag: u8) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let msgs = parse_messages(&bytes);
+        if let Some((_, body)) = msgs.iter().find(|(t, _)| *t == tag) {
+            return body.clone();
+        }
+        let n = s.read(&mut buf).expect("reading");
+        assert!(n > 0, "server closed before sending {:?}: {msgs:?}", tag as char);
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn streams(p: &SluiceProcess) -> String {
+    p.psql(&["-tA", "-c", "SHOW STREAMS"])
+}
+
+/// After the failure the client sends, pipelined, a statement that would
+/// drop the stream: it must not run, and the server must close.
+fn assert_refused_and_closed(p: &SluiceProcess, mut s: TcpStream, what: &str) {
+    let _ = s.write_all(&query("DROP STREAM keep"));
+    let (msgs, closed) = read_messages(&mut s, Duration::from_secs(5));
+    assert!(
+        closed,
+        "{what}: the connection stayed open after a failed login: {msgs:?}"
+    );
+    let types: Vec<char> = msgs.iter().map(|(t, _)| *t as char).collect();
+    assert!(
+        !types.contains(&'C') && !types.contains(&'Z'),
+        "{what}: {types:?}"
+    );
+    let (code, message) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, b)| error_fields(b))
+        .unwrap_or_else(|| panic!("{what}: no error: {types:?}"));
+    assert!(
+        code.starts_with("28") || code == "08P01",
+        "{what}: {code} {message}"
+    );
+    assert!(streams(p).contains("keep"), "{what}: the stream was dropped");
+}
+
+/// Logs in with SCRAM as `user` but sends a wrong proof; returns the
+/// socket after the final message.
+fn scram_wrong_proof(port: u16, user: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&startup(user)).unwrap();
+    let r = until(&mut s, b'R');
+    assert_eq!(&r[..4], &10i32.to_be_bytes(), "expected AuthenticationSASL");
+    s.write_all(&sasl_initial("SCRAM-SHA-256", b"n,,n=,r=clientnonce0123456789"))
+        .unwrap();
+    let cont = until(&mut s, b'R');
+    assert_eq!(&cont[..4], &11i32.to_be_bytes(), "expected SASLContinue");
+    let server_first = String::from_utf8(cont[4..].to_vec()).unwrap();
+    let nonce = server_first
+        .split(',')
+        .find_map(|f| f.strip_prefix("r="))
+        .expect("server nonce");
+    let last = format!("c=biws,r={nonce},p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    s.write_all(&msg(b'p', last.as_bytes())).unwrap();
+    s
+}
+
+#[test]
+fn a_failed_login_runs_nothing_and_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    p.psql(&["-c", "CREATE STREAM keep (x BIGINT) WITH (connector = 'datagen')"]);
+    assert!(streams(&p).contains("keep"));
+
+    // A made-up SASL mechanism (the reported sequence).
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.write_all(&startup("sluice")).unwrap();
+    s.write_all(&msg(b'p', b"FOO\0\0\0\0\0")).unwrap();
+    assert_refused_and_closed(&p, s, "unknown mechanism");
+
+    // A SASL message that is not SCRAM.
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.write_all(&startup("sluice")).unwrap();
+    s.write_all(&sasl_initial("SCRAM-SHA-256", b"garbage")).unwrap();
+    assert_refused_and_closed(&p, s, "garbage SCRAM");
+
+    // A query instead of a password.
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.write_all(&startup("sluice")).unwrap();
+    until(&mut s, b'R');
+    assert_refused_and_closed(&p, s, "query instead of password");
+
+    // A wrong password, and an unknown user: the same code, the same
+    // wording, at the same step.
+    let mut seen = Vec::new();
+    for user in ["sluice", "nobody"] {
+        let mut s = scram_wrong_proof(p.port, user);
+        let _ = s.write_all(&query("DROP STREAM keep"));
+        let (msgs, closed) = read_messages(&mut s, Duration::from_secs(5));
+        assert!(closed, "{user}: still open: {msgs:?}");
+        let (code, message) = msgs
+            .iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, b)| error_fields(b))
+            .expect("an error");
+        assert!(
+            !msgs.iter().any(|(t, _)| *t == b'C' || *t == b'Z'),
+            "{user}: {msgs:?}"
+        );
+        seen.push((code, message.replace(user, "<user>")));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "unknown user and wrong password must look alike"
+    );
+    assert_eq!(seen[0].0, "28P01");
+    assert_eq!(seen[0].1, "password authentication failed for user \"<user>\"");
+    assert!(streams(&p).contains("keep"));
+
+    // psql with a wrong password is refused; the right one works.
+    let out = p.psql_output("wrong", &["-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
+}
+
+#[test]
+fn a_failed_login_over_tls_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            ("SLUICE_TLS_CERT", cert.to_str().unwrap()),
+            ("SLUICE_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    p.psql(&["-c", "CREATE STREAM keep (x BIGINT) WITH (connector = 'datagen')"]);
+    // openssl s_client speaks Postgres' SSLRequest, then relays our bytes.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-starttls", "postgres", "-connect"])
+        .arg(format!("127.0.0.1:{}", p.port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut attack = startup("sluice");
+    attack.extend(msg(b'p', b"FOO\0\0\0\0\0"));
+    attack.extend(query("DROP STREAM keep"));
+    client.stdin.as_mut().unwrap().write_all(&attack).unwrap();
+    // s_client exits when the server closes the connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if client.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = Vec::new();
+    client.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let msgs = parse_messages(&out);
+    assert!(exited, "the server kept the TLS connection open: {msgs:?}");
+    assert!(msgs.iter().any(|(t, _)| *t == b'E'), "{msgs:?}");
+    assert!(!msgs.iter().any(|(t, _)| *t == b'C' || *t == b'Z'), "{msgs:?}");
+    assert!(streams(&p).contains("keep"), "the stream was dropped over TLS");
+}
+
+#[test]
+fn frames_are_checked_before_they_are_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(&dir.path().join("scram"));
+    // Before login: a password message declaring ~1 GB is refused at its
+    // header with 08P01, and the connection closes at once.
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    let mut big = startup("sluice");
+    big.extend_from_slice(&[b'p', 0x3f, 0xff, 0xff, 0xfe]);
+    big.extend_from_slice(&[b'x'; 4096]);
+    s.write_all(&big).unwrap();
+    let (msgs, closed) = read_messages(&mut s, Duration::from_secs(5));
+    assert!(closed, "{msgs:?}");
+    let err = msgs
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, b)| error_fields(b))
+        .expect("error");
+    assert_eq!(err.0, "08P01", "{err:?}");
+    assert!(err.1.contains("limit of 10000 bytes"), "{err:?}");
+    // A frame shorter than its own length field (pgwire's decoders used
+    // to panic on it) is a protocol error too.
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    let mut short = startup("sluice");
+    short.extend_from_slice(&[b'p', 0, 0, 0, 0]);
+    s.write_all(&short).unwrap();
+    let (msgs, closed) = read_messages(&mut s, Duration::from_secs(5));
+    assert!(closed, "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|(t, b)| *t == b'E' && error_fields(b).0 == "08P01"),
+        "{msgs:?}"
+    );
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
+
+    let t = SluiceProcess::start_with(&dir.path().join("trust"), &[("SLUICE_AUTH", "trust")]);
+    // After login the limit is max_message_bytes (64 MB by default).
+    let mut s = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    let mut big = startup("sluice");
+    big.extend_from_slice(&[b'Q', 0x3f, 0xff, 0xff, 0xfe]);
+    s.write_all(&big).unwrap();
+    let (msgs, closed) = read_messages(&mut s, Duration::from_secs(5));
+    assert!(closed, "{msgs:?}");
+    let err = msgs
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, b)| error_fields(b))
+        .expect("error");
+    assert_eq!(err.0, "08P01", "{err:?}");
+    assert!(err.1.contains("larger than the limit"), "{err:?}");
+
+    // Each connection has its own backend pid.
+    let pid = |port| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&startup("sluice")).unwrap();
+        let k = until(&mut s, b'K');
+        i32::from_be_bytes(k[..4].try_into().unwrap())
+    };
+    let (a, b) = (pid(t.port), pid(t.port));
+    assert_ne!(a, b, "two sessions share backend pid {a}");
+    assert_eq!(t.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
+}
+
+#[test]
+fn connection_login_and_failure_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "max_connections = 3\nlogin_timeout_secs = 1\nlogin_failures_per_minute = 3\n[users]\nsluice = \"sluice\"\n",
+    )
+    .unwrap();
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[("SLUICE_CONFIG", config.to_str().unwrap())],
+    );
+
+    // A connection that never logs in is closed after the login timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_messages(&mut idle, Duration::from_secs(10));
+    assert!(closed && started.elapsed() < Duration::from_secs(10));
+
+    // Three held connections fill the server; a fourth is refused with 53300.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (c, conn) = rt
+            .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+            .unwrap();
+        rt.spawn(conn);
+        held.push(c);
+    }
+    let err = rt
+        .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+        .err()
+        .expect("a fourth connection should be refused");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "53300", "{}", db.message());
+    held.pop();
+    // Room again (the closed one is noticed shortly).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match rt.block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls)) {
+            Ok((c, conn)) => {
+                rt.spawn(conn);
+                assert_eq!(
+                    rt.block_on(c.query_one("SELECT 1", &[]))
+                        .unwrap()
+                        .get::<_, i64>(0),
+                    1
+                );
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("no room after a connection closed: {e}"),
+        }
+    }
+    drop(held);
+
+    // Three failed logins from this address: the next login is refused even
+    // with the right password, and says why.
+    for _ in 0..3 {
+        assert!(!p.psql_output("wrong", &["-c", "SELECT 1"]).status.success());
+    }
+    let out = p.psql_output("sluice", &["-c", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too many failed logins"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn secrets_are_never_shown_and_the_data_directory_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let p = SluiceProcess::start_logging(&data, &log, &[("SLUICE_LOG", "debug")]);
+    const PLANTED: &str = "planted-s3cr3t-7Qz";
+    let brokers = common::brokers();
+    // Names of their own: the broker is shared by the whole test run.
+    let (input, output) = (
+        format!("secret_in_{}", std::process::id()),
+        format!("secret_out_{}", std::process::id()),
+    );
+    common::create_topic(&input, 1);
+    common::create_topic(&output, 1);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM s (x BIGINT) WITH (connector = 'kafka', topic = '{input}', format = 'json', \
+             'properties.bootstrap.servers' = '{brokers}', 'properties.sasl.password' = '{PLANTED}')"
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK k WITH (connector = 'kafka', topic = '{output}', format = 'json', \
+             'properties.bootstrap.servers' = '{brokers}', 'properties.sasl.password' = '{PLANTED}') \
+             AS SELECT x FROM s"
+        ),
+    ]);
+    for show in [
+        "SHOW STREAMS",
+        "SHOW SINKS",
+        "SHOW JOBS",
+        "SELECT * FROM information_schema.tables",
+    ] {
+        let out = p.psql(&["-tA", "-c", show]);
+        assert!(!out.contains(PLANTED), "{show} shows the secret: {out}");
+    }
+    let streams = p.psql(&["-tA", "-c", "SHOW STREAMS"]);
+    assert!(streams.contains("properties.sasl.password=********"), "{streams}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data.join("catalog.json")), 0o600);
+        assert_eq!(mode(&data), 0o700);
+    }
+    drop(p);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.is_empty());
+    assert!(!logged.contains(PLANTED), "the log shows the secret");
+}
+
+#[test]
+fn deep_statements_and_data_errors_get_their_sqlstate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    let chain = |n: usize, op: &str| format!("SELECT 1{}", format!(" {op} 1").repeat(n));
+    let corpus = [
+        (chain(2_000, "+"), "54001"),
+        (chain(100_000, "+"), "54001"),
+        (format!("SELECT 'a'{}", " || 'a'".repeat(50_000)), "54001"),
+        (format!("SELECT true{}", " AND true".repeat(50_000)), "54001"),
+        (vec!["SELECT 1"; 5_000].join(" UNION ALL "), "54001"),
+        (format!("SELECT '{}'", "x".repeat(5 << 20)), "54000"),
+        ("SELECT 1/0".to_string(), "22012"),
+        ("SELECT 'abc'::int".to_string(), "22P02"),
+    ];
+    for (sql, code) in &corpus {
+        for simple in [true, false] {
+            let err = if simple {
+                rt.block_on(client.simple_query(sql)).err()
+            } else {
+                rt.block_on(client.query(sql.as_str(), &[])).err()
+            };
+            let shown: String = sql.chars().take(40).collect();
+            let err = err.unwrap_or_else(|| panic!("{shown}... should fail"));
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{shown}: {err}"));
+            assert_eq!(db.code().code(), *code, "{shown}: {}", db.message());
+            // The session (and the server) go on.
+            assert_eq!(
+                rt.block_on(client.query_one("SELECT 2", &[]))
+                    .unwrap()
+                    .get::<_, i64>(0),
+                2
+            );
+        }
+    }
+    // Nesting under the limit still runs.
+    let row = rt
+        .block_on(client.query_one(chain(500, "+").as_str(), &[]))
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 501);
+}
+
+#[test]
+fn a_heavy_query_leaves_the_server_responsive() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    const CROSS: &str = "SELECT count(*) FROM generate_series(1,1000000) a, generate_series(1,1000000) b";
+    rt.block_on(async {
+        let connect = || async {
+            let (c, conn) = tokio_postgres::connect(&p.conn_string(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        };
+        // A runs a cross join of 10^12 rows, which no test waits out.
+        let a = connect().await;
+        let cancel = a.cancel_token();
+        let heavy = tokio::spawn(async move { a.simple_query(CROSS).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile new sessions connect and answer.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let b = connect().await;
+            let one = b.query_one("SELECT 1", &[]).await.unwrap().get::<_, i64>(0);
+            assert_eq!(one, 1);
+            eprintln!(
+                "connect + SELECT 1 beside the cross join: {:?}",
+                started.elapsed()
+            );
+            assert!(!heavy.is_finished(), "the cross join ended early");
+        }
+        // A cancel request reaches it.
+        cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let err = heavy.await.unwrap().unwrap_err();
+        assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("57014"), "{err}");
+        // statement_timeout ends it, in both protocols, and the session goes on.
+        let c = connect().await;
+        c.simple_query("SET statement_timeout = '300ms'").await.unwrap();
+        for simple in [true, false] {
+            let err = if simple {
+                c.simple_query(CROSS).await.map(|_| ()).unwrap_err()
+            } else {
+                c.query(CROSS, &[]).await.map(|_| ()).unwrap_err()
+            };
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+            assert_eq!(db.code().code(), "57014");
+            assert!(db.message().contains("statement timeout"), "{}", db.message());
+        }
+        // The server goes on. (The aborted joins stop at their next yield,
+        // which can take a moment in a debug build: no timeout here.)
+        let d = connect().await;
+        assert_eq!(d.query_one("SELECT 3", &[]).await.unwrap().get::<_, i64>(0), 3);
+    });
+}
