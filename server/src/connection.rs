@@ -156,7 +156,7 @@ where
             PgWireConnectionState::CopyInProgress(extended) => extended,
             _ => msg.is_extended_query(),
         };
-        let result = process_message(
+        let processed = process_message(
             msg,
             &mut socket,
             startup.clone(),
@@ -164,8 +164,21 @@ where
             extended.clone(),
             copy.clone(),
             cancel.clone(),
-        )
-        .await;
+        );
+        // pgwire decodes message bodies further while handling them (a SASL
+        // response's fields, a Bind's values) and panics on short ones: a
+        // malformed message, answered like one. Statements themselves run
+        // on the engine's runtime, where their panics are reported as
+        // XX000 errors of their own.
+        let result = match AssertUnwindSafe(Quiet(Box::pin(processed))).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = crate::errors::panic_text(&*panic);
+                tracing::info!(%peer, error = %what, "malformed message");
+                let _ = send_fatal(&mut socket, "08P01", "invalid message format").await;
+                break;
+            }
+        };
         if is_cancel {
             // A cancel request comes on a connection of its own.
             break;
@@ -211,19 +224,28 @@ where
     Ok(())
 }
 
-/// The next frame from the client, marking the decode so that a panic in it
-/// is reported as a malformed frame rather than printed with a backtrace.
+/// The next frame from the client, decoded quietly (see [`Quiet`]).
 async fn next_frame<S, T>(
     socket: &mut Framed<S, PgWireMessageServerCodec<T>>,
 ) -> Option<Result<PgWireFrontendMessage, PgWireError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    futures::future::poll_fn(|cx| {
+    Quiet(socket.next()).await
+}
+
+/// A future whose panics are not printed by the panic hook (nor a
+/// backtrace captured) while it is polled: the caller catches them and
+/// reports a malformed message in one log line.
+struct Quiet<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for Quiet<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let _quiet = crate::errors::QuietPanics::enter();
-        socket.poll_next_unpin(cx)
-    })
-    .await
+        Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// Messages a client may send before its login finished.

@@ -31,7 +31,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::data::RowDescription;
-use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::extendedquery::{Bind, BindComplete, Execute};
 use pgwire::messages::simplequery::Query;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
@@ -543,6 +543,10 @@ impl SimpleQueryHandler for ConnectionHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let statements = self.parser.sql_parser.parse(query).map_err(to_pg)?;
+        if statements.is_empty() {
+            // Only comments or semicolons: Postgres answers EmptyQueryResponse.
+            return Ok(vec![Response::EmptyQuery]);
+        }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
             let result = async {
@@ -659,13 +663,15 @@ impl ExtendedQueryHandler for ConnectionHandler {
     /// Sluice streams those instead: rows go out as the query produces them,
     /// and a slow client slows the query. Limited Executes (cursors, portal
     /// suspension) keep pgwire's handling.
-    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    async fn on_execute<C>(&self, client: &mut C, mut message: Execute) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // As Postgres: zero or a negative row limit means no limit.
+        message.max_rows = message.max_rows.max(0);
         let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
         let streamable = match client.portal_store().get_portal(name) {
             Some(Entry::Value(portal))
@@ -700,6 +706,76 @@ impl ExtendedQueryHandler for ConnectionHandler {
         *portal.state().lock().await = PortalExecutionState::Finished;
         client.set_state(PgWireConnectionState::ReadyForQuery);
         outcome
+    }
+
+    /// Checks a Bind as Postgres does before making the portal: format
+    /// codes 0 or 1, one format code or one per value, and as many values
+    /// as the statement has parameters.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let protocol = |m: String| {
+            PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                "ERROR".into(),
+                "08P01".into(),
+                m,
+            )))
+        };
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let codes = message
+            .parameter_format_codes
+            .iter()
+            .chain(&message.result_column_format_codes);
+        if let Some(bad) = codes.copied().find(|c| *c != 0 && *c != 1) {
+            return Err(pg_error(
+                ErrorKind::InvalidParameter,
+                format!("unsupported format code: {bad}"),
+            ));
+        }
+        let values = message.parameters.len();
+        let formats = message.parameter_format_codes.len();
+        if formats > 1 && formats != values {
+            return Err(protocol(format!(
+                "bind message has {formats} parameter formats but {values} parameters"
+            )));
+        }
+        let required = match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let required = statement
+                    .statement
+                    .prepared
+                    .parameter_types()
+                    .map_err(to_pg)?
+                    .len();
+                if values == required {
+                    client
+                        .portal_store()
+                        .put_portal(Arc::new(Portal::try_new(&message, statement)?));
+                }
+                required
+            }
+            Some(Entry::Empty) => {
+                if values == 0 {
+                    client.portal_store().put_empty_portal(portal_name);
+                }
+                0
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        };
+        if values != required {
+            return Err(protocol(format!(
+                "bind message supplies {values} parameters, but prepared statement \"{statement_name}\" requires {required}"
+            )));
+        }
+        client
+            .send(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
     }
 
     async fn do_query<C>(

@@ -576,3 +576,79 @@ fn a_heavy_query_leaves_the_server_responsive() {
         assert_eq!(d.query_one("SELECT 3", &[]).await.unwrap().get::<_, i64>(0), 3);
     });
 }
+
+#[test]
+fn bind_execute_and_empty_queries_are_answered_as_postgres_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start_with(dir.path(), &[("SLUICE_AUTH", "trust")]);
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.write_all(&startup("sluice")).unwrap();
+    until(&mut s, b'Z');
+    let exchange = |s: &mut TcpStream, bytes: Vec<u8>| {
+        s.write_all(&bytes).unwrap();
+        let (msgs, closed) = read_messages(s, Duration::from_millis(700));
+        assert!(!closed, "the connection closed: {msgs:?}");
+        msgs
+    };
+    let code = |msgs: &[(u8, Vec<u8>)]| {
+        msgs.iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, b)| error_fields(b).0)
+            .unwrap_or_default()
+    };
+    // A comment-only query: EmptyQueryResponse, then ReadyForQuery.
+    let msgs = exchange(&mut s, query("-- only a comment"));
+    let types: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+    assert_eq!(types, b"IZ", "{msgs:?}");
+
+    let mut parse = b"s1\0SELECT $1::bigint + 1\0".to_vec();
+    parse.extend_from_slice(&1i16.to_be_bytes());
+    parse.extend_from_slice(&20i32.to_be_bytes());
+    let bind = |formats: &[i16], values: &[&[u8]]| {
+        let mut b = b"\0s1\0".to_vec();
+        b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'B', &b)
+    };
+    let execute = |max_rows: i32| {
+        let mut e = b"\0".to_vec();
+        e.extend_from_slice(&max_rows.to_be_bytes());
+        msg(b'E', &e)
+    };
+    let sync = msg(b'S', b"");
+    let run = |s: &mut TcpStream, b: Vec<u8>, max_rows: i32| {
+        let mut bytes = b;
+        bytes.extend(execute(max_rows));
+        bytes.extend(sync.clone());
+        exchange(s, bytes)
+    };
+    assert!(
+        exchange(&mut s, [msg(b'P', &parse), sync.clone()].concat())
+            .iter()
+            .any(|(t, _)| *t == b'1')
+    );
+    // Too few and too many values, an unknown format code, formats that
+    // match neither one nor every value.
+    assert_eq!(code(&run(&mut s, bind(&[], &[]), 0)), "08P01");
+    assert_eq!(code(&run(&mut s, bind(&[], &[b"5", b"6"]), 0)), "08P01");
+    assert_eq!(code(&run(&mut s, bind(&[7], &[b"5"]), 0)), "22023");
+    assert_eq!(code(&run(&mut s, bind(&[0, 0], &[b"5"]), 0)), "08P01");
+    // A negative row limit means no limit, as in Postgres.
+    let msgs = run(&mut s, bind(&[0], &[b"5"]), -1);
+    let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"6"), "{msgs:?}");
+    // The session goes on.
+    assert!(
+        exchange(&mut s, query("SELECT 1"))
+            .iter()
+            .any(|(t, _)| *t == b'C')
+    );
+}
