@@ -110,7 +110,7 @@ def main():
     port = free_port()
     data_dir = os.path.join(work, "sluice-data")
     server = subprocess.Popen([sluice_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
-                               "--log", "warn"])
+                               "--file-roots", work, "--log", "warn"])
     conninfo = f"host=127.0.0.1 port={port} user=sluice password=sluice dbname=sluice"
     for _ in range(200):
         try:

@@ -58,6 +58,8 @@ async fn open(dir: &std::path::Path, interval: Option<Duration>) -> Engine {
         sinks,
         checkpoint_interval: interval,
         checkpoint_location: None,
+        // Test and bench inputs live in temporary directories.
+        file_roots: vec![std::env::temp_dir()],
     })
     .await
     .unwrap()

@@ -202,6 +202,8 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
         sinks,
         checkpoint_interval: None,
         checkpoint_location: None,
+        // Test and bench inputs live in temporary directories.
+        file_roots: vec![std::env::temp_dir()],
     })
     .await
     .unwrap();

@@ -163,6 +163,8 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
         sinks,
         checkpoint_interval: None,
         checkpoint_location: None,
+        // Test and bench inputs live in temporary directories.
+        file_roots: vec![std::env::temp_dir()],
     })
     .await
     .unwrap();

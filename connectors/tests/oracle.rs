@@ -40,6 +40,8 @@ async fn fixture(parallelism: usize) -> Fixture {
         sinks,
         checkpoint_interval: None,
         checkpoint_location: None,
+        // Test and bench inputs live in temporary directories.
+        file_roots: vec![std::env::temp_dir()],
     })
     .await
     .unwrap();

@@ -65,6 +65,9 @@ pub struct EngineConfig {
     /// else a local path or a URL of a registered store (`s3://bucket/prefix`,
     /// `hdfs://namenode:port/path`).
     pub checkpoint_location: Option<String>,
+    /// Directories besides the data directory where SQL may read and write
+    /// local files (see [`crate::paths`]).
+    pub file_roots: Vec<PathBuf>,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
@@ -111,8 +114,6 @@ pub(crate) struct Inner {
     pub(crate) stores: StoreRegistry,
     pub(crate) sources: SourceRegistry,
     pub(crate) sinks: SinkRegistry,
-    /// The data directory (catalog; relative sink paths land under it).
-    pub(crate) data_dir: PathBuf,
     /// Where jobs keep their checkpoints.
     pub(crate) checkpoints: crate::checkpoint::CheckpointRoot,
     /// Parallel tasks per stream and per keyed operator.
@@ -217,6 +218,15 @@ impl Engine {
             &config.data_dir,
             config.checkpoint_location.as_deref(),
         )?;
+        let own = match &checkpoints {
+            crate::checkpoint::CheckpointRoot::Local(dir) => vec![dir.clone()],
+            _ => vec![],
+        };
+        config.stores.confine_local(crate::paths::LocalPaths::new(
+            &config.data_dir,
+            &config.file_roots,
+            &own,
+        )?);
         let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
         // Tables and streams first: sinks and views read them.
         entries.sort_by_key(|e| matches!(e.kind, ObjectKind::Sink | ObjectKind::MaterializedView));
@@ -227,7 +237,6 @@ impl Engine {
                 stores: config.stores,
                 sources: config.sources,
                 sinks: config.sinks,
-                data_dir: std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone()),
                 parallelism,
                 unavailable: Default::default(),
                 streams,
@@ -1087,7 +1096,15 @@ impl Session {
                 rows: Some(rows),
             });
         }
-        if let LogicalPlan::Copy(_) = &plan {
+        if let LogicalPlan::Copy(copy) = &plan {
+            // COPY ... TO a local file: only where SQL may write.
+            let plan = if !copy.output_url.contains("://") || copy.output_url.starts_with("file://") {
+                let mut copy = copy.clone();
+                copy.output_url = self.engine.inner.stores.local_path(&copy.output_url)?;
+                LogicalPlan::Copy(copy)
+            } else {
+                plan
+            };
             let rows = self.count_rows(plan).await?;
             return Ok(Output::Command {
                 tag: "COPY".into(),
@@ -1146,8 +1163,13 @@ impl Session {
                 true
             }
         });
-        for location in &create.locations {
+        for location in create.locations.iter_mut() {
             self.register_store(location, &store_options)?;
+            // A local location must be one SQL may use; DataFusion gets it
+            // absolute (a relative one names the data directory).
+            if !location.contains("://") || location.starts_with("file://") {
+                *location = self.engine.inner.stores.local_path(location)?;
+            }
         }
         let plan = self
             .ctx
@@ -1219,7 +1241,7 @@ impl Session {
         // can read what a sink landed there.
         for key in ["path", "dead_letter.path"] {
             if let Some(path) = options.get_mut(key) {
-                *path = self.landing_path(path);
+                *path = self.landing_path(path)?;
             }
         }
         let watermark = match &create.watermark {

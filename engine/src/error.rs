@@ -42,6 +42,9 @@ pub enum ErrorKind {
     StatementTooComplex,
     /// The query needed more memory than it may use.
     OutOfMemory,
+    /// Not allowed: a local path outside the allowed directories, or one of
+    /// Sluice's own files.
+    InsufficientPrivilege,
     /// A bug in Sluice or one of its libraries.
     Internal,
 }

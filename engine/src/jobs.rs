@@ -428,13 +428,13 @@ impl Session {
     }
 
     /// A relative sink path lands in the data directory (the default
-    /// landing zone); URLs and absolute paths are kept.
-    pub(crate) fn landing_path(&self, path: &str) -> String {
-        if path.contains("://") || std::path::Path::new(path).is_absolute() {
-            path.to_string()
-        } else {
-            self.engine.inner.data_dir.join(path).display().to_string()
+    /// landing zone); URLs are kept; local paths must be ones SQL may use
+    /// (see [`crate::paths`]) and come back absolute.
+    pub(crate) fn landing_path(&self, path: &str) -> Result<String> {
+        if path.contains("://") && !path.starts_with("file://") {
+            return Ok(path.to_string());
         }
+        self.engine.inner.stores.local_path(path)
     }
 
     /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
@@ -500,7 +500,7 @@ impl Session {
                 ))
             })?;
             if let Some(path) = options.get_mut("path") {
-                *path = self.landing_path(path);
+                *path = self.landing_path(path)?;
             }
             let connector = self.engine.inner.sinks.get(&connector_name)?;
             check_sink_options(connector.as_ref(), &options)?;

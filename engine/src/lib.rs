@@ -21,6 +21,7 @@ pub mod functions;
 mod jobs;
 pub mod optimizer;
 pub mod parser;
+pub mod paths;
 pub mod secrets;
 pub mod sink;
 pub mod storage;

@@ -117,8 +117,9 @@ pub fn resolve_location(
             "no storage for '{location}': use file://, s3:// or hdfs://"
         )));
     }
-    std::fs::create_dir_all(local)?;
-    let abs = std::fs::canonicalize(local)?;
+    let local = stores.local_path(local)?;
+    std::fs::create_dir_all(&local)?;
+    let abs = std::fs::canonicalize(&local)?;
     let store = Arc::new(object_store::local::LocalFileSystem::new());
     let path = Path::from_filesystem_path(&abs).map_err(|e| {
         SluiceError::new(

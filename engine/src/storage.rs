@@ -34,13 +34,37 @@ pub trait StoreProvider: Send + Sync + Debug {
     fn build(&self, url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>>;
 }
 
-/// The providers the engine knows, by scheme.
+/// The providers the engine knows, by scheme, and which local paths SQL
+/// may use (shared by every clone, set once by the engine at start).
 #[derive(Debug, Default, Clone)]
 pub struct StoreRegistry {
     providers: Vec<Arc<dyn StoreProvider>>,
+    local: Arc<std::sync::OnceLock<crate::paths::LocalPaths>>,
 }
 
 impl StoreRegistry {
+    /// Confines local paths to `paths` from now on (the first call wins).
+    pub fn confine_local(&self, paths: crate::paths::LocalPaths) {
+        let _ = self.local.set(paths);
+    }
+
+    /// A local path (absolute, relative to the data directory, or
+    /// `file://`) as an absolute one, if SQL may use it (42501 if not).
+    /// Without confinement (the engine's own tests, library use) relative
+    /// paths are taken from the working directory, as the file system does.
+    pub fn local_path(&self, path: &str) -> Result<String> {
+        let resolved = match self.local.get() {
+            Some(paths) => paths.check(path)?,
+            None => std::path::absolute(path.strip_prefix("file://").unwrap_or(path))?,
+        };
+        let mut out = resolved.display().to_string();
+        // A trailing slash says "directory" to DataFusion: keep it.
+        if path.ends_with('/') && !out.ends_with('/') {
+            out.push('/');
+        }
+        Ok(out)
+    }
+
     /// Adds a provider; a later provider for the same scheme wins.
     pub fn register(&mut self, provider: Arc<dyn StoreProvider>) {
         self.providers.insert(0, provider);

@@ -68,6 +68,9 @@ pub struct Config {
     /// Failed logins from one address within a minute after which its
     /// logins are refused until the minute has passed (0: no limit).
     pub login_failures_per_minute: usize,
+    /// Directories besides the data directory where SQL may read and write
+    /// local files (tables, COPY, sinks, file streams).
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             login_timeout_secs: 60,
             max_message_bytes: 64 << 20,
             login_failures_per_minute: 10,
+            file_roots: Vec::new(),
         }
     }
 }

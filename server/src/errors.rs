@@ -22,6 +22,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::ProgramLimitExceeded => "54000",
         ErrorKind::StatementTooComplex => "54001",
         ErrorKind::OutOfMemory => "53200",
+        ErrorKind::InsufficientPrivilege => "42501",
         ErrorKind::Internal => "XX000",
     }
 }

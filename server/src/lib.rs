@@ -83,6 +83,7 @@ impl Server {
             sinks,
             checkpoint_interval: sluice_engine::checkpoint::parse_interval(&config.checkpoint_interval)?,
             checkpoint_location: config.checkpoint_location.clone(),
+            file_roots: config.file_roots.clone(),
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(

@@ -50,6 +50,10 @@ struct Args {
     /// hdfs://namenode:port/path (default: <data-dir>/checkpoints)
     #[arg(long, env = "SLUICE_CHECKPOINT_LOCATION")]
     checkpoint_location: Option<String>,
+    /// Directories besides the data directory where SQL may read and write
+    /// local files, separated by ':' [default: the data directory only]
+    #[arg(long, env = "SLUICE_FILE_ROOTS", value_delimiter = ':')]
+    file_roots: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.checkpoint_location {
         config.checkpoint_location = Some(v);
+    }
+    if !args.file_roots.is_empty() {
+        config.file_roots = args.file_roots;
     }
     if let Some(v) = args.tls_cert {
         config.tls_cert = Some(v);

@@ -652,3 +652,47 @@ fn bind_execute_and_empty_queries_are_answered_as_postgres_does() {
             .any(|(t, _)| *t == b'C')
     );
 }
+
+#[test]
+fn local_paths_stay_inside_the_allowed_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Only the data directory: no extra roots.
+    let p = SluiceProcess::start_with(&data, &[("SLUICE_FILE_ROOTS", "")]);
+    let outside = format!("/var/tmp/sluice-outside-{}", std::process::id());
+    let refused = [
+        "CREATE EXTERNAL TABLE shadow (line TEXT) STORED AS CSV LOCATION '/etc/shadow'".to_string(),
+        format!("COPY (SELECT 1 AS x) TO '{outside}.csv' STORED AS CSV"),
+        format!("COPY (SELECT 1 AS x) TO '{}' STORED AS JSON", data.join("catalog.json").display()),
+        "COPY (SELECT 1 AS x) TO '../escape.csv' STORED AS CSV".to_string(),
+        "CREATE STREAM procs (line TEXT) WITH (connector = 'filesystem', path = '/proc/self', format = 'csv')"
+            .to_string(),
+        "CREATE STREAM s (x BIGINT) WITH (connector = 'datagen')".to_string(),
+        "CREATE SINK root WITH (connector = 'filesystem', path = '', format = 'json') AS SELECT x FROM s".to_string(),
+        "CREATE SINK ck WITH (connector = 'filesystem', path = 'checkpoints/x', format = 'json') AS SELECT x FROM s"
+            .to_string(),
+    ];
+    for sql in &refused {
+        let out = p.psql_output("sluice", &["-v", "VERBOSITY=verbose", "-c", sql]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if sql.starts_with("CREATE STREAM s ") {
+            assert!(out.status.success(), "{sql}: {err}");
+            continue;
+        }
+        assert!(!out.status.success(), "{sql} should be refused");
+        assert!(err.contains("42501"), "{sql}: {err}");
+    }
+    assert!(!std::path::Path::new(&format!("{outside}.csv")).exists());
+    // Inside the data directory all of it works.
+    p.psql(&[
+        "-c",
+        "COPY (SELECT 1 AS x) TO 'out/one.csv' STORED AS CSV",
+        "-c",
+        "CREATE EXTERNAL TABLE one STORED AS CSV LOCATION 'out/one.csv' OPTIONS ('format.has_header' 'true')",
+    ]);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT x FROM one"]).trim(), "1");
+    // The catalog is intact: the server starts again with it.
+    drop(p);
+    let p = SluiceProcess::start_with(&data, &[("SLUICE_FILE_ROOTS", "")]);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT x FROM one"]).trim(), "1");
+}

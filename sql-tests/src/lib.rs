@@ -37,6 +37,8 @@ impl TestServer {
         let dir = tempfile::tempdir()?;
         let mut config = Config {
             data_dir: dir.path().to_path_buf(),
+            // The test files' own directories ($__TEST_DIR__) are temporary.
+            file_roots: vec![std::env::temp_dir()],
             ..Config::default()
         };
         if let Ok(endpoint) = std::env::var("SLUICE_TEST_S3_ENDPOINT") {

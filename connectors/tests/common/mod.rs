@@ -38,6 +38,8 @@ pub async fn open_engine_checkpointing(
         sinks,
         checkpoint_interval: interval,
         checkpoint_location: None,
+        // Test and bench inputs live in temporary directories.
+        file_roots: vec![std::env::temp_dir()],
     })
     .await
     .unwrap();

@@ -40,10 +40,18 @@ impl SluiceProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env("SLUICE_LOG", "warn")
+            // Tests keep their inputs in temporary directories beside the
+            // data directory.
+            .env("SLUICE_FILE_ROOTS", std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(stderr);
         for (k, v) in extra_env {
-            cmd.env(k, v);
+            // An empty value unsets the variable (a default above included).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("starting sluice");
         let p = SluiceProcess { child, port };
