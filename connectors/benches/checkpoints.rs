@@ -60,6 +60,7 @@ async fn open(dir: &std::path::Path, interval: Option<Duration>) -> Engine {
         checkpoint_location: None,
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
+        memory_limit: None,
     })
     .await
     .unwrap()

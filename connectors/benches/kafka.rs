@@ -204,6 +204,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
         checkpoint_location: None,
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
+        memory_limit: None,
     })
     .await
     .unwrap();

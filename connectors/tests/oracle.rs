@@ -42,6 +42,7 @@ async fn fixture(parallelism: usize) -> Fixture {
         checkpoint_location: None,
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
+        memory_limit: None,
     })
     .await
     .unwrap();

@@ -68,6 +68,10 @@ pub struct EngineConfig {
     /// Directories besides the data directory where SQL may read and write
     /// local files (see [`crate::paths`]).
     pub file_roots: Vec<PathBuf>,
+    /// Memory all queries together may hold in DataFusion's operators
+    /// (sorts, aggregates, joins spill to disk past it where they can, and
+    /// fail with 53200 where they can't); `None`: half of physical memory.
+    pub memory_limit: Option<usize>,
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
@@ -179,7 +183,9 @@ impl Engine {
         // Landed data changes under running sinks: every query lists the
         // files again (DataFusion's list cache would keep a stale listing
         // forever).
+        let memory_limit = config.memory_limit.unwrap_or_else(default_memory_limit);
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_limit, 1.0)
             .with_cache_manager(
                 datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
                     .with_list_files_cache_limit(0),
@@ -356,6 +362,17 @@ fn parse_statement_timeout(value: &str) -> Result<Option<std::time::Duration>> {
         return Err(bad());
     }
     Ok((ms >= 1.0).then(|| std::time::Duration::from_millis(ms as u64)))
+}
+
+/// Half of physical memory (`MemTotal` of /proc/meminfo), or 4 GiB where
+/// that can't be read.
+fn default_memory_limit() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+    });
+    total_kb.map_or(4 << 30, |kb| kb * 1024 / 2)
 }
 
 fn default_session_vars() -> BTreeMap<String, String> {

@@ -71,6 +71,13 @@ pub struct Config {
     /// Directories besides the data directory where SQL may read and write
     /// local files (tables, COPY, sinks, file streams).
     pub file_roots: Vec<PathBuf>,
+    /// Memory, in MiB, that all queries together may hold in sorts,
+    /// aggregates and joins before they spill to disk (or fail with 53200
+    /// where they can't); default: half of physical memory.
+    pub memory_limit_mb: Option<usize>,
+    /// Refuse logins over connections without TLS (needs `tls_cert` and
+    /// `tls_key`), as a `hostssl`-only pg_hba.conf does.
+    pub require_tls: bool,
 }
 
 impl Default for Config {
@@ -93,6 +100,8 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             login_failures_per_minute: 10,
             file_roots: Vec::new(),
+            memory_limit_mb: None,
+            require_tls: false,
         }
     }
 }

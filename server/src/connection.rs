@@ -49,6 +49,8 @@ pub struct ConnectionLimits {
     pub login_timeout: Duration,
     /// The largest message a logged-in client may send.
     pub max_message_size: usize,
+    /// Refuse logins over connections without TLS.
+    pub require_tls: bool,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -56,7 +58,7 @@ pub async fn serve<H>(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<pgwire::tokio::TlsAcceptor>,
-    handlers: H,
+    handlers: impl FnOnce(bool) -> H,
     limits: ConnectionLimits,
     throttle: Arc<LoginThrottle>,
     admitted: bool,
@@ -83,6 +85,10 @@ where
     let mut parts = FramedParts::new(guard, old.codec);
     parts.write_buf = old.write_buf;
     let mut socket = Framed::from_parts(parts);
+    // The handlers know whether the connection is encrypted (SCRAM offers
+    // channel binding only then).
+    let secure = socket.is_secure();
+    let handlers = handlers(secure);
 
     let startup = handlers.startup_handler();
     let simple = handlers.simple_query_handler();
@@ -141,6 +147,13 @@ where
                 PgWireFrontendMessage::Startup(s) => s.parameters.get("user").cloned(),
                 _ => None,
             };
+            if limits.require_tls && !secure {
+                tracing::warn!(%peer, user = user.as_deref().unwrap_or(""), "login refused: no TLS");
+                let text =
+                    "this server requires TLS: connect with sslmode=require (or verify-ca, verify-full)";
+                let _ = send_fatal(&mut socket, "28000", text).await;
+                break;
+            }
             if let Err(wait) = throttle.check(peer.ip()) {
                 tracing::warn!(%peer, user = user.as_deref().unwrap_or(""), "login refused: too many failed logins from this address");
                 let text = format!(

@@ -56,6 +56,8 @@ pub struct Server {
     throttle: Arc<auth::LoginThrottle>,
     limits: connection::ConnectionLimits,
     max_connections: usize,
+    /// The certificate chain (PEM), for SCRAM channel binding.
+    tls_cert_pem: Option<Vec<u8>>,
 }
 
 impl Server {
@@ -84,6 +86,7 @@ impl Server {
             checkpoint_interval: sluice_engine::checkpoint::parse_interval(&config.checkpoint_interval)?,
             checkpoint_location: config.checkpoint_location.clone(),
             file_roots: config.file_roots.clone(),
+            memory_limit: config.memory_limit_mb.map(|mb| mb << 20),
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(
@@ -124,6 +127,16 @@ impl Server {
             (None, None) => None,
             _ => anyhow::bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
         };
+        if config.require_tls && tls.is_none() {
+            anyhow::bail!("--require-tls needs TLS configured (--tls-cert and --tls-key)");
+        }
+        let tls_cert_pem = match &config.tls_cert {
+            Some(cert) => Some(
+                std::fs::read(cert)
+                    .map_err(|e| anyhow::anyhow!("TLS certificate {}: {e}", cert.display()))?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             engine,
             tls,
@@ -139,8 +152,10 @@ impl Server {
             limits: connection::ConnectionLimits {
                 login_timeout: std::time::Duration::from_secs(config.login_timeout_secs.max(1)),
                 max_message_size: config.max_message_bytes.max(1024),
+                require_tls: config.require_tls,
             },
             max_connections: config.max_connections.max(1),
+            tls_cert_pem,
         }))
     }
 
@@ -149,9 +164,18 @@ impl Server {
         &self.engine
     }
 
-    fn handlers(&self) -> ConnectionHandlers {
+    /// The handlers of one connection; `secure`: it negotiated TLS.
+    fn handlers(&self, secure: bool) -> ConnectionHandlers {
         let mut scram = ScramAuth::new(Arc::new(self.users.clone()));
         scram.set_iterations(auth::SCRAM_ITERATIONS);
+        // Channel binding (SCRAM-SHA-256-PLUS) binds the login to this TLS
+        // session's certificate; offered over TLS only, as Postgres does.
+        if secure
+            && let Some(pem) = &self.tls_cert_pem
+            && let Err(e) = scram.configure_certificate(pem)
+        {
+            tracing::warn!(error = %e, "SCRAM channel binding unavailable for this certificate");
+        }
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = format!("{PG_SERVER_VERSION} (Sluice {})", env!("CARGO_PKG_VERSION"));
         let startup = match self.auth {
@@ -263,7 +287,10 @@ pub async fn run(
                     }
                     Slot(overflow.clone())
                 };
-                let handlers = server.handlers();
+                let handlers = {
+                    let server = server.clone();
+                    move |secure| server.handlers(secure)
+                };
                 let tls = server.tls.clone();
                 let mut limits = server.limits.clone();
                 if !admitted {

@@ -31,6 +31,9 @@ struct Args {
     /// PEM private key for TLS (with --tls-cert)
     #[arg(long, env = "SLUICE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (needs --tls-cert and --tls-key)
+    #[arg(long, env = "SLUICE_REQUIRE_TLS")]
+    require_tls: bool,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:9000
     #[arg(long, env = "SLUICE_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -79,6 +82,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.file_roots.is_empty() {
         config.file_roots = args.file_roots;
+    }
+    if args.require_tls {
+        config.require_tls = true;
     }
     if let Some(v) = args.tls_cert {
         config.tls_cert = Some(v);

@@ -221,10 +221,9 @@ fn a_failed_login_runs_nothing_and_closes_the_connection() {
     assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
 }
 
-#[test]
-fn a_failed_login_over_tls_runs_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+/// A self-signed certificate and its key, made with openssl.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let made = Command::new("openssl")
         .args([
             "req",
@@ -244,6 +243,62 @@ fn a_failed_login_over_tls_runs_nothing() {
         .output()
         .expect("openssl");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (cert, key)
+}
+
+/// psql with a connection string of its own; (success, stdout, stderr).
+fn psql_with(conninfo: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(conninfo)
+        .args(["-X", "-tA", "-c", sql])
+        .env("PGPASSWORD", "sluice")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_can_be_required_and_logins_bound_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            ("SLUICE_TLS_CERT", cert.to_str().unwrap()),
+            ("SLUICE_TLS_KEY", key.to_str().unwrap()),
+            ("SLUICE_REQUIRE_TLS", "true"),
+        ],
+    );
+    let base = format!("host=127.0.0.1 port={} user=sluice dbname=sluice", p.port);
+    let (ok, _, err) = psql_with(&format!("{base} sslmode=disable"), "SELECT 1");
+    assert!(!ok && err.contains("requires TLS"), "{err}");
+    let (ok, out, err) = psql_with(&format!("{base} sslmode=require"), "SELECT 1");
+    assert!(ok && out.trim() == "1", "{err}");
+    // SCRAM-SHA-256-PLUS: the login is bound to this TLS session.
+    let (ok, out, err) = psql_with(
+        &format!("{base} sslmode=require channel_binding=require"),
+        "SELECT 2",
+    );
+    assert!(ok && out.trim() == "2", "{err}");
+    // Without TLS configured, requiring it is a start-up error.
+    let bad = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--listen", "127.0.0.1:0", "--require-tls", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs TLS"));
+}
+
+#[test]
+fn a_failed_login_over_tls_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
     let p = SluiceProcess::start_with(
         &dir.path().join("data"),
         &[
@@ -695,4 +750,37 @@ fn local_paths_stay_inside_the_allowed_directories() {
     drop(p);
     let p = SluiceProcess::start_with(&data, &[("SLUICE_FILE_ROOTS", "")]);
     assert_eq!(p.psql(&["-tA", "-c", "SELECT x FROM one"]).trim(), "1");
+}
+
+#[test]
+fn queries_over_the_memory_limit_spill_or_fail_with_53200() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "memory_limit_mb = 64\n[users]\nsluice = \"sluice\"\n").unwrap();
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[("SLUICE_CONFIG", config.to_str().unwrap())],
+    );
+    // 20 million groups do not fit in 64 MB: the aggregate spills and
+    // finishes.
+    let groups = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT count(*) FROM (SELECT x, count(*) FROM generate_series(1, 20000000) t(x) GROUP BY x) s",
+    ]);
+    assert_eq!(groups.trim(), "20000000");
+    // One array of 30 million values can't spill: 53200, and the session
+    // and server go on.
+    let out = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT cardinality(array_agg(x)) FROM generate_series(1, 30000000) t(x)",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("53200"), "{err}");
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
 }

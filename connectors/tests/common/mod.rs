@@ -40,6 +40,7 @@ pub async fn open_engine_checkpointing(
         checkpoint_location: None,
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
+        memory_limit: None,
     })
     .await
     .unwrap();
