@@ -43,6 +43,7 @@ async fn fixture(parallelism: usize) -> Fixture {
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        auth: None,
     })
     .await
     .unwrap();

@@ -57,10 +57,29 @@ pub struct CatalogEntry {
     pub sql: String,
 }
 
+/// A role created with `CREATE ROLE` (users of the config file are not
+/// stored here). The password is kept as SCRAM-SHA-256 needs it to check a
+/// login: a salt and the salted password (PBKDF2), never the password
+/// itself; the salted password is as good as the password for logging in,
+/// which is one more reason the catalog file is the server's own (0600).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    /// May log in (`LOGIN`).
+    pub login: bool,
+    /// May change things (`SUPERUSER`); otherwise the role reads only.
+    pub superuser: bool,
+    /// `(salt, salted password)`, hex; `None`: no password, no login.
+    pub password: Option<(String, String)>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CatalogFile {
     version: u32,
     entries: BTreeMap<String, CatalogEntry>,
+    /// Roles, by name (a namespace of their own, as in Postgres).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    roles: BTreeMap<String, Role>,
 }
 
 /// The catalog on disk, with its current contents in memory.
@@ -68,6 +87,7 @@ struct CatalogFile {
 pub struct DurableCatalog {
     dir: PathBuf,
     entries: BTreeMap<String, CatalogEntry>,
+    roles: BTreeMap<String, Role>,
 }
 
 impl DurableCatalog {
@@ -78,7 +98,7 @@ impl DurableCatalog {
         let path = dir.join(CATALOG_FILE);
         // A catalog written by an older build may be readable by all.
         restrict(&path, 0o600)?;
-        let entries = match fs::read(&path) {
+        let (entries, roles) = match fs::read(&path) {
             Ok(bytes) => {
                 let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
                     SluiceError::new(
@@ -93,9 +113,9 @@ impl DurableCatalog {
                         file.version
                     )));
                 }
-                file.entries
+                (file.entries, file.roles)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), BTreeMap::new()),
             Err(e) => return Err(e.into()),
         };
         // A temporary file left by a crash mid-write is garbage: the rename
@@ -104,7 +124,33 @@ impl DurableCatalog {
         Ok(Self {
             dir: dir.to_path_buf(),
             entries,
+            roles,
         })
+    }
+
+    /// The role with that name, if any.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+
+    /// Adds or replaces a role, durably.
+    pub fn put_role(&mut self, role: Role) -> Result<()> {
+        let mut roles = self.roles.clone();
+        roles.insert(role.name.clone(), role);
+        self.persist(&self.entries, &roles)?;
+        self.roles = roles;
+        Ok(())
+    }
+
+    /// Removes a role, durably; false if there was none.
+    pub fn remove_role(&mut self, name: &str) -> Result<bool> {
+        let mut roles = self.roles.clone();
+        if roles.remove(name).is_none() {
+            return Ok(false);
+        }
+        self.persist(&self.entries, &roles)?;
+        self.roles = roles;
+        Ok(true)
     }
 
     /// All entries, in name order.
@@ -122,7 +168,7 @@ impl DurableCatalog {
     pub fn put(&mut self, entry: CatalogEntry) -> Result<()> {
         let mut next = self.entries.clone();
         next.insert(entry.name.clone(), entry);
-        self.persist(&next)?;
+        self.persist(&next, &self.roles)?;
         self.entries = next;
         Ok(())
     }
@@ -134,15 +180,20 @@ impl DurableCatalog {
         }
         let mut next = self.entries.clone();
         next.remove(name);
-        self.persist(&next)?;
+        self.persist(&next, &self.roles)?;
         self.entries = next;
         Ok(())
     }
 
-    fn persist(&self, entries: &BTreeMap<String, CatalogEntry>) -> Result<()> {
+    fn persist(
+        &self,
+        entries: &BTreeMap<String, CatalogEntry>,
+        roles: &BTreeMap<String, Role>,
+    ) -> Result<()> {
         let file = CatalogFile {
             version: FORMAT_VERSION,
             entries: entries.clone(),
+            roles: roles.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| SluiceError::internal(format!("catalog serialization: {e}")))?;

@@ -72,6 +72,26 @@ pub struct EngineConfig {
     /// (sorts, aggregates, joins spill to disk past it where they can, and
     /// fail with 53200 where they can't); `None`: half of physical memory.
     pub memory_limit: Option<usize>,
+    /// Password authentication, for `CREATE ROLE ... PASSWORD`; `None`:
+    /// roles can't be given passwords.
+    pub auth: Option<EngineAuth>,
+}
+
+/// What the server's authentication tells the engine about roles.
+#[derive(Clone)]
+pub struct EngineAuth {
+    /// Derives what a login is checked against from a password and salt.
+    pub hasher: crate::roles::PasswordHasher,
+    /// Users of the config file (superusers; SQL can't make or change them).
+    pub config_users: Vec<String>,
+}
+
+impl std::fmt::Debug for EngineAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineAuth")
+            .field("config_users", &self.config_users)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The shared state of a running Sluice: catalog, runtime and storage.
@@ -137,6 +157,8 @@ pub(crate) struct Inner {
     pub(crate) restarts: std::sync::Mutex<BTreeMap<String, crate::jobs::Restarts>>,
     /// Where statements and jobs run.
     pub(crate) compute: crate::compute::ComputeRuntime,
+    pub(crate) password_hasher: Option<crate::roles::PasswordHasher>,
+    pub(crate) config_users: Vec<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -252,6 +274,8 @@ impl Engine {
                 versioned,
                 restarts: Default::default(),
                 compute,
+                password_hasher: config.auth.as_ref().map(|a| a.hasher.clone()),
+                config_users: config.auth.map(|a| a.config_users).unwrap_or_default(),
             }),
         };
         for entry in entries {
@@ -266,6 +290,11 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// A role created with `CREATE ROLE`, if there is one by that name.
+    pub async fn role(&self, name: &str) -> Option<crate::catalog::Role> {
+        self.inner.catalog.lock().await.role(name).cloned()
     }
 
     /// Runs `work` on the engine's runtime, away from the caller's (the
@@ -302,6 +331,8 @@ impl Engine {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
             vars,
+            user: "sluice".into(),
+            superuser: true,
         }
     }
 
@@ -501,6 +532,41 @@ enum Action {
     TransactionEnd {
         rollback: bool,
     },
+    /// `CREATE ROLE`, `ALTER ROLE`, `DROP ROLE`.
+    Role(crate::roles::RoleChange),
+}
+
+impl Action {
+    /// What the action changes, for a role that may only read: `None` for
+    /// actions that read (queries, SHOW, SUBSCRIBE, EXPLAIN, SET).
+    fn writes(&self) -> Option<&'static str> {
+        match self {
+            Action::Plan(plan) => match plan {
+                LogicalPlan::Dml(_) => Some("change table data"),
+                LogicalPlan::Ddl(_) => Some("create or drop objects"),
+                LogicalPlan::Copy(_) => Some("write files with COPY"),
+                _ => None,
+            },
+            Action::CreateTable(_) => Some("create tables"),
+            Action::DropTable { .. } => Some("drop tables"),
+            Action::CreateStream(_) => Some("create streams"),
+            Action::DropStream { .. } => Some("drop streams"),
+            Action::CreateJob { .. } => Some("create sinks or materialized views"),
+            Action::DropJob { .. } => Some("drop sinks or materialized views"),
+            Action::AlterSink { .. } => Some("alter sinks"),
+            Action::Role(_) => Some("manage roles"),
+            Action::ShowJobObjects { .. }
+            | Action::ShowJobs
+            | Action::ShowCheckpoints
+            | Action::Subscribe { .. }
+            | Action::ExplainJob { .. }
+            | Action::ShowStreams
+            | Action::SetVar { .. }
+            | Action::ShowVar { .. }
+            | Action::TransactionStart
+            | Action::TransactionEnd { .. } => None,
+        }
+    }
 }
 
 impl Prepared {
@@ -583,6 +649,11 @@ pub struct Session {
     pub(crate) engine: Engine,
     pub(crate) ctx: SessionContext,
     pub(crate) vars: BTreeMap<String, String>,
+    /// Who is logged in, and whether they may change things (see
+    /// [`crate::roles`]); a session the server has not told is a superuser
+    /// (the engine's own use and tests).
+    user: String,
+    superuser: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -599,6 +670,14 @@ impl Session {
     }
 
     /// Plans one statement.
+    /// The logged-in user and whether they are a superuser.
+    pub fn set_user(&mut self, user: &str, superuser: bool) {
+        self.user = user.to_string();
+        self.superuser = superuser;
+        self.vars
+            .insert("is_superuser".into(), if superuser { "on" } else { "off" }.into());
+    }
+
     /// The session's `statement_timeout`, if one is set.
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {
         self.vars
@@ -723,6 +802,9 @@ impl Session {
         let action = match statement {
             DFStatement::CreateExternalTable(create) => Action::CreateTable(Box::new(create)),
             DFStatement::Statement(stmt) => match *stmt {
+                ref role if crate::roles::role_change(role).is_some() => {
+                    Action::Role(crate::roles::role_change(role).expect("a role statement")?)
+                }
                 SqlStatement::StartTransaction { .. } => Action::TransactionStart,
                 SqlStatement::Commit { .. } => Action::TransactionEnd { rollback: false },
                 SqlStatement::Rollback { .. } => Action::TransactionEnd { rollback: true },
@@ -861,7 +943,27 @@ impl Session {
 
     /// Runs a prepared statement. `params` binds `$n` placeholders.
     pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        if !self.superuser
+            && let Some(what) = prepared.action.writes()
+        {
+            return Err(SluiceError::new(
+                ErrorKind::InsufficientPrivilege,
+                format!(
+                    "permission denied: role \"{}\" reads only (NOSUPERUSER) and may not {what}",
+                    self.user
+                ),
+            ));
+        }
         match &prepared.action {
+            Action::Role(change) => {
+                let config_users = self.engine.inner.config_users.clone();
+                let tag = crate::roles::apply(&self.engine, change, |n| config_users.iter().any(|u| u == n))
+                    .await?;
+                Ok(Output::Command {
+                    tag: tag.into(),
+                    rows: None,
+                })
+            }
             Action::Plan(plan) => {
                 let plan = match params {
                     Some(p) => plan.clone().with_param_values(p)?,

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Syntax,
     /// A table, stream or view that does not exist.
     UndefinedTable,
+    /// Another kind of object (a role) that does not exist.
+    UndefinedObject,
     /// A column that does not exist.
     UndefinedColumn,
     /// Something with that name exists already.

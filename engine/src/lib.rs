@@ -22,6 +22,7 @@ mod jobs;
 pub mod optimizer;
 pub mod parser;
 pub mod paths;
+pub mod roles;
 pub mod secrets;
 pub mod sink;
 pub mod storage;
@@ -31,7 +32,8 @@ pub mod types;
 pub mod versions;
 
 pub use engine::{
-    CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineConfig, Output, PG_SERVER_VERSION, Prepared, Session,
+    CATALOG_NAME, DEFAULT_SCHEMA, Engine, EngineAuth, EngineConfig, Output, PG_SERVER_VERSION, Prepared,
+    Session,
 };
 pub use error::{ErrorKind, Result, SluiceError};
 pub use parser::Statement;

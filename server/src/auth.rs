@@ -82,18 +82,39 @@ impl StartupHandler for Startup {
 /// SCRAM iteration count; Postgres's default.
 pub const SCRAM_ITERATIONS: usize = 4096;
 
-/// Users and their passwords, from the config (the embedded default is one
-/// user `sluice` with password `sluice`).
+/// Who may log in: the users of the config (superusers; the embedded
+/// default is one user `sluice` with password `sluice`), then the roles made
+/// with `CREATE ROLE ... LOGIN PASSWORD` (kept by the engine).
 #[derive(Debug, Clone)]
 pub struct Users {
     users: Arc<BTreeMap<String, String>>,
+    engine: sluice_engine::Engine,
 }
 
 impl Users {
-    pub fn new(users: BTreeMap<String, String>) -> Self {
+    pub fn new(users: BTreeMap<String, String>, engine: sluice_engine::Engine) -> Self {
         Self {
             users: Arc::new(users),
+            engine,
         }
+    }
+
+    /// Whether `user` may change things: config users and `SUPERUSER`
+    /// roles; any other name (only `trust` lets one in) too.
+    pub async fn is_superuser(&self, user: &str) -> bool {
+        if self.users.contains_key(user) {
+            return true;
+        }
+        self.engine.role(user).await.is_none_or(|r| r.superuser)
+    }
+
+    /// A role's stored salt and salted password, if it may log in.
+    async fn role_password(&self, user: &str) -> Option<Password> {
+        let role = self.engine.role(user).await?;
+        let (salt, hashed) = role.password.filter(|_| role.login)?;
+        let salt = sluice_engine::roles::unhex(&salt)?;
+        let hashed = sluice_engine::roles::unhex(&hashed)?;
+        Some(Password::new(Some(salt), hashed))
     }
 }
 
@@ -109,6 +130,9 @@ impl AuthSource for Users {
         let password = match self.users.get(user) {
             Some(p) => p.as_str(),
             None => {
+                if let Some(stored) = self.role_password(user).await {
+                    return Ok(stored);
+                }
                 unknown = hex(&rand::random::<[u8; 32]>());
                 unknown.as_str()
             }

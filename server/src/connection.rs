@@ -64,7 +64,7 @@ pub async fn serve<H>(
     admitted: bool,
 ) -> io::Result<()>
 where
-    H: PgWireServerHandlers,
+    H: PgWireServerHandlers + OnLogin,
 {
     let deadline = tokio::time::sleep(limits.login_timeout);
     tokio::pin!(deadline);
@@ -230,11 +230,18 @@ where
         {
             logged_in = true;
             socket.get_mut().logged_in();
+            let user = socket.metadata().get("user").cloned().unwrap_or_default();
+            handlers.logged_in(&user).await;
             tracing::debug!(%peer, user = socket.metadata().get("user").map(String::as_str).unwrap_or(""), "logged in");
         }
     }
     // Dropping the socket closes both halves.
     Ok(())
+}
+
+/// Told once a connection's login finished, with the user's name.
+pub trait OnLogin {
+    fn logged_in(&self, user: &str) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// The next frame from the client, decoded quietly (see [`Quiet`]).

@@ -9,6 +9,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::Syntax => "42601",
         ErrorKind::UndefinedTable => "42P01",
+        ErrorKind::UndefinedObject => "42704",
         ErrorKind::UndefinedColumn => "42703",
         ErrorKind::DuplicateObject => "42P07",
         ErrorKind::NotSupported => "0A000",

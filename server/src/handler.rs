@@ -171,6 +171,11 @@ impl ConnectionHandler {
         self.parser.prepare(statement, deadline).await
     }
 
+    /// Tells the session who logged in.
+    pub async fn set_user(&self, user: &str, superuser: bool) {
+        self.session.lock().await.set_user(user, superuser);
+    }
+
     /// When a statement starting now must be done by (`statement_timeout`).
     async fn deadline(&self) -> Option<tokio::time::Instant> {
         let timeout = self.session.lock().await.statement_timeout()?;

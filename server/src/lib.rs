@@ -87,6 +87,16 @@ impl Server {
             checkpoint_location: config.checkpoint_location.clone(),
             file_roots: config.file_roots.clone(),
             memory_limit: config.memory_limit_mb.map(|mb| mb << 20),
+            auth: Some(sluice_engine::EngineAuth {
+                hasher: Arc::new(|password: &str, salt: &[u8]| {
+                    pgwire::api::auth::sasl::scram::gen_salted_password(
+                        password,
+                        salt,
+                        auth::SCRAM_ITERATIONS,
+                    )
+                }),
+                config_users: config.users.keys().cloned().collect(),
+            }),
         })
         .await?;
         datafusion_pg_catalog::setup_pg_catalog(
@@ -138,9 +148,9 @@ impl Server {
             None => None,
         };
         Ok(Arc::new(Self {
-            engine,
             tls,
-            users: auth::Users::new(config.users.clone()),
+            users: auth::Users::new(config.users.clone(), engine.clone()),
+            engine,
             auth: config.auth,
             connections: Arc::new(ConnectionManager::new()),
             sql_parser: Arc::new(SqlParser::default()),
@@ -192,6 +202,7 @@ impl Server {
             },
         };
         ConnectionHandlers {
+            users: self.users.clone(),
             query: Arc::new(ConnectionHandler::new(
                 self.engine.new_session(),
                 self.sql_parser.clone(),
@@ -203,9 +214,17 @@ impl Server {
 }
 
 struct ConnectionHandlers {
+    users: auth::Users,
     query: Arc<ConnectionHandler>,
     startup: Arc<auth::Startup>,
     cancel: Arc<DefaultCancelHandler>,
+}
+
+impl connection::OnLogin for ConnectionHandlers {
+    async fn logged_in(&self, user: &str) {
+        let superuser = self.users.is_superuser(user).await;
+        self.query.set_user(user, superuser).await;
+    }
 }
 
 impl PgWireServerHandlers for ConnectionHandlers {

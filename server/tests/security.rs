@@ -784,3 +784,98 @@ fn queries_over_the_memory_limit_spill_or_fail_with_53200() {
     assert!(!out.status.success() && err.contains("53200"), "{err}");
     assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
 }
+
+/// psql as `user` with `password`; (success, stdout, stderr).
+fn psql_as(p: &SluiceProcess, user: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=sluice",
+            p.port
+        ))
+        .args(["-X", "-tA", "-v", "VERBOSITY=verbose", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn roles_log_in_and_a_read_only_role_only_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = SluiceProcess::start(&data);
+    p.psql(&[
+        "-c",
+        "CREATE STREAM s (x BIGINT) WITH (connector = 'datagen', 'number-of-rows' = '5')",
+        "-c",
+        "COPY (SELECT 1 AS x) TO 'out/one.csv' STORED AS CSV",
+        "-c",
+        "CREATE EXTERNAL TABLE one STORED AS CSV LOCATION 'out/one.csv' OPTIONS ('format.has_header' 'true')",
+        "-c",
+        "CREATE ROLE reader WITH LOGIN PASSWORD 'r3ader'",
+        "-c",
+        "CREATE ROLE admin WITH LOGIN SUPERUSER PASSWORD 'adm1n'",
+        "-c",
+        "CREATE ROLE nologin PASSWORD 'x'",
+    ]);
+    // The reader logs in and reads.
+    let (ok, out, err) = psql_as(&p, "reader", "r3ader", "SELECT x FROM one");
+    assert!(ok && out.trim() == "1", "{err}");
+    let (ok, out, err) = psql_as(&p, "reader", "r3ader", "SHOW STREAMS");
+    assert!(ok && out.contains("datagen"), "{err}");
+    // ... and changes nothing.
+    for sql in [
+        "CREATE STREAM t (x BIGINT) WITH (connector = 'datagen')",
+        "DROP STREAM s",
+        "DROP TABLE one",
+        "CREATE EXTERNAL TABLE two STORED AS CSV LOCATION 'out/one.csv'",
+        "COPY (SELECT 1 AS x) TO 'out/two.csv' STORED AS CSV",
+        "CREATE SINK k WITH (connector = 'blackhole') AS SELECT x FROM s",
+        "CREATE MATERIALIZED VIEW v AS SELECT count(*) FROM s",
+        "INSERT INTO one VALUES (2)",
+        "CREATE ROLE sneaky WITH LOGIN SUPERUSER PASSWORD 'x'",
+        "ALTER ROLE reader WITH SUPERUSER",
+    ] {
+        let (ok, _, err) = psql_as(&p, "reader", "r3ader", sql);
+        assert!(!ok && err.contains("42501"), "{sql}: {err}");
+    }
+    // Wrong password, a role without LOGIN, a dropped role: refused alike.
+    for (user, pw) in [("reader", "wrong"), ("nologin", "x"), ("nobody", "x")] {
+        let (ok, _, err) = psql_as(&p, user, pw, "SELECT 1");
+        assert!(
+            !ok && err.contains("password authentication failed"),
+            "{user}: {err}"
+        );
+    }
+    // A superuser role may change things, roles included.
+    let (ok, _, err) = psql_as(&p, "admin", "adm1n", "ALTER ROLE reader WITH PASSWORD 'n3w'");
+    assert!(ok, "{err}");
+    assert!(!psql_as(&p, "reader", "r3ader", "SELECT 1").0);
+    assert!(psql_as(&p, "reader", "n3w", "SELECT 1").0);
+    // Roles survive a restart; the config's users can't be made or dropped.
+    drop(p);
+    let p = SluiceProcess::start(&data);
+    let (ok, out, err) = psql_as(&p, "reader", "n3w", "SELECT x FROM one");
+    assert!(ok && out.trim() == "1", "{err}");
+    let (ok, _, err) = psql_as(
+        &p,
+        "sluice",
+        "sluice",
+        "CREATE ROLE sluice WITH LOGIN PASSWORD 'x'",
+    );
+    assert!(!ok && err.contains("42P07"), "{err}");
+    let (ok, _, err) = psql_as(&p, "sluice", "sluice", "DROP ROLE reader");
+    assert!(ok, "{err}");
+    assert!(!psql_as(&p, "reader", "n3w", "SELECT 1").0);
+    // The catalog keeps no password, only the salted SCRAM key.
+    let catalog = std::fs::read_to_string(data.join("catalog.json")).unwrap();
+    assert!(
+        !catalog.contains("adm1n") && catalog.contains("\"admin\""),
+        "{catalog}"
+    );
+}
