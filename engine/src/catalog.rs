@@ -80,6 +80,9 @@ struct CatalogFile {
     /// Roles, by name (a namespace of their own, as in Postgres).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     roles: BTreeMap<String, Role>,
+    /// `CREATE SECRET` values, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    secrets: BTreeMap<String, String>,
 }
 
 /// The catalog on disk, with its current contents in memory.
@@ -88,6 +91,7 @@ pub struct DurableCatalog {
     dir: PathBuf,
     entries: BTreeMap<String, CatalogEntry>,
     roles: BTreeMap<String, Role>,
+    secrets: BTreeMap<String, String>,
 }
 
 impl DurableCatalog {
@@ -98,7 +102,7 @@ impl DurableCatalog {
         let path = dir.join(CATALOG_FILE);
         // A catalog written by an older build may be readable by all.
         restrict(&path, 0o600)?;
-        let (entries, roles) = match fs::read(&path) {
+        let (entries, roles, secrets) = match fs::read(&path) {
             Ok(bytes) => {
                 let file: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
                     SluiceError::new(
@@ -113,9 +117,9 @@ impl DurableCatalog {
                         file.version
                     )));
                 }
-                (file.entries, file.roles)
+                (file.entries, file.roles, file.secrets)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), BTreeMap::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(e) => return Err(e.into()),
         };
         // A temporary file left by a crash mid-write is garbage: the rename
@@ -125,7 +129,38 @@ impl DurableCatalog {
             dir: dir.to_path_buf(),
             entries,
             roles,
+            secrets,
         })
+    }
+
+    /// A secret's value, if there is one by that name.
+    pub fn secret(&self, name: &str) -> Option<&String> {
+        self.secrets.get(name)
+    }
+
+    /// The names of all secrets.
+    pub fn secret_names(&self) -> impl Iterator<Item = &String> {
+        self.secrets.keys()
+    }
+
+    /// Adds or replaces a secret, durably.
+    pub fn put_secret(&mut self, name: &str, value: &str) -> Result<()> {
+        let mut secrets = self.secrets.clone();
+        secrets.insert(name.to_string(), value.to_string());
+        self.write_file(&self.entries, &self.roles, &secrets)?;
+        self.secrets = secrets;
+        Ok(())
+    }
+
+    /// Removes a secret, durably; false if there was none.
+    pub fn remove_secret(&mut self, name: &str) -> Result<bool> {
+        let mut secrets = self.secrets.clone();
+        if secrets.remove(name).is_none() {
+            return Ok(false);
+        }
+        self.write_file(&self.entries, &self.roles, &secrets)?;
+        self.secrets = secrets;
+        Ok(true)
     }
 
     /// The role with that name, if any.
@@ -190,10 +225,20 @@ impl DurableCatalog {
         entries: &BTreeMap<String, CatalogEntry>,
         roles: &BTreeMap<String, Role>,
     ) -> Result<()> {
+        self.write_file(entries, roles, &self.secrets)
+    }
+
+    fn write_file(
+        &self,
+        entries: &BTreeMap<String, CatalogEntry>,
+        roles: &BTreeMap<String, Role>,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let file = CatalogFile {
             version: FORMAT_VERSION,
             entries: entries.clone(),
             roles: roles.clone(),
+            secrets: secrets.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| SluiceError::internal(format!("catalog serialization: {e}")))?;

@@ -534,6 +534,18 @@ enum Action {
     },
     /// `CREATE ROLE`, `ALTER ROLE`, `DROP ROLE`.
     Role(crate::roles::RoleChange),
+    /// `CREATE SECRET` / `ALTER SECRET` (`replace`).
+    CreateSecret {
+        name: String,
+        if_not_exists: bool,
+        replace: bool,
+        value: String,
+    },
+    DropSecret {
+        name: String,
+        if_exists: bool,
+    },
+    ShowSecrets,
 }
 
 impl Action {
@@ -555,12 +567,14 @@ impl Action {
             Action::DropJob { .. } => Some("drop sinks or materialized views"),
             Action::AlterSink { .. } => Some("alter sinks"),
             Action::Role(_) => Some("manage roles"),
+            Action::CreateSecret { .. } | Action::DropSecret { .. } => Some("manage secrets"),
             Action::ShowJobObjects { .. }
             | Action::ShowJobs
             | Action::ShowCheckpoints
             | Action::Subscribe { .. }
             | Action::ExplainJob { .. }
             | Action::ShowStreams
+            | Action::ShowSecrets
             | Action::SetVar { .. }
             | Action::ShowVar { .. }
             | Action::TransactionStart
@@ -577,6 +591,11 @@ impl Prepared {
             Action::Plan(plan) => returns_rows(plan).then(|| plan.schema().inner().clone()),
             Action::ShowVar { name } => Some(show_schema(name)),
             Action::ShowStreams => Some(show_streams_schema()),
+            Action::ShowSecrets => Some(Arc::new(Schema::new(vec![Field::new(
+                "name",
+                DataType::Utf8,
+                false,
+            )]))),
             Action::ShowJobObjects { sink } => Some(crate::jobs::show_objects_schema(*sink)),
             Action::ShowJobs => Some(crate::jobs::show_jobs_schema()),
             Action::ShowCheckpoints => Some(crate::jobs::show_checkpoints_schema()),
@@ -670,6 +689,16 @@ impl Session {
     }
 
     /// Plans one statement.
+    /// `options` with references to secrets (`key = SECRET name`) replaced
+    /// by the secrets' values.
+    pub(crate) async fn resolve_secrets(
+        &self,
+        options: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let catalog = self.engine.inner.catalog.lock().await;
+        crate::secrets::resolve(options, |n| catalog.secret(n).cloned())
+    }
+
     /// The logged-in user and whether they are a superuser.
     pub fn set_user(&mut self, user: &str, superuser: bool) {
         self.user = user.to_string();
@@ -711,6 +740,22 @@ impl Session {
                     action: Action::ShowStreams,
                 });
             }
+            Statement::CreateSecret {
+                name,
+                if_not_exists,
+                replace,
+                value,
+            } => Action::CreateSecret {
+                name: normalize_name(&name),
+                if_not_exists,
+                replace,
+                value,
+            },
+            Statement::DropSecret { name, if_exists } => Action::DropSecret {
+                name: normalize_name(&name),
+                if_exists,
+            },
+            Statement::ShowSecrets => Action::ShowSecrets,
             Statement::CreateSink(create) => Action::CreateJob {
                 create: Box::new(create),
                 sink: true,
@@ -955,6 +1000,80 @@ impl Session {
             ));
         }
         match &prepared.action {
+            Action::CreateSecret {
+                name,
+                if_not_exists,
+                replace,
+                value,
+            } => {
+                let mut catalog = self.engine.inner.catalog.lock().await;
+                let exists = catalog.secret(name).is_some();
+                if *replace && !exists {
+                    return Err(SluiceError::new(
+                        ErrorKind::UndefinedObject,
+                        format!("secret \"{name}\" does not exist"),
+                    ));
+                }
+                if !*replace && exists {
+                    if *if_not_exists {
+                        return Ok(Output::Command {
+                            tag: "CREATE SECRET".into(),
+                            rows: None,
+                        });
+                    }
+                    return Err(SluiceError::new(
+                        ErrorKind::DuplicateObject,
+                        format!("secret \"{name}\" already exists"),
+                    ));
+                }
+                catalog.put_secret(name, value)?;
+                Ok(Output::Command {
+                    tag: if *replace { "ALTER SECRET" } else { "CREATE SECRET" }.into(),
+                    rows: None,
+                })
+            }
+            Action::DropSecret { name, if_exists } => {
+                let mut catalog = self.engine.inner.catalog.lock().await;
+                // Not while a stream or sink refers to it.
+                for entry in catalog.entries() {
+                    let options = match parser::parse(&entry.sql)?.pop() {
+                        Some(Statement::CreateStream(c)) => c.options,
+                        Some(Statement::CreateSink(c)) => c.options,
+                        _ => continue,
+                    };
+                    if options
+                        .values()
+                        .any(|v| crate::secrets::reference(v) == Some(name.as_str()))
+                    {
+                        return Err(SluiceError::new(
+                            ErrorKind::DependentObjectsStillExist,
+                            format!(
+                                "cannot drop secret \"{name}\": {} {} uses it",
+                                entry.kind.noun(),
+                                entry.name
+                            ),
+                        ));
+                    }
+                }
+                if !catalog.remove_secret(name)? && !*if_exists {
+                    return Err(SluiceError::new(
+                        ErrorKind::UndefinedObject,
+                        format!("secret \"{name}\" does not exist"),
+                    ));
+                }
+                Ok(Output::Command {
+                    tag: "DROP SECRET".into(),
+                    rows: None,
+                })
+            }
+            Action::ShowSecrets => {
+                let catalog = self.engine.inner.catalog.lock().await;
+                let names: Vec<String> = catalog.secret_names().cloned().collect();
+                one_batch(
+                    Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)])),
+                    vec![Arc::new(StringArray::from(names))],
+                )
+            }
             Action::Role(change) => {
                 let config_users = self.engine.inner.config_users.clone();
                 let tag = crate::roles::apply(&self.engine, change, |n| config_users.iter().any(|u| u == n))
@@ -1354,7 +1473,7 @@ impl Session {
         })?;
         let connector = self.engine.inner.sources.get(connector_name)?;
         check_options(connector.as_ref(), &create.options)?;
-        let mut options = create.options.clone();
+        let mut options = self.resolve_secrets(&create.options).await?;
         options.remove("connector");
         // Relative paths name the data directory, as a sink's do: a stream
         // can read what a sink landed there.

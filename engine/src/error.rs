@@ -20,6 +20,8 @@ pub enum ErrorKind {
     UndefinedColumn,
     /// Something with that name exists already.
     DuplicateObject,
+    /// Dropping it would break something that uses it.
+    DependentObjectsStillExist,
     /// Valid SQL that Sluice does not (yet) run.
     NotSupported,
     /// An option or parameter value that is not accepted.

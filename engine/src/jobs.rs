@@ -487,7 +487,7 @@ impl Session {
             .to_string();
         let (job, view) = if sink {
             let stores = &self.engine.inner.stores;
-            let mut options = create.options.clone();
+            let mut options = crate::secrets::resolve(&create.options, |n| catalog.secret(n).cloned())?;
             let store_options: BTreeMap<String, String> = options
                 .iter()
                 .filter(|(k, _)| stores.is_store_option(k))
@@ -1080,7 +1080,7 @@ impl Session {
         let target = if sink {
             let connector = create.options.get("connector").cloned().unwrap_or_default();
             let c = self.engine.inner.sinks.get(&connector)?;
-            let mut options = create.options.clone();
+            let mut options = self.resolve_secrets(&create.options).await?;
             options.retain(|k, _| k != "connector" && !self.engine.inner.stores.is_store_option(k));
             check_sink_options(c.as_ref(), &options)?;
             c.validate(&options, &node.schema, node.updating)?;

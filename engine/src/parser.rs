@@ -49,6 +49,18 @@ pub enum Statement {
     ShowJobs,
     /// `SHOW CHECKPOINTS`: recent checkpoints of every job.
     ShowCheckpoints,
+    /// `CREATE SECRET [IF NOT EXISTS] name AS 'value'`, or `ALTER SECRET
+    /// name AS 'value'` (`replace`).
+    CreateSecret {
+        name: ObjectName,
+        if_not_exists: bool,
+        replace: bool,
+        value: String,
+    },
+    /// `DROP SECRET [IF EXISTS] name`
+    DropSecret { name: ObjectName, if_exists: bool },
+    /// `SHOW SECRETS`: names only.
+    ShowSecrets,
     /// `EXPLAIN CREATE SINK ...` / `EXPLAIN CREATE MATERIALIZED VIEW ...`:
     /// the streaming plan.
     Explain(Box<Statement>),
@@ -108,6 +120,16 @@ impl fmt::Display for Statement {
             Statement::ShowSinks => write!(f, "SHOW SINKS"),
             Statement::ShowMaterializedViews => write!(f, "SHOW MATERIALIZED VIEWS"),
             Statement::ShowJobs => write!(f, "SHOW JOBS"),
+            // The value is never shown.
+            Statement::CreateSecret { name, replace, .. } => {
+                write!(
+                    f,
+                    "{} SECRET {name} AS '********'",
+                    if *replace { "ALTER" } else { "CREATE" }
+                )
+            }
+            Statement::DropSecret { name, .. } => write!(f, "DROP SECRET {name}"),
+            Statement::ShowSecrets => write!(f, "SHOW SECRETS"),
             Statement::ShowCheckpoints => write!(f, "SHOW CHECKPOINTS"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
             Statement::Subscribe { target, copy } => {
@@ -128,7 +150,10 @@ impl fmt::Display for Statement {
 fn render_options(options: &BTreeMap<String, String>) -> String {
     options
         .iter()
-        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .map(|(k, v)| match crate::secrets::reference(v) {
+            Some(name) => format!("{} = SECRET {name}", quote(k)),
+            None => format!("{} = {}", quote(k), quote(v)),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -612,6 +637,44 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             let name = df.parser.parse_object_name(false).map_err(syntax)?;
             Statement::DropStream { name, if_exists }
         }
+        (Some("CREATE" | "ALTER"), Some("SECRET"), _) => {
+            let replace = first.as_deref() == Some("ALTER");
+            df.parser.next_token();
+            df.parser.next_token();
+            let if_not_exists = !replace
+                && df
+                    .parser
+                    .parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            expect_word(&mut df.parser, "AS")?;
+            let value = match df.parser.next_token().token {
+                Token::SingleQuotedString(s) => s,
+                other => {
+                    return Err(SluiceError::new(
+                        ErrorKind::Syntax,
+                        format!("syntax error: a secret's value is a quoted string, found: {other}"),
+                    ));
+                }
+            };
+            Statement::CreateSecret {
+                name,
+                if_not_exists,
+                replace,
+                value,
+            }
+        }
+        (Some("DROP"), Some("SECRET"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            let if_exists = df.parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = df.parser.parse_object_name(false).map_err(syntax)?;
+            Statement::DropSecret { name, if_exists }
+        }
+        (Some("SHOW"), Some("SECRETS"), _) => {
+            df.parser.next_token();
+            df.parser.next_token();
+            Statement::ShowSecrets
+        }
         (Some("SHOW"), Some("STREAMS"), _) => {
             df.parser.next_token();
             df.parser.next_token();
@@ -779,6 +842,16 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
         let value = match parser.next_token().token {
             Token::SingleQuotedString(s) => s,
             Token::Number(n, _) => n,
+            // `key = SECRET name`: a reference to a secret, resolved when
+            // the options are used.
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && w.value.eq_ignore_ascii_case("SECRET")
+                    && matches!(parser.peek_token().token, Token::Word(_)) =>
+            {
+                let name = parser.parse_object_name(false).map_err(syntax)?;
+                crate::secrets::make_reference(&crate::engine::normalize_name(&name))
+            }
             Token::Word(w) => w.value,
             other => {
                 return Err(SluiceError::new(

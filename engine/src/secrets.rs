@@ -30,13 +30,15 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// Options as `k=v, ...` for display: `connector` left out (shown in a
-/// column of its own), secrets masked.
+/// column of its own), secrets masked, references to secrets by name.
 pub fn options_text(options: &BTreeMap<String, String>) -> String {
     options
         .iter()
         .filter(|(k, _)| k.as_str() != "connector")
         .map(|(k, v)| {
-            if is_secret(k) {
+            if let Some(name) = reference(v) {
+                format!("{k}=SECRET {name}")
+            } else if is_secret(k) {
                 format!("{k}={MASK}")
             } else {
                 format!("{k}={v}")
@@ -44,6 +46,40 @@ pub fn options_text(options: &BTreeMap<String, String>) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How an option value that names a secret (`key = SECRET name`) is held
+/// until it is resolved: a NUL cannot occur in SQL text (the wire protocol
+/// ends strings with it), so no quoted value can look like one.
+const REFERENCE: &str = "\0secret:";
+
+/// The option value that refers to secret `name`.
+pub fn make_reference(name: &str) -> String {
+    format!("{REFERENCE}{name}")
+}
+
+/// The secret an option value refers to, if it is a reference.
+pub fn reference(value: &str) -> Option<&str> {
+    value.strip_prefix(REFERENCE)
+}
+
+/// `options` with every secret reference replaced by the secret's value.
+pub fn resolve(
+    options: &BTreeMap<String, String>,
+    secret: impl Fn(&str) -> Option<String>,
+) -> crate::error::Result<BTreeMap<String, String>> {
+    options
+        .iter()
+        .map(|(k, v)| match reference(v) {
+            None => Ok((k.clone(), v.clone())),
+            Some(name) => secret(name).map(|value| (k.clone(), value)).ok_or_else(|| {
+                crate::error::SluiceError::new(
+                    crate::error::ErrorKind::UndefinedObject,
+                    format!("option '{k}': secret \"{name}\" does not exist (CREATE SECRET {name} AS '...')"),
+                )
+            }),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::UndefinedObject => "42704",
         ErrorKind::UndefinedColumn => "42703",
         ErrorKind::DuplicateObject => "42P07",
+        ErrorKind::DependentObjectsStillExist => "2BP01",
         ErrorKind::NotSupported => "0A000",
         ErrorKind::InvalidParameter => "22023",
         ErrorKind::Semantic => "42804",

@@ -43,9 +43,13 @@ struct Args {
     /// S3 access key id
     #[arg(long, env = "SLUICE_S3_ACCESS_KEY_ID")]
     s3_access_key_id: Option<String>,
-    /// S3 secret access key
+    /// S3 secret access key (on the command line it shows in `ps`: prefer
+    /// the environment variable or --s3-secret-access-key-file)
     #[arg(long, env = "SLUICE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     s3_secret_access_key: Option<String>,
+    /// A file holding the S3 secret access key
+    #[arg(long, env = "SLUICE_S3_SECRET_ACCESS_KEY_FILE")]
+    s3_secret_access_key_file: Option<PathBuf>,
     /// How often jobs checkpoint: a duration such as 10s or 500ms, or off
     #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL")]
     checkpoint_interval: Option<String>,
@@ -110,6 +114,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.s3_secret_access_key {
         config.s3.secret_access_key = Some(v);
     }
+    if let Some(path) = &args.s3_secret_access_key_file {
+        let key = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--s3-secret-access-key-file {}: {e}", path.display()))?;
+        config.s3.secret_access_key = Some(key.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let secret_on_command_line = std::env::args()
+        .any(|a| a.starts_with("--s3-secret-access-key") && !a.starts_with("--s3-secret-access-key-file"));
     // The Delta libraries narrate every table load at info; keep them to
     // warnings unless the filter names them.
     let mut filter = config.log.clone();
@@ -124,6 +135,12 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_new(&filter)?)
         .with_writer(std::io::stderr)
         .init();
+    if secret_on_command_line {
+        tracing::warn!(
+            "--s3-secret-access-key on the command line shows in `ps` to every user: use \
+             SLUICE_S3_SECRET_ACCESS_KEY or --s3-secret-access-key-file"
+        );
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let server = Server::open(&config).await?;
         let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;

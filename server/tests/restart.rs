@@ -152,13 +152,16 @@ fn jobs_resume_from_checkpoints_on_s3_after_kill_9() {
     // The bucket scripts/infra/s3.sh creates; a prefix of this run's own.
     let location = format!("s3://lake/checkpoints-{nanos:x}/");
     let dir = tempfile::tempdir().unwrap();
+    // The secret key from a file (not the command line, where `ps` shows it).
+    let secret_file = dir.path().join("s3-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     resume_after_kill_9(
         dir.path(),
         &[
             ("SLUICE_CHECKPOINT_LOCATION", &location),
             ("SLUICE_S3_ENDPOINT", &endpoint),
             ("SLUICE_S3_ACCESS_KEY_ID", &key),
-            ("SLUICE_S3_SECRET_ACCESS_KEY", &secret),
+            ("SLUICE_S3_SECRET_ACCESS_KEY_FILE", secret_file.to_str().unwrap()),
         ],
     );
     assert!(

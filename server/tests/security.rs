@@ -840,6 +840,7 @@ fn roles_log_in_and_a_read_only_role_only_reads() {
         "INSERT INTO one VALUES (2)",
         "CREATE ROLE sneaky WITH LOGIN SUPERUSER PASSWORD 'x'",
         "ALTER ROLE reader WITH SUPERUSER",
+        "CREATE SECRET s AS 'x'",
     ] {
         let (ok, _, err) = psql_as(&p, "reader", "r3ader", sql);
         assert!(!ok && err.contains("42501"), "{sql}: {err}");
@@ -878,4 +879,69 @@ fn roles_log_in_and_a_read_only_role_only_reads() {
         !catalog.contains("adm1n") && catalog.contains("\"admin\""),
         "{catalog}"
     );
+}
+
+#[test]
+fn secrets_are_referenced_by_name_and_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = SluiceProcess::start(&data);
+    const PLANTED: &str = "planted-k3y-Zq9";
+    p.psql(&[
+        "-c",
+        &format!("CREATE SECRET token AS '{PLANTED}'"),
+        "-c",
+        "CREATE SECRET rows AS '3'",
+        // A secret resolves wherever an option value goes: here the number
+        // of rows a datagen stream makes, which a query can count.
+        "-c",
+        "CREATE STREAM g (x BIGINT) WITH (connector = 'datagen', 'number-of-rows' = SECRET rows)",
+        "-c",
+        "CREATE SINK k WITH (connector = 'filesystem', path = 'out/k', format = 'json', \
+         's3.secret_access_key' = SECRET token) AS SELECT x FROM g",
+    ]);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM g"]).trim(), "3");
+    let streams = p.psql(&["-tA", "-c", "SHOW STREAMS"]);
+    assert!(streams.contains("number-of-rows=SECRET rows"), "{streams}");
+    assert_eq!(
+        p.psql(&["-tA", "-c", "SHOW SECRETS"])
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["rows", "token"]
+    );
+    // In use: not dropped (2BP01); unknown: 42704; ALTER replaces.
+    let out = p.psql_output("sluice", &["-v", "VERBOSITY=verbose", "-c", "DROP SECRET rows"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2BP01"));
+    let out = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "CREATE STREAM h (x BIGINT) WITH (connector = 'datagen', 'number-of-rows' = SECRET nope)",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("42704"));
+    p.psql(&[
+        "-c",
+        "ALTER SECRET rows AS '4'",
+        "-c",
+        "DROP SINK k",
+        "-c",
+        "DROP STREAM g",
+    ]);
+    // The value is in the catalog once, in its secrets; objects name it.
+    let catalog = std::fs::read_to_string(data.join("catalog.json")).unwrap();
+    assert_eq!(catalog.matches(PLANTED).count(), 1, "{catalog}");
+    // Survives a restart, and resolves to the new value.
+    drop(p);
+    let p = SluiceProcess::start(&data);
+    p.psql(&[
+        "-c",
+        "CREATE STREAM g2 (x BIGINT) WITH (connector = 'datagen', 'number-of-rows' = SECRET rows)",
+    ]);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM g2"]).trim(), "4");
+    for show in ["SHOW STREAMS", "SHOW SINKS", "SHOW SECRETS"] {
+        assert!(!p.psql(&["-tA", "-c", show]).contains(PLANTED), "{show}");
+    }
 }
