@@ -3,6 +3,13 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+
+/// jemalloc, with a background thread that returns freed pages to the
+/// system about a second after they were freed (settings in
+/// .cargo/config.toml): glibc's allocator kept them, and RSS after cancelled
+/// sorts stayed hundreds of MB high (BENCHMARKS.md, "Memory returned").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use sluice_server::{Config, Server, run};
 use tracing_subscriber::EnvFilter;
 
@@ -140,6 +147,13 @@ fn main() -> anyhow::Result<()> {
             "--s3-secret-access-key on the command line shows in `ps` to every user: use \
              SLUICE_S3_SECRET_ACCESS_KEY or --s3-secret-access-key-file"
         );
+    }
+    // Connections, sink files and Kafka clients all take file descriptors;
+    // the soft limit (often 1024) is raised to the hard one, as Postgres
+    // sizes its own use to the limit it finds.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let server = Server::open(&config).await?;
