@@ -216,6 +216,9 @@ impl Engine {
         let template = SessionContext::new_with_config_rt(session_config, runtime);
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());
+        for f in crate::functions::LengthCapped::udfs() {
+            template.register_udf(f);
+        }
         // What `::json`, `::jsonb` and `::uuid` become.
         crate::types::register(&template);
         template.add_optimizer_rule(Arc::new(crate::optimizer::GroupByFixedColumns));

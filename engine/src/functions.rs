@@ -1,5 +1,10 @@
 //! Functions Sluice adds to or adjusts in DataFusion's set.
 //!
+//! `lpad`, `rpad`, `repeat`: DataFusion's, refusing (54000) a result over
+//! 1 GiB in one batch before allocating it, as Postgres refuses strings over
+//! 1 GB; `lpad('x', 2147483647)` on a few rows would otherwise ask for more
+//! memory than there is and abort the process.
+//!
 //! `to_char(ts, template)`: DataFusion's takes chrono patterns (`%Y-%m-%d`);
 //! Postgres users write Postgres templates (`YYYY-MM-DD`), which DataFusion
 //! would print back literally. A template without `%` is read as a Postgres
@@ -161,5 +166,139 @@ mod tests {
         assert_eq!(chrono_template("\"week of\" Dy DD"), "week of %a %d");
         // chrono formats pass as they are.
         assert_eq!(chrono_template("%Y-%m-%d"), "%Y-%m-%d");
+    }
+}
+
+/// The most bytes `lpad`, `rpad` and `repeat` may make in one batch.
+pub const MAX_STRING_RESULT: usize = 1 << 30;
+
+/// DataFusion's `lpad`, `rpad` or `repeat`, with the size of the result
+/// checked first (see the module comment).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LengthCapped {
+    inner: Arc<ScalarUDF>,
+    /// `repeat`: the result is the text's length times the count; the pads
+    /// make the count in characters.
+    times_text: bool,
+}
+
+impl LengthCapped {
+    /// `lpad`, `rpad` and `repeat`, capped.
+    pub fn udfs() -> Vec<ScalarUDF> {
+        use datafusion::functions::{string, unicode};
+        [
+            (unicode::lpad(), false),
+            (unicode::rpad(), false),
+            (string::repeat(), true),
+        ]
+        .into_iter()
+        .map(|(inner, times_text)| ScalarUDF::new_from_impl(Self { inner, times_text }))
+        .collect()
+    }
+
+    /// The bytes the call would make, at most (a character is up to 4 bytes).
+    fn result_bytes(&self, args: &ScalarFunctionArgs) -> Result<usize> {
+        let rows = args.number_rows.max(1);
+        let counts = counts(&args.args[1], rows)?;
+        let per_unit = if self.times_text {
+            let lengths = byte_lengths(&args.args[0], rows)?;
+            return Ok(counts
+                .iter()
+                .zip(lengths.iter().cycle())
+                .map(|(n, len)| n.saturating_mul(*len))
+                .fold(0usize, usize::saturating_add));
+        } else {
+            4
+        };
+        Ok(counts
+            .iter()
+            .map(|n| n.saturating_mul(per_unit))
+            .fold(0usize, usize::saturating_add))
+    }
+}
+
+/// The non-negative counts of an integer argument, per row (a scalar for
+/// every row).
+fn counts(arg: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
+    let as_count = |v: i64| v.max(0) as usize;
+    match arg {
+        ColumnarValue::Scalar(s) => {
+            let n = match s {
+                ScalarValue::Int64(Some(v)) => as_count(*v),
+                ScalarValue::Int32(Some(v)) => as_count(*v as i64),
+                other => match other.cast_to(&DataType::Int64)? {
+                    ScalarValue::Int64(Some(v)) => as_count(v),
+                    _ => 0,
+                },
+            };
+            Ok(vec![n; rows])
+        }
+        ColumnarValue::Array(a) => {
+            let a = arrow::compute::cast(a, &DataType::Int64)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("cast to Int64");
+            Ok(a.iter().map(|v| v.map_or(0, as_count)).collect())
+        }
+    }
+}
+
+/// Byte lengths of a text argument, per row (one for a scalar).
+fn byte_lengths(arg: &ColumnarValue, rows: usize) -> Result<Vec<usize>> {
+    let array = match arg {
+        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
+        ColumnarValue::Array(a) => a.clone(),
+    };
+    let text = arrow::compute::cast(&array, &DataType::Utf8)?;
+    let text = text.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+    let lengths: Vec<usize> = text.iter().map(|v| v.map_or(0, str::len)).collect();
+    Ok(if lengths.len() == 1 {
+        vec![lengths[0]; rows]
+    } else {
+        lengths
+    })
+}
+
+impl ScalarUDFImpl for LengthCapped {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if args.args.len() >= 2 {
+            let bytes = self.result_bytes(&args)?;
+            if bytes > MAX_STRING_RESULT {
+                return Err(crate::error::SluiceError::new(
+                    crate::error::ErrorKind::ProgramLimitExceeded,
+                    format!(
+                        "{}: requested length too large ({bytes} bytes in one batch; the limit is {MAX_STRING_RESULT})",
+                        self.inner.name()
+                    ),
+                )
+                .into_datafusion());
+            }
+        }
+        self.inner.invoke_with_args(args)
     }
 }

@@ -547,6 +547,12 @@ fn deep_statements_and_data_errors_get_their_sqlstate() {
         (format!("SELECT true{}", " AND true".repeat(50_000)), "54001"),
         (vec!["SELECT 1"; 5_000].join(" UNION ALL "), "54001"),
         (format!("SELECT '{}'", "x".repeat(5 << 20)), "54000"),
+        ("SELECT length(lpad('x', 2147483647))".to_string(), "54000"),
+        ("SELECT length(repeat('abc', 1000000000))".to_string(), "54000"),
+        (
+            "SELECT length(rpad(CAST(x AS TEXT), 200000000)) FROM generate_series(1, 10) t(x)".to_string(),
+            "54000",
+        ),
         ("SELECT 1/0".to_string(), "22012"),
         ("SELECT 'abc'::int".to_string(), "22P02"),
     ];
