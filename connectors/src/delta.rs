@@ -210,6 +210,7 @@ impl SinkConnector for DeltaSink {
                 log,
                 checkpointing: ctx.checkpointing,
                 casts: true,
+                staging: None,
             }),
         )?))
     }
@@ -228,7 +229,7 @@ fn table_url(location: &str, path: &object_store::path::Path) -> Result<Url> {
     Url::parse(&format!("file:///{path}/")).map_err(|e| bad(e.to_string()))
 }
 
-fn query_hash(query: &str) -> String {
+pub(crate) fn query_hash(query: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(query.as_bytes())
         .iter()

@@ -6,8 +6,12 @@
 //! Rows are buffered per partition directory and a file is written whole
 //! (one `put`, which object stores make visible atomically) when the buffer
 //! reaches the size limit, when it has been open for the rollover interval
-//! (checked as watermarks pass), and when the input ends. File names carry
-//! the job's run id, the lane and a sequence number, so they never collide.
+//! (checked as watermarks pass), at each checkpoint, and when the input
+//! ends. File names carry the job's run id, the lane and a sequence number,
+//! so they never collide. A file is written under a hidden in-progress name
+//! and made visible by the sink's commit log (`commitlog`): when the
+//! checkpoint that covers it completes (exactly-once), or right away in a
+//! job without checkpoints.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +27,11 @@ use sluice_engine::datafusion::parquet::arrow::ArrowWriter;
 use sluice_engine::datafusion::parquet::basic::{Compression, ZstdLevel};
 use sluice_engine::datafusion::parquet::file::properties::WriterProperties;
 use sluice_engine::sink::{CommitRequest, Landed, SinkConnector, SinkContext, SinkWriter, TableLog};
+
+use crate::commitlog::{
+    FsLog, FsLogConfig, LANE_KEY, LANES_KEY, PartitionCommit, Trigger, WATERMARK_KEY, staging_path,
+    staging_tag,
+};
 use sluice_engine::{Result, SluiceError};
 
 const DEFAULT_FILE_SIZE: u64 = 64 * 1024 * 1024;
@@ -39,6 +48,8 @@ pub(crate) struct FsOptions {
     changelog: bool,
     /// Files larger than this are uploaded in parts.
     multipart_threshold: u64,
+    /// `sink.partition-commit.*`: success files for completed partitions.
+    pub(crate) partition_commit: Option<PartitionCommit>,
 }
 
 /// Files above this size go up as multipart uploads by default.
@@ -181,6 +192,7 @@ impl FsOptions {
             Some(v) => parse_size("sink.multipart.threshold", v)?,
             None => DEFAULT_MULTIPART_THRESHOLD,
         };
+        let partition_commit = parse_partition_commit(options, &partition_by)?;
         Ok(Self {
             path,
             format,
@@ -189,6 +201,7 @@ impl FsOptions {
             rollover,
             changelog: changelog && updating,
             multipart_threshold,
+            partition_commit,
         })
     }
 
@@ -200,6 +213,95 @@ impl FsOptions {
         }
         Arc::new(Schema::new(fields))
     }
+}
+
+/// `sink.partition-commit.*` (Flink's names): None unless the policy is
+/// `success-file`.
+fn parse_partition_commit(
+    options: &BTreeMap<String, String>,
+    partition_by: &[String],
+) -> Result<Option<PartitionCommit>> {
+    let given = |k: &str| options.get(k).map(|v| v.trim().to_string());
+    let policy = given("sink.partition-commit.policy.kind").map(|p| p.to_ascii_lowercase());
+    match policy.as_deref() {
+        None => {
+            if let Some(k) = options.keys().find(|k| {
+                k.starts_with("sink.partition-commit.") || k.starts_with("partition.time-extractor.")
+            }) {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "option '{k}' needs 'sink.partition-commit.policy.kind' = 'success-file'"
+                )));
+            }
+            return Ok(None);
+        }
+        Some("success-file") => {}
+        Some(other) => {
+            return Err(SluiceError::not_supported(format!(
+                "partition commit policy '{other}' is not supported; use 'success-file' (there is no \
+                 metastore: SELECT reads the directories directly)"
+            )));
+        }
+    }
+    if partition_by.is_empty() {
+        return Err(SluiceError::invalid_parameter(
+            "a partition commit policy needs partition_by: it marks partition directories complete",
+        ));
+    }
+    let delay = match given("sink.partition-commit.delay") {
+        Some(v) => parse_duration("sink.partition-commit.delay", &v)?,
+        None => Duration::ZERO,
+    };
+    let pattern = given("partition.time-extractor.timestamp-pattern");
+    let trigger = match given("sink.partition-commit.trigger")
+        .map(|t| t.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("process-time") => {
+            if pattern.is_some() {
+                return Err(SluiceError::invalid_parameter(
+                    "'partition.time-extractor.timestamp-pattern' applies to 'sink.partition-commit.trigger' = 'partition-time'",
+                ));
+            }
+            Trigger::ProcessTime
+        }
+        Some("partition-time") => {
+            let pattern = match pattern {
+                Some(p) => p,
+                None if partition_by.len() == 1 => format!("${}", partition_by[0]),
+                None => {
+                    return Err(SluiceError::invalid_parameter(format!(
+                        "with several partition columns, set 'partition.time-extractor.timestamp-pattern' \
+                         (such as '${} ${}:00:00') to read a partition's time",
+                        partition_by[0], partition_by[1]
+                    )));
+                }
+            };
+            if let Some(missing) = partition_by.iter().find(|c| !pattern.contains(&format!("${c}")))
+                && !partition_by.iter().any(|c| pattern.contains(&format!("${c}")))
+            {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "the timestamp pattern '{pattern}' names no partition column (such as ${missing})"
+                )));
+            }
+            Trigger::PartitionTime { pattern }
+        }
+        Some(other) => {
+            return Err(SluiceError::invalid_parameter(format!(
+                "option 'sink.partition-commit.trigger': '{other}' is not 'partition-time' or 'process-time'"
+            )));
+        }
+    };
+    let file_name = given("sink.partition-commit.success-file.name").unwrap_or_else(|| "_SUCCESS".into());
+    if file_name.is_empty() || file_name.contains('/') {
+        return Err(SluiceError::invalid_parameter(format!(
+            "option 'sink.partition-commit.success-file.name': '{file_name}' is not a file name"
+        )));
+    }
+    Ok(Some(PartitionCommit {
+        trigger,
+        delay,
+        file_name,
+    }))
 }
 
 /// The `filesystem` sink connector.
@@ -220,6 +322,11 @@ impl SinkConnector for FileSystemSink {
             "sink.rolling-policy.file-size",
             "sink.rolling-policy.rollover-interval",
             "sink.multipart.threshold",
+            "sink.partition-commit.policy.kind",
+            "sink.partition-commit.trigger",
+            "sink.partition-commit.delay",
+            "sink.partition-commit.success-file.name",
+            "partition.time-extractor.timestamp-pattern",
         ]
     }
 
@@ -249,6 +356,35 @@ impl SinkConnector for FileSystemSink {
         }
     }
 
+    /// Every file lands through a commit log (exactly-once with
+    /// checkpoints; see `commitlog`).
+    fn table_log(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+        updating: bool,
+        ctx: &SinkContext,
+        query: &str,
+    ) -> Result<Option<Arc<dyn TableLog>>> {
+        let o = FsOptions::parse(options, schema, updating)?;
+        let (store, base) = ctx.resolve(&o.path)?;
+        Ok(Some(Arc::new(FsLog::new(FsLogConfig {
+            name: ctx.name.clone(),
+            job_id: ctx.job_id.clone(),
+            run_id: ctx.run_id.clone(),
+            query_hash: crate::delta::query_hash(query),
+            store,
+            base,
+            landed: Landed {
+                location: o.path.clone(),
+                format: o.format.name().to_string(),
+                partition_by: o.partition_by.clone(),
+            },
+            landed_schema: o.landed_schema(schema),
+            partition_commit: o.partition_commit.clone(),
+        }))))
+    }
+
     fn open(
         &self,
         options: &BTreeMap<String, String>,
@@ -256,11 +392,29 @@ impl SinkConnector for FileSystemSink {
         updating: bool,
         ctx: &SinkContext,
         lane: usize,
-        _lanes: usize,
+        lanes: usize,
     ) -> Result<Box<dyn SinkWriter>> {
         let o = FsOptions::parse(options, schema, updating)?;
         let landed = o.landed_schema(schema);
-        Ok(Box::new(FsWriter::new(o, landed, ctx, lane, None)?))
+        let log = ctx
+            .table_log
+            .clone()
+            .ok_or_else(|| SluiceError::internal("the filesystem sink was opened without its commit log"))?;
+        let mut writer = FsWriter::new(
+            o,
+            landed,
+            ctx,
+            lane,
+            Some(LogLane {
+                pending: vec![],
+                log,
+                checkpointing: ctx.checkpointing,
+                casts: false,
+                staging: Some(staging_tag(&ctx.job_id)),
+            }),
+        )?;
+        writer.lanes = lanes;
+        Ok(Box::new(writer))
     }
 }
 
@@ -296,6 +450,9 @@ impl FsWriter {
             prefix: format!("part-{}-{lane}", ctx.run_id),
             seq: 0,
             log,
+            lane,
+            lanes: 1,
+            watermark: None,
         })
     }
 }
@@ -325,6 +482,11 @@ pub(crate) struct LogLane {
     /// Casts the output to the log's column types (Delta's timestamps are
     /// microseconds in UTC).
     pub(crate) casts: bool,
+    /// Files are written under hidden in-progress names carrying this tag
+    /// and renamed by the commit (the filesystem sink); None: written under
+    /// their final names, which only the log makes part of the table
+    /// (Delta).
+    pub(crate) staging: Option<String>,
 }
 
 struct Buffer {
@@ -345,6 +507,10 @@ pub(crate) struct FsWriter {
     prefix: String,
     seq: u64,
     log: Option<LogLane>,
+    lane: usize,
+    lanes: usize,
+    /// The newest event-time watermark seen (µs).
+    watermark: Option<i64>,
 }
 
 /// Hive's spelling of a NULL partition value.
@@ -469,15 +635,19 @@ impl FsWriter {
         self.seq += 1;
         let file = format!("{}-{:05}.{}", self.prefix, self.seq, self.options.format.name());
         let path = path.join(file.as_str());
+        let target = match self.log.as_ref().and_then(|l| l.staging.as_deref()) {
+            Some(tag) => staging_path(&path, tag),
+            None => path.clone(),
+        };
         let bytes = bytes::Bytes::from(bytes);
         let size = bytes.len() as i64;
         let mut attempt = 1;
         loop {
             let written = if bytes.len() as u64 > self.options.multipart_threshold {
-                upload_in_parts(self.store.as_ref(), &path, bytes.clone()).await
+                upload_in_parts(self.store.as_ref(), &target, bytes.clone()).await
             } else {
                 self.store
-                    .put(&path, PutPayload::from(bytes.clone()))
+                    .put(&target, PutPayload::from(bytes.clone()))
                     .await
                     .map(|_| ())
             };
@@ -514,14 +684,14 @@ impl FsWriter {
                     return Ok(());
                 }
                 Err(e) if attempt < WRITE_ATTEMPTS => {
-                    tracing::warn!(%path, attempt, "writing a file failed, retrying: {e}");
+                    tracing::warn!(path = %target, attempt, "writing a file failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => {
                     return Err(SluiceError::new(
                         sluice_engine::ErrorKind::StorageUnavailable,
-                        format!("writing {path} ({attempt} attempts): {e}"),
+                        format!("writing {target} ({attempt} attempts): {e}"),
                     ));
                 }
             }
@@ -661,6 +831,21 @@ pub(crate) fn pending_files(batches: &[RecordBatch]) -> Result<Vec<PendingFile>>
 }
 
 impl FsWriter {
+    /// A lane's checkpoint state: its pending files, and in the schema's
+    /// metadata the lane and its watermark (for partition commits).
+    fn lane_state(&self, files: &[PendingFile]) -> Result<RecordBatch> {
+        let batch = pending_batch(files)?;
+        let mut meta = HashMap::from([
+            (LANE_KEY.to_string(), self.lane.to_string()),
+            (LANES_KEY.to_string(), self.lanes.to_string()),
+        ]);
+        if let Some(w) = self.watermark {
+            meta.insert(WATERMARK_KEY.to_string(), w.to_string());
+        }
+        let schema = Arc::new(batch.schema_ref().as_ref().clone().with_metadata(meta));
+        Ok(batch.with_schema(schema)?)
+    }
+
     /// Without checkpoints, a table-log lane commits what it closed.
     async fn commit_directly(&mut self) -> Result<()> {
         let Some(log) = &mut self.log else {
@@ -670,7 +855,10 @@ impl FsWriter {
             return Ok(());
         }
         let files: Vec<PendingFile> = log.pending.iter().map(|(_, f)| f.clone()).collect();
-        let state = pending_batch(&files)?;
+        let state = self.lane_state(&files)?;
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
         log.log
             .commit(CommitRequest {
                 epoch: None,
@@ -712,7 +900,11 @@ impl SinkWriter for FsWriter {
         Ok(())
     }
 
-    async fn on_watermark(&mut self, _watermark: i64) -> Result<()> {
+    async fn on_watermark(&mut self, watermark: i64) -> Result<()> {
+        // i64::MIN asks to flush (sources without event time): no time.
+        if watermark > i64::MIN && self.watermark.is_none_or(|w| watermark > w) {
+            self.watermark = Some(watermark);
+        }
         let due: Vec<String> = self
             .buffers
             .iter()
@@ -733,11 +925,10 @@ impl SinkWriter for FsWriter {
         self.commit_directly().await
     }
 
-    /// The filesystem sink: every row before the barrier is in a visible
-    /// file once the barrier passes (at-least-once: rows after the
-    /// checkpoint may land again after a restore). A table-log lane hands
-    /// its closed files to the checkpoint, to be committed when it is
-    /// complete (exactly-once).
+    /// Every row before the barrier goes into a closed file, handed to the
+    /// checkpoint; the coordinator commits the files when the checkpoint is
+    /// complete (exactly-once: a restore commits the restored checkpoint's
+    /// files, and rows after it are produced again into new files).
     async fn checkpoint(&mut self, epoch: u64) -> Result<Vec<RecordBatch>> {
         self.flush_all().await?;
         match &mut self.log {
@@ -755,7 +946,8 @@ impl SinkWriter for FsWriter {
                         f.clone()
                     })
                     .collect();
-                Ok(vec![pending_batch(&files)?])
+                let state = self.lane_state(&files)?;
+                Ok(vec![state])
             }
             _ => {
                 self.commit_directly().await?;

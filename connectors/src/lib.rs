@@ -5,9 +5,12 @@
 //!   endpoint (AWS, MinIO, moto, s3s-fs).
 //! - `storage::HdfsStoreProvider`: `hdfs://namenode:port/path`.
 //! - `nexmark::NexmarkConnector`: the Nexmark benchmark's event generator.
+//! - `filesystem::FileSystemSink`: exactly-once Hive-style files (with a
+//!   commit log, `commitlog`).
 //! - `delta::DeltaSink`: exactly-once, versioned landed tables (Delta Lake).
 
 pub mod avro;
+mod commitlog;
 pub mod datagen;
 pub mod delta;
 pub mod filesource;

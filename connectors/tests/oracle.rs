@@ -326,15 +326,18 @@ async fn filesystem_sink_lands_what_the_batch_query_returns() {
         );
         assert!(!want.is_empty());
         assert_eq!(got, want, "parallelism {parallelism}");
-        // Hive layout: one directory per day.
+        // Hive layout: one directory per day, beside the commit log (a
+        // `_` name, which Hive-style readers skip).
         let dirs: Vec<String> = std::fs::read_dir(&lake)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|d| d != "_sluice_commits")
             .collect();
         assert!(
             !dirs.is_empty() && dirs.iter().all(|d| d.starts_with("dt=")),
             "{dirs:?}"
         );
+        assert!(lake.join("_sluice_commits").is_dir());
     }
 }
 

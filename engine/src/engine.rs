@@ -253,6 +253,12 @@ impl Engine {
             crate::checkpoint::CheckpointRoot::Local(dir) => vec![dir.clone()],
             _ => vec![],
         };
+        // Writes cut off by a crash leave staging files behind (a COPY's or a
+        // sink's); nothing writes yet, so they are garbage.
+        let (files, bytes) = crate::paths::remove_staging_files(&config.data_dir, &own);
+        if files > 0 {
+            tracing::info!(files, bytes, "removed staging files of interrupted writes");
+        }
         config.stores.confine_local(crate::paths::LocalPaths::new(
             &config.data_dir,
             &config.file_roots,

@@ -7,11 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::csv::CsvFormat;
-use datafusion::datasource::file_format::json::JsonFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::logical_expr::Expr;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement};
@@ -22,7 +17,7 @@ use crate::engine::{Engine, Output, Session};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::parser::{CreateJob, Statement, SubscribeTarget};
 use crate::sink::SinkWriter;
-use crate::sink::{Landed, SinkContext, TableLog, check_sink_options};
+use crate::sink::{SinkContext, TableLog, check_sink_options};
 use crate::stream::StreamTable;
 use crate::streaming::mview::MaterializedView;
 use crate::streaming::mview::{SUBSCRIBER_BACKLOG, subscribe_schema, to_changes};
@@ -526,7 +521,10 @@ impl Session {
                         log.prepare().await?;
                         log.table(None)?
                     }
-                    None => landed_table(landed, &connector.landed_schema(&options, &schema, updating))?,
+                    None => crate::sink::landed_table(
+                        landed,
+                        &connector.landed_schema(&options, &schema, updating),
+                    )?,
                 };
                 self.ctx.register_table(name.as_str(), table)?;
             }
@@ -1129,39 +1127,4 @@ impl SinkWriter for ChannelWriter {
     async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
         Ok(vec![])
     }
-}
-
-/// The table a sink's landed files are read through: a listing table over
-/// the sink's directory with the query's schema (partition columns as
-/// `col=value/` directories).
-fn landed_table(landed: &Landed, schema: &SchemaRef) -> Result<Arc<ListingTable>> {
-    let (format, ext): (Arc<dyn FileFormat>, &str) = match landed.format.as_str() {
-        "parquet" => (Arc::new(ParquetFormat::default()), ".parquet"),
-        "json" => (Arc::new(JsonFormat::default()), ".json"),
-        "csv" => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
-        other => return Err(SluiceError::internal(format!("landed format {other}"))),
-    };
-    let mut location = landed.location.clone();
-    if !location.ends_with('/') {
-        location.push('/');
-    }
-    let url = ListingTableUrl::parse(&location)?;
-    let partition_cols: Vec<(String, DataType)> = landed
-        .partition_by
-        .iter()
-        .map(|c| (c.clone(), DataType::Utf8))
-        .collect();
-    let file_fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .filter(|f| !landed.partition_by.contains(f.name()))
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let options = ListingOptions::new(format)
-        .with_file_extension(ext)
-        .with_table_partition_cols(partition_cols);
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .with_schema(Arc::new(Schema::new(file_fields)));
-    Ok(Arc::new(ListingTable::try_new(config)?))
 }

@@ -83,6 +83,46 @@ impl LocalPaths {
     }
 }
 
+/// Removes the staging files object_store's local file system leaves when a
+/// write is cut off (`<file>#<n>`: COPY and sinks write there, then rename;
+/// after a kill -9 they stay, invisible to listings, taking disk) under
+/// `dir`, except under `skip`. Symlinks are not followed. Returns the number
+/// of files and bytes removed. Meant for start-up, when no write runs.
+pub fn remove_staging_files(dir: &Path, skip: &[PathBuf]) -> (usize, u64) {
+    let mut removed = (0, 0);
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        if skip.iter().any(|s| d.starts_with(s)) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            if kind.is_dir() {
+                todo.push(path);
+            } else if kind.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
+                let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(&path).is_ok() {
+                    removed.0 += 1;
+                    removed.1 += bytes;
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// `name#123`: a staging file's name.
+fn is_staging_name(name: &str) -> bool {
+    match name.rsplit_once('#') {
+        Some((base, n)) => !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    }
+}
+
 /// `path` made absolute and resolved component by component: while the
 /// path exists each step is canonicalized (symlinks followed, so `..` after
 /// a symlink leaves its target), past that point the rest is lexical
@@ -124,6 +164,37 @@ fn resolve(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake/dt=1");
+        let ck = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&lake).unwrap();
+        std::fs::create_dir_all(&ck).unwrap();
+        for f in [
+            "part-0.parquet#1",
+            "part-0.parquet#12",
+            "part-0.parquet",
+            "a#b",
+            "#3",
+            "notes#",
+        ] {
+            std::fs::write(lake.join(f), b"x").unwrap();
+        }
+        std::fs::write(ck.join("state#1"), b"x").unwrap();
+        assert_eq!(
+            remove_staging_files(dir.path(), std::slice::from_ref(&ck)),
+            (2, 2)
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&lake)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["#3", "a#b", "notes#", "part-0.parquet"]);
+        assert!(ck.join("state#1").exists());
+    }
 
     #[test]
     fn paths_stay_inside_the_roots_and_out_of_sluices_own_files() {

@@ -9,11 +9,17 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use object_store::ObjectStore;
 use object_store::path::Path;
+
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::storage::StoreRegistry;
@@ -336,4 +342,39 @@ pub fn check_sink_options(connector: &dyn SinkConnector, options: &BTreeMap<Stri
         }
     }
     Ok(())
+}
+
+/// The table a sink's landed files are read through: a listing table over
+/// the sink's directory with the query's schema (partition columns as
+/// `col=value/` directories).
+pub fn landed_table(landed: &Landed, schema: &SchemaRef) -> Result<Arc<ListingTable>> {
+    let (format, ext): (Arc<dyn FileFormat>, &str) = match landed.format.as_str() {
+        "parquet" => (Arc::new(ParquetFormat::default()), ".parquet"),
+        "json" => (Arc::new(JsonFormat::default()), ".json"),
+        "csv" => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+        other => return Err(SluiceError::internal(format!("landed format {other}"))),
+    };
+    let mut location = landed.location.clone();
+    if !location.ends_with('/') {
+        location.push('/');
+    }
+    let url = ListingTableUrl::parse(&location)?;
+    let partition_cols: Vec<(String, DataType)> = landed
+        .partition_by
+        .iter()
+        .map(|c| (c.clone(), DataType::Utf8))
+        .collect();
+    let file_fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .filter(|f| !landed.partition_by.contains(f.name()))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let options = ListingOptions::new(format)
+        .with_file_extension(ext)
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(Arc::new(Schema::new(file_fields)));
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }

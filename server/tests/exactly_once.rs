@@ -1,6 +1,8 @@
 //! Exactly-once through crashes: a Kafka source (the real broker started by
 //! scripts/test.sh) -> a windowed aggregate and an updating aggregate ->
-//! `delta` sinks, while the server is killed with SIGKILL at random moments
+//! `delta` sinks, plain `filesystem` sinks on local disk and on the S3
+//! server (scripts/infra/s3.sh), and an exactly-once Kafka sink, while the
+//! server is killed with SIGKILL at random moments
 //! and restarted. What landed must equal the answer computed here from the
 //! records produced: no row missing, no row twice. Then time travel and
 //! provenance are checked on the landed versions.
@@ -214,9 +216,16 @@ fn crash_run(seed: u64, kills: u64) {
     // SLUICE_CRASH_LOG (say `warn,sluice_connectors::kafka=info`) sets the
     // servers' log filter, to see each Kafka transaction's commit.
     let log = std::env::var("SLUICE_CRASH_LOG").unwrap_or_else(|_| "warn".into());
+    let s3 = std::env::var("SLUICE_TEST_S3_ENDPOINT")
+        .expect("needs SLUICE_TEST_S3_ENDPOINT: run ./scripts/test.sh");
+    let s3_key = std::env::var("SLUICE_TEST_S3_ACCESS_KEY_ID").unwrap_or("test".into());
+    let s3_secret = std::env::var("SLUICE_TEST_S3_SECRET_ACCESS_KEY").unwrap_or("testtesttest".into());
     let env = [
         ("SLUICE_CHECKPOINT_INTERVAL", "700ms"),
         ("SLUICE_LOG", log.as_str()),
+        ("SLUICE_S3_ENDPOINT", s3.as_str()),
+        ("SLUICE_S3_ACCESS_KEY_ID", s3_key.as_str()),
+        ("SLUICE_S3_SECRET_ACCESS_KEY", s3_secret.as_str()),
     ];
     let mut p = SluiceProcess::start_with(&data, &env);
     p.psql(&[
@@ -241,6 +250,29 @@ fn crash_run(seed: u64, kills: u64) {
              'sink.rolling-policy.file-size' = '1KB') AS \
              SELECT page, count(*) AS n FROM clicks GROUP BY page",
             lake.join("totals").display()
+        ),
+        "-c",
+        // Plain files, partitioned by minute, a _SUCCESS file in each
+        // minute once the watermark passed its end.
+        &format!(
+            "CREATE SINK per_second_fs WITH (connector = 'filesystem', path = '{}', \
+             partition_by = 'dt,hr,mi', 'sink.rolling-policy.file-size' = '1KB', \
+             'sink.partition-commit.policy.kind' = 'success-file', \
+             'sink.partition-commit.trigger' = 'partition-time', \
+             'partition.time-extractor.timestamp-pattern' = '$dt $hr:$mi:00', \
+             'sink.partition-commit.delay' = '1 min') AS \
+             SELECT page, window_start, count(*) AS n, sum(user_id) AS users, \
+             to_char(window_start, 'YYYY-MM-DD') AS dt, to_char(window_start, 'HH24') AS hr, \
+             to_char(window_start, 'MI') AS mi \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY page, window_start",
+            lake.join("per_second_fs").display()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK per_second_s3 WITH (connector = 'filesystem', path = 's3://lake/eo-{seed:x}/per_second', \
+             format = 'csv', 'sink.rolling-policy.file-size' = '1KB') AS \
+             SELECT page, window_start, count(*) AS n, sum(user_id) AS users \
+             FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY page, window_start"
         ),
         "-c",
         &format!(
@@ -280,6 +312,7 @@ fn crash_run(seed: u64, kills: u64) {
         p.kill9();
         p = SluiceProcess::start_with(&data, &env);
     }
+    let last_start = std::time::SystemTime::now();
     // Changing an option restarts the job from its newest checkpoint, with
     // the same guarantee.
     p.psql(&[
@@ -311,32 +344,42 @@ fn crash_run(seed: u64, kills: u64) {
         })
         .collect();
 
-    let landed_windows = |p: &SluiceProcess| {
+    let landed_windows = |p: &SluiceProcess, sink: &str| {
         p.psql(&[
             "-tA",
             "-c",
-            "SELECT page, to_char(window_start, 'YYYY-MM-DD HH24:MI:SS'), n, users FROM per_second \
-             ORDER BY page, window_start, n, users",
+            &format!(
+                "SELECT page, to_char(window_start, 'YYYY-MM-DD HH24:MI:SS'), n, users FROM {sink} \
+                 ORDER BY page, window_start, n, users"
+            ),
         ])
         .lines()
         .map(String::from)
         .collect::<Vec<_>>()
     };
-    wait_or_explain(Some(&p), "every closed window to land", 180, || {
-        (landed_windows(&p).len() >= want_windows.len()).then_some(())
-    });
-    // Give a late duplicate time to show up before comparing.
-    std::thread::sleep(Duration::from_secs(1));
-    let got = landed_windows(&p);
-    if got != want_windows {
-        let extra: Vec<_> = got.iter().filter(|r| !want_windows.contains(r)).collect();
-        let missing: Vec<_> = want_windows.iter().filter(|r| !got.contains(r)).collect();
-        panic!(
-            "seed {seed}: {} windows landed, {} expected; not expected: {extra:?}; missing: {missing:?}",
-            got.len(),
-            want_windows.len()
+    for sink in ["per_second", "per_second_fs", "per_second_s3"] {
+        wait_or_explain(
+            Some(&p),
+            &format!("every closed window to land in {sink}"),
+            180,
+            || (landed_windows(&p, sink).len() >= want_windows.len()).then_some(()),
         );
     }
+    // Give a late duplicate time to show up before comparing.
+    std::thread::sleep(Duration::from_secs(1));
+    for sink in ["per_second", "per_second_fs", "per_second_s3"] {
+        let got = landed_windows(&p, sink);
+        if got != want_windows {
+            let extra: Vec<_> = got.iter().filter(|r| !want_windows.contains(r)).collect();
+            let missing: Vec<_> = want_windows.iter().filter(|r| !got.contains(r)).collect();
+            panic!(
+                "seed {seed}: {sink}: {} windows landed, {} expected; not expected: {extra:?}; missing: {missing:?}",
+                got.len(),
+                want_windows.len()
+            );
+        }
+    }
+    check_plain_files(&p, &lake.join("per_second_fs"), &windows, last_start, seed);
 
     // The updating aggregate's changelog nets out to the true counts: an
     // insert or delete landed twice (or lost) would leave a row behind.
@@ -439,6 +482,87 @@ fn crash_run(seed: u64, kills: u64) {
         next.insert(partition, to);
     }
     assert_eq!(next.len(), PARTITIONS as usize, "{ranges}");
+}
+
+/// The local filesystem sink after the kills: its commits in
+/// `sluice_commits` add up to what landed, no in-progress file of a killed
+/// run is left, and exactly the minutes the watermark passed have a
+/// `_SUCCESS` file.
+fn check_plain_files(
+    p: &SluiceProcess,
+    dir: &std::path::Path,
+    windows: &BTreeMap<(String, i64), (i64, i64)>,
+    last_start: std::time::SystemTime,
+    seed: u64,
+) {
+    let committed = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT coalesce(sum(rows), 0), count(*) FROM sluice_commits WHERE sink = 'per_second_fs'",
+    ]);
+    let (rows, commits) = committed.trim().split_once('|').unwrap();
+    assert_eq!(
+        rows,
+        windows.len().to_string(),
+        "seed {seed}: rows in sluice_commits"
+    );
+    assert!(commits.parse::<u64>().unwrap() >= 2, "seed {seed}: {committed}");
+
+    let mut files = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    let stale: Vec<_> = files
+        .iter()
+        .filter(|f| f.to_string_lossy().ends_with(".inprogress"))
+        .filter(|f| f.metadata().unwrap().modified().unwrap() < last_start)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "seed {seed}: in-progress files of killed runs: {stale:?}"
+    );
+
+    // The watermark ends at END - 1 s: a minute is complete when its end
+    // is at or before that.
+    let minutes: std::collections::BTreeSet<i64> =
+        windows.keys().map(|(_, s)| s - s.rem_euclid(60_000)).collect();
+    let marker = |m: i64| {
+        let t = chrono_like(m);
+        let (day, time) = t.split_once(' ').unwrap();
+        dir.join(format!("dt={day}/hr={}/mi={}/_SUCCESS", &time[..2], &time[3..5]))
+    };
+    let want: Vec<i64> = minutes
+        .iter()
+        .copied()
+        .filter(|m| m + 60_000 <= END_MS - 1000)
+        .collect();
+    assert!(
+        want.len() >= 5 && want.len() + 2 >= minutes.len(),
+        "{} of {} minutes complete",
+        want.len(),
+        minutes.len()
+    );
+    wait_or_explain(Some(p), "a _SUCCESS file in every completed minute", 60, || {
+        want.iter().all(|m| marker(*m).exists()).then_some(())
+    });
+    let early: Vec<_> = minutes
+        .iter()
+        .filter(|m| *m + 60_000 > END_MS - 1000)
+        .map(|m| marker(*m))
+        .filter(|f| f.exists())
+        .collect();
+    assert!(
+        early.is_empty(),
+        "seed {seed}: _SUCCESS before the minute was complete: {early:?}"
+    );
 }
 
 /// The newest completed (or restored) checkpoint of `job`.
