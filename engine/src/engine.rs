@@ -222,6 +222,8 @@ impl Engine {
         // What `::json`, `::jsonb` and `::uuid` become.
         crate::types::register(&template);
         template.add_optimizer_rule(Arc::new(crate::optimizer::GroupByFixedColumns));
+        // Integer + - * fail with 22003 on overflow (after type coercion).
+        template.add_analyzer_rule(Arc::new(crate::overflow::CheckedIntegerArithmetic::default()));
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));

@@ -20,6 +20,7 @@ pub mod error;
 pub mod functions;
 mod jobs;
 pub mod optimizer;
+pub mod overflow;
 pub mod parser;
 pub mod paths;
 pub mod roles;
