@@ -224,6 +224,8 @@ impl Engine {
         template.add_optimizer_rule(Arc::new(crate::optimizer::GroupByFixedColumns));
         // Integer + - * fail with 22003 on overflow (after type coercion).
         template.add_analyzer_rule(Arc::new(crate::overflow::CheckedIntegerArithmetic::default()));
+        // ... and so does sum() over integers (replaces the built-in `sum`).
+        template.register_udaf(crate::overflow::CheckedSum::udaf().as_ref().clone());
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));

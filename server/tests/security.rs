@@ -555,6 +555,28 @@ fn deep_statements_and_data_errors_get_their_sqlstate() {
         ),
         ("SELECT 1/0".to_string(), "22012"),
         ("SELECT 'abc'::int".to_string(), "22P02"),
+        // Integer overflow is an error, as in Postgres, not a wrapped value.
+        ("SELECT 9223372036854775807 + 1".to_string(), "22003"),
+        ("SELECT (-9223372036854775807 - 1) - 1".to_string(), "22003"),
+        (
+            "SELECT a * 4611686018427387904 FROM (VALUES (1), (2)) t(a)".to_string(),
+            "22003",
+        ),
+        (
+            "SELECT sum(a) FROM (VALUES (9223372036854775807), (1)) t(a)".to_string(),
+            "22003",
+        ),
+        (
+            "SELECT g, sum(a) FROM (VALUES (1, 9223372036854775807), (1, 1), (2, 1)) t(g, a) GROUP BY g"
+                .to_string(),
+            "22003",
+        ),
+        (
+            "SELECT sum(x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             FROM (VALUES (9223372036854775807), (1)) t(x)"
+                .to_string(),
+            "22003",
+        ),
     ];
     for (sql, code) in &corpus {
         for simple in [true, false] {
@@ -581,6 +603,16 @@ fn deep_statements_and_data_errors_get_their_sqlstate() {
         .block_on(client.query_one(chain(500, "+").as_str(), &[]))
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 501);
+    // Sums up to the edge of the type are exact, grouped or not.
+    let rows = rt
+        .block_on(client.query(
+            "SELECT g, sum(a) FROM (VALUES (1, 9223372036854775806), (1, 1), (2, -5), (2, -9223372036854775803)) \
+             t(g, a) GROUP BY g ORDER BY g",
+            &[],
+        ))
+        .unwrap();
+    let sums: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(sums, [(1, i64::MAX), (2, i64::MIN)]);
 }
 
 #[test]

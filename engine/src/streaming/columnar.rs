@@ -23,6 +23,7 @@ use arrow::array::{
 };
 use arrow::compute::{cast, interleave, take};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::error::ArrowError;
 use arrow::row::{RowConverter, Rows};
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
@@ -187,7 +188,11 @@ impl ColumnAcc {
             self.counts[g] += 1;
             let slot = &mut self.ints[g];
             match self.kind {
-                Kind::Sum => *slot = slot.wrapping_add(x),
+                Kind::Sum => {
+                    *slot = slot.checked_add(x).ok_or_else(|| {
+                        ArrowError::ArithmeticOverflow(format!("sum out of range for {}", self.out_type))
+                    })?
+                }
                 Kind::Min => {
                     if first || x < *slot {
                         *slot = x

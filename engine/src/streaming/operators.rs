@@ -2307,6 +2307,33 @@ mod tests {
         assert!(try_new(one(count_udaf(), false)));
     }
 
+    /// A per-key sum that leaves bigint's range fails the step (22003 at
+    /// the job) instead of emitting a wrapped value; other keys are not
+    /// affected before it.
+    #[test]
+    fn columnar_sum_overflow_is_an_error() {
+        let (schema, aggs, out) = columnar_case();
+        let mut op = columnar(&schema, aggs, &out);
+        let b = |k: &[&str], v: &[i64]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(k.to_vec())),
+                    Arc::new(Int64Array::from(v.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let mut sink = Vec::new();
+        op.on_batch(b(&["a", "b"], &[i64::MAX, 1]), &mut sink).unwrap();
+        let err = op.on_batch(b(&["b", "a"], &[1, 1]), &mut sink).unwrap_err();
+        assert!(err.to_string().contains("sum out of range"), "{err}");
+        assert!(
+            matches!(err.find_root(), DataFusionError::ArrowError(e, _) if matches!(**e, arrow::error::ArrowError::ArithmeticOverflow(_))),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn updating_aggregate_retracts_the_previous_value() {
         let schema = input();
