@@ -1052,6 +1052,11 @@ impl Session {
                     let options = match parser::parse(&entry.sql)?.pop() {
                         Some(Statement::CreateStream(c)) => c.options,
                         Some(Statement::CreateSink(c)) => c.options,
+                        Some(Statement::DataFusion(DFStatement::CreateExternalTable(c))) => c
+                            .options
+                            .iter()
+                            .map(|(k, v)| (k.clone(), value_to_string(v)))
+                            .collect(),
                         _ => continue,
                     };
                     if options
@@ -1403,6 +1408,22 @@ impl Session {
     async fn create_external_table(&self, mut create: CreateExternalTable, persist: bool) -> Result<()> {
         let name = normalize_name(&create.name);
         let normalized_sql = render_create_external_table(&create);
+        // `'key' SECRET name` values: the catalog keeps the reference (so
+        // ALTER SECRET applies at the next start), storage gets the value.
+        {
+            let catalog = self.engine.inner.catalog.lock().await;
+            for (k, v) in create.options.iter_mut() {
+                if let Some(name) = crate::secrets::reference(&value_to_string(v)) {
+                    let value = catalog.secret(name).cloned().ok_or_else(|| {
+                        SluiceError::new(
+                            ErrorKind::UndefinedObject,
+                            format!("option '{k}': secret \"{name}\" does not exist (CREATE SECRET {name} AS '...')"),
+                        )
+                    })?;
+                    *v = ast::Value::SingleQuotedString(value);
+                }
+            }
+        }
         let mut store_options = BTreeMap::new();
         let stores = &self.engine.inner.stores;
         create.options.retain(|(k, v)| {
@@ -1656,6 +1677,10 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// DataFusion's own rendering of `CREATE EXTERNAL TABLE` drops the columns,
 /// partitions and options, so the catalog renders the full statement itself.
 pub(crate) fn render_create_external_table(c: &CreateExternalTable) -> String {
@@ -1682,7 +1707,13 @@ pub(crate) fn render_create_external_table(c: &CreateExternalTable) -> String {
         let opts: Vec<String> = c
             .options
             .iter()
-            .map(|(k, v)| format!("{} {}", quote_literal(k), quote_literal(&value_to_string(v))))
+            .map(|(k, v)| {
+                let v = value_to_string(v);
+                match crate::secrets::reference(&v) {
+                    Some(name) => format!("{} SECRET {}", quote_literal(k), quote_ident(name)),
+                    None => format!("{} {}", quote_literal(k), quote_literal(&v)),
+                }
+            })
             .collect();
         sql.push_str(&format!(" OPTIONS ({})", opts.join(", ")));
     }

@@ -325,6 +325,70 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
 
 const AS_OF: &str = crate::versions::AS_OF_FUNCTION;
 
+/// `OPTIONS ('s3.secret_access_key' SECRET name, ...)` in `CREATE EXTERNAL
+/// TABLE`: DataFusion's parser takes one literal per option value, so a
+/// `SECRET name` value becomes one string token holding the reference
+/// (see [`crate::secrets::make_reference`]), resolved when the table is
+/// created. None when the text has no such value (it is parsed as is).
+fn secret_option_tokens(
+    sql: &str,
+    dialect: &PostgreSqlDialect,
+) -> Option<Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>> {
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    if !sql
+        .as_bytes()
+        .windows(6)
+        .any(|w| w.eq_ignore_ascii_case(b"secret"))
+    {
+        return None;
+    }
+    let mut tokens = Tokenizer::new(dialect, sql).tokenize_with_location().ok()?;
+    let sig: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
+    let tok = |k: usize| sig.get(k).map(|&i| &tokens[i].token);
+    // (index of SECRET, index of the name, the name)
+    let mut refs: Vec<(usize, usize, String)> = vec![];
+    // Parenthesis depth inside an OPTIONS list (0: outside one).
+    let mut depth = 0usize;
+    for k in 0..sig.len() {
+        match tok(k) {
+            Some(Token::LParen) if depth > 0 => depth += 1,
+            Some(Token::LParen) => {
+                if matches!(k.checked_sub(1).and_then(&tok), Some(Token::Word(w)) if w.keyword == Keyword::OPTIONS)
+                {
+                    depth = 1;
+                }
+            }
+            Some(Token::RParen) if depth > 0 => depth -= 1,
+            Some(Token::Word(w))
+                if depth == 1 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("SECRET") =>
+            {
+                // In value position (after a key), followed by one name
+                // that ends the option.
+                let after_key = !matches!(tok(k - 1), Some(Token::Comma | Token::LParen | Token::Period));
+                let ends = matches!(tok(k + 2), Some(Token::Comma | Token::RParen));
+                if let (true, true, Some(Token::Word(name))) = (after_key, ends, tok(k + 1)) {
+                    let name = match name.quote_style {
+                        Some(_) => name.value.clone(),
+                        None => name.value.to_ascii_lowercase(),
+                    };
+                    refs.push((sig[k], sig[k + 1], name));
+                }
+            }
+            _ => {}
+        }
+    }
+    if refs.is_empty() {
+        return None;
+    }
+    for (secret, name_at, name) in refs.into_iter().rev() {
+        tokens[secret].token = Token::SingleQuotedString(crate::secrets::make_reference(&name));
+        tokens.drain(secret + 1..=name_at);
+    }
+    Some(tokens)
+}
+
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     if sql.len() > MAX_STATEMENT_BYTES {
@@ -365,9 +429,11 @@ pub fn on_deep_stack<T>(len: usize, f: impl FnOnce() -> T) -> T {
 fn parse_checked(sql: &str) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
     let sql = rewrite_as_of(sql)?;
-    let mut df = DFParserBuilder::new(sql.as_ref())
-        .with_dialect(&dialect)
-        .build()?;
+    let builder = match secret_option_tokens(&sql, &dialect) {
+        Some(tokens) => DFParserBuilder::new(tokens),
+        None => DFParserBuilder::new(sql.as_ref()),
+    };
+    let mut df = builder.with_dialect(&dialect).build()?;
     let mut out = Vec::new();
     let mut expecting_delimiter = false;
     loop {
@@ -876,6 +942,41 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn external_table_options_can_name_secrets() {
+        let sql = "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION 'x' OPTIONS \
+                   ('format.delimiter' SECRET d, 'secret' 'v', s3.region SECRET \"My\", k 'SECRET')";
+        let Ok(mut parsed) = parse(sql) else {
+            panic!("{sql}")
+        };
+        let Some(Statement::DataFusion(DFStatement::CreateExternalTable(c))) = parsed.pop() else {
+            panic!("not a CREATE EXTERNAL TABLE")
+        };
+        let options: Vec<(String, String)> = c
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        let quoted = |s: String| format!("'{s}'");
+        assert_eq!(
+            options,
+            [
+                (
+                    "format.delimiter".to_string(),
+                    quoted(crate::secrets::make_reference("d"))
+                ),
+                ("secret".to_string(), "'v'".to_string()),
+                (
+                    "s3.region".to_string(),
+                    quoted(crate::secrets::make_reference("My"))
+                ),
+                ("k".to_string(), "'SECRET'".to_string()),
+            ]
+        );
+        // Text without a SECRET value is parsed as written.
+        assert!(secret_option_tokens("SELECT 'secret'", &PostgreSqlDialect {}).is_none());
+    }
 
     #[test]
     fn deep_statements_are_refused_without_overflowing_the_stack() {

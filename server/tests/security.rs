@@ -939,16 +939,31 @@ fn secrets_are_referenced_by_name_and_kept_once() {
          's3.secret_access_key' = SECRET token) AS SELECT x FROM g",
     ]);
     assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM g"]).trim(), "3");
+    // And in CREATE EXTERNAL TABLE's OPTIONS: a CSV delimiter from a secret.
+    std::fs::write(data.join("semi.csv"), "a;b\n1;2\n").unwrap();
+    p.psql(&[
+        "-c",
+        "CREATE SECRET \"Delim\" AS ';'",
+        "-c",
+        "CREATE EXTERNAL TABLE semi STORED AS CSV LOCATION 'semi.csv' \
+         OPTIONS ('format.has_header' 'true', 'format.delimiter' SECRET \"Delim\")",
+    ]);
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT b FROM semi"]).trim(), "2");
     let streams = p.psql(&["-tA", "-c", "SHOW STREAMS"]);
     assert!(streams.contains("number-of-rows=SECRET rows"), "{streams}");
     assert_eq!(
         p.psql(&["-tA", "-c", "SHOW SECRETS"])
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["rows", "token"]
+        ["Delim", "rows", "token"]
     );
     // In use: not dropped (2BP01); unknown: 42704; ALTER replaces.
     let out = p.psql_output("sluice", &["-v", "VERBOSITY=verbose", "-c", "DROP SECRET rows"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2BP01"));
+    let out = p.psql_output(
+        "sluice",
+        &["-v", "VERBOSITY=verbose", "-c", "DROP SECRET \"Delim\""],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("2BP01"));
     let out = p.psql_output(
         "sluice",
@@ -971,6 +986,7 @@ fn secrets_are_referenced_by_name_and_kept_once() {
     // The value is in the catalog once, in its secrets; objects name it.
     let catalog = std::fs::read_to_string(data.join("catalog.json")).unwrap();
     assert_eq!(catalog.matches(PLANTED).count(), 1, "{catalog}");
+    assert!(catalog.contains(r#"SECRET \"Delim\""#), "{catalog}");
     // Survives a restart, and resolves to the new value.
     drop(p);
     let p = SluiceProcess::start(&data);
@@ -979,6 +995,8 @@ fn secrets_are_referenced_by_name_and_kept_once() {
         "CREATE STREAM g2 (x BIGINT) WITH (connector = 'datagen', 'number-of-rows' = SECRET rows)",
     ]);
     assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM g2"]).trim(), "4");
+    // The table is restored with the secret's value.
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT b FROM semi"]).trim(), "2");
     for show in ["SHOW STREAMS", "SHOW SINKS", "SHOW SECRETS"] {
         assert!(!p.psql(&["-tA", "-c", show]).contains(PLANTED), "{show}");
     }
