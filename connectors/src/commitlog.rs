@@ -36,6 +36,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
 use sluice_engine::datafusion::catalog::TableProvider;
+use sluice_engine::retry::{retry, wait_for_descriptors};
 use sluice_engine::sink::{
     CommitRecord, CommitRequest, Committer, Landed, SourceRange, TableLog, TableVersion, landed_table,
 };
@@ -291,18 +292,21 @@ impl FsLog {
     async fn publish(&self, file: &PendingFile) -> Result<()> {
         let target = self.join(&file.path);
         let staging = staging_path(&target, &self.tag);
-        match self.config.store.rename(&staging, &target).await {
+        let store = self.config.store.as_ref();
+        match retry(format!("renaming {staging}"), || store.rename(&staging, &target)).await {
             Ok(()) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => match self.config.store.head(&target).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(SluiceError::new(
-                    ErrorKind::StorageUnavailable,
-                    format!(
-                        "{}: the in-progress file {staging} is gone and {target} was never made: {e}",
-                        self.config.name
-                    ),
-                )),
-            },
+            Err(object_store::Error::NotFound { .. }) => {
+                match retry(format!("reading {target}"), || store.head(&target)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(SluiceError::new(
+                        ErrorKind::StorageUnavailable,
+                        format!(
+                            "{}: the in-progress file {staging} is gone and {target} was never made: {e}",
+                            self.config.name
+                        ),
+                    )),
+                }
+            }
             Err(e) => Err(storage_error(format!("renaming {staging} to {target}"), e)),
         }
     }
@@ -353,9 +357,8 @@ impl FsLog {
         }
         for dir in &done {
             let path = self.join(dir).join(pc.file_name.as_str());
-            self.config
-                .store
-                .put(&path, PutPayload::new())
+            let store = self.config.store.as_ref();
+            retry(format!("writing {path}"), || store.put(&path, PutPayload::new()))
                 .await
                 .map_err(|e| storage_error(format!("writing {path}"), e))?;
             st.open.remove(dir);
@@ -382,7 +385,8 @@ impl FsLog {
             .await
             .map_err(|e| storage_error(format!("listing {}", self.config.base), e))?;
         for path in &stale {
-            match self.config.store.delete(path).await {
+            let store = self.config.store.as_ref();
+            match retry(format!("deleting {path}"), || store.delete(path)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(storage_error(format!("deleting {path}"), e)),
             }
@@ -395,11 +399,11 @@ impl FsLog {
             let path = self.commits_dir().join(format!("{:020}.commit", record.version));
             let bytes =
                 serde_json::to_vec_pretty(&record).map_err(|e| SluiceError::internal(e.to_string()))?;
-            match self
-                .config
-                .store
-                .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
-                .await
+            let store = self.config.store.as_ref();
+            match wait_for_descriptors(format!("writing {path}"), || {
+                store.put_opts(&path, PutPayload::from(bytes.clone()), PutMode::Create.into())
+            })
+            .await
             {
                 Ok(_) => break,
                 // Another writer took the version (a second sink on the

@@ -26,6 +26,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sluice_engine::datafusion::parquet::arrow::ArrowWriter;
 use sluice_engine::datafusion::parquet::basic::{Compression, ZstdLevel};
 use sluice_engine::datafusion::parquet::file::properties::WriterProperties;
+use sluice_engine::retry::retry;
 use sluice_engine::sink::{CommitRequest, Landed, SinkConnector, SinkContext, SinkWriter, TableLog};
 
 use crate::commitlog::{
@@ -56,10 +57,6 @@ pub(crate) struct FsOptions {
 const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// The part size of multipart uploads (S3's minimum is 5 MiB).
 const PART_SIZE: usize = 8 * 1024 * 1024;
-/// Attempts per file before the job fails (the stores retry requests
-/// themselves too; this covers a whole upload failing).
-const WRITE_ATTEMPTS: u32 = 3;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Parquet,
@@ -641,61 +638,52 @@ impl FsWriter {
         };
         let bytes = bytes::Bytes::from(bytes);
         let size = bytes.len() as i64;
-        let mut attempt = 1;
-        loop {
-            let written = if bytes.len() as u64 > self.options.multipart_threshold {
-                upload_in_parts(self.store.as_ref(), &target, bytes.clone()).await
-            } else {
-                self.store
-                    .put(&target, PutPayload::from(bytes.clone()))
-                    .await
-                    .map(|_| ())
-            };
-            match written {
-                Ok(()) => {
-                    if let Some(log) = &mut self.log {
-                        let relative = path
-                            .prefix_match(&self.base)
-                            .map(|parts| {
-                                parts
-                                    .map(|p| p.as_ref().to_string())
-                                    .collect::<Vec<_>>()
-                                    .join("/")
-                            })
-                            .ok_or_else(|| {
-                                SluiceError::internal(format!("{path} is not under {}", self.base))
-                            })?;
-                        let partition = key
-                            .split('/')
-                            .filter(|s| !s.is_empty())
-                            .filter_map(|s| s.split_once('='))
-                            .map(|(k, v)| (k.to_string(), (v != NULL_PARTITION).then(|| v.to_string())))
-                            .collect();
-                        log.pending.push((
-                            None,
-                            PendingFile {
-                                path: relative,
-                                size,
-                                rows: rows as i64,
-                                partition,
-                            },
-                        ));
-                    }
-                    return Ok(());
-                }
-                Err(e) if attempt < WRITE_ATTEMPTS => {
-                    tracing::warn!(path = %target, attempt, "writing a file failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(SluiceError::new(
-                        sluice_engine::ErrorKind::StorageUnavailable,
-                        format!("writing {target} ({attempt} attempts): {e}"),
-                    ));
+        let store = self.store.as_ref();
+        let multipart = bytes.len() as u64 > self.options.multipart_threshold;
+        retry(format!("writing {target}"), || {
+            let (bytes, target) = (bytes.clone(), &target);
+            async move {
+                if multipart {
+                    upload_in_parts(store, target, bytes).await
+                } else {
+                    store.put(target, PutPayload::from(bytes)).await.map(|_| ())
                 }
             }
+        })
+        .await
+        .map_err(|e| {
+            SluiceError::new(
+                sluice_engine::ErrorKind::StorageUnavailable,
+                format!("writing {target}: {e}"),
+            )
+        })?;
+        if let Some(log) = &mut self.log {
+            let relative = path
+                .prefix_match(&self.base)
+                .map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .ok_or_else(|| SluiceError::internal(format!("{path} is not under {}", self.base)))?;
+            let partition = key
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| s.split_once('='))
+                .map(|(k, v)| (k.to_string(), (v != NULL_PARTITION).then(|| v.to_string())))
+                .collect();
+            log.pending.push((
+                None,
+                PendingFile {
+                    path: relative,
+                    size,
+                    rows: rows as i64,
+                    partition,
+                },
+            ));
         }
+        Ok(())
     }
 }
 

@@ -927,6 +927,13 @@ impl Session {
                          CREATE EXTERNAL TABLE name STORED AS PARQUET|CSV|JSON LOCATION '...'",
                     ));
                 }
+                SqlStatement::Grant(_) | SqlStatement::Revoke(_) => {
+                    return Err(SluiceError::not_supported(
+                        "GRANT and REVOKE on objects are not supported: a role with SUPERUSER \
+                         changes everything, one without reads every table and changes nothing \
+                         (ALTER ROLE name SUPERUSER | NOSUPERUSER)",
+                    ));
+                }
                 SqlStatement::CreateView { .. } => {
                     return Err(SluiceError::not_supported(
                         "CREATE VIEW is not supported yet: views are not kept across restarts",

@@ -84,8 +84,9 @@ fn restart_delay(attempt: u32) -> std::time::Duration {
 /// Watches one run of a job that checkpoints. When it fails, it is started
 /// again from its newest checkpoint after [`restart_delay`], as Flink's
 /// restart strategies do, at most `max` times in a row; a run that
-/// completed a checkpoint before failing starts the count again. A run
-/// that is dropped, altered or finished ends the watch.
+/// completed a checkpoint before failing starts the count again, and a
+/// failure for want of file descriptors is not counted. A run that is
+/// dropped, altered or finished ends the watch.
 /// (Boxed: a restart creates the next run's watch, and the future types
 /// would otherwise contain themselves.)
 fn supervise(
@@ -121,15 +122,27 @@ fn supervise(
                 (error, progressed, j.pending_restart.clone())
             };
             let attempt = if progressed && !retrying { 1 } else { restarts + 1 };
-            if attempt > max {
+            // Running out of file descriptors passes with whatever holds
+            // them (a burst of connections): such a failure is restarted
+            // after the longest pause however many came before it.
+            let out_of_descriptors = error.contains("(os error 24)") || error.contains("(os error 23)");
+            if attempt > max && !out_of_descriptors {
                 tracing::warn!(job = %name, restarts, "job failed; no restart attempts left");
                 return;
             }
             let delay = restart_delay(attempt);
-            *pending.lock().expect("restart lock") = Some(format!(
-                "restart {attempt} of {max} in {} s from the newest checkpoint",
-                delay.as_secs()
-            ));
+            *pending.lock().expect("restart lock") = Some(if attempt > max {
+                format!(
+                    "restart {attempt} (out of file descriptors, not counted against {max}) in {} s \
+                     from the newest checkpoint",
+                    delay.as_secs()
+                )
+            } else {
+                format!(
+                    "restart {attempt} of {max} in {} s from the newest checkpoint",
+                    delay.as_secs()
+                )
+            });
             tracing::warn!(job = %name, attempt, max, error = %error, "job failed; restarting from its newest checkpoint");
             tokio::time::sleep(delay).await;
             let Some(inner) = engine.upgrade() else { return };

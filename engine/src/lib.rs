@@ -23,6 +23,7 @@ pub mod optimizer;
 pub mod overflow;
 pub mod parser;
 pub mod paths;
+pub mod retry;
 pub mod roles;
 pub mod secrets;
 pub mod sink;

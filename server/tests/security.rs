@@ -894,6 +894,17 @@ fn roles_log_in_and_a_read_only_role_only_reads() {
     // A superuser role may change things, roles included.
     let (ok, _, err) = psql_as(&p, "admin", "adm1n", "ALTER ROLE reader WITH PASSWORD 'n3w'");
     assert!(ok, "{err}");
+    // Object-level privileges are refused as not supported, saying what is.
+    for sql in [
+        "GRANT SELECT ON one TO reader",
+        "REVOKE SELECT ON one FROM reader",
+    ] {
+        let (ok, _, err) = psql_as(&p, "admin", "adm1n", sql);
+        assert!(
+            !ok && err.contains("0A000") && err.contains("NOSUPERUSER"),
+            "{sql}: {err}"
+        );
+    }
     assert!(!psql_as(&p, "reader", "r3ader", "SELECT 1").0);
     assert!(psql_as(&p, "reader", "n3w", "SELECT 1").0);
     // Roles survive a restart; the config's users can't be made or dropped.
