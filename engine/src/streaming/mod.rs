@@ -8,7 +8,6 @@
 //!     sources ─▶ fused stateless steps ─▶ hash exchange ─▶ keyed operators ─▶ sink / view
 //! ```
 
-pub mod columnar;
 pub mod metrics;
 pub mod mview;
 pub mod operators;

@@ -32,8 +32,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::columnar::ColumnarAggregate;
 use super::metrics::NodeMetrics;
+use super::operators::ColumnarAggregate;
 use super::operators::{KeyedOperator, SessionAggregate, UpdatingAggregate, WindowAggregate, eval};
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;

@@ -3,7 +3,7 @@
 //! of integers), with the state kept column-wise: a vector per aggregate
 //! indexed by group, group keys interned by DataFusion's `GroupValues`.
 //!
-//! [`super::operators::UpdatingAggregate`] keeps boxed DataFusion
+//! [`super::UpdatingAggregate`] keeps boxed DataFusion
 //! accumulators per group (any aggregate, retractions too) at about 1 KB of
 //! memory per group; this one needs tens of bytes per group and writes and
 //! restores its checkpoint state as whole columns. Both write the same
@@ -30,7 +30,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::operators::{
+use super::{
     AggExpr, KeyedOperator, WIDTHS_META, batch_with_schema, eval, key_converter, key_schema, null_as_false,
     state_batch, state_widths, widths_meta, with_op_column,
 };

@@ -1,0 +1,255 @@
+//! Incremental operators over Arrow batches.
+//!
+//! Expressions (group keys, aggregate arguments, FILTER clauses) are
+//! DataFusion `PhysicalExpr`s and aggregates are DataFusion accumulators:
+//! the operators own only what is streaming-specific, namely which state a
+//! row updates, when results are emitted and what is retracted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::metrics::NodeMetrics;
+use super::window::{micros_to_ticks, ticks_to_micros};
+
+type Result<T> = datafusion::error::Result<T>;
+
+mod columnar;
+mod session;
+mod updating;
+mod window;
+
+pub use columnar::ColumnarAggregate;
+pub use session::{SessionAggregate, SessionLayout};
+pub use updating::{UpdatingAggregate, retractable};
+pub use window::{WindowAggregate, WindowKey};
+
+/// Name of the operation column that updating streams carry last:
+/// `1` inserts the row, `-1` deletes it (an update is a delete and an insert).
+pub const OP_COLUMN: &str = "__sluice_op";
+
+/// The schema of an updating stream's batches: the rows plus the op column.
+pub fn with_op_column(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(OP_COLUMN, DataType::Int8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// A filter mask in which NULL counts as false, as in SQL.
+pub fn null_as_false(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 {
+        mask.clone()
+    } else {
+        arrow::compute::prep_null_mask_filter(mask)
+    }
+}
+
+/// Evaluates an expression to an array of the batch's length.
+pub fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    expr.evaluate(batch)?.into_array(batch.num_rows())
+}
+
+/// One aggregate of a GROUP BY: the DataFusion aggregate, its argument
+/// expressions and its FILTER clause.
+#[derive(Debug, Clone)]
+pub struct AggExpr {
+    pub func: Arc<AggregateFunctionExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl AggExpr {
+    fn groups_accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
+        if self.func.groups_accumulator_supported() {
+            self.func.create_groups_accumulator()
+        } else {
+            let f = self.func.clone();
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                f.create_accumulator()
+            })))
+        }
+    }
+
+    pub(crate) fn args(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.func.expressions().iter().map(|e| eval(e, batch)).collect()
+    }
+
+    pub(crate) fn filter(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        match &self.filter {
+            None => Ok(None),
+            Some(f) => {
+                let a = eval(f, batch)?;
+                let b = a
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| DataFusionError::Internal("FILTER is not boolean".into()))?;
+                Ok(Some(b.clone()))
+            }
+        }
+    }
+}
+
+/// What a keyed operator does with its input; the runtime handles channels,
+/// watermark alignment across inputs and metrics.
+pub trait KeyedOperator: Send {
+    /// Rows arrived.
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// The watermark (microseconds) advanced to `watermark` on every input.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// (rows, bytes) of state held.
+    fn state_size(&self) -> (usize, usize);
+    /// The state as batches, for a checkpoint. The runtime calls it at a
+    /// barrier, right after a progress step (no change is pending).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(DataFusionError::NotImplemented(
+            "this operator's state is not checkpointed yet".into(),
+        ))
+    }
+    /// For an incremental checkpoint: the state of what changed since the
+    /// last [`Self::snapshot`], such that restoring the snapshot's batches
+    /// followed by these gives the current state. Changes are cumulative
+    /// (a second call repeats the first's groups). None: a full snapshot
+    /// is due (most of the state changed) or the operator takes only full
+    /// ones.
+    fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        Ok(None)
+    }
+    /// Takes back what [`Self::snapshot`] returned (on a fresh operator).
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        Err(DataFusionError::NotImplemented(
+            "this operator's state is not checkpointed yet".into(),
+        ))
+    }
+}
+
+/// The schema-metadata key under which a window aggregate's snapshot keeps
+/// its watermark.
+const WATERMARK_META: &str = "sluice.watermark";
+
+/// A snapshot batch: named columns, all nullable (`extra` as schema
+/// metadata).
+pub(crate) fn state_batch(
+    names: Vec<String>,
+    columns: Vec<ArrayRef>,
+    extra: HashMap<String, String>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    let fields: Vec<Field> = names
+        .into_iter()
+        .zip(&columns)
+        .map(|(n, c)| Field::new(n, c.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(fields, extra));
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// The schema-metadata key under which a snapshot says how many state
+/// columns each aggregate has (a sliding accumulator's state can be wider
+/// than the aggregate's declared state fields).
+pub(crate) const WIDTHS_META: &str = "sluice.state_widths";
+
+pub(crate) fn widths_meta(widths: &[usize]) -> String {
+    widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// How many state columns each aggregate has in a snapshot batch.
+pub(crate) fn state_widths(batch: &RecordBatch, aggs: usize) -> Result<Vec<usize>> {
+    let bad = || DataFusionError::Internal("snapshot without its state widths".into());
+    let meta = batch
+        .schema()
+        .metadata()
+        .get(WIDTHS_META)
+        .cloned()
+        .ok_or_else(bad)?;
+    let widths = meta
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|w| w.parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>>>()?;
+    if widths.len() != aggs {
+        return Err(bad());
+    }
+    Ok(widths)
+}
+
+fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
+    if batch.num_columns() == 0 {
+        // count(*) reads no column; keep the row count.
+        return Ok(RecordBatch::try_new_with_options(
+            batch.schema(),
+            vec![],
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(idx.len())),
+        )?);
+    }
+    Ok(arrow::compute::take_record_batch(batch, idx)?)
+}
+
+/// Builds a batch of `schema` from columns whose field metadata or
+/// nullability may differ slightly from what the planner declared.
+pub fn batch_with_schema(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    match RecordBatch::try_new(schema.clone(), columns.clone()) {
+        Ok(b) => Ok(b),
+        Err(_) => {
+            // A field declared NOT NULL that holds NULLs (DataFusion's
+            // nullability can be stricter than an accumulator's output):
+            // relax rather than fail the job.
+            let relaxed: Vec<Field> = schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            Ok(RecordBatch::try_new(Arc::new(Schema::new(relaxed)), columns)?)
+        }
+    }
+}
+
+/// Row-format encoding of group keys (none for a global aggregate).
+pub(crate) fn key_converter(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<Option<RowConverter>> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let fields = keys
+        .iter()
+        .map(|k| Ok(SortField::new(k.data_type(input)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(RowConverter::new(fields)?))
+}
+
+pub(crate) fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<SchemaRef> {
+    let fields = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Ok(Field::new(format!("k{i}"), k.data_type(input)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+#[cfg(test)]
+mod tests;

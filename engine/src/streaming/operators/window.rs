@@ -1,0 +1,281 @@
+//! GROUP BY over tumbling and hopping windows: state per open window,
+//! emitted once when the watermark passes the window's end.
+
+use super::*;
+
+/// Where the window of each row is found among the group keys.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowKey {
+    /// Index of the group key that is `window_start` or `window_end`.
+    pub key: usize,
+    /// Whether that key is the window end (else the start).
+    pub is_end: bool,
+    /// The window length, microseconds.
+    pub size_us: i64,
+    /// Unit of the window column.
+    pub unit: TimeUnit,
+}
+
+struct WindowState {
+    groups: Box<dyn GroupValues>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// GROUP BY over windows: state per open window, emitted once (append-only)
+/// when the watermark passes the window's end. Rows for windows that have
+/// already closed are late: dropped and counted.
+pub struct WindowAggregate {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    key_schema: SchemaRef,
+    aggs: Vec<AggExpr>,
+    window: WindowKey,
+    output: SchemaRef,
+    /// Open windows by end (microseconds).
+    windows: BTreeMap<i64, WindowState>,
+    watermark: i64,
+    metrics: Arc<NodeMetrics>,
+    scratch: Vec<usize>,
+}
+
+impl WindowAggregate {
+    pub fn new(
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        input: &Schema,
+        aggs: Vec<AggExpr>,
+        window: WindowKey,
+        output: SchemaRef,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<Self> {
+        let key_schema = key_schema(&keys, input)?;
+        Ok(Self {
+            keys,
+            key_schema,
+            aggs,
+            window,
+            output,
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            metrics,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn window_ends(&self, batch: &RecordBatch) -> Result<Int64Array> {
+        let col = eval(&self.keys[self.window.key], batch)?;
+        let ticks = cast(&col, &DataType::Int64)?;
+        let ticks = ticks
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
+        let size = micros_to_ticks(self.window.size_us, self.window.unit);
+        let unit = self.window.unit;
+        let is_end = self.window.is_end;
+        Ok(ticks.unary(|t| ticks_to_micros(if is_end { t } else { t + size }, unit)))
+    }
+
+    fn new_window(&self) -> Result<WindowState> {
+        Ok(WindowState {
+            groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None)?,
+            accs: self
+                .aggs
+                .iter()
+                .map(|a| a.groups_accumulator())
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Puts groups (`keys`) with accumulator states into window `end`.
+    fn load_window(
+        &mut self,
+        end: i64,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        rows: usize,
+    ) -> Result<()> {
+        let mut state = self.new_window()?;
+        let mut idx = Vec::new();
+        state.groups.intern(keys, &mut idx)?;
+        let total = state.groups.len();
+        for (acc, st) in state.accs.iter_mut().zip(states) {
+            acc.merge_batch(st, &idx, total)?;
+        }
+        debug_assert_eq!(idx.len(), rows);
+        self.windows.insert(end, state);
+        Ok(())
+    }
+
+    fn update(&mut self, end: i64, batch: &RecordBatch) -> Result<()> {
+        if !self.windows.contains_key(&end) {
+            let state = self.new_window()?;
+            self.windows.insert(end, state);
+        }
+        let state = self.windows.get_mut(&end).expect("inserted above");
+        let keys: Vec<ArrayRef> = self.keys.iter().map(|k| eval(k, batch)).collect::<Result<_>>()?;
+        self.scratch.clear();
+        state.groups.intern(&keys, &mut self.scratch)?;
+        let total = state.groups.len();
+        for (agg, acc) in self.aggs.iter().zip(state.accs.iter_mut()) {
+            let values = agg.args(batch)?;
+            let filter = agg.filter(batch)?;
+            acc.update_batch(&values, &self.scratch, filter.as_ref(), total)?;
+        }
+        Ok(())
+    }
+}
+
+impl KeyedOperator for WindowAggregate {
+    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let ends = self.window_ends(&batch)?;
+        let wm = self.watermark;
+        let (mut batch, mut ends) = (batch, ends);
+        if ends.null_count() > 0 || ends.values().iter().any(|e| *e <= wm) {
+            let keep: BooleanArray = ends
+                .iter()
+                .map(|e| Some(matches!(e, Some(e) if e > wm)))
+                .collect();
+            let kept = keep.true_count();
+            self.metrics.add_late((batch.num_rows() - kept) as u64);
+            batch = filter_record_batch(&batch, &keep)?;
+            ends = arrow::compute::filter(&ends, &keep)?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("filtered Int64")
+                .clone();
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+        }
+        // Usually a batch spans one or two windows.
+        let mut distinct: Vec<i64> = Vec::new();
+        for e in ends.values().iter() {
+            if !distinct.contains(e) {
+                distinct.push(*e);
+                if distinct.len() > 64 {
+                    break;
+                }
+            }
+        }
+        if distinct.len() == 1 {
+            self.update(distinct[0], &batch)?;
+        } else {
+            // Partition rows by window: sort by end, then slice runs.
+            let order = arrow::compute::sort_to_indices(&ends, None, None)?;
+            let sorted = take_batch(&batch, &order)?;
+            let sorted_ends = take(&ends, &order, None)?;
+            let sorted_ends = sorted_ends.as_any().downcast_ref::<Int64Array>().expect("Int64");
+            let v = sorted_ends.values();
+            let mut start = 0;
+            while start < v.len() {
+                let mut end = start + 1;
+                while end < v.len() && v[end] == v[start] {
+                    end += 1;
+                }
+                self.update(v[start], &sorted.slice(start, end - start))?;
+                start = end;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        // Never backwards: after a restore the inputs start low again.
+        self.watermark = self.watermark.max(watermark);
+        let watermark = self.watermark;
+        while let Some(entry) = self.windows.first_entry() {
+            if *entry.key() > watermark {
+                break;
+            }
+            let mut state = entry.remove();
+            let mut columns = state.groups.emit(EmitTo::All)?;
+            for acc in state.accs.iter_mut() {
+                columns.push(acc.evaluate(EmitTo::All)?);
+            }
+            out.push(batch_with_schema(&self.output, columns)?);
+        }
+        Ok(())
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        let mut rows = 0;
+        let mut bytes = 0;
+        for s in self.windows.values() {
+            rows += s.groups.len();
+            bytes += s.groups.size() + s.accs.iter().map(|a| a.size()).sum::<usize>();
+        }
+        (rows, bytes)
+    }
+
+    /// One batch per open window: its end, the group keys and every
+    /// accumulator's state columns; the watermark in the schema metadata.
+    /// Taking a groups accumulator's state empties it, so each window is
+    /// loaded back right away.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut extra = HashMap::from([(WATERMARK_META.to_string(), self.watermark.to_string())]);
+        let mut out = Vec::new();
+        let ends: Vec<i64> = self.windows.keys().copied().collect();
+        for end in ends {
+            let mut state = self.windows.remove(&end).expect("listed above");
+            let rows = state.groups.len();
+            let keys = state.groups.emit(EmitTo::All)?;
+            let states = state
+                .accs
+                .iter_mut()
+                .map(|a| a.state(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            self.load_window(end, &keys, &states, rows)?;
+            let widths: Vec<usize> = states.iter().map(Vec::len).collect();
+            extra.insert(WIDTHS_META.to_string(), widths_meta(&widths));
+            let mut names = vec!["end".to_string()];
+            let mut cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![end; rows]))];
+            for (i, k) in keys.into_iter().enumerate() {
+                names.push(format!("k{i}"));
+                cols.push(k);
+            }
+            for (a, st) in states.into_iter().enumerate() {
+                for (j, c) in st.into_iter().enumerate() {
+                    names.push(format!("a{a}_{j}"));
+                    cols.push(c);
+                }
+            }
+            out.push(state_batch(names, cols, extra.clone(), rows)?);
+        }
+        if out.is_empty() {
+            out.push(state_batch(vec![], vec![], extra, 0)?);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let n_keys = self.keys.len();
+        for b in state {
+            if let Some(w) = b.schema().metadata().get(WATERMARK_META) {
+                let w: i64 = w
+                    .parse()
+                    .map_err(|_| DataFusionError::Internal(format!("bad watermark in snapshot: {w}")))?;
+                self.watermark = self.watermark.max(w);
+            }
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let end = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| DataFusionError::Internal("window snapshot without its end".into()))?
+                .value(0);
+            let widths = state_widths(&b, self.aggs.len())?;
+            let keys = b.columns()[1..1 + n_keys].to_vec();
+            let mut at = 1 + n_keys;
+            let mut states = Vec::new();
+            for w in &widths {
+                states.push(b.columns()[at..at + w].to_vec());
+                at += w;
+            }
+            self.load_window(end, &keys, &states, b.num_rows())?;
+        }
+        Ok(())
+    }
+}
