@@ -535,7 +535,7 @@ impl ColumnarAggregate {
 }
 
 impl KeyedOperator for ColumnarAggregate {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn on_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());

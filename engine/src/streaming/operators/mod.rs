@@ -98,13 +98,22 @@ impl AggExpr {
     }
 }
 
-/// What a keyed operator does with its input; the runtime handles channels,
-/// watermark alignment across inputs and metrics.
+/// What a keyed operator does with its inputs; the runtime handles
+/// channels, barrier alignment, watermarks across inputs and metrics (see
+/// `runtime::align`).
 pub trait KeyedOperator: Send {
-    /// Rows arrived.
-    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
-    /// The watermark (microseconds) advanced to `watermark` on every input.
+    /// Rows arrived on input `input` (numbered from 0 in the node's inputs).
+    fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// A progress step: emit pending changes. `watermark` (microseconds)
+    /// is the least over every input; windows it passed close.
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// Input `input`'s own watermark moved to `watermark` (before the
+    /// progress step that follows). For operators whose state one input's
+    /// time bounds (an interval join); others ignore it.
+    fn on_input_watermark(&mut self, input: usize, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let _ = (input, watermark, out);
+        Ok(())
+    }
     /// (rows, bytes) of state held.
     fn state_size(&self) -> (usize, usize);
     /// The state as batches, for a checkpoint. The runtime calls it at a

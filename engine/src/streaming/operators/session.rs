@@ -190,7 +190,7 @@ impl KeyedOperator for SessionAggregate {
         Ok(())
     }
 
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn on_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());

@@ -70,20 +70,20 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(make: F, steps: &[(Record
     let mut straight = make();
     let mut expected = vec![];
     for (b, w) in steps {
-        straight.on_batch(b.clone(), &mut expected).unwrap();
+        straight.on_batch(0, b.clone(), &mut expected).unwrap();
         straight.on_watermark(*w, &mut expected).unwrap();
     }
     let mut first = make();
     let mut got = vec![];
     for (b, w) in &steps[..cut] {
-        first.on_batch(b.clone(), &mut got).unwrap();
+        first.on_batch(0, b.clone(), &mut got).unwrap();
         first.on_watermark(*w, &mut got).unwrap();
     }
     let state = through_ipc(first.snapshot().unwrap());
     // The snapshot leaves the operator as it was.
     let mut check = got.clone();
     for (b, w) in &steps[cut..] {
-        first.on_batch(b.clone(), &mut check).unwrap();
+        first.on_batch(0, b.clone(), &mut check).unwrap();
         first.on_watermark(*w, &mut check).unwrap();
     }
     assert_eq!(pretty(&check), pretty(&expected), "after a snapshot");
@@ -93,7 +93,7 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(make: F, steps: &[(Record
     // A restored job's inputs start their watermarks from scratch.
     restored.on_watermark(i64::MIN, &mut got).unwrap();
     for (b, w) in &steps[cut..] {
-        restored.on_batch(b.clone(), &mut got).unwrap();
+        restored.on_batch(0, b.clone(), &mut got).unwrap();
         restored.on_watermark(*w, &mut got).unwrap();
     }
     assert_eq!(pretty(&got), pretty(&expected), "after a restore");
@@ -104,14 +104,14 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(make: F, steps: &[(Record
     restored.restore(state).unwrap();
     restored.on_watermark(i64::MIN, &mut got).unwrap();
     let (b, w) = &steps[cut];
-    restored.on_batch(b.clone(), &mut got).unwrap();
+    restored.on_batch(0, b.clone(), &mut got).unwrap();
     restored.on_watermark(*w, &mut got).unwrap();
     let again = through_ipc(restored.snapshot().unwrap());
     let mut twice = make();
     twice.restore(again).unwrap();
     twice.on_watermark(i64::MIN, &mut got).unwrap();
     for (b, w) in &steps[cut + 1..] {
-        twice.on_batch(b.clone(), &mut got).unwrap();
+        twice.on_batch(0, b.clone(), &mut got).unwrap();
         twice.on_watermark(*w, &mut got).unwrap();
     }
     assert_eq!(pretty(&got), pretty(&expected), "after two restores");
@@ -468,7 +468,7 @@ fn columnar_aggregate_matches_the_boxed_one_and_shares_its_checkpoints() {
     let run = |op: &mut Box<dyn KeyedOperator>, steps: &[(RecordBatch, i64)]| {
         let mut got = vec![];
         for (b, w) in steps {
-            op.on_batch(b.clone(), &mut got).unwrap();
+            op.on_batch(0, b.clone(), &mut got).unwrap();
             op.on_watermark(*w, &mut got).unwrap();
         }
         canon(&got)
@@ -500,13 +500,13 @@ fn columnar_aggregate_matches_the_boxed_one_and_shares_its_checkpoints() {
             let mut first = make(from);
             let mut got = vec![];
             for (b, w) in &steps[..cut] {
-                first.on_batch(b.clone(), &mut got).unwrap();
+                first.on_batch(0, b.clone(), &mut got).unwrap();
                 first.on_watermark(*w, &mut got).unwrap();
             }
             let mut second = make(to);
             second.restore(through_ipc(first.snapshot().unwrap())).unwrap();
             for (b, w) in &steps[cut..] {
-                second.on_batch(b.clone(), &mut got).unwrap();
+                second.on_batch(0, b.clone(), &mut got).unwrap();
                 second.on_watermark(*w, &mut got).unwrap();
             }
             assert_eq!(canon(&got), expected, "cut {cut}, columnar -> boxed: {from}");
@@ -539,7 +539,7 @@ fn incremental_snapshots_restore_over_the_full_one(
     let run_to =
         |op: &mut Box<dyn KeyedOperator>, steps: &[(RecordBatch, i64)], got: &mut Vec<RecordBatch>| {
             for (b, w) in steps {
-                op.on_batch(b.clone(), got).unwrap();
+                op.on_batch(0, b.clone(), got).unwrap();
                 op.on_watermark(*w, got).unwrap();
             }
         };
@@ -643,8 +643,8 @@ fn columnar_sum_overflow_is_an_error() {
         .unwrap()
     };
     let mut sink = Vec::new();
-    op.on_batch(b(&["a", "b"], &[i64::MAX, 1]), &mut sink).unwrap();
-    let err = op.on_batch(b(&["b", "a"], &[1, 1]), &mut sink).unwrap_err();
+    op.on_batch(0, b(&["a", "b"], &[i64::MAX, 1]), &mut sink).unwrap();
+    let err = op.on_batch(0, b(&["b", "a"], &[1, 1]), &mut sink).unwrap_err();
     assert!(err.to_string().contains("sum out of range"), "{err}");
     assert!(
         matches!(err.find_root(), DataFusionError::ArrowError(e, _) if matches!(**e, arrow::error::ArrowError::ArithmeticOverflow(_))),
@@ -668,10 +668,10 @@ fn updating_aggregate_retracts_the_previous_value() {
     )
     .unwrap();
     let mut outb = vec![];
-    op.on_batch(rows(&["a", "b", "a"], &[1, 2, 3]), &mut outb)
+    op.on_batch(0, rows(&["a", "b", "a"], &[1, 2, 3]), &mut outb)
         .unwrap();
     op.on_watermark(0, &mut outb).unwrap();
-    op.on_batch(rows(&["a"], &[10]), &mut outb).unwrap();
+    op.on_batch(0, rows(&["a"], &[10]), &mut outb).unwrap();
     op.on_watermark(1, &mut outb).unwrap();
     // A watermark with nothing changed emits nothing.
     op.on_watermark(2, &mut outb).unwrap();
@@ -725,12 +725,13 @@ fn window_aggregate_emits_at_the_watermark_and_drops_late_rows() {
     )
     .unwrap();
     let mut o = vec![];
-    op.on_batch(b(vec![0, 10_000, 0], vec![1, 2, 3]), &mut o).unwrap();
+    op.on_batch(0, b(vec![0, 10_000, 0], vec![1, 2, 3]), &mut o)
+        .unwrap();
     op.on_watermark(9_999_999, &mut o).unwrap();
     assert!(o.is_empty(), "window [0,10s) is still open");
     op.on_watermark(10_000_000, &mut o).unwrap();
     assert_eq!(o.len(), 1);
-    op.on_batch(b(vec![0, 10_000], vec![100, 5]), &mut o).unwrap();
+    op.on_batch(0, b(vec![0, 10_000], vec![100, 5]), &mut o).unwrap();
     assert_eq!(metrics.snapshot().late_rows, 1);
     op.on_watermark(i64::MAX, &mut o).unwrap();
     let expected = "\

@@ -303,7 +303,7 @@ impl UpdatingAggregate {
 }
 
 impl KeyedOperator for UpdatingAggregate {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn on_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }

@@ -3,9 +3,11 @@
 //! A plan becomes "lanes": streams of [`Message`]s. A source partition is a
 //! lane; stateless operators map a lane in place, so a chain of them runs
 //! fused in whichever task drives the lane. A keyed operator ends the lanes
-//! below it: one exchange task per input lane hashes rows by key into `P`
-//! bounded channels, and `P` operator tasks each merge their inputs (the
-//! watermark being the least over the inputs) and start a new lane. A sink
+//! below it ([`keyed`]): one exchange task per input lane hashes rows by
+//! its input's keys into `P` bounded channels, and `P` operator tasks each
+//! merge their lanes through an aligner ([`align`]: rows tagged with their
+//! input, barriers aligned, watermarks per input and overall) and start a
+//! new lane. A sink
 //! drives each final lane in its own task. Every channel is bounded, so a
 //! slow sink slows the sources and memory stays flat.
 //!
@@ -22,10 +24,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{cast, filter_record_batch, take_record_batch};
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::hash_utils::{RandomState, create_hashes};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
@@ -45,6 +46,11 @@ use crate::stream::{Message, StreamTable};
 /// Messages per channel. With batches of a few thousand rows this bounds a
 /// channel to some tens of thousands of rows.
 const CHANNEL_CAPACITY: usize = 8;
+
+mod align;
+mod keyed;
+
+use keyed::keyed;
 
 type Lane = BoxStream<'static, Result<Message>>;
 type Task = BoxFuture<'static, Result<()>>;
@@ -1103,7 +1109,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                     node.metrics.clone(),
                 )?));
             }
-            keyed(node, keys.clone(), ops, tasks, wiring)
+            keyed(node, vec![keys.clone()], ops, tasks, wiring)
         }
         NodeKind::SessionAggregate { keys, layout, aggs } => {
             let input = &node.inputs[0];
@@ -1118,7 +1124,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                     node.metrics.clone(),
                 )?));
             }
-            keyed(node, keys.clone(), ops, tasks, wiring)
+            keyed(node, vec![keys.clone()], ops, tasks, wiring)
         }
         NodeKind::Aggregate { keys, aggs } => {
             let input = &node.inputs[0];
@@ -1147,7 +1153,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                     )?)),
                 }
             }
-            keyed(node, keys.clone(), ops, tasks, wiring)
+            keyed(node, vec![keys.clone()], ops, tasks, wiring)
         }
     }
 }
@@ -1547,287 +1553,6 @@ fn max_time(batch: &RecordBatch, column: usize) -> Result<Option<i64>> {
         .downcast_ref::<Int64Array>()
         .ok_or_else(|| SluiceError::internal("event time is not a timestamp"))?;
     Ok(arrow::compute::max(ticks))
-}
-
-/// Exchange plus parallel keyed operator tasks; returns their output lanes.
-fn keyed(
-    node: &Node,
-    keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    ops: Vec<Box<dyn KeyedOperator>>,
-    tasks: &mut Vec<Task>,
-    wiring: &mut Wiring,
-) -> Result<Vec<Lane>> {
-    let restore = wiring.restore.clone();
-    wiring.parallelism.insert(node.id.to_string(), ops.len());
-    let inputs = build(&node.inputs[0], tasks, wiring)?;
-    let n_inputs = inputs.len();
-    let p = ops.len();
-    let mut senders = Vec::with_capacity(p);
-    let mut receivers = Vec::with_capacity(p);
-    for _ in 0..p {
-        let (tx, rx) = mpsc::channel::<(usize, Message)>(CHANNEL_CAPACITY * n_inputs.max(1));
-        senders.push(tx);
-        receivers.push(rx);
-    }
-    for (i, lane) in inputs.into_iter().enumerate() {
-        tasks.push(exchange(lane, i, keys.clone(), senders.clone()).boxed());
-    }
-    drop(senders);
-    let mut lanes = Vec::with_capacity(p);
-    for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
-        let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
-        let key = format!("op-{}-{t}", node.id);
-        let ck = wiring.task(key.clone());
-        wiring.participate(&key);
-        let restore = restore.clone();
-        let metrics = node.metrics.clone();
-        tasks.push(
-            async move {
-                // Each task restores its own state, in parallel with the
-                // others and off the async workers (a large state takes
-                // seconds to rebuild).
-                let op = match restore {
-                    Some(r) => tokio::task::spawn_blocking(move || -> Result<Box<dyn KeyedOperator>> {
-                        let mut op = op;
-                        op.restore(r.state(&key)?)?;
-                        Ok(op)
-                    })
-                    .await
-                    .map_err(|e| SluiceError::internal(format!("restoring operator state: {e}")))??,
-                    None => op,
-                };
-                run_keyed(rx, n_inputs, op, tx, metrics, t, ck).await
-            }
-            .boxed(),
-        );
-        lanes.push(tokio_stream_from(orx));
-    }
-    Ok(lanes)
-}
-
-fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
-/// Routes rows by key hash; progress messages go to every target.
-async fn exchange(
-    mut lane: Lane,
-    input: usize,
-    keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    targets: Vec<mpsc::Sender<(usize, Message)>>,
-) -> Result<()> {
-    let p = targets.len();
-    let state = RandomState::with_seed(0);
-    let mut hashes: Vec<u64> = Vec::new();
-    while let Some(msg) = lane.next().await {
-        match msg? {
-            Message::Batch(b) if p == 1 => {
-                if targets[0].send((input, Message::Batch(b))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Message::Batch(b) => {
-                let cols: Vec<ArrayRef> = keys
-                    .iter()
-                    .map(|k| eval(k, &b))
-                    .collect::<datafusion::error::Result<_>>()?;
-                hashes.clear();
-                hashes.resize(b.num_rows(), 0);
-                create_hashes(&cols, &state, &mut hashes)?;
-                let mut idx: Vec<Vec<u32>> = vec![Vec::new(); p];
-                for (row, h) in hashes.iter().enumerate() {
-                    idx[(*h % p as u64) as usize].push(row as u32);
-                }
-                for (t, rows) in idx.into_iter().enumerate() {
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let part = if rows.len() == b.num_rows() {
-                        b.clone()
-                    } else {
-                        take_record_batch(&b, &UInt32Array::from(rows))?
-                    };
-                    if targets[t].send((input, Message::Batch(part))).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            other => {
-                let end = matches!(other, Message::End);
-                for t in &targets {
-                    if t.send((input, other.clone())).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                if end {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One parallel task of a keyed operator.
-async fn run_keyed(
-    mut rx: mpsc::Receiver<(usize, Message)>,
-    inputs: usize,
-    mut op: Box<dyn KeyedOperator>,
-    tx: mpsc::Sender<Result<Message>>,
-    metrics: Arc<NodeMetrics>,
-    task: usize,
-    mut ck: TaskCheckpoint,
-) -> Result<()> {
-    let mut watermarks = vec![i64::MIN; inputs];
-    // Barrier alignment: an input whose barrier came is blocked, and what
-    // it sends meanwhile is held back, until every input's barrier came.
-    let mut blocked = vec![false; inputs];
-    let mut held: Vec<std::collections::VecDeque<Message>> = vec![Default::default(); inputs];
-    let mut aligning: Option<u64> = None;
-    let mut ended = vec![false; inputs];
-    let mut current = i64::MIN;
-    let mut state_seen = Instant::now();
-    let mut out = Vec::new();
-    let (mut rows, mut bytes) = (0i64, 0i64);
-    let started = Instant::now();
-    // Inputs that said they are idle are left out of the watermark until
-    // they send rows or a watermark again.
-    let mut idle = vec![false; inputs];
-    let mut sent_idle = false;
-    loop {
-        // Held messages of inputs no longer blocked come first, in order.
-        let next = match (0..inputs).find(|j| !blocked[*j] && !held[*j].is_empty()) {
-            Some(j) => held[j].pop_front().map(|m| (j, m)),
-            None => rx.recv().await,
-        };
-        let Some((i, msg)) = next else {
-            break;
-        };
-        if blocked[i] {
-            held[i].push_back(msg);
-            continue;
-        }
-        match msg {
-            Message::Batch(b) => {
-                idle[i] = false;
-                metrics.add_in(b.num_rows());
-                op.on_batch(b, &mut out)?;
-            }
-            Message::Idle => {
-                idle[i] = true;
-                let active = (0..inputs).filter(|j| !idle[*j]).map(|j| watermarks[j]).min();
-                // All inputs idle: the greatest watermark known stands (as
-                // for a source's splits), so an input that never had a row
-                // does not keep windows of the others open forever.
-                let all_idle = active.is_none();
-                let target = active.or_else(|| watermarks.iter().copied().max());
-                match target {
-                    Some(least) if least > current => {
-                        // What the active inputs allow.
-                        sent_idle = false;
-                        current = least;
-                        op.on_watermark(current, &mut out)?;
-                        metrics.set_watermark(task, current);
-                        for b in out.drain(..) {
-                            metrics.add_out(b.num_rows());
-                            if tx.send(Ok(Message::Batch(b))).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                        if tx.send(Ok(Message::Watermark(current))).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    _ => {}
-                }
-                if all_idle && !sent_idle {
-                    sent_idle = true;
-                    if tx.send(Ok(Message::Idle)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            Message::Watermark(w) => {
-                idle[i] = false;
-                sent_idle = false;
-                watermarks[i] = watermarks[i].max(w);
-                let least = (0..inputs)
-                    .filter(|j| !idle[*j])
-                    .map(|j| watermarks[j])
-                    .min()
-                    .expect("the sender is active");
-                // Every watermark message is a progress step: updating
-                // operators emit their changes even when the watermark did
-                // not move (rows can arrive behind it, e.g. from a partition
-                // that was idle); windows close only when it moves.
-                let advanced = least > current;
-                current = current.max(least);
-                op.on_watermark(current, &mut out)?;
-                if advanced {
-                    metrics.set_watermark(task, current);
-                }
-                // State figures when time moves, and now and then without
-                // (a stream without event time never moves it).
-                if advanced || state_seen.elapsed() >= STATE_METRICS_EVERY {
-                    state_seen = Instant::now();
-                    let (r, by) = op.state_size();
-                    metrics.add_state(r as i64 - rows, by as i64 - bytes);
-                    (rows, bytes) = (r as i64, by as i64);
-                }
-                let emitted = !out.is_empty();
-                for b in out.drain(..) {
-                    metrics.add_out(b.num_rows());
-                    if tx.send(Ok(Message::Batch(b))).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                // Changes are followed by a progress step, so an updating
-                // operator downstream emits them too.
-                if (advanced || emitted) && tx.send(Ok(Message::Watermark(current))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Message::Barrier(epoch) => {
-                blocked[i] = true;
-                aligning = Some(epoch);
-            }
-            Message::End => {
-                ended[i] = true;
-                if ended.iter().all(|e| *e) {
-                    for b in out.drain(..) {
-                        metrics.add_out(b.num_rows());
-                        if tx.send(Ok(Message::Batch(b))).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    let _ = tx.send(Ok(Message::End)).await;
-                    ck.done();
-                    tracing::debug!(elapsed = ?started.elapsed(), "keyed task finished");
-                    return Ok(());
-                }
-            }
-        }
-        if let Some(epoch) = aligning
-            && (0..inputs).all(|j| blocked[j] || ended[j])
-        {
-            // Every input is at the barrier: emit what is pending (a
-            // progress step), snapshot, pass the barrier on, unblock.
-            aligning = None;
-            op.on_watermark(current, &mut out)?;
-            for b in out.drain(..) {
-                metrics.add_out(b.num_rows());
-                if tx.send(Ok(Message::Batch(b))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            ck.save_operator(epoch, op.as_mut()).await;
-            if tx.send(Ok(Message::Barrier(epoch))).await.is_err() {
-                return Ok(());
-            }
-            blocked.fill(false);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,268 @@
+//! Keyed operators in a dataflow: a hash exchange per input lane, and `P`
+//! parallel tasks that each run one instance of the operator over what the
+//! exchanges send them.
+//!
+//! An operator may have several inputs (a join has two), each with its own
+//! key expressions: every lane of input `i` is hashed on input `i`'s keys,
+//! so rows of all inputs with equal keys meet in the same task. Each task
+//! hands its messages to an [`Aligner`], which tags rows with their input,
+//! aligns checkpoint barriers over every lane and tracks watermarks per
+//! input and overall.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take_record_batch;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::physical_expr::PhysicalExpr;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::align::{Aligner, Event};
+use super::{CHANNEL_CAPACITY, Lane, STATE_METRICS_EVERY, Task, TaskCheckpoint, Wiring, build};
+use crate::error::{Result, SluiceError};
+use crate::stream::Message;
+use crate::streaming::metrics::NodeMetrics;
+use crate::streaming::operators::{KeyedOperator, eval};
+use crate::streaming::plan::Node;
+
+/// Exchanges plus parallel keyed operator tasks; returns their output
+/// lanes. `keys[i]` are the key expressions of `node.inputs[i]`.
+pub(super) fn keyed(
+    node: &Node,
+    keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    ops: Vec<Box<dyn KeyedOperator>>,
+    tasks: &mut Vec<Task>,
+    wiring: &mut Wiring,
+) -> Result<Vec<Lane>> {
+    if keys.len() != node.inputs.len() {
+        return Err(SluiceError::internal(format!(
+            "{} inputs but keys for {}",
+            node.inputs.len(),
+            keys.len()
+        )));
+    }
+    let restore = wiring.restore.clone();
+    wiring.parallelism.insert(node.id.to_string(), ops.len());
+    // Every input's lanes, numbered across inputs.
+    let mut lanes_in = Vec::new();
+    let mut lane_inputs = Vec::new();
+    for (i, input) in node.inputs.iter().enumerate() {
+        for lane in build(input, tasks, wiring)? {
+            lanes_in.push(lane);
+            lane_inputs.push(i);
+        }
+    }
+    let p = ops.len();
+    let mut senders = Vec::with_capacity(p);
+    let mut receivers = Vec::with_capacity(p);
+    for _ in 0..p {
+        let (tx, rx) = mpsc::channel::<(usize, Message)>(CHANNEL_CAPACITY * lanes_in.len().max(1));
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    for (l, lane) in lanes_in.into_iter().enumerate() {
+        tasks.push(exchange(lane, l, keys[lane_inputs[l]].clone(), senders.clone()).boxed());
+    }
+    drop(senders);
+    let lane_inputs: Arc<[usize]> = lane_inputs.into();
+    let mut lanes = Vec::with_capacity(p);
+    for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
+        let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
+        let key = format!("op-{}-{t}", node.id);
+        let ck = wiring.task(key.clone());
+        wiring.participate(&key);
+        let restore = restore.clone();
+        let metrics = node.metrics.clone();
+        let aligner = Aligner::new(&lane_inputs);
+        tasks.push(
+            async move {
+                // Each task restores its own state, in parallel with the
+                // others and off the async workers (a large state takes
+                // seconds to rebuild).
+                let op = match restore {
+                    Some(r) => tokio::task::spawn_blocking(move || -> Result<Box<dyn KeyedOperator>> {
+                        let mut op = op;
+                        op.restore(r.state(&key)?)?;
+                        Ok(op)
+                    })
+                    .await
+                    .map_err(|e| SluiceError::internal(format!("restoring operator state: {e}")))??,
+                    None => op,
+                };
+                run_keyed(rx, aligner, op, tx, metrics, t, ck).await
+            }
+            .boxed(),
+        );
+        lanes.push(tokio_stream_from(orx));
+    }
+    Ok(lanes)
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Routes rows by key hash; progress messages go to every target.
+async fn exchange(
+    mut lane: Lane,
+    lane_id: usize,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    targets: Vec<mpsc::Sender<(usize, Message)>>,
+) -> Result<()> {
+    let p = targets.len();
+    let state = RandomState::with_seed(0);
+    let mut hashes: Vec<u64> = Vec::new();
+    while let Some(msg) = lane.next().await {
+        match msg? {
+            Message::Batch(b) if p == 1 => {
+                if targets[0].send((lane_id, Message::Batch(b))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Message::Batch(b) => {
+                let cols: Vec<ArrayRef> = keys
+                    .iter()
+                    .map(|k| eval(k, &b))
+                    .collect::<datafusion::error::Result<_>>()?;
+                hashes.clear();
+                hashes.resize(b.num_rows(), 0);
+                create_hashes(&cols, &state, &mut hashes)?;
+                let mut idx: Vec<Vec<u32>> = vec![Vec::new(); p];
+                for (row, h) in hashes.iter().enumerate() {
+                    idx[(*h % p as u64) as usize].push(row as u32);
+                }
+                for (t, rows) in idx.into_iter().enumerate() {
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let part = if rows.len() == b.num_rows() {
+                        b.clone()
+                    } else {
+                        take_record_batch(&b, &UInt32Array::from(rows))?
+                    };
+                    if targets[t].send((lane_id, Message::Batch(part))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            other => {
+                let end = matches!(other, Message::End);
+                for t in &targets {
+                    if t.send((lane_id, other.clone())).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if end {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends the operator's output; false when downstream is gone.
+async fn forward(
+    out: &mut Vec<arrow::array::RecordBatch>,
+    tx: &mpsc::Sender<Result<Message>>,
+    metrics: &NodeMetrics,
+) -> bool {
+    for b in out.drain(..) {
+        metrics.add_out(b.num_rows());
+        if tx.send(Ok(Message::Batch(b))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One parallel task of a keyed operator.
+async fn run_keyed(
+    mut rx: mpsc::Receiver<(usize, Message)>,
+    mut aligner: Aligner,
+    mut op: Box<dyn KeyedOperator>,
+    tx: mpsc::Sender<Result<Message>>,
+    metrics: Arc<NodeMetrics>,
+    task: usize,
+    mut ck: TaskCheckpoint,
+) -> Result<()> {
+    let mut state_seen = Instant::now();
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    let started = Instant::now();
+    loop {
+        // Held messages of lanes no longer blocked come first, in order.
+        let next = match aligner.next_held() {
+            Some(m) => Some(m),
+            None => rx.recv().await,
+        };
+        let Some((lane, msg)) = next else {
+            break;
+        };
+        aligner.push(lane, msg, &mut events);
+        for event in events.drain(..) {
+            match event {
+                Event::Batch { input, batch } => {
+                    metrics.add_in(batch.num_rows());
+                    op.on_batch(input, batch, &mut out)?;
+                }
+                Event::InputWatermark { input, watermark } => {
+                    op.on_input_watermark(input, watermark, &mut out)?;
+                }
+                Event::Progress { watermark, advanced } => {
+                    op.on_watermark(watermark, &mut out)?;
+                    if advanced {
+                        metrics.set_watermark(task, watermark);
+                    }
+                    // State figures when time moves, and now and then
+                    // without (a stream without event time never moves it).
+                    if advanced || state_seen.elapsed() >= STATE_METRICS_EVERY {
+                        state_seen = Instant::now();
+                        let (r, by) = op.state_size();
+                        metrics.add_state(r as i64 - rows, by as i64 - bytes);
+                        (rows, bytes) = (r as i64, by as i64);
+                    }
+                    let emitted = !out.is_empty();
+                    if !forward(&mut out, &tx, &metrics).await {
+                        return Ok(());
+                    }
+                    // Changes are followed by a progress step, so an
+                    // updating operator downstream emits them too.
+                    if (advanced || emitted) && tx.send(Ok(Message::Watermark(watermark))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Event::Idle => {
+                    if tx.send(Ok(Message::Idle)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Event::Barrier(epoch) => {
+                    // Every lane is at the barrier: emit what is pending (a
+                    // progress step), snapshot, pass the barrier on.
+                    op.on_watermark(aligner.watermark(), &mut out)?;
+                    if !forward(&mut out, &tx, &metrics).await {
+                        return Ok(());
+                    }
+                    ck.save_operator(epoch, op.as_mut()).await;
+                    if tx.send(Ok(Message::Barrier(epoch))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Event::End => {
+                    if !forward(&mut out, &tx, &metrics).await {
+                        return Ok(());
+                    }
+                    let _ = tx.send(Ok(Message::End)).await;
+                    ck.done();
+                    tracing::debug!(elapsed = ?started.elapsed(), "keyed task finished");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
