@@ -150,6 +150,33 @@ fn store_error(url: &str, e: object_store::Error) -> SluiceError {
 /// Objects larger than this go up in parts.
 const MULTIPART_OVER: usize = 16 << 20;
 
+/// The format of checkpoint state files (the operators' and sinks'
+/// snapshot layouts), kept in each file's footer. A restore refuses a
+/// version it does not know rather than misread the state; a file without
+/// one was written before versions were kept, in version 1.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// The footer key holding [`STATE_FORMAT_VERSION`].
+const STATE_VERSION_KEY: &str = "sluice.state.version";
+
+fn check_state_version(
+    meta: &std::collections::HashMap<String, String>,
+    rel: &str,
+    epoch: u64,
+) -> Result<()> {
+    match meta.get(STATE_VERSION_KEY) {
+        None => Ok(()),
+        Some(v) if v.parse::<u32>() == Ok(STATE_FORMAT_VERSION) => Ok(()),
+        Some(v) => Err(SluiceError::new(
+            crate::error::ErrorKind::NotSupported,
+            format!(
+                "checkpoint {epoch}: state file {rel} has state format version {v}, and this Sluice \
+                 reads version {STATE_FORMAT_VERSION} (was it written by a newer Sluice?)"
+            ),
+        )),
+    }
+}
+
 /// A job's checkpoints: one directory (or prefix) per epoch.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
@@ -334,6 +361,7 @@ impl CheckpointStore {
                 fs::create_dir_all(&dir)?;
                 let file = File::create(dir.join(&name))?;
                 let mut w = arrow::ipc::writer::FileWriter::try_new(file, &first.schema())?;
+                w.write_metadata(STATE_VERSION_KEY, STATE_FORMAT_VERSION.to_string());
                 for b in batches {
                     w.write(b)?;
                 }
@@ -345,6 +373,7 @@ impl CheckpointStore {
             }
             CheckpointRoot::Object { .. } => {
                 let mut w = arrow::ipc::writer::FileWriter::try_new(Vec::new(), &first.schema())?;
+                w.write_metadata(STATE_VERSION_KEY, STATE_FORMAT_VERSION.to_string());
                 for b in batches {
                     w.write(b)?;
                 }
@@ -499,6 +528,7 @@ impl CheckpointStore {
             CheckpointRoot::Local(dir) => {
                 let file = File::open(dir.join(rel))?;
                 let reader = arrow::ipc::reader::FileReader::try_new(file, None)?;
+                check_state_version(reader.custom_metadata(), rel, epoch)?;
                 reader.collect::<std::result::Result<Vec<_>, _>>()?
             }
             CheckpointRoot::Object { .. } => {
@@ -512,6 +542,7 @@ impl CheckpointStore {
                     )
                 })?;
                 let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+                check_state_version(reader.custom_metadata(), rel, epoch)?;
                 reader.collect::<std::result::Result<Vec<_>, _>>()?
             }
         };
@@ -958,6 +989,56 @@ mod tests {
         );
         store.commit(&m).unwrap();
         assert_eq!(store.epochs().unwrap(), vec![6, 5]);
+    }
+
+    /// State files carry their format version; one written by a newer
+    /// format is refused with a message naming both, one from before
+    /// versions were kept is read as version 1.
+    #[test]
+    fn state_files_carry_a_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = CheckpointRoot::local(dir.path());
+        let store = CheckpointStore::new(&root, "v");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![7]))]).unwrap();
+        let (name, _) = store
+            .write_state(1, "op-1-0", std::slice::from_ref(&batch))
+            .unwrap()
+            .unwrap();
+        let mut m = manifest(1);
+        m.states.insert("op-1-0".into(), name.clone());
+        store.commit(&m).unwrap();
+        let path = dir
+            .path()
+            .join("checkpoints/v")
+            .join(CheckpointStore::state_path(1, &name));
+        let meta = |p: &std::path::Path| {
+            let r = arrow::ipc::reader::FileReader::try_new(File::open(p).unwrap(), None).unwrap();
+            r.custom_metadata().clone()
+        };
+        assert_eq!(meta(&path).get(STATE_VERSION_KEY).map(String::as_str), Some("1"));
+        assert_eq!(store.read_state(&m, "op-1-0").unwrap(), vec![batch.clone()]);
+        // Rewritten as another version would write it, then without one.
+        for (version, readable) in [(Some("2"), false), (None, true)] {
+            let mut w =
+                arrow::ipc::writer::FileWriter::try_new(File::create(&path).unwrap(), &schema).unwrap();
+            if let Some(v) = version {
+                w.write_metadata(STATE_VERSION_KEY, v);
+            }
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+            match store.read_state(&m, "op-1-0") {
+                Ok(b) => assert!(readable && b == vec![batch.clone()], "{version:?}"),
+                Err(e) => {
+                    assert!(!readable, "{version:?}: {e}");
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("state format version 2") && e.contains("reads version 1"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod mview;
 pub mod operators;
 pub mod plan;
 pub mod runtime;
+pub(crate) mod state;
 pub mod window;

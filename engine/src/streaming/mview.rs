@@ -12,6 +12,7 @@
 //! different moments, snapshots each part at its own barrier. Reads sum the
 //! parts.
 
+use crate::streaming::state::IncrementalRule;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -330,11 +331,7 @@ impl MaterializedView {
     /// checkpoint restored on top of that snapshot: the batches appended
     /// after the first `since.appended` (append-only), or each changed row
     /// with its net change in count (updating; [`Self::restore_lane`] adds
-    /// counts). None when a full snapshot is better: more than half the
-    /// rows changed (cheaper to restore), or the incremental ones since the
-    /// full one would have written more rows than there are (the changes
-    /// are cumulative: a full snapshot taken early would otherwise have
-    /// most of the rows written again each time).
+    /// counts). None when a full snapshot is due (see [`IncrementalRule`]).
     fn lane_changes(&self, lane: usize, since: &mut SinceFull) -> Result<Option<Vec<RecordBatch>>> {
         let state = self.state.read().expect("view lock poisoned");
         let (total, changed) = match state.get(lane) {
@@ -350,10 +347,9 @@ impl MaterializedView {
             ),
             Some(State::Multiset { counts, .. }) => (counts.len(), since.delta.len()),
         };
-        if changed * 2 > total || since.written + changed > total {
+        if !since.rule.incremental(changed, total) {
             return Ok(None);
         }
-        since.written += changed;
         // No change: no file, the full snapshot alone stands.
         match &state[lane] {
             State::Append(b) => Ok(Some(b.get(since.appended..).unwrap_or_default().to_vec())),
@@ -498,8 +494,8 @@ struct SinceFull {
     appended: usize,
     /// Net change in count per row after it (updating).
     delta: RowCounts,
-    /// Rows written by incremental snapshots since.
-    written: usize,
+    /// When incremental snapshots give way to a full one.
+    rule: IncrementalRule,
 }
 
 #[async_trait]
@@ -517,7 +513,7 @@ impl SinkWriter for ViewWriter {
         self.since_full = Some(SinceFull {
             appended: state.len(),
             delta: HashMap::new(),
-            written: 0,
+            rule: IncrementalRule::default(),
         });
         Ok(state)
     }

@@ -35,6 +35,8 @@ use super::{
     state_batch, state_widths, widths_meta, with_op_column,
 };
 
+use crate::streaming::state::ChangedGroups;
+
 type Result<T> = datafusion::error::Result<T>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,10 +371,7 @@ pub struct ColumnarAggregate {
     dirty: Vec<usize>,
     had_row: Vec<bool>,
     /// Groups changed since the last full snapshot (for incremental ones).
-    changed: Vec<bool>,
-    changed_list: Vec<usize>,
-    /// Groups written by incremental snapshots since the last full one.
-    written_since_full: usize,
+    changed: ChangedGroups,
     scratch: Vec<usize>,
 }
 
@@ -412,9 +411,7 @@ impl ColumnarAggregate {
             is_dirty: Vec::new(),
             dirty: Vec::new(),
             had_row: Vec::new(),
-            changed: Vec::new(),
-            changed_list: Vec::new(),
-            written_since_full: 0,
+            changed: ChangedGroups::default(),
             scratch: Vec::new(),
         }))
     }
@@ -461,7 +458,6 @@ impl ColumnarAggregate {
         self.rows.resize(self.n, 0);
         self.emitted.resize(self.n, false);
         self.is_dirty.resize(self.n, false);
-        self.changed.resize(self.n, false);
         Ok(())
     }
 
@@ -551,10 +547,7 @@ impl KeyedOperator for ColumnarAggregate {
                 self.dirty.push(g);
                 let had = self.emitted[g];
                 self.had_row.push(had);
-                if !self.changed[g] {
-                    self.changed[g] = true;
-                    self.changed_list.push(g);
-                }
+                self.changed.mark(g);
                 if had {
                     for acc in &mut self.accs {
                         acc.save_old(g);
@@ -593,10 +586,7 @@ impl KeyedOperator for ColumnarAggregate {
     /// The boxed operator's layout: keys, row counts, each aggregate's
     /// DataFusion state columns.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        for g in self.changed_list.drain(..) {
-            self.changed[g] = false;
-        }
-        self.written_since_full = 0;
+        self.changed.full_taken();
         if self.n == 0 {
             return Ok(vec![]);
         }
@@ -604,21 +594,13 @@ impl KeyedOperator for ColumnarAggregate {
     }
 
     /// The changed groups' rows in the same layout; restoring them after
-    /// the full snapshot overwrites those groups. A full snapshot instead
-    /// once half the groups changed (cheaper to restore), or once the
-    /// incremental ones since the last full one would have written more
-    /// groups than there are (the changes are cumulative: a full snapshot
-    /// taken early, say while a first large input was still coming in,
-    /// would otherwise have most of the state written again each time).
+    /// the full snapshot overwrites those groups (None when a full one is
+    /// due, see [`crate::streaming::state::IncrementalRule`]).
     fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
-        let changed = self.changed_list.len();
-        if changed * 2 > self.n || self.written_since_full + changed > self.n {
-            return Ok(None);
+        match self.changed.incremental(self.n) {
+            Some(list) => self.state_rows(Some(&list)).map(Some),
+            None => Ok(None),
         }
-        self.written_since_full += changed;
-        let mut list = self.changed_list.clone();
-        list.sort_unstable();
-        self.state_rows(Some(&list)).map(Some)
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {

@@ -3,6 +3,7 @@
 //! count(DISTINCT) / string_agg).
 
 use super::*;
+use crate::streaming::state::ChangedGroups;
 
 /// GROUP BY without windows over an append-only input: an updating stream.
 /// Changed groups are emitted at each watermark (a delete of the previous
@@ -39,11 +40,8 @@ pub struct UpdatingAggregate {
     live: usize,
     /// State columns per aggregate in `restored`.
     restored_widths: Vec<usize>,
-    /// Groups changed since the last full snapshot (for incremental ones),
-    /// and the groups incremental snapshots wrote since.
-    changed: Vec<bool>,
-    changed_list: Vec<usize>,
-    written_since_full: usize,
+    /// Groups changed since the last full snapshot (for incremental ones).
+    changed: ChangedGroups,
 }
 
 impl UpdatingAggregate {
@@ -74,9 +72,7 @@ impl UpdatingAggregate {
             origin: Vec::new(),
             restored_widths: Vec::new(),
             live: 0,
-            changed: Vec::new(),
-            changed_list: Vec::new(),
-            written_since_full: 0,
+            changed: ChangedGroups::default(),
         })
     }
 
@@ -129,7 +125,6 @@ impl UpdatingAggregate {
         self.emitted.push(None);
         self.is_dirty.push(false);
         self.origin.push(None);
-        self.changed.push(false);
         Ok(self.accs.len() - 1)
     }
 
@@ -293,10 +288,7 @@ impl UpdatingAggregate {
                 self.is_dirty[g] = true;
                 self.dirty.push(g);
             }
-            if !self.changed[g] {
-                self.changed[g] = true;
-                self.changed_list.push(g);
-            }
+            self.changed.mark(g);
         }
         Ok(())
     }
@@ -341,10 +333,7 @@ impl KeyedOperator for UpdatingAggregate {
     /// runtime flushes before a snapshot), so it is not stored. Groups
     /// restored and not touched since are copied from their restored rows.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        for g in self.changed_list.drain(..) {
-            self.changed[g] = false;
-        }
-        self.written_since_full = 0;
+        self.changed.full_taken();
         let n = self.accs.len();
         if n == 0 {
             return Ok(vec![]);
@@ -354,22 +343,16 @@ impl KeyedOperator for UpdatingAggregate {
     }
 
     /// The groups changed since the last full snapshot, in its layout; a
-    /// restore of both takes the later row of a group. A full snapshot
-    /// instead once half the groups changed, or once the incremental ones
-    /// since the last full one wrote more groups than there are.
+    /// restore of both takes the later row of a group (None when a full
+    /// one is due, see [`crate::streaming::state::IncrementalRule`]).
     fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
-        let changed = self.changed_list.len();
-        let n = self.accs.len();
-        if changed * 2 > n || self.written_since_full + changed > n {
+        let Some(list) = self.changed.incremental(self.accs.len()) else {
             return Ok(None);
-        }
-        self.written_since_full += changed;
-        if changed == 0 {
+        };
+        if list.is_empty() {
             // Nothing changed: the full snapshot alone stands.
             return Ok(Some(vec![]));
         }
-        let mut list = self.changed_list.clone();
-        list.sort_unstable();
         self.snapshot_of(&list).map(Some)
     }
 
@@ -529,7 +512,6 @@ impl UpdatingAggregate {
                 self.emitted.push(None);
                 self.is_dirty.push(false);
                 self.origin.push(Some((at, i as u32)));
-                self.changed.push(false);
                 if let Some(keys) = &keys {
                     let row = keys.row(i);
                     self.index.insert(row.as_ref().into(), g);

@@ -3,9 +3,9 @@
 //! A plan becomes "lanes": streams of [`Message`]s. A source partition is a
 //! lane; stateless operators map a lane in place, so a chain of them runs
 //! fused in whichever task drives the lane. A keyed operator ends the lanes
-//! below it ([`keyed`]): one exchange task per input lane hashes rows by
+//! below it (`keyed`): one exchange task per input lane hashes rows by
 //! its input's keys into `P` bounded channels, and `P` operator tasks each
-//! merge their lanes through an aligner ([`align`]: rows tagged with their
+//! merge their lanes through an aligner (`align`: rows tagged with their
 //! input, barriers aligned, watermarks per input and overall) and start a
 //! new lane. A sink
 //! drives each final lane in its own task. Every channel is bounded, so a
