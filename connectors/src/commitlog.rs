@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -41,8 +41,6 @@ use sluice_engine::sink::{
     CommitRecord, CommitRequest, Committer, Landed, SourceRange, TableLog, TableVersion, landed_table,
 };
 use sluice_engine::{ErrorKind, Result, SluiceError};
-
-use crate::filesystem::{PendingFile, pending_files};
 
 /// The directory of commit records, under the sink's location.
 const COMMITS_DIR: &str = "_sluice_commits";
@@ -547,6 +545,111 @@ impl TableLog for FsLog {
         out.sort_by_key(|c| c.version);
         Ok(out)
     }
+}
+
+/// A file written for a table log but not committed yet.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PendingFile {
+    /// Relative to the table's location, in object store form.
+    pub(crate) path: String,
+    pub(crate) size: i64,
+    pub(crate) rows: i64,
+    /// Partition column -> value (None: NULL).
+    pub(crate) partition: Vec<(String, Option<String>)>,
+}
+
+/// The checkpoint state of a lane's pending files.
+pub(crate) fn pending_batch(files: &[PendingFile]) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("partition", DataType::Utf8, false),
+    ]));
+    let path: StringArray = files.iter().map(|f| Some(f.path.as_str())).collect();
+    let size: Int64Array = files.iter().map(|f| Some(f.size)).collect();
+    let rows: Int64Array = files.iter().map(|f| Some(f.rows)).collect();
+    let partition: StringArray = files
+        .iter()
+        .map(|f| {
+            let map: serde_json::Map<String, serde_json::Value> = f
+                .partition
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.clone()
+                            .map_or(serde_json::Value::Null, serde_json::Value::String),
+                    )
+                })
+                .collect();
+            Some(serde_json::Value::Object(map).to_string())
+        })
+        .collect();
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(path),
+            Arc::new(size),
+            Arc::new(rows),
+            Arc::new(partition),
+        ],
+    )?)
+}
+
+/// The pending files in checkpoint state (see [`pending_batch`]).
+pub(crate) fn pending_files(batches: &[RecordBatch]) -> Result<Vec<PendingFile>> {
+    let bad = || SluiceError::internal("sink checkpoint state is not a list of pending files");
+    let mut out = vec![];
+    for b in batches {
+        if b.num_columns() != 4 {
+            return Err(bad());
+        }
+        let path = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        let size = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let rows = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let partition = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        for i in 0..b.num_rows() {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(partition.value(i)).map_err(|_| bad())?;
+            out.push(PendingFile {
+                path: path.value(i).to_string(),
+                size: size.value(i),
+                rows: rows.value(i),
+                partition: map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().map(String::from)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The SHA-256 of a job's query text, hex: commit records name the query
+/// that landed them.
+pub(crate) fn query_hash(query: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(query.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ use sluice_engine::sink::{
 use sluice_engine::{ErrorKind, Result, SluiceError};
 use url::Url;
 
-use crate::filesystem::{FsOptions, FsWriter, LogLane, PendingFile, pending_files};
+use crate::commitlog::{PendingFile, pending_files, query_hash};
+use crate::filesystem::{FsOptions, FsWriter, LogLane};
 
 /// The key of Sluice's provenance in a Delta commit's `commitInfo`.
 const PROVENANCE: &str = "sluice";
@@ -227,14 +228,6 @@ fn table_url(location: &str, path: &object_store::path::Path) -> Result<Url> {
         return Url::parse(&s).map_err(|e| bad(e.to_string()));
     }
     Url::parse(&format!("file:///{path}/")).map_err(|e| bad(e.to_string()))
-}
-
-pub(crate) fn query_hash(query: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(query.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Provenance recorded in each commit's `commitInfo`.

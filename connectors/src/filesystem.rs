@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, Int8Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -30,8 +30,8 @@ use sluice_engine::retry::retry;
 use sluice_engine::sink::{CommitRequest, Landed, SinkConnector, SinkContext, SinkWriter, TableLog};
 
 use crate::commitlog::{
-    FsLog, FsLogConfig, LANE_KEY, LANES_KEY, PartitionCommit, Trigger, WATERMARK_KEY, staging_path,
-    staging_tag,
+    FsLog, FsLogConfig, LANE_KEY, LANES_KEY, PartitionCommit, PendingFile, Trigger, WATERMARK_KEY,
+    pending_batch, pending_files, query_hash, staging_path, staging_tag,
 };
 use sluice_engine::{Result, SluiceError};
 
@@ -369,7 +369,7 @@ impl SinkConnector for FileSystemSink {
             name: ctx.name.clone(),
             job_id: ctx.job_id.clone(),
             run_id: ctx.run_id.clone(),
-            query_hash: crate::delta::query_hash(query),
+            query_hash: query_hash(query),
             store,
             base,
             landed: Landed {
@@ -452,17 +452,6 @@ impl FsWriter {
             watermark: None,
         })
     }
-}
-
-/// A file written for a table log but not committed yet.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PendingFile {
-    /// Relative to the table's location, in object store form.
-    pub(crate) path: String,
-    pub(crate) size: i64,
-    pub(crate) rows: i64,
-    /// Partition column -> value (None: NULL).
-    pub(crate) partition: Vec<(String, Option<String>)>,
 }
 
 /// A lane's side of a table log: the files it wrote since the last
@@ -729,90 +718,6 @@ fn encode(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result
             for b in batches {
                 w.write(b)?;
             }
-        }
-    }
-    Ok(out)
-}
-
-/// The checkpoint state of a lane's pending files.
-pub(crate) fn pending_batch(files: &[PendingFile]) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("size", DataType::Int64, false),
-        Field::new("rows", DataType::Int64, false),
-        Field::new("partition", DataType::Utf8, false),
-    ]));
-    let path: StringArray = files.iter().map(|f| Some(f.path.as_str())).collect();
-    let size: Int64Array = files.iter().map(|f| Some(f.size)).collect();
-    let rows: Int64Array = files.iter().map(|f| Some(f.rows)).collect();
-    let partition: StringArray = files
-        .iter()
-        .map(|f| {
-            let map: serde_json::Map<String, serde_json::Value> = f
-                .partition
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.clone()
-                            .map_or(serde_json::Value::Null, serde_json::Value::String),
-                    )
-                })
-                .collect();
-            Some(serde_json::Value::Object(map).to_string())
-        })
-        .collect();
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(path),
-            Arc::new(size),
-            Arc::new(rows),
-            Arc::new(partition),
-        ],
-    )?)
-}
-
-/// The pending files in checkpoint state (see [`pending_batch`]).
-pub(crate) fn pending_files(batches: &[RecordBatch]) -> Result<Vec<PendingFile>> {
-    let bad = || SluiceError::internal("sink checkpoint state is not a list of pending files");
-    let mut out = vec![];
-    for b in batches {
-        if b.num_columns() != 4 {
-            return Err(bad());
-        }
-        let path = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(bad)?;
-        let size = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(bad)?;
-        let rows = b
-            .column(2)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(bad)?;
-        let partition = b
-            .column(3)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(bad)?;
-        for i in 0..b.num_rows() {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(partition.value(i)).map_err(|_| bad())?;
-            out.push(PendingFile {
-                path: path.value(i).to_string(),
-                size: size.value(i),
-                rows: rows.value(i),
-                partition: map
-                    .into_iter()
-                    .map(|(k, v)| (k, v.as_str().map(String::from)))
-                    .collect(),
-            });
         }
     }
     Ok(out)

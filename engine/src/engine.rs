@@ -19,16 +19,14 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{
-    self, Expr as SqlExpr, ObjectName, Set, Statement as SqlStatement, Value,
-};
+use datafusion::sql::sqlparser::ast::{self, Expr as SqlExpr, Set, Statement as SqlStatement, Value};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::catalog::{CatalogEntry, DurableCatalog, ObjectKind};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::jobs::{RunningJob, Streams, watermark_delay};
-use crate::parser::{self, CreateJob, CreateStream, Statement};
+use crate::parser::{self, CreateJob, CreateStream, Statement, normalize_name};
 use crate::sink::SinkRegistry;
 use crate::storage::StoreRegistry;
 use crate::stream::{SourceRegistry, StreamTable, check_options};
@@ -1647,22 +1645,6 @@ fn ddl_tag(ddl: &DdlStatement) -> String {
         DdlStatement::DropFunction(_) => "DROP FUNCTION",
     }
     .to_string()
-}
-
-/// Object names are case-insensitive unless quoted, as in Postgres; the
-/// catalog keys on the last part of the name.
-pub(crate) fn normalize_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|p| p.as_ident())
-        .map(|ident| {
-            if ident.quote_style.is_some() {
-                ident.value.clone()
-            } else {
-                ident.value.to_ascii_lowercase()
-            }
-        })
-        .unwrap_or_else(|| name.to_string())
 }
 
 fn value_to_string(v: &Value) -> String {

@@ -448,7 +448,7 @@ impl Session {
     /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
     /// starts the job, and records it durably when `persist`.
     pub(crate) async fn create_job(&self, create: CreateJob, sink: bool, persist: bool) -> Result<()> {
-        let name = crate::engine::normalize_name(&create.name);
+        let name = crate::parser::normalize_name(&create.name);
         let statement = if sink {
             Statement::CreateSink(create.clone())
         } else {
@@ -982,7 +982,7 @@ impl Session {
     }
 
     fn view(&self, name: &datafusion::sql::sqlparser::ast::ObjectName) -> Result<Arc<MaterializedView>> {
-        let name = crate::engine::normalize_name(name);
+        let name = crate::parser::normalize_name(name);
         let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
         if let Some(view) = jobs.get(&name).and_then(|j| j.view.clone()) {
             return Ok(view);
@@ -1099,7 +1099,7 @@ impl Session {
         } else {
             format!(
                 "MaterializedView: {} [{}]",
-                crate::engine::normalize_name(&create.name),
+                crate::parser::normalize_name(&create.name),
                 if node.updating { "keyed multiset" } else { "append" }
             )
         };

@@ -176,6 +176,22 @@ pub struct CreateStream {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Object names are case-insensitive unless quoted, as in Postgres; the
+/// catalog keys on the last part of the name.
+pub(crate) fn normalize_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|ident| {
+            if ident.quote_style.is_some() {
+                ident.value.clone()
+            } else {
+                ident.value.to_ascii_lowercase()
+            }
+        })
+        .unwrap_or_else(|| name.to_string())
+}
+
 /// A column name as the catalog keeps it: unquoted names lower-cased.
 pub fn column_name(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
     if ident.quote_style.is_some() {
@@ -916,7 +932,7 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
                     && matches!(parser.peek_token().token, Token::Word(_)) =>
             {
                 let name = parser.parse_object_name(false).map_err(syntax)?;
-                crate::secrets::make_reference(&crate::engine::normalize_name(&name))
+                crate::secrets::make_reference(&normalize_name(&name))
             }
             Token::Word(w) => w.value,
             other => {

@@ -81,7 +81,7 @@ fn password(p: &Password) -> Result<Option<String>> {
 }
 
 fn role_name(name: &ast::ObjectName) -> String {
-    crate::engine::normalize_name(name)
+    crate::parser::normalize_name(name)
 }
 
 /// The role statement in `statement`, if it is one.

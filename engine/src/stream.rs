@@ -20,9 +20,7 @@ use datafusion::catalog::{Session as CatalogSession, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use futures::StreamExt;
 
-use crate::streaming::window::WindowSpec;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -225,7 +223,7 @@ pub fn check_options(connector: &dyn SourceConnector, options: &BTreeMap<String,
 
 /// One partition of a stream as a DataFusion partition stream.
 #[derive(Debug)]
-struct SourcePartition {
+pub(crate) struct SourcePartition {
     connector: Arc<dyn SourceConnector>,
     options: BTreeMap<String, String>,
     schema: SchemaRef,
@@ -254,32 +252,6 @@ impl PartitionStream for SourcePartition {
             }
         });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
-    }
-}
-
-/// One partition of a stream with windows assigned, for batch scans of
-/// `TUMBLE(...)` / `HOP(...)`.
-#[derive(Debug)]
-struct WindowedPartition {
-    inner: SourcePartition,
-    spec: WindowSpec,
-    schema: SchemaRef,
-}
-
-impl PartitionStream for WindowedPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let spec = self.spec.clone();
-        let schema = self.schema.clone();
-        let out = schema.clone();
-        let stream = self
-            .inner
-            .execute(ctx)
-            .map(move |batch| batch.and_then(|b| spec.assign(&b, &out)));
-        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
     }
 }
 
@@ -370,7 +342,7 @@ impl StreamTable {
         self.bounded
     }
 
-    fn partition(&self, partition: usize) -> SourcePartition {
+    pub(crate) fn partition(&self, partition: usize) -> SourcePartition {
         SourcePartition {
             connector: self.connector.clone(),
             options: self.options.clone(),
@@ -389,7 +361,7 @@ impl StreamTable {
 
     /// Ad-hoc queries read a stream's rows as they come; a changelog's
     /// records are changes, which only a continuous query can apply.
-    fn check_batch_scan(&self) -> datafusion::error::Result<()> {
+    pub(crate) fn check_batch_scan(&self) -> datafusion::error::Result<()> {
         if self.changelog {
             return Err(SluiceError::not_supported(format!(
                 "{} is a changelog stream (its records insert and delete rows): read it through a \
@@ -407,25 +379,6 @@ impl StreamTable {
             .map(|p| Arc::new(self.partition(p)) as Arc<dyn PartitionStream>)
             .collect();
         Ok(StreamingTable::try_new(self.schema.clone(), parts)?.with_infinite_table(!self.bounded))
-    }
-
-    /// The stream with windows assigned, as a table for batch scans.
-    pub(crate) fn windowed_batch_table(
-        &self,
-        spec: WindowSpec,
-        schema: SchemaRef,
-    ) -> datafusion::error::Result<StreamingTable> {
-        self.check_batch_scan()?;
-        let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
-            .map(|p| {
-                Arc::new(WindowedPartition {
-                    inner: self.partition(p),
-                    spec: spec.clone(),
-                    schema: schema.clone(),
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        Ok(StreamingTable::try_new(schema, parts)?.with_infinite_table(!self.bounded))
     }
 }
 

@@ -25,7 +25,13 @@ use datafusion::sql::sqlparser::ast::{
     VisitorMut,
 };
 
-use crate::stream::StreamTable;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
+
+use crate::stream::{SourcePartition, StreamTable};
 
 /// Which windows a row belongs to. Sizes are in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,6 +479,53 @@ fn ident_name(id: &Ident) -> String {
         id.value.clone()
     } else {
         id.value.to_ascii_lowercase()
+    }
+}
+
+/// One partition of a stream with windows assigned, for batch scans of
+/// `TUMBLE(...)` / `HOP(...)`.
+#[derive(Debug)]
+struct WindowedPartition {
+    inner: SourcePartition,
+    spec: WindowSpec,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for WindowedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let spec = self.spec.clone();
+        let schema = self.schema.clone();
+        let out = schema.clone();
+        let stream = self
+            .inner
+            .execute(ctx)
+            .map(move |batch| batch.and_then(|b| spec.assign(&b, &out)));
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+}
+
+impl StreamTable {
+    /// The stream with windows assigned, as a table for batch scans.
+    pub(crate) fn windowed_batch_table(
+        &self,
+        spec: WindowSpec,
+        schema: SchemaRef,
+    ) -> datafusion::error::Result<StreamingTable> {
+        self.check_batch_scan()?;
+        let parts: Vec<Arc<dyn PartitionStream>> = (0..self.partitions)
+            .map(|p| {
+                Arc::new(WindowedPartition {
+                    inner: self.partition(p),
+                    spec: spec.clone(),
+                    schema: schema.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(StreamingTable::try_new(schema, parts)?.with_infinite_table(!self.is_bounded()))
     }
 }
 
