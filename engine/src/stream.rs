@@ -44,8 +44,12 @@ pub enum Message {
     /// Rows.
     Batch(RecordBatch),
     /// No row with an event time below this (microseconds since the epoch)
-    /// will follow.
+    /// will follow. Also a progress step (see [`Message::Progress`]).
     Watermark(i64),
+    /// A progress step without a change of event time: operators emit what
+    /// is pending (an updating aggregate its changed groups) and sinks may
+    /// roll files. Streams without event time send one after each batch.
+    Progress,
     /// A checkpoint barrier for the given epoch.
     Barrier(u64),
     /// The input has had no rows for a while (an idle Kafka partition):

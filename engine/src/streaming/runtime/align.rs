@@ -142,17 +142,19 @@ impl Aligner {
                     events.push(Event::Idle);
                 }
             }
-            Message::Watermark(w) => {
+            msg @ (Message::Watermark(_) | Message::Progress) => {
                 let l = &mut self.lanes[lane];
                 l.idle = false;
-                l.watermark = l.watermark.max(w);
                 self.sent_idle = false;
-                let input = l.input;
-                if let Some(w) = self.input_min(input)
-                    && w > self.input_watermarks[input]
-                {
-                    self.input_watermarks[input] = w;
-                    events.push(Event::InputWatermark { input, watermark: w });
+                if let Message::Watermark(w) = msg {
+                    l.watermark = l.watermark.max(w);
+                    let input = l.input;
+                    if let Some(w) = self.input_min(input)
+                        && w > self.input_watermarks[input]
+                    {
+                        self.input_watermarks[input] = w;
+                        events.push(Event::InputWatermark { input, watermark: w });
+                    }
                 }
                 let least = self.active_min().expect("the sender is active");
                 // Every watermark message is a progress step: updating
@@ -337,6 +339,37 @@ mod tests {
                     watermark: 50
                 },
                 p(50, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn progress_is_a_step_that_moves_no_watermark() {
+        let mut a = Aligner::new(&[0, 0]);
+        let events = run(
+            &mut a,
+            vec![
+                (0, Message::Progress),
+                (0, Message::Watermark(10)),
+                (1, Message::Watermark(10)),
+                (1, Message::Progress),
+            ],
+        );
+        let p = |w, advanced| Event::Progress {
+            watermark: w,
+            advanced,
+        };
+        assert_eq!(
+            events,
+            [
+                p(i64::MIN, false),
+                p(i64::MIN, false),
+                Event::InputWatermark {
+                    input: 0,
+                    watermark: 10
+                },
+                p(10, true),
+                p(10, false),
             ]
         );
     }

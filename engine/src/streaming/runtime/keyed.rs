@@ -231,7 +231,14 @@ async fn run_keyed(
                     }
                     // Changes are followed by a progress step, so an
                     // updating operator downstream emits them too.
-                    if (advanced || emitted) && tx.send(Ok(Message::Watermark(watermark))).await.is_err() {
+                    let step = if advanced {
+                        Some(Message::Watermark(watermark))
+                    } else {
+                        emitted.then_some(Message::Progress)
+                    };
+                    if let Some(step) = step
+                        && tx.send(Ok(step)).await.is_err()
+                    {
                         return Ok(());
                     }
                 }

@@ -1005,6 +1005,7 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, mut ck: Tas
                 watermark = watermark.max(w);
                 writer.on_watermark(w).await?
             }
+            Message::Progress => writer.on_watermark(watermark).await?,
             Message::Barrier(epoch) => {
                 passed = epoch;
                 // Output before the barrier must be durable before the
@@ -1456,10 +1457,10 @@ fn source_lane(
                         let wm = split_watermark(&state.splits, &idle_splits(&state.splits, &**source));
                         state.pending.push_back(Message::Batch(batch));
                         if table.watermark.is_none() {
-                            // No event time: every batch is a progress step
-                            // (a watermark that does not move), so updating
-                            // results downstream are emitted as rows arrive.
-                            state.pending.push_back(Message::Watermark(i64::MIN));
+                            // No event time: every batch is a progress step,
+                            // so updating results downstream are emitted as
+                            // rows arrive.
+                            state.pending.push_back(Message::Progress);
                         }
                         if let Some(wm) = wm
                             && wm > state.watermark
