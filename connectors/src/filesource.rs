@@ -205,7 +205,7 @@ impl SourceConnector for FileSystemSource {
         // The location must be reachable now: a clear error rather than a
         // failed job.
         let (store, base) =
-            sluice_engine::sink::resolve_location(&self.stores, &o.path, &self.store_options(options))?;
+            sluice_engine::storage::resolve_location(&self.stores, &o.path, &self.store_options(options))?;
         let probe = async move {
             let mut list = store.list(Some(&base));
             list.next().await.transpose()
@@ -254,7 +254,7 @@ impl SourceConnector for FileSystemSource {
                 .map_err(|e| SluiceError::internal(format!("files: bad checkpointed position: {e}")))?,
             None => Position::default(),
         };
-        let (store, base) = sluice_engine::sink::resolve_location(&self.stores, &o.path, &store_options)?;
+        let (store, base) = sluice_engine::storage::resolve_location(&self.stores, &o.path, &store_options)?;
         let layout = o.layout(schema);
         let decoder = match o.format {
             _ if o.whole_files() => None,

@@ -27,7 +27,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sluice_engine::stream::metadata_key;
-use sluice_engine::streaming::operators::with_op_column;
+use sluice_engine::stream::with_op_column;
 use sluice_engine::{ErrorKind, Result, SluiceError, StoreRegistry};
 
 use crate::avro::{AvroDecoder, AvroFraming};
@@ -852,7 +852,8 @@ impl BadRecords {
                 })
             }
             BadRecordPolicy::DeadLetterPath { location } => {
-                let (store, base) = sluice_engine::sink::resolve_location(stores, location, store_options)?;
+                let (store, base) =
+                    sluice_engine::storage::resolve_location(stores, location, store_options)?;
                 Some(DeadLetterSink::Files {
                     store,
                     base,

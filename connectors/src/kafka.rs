@@ -48,7 +48,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sluice_engine::stream::metadata_key;
-use sluice_engine::streaming::operators::with_op_column;
+use sluice_engine::stream::with_op_column;
 use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
 use crate::avro::{AvroEncoder, AvroFraming, Registry};

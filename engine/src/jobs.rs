@@ -526,7 +526,7 @@ impl Session {
             if let Some(landed) = &landed {
                 self.register_store(&landed.location, &store_options)?;
                 // Creates the directory for local sinks, so the table lists.
-                crate::sink::resolve_location(stores, &landed.location, &store_options)?;
+                crate::storage::resolve_location(stores, &landed.location, &store_options)?;
                 table_log =
                     connector.table_log(&options, &schema, updating, &ctx, &create.query.to_string())?;
                 let table: Arc<dyn datafusion::catalog::TableProvider> = match &table_log {

@@ -21,8 +21,8 @@ use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 
-use crate::error::{ErrorKind, Result, SluiceError};
-use crate::storage::StoreRegistry;
+use crate::error::{Result, SluiceError};
+use crate::storage::{StoreRegistry, resolve_location};
 
 /// Where a sink's output can be read back with SELECT (under the sink's
 /// name): a Hive-partitioned directory of files.
@@ -102,38 +102,6 @@ impl SinkContext {
     pub fn resolve(&self, location: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         resolve_location(&self.stores, location, &self.store_options)
     }
-}
-
-/// See [`SinkContext::resolve`].
-pub fn resolve_location(
-    stores: &StoreRegistry,
-    location: &str,
-    options: &BTreeMap<String, String>,
-) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    if let Some((_, store)) = stores.store_for_location(location, options)? {
-        let url = url::Url::parse(location)
-            .map_err(|e| SluiceError::invalid_parameter(format!("invalid location '{location}': {e}")))?;
-        let path = Path::parse(url.path().trim_start_matches('/'))
-            .map_err(|e| SluiceError::invalid_parameter(format!("invalid path in '{location}': {e}")))?;
-        return Ok((store, path));
-    }
-    let local = location.strip_prefix("file://").unwrap_or(location);
-    if local.contains("://") {
-        return Err(SluiceError::invalid_parameter(format!(
-            "no storage for '{location}': use file://, s3:// or hdfs://"
-        )));
-    }
-    let local = stores.local_path(local)?;
-    std::fs::create_dir_all(&local)?;
-    let abs = std::fs::canonicalize(&local)?;
-    let store = Arc::new(object_store::local::LocalFileSystem::new());
-    let path = Path::from_filesystem_path(&abs).map_err(|e| {
-        SluiceError::new(
-            ErrorKind::InvalidParameter,
-            format!("invalid path '{location}': {e}"),
-        )
-    })?;
-    Ok((store, path))
 }
 
 /// A version of a versioned landed table (`AS OF VERSION n`,

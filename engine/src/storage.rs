@@ -133,3 +133,38 @@ impl StoreRegistry {
         Ok(Some((base, store)))
     }
 }
+
+/// The object store and the path inside it for a location: `file://` URLs
+/// and plain paths are local (inside the directories SQL may use), other
+/// schemes come from the registry (with storage options such as
+/// `s3.endpoint`).
+pub fn resolve_location(
+    stores: &StoreRegistry,
+    location: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path)> {
+    if let Some((_, store)) = stores.store_for_location(location, options)? {
+        let url = url::Url::parse(location)
+            .map_err(|e| SluiceError::invalid_parameter(format!("invalid location '{location}': {e}")))?;
+        let path = object_store::path::Path::parse(url.path().trim_start_matches('/'))
+            .map_err(|e| SluiceError::invalid_parameter(format!("invalid path in '{location}': {e}")))?;
+        return Ok((store, path));
+    }
+    let local = location.strip_prefix("file://").unwrap_or(location);
+    if local.contains("://") {
+        return Err(SluiceError::invalid_parameter(format!(
+            "no storage for '{location}': use file://, s3:// or hdfs://"
+        )));
+    }
+    let local = stores.local_path(local)?;
+    std::fs::create_dir_all(&local)?;
+    let abs = std::fs::canonicalize(&local)?;
+    let store = Arc::new(object_store::local::LocalFileSystem::new());
+    let path = object_store::path::Path::from_filesystem_path(&abs).map_err(|e| {
+        SluiceError::new(
+            crate::error::ErrorKind::InvalidParameter,
+            format!("invalid path '{location}': {e}"),
+        )
+    })?;
+    Ok((store, path))
+}

@@ -59,6 +59,18 @@ pub enum Message {
     End,
 }
 
+/// Name of the operation column that updating streams carry last:
+/// `1` inserts the row, `-1` deletes it (an update is a delete and an insert).
+pub const OP_COLUMN: &str = "__sluice_op";
+
+/// The schema of an updating stream's batches: the rows plus the op column.
+pub fn with_op_column(schema: &arrow::datatypes::Schema) -> SchemaRef {
+    let mut fields: Vec<arrow::datatypes::Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow::datatypes::Field::new(OP_COLUMN, DataType::Int8, false));
+    Arc::new(arrow::datatypes::Schema::new(fields))
+}
+
 /// One partition of a running source.
 #[async_trait]
 pub trait Source: Send {
@@ -137,7 +149,7 @@ pub trait SourceConnector: Send + Sync + Debug {
 
     /// Whether the source produces a changelog (inserts and deletes, e.g.
     /// Debezium envelopes) rather than appended rows. Its batches then
-    /// carry the op column last (see `streaming::operators::OP_COLUMN`),
+    /// carry the op column last (see [`OP_COLUMN`]),
     /// and the planner treats the stream as updating.
     fn is_changelog(&self, _options: &BTreeMap<String, String>) -> bool {
         false

@@ -34,16 +34,7 @@ pub use session::{SessionAggregate, SessionLayout};
 pub use updating::{UpdatingAggregate, retractable};
 pub use window::{WindowAggregate, WindowKey};
 
-/// Name of the operation column that updating streams carry last:
-/// `1` inserts the row, `-1` deletes it (an update is a delete and an insert).
-pub const OP_COLUMN: &str = "__sluice_op";
-
-/// The schema of an updating stream's batches: the rows plus the op column.
-pub fn with_op_column(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(OP_COLUMN, DataType::Int8, false));
-    Arc::new(Schema::new(fields))
-}
+pub use crate::stream::{OP_COLUMN, with_op_column};
 
 /// A filter mask in which NULL counts as false, as in SQL.
 pub fn null_as_false(mask: &BooleanArray) -> BooleanArray {
