@@ -776,7 +776,7 @@ impl BadRecordPolicy {
             for (k, v) in properties {
                 config.set(k, v);
             }
-            crate::kafka::topic_partitions(&config, topic)?;
+            crate::kafka::client::topic_partitions(&config, topic)?;
         }
         Ok(())
     }
