@@ -35,7 +35,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice-target-release"))
-BINARY = os.path.join(TARGET, "release", "sluice")
+# SLUICE_BIN: another binary (e.g. an older build, for a side-by-side run).
+BINARY = os.environ.get("SLUICE_BIN") or os.path.join(TARGET, "release", "sluice")
 
 Q5 = ("SELECT auction, count(*) AS num, window_start, window_end FROM HOP(bid, date_time, "
       "INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end")
