@@ -239,6 +239,34 @@ impl SourceConnector for FileSystemSource {
         )
     }
 
+    /// Files are spread over tasks by a hash of their path: every new task
+    /// gets the files finished by any old one (it skips them, as it skips
+    /// other tasks' files) and the files any old task was in the middle of
+    /// (it resumes those that are now its own).
+    fn rescale_positions(
+        &self,
+        _options: &BTreeMap<String, String>,
+        old: &[Option<String>],
+        partitions: usize,
+    ) -> Result<Vec<Option<String>>> {
+        let mut merged = Position::default();
+        for position in old.iter().flatten() {
+            let p: Position = serde_json::from_str(position)
+                .map_err(|e| SluiceError::internal(format!("files: bad checkpointed position: {e}")))?;
+            merged.done.extend(p.done);
+            merged.reading.extend(p.reading);
+            if let Some(c) = p.current {
+                merged.reading.insert(c, p.steps);
+            }
+        }
+        // A file finished by one task is not resumed for another.
+        let done = merged.done.clone();
+        merged.reading.retain(|f, _| !done.contains(f));
+        let text = serde_json::to_string(&merged)
+            .map_err(|e| SluiceError::internal(format!("files: position: {e}")))?;
+        Ok(vec![Some(text); partitions])
+    }
+
     fn open(
         &self,
         options: &BTreeMap<String, String>,
@@ -285,7 +313,14 @@ impl SourceConnector for FileSystemSource {
             tasks: partitions.max(1),
             seen: resumed.done.iter().map(|p| Path::from(p.as_str())).collect(),
             files_done: resumed.done.len() as u64,
-            resume_current: resumed.current.map(|c| (Path::from(c.as_str()), resumed.steps)),
+            resume_current: resumed
+                .reading
+                .into_iter()
+                .chain(resumed.current.map(|c| (c, resumed.steps)))
+                .map(|(c, steps)| (Path::from(c.as_str()), steps))
+                // Files of other tasks are theirs to resume.
+                .filter(|(c, _)| path_hash(c) % partitions.max(1) as u64 == partition as u64)
+                .collect(),
             done: resumed.done,
             steps: 0,
             skip: 0,
@@ -305,6 +340,11 @@ struct Position {
     done: std::collections::BTreeSet<String>,
     current: Option<String>,
     steps: u64,
+    /// Other files read part of the way (steps taken), not opened again
+    /// since: those that tasks of a checkpoint taken with another number of
+    /// tasks were in the middle of.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    reading: BTreeMap<String, u64>,
 }
 
 /// A stable hash of a path (FNV-1a), to spread files over tasks.
@@ -470,8 +510,9 @@ struct FileSource {
     steps: u64,
     /// Steps of the current file to read again and drop (resumed mid-file).
     skip: u64,
-    /// Resumed mid-file: that file and the steps already taken into it.
-    resume_current: Option<(Path, u64)>,
+    /// Resumed mid-file: those files and the steps already taken into
+    /// each (until each is opened again).
+    resume_current: BTreeMap<Path, u64>,
     /// Listed at least once (a bounded source lists once).
     listed: bool,
     next_list: tokio::time::Instant,
@@ -506,11 +547,7 @@ impl FileSource {
         found.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         for m in found {
             self.seen.insert(m.location.clone());
-            if self
-                .resume_current
-                .as_ref()
-                .is_some_and(|(p, _)| *p == m.location)
-            {
+            if self.resume_current.contains_key(&m.location) {
                 // The file a checkpoint was taken in the middle of goes first.
                 self.queue.push_front(m);
             } else {
@@ -755,10 +792,7 @@ impl Source for FileSource {
                 let opened = self.open(meta.clone()).await;
                 self.queue.pop_front();
                 self.steps = 0;
-                self.skip = match self.resume_current.take_if(|(p, _)| *p == meta.location) {
-                    Some((_, steps)) => steps,
-                    None => 0,
-                };
+                self.skip = self.resume_current.remove(&meta.location).unwrap_or(0);
                 match opened {
                     Ok(file) => self.current = Some(file),
                     Err(e) if e.kind() == ErrorKind::InvalidParameter => {
@@ -796,6 +830,11 @@ impl Source for FileSource {
             done: self.done.clone(),
             current: self.current.as_ref().map(|f| f.meta.location.to_string()),
             steps: self.steps,
+            reading: self
+                .resume_current
+                .iter()
+                .map(|(p, steps)| (p.to_string(), *steps))
+                .collect(),
         };
         serde_json::to_string(&position).ok()
     }
@@ -812,6 +851,65 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two tasks read part of the files (one stops in the middle of a
+    /// file), their positions are split over three tasks, which read to
+    /// the end: every record is read exactly once.
+    #[tokio::test]
+    async fn positions_split_over_another_number_of_tasks_read_every_record_once() {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        for f in 0..6 {
+            let lines: String = (0..10).map(|j| format!("{{\"v\": {}}}\n", f * 100 + j)).collect();
+            std::fs::write(dir.path().join(format!("f{f}.json")), lines).unwrap();
+        }
+        let options: BTreeMap<String, String> = [
+            ("path", dir.path().to_str().unwrap()),
+            ("format", "json"),
+            ("batch.size", "3"),
+            ("scan.mode", "bounded"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let connector = FileSystemSource::new(sluice_engine::storage::StoreRegistry::default());
+        let mut read: Vec<i64> = Vec::new();
+        let mut take = |b: RecordBatch| {
+            let v = b.column(0).as_primitive::<Int64Type>();
+            read.extend(v.values().iter().copied());
+        };
+        let mut old = Vec::new();
+        for (task, batches) in [(0, 5), (1, 2)] {
+            let mut src = connector.open(&options, &schema, task, 2, None).unwrap();
+            for _ in 0..batches {
+                if let Some(b) = src.next_batch().await.unwrap() {
+                    take(b);
+                }
+            }
+            old.push(src.position());
+        }
+        assert!(
+            old.iter()
+                .flatten()
+                .any(|p| p.contains("\"steps\":") && !p.contains("\"current\":null")),
+            "a task stopped in the middle of a file: {old:?}"
+        );
+        let positions = connector.rescale_positions(&options, &old, 3).unwrap();
+        assert_eq!(positions.len(), 3);
+        for (task, position) in positions.iter().enumerate() {
+            let mut src = connector
+                .open(&options, &schema, task, 3, position.as_deref())
+                .unwrap();
+            while let Some(b) = src.next_batch().await.unwrap() {
+                take(b);
+            }
+        }
+        read.sort_unstable();
+        let all: Vec<i64> = (0..6).flat_map(|f| (0..10).map(move |j| f * 100 + j)).collect();
+        assert_eq!(read, all);
+    }
 
     #[tokio::test]
     async fn csv_records_may_span_lines_inside_quotes() {

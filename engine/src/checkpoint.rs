@@ -73,9 +73,28 @@ pub struct Manifest {
     /// (if any: a finished sink lane's state is named here alone).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bases: BTreeMap<String, String>,
-    /// Parallelism per keyed node, to refuse restoring state split for a
-    /// different number of tasks.
+    /// Tasks per keyed node: how many `op-<node>-<task>` snapshots there
+    /// are, to be split over another number of tasks on restore.
     pub parallelism: BTreeMap<String, usize>,
+    /// How keyed state was split over tasks
+    /// (`crate::streaming::keygroups::routing`); absent: by hash modulo
+    /// tasks, before key groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
+}
+
+impl Manifest {
+    /// How many sink lanes kept state in this checkpoint (lanes with
+    /// empty state are not named and need nothing restored).
+    pub fn sink_lanes(&self) -> usize {
+        self.states
+            .keys()
+            .chain(self.bases.keys())
+            .filter_map(|k| k.strip_prefix("sink-")?.parse::<usize>().ok())
+            .map(|lane| lane + 1)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Where checkpoints live: a local directory (the default,
@@ -857,6 +876,7 @@ mod tests {
             states: BTreeMap::new(),
             bases: BTreeMap::new(),
             parallelism: BTreeMap::new(),
+            routing: None,
         }
     }
 

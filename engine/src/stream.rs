@@ -171,6 +171,26 @@ pub trait SourceConnector: Send + Sync + Debug {
         partitions: usize,
         resume: Option<&str>,
     ) -> Result<Box<dyn Source>>;
+
+    /// The position each partition resumes from when the checkpoint was
+    /// taken with another number of partitions (a server restarted with
+    /// another parallelism): `old[i]` is old partition `i`'s position, and
+    /// the result one position per partition of `partitions`. A connector
+    /// whose positions cannot be split anew refuses (the default).
+    fn rescale_positions(
+        &self,
+        _options: &BTreeMap<String, String>,
+        old: &[Option<String>],
+        partitions: usize,
+    ) -> Result<Vec<Option<String>>> {
+        Err(SluiceError::not_supported(format!(
+            "the {} connector cannot resume {} partitions' positions as {partitions}: \
+             start the server with the parallelism the checkpoint was taken at ({})",
+            self.name(),
+            old.len(),
+            old.len()
+        )))
+    }
 }
 
 /// The source connectors the engine knows, by name.
@@ -356,6 +376,23 @@ impl StreamTable {
 
     pub fn is_bounded(&self) -> bool {
         self.bounded
+    }
+
+    /// Positions for this stream's partitions from a checkpoint's positions
+    /// of `old.len()` partitions (see [`SourceConnector::rescale_positions`]).
+    pub fn rescale_positions(&self, old: &[Option<String>]) -> Result<Vec<Option<String>>> {
+        let out = self
+            .connector
+            .rescale_positions(&self.options, old, self.partitions)?;
+        if out.len() != self.partitions {
+            return Err(SluiceError::internal(format!(
+                "{}: {} positions for {} partitions",
+                self.name,
+                out.len(),
+                self.partitions
+            )));
+        }
+        Ok(out)
     }
 
     pub(crate) fn partition(&self, partition: usize) -> SourcePartition {

@@ -38,7 +38,8 @@ pub struct Config {
     pub auth: crate::auth::AuthMethod,
     /// Server-wide S3 settings (tables may override with `s3.*` options).
     pub s3: S3Config,
-    /// DataFusion target partitions (default: number of cores).
+    /// Tasks per keyed operator of a continuous query and DataFusion's
+    /// target partitions (default: number of cores; `--parallelism`).
     pub target_partitions: Option<usize>,
     /// How often jobs checkpoint (`10s`, `500ms`, `off`); sessions may
     /// change it for the jobs they create (`SET streaming.checkpoint_interval`).

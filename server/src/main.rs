@@ -68,6 +68,12 @@ struct Args {
     /// local files, separated by ':' [default: the data directory only]
     #[arg(long, env = "SLUICE_FILE_ROOTS", value_delimiter = ':')]
     file_roots: Vec<PathBuf>,
+    /// Tasks per keyed operator of a continuous query, and DataFusion's
+    /// target partitions for queries [default: the number of cores]. Jobs
+    /// restored from a checkpoint taken at another parallelism split their
+    /// state anew.
+    #[arg(long, env = "SLUICE_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    parallelism: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +90,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.log {
         config.log = v;
+    }
+    if let Some(v) = args.parallelism {
+        config.target_partitions = Some(v.into());
     }
     if let Some(v) = args.checkpoint_interval {
         config.checkpoint_interval = v;

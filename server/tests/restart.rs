@@ -268,6 +268,118 @@ fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
     );
 }
 
+/// Tasks of each job's keyed operators (Aggregate, WindowAggregate), from
+/// SHOW JOBS: job|kind|status|operator_id|operator|parallelism|...
+fn keyed_parallelism(p: &SluiceProcess) -> std::collections::BTreeMap<String, i64> {
+    p.psql(&["-tA", "-c", "SHOW JOBS"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() > 5 && f[4].contains("Aggregate")).then(|| (f[0].to_string(), f[5].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// A job restores at another parallelism than its checkpoint was taken
+/// at (a server restarted with another `--parallelism`): its keyed state
+/// (a GROUP BY's groups, a window aggregate's open windows) is split anew
+/// by key group, the view's lanes and the file sink's lanes are taken over
+/// by the new lanes, and the results are exact: 2 tasks, kill -9, 3 tasks,
+/// kill -9, 1 task.
+#[test]
+fn jobs_restore_at_another_parallelism_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = dir.path().join("clicks");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
+    let env = |p: &'static str| [("SLUICE_CHECKPOINT_INTERVAL", "300ms"), ("SLUICE_PARALLELISM", p)];
+    let mut p = SluiceProcess::start_with(&data, &env("2"));
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (page TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'filesystem', \
+             path = '{}', format = 'json', 'source.monitor-interval' = '100ms')",
+            input.display()
+        ),
+        "-c",
+        "CREATE MATERIALIZED VIEW totals AS SELECT page, count(*) AS n FROM clicks GROUP BY page",
+        "-c",
+        &format!(
+            "CREATE SINK per_window WITH (connector = 'filesystem', path = '{}', format = 'csv', \
+             'sink.rolling-policy.rollover-interval' = '100ms') AS \
+             SELECT page, window_start, count(*) AS views FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) \
+             GROUP BY page, window_start",
+            out.display()
+        ),
+    ]);
+    let landed = |p: &SluiceProcess| -> i64 {
+        p.psql(&["-tA", "-c", "SELECT coalesce(sum(views), 0) FROM per_window"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let totals = |p: &SluiceProcess| p.psql(&["-tA", "-c", "SELECT page, n FROM totals ORDER BY page"]);
+    let per_page = |n: i64| (0..5).map(|k| format!("p{k}|{n}")).collect::<Vec<_>>().join("\n");
+    // Waits for the view and the landed windows, then for a checkpoint
+    // of both jobs started after them.
+    let settle = |p: &SluiceProcess, view: i64, windows: i64| {
+        let mut seen = (String::new(), 0);
+        let last = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !(seen.0 == per_page(view) && seen.1 == windows) {
+            assert!(
+                std::time::Instant::now() < last,
+                "timed out waiting for {view} per page and {windows} landed views; last seen {seen:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            seen = (totals(p).trim().to_string(), landed(p));
+        }
+        let (v, s) = (completed_epoch(p, "totals"), completed_epoch(p, "per_window"));
+        wait_for("checkpoints after them", || {
+            (completed_epoch(p, "totals") > v.map(|e| e + 1).or(Some(1))
+                && completed_epoch(p, "per_window") > s.map(|e| e + 1).or(Some(1)))
+            .then_some(())
+        });
+    };
+    let both = |n: i64| -> std::collections::BTreeMap<String, i64> {
+        [("per_window".to_string(), n), ("totals".to_string(), n)].into()
+    };
+    assert_eq!(keyed_parallelism(&p), both(2));
+    // 300 clicks: 60 per page; windows to 10:00:20 closed (200 views).
+    settle(&p, 60, 200);
+    p.kill9();
+
+    std::fs::write(input.join("b.json"), clicks(300, 300)).unwrap();
+    let mut p = SluiceProcess::start_with(&data, &env("3"));
+    assert_eq!(keyed_parallelism(&p), both(3), "restarted with 3 tasks");
+    settle(&p, 120, 500);
+    p.kill9();
+
+    std::fs::write(input.join("c.json"), clicks(600, 300)).unwrap();
+    let p = SluiceProcess::start_with(&data, &env("1"));
+    assert_eq!(keyed_parallelism(&p), both(1), "restarted with 1 task");
+    let restored = checkpoints(&p)
+        .into_iter()
+        .filter(|(_, _, status)| status == "restored")
+        .count();
+    assert_eq!(restored, 2, "both jobs start from a checkpoint");
+    wait_for("the third file", || {
+        (totals(&p).trim() == per_page(180) && landed(&p) == 800).then_some(())
+    });
+    // Every window to 10:01:20 landed once, with all its 20 clicks.
+    let windows = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT page, window_start, views FROM per_window ORDER BY 1, 2",
+    ]);
+    let windows: Vec<&str> = windows.lines().collect();
+    let distinct: std::collections::BTreeSet<&str> =
+        windows.iter().map(|l| l.rsplit_once('|').unwrap().0).collect();
+    assert_eq!((windows.len(), distinct.len()), (40, 40), "{windows:#?}");
+    assert!(windows.iter().all(|l| l.ends_with("|20")), "{windows:#?}");
+}
+
 /// A GROUP BY with many groups of which few change between checkpoints
 /// takes incremental checkpoints (the changed groups over the last full
 /// one); after kill -9 the job restores from one and the view is exact.

@@ -43,6 +43,27 @@ impl SourceConnector for KafkaConnector {
             .is_some_and(|f| f.eq_ignore_ascii_case("debezium-json"))
     }
 
+    /// Positions name topic partitions with their next offset, and each
+    /// source partition reads the topic partitions `k % partitions`: every
+    /// new source partition gets all the offsets and takes its own.
+    fn rescale_positions(
+        &self,
+        _options: &BTreeMap<String, String>,
+        old: &[Option<String>],
+        partitions: usize,
+    ) -> Result<Vec<Option<String>>> {
+        let mut all = BTreeMap::new();
+        for position in old.iter().flatten() {
+            all.extend(parse_position(position)?);
+        }
+        let merged = all
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(vec![Some(merged); partitions])
+    }
+
     fn open(
         &self,
         options: &BTreeMap<String, String>,

@@ -8,6 +8,7 @@
 //!     sources ─▶ fused stateless steps ─▶ hash exchange ─▶ keyed operators ─▶ sink / view
 //! ```
 
+pub mod keygroups;
 pub mod metrics;
 pub mod mview;
 pub mod operators;

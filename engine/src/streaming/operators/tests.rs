@@ -66,7 +66,106 @@ fn through_ipc(state: Vec<RecordBatch>) -> Vec<RecordBatch> {
 /// Runs `steps` (a batch, then a watermark) through one operator, and
 /// through a second that is checkpointed after step `cut` and restored
 /// into a third: both must emit the same rows.
-fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(make: F, steps: &[(RecordBatch, i64)], cut: usize) {
+///
+/// Then the same across parallelisms: `from` tasks fed as the exchange
+/// feeds them (rows routed by `keys` to key groups), snapshotted after
+/// step `cut`, restored as the runtime restores into `to` tasks, must
+/// together emit the same rows as the one uninterrupted operator.
+fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(
+    make: F,
+    keys: &[Arc<dyn PhysicalExpr>],
+    steps: &[(RecordBatch, i64)],
+    cut: usize,
+) {
+    recovery_in_one_task_matches(&make, steps, cut);
+    let routing = crate::streaming::keygroups::routing();
+    for (from, to, recorded) in [
+        (2, 1, Some(routing)),
+        (2, 3, Some(routing)),
+        (3, 2, Some(routing)),
+        (1, 4, Some(routing)),
+        // A checkpoint split another way (before key groups): everything
+        // is read and routed again, even at the same parallelism.
+        (2, 2, None),
+    ] {
+        rescale_matches(&make, keys, steps, cut, from, to, recorded);
+    }
+}
+
+/// Rows of batches as trimmed cells, sorted: what parallel tasks emit
+/// together, whatever the order among tasks.
+fn row_multiset(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for b in batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let text = pretty(std::slice::from_ref(b));
+        for line in text.lines().skip(3).filter(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn rescale_matches<F: Fn() -> Box<dyn KeyedOperator>>(
+    make: &F,
+    keys: &[Arc<dyn PhysicalExpr>],
+    steps: &[(RecordBatch, i64)],
+    cut: usize,
+    from: usize,
+    to: usize,
+    recorded: Option<&str>,
+) {
+    use crate::streaming::keygroups::{Assignment, gather_state};
+    let mut straight = make();
+    let mut expected = vec![];
+    for (b, w) in steps {
+        straight.on_batch(0, b.clone(), &mut expected).unwrap();
+        straight.on_watermark(*w, &mut expected).unwrap();
+    }
+    let run =
+        |ops: &mut [Box<dyn KeyedOperator>], steps: &[(RecordBatch, i64)], got: &mut Vec<RecordBatch>| {
+            let assignment = Assignment::new(ops.len());
+            let mut hashes = Vec::new();
+            for (b, w) in steps {
+                let cols: Vec<ArrayRef> = keys.iter().map(|k| eval(k, b).unwrap()).collect();
+                for (t, part) in assignment.split(b, &cols, &mut hashes).unwrap() {
+                    ops[t].on_batch(0, part, got).unwrap();
+                }
+                for op in ops.iter_mut() {
+                    op.on_watermark(*w, got).unwrap();
+                }
+            }
+        };
+    let mut got = vec![];
+    let mut before: Vec<Box<dyn KeyedOperator>> = (0..from).map(|_| make()).collect();
+    run(&mut before, &steps[..cut], &mut got);
+    let states: Vec<Vec<RecordBatch>> = before
+        .iter_mut()
+        .map(|op| through_ipc(op.snapshot().unwrap()))
+        .collect();
+    let mut after: Vec<Box<dyn KeyedOperator>> = (0..to).map(|_| make()).collect();
+    for (t, op) in after.iter_mut().enumerate() {
+        let state = gather_state(recorded, from, to, t, keys.len(), |old| Ok(states[old].clone())).unwrap();
+        op.restore(state).unwrap();
+        op.on_watermark(i64::MIN, &mut got).unwrap();
+    }
+    run(&mut after, &steps[cut..], &mut got);
+    assert_eq!(
+        row_multiset(&got),
+        row_multiset(&expected),
+        "cut after step {cut}, {from} tasks restored as {to} (recorded split {recorded:?})"
+    );
+}
+
+fn recovery_in_one_task_matches<F: Fn() -> Box<dyn KeyedOperator>>(
+    make: &F,
+    steps: &[(RecordBatch, i64)],
+    cut: usize,
+) {
     let mut straight = make();
     let mut expected = vec![];
     for (b, w) in steps {
@@ -158,6 +257,7 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                     .unwrap(),
                 )
             },
+            &[col("k", &schema).unwrap()],
             &steps,
             cut,
         );
@@ -195,6 +295,7 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                     .unwrap(),
                 )
             },
+            &[col("k", &schema).unwrap()],
             &steps,
             cut,
         );
@@ -240,6 +341,7 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                     .unwrap(),
                 )
             },
+            &[col("k", &schema).unwrap()],
             &steps,
             cut,
         );
@@ -295,6 +397,7 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                     .unwrap(),
                 )
             },
+            &[col("ws", &wschema).unwrap(), col("k", &wschema).unwrap()],
             &steps,
             cut,
         );
@@ -333,6 +436,7 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                     .unwrap(),
                 )
             },
+            &[col("k", &wschema).unwrap()],
             &steps,
             cut,
         );
@@ -487,7 +591,12 @@ fn columnar_aggregate_matches_the_boxed_one_and_shares_its_checkpoints() {
         assert!(expected.contains(line), "{line} in {expected}");
     }
     for cut in 1..steps.len() {
-        recovery_matches(|| columnar(&schema, aggs.clone(), &out), &steps, cut);
+        recovery_matches(
+            || columnar(&schema, aggs.clone(), &out),
+            &[col("k", &schema).unwrap()],
+            &steps,
+            cut,
+        );
         // Across the two operators, both ways.
         for (from, to) in [(true, false), (false, true)] {
             let make = |c: bool| {

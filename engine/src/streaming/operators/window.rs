@@ -92,7 +92,13 @@ impl WindowAggregate {
         states: &[Vec<ArrayRef>],
         rows: usize,
     ) -> Result<()> {
-        let mut state = self.new_window()?;
+        // A window met again (in the snapshot of another task, restoring
+        // at another parallelism) takes these groups in beside its own.
+        if !self.windows.contains_key(&end) {
+            let state = self.new_window()?;
+            self.windows.insert(end, state);
+        }
+        let state = self.windows.get_mut(&end).expect("inserted above");
         let mut idx = Vec::new();
         state.groups.intern(keys, &mut idx)?;
         let total = state.groups.len();
@@ -100,7 +106,6 @@ impl WindowAggregate {
             acc.merge_batch(st, &idx, total)?;
         }
         debug_assert_eq!(idx.len(), rows);
-        self.windows.insert(end, state);
         Ok(())
     }
 

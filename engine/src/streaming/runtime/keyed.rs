@@ -12,9 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, UInt32Array};
-use arrow::compute::take_record_batch;
-use datafusion::common::hash_utils::{RandomState, create_hashes};
+use arrow::array::ArrayRef;
 use datafusion::physical_expr::PhysicalExpr;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
@@ -23,6 +21,7 @@ use super::align::{Aligner, Event};
 use super::{CHANNEL_CAPACITY, Lane, STATE_METRICS_EVERY, Task, TaskCheckpoint, Wiring, build};
 use crate::error::{Result, SluiceError};
 use crate::stream::Message;
+use crate::streaming::keygroups;
 use crate::streaming::metrics::NodeMetrics;
 use crate::streaming::operators::{KeyedOperator, eval};
 use crate::streaming::plan::Node;
@@ -67,6 +66,9 @@ pub(super) fn keyed(
     }
     drop(senders);
     let lane_inputs: Arc<[usize]> = lane_inputs.into();
+    // Snapshots name their key columns k0.. after the first input's keys
+    // (every input of a keyed operator has as many).
+    let n_keys = keys.first().map_or(0, Vec::len);
     let mut lanes = Vec::with_capacity(p);
     for (t, (rx, op)) in receivers.into_iter().zip(ops).enumerate() {
         let (tx, orx) = mpsc::channel::<Result<Message>>(CHANNEL_CAPACITY);
@@ -74,6 +76,7 @@ pub(super) fn keyed(
         let ck = wiring.task(key.clone());
         wiring.participate(&key);
         let restore = restore.clone();
+        let node_id = node.id.to_string();
         let metrics = node.metrics.clone();
         let aligner = Aligner::new(&lane_inputs);
         tasks.push(
@@ -84,7 +87,25 @@ pub(super) fn keyed(
                 let op = match restore {
                     Some(r) => tokio::task::spawn_blocking(move || -> Result<Box<dyn KeyedOperator>> {
                         let mut op = op;
-                        op.restore(r.state(&key)?)?;
+                        let old_tasks = r.manifest.parallelism.get(&node_id).copied().unwrap_or(p);
+                        if t == 0 && old_tasks != p {
+                            tracing::info!(
+                                operator = %node_id,
+                                checkpoint = r.manifest.epoch,
+                                from = old_tasks,
+                                to = p,
+                                "restoring keyed state at another parallelism"
+                            );
+                        }
+                        let state = keygroups::gather_state(
+                            r.manifest.routing.as_deref(),
+                            old_tasks,
+                            p,
+                            t,
+                            n_keys,
+                            |old| r.state(&format!("op-{node_id}-{old}")),
+                        )?;
+                        op.restore(state)?;
                         Ok(op)
                     })
                     .await
@@ -104,19 +125,19 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
-/// Routes rows by key hash; progress messages go to every target.
+/// Routes rows by key group (see [`keygroups`]); progress messages go to
+/// every target.
 async fn exchange(
     mut lane: Lane,
     lane_id: usize,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     targets: Vec<mpsc::Sender<(usize, Message)>>,
 ) -> Result<()> {
-    let p = targets.len();
-    let state = RandomState::with_seed(0);
+    let assignment = keygroups::Assignment::new(targets.len());
     let mut hashes: Vec<u64> = Vec::new();
     while let Some(msg) = lane.next().await {
         match msg? {
-            Message::Batch(b) if p == 1 => {
+            Message::Batch(b) if targets.len() == 1 => {
                 if targets[0].send((lane_id, Message::Batch(b))).await.is_err() {
                     return Ok(());
                 }
@@ -126,22 +147,7 @@ async fn exchange(
                     .iter()
                     .map(|k| eval(k, &b))
                     .collect::<datafusion::error::Result<_>>()?;
-                hashes.clear();
-                hashes.resize(b.num_rows(), 0);
-                create_hashes(&cols, &state, &mut hashes)?;
-                let mut idx: Vec<Vec<u32>> = vec![Vec::new(); p];
-                for (row, h) in hashes.iter().enumerate() {
-                    idx[(*h % p as u64) as usize].push(row as u32);
-                }
-                for (t, rows) in idx.into_iter().enumerate() {
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let part = if rows.len() == b.num_rows() {
-                        b.clone()
-                    } else {
-                        take_record_batch(&b, &UInt32Array::from(rows))?
-                    };
+                for (t, part) in assignment.split(&b, &cols, &mut hashes)? {
                     if targets[t].send((lane_id, Message::Batch(part))).await.is_err() {
                         return Ok(());
                     }

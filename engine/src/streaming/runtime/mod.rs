@@ -123,16 +123,20 @@ impl Job {
             source_streams: Default::default(),
             start_from,
         };
-        if let Some(r) = &wiring.restore {
-            check_parallelism(&plan, &r.manifest)?;
-        }
         let lanes = build(&plan, &mut tasks, &mut wiring)?;
         let n = lanes.len();
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut writer = open_writer(i, n)?;
             let key = format!("sink-{i}");
             if let Some(r) = &wiring.restore {
-                writer.restore(r.state(&key)?)?;
+                // With fewer lanes than the checkpoint had, lane i takes
+                // the state of old lanes i, i + n, ... too (a view's parts
+                // are summed on read, so any lane may hold any rows).
+                let mut state = vec![];
+                for old in (i..r.manifest.sink_lanes().max(i + 1)).step_by(n) {
+                    state.extend(r.state(&format!("sink-{old}"))?);
+                }
+                writer.restore(state)?;
             }
             wiring.participate(&key);
             tasks.push(drive_sink(lane, writer, wiring.task(key)).boxed());
@@ -435,22 +439,45 @@ impl TaskCheckpoint {
     }
 }
 
-/// Refuses a checkpoint whose keyed state was split over a different
-/// number of tasks than this plan has.
-fn check_parallelism(plan: &Node, manifest: &Manifest) -> Result<()> {
-    let mut nodes = vec![];
-    plan.walk(&mut nodes);
-    for n in nodes {
-        if let Some(p) = manifest.parallelism.get(&n.id.to_string())
-            && *p != n.parallelism
-        {
-            return Err(SluiceError::not_supported(format!(
-                "checkpoint {} of job {} was taken with {p} tasks for operator {}, this server runs {};                  start it with the same parallelism",
-                manifest.epoch, manifest.job, n.id, n.parallelism
-            )));
-        }
+/// Where each partition of a source resumes: its own position when the
+/// checkpoint had as many partitions of it, else the connector splits the
+/// checkpoint's positions anew (or refuses).
+fn restored_positions(r: &Restore, node: &Node, table: &StreamTable) -> Result<Vec<Option<String>>> {
+    let prefix = format!("{}-", node.id);
+    let old: Vec<Option<String>> = {
+        let lanes = r
+            .manifest
+            .sources
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse::<usize>().ok())
+            .map(|p| p + 1)
+            .max()
+            .unwrap_or(0);
+        (0..lanes)
+            .map(|p| r.position(&format!("{prefix}{p}")).map(String::from))
+            .collect()
+    };
+    if old.is_empty() || old.len() == table.partitions {
+        return Ok((0..table.partitions)
+            .map(|p| old.get(p).cloned().flatten())
+            .collect());
     }
-    Ok(())
+    tracing::info!(
+        stream = %table.name,
+        checkpoint = r.manifest.epoch,
+        from = old.len(),
+        to = table.partitions,
+        "resuming a source at another number of partitions"
+    );
+    table.rescale_positions(&old).map_err(|e| {
+        SluiceError::new(
+            e.kind(),
+            format!(
+                "checkpoint {} of job {}: stream {}: {e}",
+                r.manifest.epoch, r.manifest.job, table.name
+            ),
+        )
+    })
 }
 
 /// Source positions of a manifest, for SHOW CHECKPOINTS.
@@ -496,7 +523,9 @@ impl Coordinator {
         loop {
             let store = self.config.store.clone();
             let m = manifest.clone();
-            let lanes = self.sink_lanes;
+            // The checkpoint's own lanes: a job restored with fewer lanes
+            // still commits what the vanished ones handed to it.
+            let lanes = self.sink_lanes.max(manifest.sink_lanes());
             let read = tokio::task::spawn_blocking(move || {
                 (0..lanes)
                     .map(|i| store.read_state(&m, &format!("sink-{i}")))
@@ -798,6 +827,7 @@ impl Coordinator {
             states: Default::default(),
             bases: Default::default(),
             parallelism: self.parallelism.clone(),
+            routing: Some(crate::streaming::keygroups::routing().to_string()),
         };
         (started, stats, manifest)
     }
@@ -1033,24 +1063,29 @@ async fn drive_sink(mut lane: Lane, mut writer: Box<dyn SinkWriter>, mut ck: Tas
 /// The lanes a node produces; tasks it needs go to `tasks`.
 fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<Lane>> {
     match &node.kind {
-        NodeKind::Source { table } => Ok((0..table.partitions)
-            .map(|p| {
-                let key = format!("{}-{p}", node.id);
-                wiring.participate(&key);
-                wiring.source_streams.insert(key.clone(), table.name.clone());
-                let ck = SourceCheckpoint {
-                    resume: match &wiring.restore {
-                        Some(r) => r.position(&key).map(String::from),
-                        None => wiring.start_from.get(&(table.name.clone(), p)).cloned(),
-                    },
-                    trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
-                    completed: wiring.store.is_some().then(|| wiring.completed.clone()),
-                    acks: wiring.acks.clone(),
-                    key,
-                };
-                source_lane(table.clone(), p, node.metrics.clone(), ck)
-            })
-            .collect()),
+        NodeKind::Source { table } => {
+            let mut resume: Vec<Option<String>> = match &wiring.restore {
+                Some(r) => restored_positions(r, node, table)?,
+                None => (0..table.partitions)
+                    .map(|p| wiring.start_from.get(&(table.name.clone(), p)).cloned())
+                    .collect(),
+            };
+            Ok((0..table.partitions)
+                .map(|p| {
+                    let key = format!("{}-{p}", node.id);
+                    wiring.participate(&key);
+                    wiring.source_streams.insert(key.clone(), table.name.clone());
+                    let ck = SourceCheckpoint {
+                        resume: resume[p].take(),
+                        trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
+                        completed: wiring.store.is_some().then(|| wiring.completed.clone()),
+                        acks: wiring.acks.clone(),
+                        key,
+                    };
+                    source_lane(table.clone(), p, node.metrics.clone(), ck)
+                })
+                .collect())
+        }
         NodeKind::Union => {
             let mut lanes = Vec::new();
             for input in &node.inputs {
