@@ -131,7 +131,7 @@ struct LogState {
     /// Every file in a record (relative paths).
     recorded: HashSet<String>,
     /// Per source lane, the input the newest commit covered up to.
-    last_sources: BTreeMap<String, SourceRange>,
+    last_sources: sluice_engine::sink::CommittedInput,
     open: BTreeMap<String, OpenPartition>,
     /// The newest watermark each sink lane reported, and the lane count.
     lane_watermarks: BTreeMap<usize, i64>,
@@ -280,7 +280,7 @@ impl FsLog {
         }
         st.recorded.extend(record.files.iter().map(|f| f.path.clone()));
         for src in &record.sources {
-            st.last_sources.insert(src.lane.clone(), src.clone());
+            st.last_sources.record(src);
         }
         st.records.push(record);
     }
@@ -316,6 +316,9 @@ impl FsLog {
             let get = |k: &str| meta.get(k).and_then(|v| v.parse::<i64>().ok());
             if let (Some(lane), Some(lanes)) = (get(LANE_KEY), get(LANES_KEY)) {
                 st.lanes = lanes as usize;
+                // A job restored at another parallelism has other lanes:
+                // those gone hold the watermark back no more.
+                st.lane_watermarks.retain(|l, _| *l < st.lanes);
                 if let Some(w) = get(WATERMARK_KEY) {
                     let e = st.lane_watermarks.entry(lane as usize).or_insert(w);
                     *e = (*e).max(w);
@@ -452,7 +455,7 @@ impl Committer for FsLog {
                     .sources
                     .iter()
                     .map(|r| SourceRange {
-                        from: st.last_sources.get(&r.lane).map(|p| p.to.clone()),
+                        from: st.last_sources.start_of(r),
                         ..r.clone()
                     })
                     .collect();

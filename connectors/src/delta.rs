@@ -263,7 +263,7 @@ struct Shared {
     /// Per source lane, the input the newest commit covered up to: the
     /// next commit covers from there (an empty checkpoint commits nothing
     /// but its input still counts).
-    last_sources: tokio::sync::Mutex<Option<BTreeMap<String, SourceRange>>>,
+    last_sources: tokio::sync::Mutex<Option<sluice_engine::sink::CommittedInput>>,
     /// Commits read from the log so far (they never change).
     commits: Mutex<BTreeMap<u64, CommitRecord>>,
     /// Files this process committed: a lane's last state (taken when its
@@ -428,10 +428,10 @@ impl Committer for DeltaLog {
         }
         let mut last = s.last_sources.lock().await;
         if last.is_none() {
-            let mut from_log = BTreeMap::new();
+            let mut from_log = sluice_engine::sink::CommittedInput::default();
             for c in s.all_commits(&table).await? {
-                for src in c.sources {
-                    from_log.insert(src.lane.clone(), src);
+                for src in &c.sources {
+                    from_log.record(src);
                 }
             }
             *last = Some(from_log);
@@ -449,7 +449,7 @@ impl Committer for DeltaLog {
             .sources
             .iter()
             .map(|r| SourceRange {
-                from: last.get(&r.lane).map(|p| p.to.clone()),
+                from: last.start_of(r),
                 ..r.clone()
             })
             .collect();
@@ -494,8 +494,8 @@ impl Committer for DeltaLog {
         if let Some(epoch) = request.epoch {
             s.committed.fetch_max(epoch, Ordering::SeqCst);
         }
-        for r in sources {
-            last.insert(r.lane.clone(), r);
+        for r in &sources {
+            last.record(r);
         }
         Ok(())
     }

@@ -126,6 +126,67 @@ pub struct SourceRange {
     pub to: String,
 }
 
+/// Where a table log's committed input ended, for the ranges of its next
+/// commit: a commit's range starts where the last commit's ended (checkpoints
+/// without output make no commit). Positions that name partitions with
+/// offsets (`p:o,...`, Kafka's) are followed per partition, so that the
+/// ranges stay contiguous when a restore at another parallelism moved
+/// partitions to other lanes; other positions per lane.
+#[derive(Debug, Default, Clone)]
+pub struct CommittedInput {
+    by_lane: BTreeMap<String, String>,
+    /// (source node, partition) -> offset.
+    by_partition: BTreeMap<(String, i64), i64>,
+}
+
+impl CommittedInput {
+    /// A commit's range (in commit order).
+    pub fn record(&mut self, r: &SourceRange) {
+        self.by_lane.insert(r.lane.clone(), r.to.clone());
+        for (p, o) in partition_offsets(&r.to).unwrap_or_default() {
+            self.by_partition.insert((source_node(&r.lane), p), o);
+        }
+    }
+
+    /// Where the next commit's range of `r`'s lane starts.
+    pub fn start_of(&self, r: &SourceRange) -> Option<String> {
+        match partition_offsets(&r.to) {
+            Some(parts) => {
+                let node = source_node(&r.lane);
+                let known: Vec<String> = parts
+                    .iter()
+                    .filter_map(|(p, _)| {
+                        self.by_partition
+                            .get(&(node.clone(), *p))
+                            .map(|o| format!("{p}:{o}"))
+                    })
+                    .collect();
+                (!known.is_empty()).then(|| known.join(","))
+            }
+            None => self.by_lane.get(&r.lane).cloned(),
+        }
+    }
+}
+
+/// The source node of a lane name (`<node>-<lane>`).
+fn source_node(lane: &str) -> String {
+    lane.rsplit_once('-').map_or(lane, |(node, _)| node).to_string()
+}
+
+/// `p:o,...` as (partition, offset) pairs; None for other positions.
+fn partition_offsets(position: &str) -> Option<Vec<(i64, i64)>> {
+    if position.is_empty() {
+        return None;
+    }
+    position
+        .split(',')
+        .map(|pair| {
+            let (p, o) = pair.split_once(':')?;
+            Some((p.trim().parse().ok()?, o.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// One completed checkpoint's output, handed to a table log to commit.
 #[derive(Debug, Clone)]
 pub struct CommitRequest {

@@ -3,7 +3,8 @@
 //! `delta` sinks, plain `filesystem` sinks on local disk and on the S3
 //! server (scripts/infra/s3.sh), and an exactly-once Kafka sink, while the
 //! server is killed with SIGKILL at random moments
-//! and restarted. What landed must equal the answer computed here from the
+//! and restarted, each time at a parallelism of 1, 2 or 3 tasks drawn at
+//! random (the jobs restore at another parallelism). What landed must equal the answer computed here from the
 //! records produced: no row missing, no row twice. Then time travel and
 //! provenance are checked on the landed versions.
 //!
@@ -220,14 +221,19 @@ fn crash_run(seed: u64, kills: u64) {
         .expect("needs SLUICE_TEST_S3_ENDPOINT: run ./scripts/test.sh");
     let s3_key = std::env::var("SLUICE_TEST_S3_ACCESS_KEY_ID").unwrap_or("test".into());
     let s3_secret = std::env::var("SLUICE_TEST_S3_SECRET_ACCESS_KEY").unwrap_or("testtesttest".into());
-    let env = [
-        ("SLUICE_CHECKPOINT_INTERVAL", "700ms"),
-        ("SLUICE_LOG", log.as_str()),
-        ("SLUICE_S3_ENDPOINT", s3.as_str()),
-        ("SLUICE_S3_ACCESS_KEY_ID", s3_key.as_str()),
-        ("SLUICE_S3_SECRET_ACCESS_KEY", s3_secret.as_str()),
-    ];
-    let mut p = SluiceProcess::start_with(&data, &env);
+    // Each restart takes another parallelism at random: jobs restore their
+    // keyed state, sink lanes and Kafka offsets split anew.
+    let env = |parallelism: &'static str| {
+        [
+            ("SLUICE_CHECKPOINT_INTERVAL", "700ms"),
+            ("SLUICE_LOG", log.as_str()),
+            ("SLUICE_S3_ENDPOINT", s3.as_str()),
+            ("SLUICE_S3_ACCESS_KEY_ID", s3_key.as_str()),
+            ("SLUICE_S3_SECRET_ACCESS_KEY", s3_secret.as_str()),
+            ("SLUICE_PARALLELISM", parallelism),
+        ]
+    };
+    let mut p = SluiceProcess::start_with(&data, &env("2"));
     p.psql(&[
         "-c",
         &format!(
@@ -308,9 +314,10 @@ fn crash_run(seed: u64, kills: u64) {
             (now[0] > after[0] && now[1] > after[1]).then_some(())
         });
         std::thread::sleep(rng.millis(100, 1500));
-        eprintln!("kill {}", k + 1);
+        let parallelism = ["1", "2", "3"][(rng.next() % 3) as usize];
+        eprintln!("kill {}, restart with parallelism {parallelism}", k + 1);
         p.kill9();
-        p = SluiceProcess::start_with(&data, &env);
+        p = SluiceProcess::start_with(&data, &env(parallelism));
     }
     let last_start = std::time::SystemTime::now();
     // Changing an option restarts the job from its newest checkpoint, with
@@ -466,12 +473,12 @@ fn crash_run(seed: u64, kills: u64) {
     let ranges = p.psql(&[
         "-tA",
         "-c",
-        "SELECT partition, coalesce(from_offset, -1), to_offset FROM sluice_commit_sources \
-         WHERE sink = 'per_second' ORDER BY partition, version",
+        "SELECT partition, coalesce(from_offset, -1), to_offset, version, lane, checkpoint \
+         FROM sluice_commit_sources WHERE sink = 'per_second' ORDER BY partition, version",
     ]);
     let mut next: BTreeMap<i64, i64> = BTreeMap::new();
     for line in ranges.lines() {
-        let f: Vec<i64> = line.split('|').map(|x| x.parse().unwrap()).collect();
+        let f: Vec<i64> = line.split('|').take(3).map(|x| x.parse().unwrap()).collect();
         let (partition, from, to) = (f[0], f[1], f[2]);
         let expected_from = next.get(&partition).copied().unwrap_or(-1);
         assert_eq!(

@@ -121,6 +121,7 @@ impl Job {
             participants: vec![],
             parallelism: Default::default(),
             source_streams: Default::default(),
+            resumed: Default::default(),
             start_from,
         };
         let lanes = build(&plan, &mut tasks, &mut wiring)?;
@@ -159,6 +160,7 @@ impl Job {
                     participants: std::mem::take(&mut wiring.participants),
                     parallelism: std::mem::take(&mut wiring.parallelism),
                     source_streams: std::mem::take(&mut wiring.source_streams),
+                    resumed: std::mem::take(&mut wiring.resumed),
                     sink_lanes: n,
                 };
                 Some(tokio::spawn(coordinator.run(trigger_tx, completed_tx, ack_rx)))
@@ -264,6 +266,8 @@ struct Wiring {
     parallelism: std::collections::BTreeMap<String, usize>,
     /// The stream each source lane reads (by its manifest key).
     source_streams: std::collections::BTreeMap<String, String>,
+    /// The position each source lane resumes from (restored jobs).
+    resumed: std::collections::BTreeMap<String, String>,
     /// Where sources start when there is no checkpoint to restore.
     start_from: StartPositions,
 }
@@ -497,6 +501,10 @@ struct Coordinator {
     participants: Vec<String>,
     parallelism: std::collections::BTreeMap<String, usize>,
     source_streams: std::collections::BTreeMap<String, String>,
+    /// Where each source lane of a restored job resumed (a checkpoint
+    /// taken at another number of lanes split anew): what the first
+    /// checkpoint's commit names as the start of its input.
+    resumed: std::collections::BTreeMap<String, String>,
     sink_lanes: usize,
 }
 
@@ -592,12 +600,9 @@ impl Coordinator {
         mut acks: mpsc::UnboundedReceiver<Ack>,
     ) -> Result<()> {
         let mut epoch = self.config.restore.as_ref().map_or(0, |r| r.manifest.epoch);
-        let mut previous_sources = self
-            .config
-            .restore
-            .as_ref()
-            .map(|r| r.manifest.sources.clone())
-            .unwrap_or_default();
+        // A restored job's first commit covers its input from where each
+        // lane resumed (positions split anew when the lanes changed).
+        let mut previous_sources = self.resumed.clone();
         if let (Some(log), Some(r)) = (&self.config.committer, &self.config.restore)
             && log.recommits()
         {
@@ -1075,6 +1080,11 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                     let key = format!("{}-{p}", node.id);
                     wiring.participate(&key);
                     wiring.source_streams.insert(key.clone(), table.name.clone());
+                    if wiring.restore.is_some()
+                        && let Some(position) = &resume[p]
+                    {
+                        wiring.resumed.insert(key.clone(), position.clone());
+                    }
                     let ck = SourceCheckpoint {
                         resume: resume[p].take(),
                         trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
