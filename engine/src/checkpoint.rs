@@ -87,14 +87,21 @@ impl Manifest {
     /// How many sink lanes kept state in this checkpoint (lanes with
     /// empty state are not named and need nothing restored).
     pub fn sink_lanes(&self) -> usize {
-        self.states
-            .keys()
-            .chain(self.bases.keys())
-            .filter_map(|k| k.strip_prefix("sink-")?.parse::<usize>().ok())
-            .map(|lane| lane + 1)
-            .max()
-            .unwrap_or(0)
+        lanes_named(self.states.keys().chain(self.bases.keys()), "sink-")
     }
+
+    /// How many lanes of source node `node` have a position here.
+    pub fn source_lanes(&self, node: &str) -> usize {
+        lanes_named(self.sources.keys(), &format!("{node}-"))
+    }
+}
+
+/// One more than the highest `n` among keys `<prefix><n>` (0: none).
+fn lanes_named<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    keys.filter_map(|k| k.strip_prefix(prefix)?.parse::<usize>().ok())
+        .map(|lane| lane + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where checkpoints live: a local directory (the default,

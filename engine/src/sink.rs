@@ -174,7 +174,7 @@ fn source_node(lane: &str) -> String {
 }
 
 /// `p:o,...` as (partition, offset) pairs; None for other positions.
-fn partition_offsets(position: &str) -> Option<Vec<(i64, i64)>> {
+pub(crate) fn partition_offsets(position: &str) -> Option<Vec<(i64, i64)>> {
     if position.is_empty() {
         return None;
     }

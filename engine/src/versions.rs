@@ -155,20 +155,16 @@ fn sources_schema() -> SchemaRef {
 /// gives one entry per partition, a generator's leading sequence number one
 /// entry without a partition; anything else (a file source's read set) none.
 fn offsets(position: &str) -> Option<Vec<(Option<i64>, i64)>> {
-    let parts: Vec<&str> = position.split(',').collect();
-    let pairs: Option<Vec<(Option<i64>, i64)>> = parts
-        .iter()
-        .map(|p| {
-            let (a, b) = p.split_once(':')?;
-            Some((Some(a.trim().parse().ok()?), b.trim().parse().ok()?))
-        })
-        .collect();
-    if let Some(pairs) = pairs
-        && !position.is_empty()
-    {
-        return Some(pairs);
+    if let Some(pairs) = crate::sink::partition_offsets(position) {
+        return Some(pairs.into_iter().map(|(p, o)| (Some(p), o)).collect());
     }
-    parts.first()?.trim().parse::<i64>().ok().map(|n| vec![(None, n)])
+    position
+        .split(',')
+        .next()?
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .map(|n| vec![(None, n)])
 }
 
 /// `SourceRange`s rendered for the `sources` column.

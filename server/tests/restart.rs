@@ -170,15 +170,10 @@ fn jobs_resume_from_checkpoints_on_s3_after_kill_9() {
     );
 }
 
-fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
-    let data = dir.join("data");
-    let input = dir.join("clicks");
-    let out = dir.join("out");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
-    let mut env = vec![("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
-    env.extend_from_slice(extra_env);
-    let mut p = SluiceProcess::start_with(&data, &env);
+/// A file stream of clicks in `input`, the view `totals` (clicks per page)
+/// and the sink `per_window` (clicks per page and 10-second window, as CSV
+/// files in `out`).
+fn create_click_jobs(p: &SluiceProcess, input: &std::path::Path, out: &std::path::Path) {
     p.psql(&[
         "-c",
         &format!(
@@ -197,14 +192,49 @@ fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
             out.display()
         ),
     ]);
+}
+
+/// Views landed by `per_window` so far.
+fn landed_views(p: &SluiceProcess) -> i64 {
+    p.psql(&["-tA", "-c", "SELECT coalesce(sum(views), 0) FROM per_window"])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `per_window`'s rows (page|window_start|views): asserts that each
+/// window landed once and with all its 20 clicks, and returns how many.
+fn windows_landed_once(p: &SluiceProcess) -> usize {
+    let windows = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT page, window_start, views FROM per_window ORDER BY 1, 2",
+    ]);
+    let windows: Vec<&str> = windows.lines().collect();
+    let distinct: std::collections::BTreeSet<&str> =
+        windows.iter().map(|l| l.rsplit_once('|').unwrap().0).collect();
+    assert_eq!(
+        windows.len(),
+        distinct.len(),
+        "no window landed twice: {windows:#?}"
+    );
+    assert!(windows.iter().all(|l| l.ends_with("|20")), "{windows:#?}");
+    windows.len()
+}
+
+fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
+    let data = dir.join("data");
+    let input = dir.join("clicks");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
+    let mut env = vec![("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    env.extend_from_slice(extra_env);
+    let mut p = SluiceProcess::start_with(&data, &env);
+    create_click_jobs(&p, &input, &out);
     // The first file is in the view and its closed windows (the last one,
     // 10:00:20-30, stays open) have landed ...
-    let landed = |p: &SluiceProcess| -> i64 {
-        p.psql(&["-tA", "-c", "SELECT coalesce(sum(views), 0) FROM per_window"])
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let landed = landed_views;
     wait_for("the first file", || {
         let total = p.psql(&["-tA", "-c", "SELECT coalesce(sum(n), 0) FROM totals"]);
         (total.trim() == "300" && landed(&p) == 200).then_some(())
@@ -237,20 +267,7 @@ fn resume_after_kill_9(dir: &std::path::Path, extra_env: &[(&str, &str)]) {
     });
     // Windows up to 10:00:50 are closed; each landed exactly once.
     wait_for("the second file's windows", || (landed(&p) >= 500).then_some(()));
-    let windows = p.psql(&[
-        "-tA",
-        "-c",
-        "SELECT page, window_start, views FROM per_window ORDER BY 1, 2",
-    ]);
-    let windows: Vec<&str> = windows.lines().collect();
-    let distinct: std::collections::BTreeSet<&str> =
-        windows.iter().map(|l| l.rsplit_once('|').unwrap().0).collect();
-    assert_eq!(
-        (windows.len(), distinct.len()),
-        (25, 25),
-        "no window lost or landed twice: {windows:#?}"
-    );
-    assert!(windows.iter().all(|l| l.ends_with("|20")), "{windows:#?}");
+    assert_eq!(windows_landed_once(&p), 25, "no window lost");
     // The restored jobs read only the new file: resuming, not replaying.
     // SHOW JOBS: job|kind|status|operator_id|operator|parallelism|rows_in|rows_out|...
     let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
@@ -296,30 +313,8 @@ fn jobs_restore_at_another_parallelism_after_kill_9() {
     std::fs::write(input.join("a.json"), clicks(0, 300)).unwrap();
     let env = |p: &'static str| [("SLUICE_CHECKPOINT_INTERVAL", "300ms"), ("SLUICE_PARALLELISM", p)];
     let mut p = SluiceProcess::start_with(&data, &env("2"));
-    p.psql(&[
-        "-c",
-        &format!(
-            "CREATE STREAM clicks (page TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (connector = 'filesystem', \
-             path = '{}', format = 'json', 'source.monitor-interval' = '100ms')",
-            input.display()
-        ),
-        "-c",
-        "CREATE MATERIALIZED VIEW totals AS SELECT page, count(*) AS n FROM clicks GROUP BY page",
-        "-c",
-        &format!(
-            "CREATE SINK per_window WITH (connector = 'filesystem', path = '{}', format = 'csv', \
-             'sink.rolling-policy.rollover-interval' = '100ms') AS \
-             SELECT page, window_start, count(*) AS views FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) \
-             GROUP BY page, window_start",
-            out.display()
-        ),
-    ]);
-    let landed = |p: &SluiceProcess| -> i64 {
-        p.psql(&["-tA", "-c", "SELECT coalesce(sum(views), 0) FROM per_window"])
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    create_click_jobs(&p, &input, &out);
+    let landed = landed_views;
     let totals = |p: &SluiceProcess| p.psql(&["-tA", "-c", "SELECT page, n FROM totals ORDER BY page"]);
     let per_page = |n: i64| (0..5).map(|k| format!("p{k}|{n}")).collect::<Vec<_>>().join("\n");
     // Waits for the view and the landed windows, then for a checkpoint
@@ -368,16 +363,7 @@ fn jobs_restore_at_another_parallelism_after_kill_9() {
         (totals(&p).trim() == per_page(180) && landed(&p) == 800).then_some(())
     });
     // Every window to 10:01:20 landed once, with all its 20 clicks.
-    let windows = p.psql(&[
-        "-tA",
-        "-c",
-        "SELECT page, window_start, views FROM per_window ORDER BY 1, 2",
-    ]);
-    let windows: Vec<&str> = windows.lines().collect();
-    let distinct: std::collections::BTreeSet<&str> =
-        windows.iter().map(|l| l.rsplit_once('|').unwrap().0).collect();
-    assert_eq!((windows.len(), distinct.len()), (40, 40), "{windows:#?}");
-    assert!(windows.iter().all(|l| l.ends_with("|20")), "{windows:#?}");
+    assert_eq!(windows_landed_once(&p), 40, "no window lost");
 }
 
 /// A GROUP BY with many groups of which few change between checkpoints

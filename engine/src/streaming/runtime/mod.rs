@@ -447,20 +447,9 @@ impl TaskCheckpoint {
 /// checkpoint had as many partitions of it, else the connector splits the
 /// checkpoint's positions anew (or refuses).
 fn restored_positions(r: &Restore, node: &Node, table: &StreamTable) -> Result<Vec<Option<String>>> {
-    let prefix = format!("{}-", node.id);
-    let old: Vec<Option<String>> = {
-        let lanes = r
-            .manifest
-            .sources
-            .keys()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse::<usize>().ok())
-            .map(|p| p + 1)
-            .max()
-            .unwrap_or(0);
-        (0..lanes)
-            .map(|p| r.position(&format!("{prefix}{p}")).map(String::from))
-            .collect()
-    };
+    let old: Vec<Option<String>> = (0..r.manifest.source_lanes(&node.id.to_string()))
+        .map(|p| r.position(&format!("{}-{p}", node.id)).map(String::from))
+        .collect();
     if old.is_empty() || old.len() == table.partitions {
         return Ok((0..table.partitions)
             .map(|p| old.get(p).cloned().flatten())
