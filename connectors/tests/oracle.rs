@@ -460,3 +460,49 @@ async fn a_count_that_reads_no_column() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q3_local_item_suggestion_inner_join() {
+    let q = "SELECT p.name, p.city, p.state, a.id FROM auction AS a INNER JOIN person AS p ON a.seller = p.id \
+             WHERE a.category = 10 AND (p.state = 'or' OR p.state = 'id' OR p.state = 'ca')";
+    check("q3", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q20_expanded_bids_with_a_residual_condition() {
+    // An equi-join plus a condition over both inputs (kept per pair).
+    let q = "SELECT b.auction, b.bidder, b.price, b.channel, a.item_name, a.initial_bid, a.reserve, a.category \
+             FROM bid AS b INNER JOIN auction AS a ON b.auction = a.id \
+             WHERE a.category = 10 AND b.price > a.initial_bid";
+    check("q20", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q4_average_closing_price_per_category_over_a_join() {
+    // Nexmark q4 with its BETWEEN condition kept per pair (a regular join:
+    // the state is not bounded by time yet), feeding two aggregates.
+    let q = "SELECT q.category, avg(q.final) AS avg_final, count(*) AS auctions FROM ( \
+               SELECT max(b.price) AS final, a.category FROM auction a, bid b \
+               WHERE a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires \
+               GROUP BY a.id, a.category) q \
+             GROUP BY q.category";
+    check("q4", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outer_joins_pad_and_retract() {
+    // Every person, with their auctions in category 10 or NULLs: the
+    // padded row is retracted when a first auction arrives.
+    let q = "SELECT p.id, p.name, a.id AS auction, a.category FROM person p \
+             LEFT JOIN auction a ON a.seller = p.id AND a.category = 10";
+    check("people_auctions", q, q).await;
+    let q = "SELECT a.id, a.reserve, b.bidder, b.price FROM bid b \
+             RIGHT JOIN auction a ON b.auction = a.id AND b.price > a.reserve * 10";
+    check("auction_big_bids", q, q).await;
+    // Both inputs updating (GROUP BY results whose counts change).
+    let q = "SELECT s.seller, s.auctions, b.bidder, b.bids FROM \
+               (SELECT seller, count(*) AS auctions FROM auction GROUP BY seller) s \
+             FULL JOIN (SELECT bidder, count(*) AS bids FROM bid GROUP BY bidder) b \
+             ON s.seller = b.bidder";
+    check("sellers_and_bidders", q, q).await;
+}

@@ -12,15 +12,18 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef, TimeUnit};
 use datafusion::common::DFSchema;
+use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::type_coercion::binary::comparison_coercion;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, SessionLayout, WindowKey};
+use super::operators::{AggExpr, JoinKind, SessionLayout, WindowKey};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -67,6 +70,14 @@ pub enum NodeKind {
     Aggregate {
         keys: Vec<Arc<dyn PhysicalExpr>>,
         aggs: Vec<AggExpr>,
+    },
+    /// An equi-join of its two inputs, emitting changes as they meet.
+    Join {
+        kind: JoinKind,
+        /// Key expressions per input (same types on both).
+        keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+        /// The rest of the ON condition, over left then right columns.
+        filter: Option<Arc<dyn PhysicalExpr>>,
     },
 }
 
@@ -133,6 +144,18 @@ impl Node {
             NodeKind::SessionAggregate { keys, aggs: a, .. } => {
                 format!("SessionAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
             }
+            NodeKind::Join { kind, keys, filter } => {
+                let on = keys[0]
+                    .iter()
+                    .zip(&keys[1])
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match filter {
+                    Some(f) => format!("{kind}Join: on=[{on}] filter={f}"),
+                    None => format!("{kind}Join: on=[{on}]"),
+                }
+            }
         }
     }
 
@@ -180,6 +203,9 @@ impl Node {
             ),
             NodeKind::Aggregate { keys, .. } if keys.is_empty() => "global, emit changes on watermark".into(),
             NodeKind::Aggregate { .. } => "emit changes on watermark, hash exchange".into(),
+            NodeKind::Join { .. } => {
+                "state per key on both inputs, emit changes as they meet, hash exchange".into()
+            }
             _ => "fused".into(),
         };
         let _ = writeln!(
@@ -622,10 +648,7 @@ impl<'a> Planner<'a> {
             LogicalPlan::Limit(_) => Err(refuse(
                 "LIMIT over a stream can't run incrementally; SELECT ... LIMIT from the view instead",
             )),
-            LogicalPlan::Join(_) => Err(refuse(
-                "joins in continuous queries are not supported yet (they come with the join operators); \
-                 join a materialized view with tables in an ad-hoc SELECT instead",
-            )),
+            LogicalPlan::Join(j) => self.join(j),
             LogicalPlan::Window(_) => Err(refuse(
                 "OVER (...) window functions can't run incrementally yet; use TUMBLE or HOP with GROUP BY",
             )),
@@ -643,6 +666,77 @@ impl<'a> Planner<'a> {
                     .unwrap_or("this plan node")
             ))),
         }
+    }
+}
+
+impl Planner<'_> {
+    /// A regular equi-join: both inputs hashed on their keys, each task
+    /// holding both inputs' rows of its keys.
+    fn join(&mut self, j: &datafusion::logical_expr::Join) -> Result<Node> {
+        let kind = match j.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            other => {
+                return Err(refuse(format!(
+                    "{other} joins (from EXISTS, IN or NOT IN subqueries) can't run incrementally yet; \
+                     write them as an INNER or LEFT JOIN"
+                )));
+            }
+        };
+        if j.on.is_empty() {
+            return Err(refuse(
+                "a join without an equality between its two inputs (a cross join, or only a non-equi \
+                 condition) can't run incrementally: it would hold both streams whole and pair every row \
+                 with every row; join on a key (a.k = b.k)",
+            ));
+        }
+        if j.null_equality == NullEquality::NullEqualsNull {
+            return Err(refuse(
+                "a join whose keys match NULL to NULL (IS NOT DISTINCT FROM) can't run incrementally yet",
+            ));
+        }
+        let left = self.node(&j.left)?;
+        let right = self.node(&j.right)?;
+        let (ls, rs) = (j.left.schema(), j.right.schema());
+        let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
+        for (l, r) in &j.on {
+            let mut l = self.physical(l, ls)?;
+            let mut r = self.physical(r, rs)?;
+            let lt = l.data_type(ls.as_arrow())?;
+            let rt = r.data_type(rs.as_arrow())?;
+            // Both inputs are hashed on their keys: equal keys must be
+            // equal values of one type to meet in one task.
+            if lt != rt {
+                let common = comparison_coercion(&lt, &rt)
+                    .ok_or_else(|| refuse(format!("join keys of types {lt} and {rt} can't be compared")))?;
+                if lt != common {
+                    l = Arc::new(CastExpr::new(l, common.clone(), None));
+                }
+                if rt != common {
+                    r = Arc::new(CastExpr::new(r, common, None));
+                }
+            }
+            keys[0].push(l);
+            keys[1].push(r);
+        }
+        let filter = match &j.filter {
+            Some(f) => Some(self.physical(f, &ls.join(rs)?)?),
+            None => None,
+        };
+        let updating = left.updating || right.updating || kind != JoinKind::Inner;
+        let schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
+        let cols = vec![None; schema.fields().len()];
+        let par = self.parallelism;
+        Ok(self.make(
+            NodeKind::Join { kind, keys, filter },
+            vec![left, right],
+            schema,
+            updating,
+            cols,
+            par,
+        ))
     }
 }
 

@@ -4,9 +4,22 @@
 //! - [`ChangedGroups`]: which groups (dense ids) changed since the last full
 //!   snapshot, and the rule that decides between an incremental snapshot
 //!   and a full one ([`IncrementalRule`]).
+//! - [`KeyedRows`]: a multiset of rows per key, both held in Arrow's row
+//!   format under a declared Arrow schema, with changed-key tracking, full
+//!   and incremental snapshots as Arrow columns, and rows and bytes
+//!   accounted. A join keeps one per input.
 //! - The format version of checkpoint state files lives with checkpoint
 //!   storage ([`crate::checkpoint::STATE_FORMAT_VERSION`]): every file
 //!   carries it and a restore refuses one it does not know.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::array::{Array, ArrayRef, Int64Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::DataFusionError;
+
+type Result<T> = datafusion::error::Result<T>;
 
 /// When an incremental snapshot (what changed since the last full one) is
 /// written instead of a full one. Restoring takes the full snapshot and
@@ -81,6 +94,269 @@ impl ChangedGroups {
     }
 }
 
+/// One row held by a [`KeyedRows`] table: the row in Arrow's row format,
+/// how many times it is held, and a counter its operator keeps beside it
+/// (a join: how many rows of the other input it matches).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub row: Box<[u8]>,
+    pub count: i64,
+    pub matches: i64,
+}
+
+/// A multiset of rows per key. Keys and rows are held in Arrow's row
+/// format (compact, hashable, comparable bytes) and turned back into
+/// columns of the declared schema when read.
+pub(crate) struct KeyedRows {
+    schema: SchemaRef,
+    keys: RowConverter,
+    rows: RowConverter,
+    buckets: HashMap<Box<[u8]>, Vec<Entry>>,
+    /// Keys changed since the last full snapshot.
+    changed: HashSet<Box<[u8]>>,
+    held: usize,
+    bytes: usize,
+}
+
+/// Rows of a snapshot of a [`KeyedRows`], as columns: the key columns,
+/// the row's columns, `count` and `matches`. A row with `count` 0 (its
+/// row columns NULL) says its key held nothing at that point: restoring
+/// an incremental snapshot clears the key before its rows are added.
+pub(crate) struct RowsSnapshot {
+    pub keys: Vec<ArrayRef>,
+    pub rows: Vec<ArrayRef>,
+    pub count: Int64Array,
+    pub matches: Int64Array,
+}
+
+impl RowsSnapshot {
+    pub(crate) fn len(&self) -> usize {
+        self.count.len()
+    }
+}
+
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
+
+impl KeyedRows {
+    /// A table of rows of `schema` keyed by values of `key_types`.
+    pub(crate) fn new(key_types: &[DataType], schema: SchemaRef) -> Result<Self> {
+        let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let rows = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            schema,
+            keys,
+            rows,
+            buckets: HashMap::new(),
+            changed: HashSet::new(),
+            held: 0,
+            bytes: 0,
+        })
+    }
+
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Key columns in the table's key encoding.
+    pub(crate) fn encode_keys(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.keys.convert_columns(columns)?)
+    }
+
+    /// Row columns (of the declared schema) in the table's row encoding.
+    pub(crate) fn encode_rows(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        Ok(self.rows.convert_columns(columns)?)
+    }
+
+    /// The rows held under `key` (none: empty).
+    pub(crate) fn bucket(&self, key: &[u8]) -> &[Entry] {
+        self.buckets.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many times `row` is held under `key`.
+    pub(crate) fn count_of(&self, key: &[u8], row: &[u8]) -> i64 {
+        self.bucket(key)
+            .iter()
+            .find(|e| *e.row == *row)
+            .map_or(0, |e| e.count)
+    }
+
+    /// Adds `delta` to the count of `row` under `key` (a new row starts
+    /// with `matches`); a row whose count reaches 0 is dropped. False when
+    /// the count would go below 0 (the row is not held that often):
+    /// nothing changes.
+    pub(crate) fn add(&mut self, key: &[u8], row: &[u8], delta: i64, matches: i64) -> bool {
+        if delta == 0 {
+            return true;
+        }
+        let bucket = match self.buckets.get_mut(key) {
+            Some(b) => b,
+            None if delta < 0 => return false,
+            None => {
+                self.bytes += key.len() + std::mem::size_of::<Vec<Entry>>();
+                self.buckets.entry(key.into()).or_default()
+            }
+        };
+        match bucket.iter().position(|e| *e.row == *row) {
+            Some(at) => {
+                let e = &mut bucket[at];
+                if e.count + delta < 0 {
+                    return false;
+                }
+                e.count += delta;
+                if e.count == 0 {
+                    let gone = bucket.swap_remove(at);
+                    self.held -= 1;
+                    self.bytes -= gone.row.len() + ENTRY_OVERHEAD;
+                }
+            }
+            None if delta < 0 => return false,
+            None => {
+                bucket.push(Entry {
+                    row: row.into(),
+                    count: delta,
+                    matches,
+                });
+                self.held += 1;
+                self.bytes += row.len() + ENTRY_OVERHEAD;
+            }
+        }
+        if bucket.is_empty() {
+            self.buckets.remove(key);
+            self.bytes -= key.len() + std::mem::size_of::<Vec<Entry>>();
+        }
+        self.mark(key);
+        true
+    }
+
+    /// Adds `delta` to the match counter of the `at`-th row under `key`;
+    /// returns the counter before and after.
+    pub(crate) fn add_matches(&mut self, key: &[u8], at: usize, delta: i64) -> Option<(i64, i64)> {
+        let e = self.buckets.get_mut(key)?.get_mut(at)?;
+        let before = e.matches;
+        e.matches += delta;
+        let after = e.matches;
+        self.mark(key);
+        Some((before, after))
+    }
+
+    fn mark(&mut self, key: &[u8]) {
+        if !self.changed.contains(key) {
+            self.changed.insert(key.into());
+        }
+    }
+
+    /// Rows (in the row encoding) back as columns of the declared schema.
+    pub(crate) fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.rows.parser();
+        Ok(self
+            .rows
+            .convert_rows(rows.into_iter().map(|r| parser.parse(r)))?)
+    }
+
+    /// (distinct rows held, bytes held).
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (self.held, self.bytes + self.keys.size() + self.rows.size())
+    }
+
+    /// Keys held.
+    pub(crate) fn keys_held(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Keys changed since the last full snapshot.
+    pub(crate) fn keys_changed(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Every row held; nothing has changed since.
+    pub(crate) fn snapshot(&mut self) -> Result<RowsSnapshot> {
+        self.changed.clear();
+        let keys: Vec<&[u8]> = self.buckets.keys().map(|k| &**k).collect();
+        self.snapshot_of(&keys, false)
+    }
+
+    /// The keys changed since the last full snapshot: each one's marker
+    /// (count 0) first, then the rows it holds now.
+    pub(crate) fn snapshot_changes(&self) -> Result<RowsSnapshot> {
+        let mut keys: Vec<&[u8]> = self.changed.iter().map(|k| &**k).collect();
+        keys.sort_unstable();
+        self.snapshot_of(&keys, true)
+    }
+
+    fn snapshot_of(&self, keys: &[&[u8]], markers: bool) -> Result<RowsSnapshot> {
+        let mut key_rows: Vec<&[u8]> = Vec::new();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut count = Vec::new();
+        let mut matches = Vec::new();
+        let marked = if markers { keys.len() } else { 0 };
+        if markers {
+            key_rows.extend_from_slice(keys);
+            count.resize(keys.len(), 0);
+            matches.resize(keys.len(), 0);
+        }
+        for k in keys {
+            for e in self.bucket(k) {
+                key_rows.push(k);
+                rows.push(&e.row);
+                count.push(e.count);
+                matches.push(e.matches);
+            }
+        }
+        let key_parser = self.keys.parser();
+        let key_cols = self
+            .keys
+            .convert_rows(key_rows.iter().map(|k| key_parser.parse(k)))?;
+        let mut row_cols = self.decode(rows)?;
+        if marked > 0 {
+            row_cols = row_cols
+                .iter()
+                .map(|c| {
+                    let nulls = arrow::array::new_null_array(c.data_type(), marked);
+                    Ok(arrow::compute::concat(&[nulls.as_ref(), c.as_ref()])?)
+                })
+                .collect::<Result<_>>()?;
+        }
+        Ok(RowsSnapshot {
+            keys: key_cols,
+            rows: row_cols,
+            count: Int64Array::from(count),
+            matches: Int64Array::from(matches),
+        })
+    }
+
+    /// Takes back snapshot rows (a full snapshot's, then the changes after
+    /// it, in order). Restored rows count as unchanged.
+    pub(crate) fn restore(&mut self, snap: &RowsSnapshot) -> Result<()> {
+        let keys = self.encode_keys(&snap.keys)?;
+        let rows = self.encode_rows(&snap.rows)?;
+        for i in 0..snap.len() {
+            let key = keys.row(i);
+            let count = snap.count.value(i);
+            if count == 0 {
+                if let Some(gone) = self.buckets.remove(key.data()) {
+                    self.held -= gone.len();
+                    self.bytes -= key.data().len() + std::mem::size_of::<Vec<Entry>>();
+                    self.bytes -= gone.iter().map(|e| e.row.len() + ENTRY_OVERHEAD).sum::<usize>();
+                }
+                continue;
+            }
+            if !self.add(key.data(), rows.row(i).data(), count, snap.matches.value(i)) {
+                return Err(DataFusionError::Internal(
+                    "a snapshot row with a negative count".into(),
+                ));
+            }
+        }
+        self.changed.clear();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +382,49 @@ mod tests {
             c.mark(g);
         }
         assert_eq!(c.incremental(10), None);
+    }
+
+    #[test]
+    fn keyed_rows_count_a_multiset_and_account_for_what_they_hold() {
+        use std::sync::Arc;
+
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
+        let mut t = KeyedRows::new(&[DataType::Int64], schema).unwrap();
+        let empty = t.size().1;
+        let keys = t
+            .encode_keys(&[Arc::new(Int64Array::from(vec![1, 1, 2])) as ArrayRef])
+            .unwrap();
+        let rows = t
+            .encode_rows(&[Arc::new(arrow::array::StringArray::from(vec!["a", "b", "a"])) as ArrayRef])
+            .unwrap();
+        let k = |i: usize| keys.row(i).data().to_vec();
+        let r = |i: usize| rows.row(i).data().to_vec();
+        for i in [0, 1, 0, 2] {
+            let (key, row) = (k(i), r(i));
+            assert!(t.add(&key, &row, 1, 0));
+        }
+        assert_eq!(t.size().0, 3);
+        assert_eq!(t.count_of(&k(0), &r(0)), 2);
+        assert!(t.size().1 > empty);
+        // Deleting more than is held changes nothing.
+        assert!(!t.add(&k(1), &r(1), -2, 0));
+        assert!(!t.add(&k(2), &r(1), -1, 0));
+        assert_eq!(t.add_matches(&k(1), 0, 3), Some((0, 3)));
+        let snap = t.snapshot().unwrap();
+        assert_eq!((snap.len(), t.keys_changed()), (3, 0));
+        for (i, n) in [(0, -2), (1, -1), (2, -1)] {
+            let (key, row) = (k(i), r(i));
+            assert!(t.add(&key, &row, n, 0));
+        }
+        assert_eq!((t.size(), t.keys_held(), t.keys_changed()), ((0, empty), 0, 2));
+        // The changes: both keys emptied, markers only.
+        let changes = t.snapshot_changes().unwrap();
+        assert_eq!(changes.count.values().to_vec(), vec![0, 0]);
+        let mut back = KeyedRows::new(&[DataType::Int64], t.schema().clone()).unwrap();
+        back.restore(&snap).unwrap();
+        assert_eq!(back.bucket(&k(1))[0].matches, 3);
+        back.restore(&changes).unwrap();
+        assert_eq!((back.size(), back.keys_held()), ((0, empty), 0));
     }
 }

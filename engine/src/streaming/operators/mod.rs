@@ -25,11 +25,13 @@ use super::window::{micros_to_ticks, ticks_to_micros};
 type Result<T> = datafusion::error::Result<T>;
 
 mod columnar;
+mod join;
 mod session;
 mod updating;
 mod window;
 
 pub use columnar::ColumnarAggregate;
+pub use join::{JoinInput, JoinKind, StreamingJoin};
 pub use session::{SessionAggregate, SessionLayout};
 pub use updating::{UpdatingAggregate, retractable};
 pub use window::{WindowAggregate, WindowKey};

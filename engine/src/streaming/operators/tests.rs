@@ -37,7 +37,7 @@ fn sum_agg(schema: &SchemaRef) -> AggExpr {
     }
 }
 
-fn pretty(batches: &[RecordBatch]) -> String {
+pub(super) fn pretty(batches: &[RecordBatch]) -> String {
     arrow::util::pretty::pretty_format_batches(batches)
         .unwrap()
         .to_string()
@@ -45,7 +45,7 @@ fn pretty(batches: &[RecordBatch]) -> String {
 
 /// Snapshot, round trip through an Arrow IPC file as a checkpoint
 /// does, restore into a fresh operator.
-fn through_ipc(state: Vec<RecordBatch>) -> Vec<RecordBatch> {
+pub(super) fn through_ipc(state: Vec<RecordBatch>) -> Vec<RecordBatch> {
     if state.is_empty() {
         return state;
     }
@@ -77,6 +77,22 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     steps: &[(RecordBatch, i64)],
     cut: usize,
 ) {
+    let steps: Vec<Step> = steps.iter().map(|(b, w)| (0, b.clone(), *w)).collect();
+    recovery_matches_inputs(make, &[keys.to_vec()], &steps, cut);
+}
+
+/// A step of an operator with several inputs: a batch on an input, then a
+/// watermark.
+pub(super) type Step = (usize, RecordBatch, i64);
+
+/// [`recovery_matches`] for an operator with several inputs: `keys[i]`
+/// are input `i`'s key expressions.
+pub(super) fn recovery_matches_inputs<F: Fn() -> Box<dyn KeyedOperator>>(
+    make: F,
+    keys: &[Vec<Arc<dyn PhysicalExpr>>],
+    steps: &[Step],
+    cut: usize,
+) {
     recovery_in_one_task_matches(&make, steps, cut);
     let routing = crate::streaming::keygroups::routing();
     for (from, to, recorded) in [
@@ -94,7 +110,7 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(
 
 /// Rows of batches as trimmed cells, sorted: what parallel tasks emit
 /// together, whatever the order among tasks.
-fn row_multiset(batches: &[RecordBatch]) -> Vec<String> {
+pub(super) fn row_multiset(batches: &[RecordBatch]) -> Vec<String> {
     let mut rows = Vec::new();
     for b in batches {
         if b.num_rows() == 0 {
@@ -112,8 +128,8 @@ fn row_multiset(batches: &[RecordBatch]) -> Vec<String> {
 
 fn rescale_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     make: &F,
-    keys: &[Arc<dyn PhysicalExpr>],
-    steps: &[(RecordBatch, i64)],
+    keys: &[Vec<Arc<dyn PhysicalExpr>>],
+    steps: &[Step],
     cut: usize,
     from: usize,
     to: usize,
@@ -122,24 +138,23 @@ fn rescale_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     use crate::streaming::keygroups::{Assignment, gather_state};
     let mut straight = make();
     let mut expected = vec![];
-    for (b, w) in steps {
-        straight.on_batch(0, b.clone(), &mut expected).unwrap();
+    for (i, b, w) in steps {
+        straight.on_batch(*i, b.clone(), &mut expected).unwrap();
         straight.on_watermark(*w, &mut expected).unwrap();
     }
-    let run =
-        |ops: &mut [Box<dyn KeyedOperator>], steps: &[(RecordBatch, i64)], got: &mut Vec<RecordBatch>| {
-            let assignment = Assignment::new(ops.len());
-            let mut hashes = Vec::new();
-            for (b, w) in steps {
-                let cols: Vec<ArrayRef> = keys.iter().map(|k| eval(k, b).unwrap()).collect();
-                for (t, part) in assignment.split(b, &cols, &mut hashes).unwrap() {
-                    ops[t].on_batch(0, part, got).unwrap();
-                }
-                for op in ops.iter_mut() {
-                    op.on_watermark(*w, got).unwrap();
-                }
+    let run = |ops: &mut [Box<dyn KeyedOperator>], steps: &[Step], got: &mut Vec<RecordBatch>| {
+        let assignment = Assignment::new(ops.len());
+        let mut hashes = Vec::new();
+        for (i, b, w) in steps {
+            let cols: Vec<ArrayRef> = keys[*i].iter().map(|k| eval(k, b).unwrap()).collect();
+            for (t, part) in assignment.split(b, &cols, &mut hashes).unwrap() {
+                ops[t].on_batch(*i, part, got).unwrap();
             }
-        };
+            for op in ops.iter_mut() {
+                op.on_watermark(*w, got).unwrap();
+            }
+        }
+    };
     let mut got = vec![];
     let mut before: Vec<Box<dyn KeyedOperator>> = (0..from).map(|_| make()).collect();
     run(&mut before, &steps[..cut], &mut got);
@@ -148,8 +163,9 @@ fn rescale_matches<F: Fn() -> Box<dyn KeyedOperator>>(
         .map(|op| through_ipc(op.snapshot().unwrap()))
         .collect();
     let mut after: Vec<Box<dyn KeyedOperator>> = (0..to).map(|_| make()).collect();
+    let n_keys = keys.first().map_or(0, Vec::len);
     for (t, op) in after.iter_mut().enumerate() {
-        let state = gather_state(recorded, from, to, t, keys.len(), |old| Ok(states[old].clone())).unwrap();
+        let state = gather_state(recorded, from, to, t, n_keys, |old| Ok(states[old].clone())).unwrap();
         op.restore(state).unwrap();
         op.on_watermark(i64::MIN, &mut got).unwrap();
     }
@@ -161,40 +177,30 @@ fn rescale_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     );
 }
 
-fn recovery_in_one_task_matches<F: Fn() -> Box<dyn KeyedOperator>>(
-    make: &F,
-    steps: &[(RecordBatch, i64)],
-    cut: usize,
-) {
+fn recovery_in_one_task_matches<F: Fn() -> Box<dyn KeyedOperator>>(make: &F, steps: &[Step], cut: usize) {
+    let feed = |op: &mut Box<dyn KeyedOperator>, steps: &[Step], out: &mut Vec<RecordBatch>| {
+        for (i, b, w) in steps {
+            op.on_batch(*i, b.clone(), out).unwrap();
+            op.on_watermark(*w, out).unwrap();
+        }
+    };
     let mut straight = make();
     let mut expected = vec![];
-    for (b, w) in steps {
-        straight.on_batch(0, b.clone(), &mut expected).unwrap();
-        straight.on_watermark(*w, &mut expected).unwrap();
-    }
+    feed(&mut straight, steps, &mut expected);
     let mut first = make();
     let mut got = vec![];
-    for (b, w) in &steps[..cut] {
-        first.on_batch(0, b.clone(), &mut got).unwrap();
-        first.on_watermark(*w, &mut got).unwrap();
-    }
+    feed(&mut first, &steps[..cut], &mut got);
     let state = through_ipc(first.snapshot().unwrap());
     // The snapshot leaves the operator as it was.
     let mut check = got.clone();
-    for (b, w) in &steps[cut..] {
-        first.on_batch(0, b.clone(), &mut check).unwrap();
-        first.on_watermark(*w, &mut check).unwrap();
-    }
+    feed(&mut first, &steps[cut..], &mut check);
     assert_eq!(pretty(&check), pretty(&expected), "after a snapshot");
     let prefix = got.clone();
     let mut restored = make();
     restored.restore(state.clone()).unwrap();
     // A restored job's inputs start their watermarks from scratch.
     restored.on_watermark(i64::MIN, &mut got).unwrap();
-    for (b, w) in &steps[cut..] {
-        restored.on_batch(0, b.clone(), &mut got).unwrap();
-        restored.on_watermark(*w, &mut got).unwrap();
-    }
+    feed(&mut restored, &steps[cut..], &mut got);
     assert_eq!(pretty(&got), pretty(&expected), "after a restore");
     // Restored, one more step, a snapshot again (groups touched since
     // the restore beside groups only restored), restored again.
@@ -202,17 +208,12 @@ fn recovery_in_one_task_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     let mut restored = make();
     restored.restore(state).unwrap();
     restored.on_watermark(i64::MIN, &mut got).unwrap();
-    let (b, w) = &steps[cut];
-    restored.on_batch(0, b.clone(), &mut got).unwrap();
-    restored.on_watermark(*w, &mut got).unwrap();
+    feed(&mut restored, &steps[cut..cut + 1], &mut got);
     let again = through_ipc(restored.snapshot().unwrap());
     let mut twice = make();
     twice.restore(again).unwrap();
     twice.on_watermark(i64::MIN, &mut got).unwrap();
-    for (b, w) in &steps[cut + 1..] {
-        twice.on_batch(0, b.clone(), &mut got).unwrap();
-        twice.on_watermark(*w, &mut got).unwrap();
-    }
+    feed(&mut twice, &steps[cut + 1..], &mut got);
     assert_eq!(pretty(&got), pretty(&expected), "after two restores");
 }
 

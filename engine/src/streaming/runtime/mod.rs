@@ -35,7 +35,9 @@ use tokio::task::JoinSet;
 
 use super::metrics::NodeMetrics;
 use super::operators::ColumnarAggregate;
-use super::operators::{KeyedOperator, SessionAggregate, UpdatingAggregate, WindowAggregate, eval};
+use super::operators::{
+    JoinInput, KeyedOperator, SessionAggregate, StreamingJoin, UpdatingAggregate, WindowAggregate, eval,
+};
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
 use crate::checkpoint::{Ack, CheckpointConfig, CheckpointStats, CheckpointStore, Manifest, Restore};
@@ -1189,6 +1191,24 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 }
             }
             keyed(node, vec![keys.clone()], ops, tasks, wiring)
+        }
+        NodeKind::Join { kind, keys, filter } => {
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            let input = |i: usize| JoinInput {
+                schema: node.inputs[i].schema.clone(),
+                keys: keys[i].clone(),
+                updating: node.inputs[i].updating,
+            };
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(StreamingJoin::new(
+                    *kind,
+                    input(0),
+                    input(1),
+                    filter.clone(),
+                    node.schema.clone(),
+                )?));
+            }
+            keyed(node, keys.to_vec(), ops, tasks, wiring)
         }
     }
 }

@@ -1,0 +1,588 @@
+//! Regular equi-joins (INNER, LEFT, RIGHT, FULL) over append-only or
+//! updating inputs, computed incrementally.
+//!
+//! Each input keeps its rows per join key ([`KeyedRows`]: a multiset, so
+//! an input without a unique key is fine). A change on one input is joined
+//! with the other input's rows under its key and the residual ON
+//! condition, and goes out with the change's sign: a retraction retracts
+//! exactly the rows its insertion produced.
+//!
+//! For an outer side every held row counts the rows of the other input it
+//! matches. A row matching nothing is out NULL-padded; when its count goes
+//! 0 -> 1 the padded row is retracted, 1 -> 0 it is emitted again.
+//!
+//! Rows whose key holds a NULL match nothing (SQL's `=`); they are not
+//! held, and on an outer side they go out NULL-padded at once.
+//!
+//! The output has no event time: a row of one input can meet a row of the
+//! other arbitrarily late, so windows over a join's output are not offered
+//! (it feeds views, sinks and non-windowed aggregates).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::Rows;
+use datafusion::common::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::{KeyedOperator, Result, batch_with_schema, eval, null_as_false, state_batch};
+use crate::stream::{OP_COLUMN, with_op_column};
+use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
+
+/// Which rows of a join are kept when nothing matches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+}
+
+impl JoinKind {
+    /// Whether rows of input `side` (0 left, 1 right) without a match
+    /// are kept, NULL-padded.
+    pub fn preserves(self, side: usize) -> bool {
+        match self {
+            JoinKind::Inner => false,
+            JoinKind::Left => side == 0,
+            JoinKind::Right => side == 1,
+            JoinKind::Full => true,
+        }
+    }
+}
+
+impl std::fmt::Display for JoinKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JoinKind::Inner => "Inner",
+            JoinKind::Left => "Left",
+            JoinKind::Right => "Right",
+            JoinKind::Full => "Full",
+        })
+    }
+}
+
+/// Pairs joined per output batch: a row matching very many rows goes out
+/// in batches of this size, never as one giant batch.
+const PAIRS_PER_BATCH: usize = 8192;
+
+/// Snapshot column saying which input a held row belongs to.
+const SIDE: &str = "side";
+
+/// What one input of the join is.
+pub struct JoinInput {
+    /// The input's row schema (without the op column).
+    pub schema: SchemaRef,
+    /// Its join key expressions (every input's keys have the same types).
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Whether its batches carry the op column (inserts and deletes).
+    pub updating: bool,
+}
+
+/// An incremental equi-join of two inputs.
+pub struct StreamingJoin {
+    kind: JoinKind,
+    inputs: [JoinInput; 2],
+    /// Residual ON condition over a left row followed by a right row.
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    pair_schema: SchemaRef,
+    output: SchemaRef,
+    updating: bool,
+    sides: [KeyedRows; 2],
+    snapshot_schema: SchemaRef,
+    rule: IncrementalRule,
+    /// Deletes of rows the join did not hold (dropped).
+    unmatched_deletes: u64,
+}
+
+impl StreamingJoin {
+    /// `output` is the join's row schema (left columns then right ones).
+    pub fn new(
+        kind: JoinKind,
+        left: JoinInput,
+        right: JoinInput,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        output: SchemaRef,
+    ) -> Result<Self> {
+        let key_types = left
+            .keys
+            .iter()
+            .map(|k| k.data_type(&left.schema))
+            .collect::<Result<Vec<DataType>>>()?;
+        let right_types = right
+            .keys
+            .iter()
+            .map(|k| k.data_type(&right.schema))
+            .collect::<Result<Vec<DataType>>>()?;
+        if key_types != right_types {
+            return Err(DataFusionError::Internal(format!(
+                "join keys of different types: {key_types:?} and {right_types:?}"
+            )));
+        }
+        let relaxed = |s: &SchemaRef| -> Vec<Field> {
+            s.fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect()
+        };
+        let mut pair = relaxed(&left.schema);
+        pair.extend(relaxed(&right.schema));
+        let pair_schema = Arc::new(Schema::new(pair));
+        let mut snap: Vec<Field> = key_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true))
+            .collect();
+        snap.push(Field::new(SIDE, DataType::Int8, true));
+        snap.push(Field::new("count", DataType::Int64, true));
+        snap.push(Field::new("matches", DataType::Int64, true));
+        for (prefix, input) in [("l", &left), ("r", &right)] {
+            for (i, f) in input.schema.fields().iter().enumerate() {
+                snap.push(Field::new(format!("{prefix}{i}"), f.data_type().clone(), true));
+            }
+        }
+        let updating = left.updating || right.updating || kind != JoinKind::Inner;
+        let output = if updating { with_op_column(&output) } else { output };
+        let sides = [
+            KeyedRows::new(&key_types, left.schema.clone())?,
+            KeyedRows::new(&key_types, right.schema.clone())?,
+        ];
+        Ok(Self {
+            kind,
+            inputs: [left, right],
+            filter,
+            pair_schema,
+            output,
+            updating,
+            sides,
+            snapshot_schema: Arc::new(Schema::new(snap)),
+            rule: IncrementalRule::default(),
+            unmatched_deletes: 0,
+        })
+    }
+
+    /// Whether the output carries the op column.
+    pub fn is_updating(&self) -> bool {
+        self.updating
+    }
+
+    /// Deletes of rows the join did not hold, dropped so far.
+    pub fn unmatched_deletes(&self) -> u64 {
+        self.unmatched_deletes
+    }
+
+    /// Rows of `this` input changed by `delta` (+1 inserted, -1 deleted).
+    fn apply(
+        &mut self,
+        this: usize,
+        rows: RecordBatch,
+        delta: i64,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let other = 1 - this;
+        let key_cols = self.inputs[this]
+            .keys
+            .iter()
+            .map(|k| eval(k, &rows))
+            .collect::<Result<Vec<_>>>()?;
+        let valid: Vec<bool> = (0..n).map(|i| key_cols.iter().all(|c| c.is_valid(i))).collect();
+        let keys = self.sides[this].encode_keys(&key_cols)?;
+        let encoded = self.sides[this].encode_rows(rows.columns())?;
+        // A delete must find its row held (a changelog read from its middle
+        // deletes rows never inserted): others are dropped.
+        let mut keep = vec![true; n];
+        if delta < 0 {
+            let mut pending: HashMap<(&[u8], &[u8]), i64> = HashMap::new();
+            for i in (0..n).filter(|i| valid[*i]) {
+                let (k, r) = (keys.row(i).data(), encoded.row(i).data());
+                let taken = pending.entry((k, r)).or_default();
+                if self.sides[this].count_of(k, r) > *taken {
+                    *taken += 1;
+                } else {
+                    keep[i] = false;
+                    self.unmatched_deletes += 1;
+                }
+            }
+        }
+        // Matches, a batch of pairs at a time.
+        let mut matched = vec![0i64; n];
+        let mut other_deltas: BTreeMap<&[u8], BTreeMap<usize, i64>> = BTreeMap::new();
+        let mut pairs: Vec<(u32, usize)> = Vec::new();
+        for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
+            let bucket = self.sides[other].bucket(keys.row(i).data());
+            for j in 0..bucket.len() {
+                pairs.push((i as u32, j));
+                if pairs.len() >= PAIRS_PER_BATCH {
+                    self.join_pairs(
+                        this,
+                        &rows,
+                        &keys,
+                        &pairs,
+                        delta,
+                        &mut matched,
+                        &mut other_deltas,
+                        out,
+                    )?;
+                    pairs.clear();
+                }
+            }
+        }
+        self.join_pairs(
+            this,
+            &rows,
+            &keys,
+            &pairs,
+            delta,
+            &mut matched,
+            &mut other_deltas,
+            out,
+        )?;
+        // Rows of the other input that start or stop matching.
+        if self.kind.preserves(other) {
+            let (mut now_matched, mut now_unmatched) = (Vec::new(), Vec::new());
+            for (key, deltas) in &other_deltas {
+                for (&at, &d) in deltas {
+                    if d == 0 {
+                        continue;
+                    }
+                    let Some((before, after)) = self.sides[other].add_matches(key, at, d) else {
+                        continue;
+                    };
+                    let e = &self.sides[other].bucket(key)[at];
+                    let list = match (before > 0, after > 0) {
+                        (false, true) => &mut now_matched,
+                        (true, false) => &mut now_unmatched,
+                        _ => continue,
+                    };
+                    for _ in 0..e.count {
+                        list.push(e.row.clone());
+                    }
+                }
+            }
+            for (list, sign) in [(now_matched, -1), (now_unmatched, 1)] {
+                for chunk in list.chunks(PAIRS_PER_BATCH) {
+                    let cols = self.sides[other].decode(chunk.iter().map(|r| &**r))?;
+                    self.emit_padded(other, cols, chunk.len(), sign, out)?;
+                }
+            }
+        }
+        // Rows of this input matching nothing.
+        if self.kind.preserves(this) {
+            let lonely: Vec<u32> = (0..n as u32)
+                .filter(|&i| keep[i as usize] && matched[i as usize] == 0)
+                .collect();
+            if !lonely.is_empty() {
+                let idx = UInt32Array::from(lonely);
+                let cols = rows
+                    .columns()
+                    .iter()
+                    .map(|c| Ok(take(c, &idx, None)?))
+                    .collect::<Result<Vec<_>>>()?;
+                self.emit_padded(this, cols, idx.len(), delta, out)?;
+            }
+        }
+        // This input's rows, held for the other input's changes to come.
+        for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
+            let (k, r) = (keys.row(i), encoded.row(i));
+            if !self.sides[this].add(k.data(), r.data(), delta, matched[i]) {
+                // Checked above: a delete finds its row.
+                return Err(DataFusionError::Internal(
+                    "a join deleted a row it did not hold".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins `pairs` (a row of `rows`, the index of a row held by the
+    /// other input under its key), keeps those passing the residual
+    /// condition, emits them and counts the matches.
+    #[allow(clippy::too_many_arguments)]
+    fn join_pairs<'k>(
+        &self,
+        this: usize,
+        rows: &RecordBatch,
+        keys: &'k Rows,
+        pairs: &[(u32, usize)],
+        delta: i64,
+        matched: &mut [i64],
+        other_deltas: &mut BTreeMap<&'k [u8], BTreeMap<usize, i64>>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let other = 1 - this;
+        let idx = UInt32Array::from_iter_values(pairs.iter().map(|(i, _)| *i));
+        let this_cols = rows
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c, &idx, None)?))
+            .collect::<Result<Vec<_>>>()?;
+        let entries: Vec<_> = pairs
+            .iter()
+            .map(|(i, j)| &self.sides[other].bucket(keys.row(*i as usize).data())[*j])
+            .collect();
+        let other_cols = self.sides[other].decode(entries.iter().map(|e| &*e.row))?;
+        let (left, right) = if this == 0 {
+            (this_cols, other_cols)
+        } else {
+            (other_cols, this_cols)
+        };
+        let mut cols = left;
+        cols.extend(right);
+        let joined = RecordBatch::try_new(self.pair_schema.clone(), cols)?;
+        let keep = match &self.filter {
+            Some(f) => {
+                let mask = eval(f, &joined)?;
+                let mask = mask
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .ok_or_else(|| DataFusionError::Internal("join condition is not boolean".into()))?;
+                Some(null_as_false(mask))
+            }
+            None => None,
+        };
+        // Kept pairs, each as many times as the held row is held.
+        let mut repeat: Vec<u32> = Vec::with_capacity(pairs.len());
+        for (p, ((i, j), e)) in pairs.iter().zip(&entries).enumerate() {
+            if keep.as_ref().is_some_and(|k| !k.value(p)) {
+                continue;
+            }
+            matched[*i as usize] += e.count;
+            if self.kind.preserves(other) {
+                *other_deltas
+                    .entry(keys.row(*i as usize).data())
+                    .or_default()
+                    .entry(*j)
+                    .or_default() += delta;
+            }
+            for _ in 0..e.count {
+                repeat.push(p as u32);
+            }
+        }
+        if repeat.is_empty() {
+            return Ok(());
+        }
+        let repeat = UInt32Array::from(repeat);
+        let cols = joined
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c, &repeat, None)?))
+            .collect::<Result<Vec<_>>>()?;
+        self.emit(cols, repeat.len(), delta, out)
+    }
+
+    /// Rows of input `side` with the other input's columns NULL.
+    fn emit_padded(
+        &self,
+        side: usize,
+        cols: Vec<ArrayRef>,
+        len: usize,
+        sign: i64,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
+            s.fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), len))
+                .collect()
+        };
+        let all = if side == 0 {
+            let mut all = cols;
+            all.extend(nulls(&self.inputs[1].schema));
+            all
+        } else {
+            let mut all = nulls(&self.inputs[0].schema);
+            all.extend(cols);
+            all
+        };
+        self.emit(all, len, sign, out)
+    }
+
+    fn emit(&self, mut cols: Vec<ArrayRef>, len: usize, sign: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.updating {
+            let op = if sign > 0 { 1i8 } else { -1i8 };
+            cols.push(Arc::new(Int8Array::from(vec![op; len])));
+        }
+        out.push(batch_with_schema(&self.output, cols)?);
+        Ok(())
+    }
+
+    /// One input's snapshot rows in the snapshot layout.
+    fn snapshot_batch(&self, side: usize, snap: RowsSnapshot) -> Result<RecordBatch> {
+        let len = snap.len();
+        let mut cols = snap.keys;
+        cols.push(Arc::new(Int8Array::from(vec![side as i8; len])));
+        cols.push(Arc::new(snap.count));
+        cols.push(Arc::new(snap.matches));
+        for s in 0..2 {
+            if s == side {
+                cols.extend(snap.rows.iter().cloned());
+            } else {
+                cols.extend(
+                    self.inputs[s]
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| new_null_array(f.data_type(), len)),
+                );
+            }
+        }
+        let names = self
+            .snapshot_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        state_batch(names, cols, HashMap::new(), len)
+    }
+}
+
+impl KeyedOperator for StreamingJoin {
+    fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if input > 1 {
+            return Err(DataFusionError::Internal(format!("a join has no input {input}")));
+        }
+        if !self.inputs[input].updating {
+            return self.apply(input, batch, 1, out);
+        }
+        let n = batch.num_columns();
+        let ops = batch
+            .column(n - 1)
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .ok_or_else(|| DataFusionError::Internal(format!("updating batch without {OP_COLUMN}")))?
+            .clone();
+        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
+        let inserts: arrow::array::BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
+        let deletes = arrow::compute::not(&inserts)?;
+        // Inserts first: a row inserted and deleted in one batch (a
+        // changelog's create and update) is then found by its delete.
+        self.apply(input, filter_record_batch(&rows, &inserts)?, 1, out)?;
+        self.apply(input, filter_record_batch(&rows, &deletes)?, -1, out)
+    }
+
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        // Changes go out as they are joined.
+        Ok(())
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        let (a, b) = (self.sides[0].size(), self.sides[1].size());
+        (a.0 + b.0, a.1 + b.1)
+    }
+
+    /// Both inputs' rows: key columns `k0..`, `side`, `count`, `matches`,
+    /// then the left row's columns `l0..` and the right row's `r0..` (the
+    /// other input's NULL).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        self.rule.full_taken();
+        let mut out = Vec::new();
+        for side in 0..2 {
+            let snap = self.sides[side].snapshot()?;
+            if snap.len() > 0 {
+                out.push(self.snapshot_batch(side, snap)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys changed since the last full snapshot, each cleared and
+    /// then written with what it holds now.
+    fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        let changed = self.sides[0].keys_changed() + self.sides[1].keys_changed();
+        let total = self.sides[0].keys_held() + self.sides[1].keys_held();
+        if !self.rule.incremental(changed, total.max(changed)) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for side in 0..2 {
+            let snap = self.sides[side].snapshot_changes()?;
+            if snap.len() > 0 {
+                out.push(self.snapshot_batch(side, snap)?);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let n_keys = self.inputs[0].keys.len();
+        for batch in state {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let col = |name: &str| -> Result<ArrayRef> {
+                let at = batch.schema().index_of(name).map_err(|_| {
+                    DataFusionError::Internal(format!("a join snapshot without its {name} column"))
+                })?;
+                Ok(batch.column(at).clone())
+            };
+            let side_col = col(SIDE)?;
+            let sides = side_col
+                .as_any()
+                .downcast_ref::<Int8Array>()
+                .ok_or_else(|| DataFusionError::Internal("a join snapshot's side is not Int8".into()))?;
+            for side in 0..2usize {
+                let mask: arrow::array::BooleanArray =
+                    sides.iter().map(|s| Some(s == Some(side as i8))).collect();
+                if mask.true_count() == 0 {
+                    continue;
+                }
+                let part = filter_record_batch(&batch, &mask)?;
+                let pick = |name: &str| -> Result<ArrayRef> {
+                    let at = part.schema().index_of(name).map_err(|_| {
+                        DataFusionError::Internal(format!("a join snapshot without its {name} column"))
+                    })?;
+                    Ok(part.column(at).clone())
+                };
+                let int64 = |name: &str| -> Result<arrow::array::Int64Array> {
+                    pick(name)?
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .cloned()
+                        .ok_or_else(|| {
+                            DataFusionError::Internal(format!("a join snapshot's {name} is not Int64"))
+                        })
+                };
+                let prefix = if side == 0 { "l" } else { "r" };
+                let snap = RowsSnapshot {
+                    keys: (0..n_keys)
+                        .map(|i| pick(&format!("k{i}")))
+                        .collect::<Result<_>>()?,
+                    rows: (0..self.inputs[side].schema.fields().len())
+                        .map(|i| {
+                            let c = pick(&format!("{prefix}{i}"))?;
+                            let want = self.sides[side].schema().field(i).data_type();
+                            if c.data_type() == want {
+                                Ok(c)
+                            } else {
+                                Err(DataFusionError::Internal(format!(
+                                    "a join snapshot's column {prefix}{i} is {} where the query has {want}",
+                                    c.data_type()
+                                )))
+                            }
+                        })
+                        .collect::<Result<_>>()?,
+                    count: int64("count")?,
+                    matches: int64("matches")?,
+                };
+                self.sides[side].restore(&snap)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
