@@ -609,3 +609,74 @@ fn checkpoints_go_on_after_a_bounded_input_ends() {
     .into();
     assert_eq!(read, want, "{jobs}");
 }
+
+/// A join's state survives kill -9 and a restart at another parallelism:
+/// clicks of users not yet known are held by the join before the kill,
+/// and the users arriving after the restart find them.
+#[test]
+fn a_join_restores_its_state_after_kill_9_at_another_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (users, clicks) = (dir.path().join("users"), dir.path().join("clicks"));
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::create_dir_all(&clicks).unwrap();
+    let user_rows = |ids: std::ops::Range<i64>| -> String {
+        ids.map(|i| format!("{{\"id\": {i}, \"name\": \"u{i:02}\"}}\n")).collect()
+    };
+    // Click i is by user i % 60.
+    let click_rows = |ids: std::ops::Range<i64>| -> String {
+        ids.map(|i| format!("{{\"uid\": {}, \"page\": \"p{}\"}}\n", i % 60, i % 7))
+            .collect()
+    };
+    std::fs::write(users.join("a.json"), user_rows(0..50)).unwrap();
+    std::fs::write(clicks.join("a.json"), click_rows(0..300)).unwrap();
+    let env = |p: &'static str| [("SLUICE_CHECKPOINT_INTERVAL", "300ms"), ("SLUICE_PARALLELISM", p)];
+    let mut p = SluiceProcess::start_with(&data, &env("2"));
+    let stream = |name: &str, cols: &str, path: &std::path::Path| {
+        format!(
+            "CREATE STREAM {name} ({cols}) WITH (connector = 'filesystem', path = '{}', format = 'json', \
+             'source.monitor-interval' = '100ms')",
+            path.display()
+        )
+    };
+    p.psql(&[
+        "-c",
+        &stream("users", "id BIGINT, name TEXT", &users),
+        "-c",
+        &stream("clicks", "uid BIGINT, page TEXT", &clicks),
+        "-c",
+        "CREATE MATERIALIZED VIEW per_user AS SELECT u.name, count(c.page) AS n \
+         FROM users u LEFT JOIN clicks c ON c.uid = u.id GROUP BY u.name",
+    ]);
+    // (users, clicks counted, users without clicks)
+    let summary = |p: &SluiceProcess| {
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT count(*), coalesce(sum(n), 0), count(*) FILTER (WHERE n = 0) FROM per_user",
+        ])
+        .trim()
+        .to_string()
+    };
+    // Users 0..49 with 5 clicks each; the clicks of users 50..59 are held.
+    wait_for("the first files", || (summary(&p) == "50|250|0").then_some(()));
+    let before = completed_epoch(&p, "per_user");
+    wait_for("a checkpoint after them", || {
+        (completed_epoch(&p, "per_user") > before.map(|e| e + 1).or(Some(1))).then_some(())
+    });
+    p.kill9();
+
+    // Users 50..64 (60..64 never click), 300 more clicks.
+    std::fs::write(users.join("b.json"), user_rows(50..65)).unwrap();
+    std::fs::write(clicks.join("b.json"), click_rows(300..600)).unwrap();
+    let p = SluiceProcess::start_with(&data, &env("3"));
+    let restored = checkpoints(&p)
+        .into_iter()
+        .filter(|(job, _, status)| job == "per_user" && status == "restored")
+        .count();
+    assert_eq!(restored, 1, "the job starts from its checkpoint");
+    wait_for("the second files", || (summary(&p) == "65|600|5").then_some(()));
+    let rows = p.psql(&["-tA", "-c", "SELECT name, n FROM per_user WHERE n > 0 ORDER BY name"]);
+    let want: Vec<String> = (0..60).map(|i| format!("u{i:02}|10")).collect();
+    assert_eq!(rows.trim().lines().collect::<Vec<_>>(), want);
+}
