@@ -506,3 +506,26 @@ async fn outer_joins_pad_and_retract() {
              ON s.seller = b.bidder";
     check("sellers_and_bidders", q, q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q19_top_10_bids_per_auction() {
+    // Equal prices tie: ranks among ties are arbitrary in SQL, so the
+    // bidder breaks them for the two results to be comparable.
+    let q = "SELECT * FROM (SELECT auction, bidder, price, \
+               ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, bidder) AS rn FROM bid) WHERE rn <= 10";
+    check("q19", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q18_last_bid_per_bidder_and_auction() {
+    // Deduplication: the newest row per key (rn = 1), over an append-only
+    // input; and a top 3 over an updating input (a GROUP BY result).
+    let q = "SELECT auction, bidder, price, date_time, extra FROM (SELECT *, \
+               ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY date_time DESC, price DESC) AS rank_number \
+             FROM bid) WHERE rank_number <= 1";
+    check("q18", q, q).await;
+    let q = "SELECT channel, auction, bids, rn FROM (SELECT channel, auction, bids, \
+               ROW_NUMBER() OVER (PARTITION BY channel ORDER BY bids DESC, auction) AS rn \
+             FROM (SELECT channel, auction, count(*) AS bids FROM bid GROUP BY channel, auction)) WHERE rn < 4";
+    check("busiest_per_channel", q, q).await;
+}

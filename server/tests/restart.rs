@@ -621,7 +621,8 @@ fn a_join_restores_its_state_after_kill_9_at_another_parallelism() {
     std::fs::create_dir_all(&users).unwrap();
     std::fs::create_dir_all(&clicks).unwrap();
     let user_rows = |ids: std::ops::Range<i64>| -> String {
-        ids.map(|i| format!("{{\"id\": {i}, \"name\": \"u{i:02}\"}}\n")).collect()
+        ids.map(|i| format!("{{\"id\": {i}, \"name\": \"u{i:02}\"}}\n"))
+            .collect()
     };
     // Click i is by user i % 60.
     let click_rows = |ids: std::ops::Range<i64>| -> String {
@@ -676,7 +677,11 @@ fn a_join_restores_its_state_after_kill_9_at_another_parallelism() {
         .count();
     assert_eq!(restored, 1, "the job starts from its checkpoint");
     wait_for("the second files", || (summary(&p) == "65|600|5").then_some(()));
-    let rows = p.psql(&["-tA", "-c", "SELECT name, n FROM per_user WHERE n > 0 ORDER BY name"]);
+    let rows = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT name, n FROM per_user WHERE n > 0 ORDER BY name",
+    ]);
     let want: Vec<String> = (0..60).map(|i| format!("u{i:02}|10")).collect();
     assert_eq!(rows.trim().lines().collect::<Vec<_>>(), want);
 }

@@ -23,7 +23,7 @@ use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, JoinKind, SessionLayout, WindowKey};
+use super::operators::{AggExpr, JoinKind, OrderTerm, SessionLayout, WindowKey};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -78,6 +78,13 @@ pub enum NodeKind {
         keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
         /// The rest of the ON condition, over left then right columns.
         filter: Option<Arc<dyn PhysicalExpr>>,
+    },
+    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= limit`: the
+    /// ranked first rows per group, as an updating result.
+    TopN {
+        partition: Vec<Arc<dyn PhysicalExpr>>,
+        order: Vec<OrderTerm>,
+        limit: usize,
     },
 }
 
@@ -144,6 +151,21 @@ impl Node {
             NodeKind::SessionAggregate { keys, aggs: a, .. } => {
                 format!("SessionAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
             }
+            NodeKind::TopN {
+                partition,
+                order,
+                limit,
+            } => {
+                let order = order
+                    .iter()
+                    .map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "TopN: partition=[{}] order=[{order}] limit={limit}",
+                    cols(partition)
+                )
+            }
             NodeKind::Join { kind, keys, filter } => {
                 let on = keys[0]
                     .iter()
@@ -206,7 +228,16 @@ impl Node {
             NodeKind::Join { .. } => {
                 "state per key on both inputs, emit changes as they meet, hash exchange".into()
             }
-            _ => "fused".into(),
+            NodeKind::TopN { partition, .. } if partition.is_empty() => {
+                "global, emit changed ranks on watermark".into()
+            }
+            NodeKind::TopN { .. } => {
+                "rows per group in order, emit changed ranks on watermark, hash exchange".into()
+            }
+            NodeKind::Window { .. }
+            | NodeKind::Filter { .. }
+            | NodeKind::Project { .. }
+            | NodeKind::Union => "fused".into(),
         };
         let _ = writeln!(
             s,
@@ -459,6 +490,11 @@ impl<'a> Planner<'a> {
                 ))
             }
             LogicalPlan::Filter(f) => {
+                if let LogicalPlan::Window(w) = f.input.as_ref()
+                    && let Some(node) = self.top_n(&f.predicate, w)?
+                {
+                    return Ok(node);
+                }
                 let input = self.node(&f.input)?;
                 let predicate = self.physical(&f.predicate, f.input.schema())?;
                 let (schema, updating, cols, par) = (
@@ -650,7 +686,8 @@ impl<'a> Planner<'a> {
             )),
             LogicalPlan::Join(j) => self.join(j),
             LogicalPlan::Window(_) => Err(refuse(
-                "OVER (...) window functions can't run incrementally yet; use TUMBLE or HOP with GROUP BY",
+                "OVER (...) window functions can't run incrementally yet, except ROW_NUMBER() filtered to its \
+                 first ranks (WHERE rn <= N); use TUMBLE or HOP with GROUP BY",
             )),
             LogicalPlan::Distinct(_) => Err(refuse("DISTINCT ON can't run incrementally yet")),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
@@ -670,6 +707,107 @@ impl<'a> Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..)` filtered to its
+    /// first ranks (`rn <= N`, `rn < N`, `rn = 1`): a top-N per group. None
+    /// when the filter bounds no rank (the window is then refused).
+    fn top_n(&mut self, predicate: &Expr, w: &datafusion::logical_expr::Window) -> Result<Option<Node>> {
+        use datafusion::logical_expr::{Operator, utils::split_conjunction};
+        let [Expr::WindowFunction(wf)] = w.window_expr.as_slice() else {
+            return Ok(None);
+        };
+        if wf.fun.name() != "row_number" || !wf.params.args.is_empty() || wf.params.filter.is_some() {
+            return Ok(None);
+        }
+        let rank = w.schema.fields().len() - 1;
+        let bound = |e: &Expr| -> Option<i64> {
+            let Expr::BinaryExpr(b) = e else { return None };
+            let (op, lit) = if column_of(&b.left, &w.schema) == Some(rank) {
+                (b.op, b.right.as_ref())
+            } else if column_of(&b.right, &w.schema) == Some(rank) {
+                (b.op.swap()?, b.left.as_ref())
+            } else {
+                return None;
+            };
+            let Expr::Literal(v, _) = lit else { return None };
+            let n = match v.cast_to(&arrow::datatypes::DataType::Int64).ok()? {
+                datafusion::common::ScalarValue::Int64(Some(n)) => n,
+                _ => return None,
+            };
+            match op {
+                Operator::LtEq => Some(n),
+                Operator::Lt => Some(n - 1),
+                Operator::Eq if n == 1 => Some(1),
+                _ => None,
+            }
+        };
+        let mut limit: Option<i64> = None;
+        let mut rest = Vec::new();
+        for c in split_conjunction(predicate) {
+            match bound(c) {
+                Some(n) => limit = Some(limit.map_or(n, |l| l.min(n))),
+                None => rest.push(c.clone()),
+            }
+        }
+        let Some(limit) = limit else {
+            return Ok(None);
+        };
+        if limit < 1 {
+            return Err(refuse("a ROW_NUMBER() bound that keeps no row"));
+        }
+        if wf.params.order_by.is_empty() {
+            return Err(refuse(
+                "ROW_NUMBER() without ORDER BY ranks rows in no defined order; say which rows come first",
+            ));
+        }
+        let in_schema = w.input.schema();
+        let partition = wf
+            .params
+            .partition_by
+            .iter()
+            .map(|e| self.physical(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = wf
+            .params
+            .order_by
+            .iter()
+            .map(|s| {
+                Ok(OrderTerm {
+                    expr: self.physical(&s.expr, in_schema)?,
+                    descending: !s.asc,
+                    nulls_first: s.nulls_first,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input = self.node(&w.input)?;
+        let schema: SchemaRef = Arc::new(w.schema.as_arrow().clone());
+        let cols = vec![None; schema.fields().len()];
+        let par = if partition.is_empty() { 1 } else { self.parallelism };
+        let mut node = self.make(
+            NodeKind::TopN {
+                partition,
+                order,
+                limit: limit as usize,
+            },
+            vec![input],
+            schema.clone(),
+            true,
+            cols.clone(),
+            par,
+        );
+        if let Some(rest) = datafusion::logical_expr::utils::conjunction(rest) {
+            let predicate = self.physical(&rest, &w.schema)?;
+            node = self.make(
+                NodeKind::Filter { predicate },
+                vec![node],
+                schema,
+                true,
+                cols,
+                par,
+            );
+        }
+        Ok(Some(node))
+    }
+
     /// A regular equi-join: both inputs hashed on their keys, each task
     /// holding both inputs' rows of its keys.
     fn join(&mut self, j: &datafusion::logical_expr::Join) -> Result<Node> {

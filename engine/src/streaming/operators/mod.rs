@@ -27,12 +27,14 @@ type Result<T> = datafusion::error::Result<T>;
 mod columnar;
 mod join;
 mod session;
+mod topn;
 mod updating;
 mod window;
 
 pub use columnar::ColumnarAggregate;
 pub use join::{JoinInput, JoinKind, StreamingJoin};
 pub use session::{SessionAggregate, SessionLayout};
+pub use topn::{OrderTerm, TopN, topn_schema};
 pub use updating::{UpdatingAggregate, retractable};
 pub use window::{WindowAggregate, WindowKey};
 

@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use super::metrics::NodeMetrics;
 use super::operators::ColumnarAggregate;
 use super::operators::{
-    JoinInput, KeyedOperator, SessionAggregate, StreamingJoin, UpdatingAggregate, WindowAggregate, eval,
+    JoinInput, KeyedOperator, SessionAggregate, StreamingJoin, TopN, UpdatingAggregate, WindowAggregate, eval,
 };
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
@@ -1209,6 +1209,25 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 )?));
             }
             keyed(node, keys.to_vec(), ops, tasks, wiring)
+        }
+        NodeKind::TopN {
+            partition,
+            order,
+            limit,
+        } => {
+            let input = &node.inputs[0];
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(TopN::new(
+                    partition.clone(),
+                    order.clone(),
+                    *limit,
+                    input.schema.clone(),
+                    input.updating,
+                    node.schema.clone(),
+                )?));
+            }
+            keyed(node, vec![partition.clone()], ops, tasks, wiring)
         }
     }
 }

@@ -1,0 +1,448 @@
+//! Top-N per group: `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) AS rn`
+//! filtered by `rn <= N` (TopN) or `rn = 1` (deduplication), computed
+//! incrementally over an append-only or updating input.
+//!
+//! Each group holds its rows ordered by the ORDER BY in Arrow's row format
+//! (whose bytes sort as the ORDER BY does), ties broken by the row's own
+//! bytes so that ranks are deterministic. Over an append-only input a
+//! group keeps only its first N rows: a row pushed out can never come
+//! back. Over an updating input every row is kept, since a retraction can
+//! bring a lower one up.
+//!
+//! Changes are emitted per progress step: for each group touched since the
+//! last step, the ranked rows emitted then are compared rank by rank with
+//! the group's top N now, and only the ranks that differ are retracted and
+//! inserted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int8Array, Int64Array, RecordBatch, UInt64Array};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::{KeyedOperator, Result, batch_with_schema, eval, state_batch};
+use crate::stream::{OP_COLUMN, with_op_column};
+use crate::streaming::state::IncrementalRule;
+
+/// One ORDER BY term.
+#[derive(Debug, Clone)]
+pub struct OrderTerm {
+    pub expr: Arc<dyn PhysicalExpr>,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// (order key, row) in the row format: sorts as the group's order.
+type Ranked = (Box<[u8]>, Box<[u8]>);
+
+/// The first N rows per group, ranked.
+pub struct TopN {
+    partition: Vec<Arc<dyn PhysicalExpr>>,
+    order: Vec<OrderTerm>,
+    limit: usize,
+    input: SchemaRef,
+    input_updating: bool,
+    output: SchemaRef,
+    keys: Option<RowConverter>,
+    sort: RowConverter,
+    rows: RowConverter,
+    groups: HashMap<Box<[u8]>, BTreeMap<Ranked, i64>>,
+    /// Groups touched since the last progress step, with the ranked rows
+    /// they had emitted before.
+    touched: BTreeMap<Box<[u8]>, Vec<Ranked>>,
+    /// Groups changed since the last full snapshot.
+    changed: HashSet<Box<[u8]>>,
+    rule: IncrementalRule,
+    held: usize,
+    bytes: usize,
+    unmatched_deletes: u64,
+}
+
+impl TopN {
+    /// `output` is the input's columns followed by the rank (UInt64).
+    pub fn new(
+        partition: Vec<Arc<dyn PhysicalExpr>>,
+        order: Vec<OrderTerm>,
+        limit: usize,
+        input: SchemaRef,
+        input_updating: bool,
+        output: SchemaRef,
+    ) -> Result<Self> {
+        let keys = if partition.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                partition
+                    .iter()
+                    .map(|p| Ok(SortField::new(p.data_type(&input)?)))
+                    .collect::<Result<Vec<_>>>()?,
+            )?)
+        };
+        let sort = RowConverter::new(
+            order
+                .iter()
+                .map(|o| {
+                    Ok(SortField::new_with_options(
+                        o.expr.data_type(&input)?,
+                        arrow::compute::SortOptions {
+                            descending: o.descending,
+                            nulls_first: o.nulls_first,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        )?;
+        let rows = RowConverter::new(
+            input
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            partition,
+            order,
+            limit: limit.max(1),
+            input,
+            input_updating,
+            output: with_op_column(&output),
+            keys,
+            sort,
+            rows,
+            groups: HashMap::new(),
+            touched: BTreeMap::new(),
+            changed: HashSet::new(),
+            rule: IncrementalRule::default(),
+            held: 0,
+            bytes: 0,
+            unmatched_deletes: 0,
+        })
+    }
+
+    /// Deletes of rows not held (dropped).
+    pub fn unmatched_deletes(&self) -> u64 {
+        self.unmatched_deletes
+    }
+
+    /// The group keys of `rows` (a global top N: one empty key).
+    fn group_keys(&self, rows: &RecordBatch) -> Result<Option<Rows>> {
+        match &self.keys {
+            None => Ok(None),
+            Some(conv) => {
+                let cols = self
+                    .partition
+                    .iter()
+                    .map(|p| eval(p, rows))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some(conv.convert_columns(&cols)?))
+            }
+        }
+    }
+
+    fn sort_keys(&self, rows: &RecordBatch) -> Result<Rows> {
+        let cols = self
+            .order
+            .iter()
+            .map(|o| eval(&o.expr, rows))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.sort.convert_columns(&cols)?)
+    }
+
+    /// The first `limit` rows of a group, a row held twice taking two ranks.
+    fn top(&self, group: &[u8]) -> Vec<Ranked> {
+        let mut out = Vec::new();
+        if let Some(rows) = self.groups.get(group) {
+            'rows: for (r, n) in rows {
+                for _ in 0..*n {
+                    if out.len() == self.limit {
+                        break 'rows;
+                    }
+                    out.push(r.clone());
+                }
+            }
+        }
+        out
+    }
+
+    fn apply(&mut self, batch: &RecordBatch, delta: i64) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let groups = self.group_keys(batch)?;
+        let sorts = self.sort_keys(batch)?;
+        let rows = self.rows.convert_columns(batch.columns())?;
+        for i in 0..n {
+            let g: &[u8] = groups.as_ref().map_or(&[], |g| g.row(i).data());
+            if !self.touched.contains_key(g) {
+                let before = self.top(g);
+                self.touched.insert(g.into(), before);
+            }
+            if !self.changed.contains(g) {
+                self.changed.insert(g.into());
+            }
+            let key: Ranked = (sorts.row(i).data().into(), rows.row(i).data().into());
+            let size = key.0.len() + key.1.len() + 16;
+            if !self.groups.contains_key(g) {
+                if delta < 0 {
+                    self.unmatched_deletes += 1;
+                    continue;
+                }
+                self.groups.insert(g.into(), BTreeMap::new());
+                self.bytes += g.len() + 48;
+            }
+            let group = self.groups.get_mut(g).expect("inserted above");
+            if delta > 0 {
+                let count = group.entry(key).or_insert(0);
+                if *count == 0 {
+                    self.held += 1;
+                    self.bytes += size;
+                }
+                *count += 1;
+                if !self.input_updating {
+                    // Append-only: rows past the first N never come back.
+                    let mut total: i64 = group.values().sum();
+                    while total > self.limit as i64 {
+                        let mut last = group.last_entry().expect("non-empty");
+                        let over = (total - self.limit as i64).min(*last.get());
+                        *last.get_mut() -= over;
+                        total -= over;
+                        if *last.get() == 0 {
+                            let (k, _) = last.remove_entry();
+                            self.held -= 1;
+                            self.bytes -= k.0.len() + k.1.len() + 16;
+                        }
+                    }
+                }
+            } else {
+                match group.get_mut(&key) {
+                    Some(count) => {
+                        *count -= 1;
+                        if *count == 0 {
+                            group.remove(&key);
+                            self.held -= 1;
+                            self.bytes -= size;
+                        }
+                    }
+                    None => self.unmatched_deletes += 1,
+                }
+                if group.is_empty() {
+                    self.groups.remove(g);
+                    self.bytes -= g.len() + 48;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ranked rows as output rows with `rank` and `op`.
+    fn emit(&self, rows: &[(u64, &[u8])], op: i8, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let parser = self.rows.parser();
+        let mut cols = self
+            .rows
+            .convert_rows(rows.iter().map(|(_, r)| parser.parse(r)))?;
+        cols.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|(k, _)| *k),
+        )));
+        cols.push(Arc::new(Int8Array::from(vec![op; rows.len()])));
+        out.push(batch_with_schema(&self.output, cols)?);
+        Ok(())
+    }
+
+    fn snapshot_of(&self, groups: &[&[u8]]) -> Result<Vec<RecordBatch>> {
+        let parser = self.rows.parser();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut counts: Vec<i64> = Vec::new();
+        for g in groups {
+            for ((_, r), n) in self.groups.get(*g).into_iter().flatten() {
+                rows.push(r);
+                counts.push(*n);
+            }
+        }
+        let mut cols = self.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        // Key columns k0.. first (a rescale splits the snapshot by them).
+        let as_batch = RecordBatch::try_new_with_options(
+            self.input.clone(),
+            cols.clone(),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )?;
+        let mut all: Vec<ArrayRef> = self
+            .partition
+            .iter()
+            .map(|p| eval(p, &as_batch))
+            .collect::<Result<_>>()?;
+        let mut names: Vec<String> = (0..all.len()).map(|i| format!("k{i}")).collect();
+        all.push(Arc::new(Int64Array::from(counts)));
+        names.push("count".into());
+        for (i, c) in cols.drain(..).enumerate() {
+            all.push(c);
+            names.push(format!("c{i}"));
+        }
+        Ok(vec![state_batch(names, all, HashMap::new(), rows.len())?])
+    }
+}
+
+impl KeyedOperator for TopN {
+    fn on_batch(&mut self, _input: usize, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if !self.input_updating {
+            return self.apply(&batch, 1);
+        }
+        let n = batch.num_columns();
+        let ops = batch
+            .column(n - 1)
+            .as_any()
+            .downcast_ref::<Int8Array>()
+            .ok_or_else(|| DataFusionError::Internal(format!("updating batch without {OP_COLUMN}")))?
+            .clone();
+        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
+        let inserts: arrow::array::BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
+        let deletes = arrow::compute::not(&inserts)?;
+        self.apply(&filter_record_batch(&rows, &inserts)?, 1)?;
+        self.apply(&filter_record_batch(&rows, &deletes)?, -1)
+    }
+
+    fn on_watermark(&mut self, _watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let mut tops = Vec::with_capacity(touched.len());
+        for (g, before) in touched {
+            let after = self.top(&g);
+            tops.push((before, after));
+        }
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        for (before, after) in &tops {
+            for rank in 0..before.len().max(after.len()) {
+                let (b, a) = (before.get(rank), after.get(rank));
+                if b == a {
+                    continue;
+                }
+                if let Some(b) = b {
+                    gone.push((rank as u64 + 1, &*b.1));
+                }
+                if let Some(a) = a {
+                    new.push((rank as u64 + 1, &*a.1));
+                }
+            }
+        }
+        for chunk in gone.chunks(8192) {
+            self.emit(chunk, -1, out)?;
+        }
+        for chunk in new.chunks(8192) {
+            self.emit(chunk, 1, out)?;
+        }
+        Ok(())
+    }
+
+    fn state_size(&self) -> (usize, usize) {
+        (self.held, self.bytes)
+    }
+
+    /// Every held row: group keys `k0..`, `count`, the row's columns `c0..`.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        self.changed.clear();
+        self.rule.full_taken();
+        let groups: Vec<&[u8]> = self.groups.keys().map(|g| &**g).collect();
+        self.snapshot_of(&groups)
+    }
+
+    /// The groups changed since the last full snapshot, each whole (it
+    /// replaces what the full snapshot held for it). A group emptied since
+    /// has no row to say so: then a full snapshot is taken.
+    fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        if self.changed.iter().any(|g| !self.groups.contains_key(g)) {
+            return Ok(None);
+        }
+        if !self.rule.incremental(self.changed.len(), self.groups.len()) {
+            return Ok(None);
+        }
+        let groups: Vec<&[u8]> = self.changed.iter().map(|g| &**g).collect();
+        let mut batches = self.snapshot_of(&groups)?;
+        // A changed group is written whole: restoring it replaces what the
+        // full snapshot held for it.
+        for b in &mut batches {
+            let meta = HashMap::from([(REPLACE_META.to_string(), "true".to_string())]);
+            *b = b
+                .clone()
+                .with_schema(Arc::new(b.schema().as_ref().clone().with_metadata(meta)))?;
+        }
+        Ok(Some(batches))
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let width = self.input.fields().len();
+        for batch in state {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let replace = batch.schema().metadata().contains_key(REPLACE_META);
+            let pick = |name: &str| -> Result<ArrayRef> {
+                let at = batch.schema().index_of(name).map_err(|_| {
+                    DataFusionError::Internal(format!("a top-N snapshot without its {name} column"))
+                })?;
+                Ok(batch.column(at).clone())
+            };
+            let cols = (0..width)
+                .map(|i| pick(&format!("c{i}")))
+                .collect::<Result<Vec<_>>>()?;
+            let counts = pick("count")?;
+            let counts = counts
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| DataFusionError::Internal("a top-N snapshot's count is not Int64".into()))?;
+            let rows = batch_with_schema(&self.input, cols)?;
+            let groups = self.group_keys(&rows)?;
+            let sorts = self.sort_keys(&rows)?;
+            let encoded = self.rows.convert_columns(rows.columns())?;
+            let mut replaced: HashSet<Box<[u8]>> = HashSet::new();
+            for i in 0..rows.num_rows() {
+                let g: &[u8] = groups.as_ref().map_or(&[], |g| g.row(i).data());
+                if replace && !replaced.contains(g) {
+                    if let Some(old) = self.groups.remove(g) {
+                        self.held -= old.len();
+                        self.bytes -= g.len() + 48;
+                        self.bytes -= old.keys().map(|k| k.0.len() + k.1.len() + 16).sum::<usize>();
+                    }
+                    replaced.insert(g.into());
+                }
+                let key: Ranked = (sorts.row(i).data().into(), encoded.row(i).data().into());
+                let size = key.0.len() + key.1.len() + 16;
+                if !self.groups.contains_key(g) {
+                    self.groups.insert(g.into(), BTreeMap::new());
+                    self.bytes += g.len() + 48;
+                }
+                let group = self.groups.get_mut(g).expect("inserted above");
+                let count = group.entry(key).or_insert(0);
+                if *count == 0 {
+                    self.held += 1;
+                    self.bytes += size;
+                }
+                *count += counts.value(i);
+            }
+        }
+        self.changed.clear();
+        Ok(())
+    }
+}
+
+/// Schema metadata of an incremental top-N snapshot: its groups replace
+/// what earlier snapshots held for them.
+const REPLACE_META: &str = "sluice.topn.replace";
+
+/// The output schema of a top-N: the input's columns and the rank.
+pub fn topn_schema(input: &Schema, rank: &str) -> SchemaRef {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(rank, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests;
