@@ -529,3 +529,102 @@ async fn q18_last_bid_per_bidder_and_auction() {
              FROM (SELECT channel, auction, count(*) AS bids FROM bid GROUP BY channel, auction)) WHERE rn < 4";
     check("busiest_per_channel", q, q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q5_hot_items_join_of_two_window_aggregates() {
+    // Nexmark q5 as RisingWave writes it: per HOP window, the auctions with
+    // the most bids (a join of a window aggregate with the max over it).
+    let streaming = "SELECT ab.auction, ab.num, ab.starttime FROM ( \
+           SELECT auction, count(*) AS num, window_start AS starttime \
+           FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY window_start, auction) ab \
+         JOIN ( \
+           SELECT max(cb.num) AS maxn, cb.starttime_c FROM ( \
+             SELECT count(*) AS num, window_start AS starttime_c \
+             FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start) cb \
+           GROUP BY cb.starttime_c) mb \
+         ON ab.starttime = mb.starttime_c AND ab.num >= mb.maxn";
+    let batch = "WITH hop AS ( \
+           SELECT auction, date_bin(INTERVAL '2 seconds', date_time) - back AS ws \
+           FROM bid CROSS JOIN (VALUES (INTERVAL '0 seconds'), (INTERVAL '2 seconds'), \
+             (INTERVAL '4 seconds'), (INTERVAL '6 seconds'), (INTERVAL '8 seconds')) AS t(back)), \
+         counts AS (SELECT auction, ws, count(*) AS num FROM hop GROUP BY auction, ws) \
+         SELECT c.auction, c.num, c.ws FROM counts c \
+         JOIN (SELECT ws, max(num) AS maxn FROM counts GROUP BY ws) m ON c.ws = m.ws AND c.num >= m.maxn";
+    check("q5_hot", streaming, batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q7_highest_bid_join_with_its_window_max() {
+    let streaming = "SELECT b.auction, b.price, b.bidder, b.date_time FROM bid b JOIN ( \
+           SELECT max(price) AS maxprice, window_end AS date_time \
+           FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) GROUP BY window_end) b1 \
+         ON b.price = b1.maxprice \
+         WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time";
+    let batch = "SELECT b.auction, b.price, b.bidder, b.date_time FROM bid b JOIN ( \
+           SELECT max(price) AS maxprice, date_bin(INTERVAL '10 seconds', date_time) + INTERVAL '10 seconds' AS date_time \
+           FROM bid GROUP BY 2) b1 \
+         ON b.price = b1.maxprice \
+         WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time";
+    check("q7_join", streaming, batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q8_new_users_join_of_two_tumbling_windows() {
+    let streaming = "SELECT p.id, p.name, p.starttime FROM ( \
+           SELECT id, name, window_start AS starttime, window_end AS endtime \
+           FROM TUMBLE(person, date_time, INTERVAL '10' SECOND) GROUP BY id, name, window_start, window_end) p \
+         JOIN ( \
+           SELECT seller, window_start AS starttime, window_end AS endtime \
+           FROM TUMBLE(auction, date_time, INTERVAL '10' SECOND) GROUP BY seller, window_start, window_end) a \
+         ON p.id = a.seller AND p.starttime = a.starttime AND p.endtime = a.endtime";
+    let batch = "SELECT p.id, p.name, p.starttime FROM ( \
+           SELECT id, name, date_bin(INTERVAL '10 seconds', date_time) AS starttime FROM person GROUP BY 1, 2, 3) p \
+         JOIN ( \
+           SELECT seller, date_bin(INTERVAL '10 seconds', date_time) AS starttime FROM auction GROUP BY 1, 2) a \
+         ON p.id = a.seller AND p.starttime = a.starttime";
+    check("q8", streaming, batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q9_winning_bids_top_1_over_a_join() {
+    let q = "SELECT id, item_name, seller, category, auction, bidder, price, bid_date_time FROM ( \
+               SELECT a.id, a.item_name, a.seller, a.category, b.auction, b.bidder, b.price, \
+                 b.date_time AS bid_date_time, \
+                 ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC, b.date_time ASC, b.bidder) AS rownum \
+               FROM auction a, bid b \
+               WHERE a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) \
+             WHERE rownum <= 1";
+    check("q9", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulate_windows_grow_by_step_within_their_period() {
+    check(
+        "cumulating",
+        "SELECT window_start, window_end, count(*) AS n, max(price) AS top \
+         FROM CUMULATE(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) \
+         GROUP BY window_start, window_end",
+        // Each row is in the windows of its 10 s period ending 2, 4, .., 10 s
+        // after the period's start, those ending after the row.
+        "SELECT ws, ws + ext, count(*), max(price) FROM ( \
+           SELECT price, date_time, date_bin(INTERVAL '10 seconds', date_time) AS ws, ext \
+           FROM bid CROSS JOIN (VALUES (INTERVAL '2 seconds'), (INTERVAL '4 seconds'), \
+             (INTERVAL '6 seconds'), (INTERVAL '8 seconds'), (INTERVAL '10 seconds')) AS t(ext)) \
+         WHERE ws + ext > date_time GROUP BY ws, ext",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exists_and_not_exists_run_as_semi_and_anti_joins() {
+    // Persons who sell in category 10 (a semi join) and persons who never
+    // bid (an anti join: retracted when their first bid comes).
+    let q = "SELECT id, name FROM person p \
+             WHERE EXISTS (SELECT 1 FROM auction a WHERE a.seller = p.id AND a.category = 10)";
+    check("sellers_10", q, q).await;
+    let q = "SELECT id, name FROM person p WHERE NOT EXISTS (SELECT 1 FROM bid b WHERE b.bidder = p.id)";
+    check("never_bid", q, q).await;
+    let q =
+        "SELECT auction, price FROM bid WHERE auction IN (SELECT id FROM auction WHERE reserve > 50000000)";
+    check("bids_on_dear", q, q).await;
+}

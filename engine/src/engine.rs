@@ -227,6 +227,7 @@ impl Engine {
         let streams = Arc::new(Streams::default());
         template.register_udtf("tumble", Arc::new(WindowFunction::tumble(streams.clone())));
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));
+        template.register_udtf("cumulate", Arc::new(WindowFunction::cumulate(streams.clone())));
         template.register_udtf("session", Arc::new(WindowFunction::session(streams.clone())));
         let versioned = Arc::new(crate::versions::VersionedTables::default());
         template.register_udtf(

@@ -37,6 +37,9 @@ pub struct WindowCol {
     pub unit: TimeUnit,
     /// A SESSION window bound (`size_us` is the gap).
     pub session: bool,
+    /// A CUMULATE window bound (windows share their start; `size_us` is
+    /// the largest window).
+    pub cumulate: bool,
 }
 
 /// One operator of a streaming dataflow.
@@ -427,6 +430,7 @@ impl<'a> Planner<'a> {
                         size_us: spec.kind.size(),
                         unit: spec.unit,
                         session: matches!(spec.kind, super::window::WindowKind::Session { .. }),
+                        cumulate: matches!(spec.kind, super::window::WindowKind::Cumulate { .. }),
                     };
                     cols.push(Some(wc(false)));
                     cols.push(Some(wc(true)));
@@ -569,11 +573,28 @@ impl<'a> Planner<'a> {
                     }
                     aggs.push(AggExpr { func, filter });
                 }
-                let window = agg.group_expr.iter().enumerate().find_map(|(i, e)| {
-                    column_of(e, in_df)
-                        .and_then(|c| input.window_cols[c])
-                        .map(|wc| (i, wc))
-                });
+                let windows: Vec<(usize, WindowCol)> = agg
+                    .group_expr
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        column_of(e, in_df)
+                            .and_then(|c| input.window_cols[c])
+                            .map(|wc| (i, wc))
+                    })
+                    .collect();
+                let mut window = windows.first().copied();
+                if window.is_some_and(|(_, wc)| wc.cumulate) {
+                    // Cumulating windows share their start: each is told by
+                    // its end, and closes there.
+                    window = windows.iter().copied().find(|(_, wc)| wc.is_end);
+                    if window.is_none() {
+                        return Err(refuse(
+                            "CUMULATE windows share their window_start: GROUP BY window_end (with or \
+                             without window_start) to aggregate each window",
+                        ));
+                    }
+                }
                 let schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
                 let n_out = schema.fields().len();
                 if let Some((_, wc)) = window
@@ -816,10 +837,14 @@ impl Planner<'_> {
             JoinType::Left => JoinKind::Left,
             JoinType::Right => JoinKind::Right,
             JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti if !j.null_aware => JoinKind::LeftAnti,
+            JoinType::RightSemi => JoinKind::RightSemi,
+            JoinType::RightAnti => JoinKind::RightAnti,
             other => {
                 return Err(refuse(format!(
-                    "{other} joins (from EXISTS, IN or NOT IN subqueries) can't run incrementally yet; \
-                     write them as an INNER or LEFT JOIN"
+                    "{other} joins (from NOT IN subqueries, whose NULLs decide for every row) can't run \
+                     incrementally yet; write NOT EXISTS"
                 )));
             }
         };
@@ -863,7 +888,9 @@ impl Planner<'_> {
             Some(f) => Some(self.physical(f, &ls.join(rs)?)?),
             None => None,
         };
-        let updating = left.updating || right.updating || kind != JoinKind::Inner;
+        let updating = left.updating
+            || right.updating
+            || !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi);
         let schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
         let cols = vec![None; schema.fields().len()];
         let par = self.parallelism;

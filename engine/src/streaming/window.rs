@@ -40,6 +40,10 @@ pub enum WindowKind {
     Tumble { size: i64 },
     /// Windows of `size` starting every `slide`.
     Hop { slide: i64, size: i64 },
+    /// Windows growing by `step` from the start of each `size`-long period:
+    /// `[start, start + step)`, `[start, start + 2 step)`, ... up to
+    /// `[start, start + size)`. A row is in every one that reaches past it.
+    Cumulate { step: i64, size: i64 },
     /// Per key, rows closer than `gap` to each other form one window. Each
     /// row starts as its own window `[t, t + gap)`; the session aggregate
     /// merges overlapping ones.
@@ -50,7 +54,9 @@ impl WindowKind {
     /// The window length in microseconds.
     pub fn size(&self) -> i64 {
         match self {
-            WindowKind::Tumble { size } | WindowKind::Hop { size, .. } => *size,
+            WindowKind::Tumble { size }
+            | WindowKind::Hop { size, .. }
+            | WindowKind::Cumulate { size, .. } => *size,
             WindowKind::Session { gap } => *gap,
         }
     }
@@ -62,6 +68,14 @@ impl fmt::Display for WindowKind {
             WindowKind::Tumble { size } => write!(f, "TUMBLE(size={})", fmt_micros(*size)),
             WindowKind::Hop { slide, size } => {
                 write!(f, "HOP(slide={}, size={})", fmt_micros(*slide), fmt_micros(*size))
+            }
+            WindowKind::Cumulate { step, size } => {
+                write!(
+                    f,
+                    "CUMULATE(step={}, size={})",
+                    fmt_micros(*step),
+                    fmt_micros(*size)
+                )
             }
             WindowKind::Session { gap } => write!(f, "SESSION(gap={})", fmt_micros(*gap)),
         }
@@ -188,6 +202,27 @@ impl WindowSpec {
                 let ends = starts.iter().map(|s| s + size).collect();
                 (Some(UInt32Array::from(idx)), starts, ends)
             }
+            WindowKind::Cumulate { step, size } => {
+                let step = micros_to_ticks(step, unit).max(1);
+                let size = micros_to_ticks(size, unit).max(1);
+                let per_row = (size / step) as usize;
+                let mut idx = Vec::with_capacity(ticks.len() * per_row);
+                let mut starts = Vec::with_capacity(ticks.len() * per_row);
+                let mut ends = Vec::with_capacity(ticks.len() * per_row);
+                for (i, t) in ticks.iter().enumerate() {
+                    let Some(t) = t else { continue };
+                    let start = t - t.rem_euclid(size);
+                    // The first window reaching past t, then every larger one.
+                    let mut end = start + ((t - start) / step + 1) * step;
+                    while end <= start + size {
+                        idx.push(i as u32);
+                        starts.push(start);
+                        ends.push(end);
+                        end += step;
+                    }
+                }
+                (Some(UInt32Array::from(idx)), starts, ends)
+            }
         };
         let mut columns: Vec<ArrayRef> = match &indices {
             None => batch.columns().to_vec(),
@@ -265,6 +300,7 @@ pub trait StreamLookup: Send + Sync + fmt::Debug {
 enum Call {
     Tumble,
     Hop,
+    Cumulate,
     Session,
 }
 
@@ -286,6 +322,13 @@ impl WindowFunction {
     pub fn hop(streams: Arc<dyn StreamLookup>) -> Self {
         Self {
             call: Call::Hop,
+            streams,
+        }
+    }
+
+    pub fn cumulate(streams: Arc<dyn StreamLookup>) -> Self {
+        Self {
+            call: Call::Cumulate,
             streams,
         }
     }
@@ -331,6 +374,7 @@ impl TableFunctionImpl for WindowFunction {
         let exprs = args.exprs();
         let (call, want) = match self.call {
             Call::Hop => ("HOP(stream, time_column, slide, size)", 4),
+            Call::Cumulate => ("CUMULATE(stream, time_column, step, size)", 4),
             Call::Tumble => ("TUMBLE(stream, time_column, size)", 3),
             Call::Session => ("SESSION(stream, time_column, gap)", 3),
         };
@@ -361,6 +405,14 @@ impl TableFunctionImpl for WindowFunction {
                 }
                 WindowKind::Hop { slide, size }
             }
+            Call::Cumulate => {
+                let step = interval_arg(&exprs[2], call)?;
+                let size = interval_arg(&exprs[3], call)?;
+                if size % step != 0 {
+                    return plan_err!("{call}: the size must be a multiple of the step");
+                }
+                WindowKind::Cumulate { step, size }
+            }
             Call::Tumble => WindowKind::Tumble {
                 size: interval_arg(&exprs[2], call)?,
             },
@@ -371,6 +423,7 @@ impl TableFunctionImpl for WindowFunction {
         let steps = match kind {
             WindowKind::Tumble { size } | WindowKind::Session { gap: size } => vec![size],
             WindowKind::Hop { slide, size } => vec![slide, size],
+            WindowKind::Cumulate { step, size } => vec![step, size],
         };
         for us in steps {
             let (mul, div) = ticks_per_micro(unit);
@@ -418,7 +471,7 @@ pub fn rewrite_window_calls<V: VisitMut>(node: &mut V) {
             } = factor
             {
                 let fname = name.to_string().to_ascii_lowercase();
-                if fname != "tumble" && fname != "hop" && fname != "session" {
+                if !["tumble", "hop", "cumulate", "session"].contains(&fname.as_str()) {
                     return std::ops::ControlFlow::Continue(());
                 }
                 // DataFusion looks table functions up by exact name.
@@ -560,6 +613,33 @@ mod tests {
         let out = spec.assign(&b, &schema).unwrap();
         assert_eq!(out.num_rows(), 4, "the NULL time row belongs to no window");
         assert_eq!(starts(&out), vec![0, 0, 10_000, -10_000]);
+    }
+
+    #[test]
+    fn cumulate_puts_a_row_in_every_window_of_its_period_reaching_past_it() {
+        let b = batch(vec![Some(4_500), Some(6_000), Some(-1), None]);
+        let spec = WindowSpec {
+            kind: WindowKind::Cumulate {
+                step: 2_000_000,
+                size: 6_000_000,
+            },
+            time_column: 0,
+            unit: TimeUnit::Millisecond,
+        };
+        let schema = spec.output_schema(&b.schema());
+        let out = spec.assign(&b, &schema).unwrap();
+        let ends = cast(out.column(2), &DataType::Int64).unwrap();
+        let ends = ends
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        // 4500: [0,6000); 6000 starts the next period: [6000,8000),
+        // [6000,10000), [6000,12000); -1 is in the last window of the period
+        // before: [-6000,0).
+        assert_eq!(starts(&out), vec![0, 6_000, 6_000, 6_000, -6_000]);
+        assert_eq!(ends, vec![6_000, 8_000, 10_000, 12_000, 0]);
     }
 
     #[test]

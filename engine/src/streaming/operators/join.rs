@@ -32,25 +32,51 @@ use super::{KeyedOperator, Result, batch_with_schema, eval, null_as_false, state
 use crate::stream::{OP_COLUMN, with_op_column};
 use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
 
-/// Which rows of a join are kept when nothing matches them.
+/// What a join emits: matched pairs (and, for outer joins, the rows of
+/// the preserved inputs that match nothing, NULL-padded), or for semi and
+/// anti joins the rows of one input that match something / nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinKind {
     Inner,
     Left,
     Right,
     Full,
+    LeftSemi,
+    LeftAnti,
+    RightSemi,
+    RightAnti,
 }
 
 impl JoinKind {
-    /// Whether rows of input `side` (0 left, 1 right) without a match
-    /// are kept, NULL-padded.
+    /// Whether the held rows of input `side` (0 left, 1 right) count their
+    /// matches: the preserved inputs of outer joins, the output input of
+    /// semi and anti joins.
     pub fn preserves(self, side: usize) -> bool {
         match self {
             JoinKind::Inner => false,
-            JoinKind::Left => side == 0,
-            JoinKind::Right => side == 1,
+            JoinKind::Left | JoinKind::LeftSemi | JoinKind::LeftAnti => side == 0,
+            JoinKind::Right | JoinKind::RightSemi | JoinKind::RightAnti => side == 1,
             JoinKind::Full => true,
         }
+    }
+
+    /// Semi and anti joins emit one input's rows, not pairs.
+    fn emits_pairs(self) -> bool {
+        matches!(
+            self,
+            JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full
+        )
+    }
+
+    fn is_semi(self) -> bool {
+        matches!(self, JoinKind::LeftSemi | JoinKind::RightSemi)
+    }
+
+    /// Whether the output can retract with both inputs append-only: a row
+    /// of an outer or anti join goes out unmatched and is retracted when
+    /// a match comes; inner and semi joins only ever add matches.
+    fn retracts(self) -> bool {
+        !matches!(self, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi)
     }
 }
 
@@ -61,6 +87,10 @@ impl std::fmt::Display for JoinKind {
             JoinKind::Left => "Left",
             JoinKind::Right => "Right",
             JoinKind::Full => "Full",
+            JoinKind::LeftSemi => "LeftSemi",
+            JoinKind::LeftAnti => "LeftAnti",
+            JoinKind::RightSemi => "RightSemi",
+            JoinKind::RightAnti => "RightAnti",
         })
     }
 }
@@ -144,7 +174,7 @@ impl StreamingJoin {
                 snap.push(Field::new(format!("{prefix}{i}"), f.data_type().clone(), true));
             }
         }
-        let updating = left.updating || right.updating || kind != JoinKind::Inner;
+        let updating = left.updating || right.updating || kind.retracts();
         let output = if updating { with_op_column(&output) } else { output };
         let sides = [
             KeyedRows::new(&key_types, left.schema.clone())?,
@@ -266,17 +296,21 @@ impl StreamingJoin {
                     }
                 }
             }
-            for (list, sign) in [(now_matched, -1), (now_unmatched, 1)] {
+            // A row going out while it matches nothing (outer, anti) is
+            // retracted when it first matches; a semi join's the other way.
+            let first = if self.kind.is_semi() { 1 } else { -1 };
+            for (list, sign) in [(now_matched, first), (now_unmatched, -first)] {
                 for chunk in list.chunks(PAIRS_PER_BATCH) {
                     let cols = self.sides[other].decode(chunk.iter().map(|r| &**r))?;
                     self.emit_padded(other, cols, chunk.len(), sign, out)?;
                 }
             }
         }
-        // Rows of this input matching nothing.
+        // Rows of this input matching nothing (a semi join: matching).
         if self.kind.preserves(this) {
+            let semi = self.kind.is_semi();
             let lonely: Vec<u32> = (0..n as u32)
-                .filter(|&i| keep[i as usize] && matched[i as usize] == 0)
+                .filter(|&i| keep[i as usize] && (matched[i as usize] > 0) == semi)
                 .collect();
             if !lonely.is_empty() {
                 let idx = UInt32Array::from(lonely);
@@ -364,8 +398,10 @@ impl StreamingJoin {
                     .entry(*j)
                     .or_default() += delta;
             }
-            for _ in 0..e.count {
-                repeat.push(p as u32);
+            if self.kind.emits_pairs() {
+                for _ in 0..e.count {
+                    repeat.push(p as u32);
+                }
             }
         }
         if repeat.is_empty() {
@@ -380,7 +416,8 @@ impl StreamingJoin {
         self.emit(cols, repeat.len(), delta, out)
     }
 
-    /// Rows of input `side` with the other input's columns NULL.
+    /// Rows of input `side` with the other input's columns NULL (a semi or
+    /// anti join: the rows alone).
     fn emit_padded(
         &self,
         side: usize,
@@ -391,6 +428,9 @@ impl StreamingJoin {
     ) -> Result<()> {
         if len == 0 {
             return Ok(());
+        }
+        if !self.kind.emits_pairs() {
+            return self.emit(cols, len, sign, out);
         }
         let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
             s.fields()

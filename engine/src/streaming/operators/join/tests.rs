@@ -16,9 +16,14 @@ fn side_schema(prefix: &str) -> SchemaRef {
     ]))
 }
 
-fn output_schema() -> SchemaRef {
+fn output_schema(kind: JoinKind) -> SchemaRef {
+    let sides: &[&str] = match kind {
+        JoinKind::LeftSemi | JoinKind::LeftAnti => &["l"],
+        JoinKind::RightSemi | JoinKind::RightAnti => &["r"],
+        _ => &["l", "r"],
+    };
     let mut fields: Vec<Field> = Vec::new();
-    for p in ["l", "r"] {
+    for p in sides {
         fields.extend(side_schema(p).fields().iter().map(|f| f.as_ref().clone()));
     }
     Arc::new(Schema::new(fields))
@@ -43,7 +48,7 @@ fn make(kind: JoinKind, updating: [bool; 2], filter: Option<Arc<dyn PhysicalExpr
         keys: key(i),
         updating: updating[i],
     };
-    StreamingJoin::new(kind, input(0), input(1), filter, output_schema()).unwrap()
+    StreamingJoin::new(kind, input(0), input(1), filter, output_schema(kind)).unwrap()
 }
 
 type Row = (Option<i64>, String, i64);
@@ -111,6 +116,25 @@ fn cells(r: Option<&Row>) -> String {
 fn nested_loop(kind: JoinKind, left: &[Row], right: &[Row], less: bool) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     let matches = |l: &Row, r: &Row| l.0.is_some() && l.0 == r.0 && (!less || l.2 < r.2);
+    let rows_of = |mine: &[Row], theirs: &[Row], mine_left: bool, want_match: bool| {
+        let mut out = BTreeMap::new();
+        for m in mine {
+            let any = theirs
+                .iter()
+                .any(|t| if mine_left { matches(m, t) } else { matches(t, m) });
+            if any == want_match {
+                *out.entry(cells(Some(m))).or_default() += 1;
+            }
+        }
+        out
+    };
+    match kind {
+        JoinKind::LeftSemi => return rows_of(left, right, true, true),
+        JoinKind::LeftAnti => return rows_of(left, right, true, false),
+        JoinKind::RightSemi => return rows_of(right, left, false, true),
+        JoinKind::RightAnti => return rows_of(right, left, false, false),
+        _ => {}
+    }
     for l in left {
         let mut any = false;
         for r in right.iter().filter(|r| matches(l, r)) {
@@ -152,7 +176,16 @@ impl Rng {
 #[test]
 fn every_kind_nets_to_the_join_of_what_the_inputs_hold() {
     let mut rng = Rng(0x5eed_1234_abcd);
-    for kind in [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full] {
+    for kind in [
+        JoinKind::Inner,
+        JoinKind::Left,
+        JoinKind::Right,
+        JoinKind::Full,
+        JoinKind::LeftSemi,
+        JoinKind::LeftAnti,
+        JoinKind::RightSemi,
+        JoinKind::RightAnti,
+    ] {
         for with_filter in [false, true] {
             for updating in [[false, false], [true, false], [false, true], [true, true]] {
                 let mut op = make(kind, updating, with_filter.then(less));
@@ -205,6 +238,8 @@ fn every_kind_nets_to_the_join_of_what_the_inputs_hold() {
 #[test]
 fn an_inner_join_of_append_only_inputs_is_append_only_and_outer_joins_update() {
     assert!(!make(JoinKind::Inner, [false, false], None).is_updating());
+    assert!(!make(JoinKind::LeftSemi, [false, false], None).is_updating());
+    assert!(make(JoinKind::LeftAnti, [false, false], None).is_updating());
     assert!(make(JoinKind::Inner, [true, false], None).is_updating());
     assert!(make(JoinKind::Left, [false, false], None).is_updating());
 }
@@ -261,7 +296,13 @@ fn joins_restored_and_rescaled_continue_like_the_uninterrupted_run() {
         (1, batch(1, &[r(2, "v", 9), r(5, "w", 1)], None), 5),
         (0, batch(0, &[r(5, "f", 0), r(2, "b", 5)], Some(&[1, -1])), 6),
     ];
-    for kind in [JoinKind::Inner, JoinKind::Left, JoinKind::Full] {
+    for kind in [
+        JoinKind::Inner,
+        JoinKind::Left,
+        JoinKind::Full,
+        JoinKind::LeftSemi,
+        JoinKind::RightAnti,
+    ] {
         for cut in 1..steps.len() - 1 {
             recovery_matches_inputs(
                 || Box::new(make(kind, [true, false], Some(less()))),
