@@ -28,8 +28,8 @@ use arrow::row::Rows;
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{KeyedOperator, Result, batch_with_schema, eval, null_as_false, state_batch};
-use crate::stream::{OP_COLUMN, with_op_column};
+use super::{KeyedOperator, Result, batch_with_schema, eval, null_as_false, split_changes, state_batch};
+use crate::stream::with_op_column;
 use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
 
 /// What a join emits: matched pairs (and, for outer joins, the rows of
@@ -497,20 +497,11 @@ impl KeyedOperator for StreamingJoin {
         if !self.inputs[input].updating {
             return self.apply(input, batch, 1, out);
         }
-        let n = batch.num_columns();
-        let ops = batch
-            .column(n - 1)
-            .as_any()
-            .downcast_ref::<Int8Array>()
-            .ok_or_else(|| DataFusionError::Internal(format!("updating batch without {OP_COLUMN}")))?
-            .clone();
-        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
-        let inserts: arrow::array::BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
-        let deletes = arrow::compute::not(&inserts)?;
+        let (inserts, deletes) = split_changes(&batch)?;
         // Inserts first: a row inserted and deleted in one batch (a
         // changelog's create and update) is then found by its delete.
-        self.apply(input, filter_record_batch(&rows, &inserts)?, 1, out)?;
-        self.apply(input, filter_record_batch(&rows, &deletes)?, -1, out)
+        self.apply(input, inserts, 1, out)?;
+        self.apply(input, deletes, -1, out)
     }
 
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {

@@ -49,6 +49,24 @@ pub fn null_as_false(mask: &BooleanArray) -> BooleanArray {
     }
 }
 
+/// An updating batch split by its op column (last) into the rows it
+/// inserts and the rows it deletes, both without the op column.
+pub(crate) fn split_changes(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
+    let n = batch.num_columns();
+    let ops = batch
+        .column(n.saturating_sub(1))
+        .as_any()
+        .downcast_ref::<Int8Array>()
+        .ok_or_else(|| DataFusionError::Internal(format!("updating batch without {OP_COLUMN}")))?;
+    let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
+    let inserts: BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
+    let deletes = arrow::compute::not(&inserts)?;
+    Ok((
+        filter_record_batch(&rows, &inserts)?,
+        filter_record_batch(&rows, &deletes)?,
+    ))
+}
+
 /// Evaluates an expression to an array of the batch's length.
 pub fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
     expr.evaluate(batch)?.into_array(batch.num_rows())

@@ -81,6 +81,18 @@ fn recovery_matches<F: Fn() -> Box<dyn KeyedOperator>>(
     recovery_matches_inputs(make, &[keys.to_vec()], &steps, cut);
 }
 
+/// A small deterministic generator (xorshift) for randomized operator tests.
+pub(super) struct Rng(pub u64);
+
+impl Rng {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// A step of an operator with several inputs: a batch on an input, then a
 /// watermark.
 pub(super) type Step = (usize, RecordBatch, i64);

@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int8Array, Int64Array, RecordBatch, UInt64Array};
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{KeyedOperator, Result, batch_with_schema, eval, state_batch};
-use crate::stream::{OP_COLUMN, with_op_column};
+use super::{KeyedOperator, Result, batch_with_schema, eval, split_changes, state_batch};
+use crate::stream::with_op_column;
 use crate::streaming::state::IncrementalRule;
 
 /// One ORDER BY term.
@@ -294,18 +293,11 @@ impl KeyedOperator for TopN {
         if !self.input_updating {
             return self.apply(&batch, 1);
         }
-        let n = batch.num_columns();
-        let ops = batch
-            .column(n - 1)
-            .as_any()
-            .downcast_ref::<Int8Array>()
-            .ok_or_else(|| DataFusionError::Internal(format!("updating batch without {OP_COLUMN}")))?
-            .clone();
-        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
-        let inserts: arrow::array::BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
-        let deletes = arrow::compute::not(&inserts)?;
-        self.apply(&filter_record_batch(&rows, &inserts)?, 1)?;
-        self.apply(&filter_record_batch(&rows, &deletes)?, -1)
+        // Inserts first: a row inserted and deleted in one batch is then
+        // found by its delete.
+        let (inserts, deletes) = split_changes(&batch)?;
+        self.apply(&inserts, 1)?;
+        self.apply(&deletes, -1)
     }
 
     fn on_watermark(&mut self, _watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {

@@ -302,22 +302,13 @@ impl KeyedOperator for UpdatingAggregate {
         if !self.input_updating {
             return self.accumulate(&batch, false);
         }
-        let n = batch.num_columns();
-        let ops = batch
-            .column(n - 1)
-            .as_any()
-            .downcast_ref::<Int8Array>()
-            .ok_or_else(|| DataFusionError::Internal("updating batch without op column".into()))?
-            .clone();
-        let rows = batch.project(&(0..n - 1).collect::<Vec<_>>())?;
-        let inserts: BooleanArray = ops.values().iter().map(|o| Some(*o > 0)).collect();
-        let deletes = arrow::compute::not(&inserts)?;
+        let (inserts, deletes) = split_changes(&batch)?;
         // Deletes and inserts of one batch commute (every accumulator used
         // here keeps a sum, a count or a multiset), but inserts go first:
         // a row inserted and deleted in one batch (a changelog source's
         // create and update) must not drive a count below zero on the way.
-        self.accumulate(&filter_record_batch(&rows, &inserts)?, false)?;
-        self.accumulate(&filter_record_batch(&rows, &deletes)?, true)
+        self.accumulate(&inserts, false)?;
+        self.accumulate(&deletes, true)
     }
 
     fn on_watermark(&mut self, _watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {

@@ -6,7 +6,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 
 use super::*;
-use crate::streaming::operators::tests::{Step, recovery_matches_inputs};
+use crate::streaming::operators::tests::{Rng, Step, recovery_matches_inputs};
 
 fn side_schema(prefix: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -156,18 +156,6 @@ fn nested_loop(kind: JoinKind, left: &[Row], right: &[Row], less: bool) -> BTree
         }
     }
     out
-}
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Random inserts and deletes on both inputs, in batches of one input at a

@@ -5,7 +5,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_expr::expressions::Column;
 
 use super::*;
-use crate::streaming::operators::tests::{Step, recovery_matches_inputs};
+use crate::streaming::operators::tests::{Rng, Step, recovery_matches_inputs};
 
 fn input() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -99,17 +99,6 @@ fn ranked(held: &[Row], limit: usize, descending: bool) -> BTreeMap<String, i64>
         }
     }
     out
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Random inserts (and deletes, over an updating input) in random batches;
