@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Streaming joins and top-N, Sluice beside Apache Flink, over the same JSON-lines files.
+
+Both engines read the same bounded files (bids and auctions, two files per
+table, so each of the two parallel tasks gets one), run the same SQL in
+streaming mode and write into a blackhole sink. Timed from submitting the
+query to the job's end. Flink runs in PyFlink's local mini-cluster (its JVM is
+started before the clock starts); Sluice is the release server, the query
+created through psql. Each size runs --runs times per engine, alternating;
+medians. Two sizes give the marginal rate (rows per second of the extra rows),
+which leaves out fixed start costs.
+
+    pip install apache-flink==2.3.0
+    cargo build --release -p sluice-server   # CARGO_TARGET_DIR=~/.cache/sluice-target-release
+    python3 bench/joins_flink.py --sluice ~/.cache/sluice-target-release/release/sluice
+"""
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+
+CASES = [
+    ("inner join (q20 shape)",
+     "SELECT b.auction, b.price, a.seller, a.category FROM bid b JOIN auction a ON b.auction = a.id"),
+    ("left join + group by",
+     "SELECT a.category, count(b.auction) AS bids, max(b.price) AS top FROM auction a "
+     "LEFT JOIN bid b ON b.auction = a.id GROUP BY a.category"),
+    ("top 3 per auction (q19 shape)",
+     "SELECT auction, bidder, price, rn FROM (SELECT auction, bidder, price, ROW_NUMBER() OVER "
+     "(PARTITION BY auction ORDER BY price DESC) AS rn FROM bid) WHERE rn <= 3"),
+]
+
+SCHEMAS = {
+    "bid": [("auction", "BIGINT"), ("bidder", "BIGINT"), ("price", "BIGINT")],
+    "auction": [("id", "BIGINT"), ("seller", "BIGINT"), ("category", "BIGINT")],
+}
+
+
+def write_data(root, bids, auctions):
+    rng = random.Random(42)
+    for table in SCHEMAS:
+        os.makedirs(os.path.join(root, table), exist_ok=True)
+    for part in range(2):
+        with open(os.path.join(root, "auction", f"part-{part}.json"), "w") as f:
+            f.writelines(f'{{"id": {i}, "seller": {1000 + i % 997}, "category": {10 + i % 5}}}\n'
+                         for i in range(part, auctions, 2))
+        with open(os.path.join(root, "bid", f"part-{part}.json"), "w") as f:
+            f.writelines(f'{{"auction": {rng.randrange(auctions)}, "bidder": {rng.randrange(50_000)}, '
+                         f'"price": {rng.randrange(1, 10_000_000)}}}\n'
+                         for _ in range(bids // 2))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def psql(port, *statements):
+    args = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "sluice", "-X", "-tA", "-v", "ON_ERROR_STOP=1"]
+    for s in statements:
+        args += ["-c", s]
+    out = subprocess.run(args, env=dict(os.environ, PGPASSWORD="sluice"), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return [line.split("|") for line in out.stdout.splitlines() if line]
+
+
+def sluice_once(binary, root, query):
+    with tempfile.TemporaryDirectory() as data:
+        port = free_port()
+        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s", SLUICE_PARALLELISM="2")
+        proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise RuntimeError("sluice did not start")
+                    time.sleep(0.02)
+            for table, cols in SCHEMAS.items():
+                decl = ", ".join(f"{c} {t}" for c, t in cols)
+                psql(port, f"CREATE STREAM {table} ({decl}) WITH (connector = 'filesystem', "
+                           f"path = '{os.path.join(root, table)}', format = 'json', 'scan.mode' = 'bounded')")
+            started = time.time()
+            psql(port, f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
+            while True:
+                status = {r[2] for r in psql(port, "SHOW JOBS") if r[0] == "out"}
+                if status & {"finished", "failed"}:
+                    break
+                time.sleep(0.02)
+            secs = time.time() - started
+            if "failed" in status:
+                raise RuntimeError(f"job failed: {query}")
+            return secs
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+class Flink:
+    def __init__(self):
+        from pyflink.table import EnvironmentSettings, TableEnvironment
+        self.env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+        self.env.get_config().set("parallelism.default", "2")
+
+    def once(self, root, query):
+        for table, cols in SCHEMAS.items():
+            decl = ", ".join(f"`{c}` {t}" for c, t in cols)
+            self.env.execute_sql(f"DROP TEMPORARY TABLE IF EXISTS {table}")
+            self.env.execute_sql(f"CREATE TEMPORARY TABLE {table} ({decl}) WITH ('connector' = "
+                                 f"'filesystem', 'path' = '{os.path.join(root, table)}', 'format' = 'json')")
+        # The sink's columns are whatever the query returns.
+        schema = self.env.sql_query(query).get_schema()
+        decl = ", ".join(f"`{n}` {t}" for n, t in zip(schema.get_field_names(), schema.get_field_data_types()))
+        self.env.execute_sql("DROP TEMPORARY TABLE IF EXISTS bench_sink")
+        self.env.execute_sql(f"CREATE TEMPORARY TABLE bench_sink ({decl}) WITH ('connector' = 'blackhole')")
+        started = time.time()
+        self.env.execute_sql(f"INSERT INTO bench_sink {query}").wait()
+        return time.time() - started
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sluice", required=True)
+    ap.add_argument("--sizes", default="1000000,3000000", help="bids per run (two sizes: marginal rate)")
+    ap.add_argument("--auctions", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=2)
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    flink = Flink()
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for bids in sizes:
+            root = os.path.join(tmp, str(bids))
+            write_data(root, bids, a.auctions)
+            for name, query in CASES:
+                s, f = [], []
+                for _ in range(a.runs):
+                    s.append(sluice_once(a.sluice, root, query))
+                    f.append(flink.once(root, query))
+                times[(name, bids)] = (statistics.median(s), statistics.median(f))
+                print(f"{bids:>9,} bids  {name:32} sluice {times[(name, bids)][0]:6.2f} s   "
+                      f"flink {times[(name, bids)][1]:6.2f} s", flush=True)
+    lo, hi = sizes[0], sizes[-1]
+    extra = hi - lo + 0.0
+    print(f"\n{a.auctions:,} auctions; rows/s of the extra {hi - lo:,} bids (marginal), and at {hi:,} bids whole")
+    print(f"{'case':32} {'sluice':>12} {'flink':>12} {'ratio':>7} {'sluice':>12} {'flink':>12} {'ratio':>7}")
+    for name, _ in CASES:
+        (s_lo, f_lo), (s_hi, f_hi) = times[(name, lo)], times[(name, hi)]
+        sm, fm = extra / max(s_hi - s_lo, 1e-9), extra / max(f_hi - f_lo, 1e-9)
+        sw, fw = (hi + a.auctions) / s_hi, (hi + a.auctions) / f_hi
+        print(f"{name:32} {sm:12,.0f} {fm:12,.0f} {sm / fm:7.2f} {sw:12,.0f} {fw:12,.0f} {sw / fw:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
