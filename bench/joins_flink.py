@@ -74,9 +74,11 @@ def psql(port, *statements):
 
 
 def sluice_once(binary, root, query):
+    roots = os.path.dirname(root)
     with tempfile.TemporaryDirectory() as data:
         port = free_port()
-        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s", SLUICE_PARALLELISM="2")
+        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s", SLUICE_PARALLELISM="2",
+                   SLUICE_FILE_ROOTS=roots)
         proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -103,7 +105,9 @@ def sluice_once(binary, root, query):
             secs = time.time() - started
             if "failed" in status:
                 raise RuntimeError(f"job failed: {query}")
-            return secs
+            # Every row of the files went through: the sources' rows out.
+            read = sum(int(r[7]) for r in psql(port, "SHOW JOBS") if r[0] == "out" and r[4].startswith("Source:"))
+            return secs, read
         finally:
             proc.terminate()
             proc.wait()
@@ -148,7 +152,11 @@ def main():
             for name, query in CASES:
                 s, f = [], []
                 for _ in range(a.runs):
-                    s.append(sluice_once(a.sluice, root, query))
+                    secs, read = sluice_once(a.sluice, root, query)
+                    want = bids + (a.auctions if "auction a" in query else 0)
+                    if read != want:
+                        raise RuntimeError(f"sluice read {read} rows of {want}: {name}")
+                    s.append(secs)
                     f.append(flink.once(root, query))
                 times[(name, bids)] = (statistics.median(s), statistics.median(f))
                 print(f"{bids:>9,} bids  {name:32} sluice {times[(name, bids)][0]:6.2f} s   "
