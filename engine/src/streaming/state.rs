@@ -18,6 +18,7 @@ use arrow::array::{Array, ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
+use indexmap::IndexMap;
 
 type Result<T> = datafusion::error::Result<T>;
 
@@ -97,11 +98,43 @@ impl ChangedGroups {
 /// One row held by a [`KeyedRows`] table: the row in Arrow's row format,
 /// how many times it is held, and a counter its operator keeps beside it
 /// (a join: how many rows of the other input it matches).
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub row: Box<[u8]>,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    pub row: &'a [u8],
     pub count: i64,
     pub matches: i64,
+}
+
+/// The rows held under one key, in the order they came (a removed row's
+/// place is taken by the last one), found by their bytes in O(1): a key
+/// holding many rows (one auction, a million bids) costs no scan per row.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    rows: IndexMap<Box<[u8]>, (i64, i64)>,
+}
+
+impl Bucket {
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The `at`-th row.
+    pub(crate) fn at(&self, at: usize) -> Entry<'_> {
+        let (row, (count, matches)) = self.rows.get_index(at).expect("a row of the bucket");
+        Entry {
+            row,
+            count: *count,
+            matches: *matches,
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+        self.rows.iter().map(|(row, (count, matches))| Entry {
+            row,
+            count: *count,
+            matches: *matches,
+        })
+    }
 }
 
 /// A multiset of rows per key. Keys and rows are held in Arrow's row
@@ -111,7 +144,8 @@ pub(crate) struct KeyedRows {
     schema: SchemaRef,
     keys: RowConverter,
     rows: RowConverter,
-    buckets: HashMap<Box<[u8]>, Vec<Entry>>,
+    buckets: HashMap<Box<[u8]>, Bucket>,
+    empty: Bucket,
     /// Keys changed since the last full snapshot.
     changed: HashSet<Box<[u8]>>,
     held: usize,
@@ -135,7 +169,10 @@ impl RowsSnapshot {
     }
 }
 
-const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
+/// Bytes a held row costs beyond its own: its counters and the index's
+/// slot.
+const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<i64>() + 3 * std::mem::size_of::<usize>();
+const BUCKET_OVERHEAD: usize = std::mem::size_of::<Bucket>();
 
 impl KeyedRows {
     /// A table of rows of `schema` keyed by values of `key_types`.
@@ -153,6 +190,7 @@ impl KeyedRows {
             keys,
             rows,
             buckets: HashMap::new(),
+            empty: Bucket::default(),
             changed: HashSet::new(),
             held: 0,
             bytes: 0,
@@ -174,16 +212,13 @@ impl KeyedRows {
     }
 
     /// The rows held under `key` (none: empty).
-    pub(crate) fn bucket(&self, key: &[u8]) -> &[Entry] {
-        self.buckets.get(key).map_or(&[], Vec::as_slice)
+    pub(crate) fn bucket(&self, key: &[u8]) -> &Bucket {
+        self.buckets.get(key).unwrap_or(&self.empty)
     }
 
     /// How many times `row` is held under `key`.
     pub(crate) fn count_of(&self, key: &[u8], row: &[u8]) -> i64 {
-        self.bucket(key)
-            .iter()
-            .find(|e| *e.row == *row)
-            .map_or(0, |e| e.count)
+        self.bucket(key).rows.get(row).map_or(0, |(count, _)| *count)
     }
 
     /// Adds `delta` to the count of `row` under `key` (a new row starts
@@ -198,37 +233,32 @@ impl KeyedRows {
             Some(b) => b,
             None if delta < 0 => return false,
             None => {
-                self.bytes += key.len() + std::mem::size_of::<Vec<Entry>>();
+                self.bytes += key.len() + BUCKET_OVERHEAD;
                 self.buckets.entry(key.into()).or_default()
             }
         };
-        match bucket.iter().position(|e| *e.row == *row) {
-            Some(at) => {
-                let e = &mut bucket[at];
-                if e.count + delta < 0 {
+        match bucket.rows.get_full_mut(row) {
+            Some((at, _, (count, _))) => {
+                if *count + delta < 0 {
                     return false;
                 }
-                e.count += delta;
-                if e.count == 0 {
-                    let gone = bucket.swap_remove(at);
+                *count += delta;
+                if *count == 0 {
+                    bucket.rows.swap_remove_index(at);
                     self.held -= 1;
-                    self.bytes -= gone.row.len() + ENTRY_OVERHEAD;
+                    self.bytes -= row.len() + ENTRY_OVERHEAD;
                 }
             }
             None if delta < 0 => return false,
             None => {
-                bucket.push(Entry {
-                    row: row.into(),
-                    count: delta,
-                    matches,
-                });
+                bucket.rows.insert(row.into(), (delta, matches));
                 self.held += 1;
                 self.bytes += row.len() + ENTRY_OVERHEAD;
             }
         }
-        if bucket.is_empty() {
+        if bucket.len() == 0 {
             self.buckets.remove(key);
-            self.bytes -= key.len() + std::mem::size_of::<Vec<Entry>>();
+            self.bytes -= key.len() + BUCKET_OVERHEAD;
         }
         self.mark(key);
         true
@@ -237,10 +267,10 @@ impl KeyedRows {
     /// Adds `delta` to the match counter of the `at`-th row under `key`;
     /// returns the counter before and after.
     pub(crate) fn add_matches(&mut self, key: &[u8], at: usize, delta: i64) -> Option<(i64, i64)> {
-        let e = self.buckets.get_mut(key)?.get_mut(at)?;
-        let before = e.matches;
-        e.matches += delta;
-        let after = e.matches;
+        let (_, (_, matches)) = self.buckets.get_mut(key)?.rows.get_index_mut(at)?;
+        let before = *matches;
+        *matches += delta;
+        let after = *matches;
         self.mark(key);
         Some((before, after))
     }
@@ -301,9 +331,9 @@ impl KeyedRows {
             matches.resize(keys.len(), 0);
         }
         for k in keys {
-            for e in self.bucket(k) {
+            for e in self.bucket(k).iter() {
                 key_rows.push(k);
-                rows.push(&e.row);
+                rows.push(e.row);
                 count.push(e.count);
                 matches.push(e.matches);
             }
@@ -341,7 +371,7 @@ impl KeyedRows {
             if count == 0 {
                 if let Some(gone) = self.buckets.remove(key.data()) {
                     self.held -= gone.len();
-                    self.bytes -= key.data().len() + std::mem::size_of::<Vec<Entry>>();
+                    self.bytes -= key.data().len() + BUCKET_OVERHEAD;
                     self.bytes -= gone.iter().map(|e| e.row.len() + ENTRY_OVERHEAD).sum::<usize>();
                 }
                 continue;
@@ -423,7 +453,7 @@ mod tests {
         assert_eq!(changes.count.values().to_vec(), vec![0, 0]);
         let mut back = KeyedRows::new(&[DataType::Int64], t.schema().clone()).unwrap();
         back.restore(&snap).unwrap();
-        assert_eq!(back.bucket(&k(1))[0].matches, 3);
+        assert_eq!(back.bucket(&k(1)).at(0).matches, 3);
         back.restore(&changes).unwrap();
         assert_eq!((back.size(), back.keys_held()), ((0, empty), 0));
     }

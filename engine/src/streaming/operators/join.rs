@@ -285,14 +285,14 @@ impl StreamingJoin {
                     let Some((before, after)) = self.sides[other].add_matches(key, at, d) else {
                         continue;
                     };
-                    let e = &self.sides[other].bucket(key)[at];
+                    let e = self.sides[other].bucket(key).at(at);
                     let list = match (before > 0, after > 0) {
                         (false, true) => &mut now_matched,
                         (true, false) => &mut now_unmatched,
                         _ => continue,
                     };
                     for _ in 0..e.count {
-                        list.push(e.row.clone());
+                        list.push(Box::<[u8]>::from(e.row));
                     }
                 }
             }
@@ -362,9 +362,9 @@ impl StreamingJoin {
             .collect::<Result<Vec<_>>>()?;
         let entries: Vec<_> = pairs
             .iter()
-            .map(|(i, j)| &self.sides[other].bucket(keys.row(*i as usize).data())[*j])
+            .map(|(i, j)| self.sides[other].bucket(keys.row(*i as usize).data()).at(*j))
             .collect();
-        let other_cols = self.sides[other].decode(entries.iter().map(|e| &*e.row))?;
+        let other_cols = self.sides[other].decode(entries.iter().map(|e| e.row))?;
         let (left, right) = if this == 0 {
             (this_cols, other_cols)
         } else {
