@@ -3,7 +3,9 @@
 
 use super::*;
 use arrow::array::{Int64Array, StringArray};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_expr::expressions::col;
+use std::collections::BTreeMap;
 
 fn input() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -91,6 +93,40 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+/// Output rows as `a|b|..` lines with their net multiplicity (inserts
+/// minus deletes; `updating`: the last column is the op column); rows that
+/// net to zero are dropped.
+pub(super) fn net(out: &[RecordBatch], updating: bool, into: &mut BTreeMap<String, i64>) {
+    let opts = FormatOptions::default().with_null("NULL");
+    for b in out {
+        let width = if updating {
+            b.num_columns() - 1
+        } else {
+            b.num_columns()
+        };
+        let fmts: Vec<ArrayFormatter> = b.columns()[..width]
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        let ops = updating.then(|| {
+            b.column(width)
+                .as_any()
+                .downcast_ref::<Int8Array>()
+                .unwrap()
+                .clone()
+        });
+        for r in 0..b.num_rows() {
+            let line = fmts
+                .iter()
+                .map(|f| f.value(r).to_string())
+                .collect::<Vec<_>>()
+                .join("|");
+            *into.entry(line).or_default() += ops.as_ref().map_or(1, |o| o.value(r) as i64);
+        }
+    }
+    into.retain(|_, n| *n != 0);
 }
 
 /// A step of an operator with several inputs: a batch on an input, then a

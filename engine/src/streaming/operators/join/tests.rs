@@ -1,12 +1,11 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Int64Array, StringArray};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 
 use super::*;
-use crate::streaming::operators::tests::{Rng, Step, recovery_matches_inputs};
+use crate::streaming::operators::tests::{Rng, Step, net, recovery_matches_inputs};
 
 fn side_schema(prefix: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -71,38 +70,6 @@ fn batch(side: usize, rows: &[Row], ops: Option<&[i8]>) -> RecordBatch {
         None => schema,
     };
     RecordBatch::try_new(schema, cols).unwrap()
-}
-
-/// Output rows with their net multiplicity (inserts minus deletes).
-fn net(out: &[RecordBatch], updating: bool, into: &mut BTreeMap<String, i64>) {
-    let opts = FormatOptions::default().with_null("NULL");
-    for b in out {
-        let width = if updating {
-            b.num_columns() - 1
-        } else {
-            b.num_columns()
-        };
-        let fmts: Vec<ArrayFormatter> = b.columns()[..width]
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-            .collect();
-        let ops = updating.then(|| {
-            b.column(width)
-                .as_any()
-                .downcast_ref::<Int8Array>()
-                .unwrap()
-                .clone()
-        });
-        for r in 0..b.num_rows() {
-            let line = fmts
-                .iter()
-                .map(|f| f.value(r).to_string())
-                .collect::<Vec<_>>()
-                .join("|");
-            *into.entry(line).or_default() += ops.as_ref().map_or(1, |o| o.value(r) as i64);
-        }
-    }
-    into.retain(|_, n| *n != 0);
 }
 
 fn cells(r: Option<&Row>) -> String {

@@ -1,11 +1,10 @@
 use std::collections::BTreeMap;
 
 use arrow::array::StringArray;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_expr::expressions::Column;
 
 use super::*;
-use crate::streaming::operators::tests::{Rng, Step, recovery_matches_inputs};
+use crate::streaming::operators::tests::{Rng, Step, net, recovery_matches_inputs};
 
 fn input() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -56,27 +55,6 @@ fn batch(rows: &[Row], ops: Option<&[i8]>) -> RecordBatch {
         None => input(),
     };
     RecordBatch::try_new(schema, cols).unwrap()
-}
-
-fn net(out: &[RecordBatch], into: &mut BTreeMap<String, i64>) {
-    let opts = FormatOptions::default().with_null("NULL");
-    for b in out {
-        let width = b.num_columns() - 1;
-        let fmts: Vec<ArrayFormatter> = b.columns()[..width]
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-            .collect();
-        let ops = b.column(width).as_any().downcast_ref::<Int8Array>().unwrap();
-        for r in 0..b.num_rows() {
-            let line = fmts
-                .iter()
-                .map(|f| f.value(r).to_string())
-                .collect::<Vec<_>>()
-                .join("|");
-            *into.entry(line).or_default() += ops.value(r) as i64;
-        }
-    }
-    into.retain(|_, n| *n != 0);
 }
 
 /// ROW_NUMBER() <= limit of what is held, as SQL defines it.
@@ -132,7 +110,7 @@ fn emitted_changes_net_to_the_ranked_top_n_of_what_is_held() {
                     op.on_batch(0, batch(&rows, updating.then_some(&ops[..])), &mut out)
                         .unwrap();
                     op.on_watermark(i64::MIN, &mut out).unwrap();
-                    net(&out, &mut got);
+                    net(&out, true, &mut got);
                     assert_eq!(
                         got,
                         ranked(&held, limit, descending),
