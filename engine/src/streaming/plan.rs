@@ -81,6 +81,11 @@ pub enum NodeKind {
         keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
         /// The rest of the ON condition, over left then right columns.
         filter: Option<Arc<dyn PhysicalExpr>>,
+        /// Per input, its event-time column (the one its watermark bounds).
+        event_time: [Option<usize>; 2],
+        /// Per input, an interval join's bound over its rows: a held row
+        /// is dropped once the other input's watermark passes it.
+        expire: [Option<Arc<dyn PhysicalExpr>>; 2],
     },
     /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= limit`: the
     /// ranked first rows per group, as an updating result.
@@ -169,17 +174,41 @@ impl Node {
                     cols(partition)
                 )
             }
-            NodeKind::Join { kind, keys, filter } => {
+            NodeKind::Join {
+                kind,
+                keys,
+                filter,
+                expire,
+                ..
+            } => {
                 let on = keys[0]
                     .iter()
                     .zip(&keys[1])
                     .map(|(l, r)| format!("{l} = {r}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                match filter {
+                let mut s = match filter {
                     Some(f) => format!("{kind}Join: on=[{on}] filter={f}"),
                     None => format!("{kind}Join: on=[{on}]"),
+                };
+                let bounds: Vec<String> = expire
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(side, bound)| {
+                        let (this, other) = if side == 0 {
+                            ("left", "right")
+                        } else {
+                            ("right", "left")
+                        };
+                        bound
+                            .as_ref()
+                            .map(|b| format!("{this} until {other} watermark > {b}"))
+                    })
+                    .collect();
+                if !bounds.is_empty() {
+                    let _ = write!(s, " bounds=[{}]", bounds.join(", "));
                 }
+                s
             }
         }
     }
@@ -228,8 +257,13 @@ impl Node {
             ),
             NodeKind::Aggregate { keys, .. } if keys.is_empty() => "global, emit changes on watermark".into(),
             NodeKind::Aggregate { .. } => "emit changes on watermark, hash exchange".into(),
+            NodeKind::Join { expire, .. } if expire.iter().any(Option::is_some) => {
+                "interval join: state per key on both inputs, dropped as watermarks pass its bounds, emit \
+                 changes as they meet, hash exchange"
+                    .into()
+            }
             NodeKind::Join { .. } => {
-                "state per key on both inputs, emit changes as they meet, hash exchange".into()
+                "state per key on both inputs (unbounded), emit changes as they meet, hash exchange".into()
             }
             NodeKind::TopN { partition, .. } if partition.is_empty() => {
                 "global, emit changed ranks on watermark".into()
@@ -884,10 +918,33 @@ impl Planner<'_> {
             keys[0].push(l);
             keys[1].push(r);
         }
+        let both = ls.join(rs)?;
         let filter = match &j.filter {
-            Some(f) => Some(self.physical(f, &ls.join(rs)?)?),
+            Some(f) => Some(self.physical(f, &both)?),
             None => None,
         };
+        // An interval join: held rows go once the other input's watermark
+        // passes their bound. Append-only inputs only: a retraction must
+        // find the rows it retracts.
+        let event_time = [event_time(&left), event_time(&right)];
+        let mut expire: [Option<Arc<dyn PhysicalExpr>>; 2] = [None, None];
+        if let Some(f) = &j.filter
+            && !left.updating
+            && !right.updating
+        {
+            let n_left = ls.fields().len();
+            for (side, bound) in interval_bounds(f, &both, n_left, event_time) {
+                let schema = if side == 0 { ls } else { rs };
+                let e = self.physical(&bound, schema)?;
+                if matches!(
+                    e.data_type(schema.as_arrow())?,
+                    arrow::datatypes::DataType::Timestamp(..)
+                ) && expire[side].is_none()
+                {
+                    expire[side] = Some(e);
+                }
+            }
+        }
         let updating = left.updating
             || right.updating
             || !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi);
@@ -895,7 +952,13 @@ impl Planner<'_> {
         let cols = vec![None; schema.fields().len()];
         let par = self.parallelism;
         Ok(self.make(
-            NodeKind::Join { kind, keys, filter },
+            NodeKind::Join {
+                kind,
+                keys,
+                filter,
+                event_time,
+                expire,
+            },
             vec![left, right],
             schema,
             updating,
@@ -903,6 +966,114 @@ impl Planner<'_> {
             par,
         ))
     }
+}
+
+/// The column of a node's output that its watermark bounds (the source's
+/// event time, through stateless operators that keep it as is).
+fn event_time(node: &Node) -> Option<usize> {
+    use datafusion::physical_expr::expressions::Column;
+    match &node.kind {
+        NodeKind::Source { table } => table.watermark.as_ref().map(|w| w.column),
+        NodeKind::Filter { .. } | NodeKind::Window { .. } => event_time(&node.inputs[0]),
+        NodeKind::Project { exprs } => {
+            let t = event_time(&node.inputs[0])?;
+            exprs
+                .iter()
+                .position(|e| e.downcast_ref::<Column>().is_some_and(|c| c.index() == t))
+        }
+        NodeKind::Union => {
+            let first = event_time(node.inputs.first()?)?;
+            node.inputs
+                .iter()
+                .all(|i| event_time(i) == Some(first))
+                .then_some(first)
+        }
+        _ => None,
+    }
+}
+
+/// An interval join's bounds, from the ON condition's conjuncts of the
+/// form `o.t <= f(s)` (`<`, mirrored `>=` / `>`, BETWEEN's bounds, and
+/// `o.t + c` / `o.t - c` with a constant `c` moved across), where `o.t` is
+/// one input's event time and `f` reads only the other input `s`: rows of
+/// `s` can match nothing to come once `o`'s watermark passes `f(s)`.
+/// Returns `(s, f)` pairs; `times` are each input's event-time column,
+/// `schema` is left then right (`n_left` columns of the left).
+fn interval_bounds(
+    filter: &Expr,
+    schema: &DFSchema,
+    n_left: usize,
+    times: [Option<usize>; 2],
+) -> Vec<(usize, Expr)> {
+    use datafusion::logical_expr::{BinaryExpr, Operator, utils::split_conjunction};
+    let mut pairs: Vec<(&Expr, &Expr)> = Vec::new();
+    for c in split_conjunction(filter) {
+        match c {
+            Expr::BinaryExpr(b) => match b.op {
+                Operator::Lt | Operator::LtEq => pairs.push((&b.left, &b.right)),
+                Operator::Gt | Operator::GtEq => pairs.push((&b.right, &b.left)),
+                _ => {}
+            },
+            Expr::Between(b) if !b.negated => {
+                pairs.push((&b.low, &b.expr));
+                pairs.push((&b.expr, &b.high));
+            }
+            _ => {}
+        }
+    }
+    let side_of = |e: &Expr| -> Option<usize> {
+        let idx: Vec<usize> = e
+            .column_refs()
+            .into_iter()
+            .map(|c| schema.index_of_column(c).ok())
+            .collect::<Option<_>>()?;
+        if idx.iter().all(|i| *i < n_left) {
+            Some(0)
+        } else if idx.iter().all(|i| *i >= n_left) {
+            Some(1)
+        } else {
+            None
+        }
+    };
+    let mut out = Vec::new();
+    for (lo, hi) in pairs {
+        // lo is o.t, maybe plus or minus a constant.
+        let (col, offset) = match lo {
+            Expr::Column(c) => (c, None),
+            Expr::BinaryExpr(BinaryExpr { left, op, right })
+                if matches!(op, Operator::Plus | Operator::Minus)
+                    && matches!(right.as_ref(), Expr::Literal(..)) =>
+            {
+                let Expr::Column(c) = left.as_ref() else { continue };
+                (c, Some((*op, right.as_ref().clone())))
+            }
+            _ => continue,
+        };
+        let Ok(at) = schema.index_of_column(col) else {
+            continue;
+        };
+        let (other, local) = if at < n_left { (0, at) } else { (1, at - n_left) };
+        if times[other] != Some(local) {
+            continue;
+        }
+        let side = 1 - other;
+        if side_of(hi).is_some_and(|s| s != side) {
+            continue;
+        }
+        let bound = match offset {
+            None => hi.clone(),
+            Some((Operator::Plus, c)) => Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(hi.clone()),
+                Operator::Minus,
+                Box::new(c),
+            )),
+            Some((_, c)) => {
+                Expr::BinaryExpr(BinaryExpr::new(Box::new(hi.clone()), Operator::Plus, Box::new(c)))
+            }
+        };
+        out.push((side, bound));
+    }
+    out
 }
 
 fn renumber(mut node: Node, next: &mut usize) -> Node {

@@ -7,12 +7,14 @@
 //! - [`KeyedRows`]: a multiset of rows per key, both held in Arrow's row
 //!   format under a declared Arrow schema, with changed-key tracking, full
 //!   and incremental snapshots as Arrow columns, and rows and bytes
-//!   accounted. A join keeps one per input.
+//!   accounted. A join keeps one per input. Rows can be given a time
+//!   after which they are dropped ([`KeyedRows::expire_at`]): an interval
+//!   join's rows go once the other input's watermark passes their bound.
 //! - The format version of checkpoint state files lives with checkpoint
 //!   storage ([`crate::checkpoint::STATE_FORMAT_VERSION`]): every file
 //!   carries it and a restore refuses one it does not know.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -137,6 +139,9 @@ impl Bucket {
     }
 }
 
+/// A held row by its key's bytes and its own.
+type HeldRow = (Box<[u8]>, Box<[u8]>);
+
 /// A multiset of rows per key. Keys and rows are held in Arrow's row
 /// format (compact, hashable, comparable bytes) and turned back into
 /// columns of the declared schema when read.
@@ -150,6 +155,9 @@ pub(crate) struct KeyedRows {
     changed: HashSet<Box<[u8]>>,
     held: usize,
     bytes: usize,
+    /// Rows to drop once time passes their time: (key, row) by time.
+    expiry: BTreeMap<i64, Vec<HeldRow>>,
+    expiry_bytes: usize,
 }
 
 /// Rows of a snapshot of a [`KeyedRows`], as columns: the key columns,
@@ -173,6 +181,9 @@ impl RowsSnapshot {
 /// slot.
 const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<i64>() + 3 * std::mem::size_of::<usize>();
 const BUCKET_OVERHEAD: usize = std::mem::size_of::<Bucket>();
+/// Bytes an expiry entry costs beyond its key and row: two boxed slices
+/// and the time's slot.
+const EXPIRY_OVERHEAD: usize = 4 * std::mem::size_of::<usize>() + std::mem::size_of::<i64>();
 
 impl KeyedRows {
     /// A table of rows of `schema` keyed by values of `key_types`.
@@ -194,6 +205,8 @@ impl KeyedRows {
             changed: HashSet::new(),
             held: 0,
             bytes: 0,
+            expiry: BTreeMap::new(),
+            expiry_bytes: 0,
         })
     }
 
@@ -291,7 +304,66 @@ impl KeyedRows {
 
     /// (distinct rows held, bytes held).
     pub(crate) fn size(&self) -> (usize, usize) {
-        (self.held, self.bytes + self.keys.size() + self.rows.size())
+        (
+            self.held,
+            self.bytes + self.expiry_bytes + self.keys.size() + self.rows.size(),
+        )
+    }
+
+    /// Drops `row` under `key` (every copy of it) once
+    /// [`Self::expire_before`] passes `time`. Given once per distinct row:
+    /// when the row is first held.
+    pub(crate) fn expire_at(&mut self, key: &[u8], row: &[u8], time: i64) {
+        self.expiry_bytes += key.len() + row.len() + EXPIRY_OVERHEAD;
+        self.expiry
+            .entry(time)
+            .or_default()
+            .push((key.into(), row.into()));
+    }
+
+    /// Drops the rows whose time (see [`Self::expire_at`]) is before
+    /// `time`; returns how many rows went (copies counted).
+    pub(crate) fn expire_before(&mut self, time: i64) -> u64 {
+        let mut gone = 0u64;
+        while let Some(entry) = self.expiry.first_entry() {
+            if *entry.key() >= time {
+                break;
+            }
+            for (key, row) in entry.remove() {
+                self.expiry_bytes -= key.len() + row.len() + EXPIRY_OVERHEAD;
+                let count = self.count_of(&key, &row);
+                if count > 0 && self.add(&key, &row, -count, 0) {
+                    gone += count as u64;
+                }
+            }
+        }
+        gone
+    }
+
+    /// Registers every held row's time again (after a restore): `time_of`
+    /// gets held rows as columns of the declared schema and returns each
+    /// one's time (None: never dropped).
+    pub(crate) fn rebuild_expiry(
+        &mut self,
+        mut time_of: impl FnMut(&[ArrayRef]) -> Result<Vec<Option<i64>>>,
+    ) -> Result<()> {
+        self.expiry.clear();
+        self.expiry_bytes = 0;
+        let held: Vec<HeldRow> = self
+            .buckets
+            .iter()
+            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
+            .collect();
+        for chunk in held.chunks(8192) {
+            let cols = self.decode(chunk.iter().map(|(_, r)| &**r))?;
+            let times = time_of(&cols)?;
+            for ((key, row), time) in chunk.iter().zip(times) {
+                if let Some(t) = time {
+                    self.expire_at(key, row, t);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Keys held.
@@ -456,5 +528,41 @@ mod tests {
         assert_eq!(back.bucket(&k(1)).at(0).matches, 3);
         back.restore(&changes).unwrap();
         assert_eq!((back.size(), back.keys_held()), ((0, empty), 0));
+    }
+
+    #[test]
+    fn expired_rows_go_with_every_copy_and_come_back_indexed_after_a_restore() {
+        use std::sync::Arc;
+
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("t", DataType::Int64, true)]));
+        let mut t = KeyedRows::new(&[DataType::Int64], schema.clone()).unwrap();
+        let empty = t.size().1;
+        let col = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+        let keys = t.encode_keys(&[col(vec![1, 1, 2])]).unwrap();
+        let rows = t.encode_rows(&[col(vec![10, 20, 10])]).unwrap();
+        // Row i is held until its own value (a time).
+        for (i, copies) in [(0, 2), (1, 1), (2, 1)] {
+            let (key, row) = (keys.row(i).data(), rows.row(i).data());
+            assert!(t.add(key, row, copies, 0));
+            t.expire_at(key, row, [10, 20, 10][i]);
+        }
+        let snap = t.snapshot().unwrap();
+        // Nothing is before 10; both rows at 10 (one held twice) are.
+        assert_eq!(t.expire_before(10), 0);
+        assert_eq!(t.expire_before(11), 3);
+        assert_eq!((t.size().0, t.keys_held(), t.keys_changed()), (1, 1, 2));
+        assert_eq!(t.expire_before(i64::MAX), 1);
+        assert_eq!(t.size(), (0, empty));
+        // A restore holds the rows again; the index is rebuilt from them.
+        let mut back = KeyedRows::new(&[DataType::Int64], schema).unwrap();
+        back.restore(&snap).unwrap();
+        back.rebuild_expiry(|cols| {
+            let v = cols[0].as_any().downcast_ref::<Int64Array>().unwrap();
+            Ok(v.iter().collect())
+        })
+        .unwrap();
+        assert_eq!(back.expire_before(15), 3);
+        assert_eq!(back.size().0, 1);
     }
 }

@@ -14,6 +14,16 @@
 //! Rows whose key holds a NULL match nothing (SQL's `=`); they are not
 //! held, and on an outer side they go out NULL-padded at once.
 //!
+//! An interval join (the ON condition bounds one input's event time by the
+//! other's row, as in `b.t BETWEEN a.t AND a.expires`) drops held rows once
+//! nothing to come can match them: a row of input `s` goes when the other
+//! input's watermark passes its bound (`a.expires` for an auction; for a
+//! bid, `b.t`, since auctions to come start after the watermark). Expiry
+//! is not a retraction: what the row produced stands. With expiry the
+//! other input's late rows (behind its own watermark) are dropped and
+//! counted, as they could have met rows already dropped. Only append-only
+//! inputs expire (a retraction must find what it retracts).
+//!
 //! The output has no event time: a row of one input can meet a row of the
 //! other arbitrarily late, so windows over a join's output are not offered
 //! (it feeds views, sinks and non-windowed aggregates).
@@ -21,9 +31,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, UInt32Array, new_null_array};
-use arrow::compute::{filter_record_batch, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int8Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+    new_null_array,
+};
+use arrow::compute::{cast, filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::Rows;
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
@@ -110,6 +123,44 @@ pub struct JoinInput {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// Whether its batches carry the op column (inserts and deletes).
     pub updating: bool,
+    /// The column its watermark bounds (its event time), if it has one.
+    pub event_time: Option<usize>,
+    /// An interval join's bound over this input's rows (a timestamp): a
+    /// held row is dropped once the other input's watermark passes it.
+    /// Only for append-only inputs whose other input is append-only and
+    /// has an event time (the bound comes from a condition on it).
+    pub expire: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl JoinInput {
+    /// An input without event time or expiry.
+    pub fn new(schema: SchemaRef, keys: Vec<Arc<dyn PhysicalExpr>>, updating: bool) -> Self {
+        Self {
+            schema,
+            keys,
+            updating,
+            event_time: None,
+            expire: None,
+        }
+    }
+}
+
+/// Timestamps (any unit) as microseconds; NULL stays NULL.
+fn as_micros(a: &ArrayRef) -> Result<TimestampMicrosecondArray> {
+    let tz = match a.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        other => {
+            return Err(DataFusionError::Internal(format!(
+                "a join's time bound is {other}, not a timestamp"
+            )));
+        }
+    };
+    let micros = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, tz))?;
+    Ok(micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microseconds")
+        .clone())
 }
 
 /// An incremental equi-join of two inputs.
@@ -126,6 +177,13 @@ pub struct StreamingJoin {
     rule: IncrementalRule,
     /// Deletes of rows the join did not hold (dropped).
     unmatched_deletes: u64,
+    /// Each input's watermark (microseconds), as last reported.
+    watermarks: [i64; 2],
+    /// Rows dropped by expiry (or not held, their bound passed already),
+    /// per input.
+    expired: [u64; 2],
+    /// Late rows dropped since the runtime last asked.
+    late: u64,
 }
 
 impl StreamingJoin {
@@ -174,6 +232,14 @@ impl StreamingJoin {
                 snap.push(Field::new(format!("{prefix}{i}"), f.data_type().clone(), true));
             }
         }
+        for (side, input) in [&left, &right].into_iter().enumerate() {
+            let other = if side == 0 { &right } else { &left };
+            if input.expire.is_some() && (input.updating || other.updating || other.event_time.is_none()) {
+                return Err(DataFusionError::Internal(
+                    "a join input expires rows but an input updates or the other has no event time".into(),
+                ));
+            }
+        }
         let updating = left.updating || right.updating || kind.retracts();
         let output = if updating { with_op_column(&output) } else { output };
         let sides = [
@@ -191,6 +257,9 @@ impl StreamingJoin {
             snapshot_schema: Arc::new(Schema::new(snap)),
             rule: IncrementalRule::default(),
             unmatched_deletes: 0,
+            watermarks: [i64::MIN; 2],
+            expired: [0; 2],
+            late: 0,
         })
     }
 
@@ -202,6 +271,35 @@ impl StreamingJoin {
     /// Deletes of rows the join did not hold, dropped so far.
     pub fn unmatched_deletes(&self) -> u64 {
         self.unmatched_deletes
+    }
+
+    /// Rows dropped by expiry so far, per input.
+    pub fn expired(&self) -> [u64; 2] {
+        self.expired
+    }
+
+    /// With the other input's rows expiring, this input's rows behind its
+    /// own watermark could have met rows already dropped: they are late,
+    /// dropped and counted (NULL times are kept: they match no bound).
+    fn drop_late(&mut self, input: usize, batch: RecordBatch) -> Result<RecordBatch> {
+        let (Some(col), true) = (
+            self.inputs[input].event_time,
+            self.inputs[1 - input].expire.is_some(),
+        ) else {
+            return Ok(batch);
+        };
+        let wm = self.watermarks[input];
+        if wm == i64::MIN {
+            return Ok(batch);
+        }
+        let times = as_micros(batch.column(col))?;
+        let keep: BooleanArray = times.iter().map(|t| Some(t.is_none_or(|t| t >= wm))).collect();
+        let late = keep.false_count();
+        if late == 0 {
+            return Ok(batch);
+        }
+        self.late += late as u64;
+        Ok(filter_record_batch(&batch, &keep)?)
     }
 
     /// Rows of `this` input changed by `delta` (+1 inserted, -1 deleted).
@@ -322,9 +420,25 @@ impl StreamingJoin {
                 self.emit_padded(this, cols, idx.len(), delta, out)?;
             }
         }
-        // This input's rows, held for the other input's changes to come.
+        // This input's rows, held for the other input's changes to come
+        // (an interval join's until the other input's watermark passes
+        // their bound; those it passed already, or NULL, can match nothing
+        // more and are not held).
+        let bounds = match &self.inputs[this].expire {
+            Some(e) => Some(as_micros(&eval(e, &rows)?)?),
+            None => None,
+        };
         for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
             let (k, r) = (keys.row(i), encoded.row(i));
+            if let Some(bounds) = &bounds {
+                if bounds.is_null(i) || bounds.value(i) < self.watermarks[other] {
+                    self.expired[this] += 1;
+                    continue;
+                }
+                if self.sides[this].count_of(k.data(), r.data()) == 0 {
+                    self.sides[this].expire_at(k.data(), r.data(), bounds.value(i));
+                }
+            }
             if !self.sides[this].add(k.data(), r.data(), delta, matched[i]) {
                 // Checked above: a delete finds its row.
                 return Err(DataFusionError::Internal(
@@ -495,6 +609,7 @@ impl KeyedOperator for StreamingJoin {
             return Err(DataFusionError::Internal(format!("a join has no input {input}")));
         }
         if !self.inputs[input].updating {
+            let batch = self.drop_late(input, batch)?;
             return self.apply(input, batch, 1, out);
         }
         let (inserts, deletes) = split_changes(&batch)?;
@@ -507,6 +622,41 @@ impl KeyedOperator for StreamingJoin {
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
         // Changes go out as they are joined.
         Ok(())
+    }
+
+    /// The other input's rows whose bound `watermark` passed can match
+    /// nothing to come: dropped.
+    fn on_input_watermark(
+        &mut self,
+        input: usize,
+        watermark: i64,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if input > 1 {
+            return Err(DataFusionError::Internal(format!("a join has no input {input}")));
+        }
+        self.watermarks[input] = self.watermarks[input].max(watermark);
+        let other = 1 - input;
+        if self.inputs[other].expire.is_some() {
+            self.expired[other] += self.sides[other].expire_before(self.watermarks[input]);
+        }
+        Ok(())
+    }
+
+    fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
+    }
+
+    fn detail(&self) -> Option<String> {
+        let bounded: Vec<String> = (0..2)
+            .filter(|s| self.inputs[*s].expire.is_some())
+            .map(|s| {
+                let (rows, _) = self.sides[s].size();
+                let name = if s == 0 { "left" } else { "right" };
+                format!("{name}: {rows} rows held, {} expired", self.expired[s])
+            })
+            .collect();
+        (!bounded.is_empty()).then(|| bounded.join(", "))
     }
 
     fn state_size(&self) -> (usize, usize) {
@@ -609,6 +759,15 @@ impl KeyedOperator for StreamingJoin {
                     matches: int64("matches")?,
                 };
                 self.sides[side].restore(&snap)?;
+            }
+        }
+        for side in 0..2 {
+            if let Some(bound) = self.inputs[side].expire.clone() {
+                let schema = self.inputs[side].schema.clone();
+                self.sides[side].rebuild_expiry(|cols| {
+                    let batch = batch_with_schema(&schema, cols.to_vec())?;
+                    Ok(as_micros(&eval(&bound, &batch)?)?.iter().collect())
+                })?;
             }
         }
         Ok(())

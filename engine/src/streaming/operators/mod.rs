@@ -129,6 +129,15 @@ pub trait KeyedOperator: Send {
     }
     /// (rows, bytes) of state held.
     fn state_size(&self) -> (usize, usize);
+    /// Late rows dropped since the last call.
+    fn take_late(&mut self) -> u64 {
+        0
+    }
+    /// What the operator says about its state beyond rows and bytes (an
+    /// interval join: rows expired), for SHOW JOBS.
+    fn detail(&self) -> Option<String> {
+        None
+    }
     /// The state as batches, for a checkpoint. The runtime calls it at a
     /// barrier, right after a progress step (no change is pending).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {

@@ -214,6 +214,10 @@ async fn run_keyed(
                 Event::Batch { input, batch } => {
                     metrics.add_in(batch.num_rows());
                     op.on_batch(input, batch, &mut out)?;
+                    let late = op.take_late();
+                    if late > 0 {
+                        metrics.add_late(late);
+                    }
                 }
                 Event::InputWatermark { input, watermark } => {
                     op.on_input_watermark(input, watermark, &mut out)?;
@@ -229,6 +233,7 @@ async fn run_keyed(
                         state_seen = Instant::now();
                         let (r, by) = op.state_size();
                         metrics.add_state(r as i64 - rows, by as i64 - bytes);
+                        metrics.set_detail(task, op.detail());
                         (rows, bytes) = (r as i64, by as i64);
                     }
                     let emitted = !out.is_empty();

@@ -1192,12 +1192,20 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             }
             keyed(node, vec![keys.clone()], ops, tasks, wiring)
         }
-        NodeKind::Join { kind, keys, filter } => {
+        NodeKind::Join {
+            kind,
+            keys,
+            filter,
+            event_time,
+            expire,
+        } => {
             let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
             let input = |i: usize| JoinInput {
                 schema: node.inputs[i].schema.clone(),
                 keys: keys[i].clone(),
                 updating: node.inputs[i].updating,
+                event_time: event_time[i],
+                expire: expire[i].clone(),
             };
             for _ in 0..node.parallelism {
                 ops.push(Box::new(StreamingJoin::new(

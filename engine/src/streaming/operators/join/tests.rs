@@ -42,11 +42,7 @@ fn less() -> Arc<dyn PhysicalExpr> {
 }
 
 fn make(kind: JoinKind, updating: [bool; 2], filter: Option<Arc<dyn PhysicalExpr>>) -> StreamingJoin {
-    let input = |i: usize| JoinInput {
-        schema: side_schema(if i == 0 { "l" } else { "r" }),
-        keys: key(i),
-        updating: updating[i],
-    };
+    let input = |i: usize| JoinInput::new(side_schema(if i == 0 { "l" } else { "r" }), key(i), updating[i]);
     StreamingJoin::new(kind, input(0), input(1), filter, output_schema(kind)).unwrap()
 }
 
@@ -318,4 +314,194 @@ fn incremental_snapshots_restore_like_a_full_one() {
         got
     };
     assert_eq!(probe(&mut restored), probe(&mut op));
+}
+
+/// Auctions (key, start, expires) and bids (key, time), as in Nexmark.
+fn interval_schemas() -> [SchemaRef; 2] {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, None);
+    [
+        Arc::new(Schema::new(vec![
+            Field::new("ak", DataType::Int64, true),
+            Field::new("at", ts(), true),
+            Field::new("ae", ts(), true),
+        ])),
+        Arc::new(Schema::new(vec![
+            Field::new("bk", DataType::Int64, true),
+            Field::new("bt", ts(), true),
+        ])),
+    ]
+}
+
+/// `b.t BETWEEN a.t AND a.expires`: auctions held until the bids'
+/// watermark passes their expiry, bids until the auctions' watermark
+/// passes their time.
+fn interval_join(kind: JoinKind) -> StreamingJoin {
+    let [a, b] = interval_schemas();
+    let col = |n: &str, i: usize| Arc::new(Column::new(n, i)) as Arc<dyn PhysicalExpr>;
+    let and = Arc::new(BinaryExpr::new(
+        Arc::new(BinaryExpr::new(col("at", 1), Operator::LtEq, col("bt", 4))),
+        Operator::And,
+        Arc::new(BinaryExpr::new(col("bt", 4), Operator::LtEq, col("ae", 2))),
+    ));
+    let mut left = JoinInput::new(a.clone(), vec![col("ak", 0)], false);
+    left.event_time = Some(1);
+    left.expire = Some(col("ae", 2));
+    let mut right = JoinInput::new(b.clone(), vec![col("bk", 0)], false);
+    right.event_time = Some(1);
+    right.expire = Some(col("bt", 1));
+    let mut fields: Vec<Field> = a.fields().iter().map(|f| f.as_ref().clone()).collect();
+    if kind.emits_pairs() {
+        fields.extend(b.fields().iter().map(|f| f.as_ref().clone()));
+    } else if matches!(kind, JoinKind::RightSemi | JoinKind::RightAnti) {
+        fields = b.fields().iter().map(|f| f.as_ref().clone()).collect();
+    }
+    StreamingJoin::new(kind, left, right, Some(and), Arc::new(Schema::new(fields))).unwrap()
+}
+
+/// Auctions and bids in rough time order, some late; each input's
+/// watermark trails its largest time. After every batch the join's output,
+/// netted, equals the join of the rows that were not late (expiry drops
+/// only rows nothing to come can match), late rows are counted, held state
+/// stays far below what came in, and a restore halfway (its watermarks
+/// sent again, as sources do) changes nothing.
+#[test]
+fn an_interval_join_drops_what_can_match_nothing_more_and_nets_to_the_join() {
+    use arrow::array::TimestampMicrosecondArray;
+    type Auction = (i64, i64, i64);
+    let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v)) as ArrayRef;
+    let cells = |v: &[i64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("|");
+    for kind in [
+        JoinKind::Inner,
+        JoinKind::Left,
+        JoinKind::Right,
+        JoinKind::Full,
+        JoinKind::LeftSemi,
+        JoinKind::LeftAnti,
+        JoinKind::RightSemi,
+        JoinKind::RightAnti,
+    ] {
+        let mut rng = Rng(0x1a7e_5eed ^ kind as u64);
+        let [sa, sb] = interval_schemas();
+        let mut op = interval_join(kind);
+        let (mut auctions, mut bids): (Vec<Auction>, Vec<(i64, i64)>) = (vec![], vec![]);
+        let (mut late, mut counted, mut max_t, mut wm) = (0u64, 0u64, [0i64; 2], [i64::MIN; 2]);
+        let (mut out, mut max_held, mut came) = (vec![], 0usize, 0usize);
+        let steps = 400;
+        for step in 0..steps {
+            if step == steps / 2 {
+                let state = super::super::tests::through_ipc(op.snapshot().unwrap());
+                counted += op.take_late();
+                op = interval_join(kind);
+                op.restore(state).unwrap();
+                for (side, &w) in wm.iter().enumerate() {
+                    if w > i64::MIN {
+                        op.on_input_watermark(side, w, &mut out).unwrap();
+                    }
+                }
+            }
+            let side = rng.below(2) as usize;
+            let clock = step as i64 * 10;
+            let n = 1 + rng.below(4) as usize;
+            // Times up to 30 behind the clock: late when behind the watermark.
+            let t: Vec<i64> = (0..n).map(|_| clock - rng.below(30) as i64).collect();
+            let k: Vec<i64> = (0..n).map(|_| rng.below(6) as i64).collect();
+            for &t in &t {
+                if t < wm[side] {
+                    late += 1;
+                }
+            }
+            came += n;
+            let b = if side == 0 {
+                let e: Vec<i64> = t.iter().map(|t| t + rng.below(80) as i64).collect();
+                for i in 0..n {
+                    if t[i] >= wm[0] {
+                        auctions.push((k[i], t[i], e[i]));
+                    }
+                }
+                RecordBatch::try_new(
+                    sa.clone(),
+                    vec![Arc::new(Int64Array::from(k)), ts(t.clone()), ts(e)],
+                )
+            } else {
+                for i in 0..n {
+                    if t[i] >= wm[1] {
+                        bids.push((k[i], t[i]));
+                    }
+                }
+                RecordBatch::try_new(sb.clone(), vec![Arc::new(Int64Array::from(k)), ts(t.clone())])
+            }
+            .unwrap();
+            op.on_batch(side, b, &mut out).unwrap();
+            max_t[side] = max_t[side].max(*t.iter().max().unwrap());
+            // The watermark trails the largest time by 10.
+            if rng.below(2) == 0 && max_t[side] - 10 > wm[side] {
+                wm[side] = max_t[side] - 10;
+                op.on_input_watermark(side, wm[side], &mut out).unwrap();
+                op.on_watermark(wm[0].min(wm[1]), &mut out).unwrap();
+            }
+            max_held = max_held.max(op.state_size().0);
+            // The expected join of the rows that were not late.
+            let m = |a: &Auction, b: &(i64, i64)| a.0 == b.0 && a.1 <= b.1 && b.1 <= a.2;
+            let mut want: BTreeMap<String, i64> = BTreeMap::new();
+            let a_cells = |a: &Auction| cells(&[a.0, a.1, a.2]);
+            let b_cells = |b: &(i64, i64)| cells(&[b.0, b.1]);
+            let mut add = |s: String| *want.entry(s).or_default() += 1;
+            for a in &auctions {
+                let hits: Vec<_> = bids.iter().filter(|b| m(a, b)).collect();
+                match kind {
+                    JoinKind::LeftSemi if !hits.is_empty() => add(a_cells(a)),
+                    JoinKind::LeftAnti if hits.is_empty() => add(a_cells(a)),
+                    JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full => {
+                        for b in &hits {
+                            add(format!("{}|{}", a_cells(a), b_cells(b)));
+                        }
+                        if hits.is_empty() && kind.preserves(0) {
+                            add(format!("{}|NULL|NULL", a_cells(a)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for b in &bids {
+                let hit = auctions.iter().any(|a| m(a, b));
+                match kind {
+                    JoinKind::RightSemi if hit => add(b_cells(b)),
+                    JoinKind::RightAnti if !hit => add(b_cells(b)),
+                    JoinKind::Right | JoinKind::Full if !hit => add(format!("NULL|NULL|NULL|{}", b_cells(b))),
+                    _ => {}
+                }
+            }
+            // Timestamps print as numbers once cast: net what came out.
+            let plain: Vec<RecordBatch> = out
+                .iter()
+                .map(|b| {
+                    let cols = b
+                        .columns()
+                        .iter()
+                        .map(|c| match c.data_type() {
+                            DataType::Timestamp(..) => cast(c, &DataType::Int64).unwrap(),
+                            _ => c.clone(),
+                        })
+                        .collect::<Vec<_>>();
+                    RecordBatch::try_from_iter(b.schema().fields().iter().map(|f| f.name().clone()).zip(cols))
+                        .unwrap()
+                })
+                .collect();
+            let mut got = BTreeMap::new();
+            net(&plain, op.is_updating(), &mut got);
+            assert_eq!(got, want, "{kind} after step {step}");
+        }
+        assert_eq!(counted + op.take_late(), late, "{kind}: late rows counted");
+        assert!(late > 0, "{kind}: the run has late rows");
+        assert!(
+            max_held * 5 < came,
+            "{kind}: held at most {max_held} rows of {came}: expiry keeps state bounded"
+        );
+        // Both watermarks at the end of time: nothing can match any more.
+        op.on_input_watermark(0, i64::MAX, &mut out).unwrap();
+        op.on_input_watermark(1, i64::MAX, &mut out).unwrap();
+        assert_eq!(op.state_size().0, 0, "{kind}: all expired");
+        let [a, b] = op.expired();
+        assert!(a > 0 && b > 0, "{kind}: both inputs expired rows");
+    }
 }
