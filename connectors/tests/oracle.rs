@@ -598,7 +598,14 @@ async fn q5_hot_items_join_of_two_window_aggregates() {
          counts AS (SELECT auction, ws, count(*) AS num FROM hop GROUP BY auction, ws) \
          SELECT c.auction, c.num, c.ws FROM counts c \
          JOIN (SELECT ws, max(num) AS maxn FROM counts GROUP BY ws) m ON c.ws = m.ws AND c.num >= m.maxn";
-    check("q5_hot", streaming, batch).await;
+    let mut f = check("q5_hot", streaming, batch).await;
+    // Bounded by windows: rows go once the other input's watermark passes
+    // their window's end.
+    let [l, r] = expired_by_join(&mut f, "q5_hot").await;
+    assert!(
+        l > 0 && r > 0,
+        "q5_hot: both inputs of the join expired rows ({l}, {r})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,7 +620,14 @@ async fn q7_highest_bid_join_with_its_window_max() {
            FROM bid GROUP BY 2) b1 \
          ON b.price = b1.maxprice \
          WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time";
-    check("q7_join", streaming, batch).await;
+    let mut f = check("q7_join", streaming, batch).await;
+    // Bounded by windows: rows go once the other input's watermark passes
+    // their window's end.
+    let [l, r] = expired_by_join(&mut f, "q7_join").await;
+    assert!(
+        l > 0 && r > 0,
+        "q7_join: both inputs of the join expired rows ({l}, {r})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,7 +644,14 @@ async fn q8_new_users_join_of_two_tumbling_windows() {
          JOIN ( \
            SELECT seller, date_bin(INTERVAL '10 seconds', date_time) AS starttime FROM auction GROUP BY 1, 2) a \
          ON p.id = a.seller AND p.starttime = a.starttime";
-    check("q8", streaming, batch).await;
+    let mut f = check("q8", streaming, batch).await;
+    // Bounded by windows: rows go once the other input's watermark passes
+    // their window's end.
+    let [l, r] = expired_by_join(&mut f, "q8").await;
+    assert!(
+        l > 0 && r > 0,
+        "q8: both inputs of the join expired rows ({l}, {r})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,4 +696,37 @@ async fn exists_and_not_exists_run_as_semi_and_anti_joins() {
     let q =
         "SELECT auction, price FROM bid WHERE auction IN (SELECT id FROM auction WHERE reserve > 50000000)";
     check("bids_on_dear", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_join_feeds_a_window_aggregate() {
+    // Flink's window join: bids and auctions in the same tumbling window,
+    // held until the other input's watermark passes the window's end; the
+    // join's output keeps the windows, so a windowed GROUP BY follows.
+    let streaming = "SELECT window_start, window_end, count(*) AS bids, count(DISTINCT a_id) AS auctions FROM ( \
+           SELECT b.window_start, b.window_end, a.id AS a_id \
+           FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) b \
+           JOIN TUMBLE(auction, date_time, INTERVAL '1' SECOND) a \
+             ON b.auction = a.id AND b.window_start = a.window_start AND b.window_end = a.window_end) j \
+         GROUP BY window_start, window_end";
+    let batch = "SELECT ws, ws + INTERVAL '1 second', count(*), count(DISTINCT a_id) FROM ( \
+           SELECT date_bin(INTERVAL '1 second', b.date_time) AS ws, a.id AS a_id FROM bid b JOIN auction a \
+             ON b.auction = a.id \
+             AND date_bin(INTERVAL '1 second', b.date_time) = date_bin(INTERVAL '1 second', a.date_time)) j \
+         GROUP BY ws";
+    let mut f = check("window_join", streaming, batch).await;
+    let plan = rows(
+        &exec(
+            &mut f.session,
+            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {streaming}"),
+        )
+        .await,
+    )
+    .join("\n");
+    assert!(
+        plan.contains("WindowAggregate") && plan.contains("append-only"),
+        "a windowed aggregate over the window join: {plan}"
+    );
+    let [l, r] = expired_by_join(&mut f, "window_join").await;
+    assert!(l > 0 && r > 0, "both inputs of the join expired rows ({l}, {r})");
 }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef, TimeUnit};
-use datafusion::common::DFSchema;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::ExecutionProps;
@@ -81,8 +81,9 @@ pub enum NodeKind {
         keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
         /// The rest of the ON condition, over left then right columns.
         filter: Option<Arc<dyn PhysicalExpr>>,
-        /// Per input, its event-time column (the one its watermark bounds).
-        event_time: [Option<usize>; 2],
+        /// Per input, a time (over its rows) every row not late has at or
+        /// after the input's watermark: the event time, or a window's end.
+        time: [Option<Arc<dyn PhysicalExpr>>; 2],
         /// Per input, an interval join's bound over its rows: a held row
         /// is dropped once the other input's watermark passes it.
         expire: [Option<Arc<dyn PhysicalExpr>>; 2],
@@ -925,38 +926,104 @@ impl Planner<'_> {
         };
         // An interval join: held rows go once the other input's watermark
         // passes their bound. Append-only inputs only: a retraction must
-        // find the rows it retracts.
-        let event_time = [event_time(&left), event_time(&right)];
-        let mut expire: [Option<Arc<dyn PhysicalExpr>>; 2] = [None, None];
-        if let Some(f) = &j.filter
-            && !left.updating
-            && !right.updating
-        {
-            let n_left = ls.fields().len();
-            for (side, bound) in interval_bounds(f, &both, n_left, event_time) {
-                let schema = if side == 0 { ls } else { rs };
-                let e = self.physical(&bound, schema)?;
-                if matches!(
-                    e.data_type(schema.as_arrow())?,
-                    arrow::datatypes::DataType::Timestamp(..)
-                ) && expire[side].is_none()
-                {
-                    expire[side] = Some(e);
+        // find the rows it retracts. An input's times are the columns its
+        // watermark bounds: the event time, and window ends (a row to come
+        // is in windows ending after the watermark; a window aggregate
+        // emits a window before the watermark that closed it).
+        let times = [time_columns(&left), time_columns(&right)];
+        let column = |schema: &DFSchema, idx: usize| {
+            Expr::Column(datafusion::common::Column::from(schema.qualified_field(idx)))
+        };
+        // Per input, a time every row not late has at or after the input's
+        // watermark (rows before it are late where the other input expires).
+        let mut late_time: [Option<Expr>; 2] = [
+            times[0].first().map(|&i| column(ls, i)),
+            times[1].first().map(|&i| column(rs, i)),
+        ];
+        let mut bounds: Vec<(usize, Expr)> = Vec::new();
+        let mut window_join = false;
+        if !left.updating && !right.updating {
+            // A window join: equal windows on both inputs (same kind and
+            // size), a row's window ends where the other input's rows to
+            // come can't reach.
+            for (l, r) in &j.on {
+                let (Some(li), Some(ri)) = (column_of(l, ls), column_of(r, rs)) else {
+                    continue;
+                };
+                let (Some(lw), Some(rw)) = (left.window_cols[li], right.window_cols[ri]) else {
+                    continue;
+                };
+                if lw != rw || lw.session || (lw.cumulate && !lw.is_end) {
+                    continue;
                 }
+                window_join = true;
+                for (side, idx, schema) in [(0, li, ls), (1, ri, rs)] {
+                    let col = column(schema, idx);
+                    let end = if lw.is_end {
+                        col
+                    } else {
+                        col + datafusion::logical_expr::lit(ScalarValue::new_interval_mdn(
+                            0,
+                            0,
+                            lw.size_us.saturating_mul(1000),
+                        ))
+                    };
+                    if late_time[side].is_none() {
+                        late_time[side] = Some(end.clone());
+                    }
+                    bounds.push((side, end));
+                }
+            }
+            if let Some(f) = &j.filter {
+                bounds.extend(interval_bounds(f, &both, ls.fields().len(), &times));
+            }
+        }
+        let mut expire: [Option<Arc<dyn PhysicalExpr>>; 2] = [None, None];
+        for (side, bound) in bounds {
+            let schema = if side == 0 { ls } else { rs };
+            let e = self.physical(&bound, schema)?;
+            if matches!(
+                e.data_type(schema.as_arrow())?,
+                arrow::datatypes::DataType::Timestamp(..)
+            ) && expire[side].is_none()
+            {
+                expire[side] = Some(e);
+            }
+        }
+        let mut time: [Option<Arc<dyn PhysicalExpr>>; 2] = [None, None];
+        for side in 0..2 {
+            if let Some(t) = &late_time[side] {
+                time[side] = Some(self.physical(t, if side == 0 { ls } else { rs })?);
             }
         }
         let updating = left.updating
             || right.updating
             || !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi);
         let schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
-        let cols = vec![None; schema.fields().len()];
+        // A window join's append-only output keeps its inputs' windows: a
+        // pair goes out before the watermark passes its window's end, so
+        // windowed aggregates can follow.
+        let cols = if window_join && !updating {
+            match kind {
+                JoinKind::LeftSemi | JoinKind::LeftAnti => left.window_cols.clone(),
+                JoinKind::RightSemi | JoinKind::RightAnti => right.window_cols.clone(),
+                _ => left
+                    .window_cols
+                    .iter()
+                    .chain(&right.window_cols)
+                    .copied()
+                    .collect(),
+            }
+        } else {
+            vec![None; schema.fields().len()]
+        };
         let par = self.parallelism;
         Ok(self.make(
             NodeKind::Join {
                 kind,
                 keys,
                 filter,
-                event_time,
+                time,
                 expire,
             },
             vec![left, right],
@@ -992,18 +1059,31 @@ fn event_time(node: &Node) -> Option<usize> {
     }
 }
 
+/// Columns of a node's output that its watermark bounds from below for
+/// every row not late: the event time first, then window ends.
+fn time_columns(node: &Node) -> Vec<usize> {
+    let ends = node
+        .window_cols
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_some_and(|c| c.is_end && !c.session))
+        .map(|(i, _)| i);
+    event_time(node).into_iter().chain(ends).collect()
+}
+
 /// An interval join's bounds, from the ON condition's conjuncts of the
 /// form `o.t <= f(s)` (`<`, mirrored `>=` / `>`, BETWEEN's bounds, and
 /// `o.t + c` / `o.t - c` with a constant `c` moved across), where `o.t` is
 /// one input's event time and `f` reads only the other input `s`: rows of
 /// `s` can match nothing to come once `o`'s watermark passes `f(s)`.
-/// Returns `(s, f)` pairs; `times` are each input's event-time column,
-/// `schema` is left then right (`n_left` columns of the left).
+/// Returns `(s, f)` pairs; `times` are each input's time columns (see
+/// [`time_columns`]), `schema` is left then right (`n_left` columns of the
+/// left).
 fn interval_bounds(
     filter: &Expr,
     schema: &DFSchema,
     n_left: usize,
-    times: [Option<usize>; 2],
+    times: &[Vec<usize>; 2],
 ) -> Vec<(usize, Expr)> {
     use datafusion::logical_expr::{BinaryExpr, Operator, utils::split_conjunction};
     let mut pairs: Vec<(&Expr, &Expr)> = Vec::new();
@@ -1053,7 +1133,7 @@ fn interval_bounds(
             continue;
         };
         let (other, local) = if at < n_left { (0, at) } else { (1, at - n_left) };
-        if times[other] != Some(local) {
+        if !times[other].contains(&local) {
             continue;
         }
         let side = 1 - other;

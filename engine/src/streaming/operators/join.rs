@@ -123,8 +123,9 @@ pub struct JoinInput {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// Whether its batches carry the op column (inserts and deletes).
     pub updating: bool,
-    /// The column its watermark bounds (its event time), if it has one.
-    pub event_time: Option<usize>,
+    /// A time (over its rows) every row not late has at or after the
+    /// input's watermark: its event time, or a window's end.
+    pub time: Option<Arc<dyn PhysicalExpr>>,
     /// An interval join's bound over this input's rows (a timestamp): a
     /// held row is dropped once the other input's watermark passes it.
     /// Only for append-only inputs whose other input is append-only and
@@ -139,7 +140,7 @@ impl JoinInput {
             schema,
             keys,
             updating,
-            event_time: None,
+            time: None,
             expire: None,
         }
     }
@@ -234,7 +235,7 @@ impl StreamingJoin {
         }
         for (side, input) in [&left, &right].into_iter().enumerate() {
             let other = if side == 0 { &right } else { &left };
-            if input.expire.is_some() && (input.updating || other.updating || other.event_time.is_none()) {
+            if input.expire.is_some() && (input.updating || other.updating || other.time.is_none()) {
                 return Err(DataFusionError::Internal(
                     "a join input expires rows but an input updates or the other has no event time".into(),
                 ));
@@ -282,8 +283,8 @@ impl StreamingJoin {
     /// own watermark could have met rows already dropped: they are late,
     /// dropped and counted (NULL times are kept: they match no bound).
     fn drop_late(&mut self, input: usize, batch: RecordBatch) -> Result<RecordBatch> {
-        let (Some(col), true) = (
-            self.inputs[input].event_time,
+        let (Some(time), true) = (
+            self.inputs[input].time.clone(),
             self.inputs[1 - input].expire.is_some(),
         ) else {
             return Ok(batch);
@@ -292,7 +293,7 @@ impl StreamingJoin {
         if wm == i64::MIN {
             return Ok(batch);
         }
-        let times = as_micros(batch.column(col))?;
+        let times = as_micros(&eval(&time, &batch)?)?;
         let keep: BooleanArray = times.iter().map(|t| Some(t.is_none_or(|t| t >= wm))).collect();
         let late = keep.false_count();
         if late == 0 {

@@ -1196,7 +1196,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             kind,
             keys,
             filter,
-            event_time,
+            time,
             expire,
         } => {
             let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
@@ -1204,7 +1204,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 schema: node.inputs[i].schema.clone(),
                 keys: keys[i].clone(),
                 updating: node.inputs[i].updating,
-                event_time: event_time[i],
+                time: time[i].clone(),
                 expire: expire[i].clone(),
             };
             for _ in 0..node.parallelism {

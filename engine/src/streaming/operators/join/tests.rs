@@ -344,10 +344,10 @@ fn interval_join(kind: JoinKind) -> StreamingJoin {
         Arc::new(BinaryExpr::new(col("bt", 4), Operator::LtEq, col("ae", 2))),
     ));
     let mut left = JoinInput::new(a.clone(), vec![col("ak", 0)], false);
-    left.event_time = Some(1);
+    left.time = Some(col("at", 1));
     left.expire = Some(col("ae", 2));
     let mut right = JoinInput::new(b.clone(), vec![col("bk", 0)], false);
-    right.event_time = Some(1);
+    right.time = Some(col("bt", 1));
     right.expire = Some(col("bt", 1));
     let mut fields: Vec<Field> = a.fields().iter().map(|f| f.as_ref().clone()).collect();
     if kind.emits_pairs() {
