@@ -730,3 +730,34 @@ async fn window_join_feeds_a_window_aggregate() {
     let [l, r] = expired_by_join(&mut f, "window_join").await;
     assert!(l > 0 && r > 0, "both inputs of the join expired rows ({l}, {r})");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_aggregates_over_a_range_of_event_time() {
+    // Each bid with the sum, max and count of its bidder's bids of the last
+    // 10 ms (peers, equal times, included): deterministic whatever the
+    // order among equal times.
+    let q = "SELECT bidder, date_time, price, \
+               sum(price) OVER w AS s, max(price) OVER w AS m, count(*) OVER w AS c \
+             FROM bid WINDOW w AS (PARTITION BY bidder ORDER BY date_time \
+               RANGE BETWEEN INTERVAL '10' MILLISECOND PRECEDING AND CURRENT ROW)";
+    check("over_range", q, q).await;
+    // The default frame with an ORDER BY: everything up to the current
+    // row's time.
+    let q = "SELECT auction, date_time, sum(price) OVER (PARTITION BY auction ORDER BY date_time) AS running \
+             FROM bid";
+    check("over_running", q, q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_aggregates_over_rows() {
+    // A ROWS frame depends on the order among equal times, which neither
+    // engine defines: compare what it cannot change, each row's count of
+    // frame rows beside its bidder and time (a tie's rows hold consecutive
+    // positions either way).
+    let q = "SELECT bidder, date_time, count(*) OVER (PARTITION BY bidder ORDER BY date_time \
+               ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS c FROM bid";
+    check("over_rows", q, q).await;
+    let q = "SELECT bidder, date_time, count(price) OVER (PARTITION BY bidder ORDER BY date_time \
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS c FROM bid";
+    check("over_rows_unbounded", q, q).await;
+}

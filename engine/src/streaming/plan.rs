@@ -23,7 +23,7 @@ use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, JoinKind, OrderTerm, SessionLayout, WindowKey};
+use super::operators::{AggExpr, JoinKind, OrderTerm, OverFrame, SessionLayout, WindowKey};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -95,6 +95,15 @@ pub enum NodeKind {
         order: Vec<OrderTerm>,
         limit: usize,
     },
+    /// Aggregates `OVER (PARTITION BY .. ORDER BY <event time> <frame>)`:
+    /// each row once the watermark passes it, with its frame's values.
+    Over {
+        partition: Vec<Arc<dyn PhysicalExpr>>,
+        /// The input's event-time column (the ORDER BY).
+        time: usize,
+        aggs: Vec<AggExpr>,
+        frame: OverFrame,
+    },
 }
 
 impl NodeKind {
@@ -160,6 +169,17 @@ impl Node {
             NodeKind::SessionAggregate { keys, aggs: a, .. } => {
                 format!("SessionAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
             }
+            NodeKind::Over {
+                partition,
+                time,
+                aggs: a,
+                frame,
+            } => format!(
+                "OverAggregate: partition=[{}] order=[{}] frame=[{frame}] aggs=[{}]",
+                cols(partition),
+                self.inputs[0].schema.field(*time).name(),
+                aggs(a)
+            ),
             NodeKind::TopN {
                 partition,
                 order,
@@ -265,6 +285,12 @@ impl Node {
             }
             NodeKind::Join { .. } => {
                 "state per key on both inputs (unbounded), emit changes as they meet, hash exchange".into()
+            }
+            NodeKind::Over { partition, .. } if partition.is_empty() => {
+                "global, rows wait for the watermark, emitted in event-time order".into()
+            }
+            NodeKind::Over { .. } => {
+                "rows wait for the watermark, emitted in event-time order per partition, hash exchange".into()
             }
             NodeKind::TopN { partition, .. } if partition.is_empty() => {
                 "global, emit changed ranks on watermark".into()
@@ -741,10 +767,7 @@ impl<'a> Planner<'a> {
                 "LIMIT over a stream can't run incrementally; SELECT ... LIMIT from the view instead",
             )),
             LogicalPlan::Join(j) => self.join(j),
-            LogicalPlan::Window(_) => Err(refuse(
-                "OVER (...) window functions can't run incrementally yet, except ROW_NUMBER() filtered to its \
-                 first ranks (WHERE rn <= N); use TUMBLE or HOP with GROUP BY",
-            )),
+            LogicalPlan::Window(w) => self.over(w),
             LogicalPlan::Distinct(_) => Err(refuse("DISTINCT ON can't run incrementally yet")),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 Err(refuse("a continuous query must read a stream"))
@@ -763,6 +786,157 @@ impl<'a> Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// Aggregates OVER a frame ending at the current row, ordered by the
+    /// input's event time, over an append-only input.
+    fn over(&mut self, w: &datafusion::logical_expr::Window) -> Result<Node> {
+        use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
+        use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition};
+        const USE: &str = "OVER aggregates run over an append-only stream as \
+             agg(x) OVER (PARTITION BY .. ORDER BY <event time> ROWS|RANGE BETWEEN .. PRECEDING AND CURRENT ROW)";
+        let mut spec: Option<&WindowFunction> = None;
+        let mut funcs = Vec::new();
+        for e in &w.window_expr {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            let Expr::WindowFunction(wf) = e else {
+                return Err(refuse(format!("{e} is not a window function")));
+            };
+            let WindowFunctionDefinition::AggregateUDF(udaf) = &wf.fun else {
+                return Err(refuse(format!(
+                    "{}() OVER (...) can't run incrementally yet (only ROW_NUMBER() filtered to its first \
+                     ranks, WHERE rn <= N, and aggregates such as sum, avg, min, max, count); {USE}",
+                    wf.fun.name()
+                )));
+            };
+            if wf.params.distinct {
+                return Err(refuse(format!(
+                    "{}(DISTINCT ..) OVER (...) can't run incrementally yet",
+                    udaf.name()
+                )));
+            }
+            if let Some(first) = spec {
+                if first.params.partition_by != wf.params.partition_by
+                    || first.params.order_by != wf.params.order_by
+                    || first.params.window_frame != wf.params.window_frame
+                {
+                    return Err(refuse(
+                        "OVER aggregates with different windows in one SELECT can't run incrementally yet; \
+                         use one PARTITION BY, ORDER BY and frame",
+                    ));
+                }
+            } else {
+                spec = Some(wf);
+            }
+            funcs.push((udaf.clone(), wf));
+        }
+        let Some(spec) = spec else {
+            return Err(SluiceError::internal("a window node without window functions"));
+        };
+        let input = self.node(&w.input)?;
+        if input.updating {
+            return Err(refuse(format!(
+                "OVER aggregates over an updating input (a GROUP BY result, a changelog) can't run \
+                 incrementally yet; {USE}"
+            )));
+        }
+        let in_df = w.input.schema();
+        let in_arrow: Schema = in_df.as_arrow().clone();
+        let times = time_columns(&input);
+        let time = match spec.params.order_by.as_slice() {
+            [o] if o.asc => column_of(&o.expr, in_df).filter(|c| times.first() == Some(c)),
+            _ => None,
+        };
+        let Some(time) = time else {
+            return Err(refuse(format!(
+                "OVER aggregates must be ordered by the stream's event time, ascending (the column its \
+                 watermark is declared on); {USE}"
+            )));
+        };
+        let frame = &spec.params.window_frame;
+        if !matches!(frame.end_bound, WindowFrameBound::CurrentRow) {
+            return Err(refuse(format!(
+                "an OVER frame must end at the current row (rows after it are in the future); {USE}"
+            )));
+        }
+        let WindowFrameBound::Preceding(start) = &frame.start_bound else {
+            return Err(refuse(format!(
+                "an OVER frame must start before the current row; {USE}"
+            )));
+        };
+        let frame = match (frame.units, start.is_null()) {
+            (WindowFrameUnits::Rows, true) => OverFrame::RowsUnbounded,
+            (WindowFrameUnits::Range, true) => OverFrame::RangeUnbounded,
+            (WindowFrameUnits::Rows, false) => match start.cast_to(&arrow::datatypes::DataType::UInt64) {
+                Ok(ScalarValue::UInt64(Some(n))) => OverFrame::Rows(n),
+                _ => return Err(refuse(format!("ROWS {start} PRECEDING: not a row count"))),
+            },
+            (WindowFrameUnits::Range, false) => match interval_micros(start) {
+                Some(d) => OverFrame::Range(d),
+                None => {
+                    return Err(refuse(format!(
+                        "RANGE {start} PRECEDING over event time needs a fixed interval (seconds, minutes, \
+                         hours or days)"
+                    )));
+                }
+            },
+            (WindowFrameUnits::Groups, _) => {
+                return Err(refuse(format!(
+                    "GROUPS frames can't run incrementally yet; {USE}"
+                )));
+            }
+        };
+        let mut aggs = Vec::new();
+        for (udaf, wf) in funcs {
+            let e = Expr::AggregateFunction(AggregateFunction::new_udf(
+                udaf,
+                wf.params.args.clone(),
+                false,
+                wf.params.filter.clone(),
+                vec![],
+                wf.params.null_treatment,
+            ));
+            let planning = PhysicalPlanningContext::default();
+            let lowered =
+                LoweredAggregateBuilder::new(&e, in_df, &in_arrow, self.props, &planning).build()?;
+            let agg = AggExpr {
+                func: lowered.aggregate,
+                filter: lowered.filter,
+            };
+            if frame.bounded() && !agg.func.create_sliding_accumulator()?.supports_retract_batch() {
+                return Err(refuse(format!(
+                    "{}() can't take back a row leaving a bounded OVER frame; use UNBOUNDED PRECEDING",
+                    agg.func.name()
+                )));
+            }
+            aggs.push(agg);
+        }
+        let partition = spec
+            .params
+            .partition_by
+            .iter()
+            .map(|e| self.physical(e, in_df))
+            .collect::<Result<Vec<_>>>()?;
+        let schema: SchemaRef = Arc::new(w.schema.as_arrow().clone());
+        let mut cols = input.window_cols.clone();
+        cols.resize(schema.fields().len(), None);
+        let par = if partition.is_empty() { 1 } else { self.parallelism };
+        Ok(self.make(
+            NodeKind::Over {
+                partition,
+                time,
+                aggs,
+                frame,
+            },
+            vec![input],
+            schema,
+            false,
+            cols,
+            par,
+        ))
+    }
+
     /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..)` filtered to its
     /// first ranks (`rn <= N`, `rn < N`, `rn = 1`): a top-N per group. None
     /// when the filter bounds no rank (the window is then refused).
@@ -1035,13 +1209,33 @@ impl Planner<'_> {
     }
 }
 
+/// A fixed interval (no months) in microseconds.
+fn interval_micros(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1000)
+        }
+        ScalarValue::DurationMicrosecond(Some(d)) => Some(*d),
+        ScalarValue::DurationMillisecond(Some(d)) => Some(d * 1000),
+        ScalarValue::DurationSecond(Some(d)) => Some(d * 1_000_000),
+        ScalarValue::DurationNanosecond(Some(d)) => Some(d / 1000),
+        _ => None,
+    }
+    .filter(|d| *d >= 0)
+}
+
 /// The column of a node's output that its watermark bounds (the source's
 /// event time, through stateless operators that keep it as is).
 fn event_time(node: &Node) -> Option<usize> {
     use datafusion::physical_expr::expressions::Column;
     match &node.kind {
         NodeKind::Source { table } => table.watermark.as_ref().map(|w| w.column),
-        NodeKind::Filter { .. } | NodeKind::Window { .. } => event_time(&node.inputs[0]),
+        NodeKind::Filter { .. } | NodeKind::Window { .. } | NodeKind::Over { .. } => {
+            event_time(&node.inputs[0])
+        }
         NodeKind::Project { exprs } => {
             let t = event_time(&node.inputs[0])?;
             exprs

@@ -31,17 +31,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int8Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
-    new_null_array,
-};
-use arrow::compute::{cast, filter_record_batch, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::Rows;
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{KeyedOperator, Result, batch_with_schema, eval, null_as_false, split_changes, state_batch};
+use super::{
+    KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, split_changes, state_batch,
+};
 use crate::stream::with_op_column;
 use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
 
@@ -144,24 +143,6 @@ impl JoinInput {
             expire: None,
         }
     }
-}
-
-/// Timestamps (any unit) as microseconds; NULL stays NULL.
-fn as_micros(a: &ArrayRef) -> Result<TimestampMicrosecondArray> {
-    let tz = match a.data_type() {
-        DataType::Timestamp(_, tz) => tz.clone(),
-        other => {
-            return Err(DataFusionError::Internal(format!(
-                "a join's time bound is {other}, not a timestamp"
-            )));
-        }
-    };
-    let micros = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, tz))?;
-    Ok(micros
-        .as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .expect("cast to microseconds")
-        .clone())
 }
 
 /// An incremental equi-join of two inputs.

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int8Array, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
 use arrow::compute::{cast, filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
@@ -26,6 +28,7 @@ type Result<T> = datafusion::error::Result<T>;
 
 mod columnar;
 mod join;
+mod over;
 mod session;
 mod topn;
 mod updating;
@@ -33,6 +36,7 @@ mod window;
 
 pub use columnar::ColumnarAggregate;
 pub use join::{JoinInput, JoinKind, StreamingJoin};
+pub use over::{OverAggregate, OverFrame};
 pub use session::{SessionAggregate, SessionLayout};
 pub use topn::{OrderTerm, TopN, topn_schema};
 pub use updating::{UpdatingAggregate, retractable};
@@ -65,6 +69,24 @@ pub(crate) fn split_changes(batch: &RecordBatch) -> Result<(RecordBatch, RecordB
         filter_record_batch(&rows, &inserts)?,
         filter_record_batch(&rows, &deletes)?,
     ))
+}
+
+/// Timestamps (any unit) as microseconds; NULL stays NULL.
+pub(crate) fn as_micros(a: &ArrayRef) -> Result<TimestampMicrosecondArray> {
+    let tz = match a.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        other => {
+            return Err(DataFusionError::Internal(format!(
+                "a time is {other}, not a timestamp"
+            )));
+        }
+    };
+    let micros = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, tz))?;
+    Ok(micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microseconds")
+        .clone())
 }
 
 /// Evaluates an expression to an array of the batch's length.

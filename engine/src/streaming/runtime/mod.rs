@@ -36,7 +36,8 @@ use tokio::task::JoinSet;
 use super::metrics::NodeMetrics;
 use super::operators::ColumnarAggregate;
 use super::operators::{
-    JoinInput, KeyedOperator, SessionAggregate, StreamingJoin, TopN, UpdatingAggregate, WindowAggregate, eval,
+    JoinInput, KeyedOperator, OverAggregate, SessionAggregate, StreamingJoin, TopN, UpdatingAggregate,
+    WindowAggregate, eval,
 };
 use super::plan::{Node, NodeKind};
 use super::window::ticks_to_micros;
@@ -1217,6 +1218,26 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 )?));
             }
             keyed(node, keys.to_vec(), ops, tasks, wiring)
+        }
+        NodeKind::Over {
+            partition,
+            time,
+            aggs,
+            frame,
+        } => {
+            let input = &node.inputs[0];
+            let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
+            for _ in 0..node.parallelism {
+                ops.push(Box::new(OverAggregate::new(
+                    partition.clone(),
+                    *time,
+                    aggs.clone(),
+                    *frame,
+                    input.schema.clone(),
+                    node.schema.clone(),
+                )?));
+            }
+            keyed(node, vec![partition.clone()], ops, tasks, wiring)
         }
         NodeKind::TopN {
             partition,

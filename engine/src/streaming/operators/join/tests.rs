@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Int64Array, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::TimeUnit;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 
