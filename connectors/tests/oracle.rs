@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use sluice_connectors::filesource::FileSystemSource;
 use sluice_connectors::filesystem::{BlackholeSink, FileSystemSink};
 use sluice_connectors::nexmark::NexmarkConnector;
 use sluice_engine::datafusion::arrow::array::RecordBatch;
@@ -29,6 +30,7 @@ async fn fixture(parallelism: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut sources = SourceRegistry::default();
     sources.register(Arc::new(NexmarkConnector));
+    sources.register(Arc::new(FileSystemSource::new(StoreRegistry::default())));
     let mut sinks = SinkRegistry::default();
     sinks.register(Arc::new(FileSystemSink));
     sinks.register(Arc::new(BlackholeSink));
@@ -664,6 +666,17 @@ async fn q9_winning_bids_top_1_over_a_join() {
                WHERE a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) \
              WHERE rownum <= 1";
     check("q9", q, q).await;
+    // Columns the ranking does not output pruned between it and its filter
+    // (the optimizer puts a projection there): the same top 1. Ties give
+    // equal prices, so seller and price are what they cannot change.
+    let q = "SELECT seller, price FROM ( \
+               SELECT * FROM ( \
+                 SELECT a.id, a.seller, b.price, \
+                   ROW_NUMBER() OVER (PARTITION BY a.id ORDER BY b.price DESC) AS rownum \
+                 FROM auction a, bid b \
+                 WHERE a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) \
+               WHERE rownum <= 1)";
+    check("winning_prices", q, q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -760,4 +773,64 @@ async fn over_aggregates_over_rows() {
     let q = "SELECT bidder, date_time, count(price) OVER (PARTITION BY bidder ORDER BY date_time \
                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS c FROM bid";
     check("over_rows_unbounded", q, q).await;
+}
+
+/// Every query of `examples/nexmark/` (one file per query, as a user runs it
+/// with psql) runs over the bounded streams to the end, and its sink takes
+/// rows; q6, an OVER aggregate over an updating input, is refused with
+/// 0A000. Results are checked by the tests above (q0-q5, q7-q9, q11, q12,
+/// q14-q22 in the same or an equivalent spelling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_nexmark_example_runs_to_the_end() {
+    use sluice_engine::error::ErrorKind;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nexmark");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with('q') && name.ends_with(".sql")
+        })
+        .collect();
+    files.sort();
+    let mut f = fixture(2).await;
+    // q13's side input: (key, value) for every key of MOD(auction, 10000).
+    let side = f._dir.path().join("nexmark/side_input");
+    std::fs::create_dir_all(&side).unwrap();
+    let lines: String = (0..10_000)
+        .map(|k| format!("{{\"key\": {k}, \"value\": \"v{k}\"}}\n"))
+        .collect();
+    std::fs::write(side.join("side.json"), lines).unwrap();
+    let mut ran = Vec::new();
+    for file in &files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let sql = std::fs::read_to_string(file).unwrap();
+        let job = format!("nexmark_{name}");
+        if name == "q6" {
+            let stmts = Session::parse(&sql).unwrap();
+            let err = match f.session.prepare(stmts.into_iter().next().unwrap()).await {
+                Err(e) => e,
+                Ok(p) => match f.session.execute(&p, None).await {
+                    Err(e) => e,
+                    Ok(_) => panic!("q6 is refused"),
+                },
+            };
+            assert_eq!(err.kind(), ErrorKind::NotSupported, "q6: {err}");
+            assert!(err.to_string().contains("updating input"), "q6: {err}");
+            continue;
+        }
+        exec(&mut f.session, &sql).await;
+        let status = f.engine.wait_for_job(&job).await;
+        assert_eq!(status.as_deref(), Some("finished"), "{name}");
+        let jobs = rows(&exec(&mut f.session, "SHOW JOBS").await);
+        // The operator feeding the sink (operator 0) took rows.
+        let top = jobs
+            .iter()
+            .find(|l| l.starts_with(&format!("{job} | ")) && l.split(" | ").nth(3) == Some("0"))
+            .unwrap_or_else(|| panic!("{name}: not in SHOW JOBS: {jobs:#?}"));
+        let rows_out: u64 = top.split(" | ").nth(7).unwrap().parse().unwrap();
+        assert!(rows_out > 0, "{name}: nothing reached the sink: {top}");
+        ran.push(name);
+    }
+    assert_eq!(ran.len(), 23, "q0-q23 but q6: {ran:?}");
 }

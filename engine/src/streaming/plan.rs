@@ -560,6 +560,29 @@ impl<'a> Planner<'a> {
                 {
                     return Ok(node);
                 }
+                // The optimizer may prune columns between the filter and
+                // the ranking: the same top-N, then the projection.
+                if let LogicalPlan::Projection(p) = f.input.as_ref()
+                    && let LogicalPlan::Window(w) = p.input.as_ref()
+                    && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+                    && let Some(node) = self.top_n(&f.predicate, w)?
+                {
+                    let exprs = p
+                        .expr
+                        .iter()
+                        .map(|e| self.physical(e, &w.schema))
+                        .collect::<Result<Vec<_>>>()?;
+                    let cols = vec![None; p.expr.len()];
+                    let (updating, par) = (node.updating, node.parallelism);
+                    return Ok(self.make(
+                        NodeKind::Project { exprs },
+                        vec![node],
+                        Arc::new(p.schema.as_arrow().clone()),
+                        updating,
+                        cols,
+                        par,
+                    ));
+                }
                 let input = self.node(&f.input)?;
                 let predicate = self.physical(&f.predicate, f.input.schema())?;
                 let (schema, updating, cols, par) = (
