@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Streaming joins and top-N, Sluice beside Apache Flink, over the same JSON-lines files.
+"""Streaming joins, top-N and OVER, Sluice beside Apache Flink, over the same JSON-lines files.
 
 Both engines read the same bounded files (bids and auctions, two files per
 table, so each of the two parallel tasks gets one), run the same SQL in
@@ -34,26 +34,53 @@ CASES = [
     ("top 3 per auction (q19 shape)",
      "SELECT auction, bidder, price, rn FROM (SELECT auction, bidder, price, ROW_NUMBER() OVER "
      "(PARTITION BY auction ORDER BY price DESC) AS rn FROM bid) WHERE rn <= 3"),
+    # Both engines plan this as an interval join (state dropped as the
+    # watermarks pass the bounds).
+    ("interval join (10 s)",
+     "SELECT b.auction, b.price, a.seller FROM auction a JOIN bid b ON a.id = b.auction "
+     "AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '10' SECOND"),
+    ("over: sum of last 10 per bidder",
+     "SELECT bidder, price, sum(price) OVER (PARTITION BY bidder ORDER BY date_time "
+     "ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS recent FROM bid"),
 ]
 
 SCHEMAS = {
-    "bid": [("auction", "BIGINT"), ("bidder", "BIGINT"), ("price", "BIGINT")],
-    "auction": [("id", "BIGINT"), ("seller", "BIGINT"), ("category", "BIGINT")],
+    "bid": [("auction", "BIGINT"), ("bidder", "BIGINT"), ("price", "BIGINT"), ("date_time", "TIMESTAMP(3)")],
+    "auction": [("id", "BIGINT"), ("seller", "BIGINT"), ("category", "BIGINT"), ("date_time", "TIMESTAMP(3)")],
 }
+
+# Event time: each table's rows one watermark-second behind their latest.
+WATERMARK = "WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND"
+
+
+def stamp(ms):
+    """Milliseconds after 2026-01-01 00:00 as Flink's SQL timestamp text."""
+    s, ms = divmod(ms, 1000)
+    m, s = divmod(s, 60)
+    h, m = divmod(m, 60)
+    return f"2026-01-01 {h:02}:{m:02}:{s:02}.{ms:03}"
 
 
 def write_data(root, bids, auctions):
+    """Bid j at j ms, auction i at i * bids / auctions ms (the same span);
+    each bid on an auction started in the 10 s before it. Files split by
+    parity, each in time order (no row late in either engine)."""
     rng = random.Random(42)
     for table in SCHEMAS:
         os.makedirs(os.path.join(root, table), exist_ok=True)
+    step = bids / auctions
     for part in range(2):
         with open(os.path.join(root, "auction", f"part-{part}.json"), "w") as f:
-            f.writelines(f'{{"id": {i}, "seller": {1000 + i % 997}, "category": {10 + i % 5}}}\n'
+            f.writelines(f'{{"id": {i}, "seller": {1000 + i % 997}, "category": {10 + i % 5}, '
+                         f'"date_time": "{stamp(int(i * step))}"}}\n'
                          for i in range(part, auctions, 2))
         with open(os.path.join(root, "bid", f"part-{part}.json"), "w") as f:
-            f.writelines(f'{{"auction": {rng.randrange(auctions)}, "bidder": {rng.randrange(50_000)}, '
-                         f'"price": {rng.randrange(1, 10_000_000)}}}\n'
-                         for _ in range(bids // 2))
+            def bid(j):
+                latest = min(int(j / step), auctions - 1)
+                auction = max(0, latest - rng.randrange(int(10_000 / step) + 1))
+                return (f'{{"auction": {auction}, "bidder": {rng.randrange(50_000)}, '
+                        f'"price": {rng.randrange(1, 10_000_000)}, "date_time": "{stamp(j)}"}}\n')
+            f.writelines(bid(j) for j in range(part, bids, 2))
 
 
 def free_port():
@@ -93,7 +120,7 @@ def sluice_once(binary, root, query):
                         raise RuntimeError("sluice did not start")
                     time.sleep(0.02)
             for table, cols in SCHEMAS.items():
-                decl = ", ".join(f"{c} {t}" for c, t in cols)
+                decl = ", ".join(f"{c} {t.replace('(3)', '')}" for c, t in cols) + ", " + WATERMARK
                 psql(port, f"CREATE STREAM {table} ({decl}) WITH (connector = 'filesystem', "
                            f"path = '{os.path.join(root, table)}', format = 'json', 'scan.mode' = 'bounded')")
             started = time.time()
@@ -122,7 +149,7 @@ class Flink:
 
     def once(self, root, query):
         for table, cols in SCHEMAS.items():
-            decl = ", ".join(f"`{c}` {t}" for c, t in cols)
+            decl = ", ".join(f"`{c}` {t}" for c, t in cols) + ", " + WATERMARK
             self.env.execute_sql(f"DROP TEMPORARY TABLE IF EXISTS {table}")
             self.env.execute_sql(f"CREATE TEMPORARY TABLE {table} ({decl}) WITH ('connector' = "
                                  f"'filesystem', 'path' = '{os.path.join(root, table)}', 'format' = 'json')")

@@ -535,6 +535,21 @@ async fn interval_join_with_constant_bounds_pads_and_expires() {
                AND b.date_time BETWEEN a.date_time - INTERVAL '1' SECOND AND a.date_time + INTERVAL '2' SECOND \
              GROUP BY a.id";
     let mut f = check("early_bids", q, q).await;
+    // An auction without bids goes out when it expires, never retracted:
+    // the join's output is append-only.
+    let plan = rows(
+        &exec(
+            &mut f.session,
+            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {q}"),
+        )
+        .await,
+    )
+    .join("\n");
+    let join = plan
+        .lines()
+        .find(|l| l.contains("LeftJoin"))
+        .expect("a left join");
+    assert!(join.ends_with("append-only"), "{join}");
     let [a, b] = expired_by_join(&mut f, "early_bids").await;
     assert!(a > 0 && b > 0, "both inputs of the join expired rows ({a}, {b})");
 }

@@ -1193,14 +1193,19 @@ impl Planner<'_> {
                 time[side] = Some(self.physical(t, if side == 0 { ls } else { rs })?);
             }
         }
-        let updating = left.updating
-            || right.updating
-            || !matches!(kind, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi);
+        let updating = super::operators::join_output_updating(
+            kind,
+            [left.updating, right.updating],
+            [expire[0].is_some(), expire[1].is_some()],
+        );
         let schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
         // A window join's append-only output keeps its inputs' windows: a
         // pair goes out before the watermark passes its window's end, so
         // windowed aggregates can follow.
-        let cols = if window_join && !updating {
+        let cols = if window_join
+            && !updating
+            && matches!(kind, JoinKind::Inner | JoinKind::LeftSemi | JoinKind::RightSemi)
+        {
             match kind {
                 JoinKind::LeftSemi | JoinKind::LeftAnti => left.window_cols.clone(),
                 JoinKind::RightSemi | JoinKind::RightAnti => right.window_cols.clone(),

@@ -322,22 +322,26 @@ impl KeyedRows {
     }
 
     /// Drops the rows whose time (see [`Self::expire_at`]) is before
-    /// `time`; returns how many rows went (copies counted).
-    pub(crate) fn expire_before(&mut self, time: i64) -> u64 {
-        let mut gone = 0u64;
+    /// `time`; `gone` sees each dropped row with its count and match
+    /// counter. Returns how many rows went (copies counted).
+    pub(crate) fn expire_before(&mut self, time: i64, mut gone: impl FnMut(&[u8], i64, i64)) -> u64 {
+        let mut dropped = 0u64;
         while let Some(entry) = self.expiry.first_entry() {
             if *entry.key() >= time {
                 break;
             }
             for (key, row) in entry.remove() {
                 self.expiry_bytes -= key.len() + row.len() + EXPIRY_OVERHEAD;
-                let count = self.count_of(&key, &row);
-                if count > 0 && self.add(&key, &row, -count, 0) {
-                    gone += count as u64;
+                let Some(&(count, matches)) = self.buckets.get(&key).and_then(|b| b.rows.get(&row)) else {
+                    continue;
+                };
+                if self.add(&key, &row, -count, 0) {
+                    gone(&row, count, matches);
+                    dropped += count as u64;
                 }
             }
         }
-        gone
+        dropped
     }
 
     /// Registers every held row's time again (after a restore): `time_of`
@@ -549,10 +553,16 @@ mod tests {
         }
         let snap = t.snapshot().unwrap();
         // Nothing is before 10; both rows at 10 (one held twice) are.
-        assert_eq!(t.expire_before(10), 0);
-        assert_eq!(t.expire_before(11), 3);
+        assert_eq!(t.expire_before(10, |_, _, _| {}), 0);
+        let mut seen = vec![];
+        assert_eq!(
+            t.expire_before(11, |_, count, matches| seen.push((count, matches))),
+            3
+        );
+        seen.sort();
+        assert_eq!(seen, [(1, 0), (2, 0)]);
         assert_eq!((t.size().0, t.keys_held(), t.keys_changed()), (1, 1, 2));
-        assert_eq!(t.expire_before(i64::MAX), 1);
+        assert_eq!(t.expire_before(i64::MAX, |_, _, _| {}), 1);
         assert_eq!(t.size(), (0, empty));
         // A restore holds the rows again; the index is rebuilt from them.
         let mut back = KeyedRows::new(&[DataType::Int64], schema).unwrap();
@@ -562,7 +572,7 @@ mod tests {
             Ok(v.iter().collect())
         })
         .unwrap();
-        assert_eq!(back.expire_before(15), 3);
+        assert_eq!(back.expire_before(15, |_, _, _| {}), 3);
         assert_eq!(back.size().0, 1);
     }
 }

@@ -22,7 +22,11 @@
 //! is not a retraction: what the row produced stands. With expiry the
 //! other input's late rows (behind its own watermark) are dropped and
 //! counted, as they could have met rows already dropped. Only append-only
-//! inputs expire (a retraction must find what it retracts).
+//! inputs expire (a retraction must find what it retracts). An outer or
+//! anti interval join whose preserved inputs all expire defers the rows
+//! that match nothing: such a row goes out (NULL-padded) when it expires
+//! unmatched, never to be retracted, so the output is append-only, as in
+//! Flink.
 //!
 //! The output has no event time: a row of one input can meet a row of the
 //! other arbitrarily late, so windows over a join's output are not offered
@@ -107,6 +111,20 @@ impl std::fmt::Display for JoinKind {
     }
 }
 
+/// Whether a join's output retracts: an input does, or an outer or anti
+/// join emits rows matching nothing that a match retracts later, unless
+/// every preserved input expires its rows (they then go out at expiry,
+/// when nothing can match them any more). `expires[i]`: input `i` has an
+/// interval bound.
+pub fn output_updating(kind: JoinKind, updating: [bool; 2], expires: [bool; 2]) -> bool {
+    updating[0] || updating[1] || (kind.retracts() && !defers_unmatched(kind, updating, expires))
+}
+
+/// See [`output_updating`].
+fn defers_unmatched(kind: JoinKind, updating: [bool; 2], expires: [bool; 2]) -> bool {
+    !updating[0] && !updating[1] && kind.retracts() && (0..2).all(|s| !kind.preserves(s) || expires[s])
+}
+
 /// Pairs joined per output batch: a row matching very many rows goes out
 /// in batches of this size, never as one giant batch.
 const PAIRS_PER_BATCH: usize = 8192;
@@ -166,6 +184,8 @@ pub struct StreamingJoin {
     expired: [u64; 2],
     /// Late rows dropped since the runtime last asked.
     late: u64,
+    /// Rows matching nothing go out when they expire (see the module docs).
+    defer: bool,
 }
 
 impl StreamingJoin {
@@ -222,7 +242,12 @@ impl StreamingJoin {
                 ));
             }
         }
-        let updating = left.updating || right.updating || kind.retracts();
+        let (ups, exps) = (
+            [left.updating, right.updating],
+            [left.expire.is_some(), right.expire.is_some()],
+        );
+        let updating = output_updating(kind, ups, exps);
+        let defer = defers_unmatched(kind, ups, exps);
         let output = if updating { with_op_column(&output) } else { output };
         let sides = [
             KeyedRows::new(&key_types, left.schema.clone())?,
@@ -242,6 +267,7 @@ impl StreamingJoin {
             watermarks: [i64::MIN; 2],
             expired: [0; 2],
             late: 0,
+            defer,
         })
     }
 
@@ -378,7 +404,12 @@ impl StreamingJoin {
             }
             // A row going out while it matches nothing (outer, anti) is
             // retracted when it first matches; a semi join's the other way.
+            // Deferred: nothing went out for it yet.
             let first = if self.kind.is_semi() { 1 } else { -1 };
+            if self.defer {
+                now_matched.clear();
+                now_unmatched.clear();
+            }
             for (list, sign) in [(now_matched, first), (now_unmatched, -first)] {
                 for chunk in list.chunks(PAIRS_PER_BATCH) {
                     let cols = self.sides[other].decode(chunk.iter().map(|r| &**r))?;
@@ -386,11 +417,32 @@ impl StreamingJoin {
                 }
             }
         }
-        // Rows of this input matching nothing (a semi join: matching).
+        // This input's rows, held for the other input's changes to come
+        // (an interval join's until the other input's watermark passes
+        // their bound; those it passed already, or NULL, can match nothing
+        // more and are not held).
+        let bounds = match &self.inputs[this].expire {
+            Some(e) => Some(as_micros(&eval(e, &rows)?)?),
+            None => None,
+        };
+        let held: Vec<bool> = (0..n)
+            .map(|i| {
+                keep[i]
+                    && valid[i]
+                    && bounds
+                        .as_ref()
+                        .is_none_or(|b| b.is_valid(i) && b.value(i) >= self.watermarks[other])
+            })
+            .collect();
+        // Rows of this input matching nothing (a semi join: matching);
+        // deferred, only those not held (they never expire).
         if self.kind.preserves(this) {
             let semi = self.kind.is_semi();
             let lonely: Vec<u32> = (0..n as u32)
-                .filter(|&i| keep[i as usize] && (matched[i as usize] > 0) == semi)
+                .filter(|&i| {
+                    let i = i as usize;
+                    keep[i] && (matched[i] > 0) == semi && !(self.defer && held[i])
+                })
                 .collect();
             if !lonely.is_empty() {
                 let idx = UInt32Array::from(lonely);
@@ -402,18 +454,10 @@ impl StreamingJoin {
                 self.emit_padded(this, cols, idx.len(), delta, out)?;
             }
         }
-        // This input's rows, held for the other input's changes to come
-        // (an interval join's until the other input's watermark passes
-        // their bound; those it passed already, or NULL, can match nothing
-        // more and are not held).
-        let bounds = match &self.inputs[this].expire {
-            Some(e) => Some(as_micros(&eval(e, &rows)?)?),
-            None => None,
-        };
         for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
             let (k, r) = (keys.row(i), encoded.row(i));
             if let Some(bounds) = &bounds {
-                if bounds.is_null(i) || bounds.value(i) < self.watermarks[other] {
+                if !held[i] {
                     self.expired[this] += 1;
                     continue;
                 }
@@ -608,19 +652,27 @@ impl KeyedOperator for StreamingJoin {
 
     /// The other input's rows whose bound `watermark` passed can match
     /// nothing to come: dropped.
-    fn on_input_watermark(
-        &mut self,
-        input: usize,
-        watermark: i64,
-        _out: &mut Vec<RecordBatch>,
-    ) -> Result<()> {
+    fn on_input_watermark(&mut self, input: usize, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         if input > 1 {
             return Err(DataFusionError::Internal(format!("a join has no input {input}")));
         }
         self.watermarks[input] = self.watermarks[input].max(watermark);
         let other = 1 - input;
-        if self.inputs[other].expire.is_some() {
-            self.expired[other] += self.sides[other].expire_before(self.watermarks[input]);
+        if self.inputs[other].expire.is_none() {
+            return Ok(());
+        }
+        // Deferred rows that never matched go out as they expire.
+        let emit = self.defer && self.kind.preserves(other);
+        let mut lonely: Vec<Box<[u8]>> = Vec::new();
+        self.expired[other] +=
+            self.sides[other].expire_before(self.watermarks[input], |row, count, matches| {
+                if emit && matches == 0 {
+                    lonely.extend((0..count).map(|_| Box::<[u8]>::from(row)));
+                }
+            });
+        for chunk in lonely.chunks(PAIRS_PER_BATCH) {
+            let cols = self.sides[other].decode(chunk.iter().map(|r| &**r))?;
+            self.emit_padded(other, cols, chunk.len(), 1, out)?;
         }
         Ok(())
     }

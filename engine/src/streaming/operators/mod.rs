@@ -35,7 +35,7 @@ mod updating;
 mod window;
 
 pub use columnar::ColumnarAggregate;
-pub use join::{JoinInput, JoinKind, StreamingJoin};
+pub use join::{JoinInput, JoinKind, StreamingJoin, output_updating as join_output_updating};
 pub use over::{OverAggregate, OverFrame};
 pub use session::{SessionAggregate, SessionLayout};
 pub use topn::{OrderTerm, TopN, topn_schema};
