@@ -666,6 +666,10 @@ pub struct JobSettings {
     /// `streaming.checkpoint_timeout` in milliseconds (absent: the default).
     #[serde(default)]
     pub checkpoint_timeout_ms: Option<u64>,
+    /// `streaming.state_ttl` in milliseconds (absent: state is kept until
+    /// what the query says bounds it).
+    #[serde(default)]
+    pub state_ttl_ms: Option<u64>,
 }
 
 /// How long a checkpoint may take before it counts as failed (Flink's
@@ -675,6 +679,10 @@ pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
 impl JobSettings {
     pub fn checkpoint_interval(&self) -> Option<Duration> {
         self.checkpoint_interval_ms.map(Duration::from_millis)
+    }
+
+    pub fn state_ttl(&self) -> Option<Duration> {
+        self.state_ttl_ms.map(Duration::from_millis)
     }
 
     pub fn checkpoint_timeout(&self) -> Duration {
@@ -745,6 +753,41 @@ pub fn parse_interval(value: &str) -> Result<Option<Duration>> {
 }
 
 /// How SHOW streaming.checkpoint_interval spells an interval.
+/// `streaming.state_ttl`: how long a join keeps a row nothing else bounds
+/// ('off' or '0': until the query's own bounds drop it). A number with a
+/// unit (ms, s, min, h, d), at least one second.
+pub fn parse_state_ttl(value: &str) -> Result<Option<Duration>> {
+    let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+    if v == "off" || v == "0" || v == "none" {
+        return Ok(None);
+    }
+    let bad = || {
+        SluiceError::invalid_parameter(format!(
+            "invalid value for parameter \"streaming.state_ttl\": \"{value}\"; write a duration such as \
+             '30min', '12h' or '7d', or 'off'"
+        ))
+    };
+    let digits = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" | "sec" | "second" | "seconds" => n,
+        "min" | "minute" | "minutes" | "m" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        "d" | "day" | "days" => n * 86_400.0,
+        _ => return Err(bad()),
+    };
+    if !(1.0..=3650.0 * 86_400.0).contains(&secs) {
+        return Err(SluiceError::invalid_parameter(format!(
+            "streaming.state_ttl = '{value}': use at least 1s, or 'off'"
+        )));
+    }
+    Ok(Some(Duration::from_millis((secs * 1000.0) as u64)))
+}
+
 pub fn format_interval(interval: Option<Duration>) -> String {
     match interval {
         None => "off".into(),
@@ -908,6 +951,7 @@ mod tests {
             checkpoint_interval_ms: Some(1500),
             restart_attempts: 2,
             checkpoint_timeout_ms: None,
+            state_ttl_ms: Some(3_600_000),
         };
         store.save_settings(&settings).unwrap();
         assert_eq!(store.settings(), Some(settings));
@@ -915,6 +959,14 @@ mod tests {
             store.settings().unwrap().checkpoint_interval(),
             Some(Duration::from_millis(1500))
         );
+        assert_eq!(
+            parse_state_ttl("'12h'").unwrap(),
+            Some(Duration::from_secs(43_200))
+        );
+        assert_eq!(parse_state_ttl("7d").unwrap(), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_state_ttl("off").unwrap(), None);
+        assert!(parse_state_ttl("10ms").is_err());
+        assert!(parse_state_ttl("soon").is_err());
         assert_eq!(parse_restart_attempts("3").unwrap(), 3);
         assert_eq!(parse_restart_attempts("'0'").unwrap(), 0);
         assert!(parse_restart_attempts("-1").is_err());

@@ -372,6 +372,10 @@ pub(crate) const CHECKPOINT_INTERVAL_VAR: &str = "streaming.checkpoint_interval"
 /// afterwards is restarted from its newest checkpoint.
 pub(crate) const RESTART_ATTEMPTS_VAR: &str = "streaming.restart_attempts";
 
+/// Session variable: how long a job's joins keep rows nothing else bounds
+/// (see [`crate::checkpoint::parse_state_ttl`]).
+pub(crate) const STATE_TTL_VAR: &str = "streaming.state_ttl";
+
 /// The session setting: how long a checkpoint of a job created afterwards
 /// may take before it counts as failed.
 pub(crate) const CHECKPOINT_TIMEOUT_VAR: &str = "streaming.checkpoint_timeout";
@@ -1326,6 +1330,12 @@ impl Session {
                 name.to_string(),
                 timeout.map_or("0".to_string(), |d| format!("{}ms", d.as_millis())),
             );
+            return Ok(());
+        }
+        if name == STATE_TTL_VAR {
+            let ttl = crate::checkpoint::parse_state_ttl(value)?;
+            self.vars
+                .insert(name.to_string(), crate::checkpoint::format_interval(ttl));
             return Ok(());
         }
         if name == RESTART_ATTEMPTS_VAR {

@@ -391,10 +391,15 @@ impl Session {
             Some(v) => Some(crate::checkpoint::parse_timeout(v)?.as_millis() as u64),
             None => None,
         };
+        let state_ttl_ms = match self.vars.get(crate::engine::STATE_TTL_VAR) {
+            Some(v) => crate::checkpoint::parse_state_ttl(v)?.map(|d| d.as_millis() as u64),
+            None => None,
+        };
         Ok(JobSettings {
             checkpoint_interval_ms: interval.map(|d| d.as_millis() as u64),
             restart_attempts,
             checkpoint_timeout_ms,
+            state_ttl_ms,
         })
     }
 
@@ -482,6 +487,8 @@ impl Session {
             None => Default::default(),
         };
         let settings = self.job_settings(&name, persist)?;
+        let mut node = node;
+        node.set_state_ttl(settings.state_ttl());
         let mut checkpoints = self.checkpoint_config(&name, persist, &settings)?;
         if persist {
             CheckpointStore::dropped(&self.engine.inner.checkpoints, &name).remove_all();
@@ -1086,7 +1093,10 @@ impl Session {
     }
 
     pub(crate) async fn explain_job(&self, create: &CreateJob, sink: bool) -> Result<Output> {
-        let node = self.plan_job(&create.query).await?;
+        let mut node = self.plan_job(&create.query).await?;
+        if let Some(v) = self.vars.get(crate::engine::STATE_TTL_VAR) {
+            node.set_state_ttl(crate::checkpoint::parse_state_ttl(v)?);
+        }
         let mut lines = vec![];
         let target = if sink {
             let connector = create.options.get("connector").cloned().unwrap_or_default();

@@ -87,6 +87,9 @@ pub enum NodeKind {
         /// Per input, an interval join's bound over its rows: a held row
         /// is dropped once the other input's watermark passes it.
         expire: [Option<Arc<dyn PhysicalExpr>>; 2],
+        /// `streaming.state_ttl`: rows of an input without a bound are
+        /// evicted this long after they came.
+        ttl: Option<std::time::Duration>,
     },
     /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= limit`: the
     /// ranked first rows per group, as an updating result.
@@ -135,6 +138,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Applies `streaming.state_ttl` to every join of the plan.
+    pub fn set_state_ttl(&mut self, state_ttl: Option<std::time::Duration>) {
+        if let NodeKind::Join { ttl, .. } = &mut self.kind {
+            *ttl = state_ttl;
+        }
+        for i in &mut self.inputs {
+            i.set_state_ttl(state_ttl);
+        }
+    }
+
     /// Operators in pre-order.
     pub fn walk<'a>(&'a self, out: &mut Vec<&'a Node>) {
         out.push(self);
@@ -200,6 +213,7 @@ impl Node {
                 keys,
                 filter,
                 expire,
+                ttl,
                 ..
             } => {
                 let on = keys[0]
@@ -228,6 +242,11 @@ impl Node {
                     .collect();
                 if !bounds.is_empty() {
                     let _ = write!(s, " bounds=[{}]", bounds.join(", "));
+                }
+                if let Some(ttl) = ttl
+                    && expire.iter().any(Option::is_none)
+                {
+                    let _ = write!(s, " ttl={}", crate::checkpoint::format_interval(Some(*ttl)));
                 }
                 s
             }
@@ -281,6 +300,10 @@ impl Node {
             NodeKind::Join { expire, .. } if expire.iter().any(Option::is_some) => {
                 "interval join: state per key on both inputs, dropped as watermarks pass its bounds, emit \
                  changes as they meet, hash exchange"
+                    .into()
+            }
+            NodeKind::Join { ttl: Some(_), .. } => {
+                "state per key on both inputs, evicted after the ttl, emit changes as they meet, hash exchange"
                     .into()
             }
             NodeKind::Join { .. } => {
@@ -1227,6 +1250,7 @@ impl Planner<'_> {
                 filter,
                 time,
                 expire,
+                ttl: None,
             },
             vec![left, right],
             schema,

@@ -186,6 +186,18 @@ pub struct StreamingJoin {
     late: u64,
     /// Rows matching nothing go out when they expire (see the module docs).
     defer: bool,
+    /// `streaming.state_ttl` in microseconds: rows of an input without an
+    /// interval bound are evicted this long after they first came.
+    ttl_us: Option<i64>,
+    /// The processing time to use instead of the clock (tests).
+    fixed_now: Option<i64>,
+}
+
+/// Processing time in microseconds.
+fn clock_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl StreamingJoin {
@@ -268,7 +280,33 @@ impl StreamingJoin {
             expired: [0; 2],
             late: 0,
             defer,
+            ttl_us: None,
+            fixed_now: None,
         })
+    }
+
+    /// Evicts rows of inputs without an interval bound `ttl` after they
+    /// first came (processing time), as Flink's state TTL does: what they
+    /// produced stands, later rows no longer meet them, a retraction of
+    /// one is dropped and counted.
+    pub fn with_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl_us = ttl.map(|d| d.as_micros().min(i64::MAX as u128) as i64);
+        self
+    }
+
+    /// Uses `now` (microseconds) as the processing time (tests).
+    #[cfg(test)]
+    pub(crate) fn set_now(&mut self, now: i64) {
+        self.fixed_now = Some(now);
+    }
+
+    fn now(&self) -> i64 {
+        self.fixed_now.unwrap_or_else(clock_us)
+    }
+
+    /// Whether input `side`'s rows are evicted by the TTL.
+    fn ttl_side(&self, side: usize) -> bool {
+        self.ttl_us.is_some() && self.inputs[side].expire.is_none()
     }
 
     /// Whether the output carries the op column.
@@ -454,6 +492,10 @@ impl StreamingJoin {
                 self.emit_padded(this, cols, idx.len(), delta, out)?;
             }
         }
+        let evict_at = match self.ttl_us {
+            Some(ttl) if self.ttl_side(this) && delta > 0 => Some(self.now().saturating_add(ttl)),
+            _ => None,
+        };
         for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
             let (k, r) = (keys.row(i), encoded.row(i));
             if let Some(bounds) = &bounds {
@@ -464,6 +506,10 @@ impl StreamingJoin {
                 if self.sides[this].count_of(k.data(), r.data()) == 0 {
                     self.sides[this].expire_at(k.data(), r.data(), bounds.value(i));
                 }
+            } else if let Some(evict_at) = evict_at
+                && self.sides[this].count_of(k.data(), r.data()) == 0
+            {
+                self.sides[this].expire_at(k.data(), r.data(), evict_at);
             }
             if !self.sides[this].add(k.data(), r.data(), delta, matched[i]) {
                 // Checked above: a delete finds its row.
@@ -646,7 +692,15 @@ impl KeyedOperator for StreamingJoin {
     }
 
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
-        // Changes go out as they are joined.
+        // Changes go out as they are joined; rows past their TTL go.
+        if self.ttl_us.is_some() {
+            let now = self.now();
+            for side in 0..2 {
+                if self.ttl_side(side) {
+                    self.expired[side] += self.sides[side].expire_before(now, |_, _, _| {});
+                }
+            }
+        }
         Ok(())
     }
 
@@ -683,7 +737,7 @@ impl KeyedOperator for StreamingJoin {
 
     fn detail(&self) -> Option<String> {
         let bounded: Vec<String> = (0..2)
-            .filter(|s| self.inputs[*s].expire.is_some())
+            .filter(|s| self.inputs[*s].expire.is_some() || self.ttl_side(*s))
             .map(|s| {
                 let (rows, _) = self.sides[s].size();
                 let name = if s == 0 { "left" } else { "right" };
@@ -793,6 +847,15 @@ impl KeyedOperator for StreamingJoin {
                     matches: int64("matches")?,
                 };
                 self.sides[side].restore(&snap)?;
+            }
+        }
+        // Restored rows get a fresh TTL.
+        if let Some(ttl) = self.ttl_us {
+            let at = self.now().saturating_add(ttl);
+            let ttl_sides: Vec<usize> = (0..2).filter(|s| self.ttl_side(*s)).collect();
+            for side in ttl_sides {
+                self.sides[side]
+                    .rebuild_expiry(|cols| Ok(vec![Some(at); cols.first().map_or(0, |c| c.len())]))?;
             }
         }
         for side in 0..2 {

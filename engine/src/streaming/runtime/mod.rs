@@ -1199,6 +1199,7 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             filter,
             time,
             expire,
+            ttl,
         } => {
             let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
             let input = |i: usize| JoinInput {
@@ -1209,13 +1210,10 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
                 expire: expire[i].clone(),
             };
             for _ in 0..node.parallelism {
-                ops.push(Box::new(StreamingJoin::new(
-                    *kind,
-                    input(0),
-                    input(1),
-                    filter.clone(),
-                    node.schema.clone(),
-                )?));
+                ops.push(Box::new(
+                    StreamingJoin::new(*kind, input(0), input(1), filter.clone(), node.schema.clone())?
+                        .with_ttl(*ttl),
+                ));
             }
             keyed(node, keys.to_vec(), ops, tasks, wiring)
         }

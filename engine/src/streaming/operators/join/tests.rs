@@ -526,3 +526,51 @@ fn an_interval_join_drops_what_can_match_nothing_more_and_nets_to_the_join() {
         assert!(a > 0 && b > 0, "{kind}: both inputs expired rows");
     }
 }
+
+/// With `streaming.state_ttl`, rows are evicted the TTL after they came
+/// (processing time): what they produced stands, later rows no longer meet
+/// them, SHOW JOBS counts them, and a restore gives the rows it holds a
+/// fresh TTL.
+#[test]
+fn rows_past_the_state_ttl_are_evicted() {
+    let ttl = std::time::Duration::from_micros(10);
+    let r = |k: i64, s: &str, v: i64| (Some(k), s.to_string(), v);
+    let mut op = make(JoinKind::Inner, [false, false], None).with_ttl(Some(ttl));
+    let mut out = vec![];
+    op.set_now(0);
+    op.on_batch(0, batch(0, &[r(1, "a", 1), r(2, "b", 2)], None), &mut out)
+        .unwrap();
+    op.set_now(5);
+    op.on_batch(1, batch(1, &[r(1, "p", 3)], None), &mut out).unwrap();
+    op.on_watermark(i64::MIN, &mut out).unwrap();
+    assert_eq!(op.state_size().0, 3, "nothing is 10us old yet");
+    // At 12 the left rows (from 0) are past the TTL, the right one (5) not.
+    op.set_now(12);
+    op.on_watermark(i64::MIN, &mut out).unwrap();
+    assert_eq!((op.state_size().0, op.expired()), (1, [2, 0]));
+    assert!(
+        op.detail().unwrap().contains("left: 0 rows held, 2 expired"),
+        "{:?}",
+        op.detail()
+    );
+    // A right row for key 2 meets nothing now; a left row for key 1 meets
+    // the right row still held.
+    op.on_batch(1, batch(1, &[r(2, "q", 4)], None), &mut out).unwrap();
+    op.on_batch(0, batch(0, &[r(1, "c", 5)], None), &mut out).unwrap();
+    let mut got = BTreeMap::new();
+    net(&out, false, &mut got);
+    let want: BTreeMap<String, i64> = [("1|a|1|1|p|3".to_string(), 1), ("1|c|5|1|p|3".to_string(), 1)].into();
+    assert_eq!(got, want);
+    // Restored at 100: the rows held get until 110.
+    let state = super::super::tests::through_ipc(op.snapshot().unwrap());
+    let mut back = make(JoinKind::Inner, [false, false], None).with_ttl(Some(ttl));
+    back.set_now(100);
+    back.restore(state).unwrap();
+    assert_eq!(back.state_size().0, 3);
+    back.set_now(109);
+    back.on_watermark(i64::MIN, &mut out).unwrap();
+    assert_eq!(back.state_size().0, 3);
+    back.set_now(111);
+    back.on_watermark(i64::MIN, &mut out).unwrap();
+    assert_eq!(back.state_size().0, 0);
+}
