@@ -214,6 +214,7 @@ impl Engine {
         let template = SessionContext::new_with_config_rt(session_config, runtime);
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());
+        template.register_udf(crate::functions::Mod::udf());
         for f in crate::functions::LengthCapped::udfs() {
             template.register_udf(f);
         }

@@ -9,6 +9,9 @@
 //! Postgres users write Postgres templates (`YYYY-MM-DD`), which DataFusion
 //! would print back literally. A template without `%` is read as a Postgres
 //! template and translated; one with `%` goes to DataFusion as it is.
+//!
+//! `mod(y, x)`: Postgres' (and Flink's) remainder function, as `y % x` with
+//! the operator's type coercion; division by zero is 22012.
 
 use std::sync::Arc;
 
@@ -16,8 +19,9 @@ use arrow::array::{Array, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::error::Result;
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
 
 /// Postgres' `to_char` templates on top of DataFusion's.
@@ -149,6 +153,64 @@ pub fn chrono_template(template: &str) -> String {
         rest = &rest[c.len_utf8()..];
     }
     out
+}
+
+/// `mod(y, x)`: the remainder of `y / x`, as the `%` operator computes it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Mod {
+    signature: Signature,
+}
+
+impl Mod {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::user_defined(datafusion::logical_expr::Volatility::Immutable),
+        })
+    }
+
+    fn coercer<'a>(lhs: &'a DataType, rhs: &'a DataType) -> BinaryTypeCoercer<'a> {
+        BinaryTypeCoercer::new(lhs, &Operator::Modulo, rhs)
+    }
+}
+
+impl ScalarUDFImpl for Mod {
+    fn name(&self) -> &str {
+        "mod"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let [y, x] = arg_types else {
+            return datafusion::common::plan_err!("mod(y, x) takes two arguments, not {}", arg_types.len());
+        };
+        let (y, x) = Self::coercer(y, x).get_input_types()?;
+        Ok(vec![y, x])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let [y, x] = arg_types else {
+            return datafusion::common::plan_err!("mod(y, x) takes two arguments, not {}", arg_types.len());
+        };
+        Self::coercer(y, x).get_result_type()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let [y, x] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("mod(y, x) takes two arguments");
+        };
+        let scalar = matches!((y, x), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
+        let (y, x) = (y.to_array(rows)?, x.to_array(rows)?);
+        let out = arrow::compute::kernels::numeric::rem(&y, &x)?;
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
 }
 
 #[cfg(test)]

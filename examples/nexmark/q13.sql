@@ -7,4 +7,4 @@ CREATE STREAM side_input (key BIGINT, value VARCHAR)
     WITH (connector = 'filesystem', path = 'nexmark/side_input', format = 'json', 'scan.mode' = 'bounded');
 CREATE SINK nexmark_q13 WITH (connector = 'blackhole') AS
 SELECT B.auction, B.bidder, B.price, B.date_time, S.value
-FROM bid B JOIN side_input S ON B.auction % 10000 = S.key;
+FROM bid B JOIN side_input S ON MOD(B.auction, 10000) = S.key;
