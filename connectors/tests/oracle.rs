@@ -582,6 +582,26 @@ async fn q19_top_10_bids_per_auction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_and_dense_rank_keep_ties() {
+    // Ties share a rank, so every row ranked 3 or better is kept, however
+    // many: deterministic without a tie-breaker. Over an append-only input
+    // and over an updating one (a GROUP BY result).
+    for f in ["RANK", "DENSE_RANK"] {
+        let q = format!(
+            "SELECT auction, price, rk FROM (SELECT auction, price, \
+               {f}() OVER (PARTITION BY auction ORDER BY price DESC) AS rk FROM bid) WHERE rk <= 3"
+        );
+        check(&format!("top_{}", f.to_lowercase()), &q, &q).await;
+        let q = format!(
+            "SELECT channel, bidder, bids, rk FROM (SELECT channel, bidder, bids, \
+               {f}() OVER (PARTITION BY channel ORDER BY bids DESC) AS rk \
+             FROM (SELECT channel, bidder, count(*) AS bids FROM bid GROUP BY channel, bidder)) WHERE rk <= 2"
+        );
+        check(&format!("busiest_{}", f.to_lowercase()), &q, &q).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q18_last_bid_per_bidder_and_auction() {
     // Deduplication: the newest row per key (rn = 1), over an append-only
     // input; and a top 3 over an updating input (a GROUP BY result).

@@ -23,7 +23,7 @@ use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, JoinKind, OrderTerm, OverFrame, SessionLayout, WindowKey};
+use super::operators::{AggExpr, JoinKind, OrderTerm, OverFrame, RankFunction, SessionLayout, WindowKey};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -97,6 +97,8 @@ pub enum NodeKind {
         partition: Vec<Arc<dyn PhysicalExpr>>,
         order: Vec<OrderTerm>,
         limit: usize,
+        /// ROW_NUMBER, RANK or DENSE_RANK.
+        function: RankFunction,
     },
     /// Aggregates `OVER (PARTITION BY .. ORDER BY <event time> <frame>)`:
     /// each row once the watermark passes it, with its frame's values.
@@ -197,6 +199,7 @@ impl Node {
                 partition,
                 order,
                 limit,
+                function,
             } => {
                 let order = order
                     .iter()
@@ -204,7 +207,7 @@ impl Node {
                     .collect::<Vec<_>>()
                     .join(", ");
                 format!(
-                    "TopN: partition=[{}] order=[{order}] limit={limit}",
+                    "TopN: partition=[{}] order=[{order}] {function}<={limit}",
                     cols(partition)
                 )
             }
@@ -851,7 +854,7 @@ impl Planner<'_> {
             };
             let WindowFunctionDefinition::AggregateUDF(udaf) = &wf.fun else {
                 return Err(refuse(format!(
-                    "{}() OVER (...) can't run incrementally yet (only ROW_NUMBER() filtered to its first \
+                    "{}() OVER (...) can't run incrementally yet (only ROW_NUMBER(), RANK() or DENSE_RANK() filtered to its first \
                      ranks, WHERE rn <= N, and aggregates such as sum, avg, min, max, count); {USE}",
                     wf.fun.name()
                 )));
@@ -991,7 +994,13 @@ impl Planner<'_> {
         let [Expr::WindowFunction(wf)] = w.window_expr.as_slice() else {
             return Ok(None);
         };
-        if wf.fun.name() != "row_number" || !wf.params.args.is_empty() || wf.params.filter.is_some() {
+        let function = match wf.fun.name() {
+            "row_number" => RankFunction::RowNumber,
+            "rank" => RankFunction::Rank,
+            "dense_rank" => RankFunction::DenseRank,
+            _ => return Ok(None),
+        };
+        if !wf.params.args.is_empty() || wf.params.filter.is_some() {
             return Ok(None);
         }
         let rank = w.schema.fields().len() - 1;
@@ -1028,11 +1037,11 @@ impl Planner<'_> {
             return Ok(None);
         };
         if limit < 1 {
-            return Err(refuse("a ROW_NUMBER() bound that keeps no row"));
+            return Err(refuse(format!("a {function}() bound that keeps no row")));
         }
         if wf.params.order_by.is_empty() {
             return Err(refuse(
-                "ROW_NUMBER() without ORDER BY ranks rows in no defined order; say which rows come first",
+                "ROW_NUMBER() / RANK() without ORDER BY ranks rows in no defined order; say which rows come first",
             ));
         }
         let in_schema = w.input.schema();
@@ -1063,6 +1072,7 @@ impl Planner<'_> {
                 partition,
                 order,
                 limit: limit as usize,
+                function,
             },
             vec![input],
             schema.clone(),

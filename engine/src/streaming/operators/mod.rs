@@ -38,7 +38,7 @@ pub use columnar::ColumnarAggregate;
 pub use join::{JoinInput, JoinKind, StreamingJoin, output_updating as join_output_updating};
 pub use over::{OverAggregate, OverFrame};
 pub use session::{SessionAggregate, SessionLayout};
-pub use topn::{OrderTerm, TopN, topn_schema};
+pub use topn::{OrderTerm, RankFunction, TopN, topn_schema};
 pub use updating::{UpdatingAggregate, retractable};
 pub use window::{WindowAggregate, WindowKey};
 

@@ -1,6 +1,8 @@
 //! Top-N per group: `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) AS rn`
 //! filtered by `rn <= N` (TopN) or `rn = 1` (deduplication), computed
-//! incrementally over an append-only or updating input.
+//! incrementally over an append-only or updating input. `RANK()` and
+//! `DENSE_RANK()` keep every row ranked N or better: rows tied on the
+//! ORDER BY share a rank (RANK then skips, DENSE_RANK does not).
 //!
 //! Each group holds its rows ordered by the ORDER BY in Arrow's row format
 //! (whose bytes sort as the ORDER BY does), ties broken by the row's own
@@ -38,11 +40,34 @@ pub struct OrderTerm {
 /// (order key, row) in the row format: sorts as the group's order.
 type Ranked = (Box<[u8]>, Box<[u8]>);
 
+/// Which ranking the filter bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RankFunction {
+    /// One rank per row (ties broken by the row's bytes).
+    #[default]
+    RowNumber,
+    /// Ties share a rank; the next rank skips as many.
+    Rank,
+    /// Ties share a rank; the next rank is the next number.
+    DenseRank,
+}
+
+impl std::fmt::Display for RankFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RankFunction::RowNumber => "row_number",
+            RankFunction::Rank => "rank",
+            RankFunction::DenseRank => "dense_rank",
+        })
+    }
+}
+
 /// The first N rows per group, ranked.
 pub struct TopN {
     partition: Vec<Arc<dyn PhysicalExpr>>,
     order: Vec<OrderTerm>,
     limit: usize,
+    function: RankFunction,
     input: SchemaRef,
     input_updating: bool,
     output: SchemaRef,
@@ -52,7 +77,7 @@ pub struct TopN {
     groups: HashMap<Box<[u8]>, BTreeMap<Ranked, i64>>,
     /// Groups touched since the last progress step, with the ranked rows
     /// they had emitted before.
-    touched: BTreeMap<Box<[u8]>, Vec<Ranked>>,
+    touched: BTreeMap<Box<[u8]>, Vec<(u64, Ranked)>>,
     /// Groups changed since the last full snapshot.
     changed: HashSet<Box<[u8]>>,
     rule: IncrementalRule,
@@ -106,6 +131,7 @@ impl TopN {
             partition,
             order,
             limit: limit.max(1),
+            function: RankFunction::RowNumber,
             input,
             input_updating,
             output: with_op_column(&output),
@@ -151,17 +177,44 @@ impl TopN {
         Ok(self.sort.convert_columns(&cols)?)
     }
 
-    /// The first `limit` rows of a group, a row held twice taking two ranks.
-    fn top(&self, group: &[u8]) -> Vec<Ranked> {
-        let mut out = Vec::new();
-        if let Some(rows) = self.groups.get(group) {
-            'rows: for (r, n) in rows {
-                for _ in 0..*n {
-                    if out.len() == self.limit {
-                        break 'rows;
-                    }
-                    out.push(r.clone());
+    /// Ranks with `function` instead of ROW_NUMBER.
+    pub fn with_function(mut self, function: RankFunction) -> Self {
+        self.function = function;
+        self
+    }
+
+    /// A group's rows ranked `limit` or better, in order, with their rank
+    /// (a row held twice is two rows).
+    fn top(&self, group: &[u8]) -> Vec<(u64, Ranked)> {
+        match self.groups.get(group) {
+            Some(rows) => self.ranked(rows),
+            None => Vec::new(),
+        }
+    }
+
+    fn ranked(&self, rows: &BTreeMap<Ranked, i64>) -> Vec<(u64, Ranked)> {
+        let limit = self.limit as u64;
+        let mut out: Vec<(u64, Ranked)> = Vec::new();
+        // The rank of the first row of the current ties, and the count of
+        // distinct order keys so far.
+        let (mut first, mut dense) = (0u64, 0u64);
+        let mut previous: Option<&[u8]> = None;
+        for (r, n) in rows {
+            if previous != Some(&*r.0) {
+                first = out.len() as u64 + 1;
+                dense += 1;
+            }
+            previous = Some(&*r.0);
+            for _ in 0..*n {
+                let rank = match self.function {
+                    RankFunction::RowNumber => out.len() as u64 + 1,
+                    RankFunction::Rank => first,
+                    RankFunction::DenseRank => dense,
+                };
+                if rank > limit {
+                    return out;
                 }
+                out.push((rank, r.clone()));
             }
         }
         out
@@ -194,8 +247,8 @@ impl TopN {
                 self.groups.insert(g.into(), BTreeMap::new());
                 self.bytes += g.len() + 48;
             }
-            let group = self.groups.get_mut(g).expect("inserted above");
             if delta > 0 {
+                let group = self.groups.get_mut(g).expect("inserted above");
                 let count = group.entry(key).or_insert(0);
                 if *count == 0 {
                     self.held += 1;
@@ -203,11 +256,20 @@ impl TopN {
                 }
                 *count += 1;
                 if !self.input_updating {
-                    // Append-only: rows past the first N never come back.
+                    let group = self.groups.get(g).expect("inserted above");
+                    // Append-only: rows ranked past N never come back.
                     let mut total: i64 = group.values().sum();
-                    while total > self.limit as i64 {
+                    let keep = match self.function {
+                        RankFunction::RowNumber => (self.limit as i64).min(total),
+                        _ => {
+                            let group = self.groups.get(g).expect("inserted above");
+                            self.ranked(group).len() as i64
+                        }
+                    };
+                    let group = self.groups.get_mut(g).expect("inserted above");
+                    while total > keep {
                         let mut last = group.last_entry().expect("non-empty");
-                        let over = (total - self.limit as i64).min(*last.get());
+                        let over = (total - keep).min(*last.get());
                         *last.get_mut() -= over;
                         total -= over;
                         if *last.get() == 0 {
@@ -218,6 +280,7 @@ impl TopN {
                     }
                 }
             } else {
+                let group = self.groups.get_mut(g).expect("inserted above");
                 match group.get_mut(&key) {
                     Some(count) => {
                         *count -= 1;
@@ -312,16 +375,16 @@ impl KeyedOperator for TopN {
         }
         let (mut gone, mut new) = (Vec::new(), Vec::new());
         for (before, after) in &tops {
-            for rank in 0..before.len().max(after.len()) {
-                let (b, a) = (before.get(rank), after.get(rank));
+            for at in 0..before.len().max(after.len()) {
+                let (b, a) = (before.get(at), after.get(at));
                 if b == a {
                     continue;
                 }
-                if let Some(b) = b {
-                    gone.push((rank as u64 + 1, &*b.1));
+                if let Some((rank, b)) = b {
+                    gone.push((*rank, &*b.1));
                 }
-                if let Some(a) = a {
-                    new.push((rank as u64 + 1, &*a.1));
+                if let Some((rank, a)) = a {
+                    new.push((*rank, &*a.1));
                 }
             }
         }

@@ -1241,18 +1241,22 @@ fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<
             partition,
             order,
             limit,
+            function,
         } => {
             let input = &node.inputs[0];
             let mut ops: Vec<Box<dyn KeyedOperator>> = Vec::new();
             for _ in 0..node.parallelism {
-                ops.push(Box::new(TopN::new(
-                    partition.clone(),
-                    order.clone(),
-                    *limit,
-                    input.schema.clone(),
-                    input.updating,
-                    node.schema.clone(),
-                )?));
+                ops.push(Box::new(
+                    TopN::new(
+                        partition.clone(),
+                        order.clone(),
+                        *limit,
+                        input.schema.clone(),
+                        input.updating,
+                        node.schema.clone(),
+                    )?
+                    .with_function(*function),
+                ));
             }
             keyed(node, vec![partition.clone()], ops, tasks, wiring)
         }
