@@ -9,7 +9,9 @@ started before the clock starts); Sluice is the release server, the query
 created through psql. Each size runs --runs times per engine, alternating;
 medians. Flink runs each query once on a small input first, untimed, so that
 its mini-cluster start is not in the figures. Two sizes give the marginal rate (rows per second of the extra rows),
-which leaves out fixed start costs.
+which leaves out fixed start costs. CPU-seconds are measured per query for
+both (the Sluice server's, the JVM's); memory is Sluice's peak RSS (a fresh
+server per run) beside the JVM's RSS after the run.
 
     pip install apache-flink==2.3.0
     cargo build --release -p sluice-server   # CARGO_TARGET_DIR=~/.cache/sluice-target-release
@@ -83,6 +85,40 @@ def write_data(root, bids, auctions):
             f.writelines(bid(j) for j in range(part, bids, 2))
 
 
+def proc_cpu(pid):
+    """CPU-seconds (user + system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_mem_mib(pid, key):
+    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: now) in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def java_child():
+    """The JVM PyFlink started (a child of this process)."""
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me and comm == "java":
+            return int(d)
+    raise RuntimeError("no JVM child found")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -123,6 +159,7 @@ def sluice_once(binary, root, query):
                 decl = ", ".join(f"{c} {t.replace('(3)', '')}" for c, t in cols) + ", " + WATERMARK
                 psql(port, f"CREATE STREAM {table} ({decl}) WITH (connector = 'filesystem', "
                            f"path = '{os.path.join(root, table)}', format = 'json', 'scan.mode' = 'bounded')")
+            cpu0 = proc_cpu(proc.pid)
             started = time.time()
             psql(port, f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
             while True:
@@ -131,11 +168,13 @@ def sluice_once(binary, root, query):
                     break
                 time.sleep(0.02)
             secs = time.time() - started
+            cpu = proc_cpu(proc.pid) - cpu0
+            peak = proc_mem_mib(proc.pid, "VmHWM")
             if "failed" in status:
                 raise RuntimeError(f"job failed: {query}")
             # Every row of the files went through: the sources' rows out.
             read = sum(int(r[7]) for r in psql(port, "SHOW JOBS") if r[0] == "out" and r[4].startswith("Source:"))
-            return secs, read
+            return secs, read, cpu, peak
         finally:
             proc.terminate()
             proc.wait()
@@ -158,9 +197,12 @@ class Flink:
         decl = ", ".join(f"`{n}` {t}" for n, t in zip(schema.get_field_names(), schema.get_field_data_types()))
         self.env.execute_sql("DROP TEMPORARY TABLE IF EXISTS bench_sink")
         self.env.execute_sql(f"CREATE TEMPORARY TABLE bench_sink ({decl}) WITH ('connector' = 'blackhole')")
+        jvm = java_child()
+        cpu0 = proc_cpu(jvm)
         started = time.time()
         self.env.execute_sql(f"INSERT INTO bench_sink {query}").wait()
-        return time.time() - started
+        secs = time.time() - started
+        return secs, proc_cpu(jvm) - cpu0, proc_mem_mib(jvm, "VmRSS")
 
 
 def main():
@@ -172,7 +214,7 @@ def main():
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     flink = Flink()
-    times = {}
+    times, usage = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         # Flink's first job also starts its mini-cluster: warm it up untimed.
         warm = os.path.join(tmp, "warm-up")
@@ -183,17 +225,26 @@ def main():
             root = os.path.join(tmp, str(bids))
             write_data(root, bids, a.auctions)
             for name, query in CASES:
-                s, f = [], []
+                s, f, s_cpu, f_cpu, s_mem, f_mem = [], [], [], [], [], []
                 for _ in range(a.runs):
-                    secs, read = sluice_once(a.sluice, root, query)
+                    secs, read, cpu, peak = sluice_once(a.sluice, root, query)
                     want = bids + (a.auctions if "auction a" in query else 0)
                     if read != want:
                         raise RuntimeError(f"sluice read {read} rows of {want}: {name}")
                     s.append(secs)
-                    f.append(flink.once(root, query))
-                times[(name, bids)] = (statistics.median(s), statistics.median(f))
-                print(f"{bids:>9,} bids  {name:32} sluice {times[(name, bids)][0]:6.2f} s   "
-                      f"flink {times[(name, bids)][1]:6.2f} s", flush=True)
+                    s_cpu.append(cpu)
+                    s_mem.append(peak)
+                    secs, cpu, rss = flink.once(root, query)
+                    f.append(secs)
+                    f_cpu.append(cpu)
+                    f_mem.append(rss)
+                med = statistics.median
+                times[(name, bids)] = (med(s), med(f))
+                usage[(name, bids)] = (med(s_cpu), med(f_cpu), max(s_mem), max(f_mem))
+                print(f"{bids:>9,} bids  {name:32} sluice {times[(name, bids)][0]:6.2f} s "
+                      f"{usage[(name, bids)][0]:6.2f} cpu-s {usage[(name, bids)][2]:7.0f} MiB   "
+                      f"flink {times[(name, bids)][1]:6.2f} s {usage[(name, bids)][1]:6.2f} cpu-s "
+                      f"{usage[(name, bids)][3]:7.0f} MiB", flush=True)
     lo, hi = sizes[0], sizes[-1]
     extra = hi - lo + 0.0
     print(f"\n{a.auctions:,} auctions; rows/s of the extra {hi - lo:,} bids (marginal), and at {hi:,} bids whole")
@@ -203,6 +254,12 @@ def main():
         sm, fm = extra / max(s_hi - s_lo, 1e-9), extra / max(f_hi - f_lo, 1e-9)
         sw, fw = (hi + a.auctions) / s_hi, (hi + a.auctions) / f_hi
         print(f"{name:32} {sm:12,.0f} {fm:12,.0f} {sm / fm:7.2f} {sw:12,.0f} {fw:12,.0f} {sw / fw:7.2f}")
+    print(f"\nAt {hi:,} bids: CPU-seconds of the query (median), and memory: Sluice's peak RSS (a fresh")
+    print("server per run), the JVM's RSS after the run (one warm mini-cluster for all runs)")
+    print(f"{'case':32} {'sluice cpu-s':>12} {'flink cpu-s':>12} {'F / S':>7} {'sluice MiB':>11} {'flink MiB':>10}")
+    for name, _ in CASES:
+        sc, fc, sm, fm = usage[(name, hi)]
+        print(f"{name:32} {sc:12.2f} {fc:12.2f} {fc / max(sc, 1e-9):7.2f} {sm:11.0f} {fm:10.0f}")
 
 
 if __name__ == "__main__":
