@@ -726,24 +726,12 @@ pub fn parse_interval(value: &str) -> Result<Option<Duration>> {
     if v == "off" || v == "0" || v == "none" {
         return Ok(None);
     }
-    let digits = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(digits);
-    let bad = || {
+    let secs = duration_secs(&v, false).ok_or_else(|| {
         SluiceError::invalid_parameter(format!(
             "invalid value for parameter \"streaming.checkpoint_interval\": \"{value}\"; \
              write a duration such as '10s', '500ms' or '2min', or 'off'"
         ))
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" | "sec" | "second" | "seconds" => n,
-        "min" | "minute" | "minutes" | "m" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        _ => return Err(bad()),
-    };
+    })?;
     if !(0.1..=86_400.0).contains(&secs) {
         return Err(SluiceError::invalid_parameter(format!(
             "streaming.checkpoint_interval = '{value}': use between 100ms and 24h, or 'off'"
@@ -752,7 +740,24 @@ pub fn parse_interval(value: &str) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_secs_f64(secs)))
 }
 
-/// How SHOW streaming.checkpoint_interval spells an interval.
+/// A number with a unit (ms, s, min, h; d when `days`) in seconds; a bare
+/// number is seconds. `v` is lowercase.
+fn duration_secs(v: &str, days: bool) -> Option<f64> {
+    let digits = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" | "sec" | "second" | "seconds" => n,
+        "min" | "minute" | "minutes" | "m" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        "d" | "day" | "days" if days => n * 86_400.0,
+        _ => return None,
+    })
+}
+
 /// `streaming.state_ttl`: how long a join keeps a row nothing else bounds
 /// ('off' or '0': until the query's own bounds drop it). A number with a
 /// unit (ms, s, min, h, d), at least one second.
@@ -761,25 +766,12 @@ pub fn parse_state_ttl(value: &str) -> Result<Option<Duration>> {
     if v == "off" || v == "0" || v == "none" {
         return Ok(None);
     }
-    let bad = || {
+    let secs = duration_secs(&v, true).ok_or_else(|| {
         SluiceError::invalid_parameter(format!(
             "invalid value for parameter \"streaming.state_ttl\": \"{value}\"; write a duration such as \
              '30min', '12h' or '7d', or 'off'"
         ))
-    };
-    let digits = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(digits);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" | "sec" | "second" | "seconds" => n,
-        "min" | "minute" | "minutes" | "m" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        "d" | "day" | "days" => n * 86_400.0,
-        _ => return Err(bad()),
-    };
+    })?;
     if !(1.0..=3650.0 * 86_400.0).contains(&secs) {
         return Err(SluiceError::invalid_parameter(format!(
             "streaming.state_ttl = '{value}': use at least 1s, or 'off'"
@@ -788,6 +780,7 @@ pub fn parse_state_ttl(value: &str) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_millis((secs * 1000.0) as u64)))
 }
 
+/// How SHOW streaming.checkpoint_interval spells an interval.
 pub fn format_interval(interval: Option<Duration>) -> String {
     match interval {
         None => "off".into(),

@@ -185,17 +185,23 @@ const BUCKET_OVERHEAD: usize = std::mem::size_of::<Bucket>();
 /// and the time's slot.
 const EXPIRY_OVERHEAD: usize = 4 * std::mem::size_of::<usize>() + std::mem::size_of::<i64>();
 
+/// Arrow's row format for whole rows of `schema` (held rows: compact,
+/// hashable bytes, turned back into columns when read).
+pub(crate) fn row_converter(schema: &arrow::datatypes::Schema) -> Result<RowConverter> {
+    Ok(RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )?)
+}
+
 impl KeyedRows {
     /// A table of rows of `schema` keyed by values of `key_types`.
     pub(crate) fn new(key_types: &[DataType], schema: SchemaRef) -> Result<Self> {
         let keys = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        let rows = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = row_converter(&schema)?;
         Ok(Self {
             schema,
             keys,

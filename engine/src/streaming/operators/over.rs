@@ -127,13 +127,7 @@ impl OverAggregate {
             .iter()
             .map(|p| Ok(SortField::new(p.data_type(&input)?)))
             .collect::<Result<Vec<_>>>()?;
-        let rows = RowConverter::new(
-            input
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = crate::streaming::state::row_converter(&input)?;
         Ok(Self {
             partition,
             time,

@@ -120,13 +120,7 @@ impl TopN {
                 })
                 .collect::<Result<Vec<_>>>()?,
         )?;
-        let rows = RowConverter::new(
-            input
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let rows = crate::streaming::state::row_converter(&input)?;
         Ok(Self {
             partition,
             order,
