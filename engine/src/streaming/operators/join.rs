@@ -43,7 +43,8 @@ use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
-    KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, split_changes, state_batch,
+    KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, snapshot_column, split_changes,
+    state_batch,
 };
 use crate::stream::with_op_column;
 use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
@@ -791,12 +792,7 @@ impl KeyedOperator for StreamingJoin {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let col = |name: &str| -> Result<ArrayRef> {
-                let at = batch.schema().index_of(name).map_err(|_| {
-                    DataFusionError::Internal(format!("a join snapshot without its {name} column"))
-                })?;
-                Ok(batch.column(at).clone())
-            };
+            let col = |name: &str| snapshot_column(&batch, name, "a join");
             let side_col = col(SIDE)?;
             let sides = side_col
                 .as_any()
@@ -809,12 +805,7 @@ impl KeyedOperator for StreamingJoin {
                     continue;
                 }
                 let part = filter_record_batch(&batch, &mask)?;
-                let pick = |name: &str| -> Result<ArrayRef> {
-                    let at = part.schema().index_of(name).map_err(|_| {
-                        DataFusionError::Internal(format!("a join snapshot without its {name} column"))
-                    })?;
-                    Ok(part.column(at).clone())
-                };
+                let pick = |name: &str| snapshot_column(&part, name, "a join");
                 let int64 = |name: &str| -> Result<arrow::array::Int64Array> {
                     pick(name)?
                         .as_any()

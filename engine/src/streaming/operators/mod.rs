@@ -241,6 +241,16 @@ pub(crate) fn state_widths(batch: &RecordBatch, aggs: usize) -> Result<Vec<usize
     Ok(widths)
 }
 
+/// A snapshot batch's column by name; `what` names the operator in the
+/// error ("a join").
+pub(crate) fn snapshot_column(batch: &RecordBatch, name: &str, what: &str) -> Result<ArrayRef> {
+    let at = batch
+        .schema()
+        .index_of(name)
+        .map_err(|_| DataFusionError::Internal(format!("{what} snapshot without its {name} column")))?;
+    Ok(batch.column(at).clone())
+}
+
 fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
     if batch.num_columns() == 0 {
         // count(*) reads no column; keep the row count.

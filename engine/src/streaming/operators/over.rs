@@ -26,7 +26,10 @@ use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{AggExpr, KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, state_batch};
+use super::{
+    AggExpr, KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, snapshot_column,
+    state_batch,
+};
 
 /// Where a frame starts (it ends at the current row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,12 +519,7 @@ impl KeyedOperator for OverAggregate {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let pick = |name: &str| -> Result<ArrayRef> {
-                let at = batch.schema().index_of(name).map_err(|_| {
-                    DataFusionError::Internal(format!("an OVER snapshot without its {name} column"))
-                })?;
-                Ok(batch.column(at).clone())
-            };
+            let pick = |name: &str| snapshot_column(&batch, name, "an OVER");
             let kinds = pick(KIND)?;
             let kinds = kinds
                 .as_any()

@@ -25,7 +25,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{KeyedOperator, Result, batch_with_schema, eval, split_changes, state_batch};
+use super::{KeyedOperator, Result, batch_with_schema, eval, snapshot_column, split_changes, state_batch};
 use crate::stream::with_op_column;
 use crate::streaming::state::IncrementalRule;
 
@@ -433,12 +433,7 @@ impl KeyedOperator for TopN {
                 continue;
             }
             let replace = batch.schema().metadata().contains_key(REPLACE_META);
-            let pick = |name: &str| -> Result<ArrayRef> {
-                let at = batch.schema().index_of(name).map_err(|_| {
-                    DataFusionError::Internal(format!("a top-N snapshot without its {name} column"))
-                })?;
-                Ok(batch.column(at).clone())
-            };
+            let pick = |name: &str| snapshot_column(&batch, name, "a top-N");
             let cols = (0..width)
                 .map(|i| pick(&format!("c{i}")))
                 .collect::<Result<Vec<_>>>()?;
