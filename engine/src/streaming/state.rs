@@ -350,6 +350,21 @@ impl KeyedRows {
         dropped
     }
 
+    /// Gives every held row the time `time` (after a restore, where the
+    /// rows' time does not depend on them: a TTL from now).
+    pub(crate) fn expire_all_at(&mut self, time: i64) {
+        self.expiry.clear();
+        self.expiry_bytes = 0;
+        let held: Vec<HeldRow> = self
+            .buckets
+            .iter()
+            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
+            .collect();
+        for (key, row) in held {
+            self.expire_at(&key, &row, time);
+        }
+    }
+
     /// Registers every held row's time again (after a restore): `time_of`
     /// gets held rows as columns of the declared schema and returns each
     /// one's time (None: never dropped).

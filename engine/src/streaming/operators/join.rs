@@ -845,8 +845,7 @@ impl KeyedOperator for StreamingJoin {
             let at = self.now().saturating_add(ttl);
             let ttl_sides: Vec<usize> = (0..2).filter(|s| self.ttl_side(*s)).collect();
             for side in ttl_sides {
-                self.sides[side]
-                    .rebuild_expiry(|cols| Ok(vec![Some(at); cols.first().map_or(0, |c| c.len())]))?;
+                self.sides[side].expire_all_at(at);
             }
         }
         for side in 0..2 {
