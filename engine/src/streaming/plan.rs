@@ -23,7 +23,10 @@ use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::metrics::NodeMetrics;
-use super::operators::{AggExpr, JoinKind, OrderTerm, OverFrame, RankFunction, SessionLayout, WindowKey};
+use super::operators::{
+    AggExpr, AggregateSpec, JoinKind, JoinSpec, OperatorSpec, OrderTerm, OverFrame, OverSpec, RankFunction,
+    SessionAggregateSpec, SessionLayout, TopNSpec, WindowAggregateSpec, WindowKey, expr_list,
+};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -56,59 +59,10 @@ pub enum NodeKind {
     Project { exprs: Vec<Arc<dyn PhysicalExpr>> },
     /// Concatenates inputs (UNION ALL).
     Union,
-    /// GROUP BY over windows, emitted when the watermark passes the end.
-    WindowAggregate {
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-        aggs: Vec<AggExpr>,
-        window: WindowKey,
-    },
-    /// GROUP BY over SESSION windows, emitted when the watermark passes a
-    /// session's end.
-    SessionAggregate {
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-        layout: SessionLayout,
-        aggs: Vec<AggExpr>,
-    },
-    /// GROUP BY without windows: an updating result.
-    Aggregate {
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-        aggs: Vec<AggExpr>,
-    },
-    /// An equi-join of its two inputs, emitting changes as they meet.
-    Join {
-        kind: JoinKind,
-        /// Key expressions per input (same types on both).
-        keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
-        /// The rest of the ON condition, over left then right columns.
-        filter: Option<Arc<dyn PhysicalExpr>>,
-        /// Per input, a time (over its rows) every row not late has at or
-        /// after the input's watermark: the event time, or a window's end.
-        time: [Option<Arc<dyn PhysicalExpr>>; 2],
-        /// Per input, an interval join's bound over its rows: a held row
-        /// is dropped once the other input's watermark passes it.
-        expire: [Option<Arc<dyn PhysicalExpr>>; 2],
-        /// `streaming.state_ttl`: rows of an input without a bound are
-        /// evicted this long after they came.
-        ttl: Option<std::time::Duration>,
-    },
-    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= limit`: the
-    /// ranked first rows per group, as an updating result.
-    TopN {
-        partition: Vec<Arc<dyn PhysicalExpr>>,
-        order: Vec<OrderTerm>,
-        limit: usize,
-        /// ROW_NUMBER, RANK or DENSE_RANK.
-        function: RankFunction,
-    },
-    /// Aggregates `OVER (PARTITION BY .. ORDER BY <event time> <frame>)`:
-    /// each row once the watermark passes it, with its frame's values.
-    Over {
-        partition: Vec<Arc<dyn PhysicalExpr>>,
-        /// The input's event-time column (the ORDER BY).
-        time: usize,
-        aggs: Vec<AggExpr>,
-        frame: OverFrame,
-    },
+    /// A keyed, stateful operator (GROUP BY, windows, joins, top-N, OVER):
+    /// each input hash-exchanged by its keys into the node's tasks. The
+    /// spec names, describes and builds it.
+    Keyed(Box<dyn OperatorSpec>),
 }
 
 impl NodeKind {
@@ -142,8 +96,8 @@ pub struct Node {
 impl Node {
     /// Applies `streaming.state_ttl` to every join of the plan.
     pub fn set_state_ttl(&mut self, state_ttl: Option<std::time::Duration>) {
-        if let NodeKind::Join { ttl, .. } = &mut self.kind {
-            *ttl = state_ttl;
+        if let NodeKind::Keyed(spec) = &mut self.kind {
+            spec.set_state_ttl(state_ttl);
         }
         for i in &mut self.inputs {
             i.set_state_ttl(state_ttl);
@@ -160,99 +114,13 @@ impl Node {
 
     /// One line naming the operator, e.g. for SHOW JOBS.
     pub fn label(&self) -> String {
-        let cols = |exprs: &[Arc<dyn PhysicalExpr>]| {
-            exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
-        };
-        let aggs = |aggs: &[AggExpr]| {
-            aggs.iter()
-                .map(|a| a.func.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         match &self.kind {
             NodeKind::Source { table } => format!("Source: {}", table.name),
             NodeKind::Window { spec } => format!("Window: {}", spec.kind),
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
-            NodeKind::Project { exprs } => format!("Project: {}", cols(exprs)),
+            NodeKind::Project { exprs } => format!("Project: {}", expr_list(exprs)),
             NodeKind::Union => "Union".into(),
-            NodeKind::WindowAggregate { keys, aggs: a, .. } => {
-                format!("WindowAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
-            }
-            NodeKind::Aggregate { keys, aggs: a } => {
-                format!("Aggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
-            }
-            NodeKind::SessionAggregate { keys, aggs: a, .. } => {
-                format!("SessionAggregate: keys=[{}] aggs=[{}]", cols(keys), aggs(a))
-            }
-            NodeKind::Over {
-                partition,
-                time,
-                aggs: a,
-                frame,
-            } => format!(
-                "OverAggregate: partition=[{}] order=[{}] frame=[{frame}] aggs=[{}]",
-                cols(partition),
-                self.inputs[0].schema.field(*time).name(),
-                aggs(a)
-            ),
-            NodeKind::TopN {
-                partition,
-                order,
-                limit,
-                function,
-            } => {
-                let order = order
-                    .iter()
-                    .map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" }))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(
-                    "TopN: partition=[{}] order=[{order}] {function}<={limit}",
-                    cols(partition)
-                )
-            }
-            NodeKind::Join {
-                kind,
-                keys,
-                filter,
-                expire,
-                ttl,
-                ..
-            } => {
-                let on = keys[0]
-                    .iter()
-                    .zip(&keys[1])
-                    .map(|(l, r)| format!("{l} = {r}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut s = match filter {
-                    Some(f) => format!("{kind}Join: on=[{on}] filter={f}"),
-                    None => format!("{kind}Join: on=[{on}]"),
-                };
-                let bounds: Vec<String> = expire
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(side, bound)| {
-                        let (this, other) = if side == 0 {
-                            ("left", "right")
-                        } else {
-                            ("right", "left")
-                        };
-                        bound
-                            .as_ref()
-                            .map(|b| format!("{this} until {other} watermark > {b}"))
-                    })
-                    .collect();
-                if !bounds.is_empty() {
-                    let _ = write!(s, " bounds=[{}]", bounds.join(", "));
-                }
-                if let Some(ttl) = ttl
-                    && expire.iter().any(Option::is_none)
-                {
-                    let _ = write!(s, " ttl={}", crate::checkpoint::format_interval(Some(*ttl)));
-                }
-                s
-            }
+            NodeKind::Keyed(spec) => spec.label(),
         }
     }
 
@@ -285,45 +153,7 @@ impl Node {
                     if table.is_bounded() { ", bounded" } else { "" }
                 )
             }
-            NodeKind::WindowAggregate { window, .. } => format!(
-                "window {} of {}us, emit on watermark, hash exchange",
-                if window.is_end {
-                    "window_end"
-                } else {
-                    "window_start"
-                },
-                window.size_us
-            ),
-            NodeKind::SessionAggregate { layout, .. } => format!(
-                "session gap {}us, merge per key, emit on watermark, hash exchange",
-                layout.gap_us
-            ),
-            NodeKind::Aggregate { keys, .. } if keys.is_empty() => "global, emit changes on watermark".into(),
-            NodeKind::Aggregate { .. } => "emit changes on watermark, hash exchange".into(),
-            NodeKind::Join { expire, .. } if expire.iter().any(Option::is_some) => {
-                "interval join: state per key on both inputs, dropped as watermarks pass its bounds, emit \
-                 changes as they meet, hash exchange"
-                    .into()
-            }
-            NodeKind::Join { ttl: Some(_), .. } => {
-                "state per key on both inputs, evicted after the ttl, emit changes as they meet, hash exchange"
-                    .into()
-            }
-            NodeKind::Join { .. } => {
-                "state per key on both inputs (unbounded), emit changes as they meet, hash exchange".into()
-            }
-            NodeKind::Over { partition, .. } if partition.is_empty() => {
-                "global, rows wait for the watermark, emitted in event-time order".into()
-            }
-            NodeKind::Over { .. } => {
-                "rows wait for the watermark, emitted in event-time order per partition, hash exchange".into()
-            }
-            NodeKind::TopN { partition, .. } if partition.is_empty() => {
-                "global, emit changed ranks on watermark".into()
-            }
-            NodeKind::TopN { .. } => {
-                "rows per group in order, emit changed ranks on watermark, hash exchange".into()
-            }
+            NodeKind::Keyed(spec) => spec.explain(),
             NodeKind::Window { .. }
             | NodeKind::Filter { .. }
             | NodeKind::Project { .. }
@@ -753,11 +583,11 @@ impl<'a> Planner<'a> {
                         self.parallelism
                     };
                     return Ok(self.make(
-                        NodeKind::SessionAggregate {
+                        NodeKind::Keyed(Box::new(SessionAggregateSpec {
                             keys: session_keys,
                             layout,
                             aggs,
-                        },
+                        })),
                         vec![input],
                         schema,
                         false,
@@ -790,7 +620,7 @@ impl<'a> Planner<'a> {
                             unit: wc.unit,
                         };
                         Ok(self.make(
-                            NodeKind::WindowAggregate { keys, aggs, window },
+                            NodeKind::Keyed(Box::new(WindowAggregateSpec { keys, aggs, window })),
                             vec![input],
                             schema,
                             false,
@@ -799,7 +629,7 @@ impl<'a> Planner<'a> {
                         ))
                     }
                     None => Ok(self.make(
-                        NodeKind::Aggregate { keys, aggs },
+                        NodeKind::Keyed(Box::new(AggregateSpec { keys, aggs })),
                         vec![input],
                         schema,
                         true,
@@ -972,12 +802,13 @@ impl Planner<'_> {
         cols.resize(schema.fields().len(), None);
         let par = if partition.is_empty() { 1 } else { self.parallelism };
         Ok(self.make(
-            NodeKind::Over {
+            NodeKind::Keyed(Box::new(OverSpec {
                 partition,
                 time,
+                time_name: input.schema.field(time).name().clone(),
                 aggs,
                 frame,
-            },
+            })),
             vec![input],
             schema,
             false,
@@ -1068,12 +899,12 @@ impl Planner<'_> {
         let cols = vec![None; schema.fields().len()];
         let par = if partition.is_empty() { 1 } else { self.parallelism };
         let mut node = self.make(
-            NodeKind::TopN {
+            NodeKind::Keyed(Box::new(TopNSpec {
                 partition,
                 order,
                 limit: limit as usize,
                 function,
-            },
+            })),
             vec![input],
             schema.clone(),
             true,
@@ -1254,14 +1085,14 @@ impl Planner<'_> {
         };
         let par = self.parallelism;
         Ok(self.make(
-            NodeKind::Join {
+            NodeKind::Keyed(Box::new(JoinSpec {
                 kind,
                 keys,
                 filter,
                 time,
                 expire,
                 ttl: None,
-            },
+            })),
             vec![left, right],
             schema,
             updating,
@@ -1295,9 +1126,8 @@ fn event_time(node: &Node) -> Option<usize> {
     use datafusion::physical_expr::expressions::Column;
     match &node.kind {
         NodeKind::Source { table } => table.watermark.as_ref().map(|w| w.column),
-        NodeKind::Filter { .. } | NodeKind::Window { .. } | NodeKind::Over { .. } => {
-            event_time(&node.inputs[0])
-        }
+        NodeKind::Filter { .. } | NodeKind::Window { .. } => event_time(&node.inputs[0]),
+        NodeKind::Keyed(spec) if spec.keeps_input_columns() => event_time(&node.inputs[0]),
         NodeKind::Project { exprs } => {
             let t = event_time(&node.inputs[0])?;
             exprs

@@ -43,8 +43,8 @@ use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
-    KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, snapshot_column, split_changes,
-    state_batch,
+    BuildContext, KeyedOperator, OperatorSpec, Result, as_micros, batch_with_schema, eval, null_as_false,
+    snapshot_column, split_changes, state_batch,
 };
 use crate::stream::with_op_column;
 use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
@@ -161,6 +161,105 @@ impl JoinInput {
             time: None,
             expire: None,
         }
+    }
+}
+
+/// An equi-join of two inputs, as planned.
+#[derive(Debug)]
+pub struct JoinSpec {
+    pub kind: JoinKind,
+    /// Key expressions per input (same types on both).
+    pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    /// The rest of the ON condition, over left then right columns.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Per input, a time (over its rows) every row not late has at or
+    /// after the input's watermark: the event time, or a window's end.
+    pub time: [Option<Arc<dyn PhysicalExpr>>; 2],
+    /// Per input, an interval join's bound over its rows: a held row is
+    /// dropped once the other input's watermark passes it.
+    pub expire: [Option<Arc<dyn PhysicalExpr>>; 2],
+    /// `streaming.state_ttl`: rows of an input without a bound are evicted
+    /// this long after they came.
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl OperatorSpec for JoinSpec {
+    fn label(&self) -> String {
+        let on = self.keys[0]
+            .iter()
+            .zip(&self.keys[1])
+            .map(|(l, r)| format!("{l} = {r}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut s = match &self.filter {
+            Some(f) => format!("{}Join: on=[{on}] filter={f}", self.kind),
+            None => format!("{}Join: on=[{on}]", self.kind),
+        };
+        let bounds: Vec<String> = self
+            .expire
+            .iter()
+            .enumerate()
+            .filter_map(|(side, bound)| {
+                let (this, other) = if side == 0 {
+                    ("left", "right")
+                } else {
+                    ("right", "left")
+                };
+                bound
+                    .as_ref()
+                    .map(|b| format!("{this} until {other} watermark > {b}"))
+            })
+            .collect();
+        if !bounds.is_empty() {
+            s.push_str(&format!(" bounds=[{}]", bounds.join(", ")));
+        }
+        if let Some(ttl) = self.ttl
+            && self.expire.iter().any(Option::is_none)
+        {
+            s.push_str(&format!(" ttl={}", crate::checkpoint::format_interval(Some(ttl))));
+        }
+        s
+    }
+
+    fn explain(&self) -> String {
+        if self.expire.iter().any(Option::is_some) {
+            "interval join: state per key on both inputs, dropped as watermarks pass its bounds, emit \
+             changes as they meet, hash exchange"
+                .into()
+        } else if self.ttl.is_some() {
+            "state per key on both inputs, evicted after the ttl, emit changes as they meet, hash exchange"
+                .into()
+        } else {
+            "state per key on both inputs (unbounded), emit changes as they meet, hash exchange".into()
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        self.keys.to_vec()
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        let input = |i: usize| JoinInput {
+            schema: ctx.inputs[i].schema.clone(),
+            keys: self.keys[i].clone(),
+            updating: ctx.inputs[i].updating,
+            time: self.time[i].clone(),
+            expire: self.expire[i].clone(),
+        };
+        Ok(Box::new(
+            StreamingJoin::new(
+                self.kind,
+                input(0),
+                input(1),
+                self.filter.clone(),
+                ctx.schema.clone(),
+            )?
+            .with_ttl(self.ttl),
+        ))
+    }
+
+    fn set_state_ttl(&mut self, ttl: Option<std::time::Duration>) {
+        self.ttl = ttl;
     }
 }
 

@@ -35,12 +35,12 @@ mod updating;
 mod window;
 
 pub use columnar::ColumnarAggregate;
-pub use join::{JoinInput, JoinKind, StreamingJoin, output_updating as join_output_updating};
-pub use over::{OverAggregate, OverFrame};
-pub use session::{SessionAggregate, SessionLayout};
-pub use topn::{OrderTerm, RankFunction, TopN, topn_schema};
-pub use updating::{UpdatingAggregate, retractable};
-pub use window::{WindowAggregate, WindowKey};
+pub use join::{JoinInput, JoinKind, JoinSpec, StreamingJoin, output_updating as join_output_updating};
+pub use over::{OverAggregate, OverFrame, OverSpec};
+pub use session::{SessionAggregate, SessionAggregateSpec, SessionLayout};
+pub use topn::{OrderTerm, RankFunction, TopN, TopNSpec, topn_schema};
+pub use updating::{AggregateSpec, UpdatingAggregate, retractable};
+pub use window::{WindowAggregate, WindowAggregateSpec, WindowKey};
 
 pub use crate::stream::{OP_COLUMN, with_op_column};
 
@@ -185,6 +185,61 @@ pub trait KeyedOperator: Send {
             "this operator's state is not checkpointed yet".into(),
         ))
     }
+}
+
+/// One input of a keyed operator as the planner declared it.
+#[derive(Debug, Clone)]
+pub struct InputShape {
+    pub schema: SchemaRef,
+    /// Whether its rows carry the op column (retractions).
+    pub updating: bool,
+}
+
+/// What a task's operator is built from: the node's inputs, output schema
+/// and metrics.
+pub struct BuildContext {
+    pub inputs: Vec<InputShape>,
+    pub schema: SchemaRef,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// A keyed operator as planned: the one place that says how it is named,
+/// described, partitioned and built. The planner makes one per node; the
+/// runtime hash-exchanges each input by [`Self::keys`] and builds one
+/// operator per task. A new operator is its file (operator and spec) plus
+/// the planner arm that makes its spec.
+pub trait OperatorSpec: std::fmt::Debug + Send + Sync {
+    /// One line naming the operator (SHOW JOBS, EXPLAIN).
+    fn label(&self) -> String;
+    /// How it runs, in EXPLAIN's brackets.
+    fn explain(&self) -> String;
+    /// Per input, the expressions its rows are partitioned by (as many on
+    /// every input).
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>>;
+    /// One task's operator.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>>;
+    /// `streaming.state_ttl`, for operators that evict by it.
+    fn set_state_ttl(&mut self, ttl: Option<std::time::Duration>) {
+        let _ = ttl;
+    }
+    /// Whether the output starts with the first input's columns unchanged
+    /// (so its event time passes through).
+    fn keeps_input_columns(&self) -> bool {
+        false
+    }
+}
+
+/// Expressions as a comma-separated list, for labels.
+pub(crate) fn expr_list(exprs: &[Arc<dyn PhysicalExpr>]) -> String {
+    exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Aggregate function names as a comma-separated list, for labels.
+pub(crate) fn agg_names(aggs: &[AggExpr]) -> String {
+    aggs.iter()
+        .map(|a| a.func.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The schema-metadata key under which a window aggregate's snapshot keeps

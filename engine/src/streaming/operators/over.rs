@@ -27,8 +27,8 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
-    AggExpr, KeyedOperator, Result, as_micros, batch_with_schema, eval, null_as_false, snapshot_column,
-    state_batch,
+    AggExpr, BuildContext, KeyedOperator, OperatorSpec, Result, agg_names, as_micros, batch_with_schema,
+    eval, expr_list, null_as_false, snapshot_column, state_batch,
 };
 
 /// Where a frame starts (it ends at the current row).
@@ -64,6 +64,57 @@ impl std::fmt::Display for OverFrame {
             OverFrame::RowsUnbounded => f.write_str("ROWS UNBOUNDED PRECEDING"),
             OverFrame::RangeUnbounded => f.write_str("RANGE UNBOUNDED PRECEDING"),
         }
+    }
+}
+
+/// Aggregates `OVER (PARTITION BY .. ORDER BY <event time> <frame>)`, as
+/// planned: each row once the watermark passes it, with its frame's values.
+#[derive(Debug)]
+pub struct OverSpec {
+    pub partition: Vec<Arc<dyn PhysicalExpr>>,
+    /// The input's event-time column (the ORDER BY) and its name.
+    pub time: usize,
+    pub time_name: String,
+    pub aggs: Vec<AggExpr>,
+    pub frame: OverFrame,
+}
+
+impl OperatorSpec for OverSpec {
+    fn label(&self) -> String {
+        format!(
+            "OverAggregate: partition=[{}] order=[{}] frame=[{}] aggs=[{}]",
+            expr_list(&self.partition),
+            self.time_name,
+            self.frame,
+            agg_names(&self.aggs)
+        )
+    }
+
+    fn explain(&self) -> String {
+        if self.partition.is_empty() {
+            "global, rows wait for the watermark, emitted in event-time order".into()
+        } else {
+            "rows wait for the watermark, emitted in event-time order per partition, hash exchange".into()
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.partition.clone()]
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        Ok(Box::new(OverAggregate::new(
+            self.partition.clone(),
+            self.time,
+            self.aggs.clone(),
+            self.frame,
+            ctx.inputs[0].schema.clone(),
+            ctx.schema.clone(),
+        )?))
+    }
+
+    fn keeps_input_columns(&self) -> bool {
+        true
     }
 }
 

@@ -21,6 +21,46 @@ pub struct SessionLayout {
     pub unit: TimeUnit,
 }
 
+/// A GROUP BY over SESSION windows, as planned.
+#[derive(Debug)]
+pub struct SessionAggregateSpec {
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub layout: SessionLayout,
+    pub aggs: Vec<AggExpr>,
+}
+
+impl OperatorSpec for SessionAggregateSpec {
+    fn label(&self) -> String {
+        format!(
+            "SessionAggregate: keys=[{}] aggs=[{}]",
+            expr_list(&self.keys),
+            agg_names(&self.aggs)
+        )
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "session gap {}us, merge per key, emit on watermark, hash exchange",
+            self.layout.gap_us
+        )
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.keys.clone()]
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        Ok(Box::new(SessionAggregate::new(
+            self.keys.clone(),
+            &ctx.inputs[0].schema,
+            self.layout.clone(),
+            self.aggs.clone(),
+            ctx.schema.clone(),
+            ctx.metrics.clone(),
+        )?))
+    }
+}
+
 struct Session {
     start: i64,
     end: i64,

@@ -25,7 +25,10 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{KeyedOperator, Result, batch_with_schema, eval, snapshot_column, split_changes, state_batch};
+use super::{
+    BuildContext, KeyedOperator, OperatorSpec, Result, batch_with_schema, eval, expr_list, snapshot_column,
+    split_changes, state_batch,
+};
 use crate::stream::with_op_column;
 use crate::streaming::state::IncrementalRule;
 
@@ -59,6 +62,60 @@ impl std::fmt::Display for RankFunction {
             RankFunction::Rank => "rank",
             RankFunction::DenseRank => "dense_rank",
         })
+    }
+}
+
+/// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..) <= limit` (or RANK,
+/// DENSE_RANK), as planned: the ranked first rows per group, updating.
+#[derive(Debug)]
+pub struct TopNSpec {
+    pub partition: Vec<Arc<dyn PhysicalExpr>>,
+    pub order: Vec<OrderTerm>,
+    pub limit: usize,
+    pub function: RankFunction,
+}
+
+impl OperatorSpec for TopNSpec {
+    fn label(&self) -> String {
+        let order = self
+            .order
+            .iter()
+            .map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "TopN: partition=[{}] order=[{order}] {}<={}",
+            expr_list(&self.partition),
+            self.function,
+            self.limit
+        )
+    }
+
+    fn explain(&self) -> String {
+        if self.partition.is_empty() {
+            "global, emit changed ranks on watermark".into()
+        } else {
+            "rows per group in order, emit changed ranks on watermark, hash exchange".into()
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.partition.clone()]
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        let input = &ctx.inputs[0];
+        Ok(Box::new(
+            TopN::new(
+                self.partition.clone(),
+                self.order.clone(),
+                self.limit,
+                input.schema.clone(),
+                input.updating,
+                ctx.schema.clone(),
+            )?
+            .with_function(self.function),
+        ))
     }
 }
 

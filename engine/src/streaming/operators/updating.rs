@@ -5,6 +5,58 @@
 use super::*;
 use crate::streaming::state::ChangedGroups;
 
+/// A GROUP BY without windows, as planned: an updating result. Built
+/// column-wise where every aggregate has that form and nothing is
+/// retracted ([`ColumnarAggregate`]), with boxed accumulators otherwise.
+#[derive(Debug)]
+pub struct AggregateSpec {
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub aggs: Vec<AggExpr>,
+}
+
+impl OperatorSpec for AggregateSpec {
+    fn label(&self) -> String {
+        format!(
+            "Aggregate: keys=[{}] aggs=[{}]",
+            expr_list(&self.keys),
+            agg_names(&self.aggs)
+        )
+    }
+
+    fn explain(&self) -> String {
+        if self.keys.is_empty() {
+            "global, emit changes on watermark".into()
+        } else {
+            "emit changes on watermark, hash exchange".into()
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.keys.clone()]
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        let input = &ctx.inputs[0];
+        if !input.updating
+            && let Some(op) = ColumnarAggregate::try_new(
+                self.keys.clone(),
+                &input.schema,
+                self.aggs.clone(),
+                ctx.schema.clone(),
+            )?
+        {
+            return Ok(Box::new(op));
+        }
+        Ok(Box::new(UpdatingAggregate::new(
+            self.keys.clone(),
+            &input.schema,
+            input.updating,
+            self.aggs.clone(),
+            ctx.schema.clone(),
+        )?))
+    }
+}
+
 /// GROUP BY without windows over an append-only input: an updating stream.
 /// Changed groups are emitted at each watermark (a delete of the previous
 /// row and an insert of the new one), so downstream sees a consistent

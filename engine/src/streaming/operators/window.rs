@@ -24,6 +24,51 @@ struct WindowState {
 /// GROUP BY over windows: state per open window, emitted once (append-only)
 /// when the watermark passes the window's end. Rows for windows that have
 /// already closed are late: dropped and counted.
+/// A GROUP BY over TUMBLE / HOP / CUMULATE windows, as planned.
+#[derive(Debug)]
+pub struct WindowAggregateSpec {
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub aggs: Vec<AggExpr>,
+    pub window: WindowKey,
+}
+
+impl OperatorSpec for WindowAggregateSpec {
+    fn label(&self) -> String {
+        format!(
+            "WindowAggregate: keys=[{}] aggs=[{}]",
+            expr_list(&self.keys),
+            agg_names(&self.aggs)
+        )
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "window {} of {}us, emit on watermark, hash exchange",
+            if self.window.is_end {
+                "window_end"
+            } else {
+                "window_start"
+            },
+            self.window.size_us
+        )
+    }
+
+    fn keys(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        vec![self.keys.clone()]
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
+        Ok(Box::new(WindowAggregate::new(
+            self.keys.clone(),
+            &ctx.inputs[0].schema,
+            self.aggs.clone(),
+            self.window,
+            ctx.schema.clone(),
+            ctx.metrics.clone(),
+        )?))
+    }
+}
+
 pub struct WindowAggregate {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     key_schema: SchemaRef,

@@ -18,7 +18,9 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::align::{Aligner, Event};
-use super::{CHANNEL_CAPACITY, Lane, STATE_METRICS_EVERY, Task, TaskCheckpoint, Wiring, build};
+use super::build::build;
+use super::wiring::{TaskCheckpoint, Wiring};
+use super::{CHANNEL_CAPACITY, Lane, STATE_METRICS_EVERY, Task};
 use crate::error::{Result, SluiceError};
 use crate::stream::Message;
 use crate::streaming::keygroups;

@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SluiceError};
 
+pub(crate) mod coordinator;
+
 const MANIFEST: &str = "_manifest.json";
 const JOB_ID: &str = "_job_id";
 const COMMITTED: &str = "_committed";
