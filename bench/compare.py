@@ -32,6 +32,10 @@ CASES = [
      "sum(price) AS sum_price FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')"),
     ("q15 count distinct", "SELECT to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, "
      "count(DISTINCT bidder) AS total_bidders FROM bid GROUP BY to_char(date_time, '%Y-%m-%d')"),
+    ("top-3 per auction", "SELECT auction, bidder, price, rn FROM (SELECT auction, bidder, price, "
+     "ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bid) WHERE rn <= 3"),
+    ("OVER rows frame", "SELECT auction, price, avg(price) OVER (PARTITION BY auction ORDER BY date_time "
+     "ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS recent_avg FROM bid"),
 ]
 
 

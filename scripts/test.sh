@@ -63,6 +63,9 @@ if [ "$WITH_HDFS" = 1 ]; then
   echo "HDFS (Hadoop 2.7.3) at $SLUICE_TEST_HDFS_URL"
 fi
 
+eval "$(scripts/infra/clients.sh)"
+echo "Postgres client libraries: $SLUICE_TEST_CLIENTS_PYTHON"
+
 step "format"
 cargo fmt --all --check
 

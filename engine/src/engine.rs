@@ -196,6 +196,9 @@ impl Engine {
         // with a zone set, TIMESTAMP WITH TIME ZONE is zone-aware in
         // DataFusion too.
         session_config.options_mut().execution.time_zone = Some("+00:00".into());
+        // `0.1` is an exact NUMERIC, as in Postgres, Flink and the SQL
+        // standard (`0.1 + 0.2` is `0.3`), not a float.
+        session_config.options_mut().sql_parser.parse_float_as_decimal = true;
         if let Some(p) = config.target_partitions {
             session_config = session_config.with_target_partitions(p.max(1));
         }
@@ -215,6 +218,14 @@ impl Engine {
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());
         template.register_udf(crate::functions::Mod::udf());
+        template.register_udf(crate::functions::PgTypeof::udf());
+        template.register_udf(crate::functions::ToRegtype::udf());
+        template.register_udf(
+            datafusion::functions::string::uuid()
+                .as_ref()
+                .clone()
+                .with_aliases(["gen_random_uuid"]),
+        );
         for f in crate::functions::LengthCapped::udfs() {
             template.register_udf(f);
         }
@@ -340,13 +351,15 @@ impl Engine {
             CHECKPOINT_TIMEOUT_VAR.into(),
             crate::checkpoint::format_interval(Some(crate::checkpoint::DEFAULT_CHECKPOINT_TIMEOUT)),
         );
-        Session {
+        let session = Session {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
             vars,
             user: "sluice".into(),
             superuser: true,
-        }
+        };
+        session.register_session_functions();
+        session
     }
 
     async fn restore(&self, entry: &CatalogEntry) -> Result<()> {
@@ -485,6 +498,9 @@ impl std::fmt::Debug for Output {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     action: Action,
+    /// A query's output column names as Postgres gives them, where they
+    /// differ from the plan's (see [`crate::colnames`]).
+    names: Option<Arc<[String]>>,
 }
 
 #[derive(Debug, Clone)]
@@ -563,6 +579,12 @@ enum Action {
         if_exists: bool,
     },
     ShowSecrets,
+    /// A statement accepted with nothing to do (`SAVEPOINT`, `RELEASE`,
+    /// `ROLLBACK TO`: Sluice's transactions hold no changes to undo),
+    /// answered with its tag.
+    Accepted {
+        tag: &'static str,
+    },
 }
 
 impl Action {
@@ -595,7 +617,8 @@ impl Action {
             | Action::SetVar { .. }
             | Action::ShowVar { .. }
             | Action::TransactionStart
-            | Action::TransactionEnd { .. } => None,
+            | Action::TransactionEnd { .. }
+            | Action::Accepted { .. } => None,
         }
     }
 }
@@ -605,7 +628,13 @@ impl Prepared {
     /// command that returns none.
     pub fn result_schema(&self) -> Option<SchemaRef> {
         match &self.action {
-            Action::Plan(plan) => returns_rows(plan).then(|| plan.schema().inner().clone()),
+            Action::Plan(plan) => returns_rows(plan).then(|| {
+                let schema = plan.schema().inner().clone();
+                match &self.names {
+                    Some(names) => renamed_schema(&schema, names),
+                    None => schema,
+                }
+            }),
             Action::ShowVar { name } => Some(show_schema(name)),
             Action::ShowStreams => Some(show_streams_schema()),
             Action::ShowSecrets => Some(Arc::new(Schema::new(vec![Field::new(
@@ -650,6 +679,32 @@ impl Prepared {
         }
         Ok(out)
     }
+}
+
+/// `schema` with its fields named `names` (which may repeat a name).
+fn renamed_schema(schema: &SchemaRef, names: &[String]) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(f, n)| f.as_ref().clone().with_name(n))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// A result's rows with their columns named `names`.
+fn renamed_rows(rows: SendableRecordBatchStream, names: Arc<[String]>) -> SendableRecordBatchStream {
+    let schema = renamed_schema(&rows.schema(), &names);
+    let batches = rows.map(move |b| {
+        let b = b?;
+        let schema = renamed_schema(&b.schema(), &names);
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            b.columns().to_vec(),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+        )?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 fn returns_rows(plan: &LogicalPlan) -> bool {
@@ -722,6 +777,26 @@ impl Session {
         self.superuser = superuser;
         self.vars
             .insert("is_superuser".into(), if superuser { "on" } else { "off" }.into());
+        self.register_session_functions();
+    }
+
+    /// The functions whose value is the session's: `current_user` (and
+    /// `session_user`, `user`, `current_role`), `current_setting(name)`,
+    /// and `version()` (registered here so that nothing installed on the
+    /// template later shadows it).
+    fn register_session_functions(&self) {
+        use crate::functions::{CurrentSetting, FixedText, postgres_version};
+        self.ctx.register_udf(FixedText::udf(
+            "current_user",
+            &["session_user", "user", "current_role"],
+            self.user.clone(),
+        ));
+        self.ctx.register_udf(CurrentSetting::udf(self.vars.clone()));
+        self.ctx.register_udf(FixedText::udf(
+            "version",
+            &[],
+            postgres_version(PG_SERVER_VERSION),
+        ));
     }
 
     /// The session's `statement_timeout`, if one is set.
@@ -742,6 +817,7 @@ impl Session {
             Statement::CreateStream(c) => {
                 return Ok(Prepared {
                     action: Action::CreateStream(Box::new(c)),
+                    names: None,
                 });
             }
             Statement::DropStream { name, if_exists } => {
@@ -750,11 +826,13 @@ impl Session {
                         name: normalize_name(&name),
                         if_exists,
                     },
+                    names: None,
                 });
             }
             Statement::ShowStreams => {
                 return Ok(Prepared {
                     action: Action::ShowStreams,
+                    names: None,
                 });
             }
             Statement::CreateSecret {
@@ -817,7 +895,7 @@ impl Session {
                 }
             },
         };
-        Ok(Prepared { action })
+        Ok(Prepared { action, names: None })
     }
 
     async fn prepare_statement(&self, statement: DFStatement) -> Result<Prepared> {
@@ -828,9 +906,26 @@ impl Session {
             }
             other => other,
         };
-        self.prepare_inner(statement)
+        let mut statement = statement;
+        let items = match &mut statement {
+            DFStatement::Statement(s) => {
+                let items = crate::colnames::select_items(s);
+                crate::colnames::unnest_set_returning(s);
+                items
+            }
+            _ => None,
+        };
+        let mut prepared = self
+            .prepare_inner(statement)
             .await
-            .map_err(|e| self.explain_missing(e))
+            .map_err(|e| self.explain_missing(e))?;
+        if let (Some(items), Action::Plan(plan)) = (items, &prepared.action)
+            && returns_rows(plan)
+        {
+            let fields: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+            prepared.names = crate::colnames::rename(&items, &fields).map(Arc::from);
+        }
+        Ok(prepared)
     }
 
     /// A table that is in the durable catalog but failed to restore at start
@@ -869,7 +964,12 @@ impl Session {
                 }
                 SqlStatement::StartTransaction { .. } => Action::TransactionStart,
                 SqlStatement::Commit { .. } => Action::TransactionEnd { rollback: false },
+                SqlStatement::Rollback {
+                    savepoint: Some(_), ..
+                } => Action::Accepted { tag: "ROLLBACK" },
                 SqlStatement::Rollback { .. } => Action::TransactionEnd { rollback: true },
+                SqlStatement::Savepoint { .. } => Action::Accepted { tag: "SAVEPOINT" },
+                SqlStatement::ReleaseSavepoint { .. } => Action::Accepted { tag: "RELEASE" },
                 SqlStatement::Set(set) => self.plan_set(set).await?,
                 SqlStatement::ShowVariable { variable } => {
                     let name = variable
@@ -879,6 +979,7 @@ impl Session {
                         .join(" ");
                     let name = match name.as_str() {
                         "time zone" => "timezone".to_string(),
+                        "transaction isolation level" => "transaction_isolation".to_string(),
                         // SHOW streaming.checkpoint_interval: dotted names.
                         _ if !self.vars.contains_key(&name) => name.replace(' ', "."),
                         _ => name,
@@ -958,7 +1059,7 @@ impl Session {
             }
             other => Action::Plan(self.ctx.state().statement_to_plan(other).await?),
         };
-        Ok(Prepared { action })
+        Ok(Prepared { action, names: None })
     }
 
     async fn plan_with_datafusion(&self, stmt: SqlStatement) -> Result<Action> {
@@ -1117,7 +1218,11 @@ impl Session {
                     Some(p) => plan.clone().with_param_values(p)?,
                     None => plan.clone(),
                 };
-                self.run_plan(plan).await
+                let output = self.run_plan(plan).await?;
+                Ok(match (&prepared.names, output) {
+                    (Some(names), Output::Rows(rows)) => Output::Rows(renamed_rows(rows, names.clone())),
+                    (_, output) => output,
+                })
             }
             Action::CreateTable(create) => {
                 self.create_external_table((**create).clone(), true).await?;
@@ -1220,6 +1325,7 @@ impl Session {
             }
             Action::SetVar { name, value } => {
                 self.set_var(name, value)?;
+                self.register_session_functions();
                 Ok(Output::Command {
                     tag: "SET".into(),
                     rows: None,
@@ -1280,6 +1386,10 @@ impl Session {
                 copy: *copy,
             }),
             Action::TransactionStart => Ok(Output::TransactionStart),
+            Action::Accepted { tag } => Ok(Output::Command {
+                tag: (*tag).into(),
+                rows: None,
+            }),
             Action::TransactionEnd { rollback } => Ok(Output::TransactionEnd { rollback: *rollback }),
         }
     }

@@ -22,6 +22,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
     ColumnarValue, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TypeSignature, Volatility,
 };
 
 /// Postgres' `to_char` templates on top of DataFusion's.
@@ -209,6 +210,308 @@ impl ScalarUDFImpl for Mod {
             Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
         } else {
             Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
+/// A function without arguments whose value is fixed when it is
+/// registered: `version()`, and per session `current_user` (also
+/// `session_user`, `user`) once the server says who logged in.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FixedText {
+    name: String,
+    aliases: Vec<String>,
+    value: String,
+    signature: Signature,
+}
+
+impl FixedText {
+    pub fn udf(name: &str, aliases: &[&str], value: String) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            name: name.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            value,
+            signature: Signature::nullary(Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for FixedText {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(self.value.clone()))))
+    }
+}
+
+/// `version()` as Postgres clients parse it (`PostgreSQL <major>.<minor>
+/// ...`: SQLAlchemy, pgjdbc and others read the server's version from it),
+/// naming Sluice after it.
+pub fn postgres_version(server_version: &str) -> String {
+    format!(
+        "PostgreSQL {server_version} (Sluice {}) on {}-{}, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+}
+
+/// `current_setting(name [, missing_ok])`: a session setting's value, as
+/// `SHOW name` gives it. The settings are the session's when the function
+/// was registered (the session registers it again at every `SET`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CurrentSetting {
+    settings: std::collections::BTreeMap<String, String>,
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    pub fn udf(settings: std::collections::BTreeMap<String, String>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            settings,
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Utf8]),
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+                ],
+                Volatility::Stable,
+            ),
+        })
+    }
+
+    fn lookup(&self, name: Option<&str>, missing_ok: bool) -> Result<Option<String>> {
+        let Some(name) = name else { return Ok(None) };
+        match self.settings.get(&name.to_ascii_lowercase()) {
+            Some(v) => Ok(Some(v.clone())),
+            None if missing_ok => Ok(None),
+            None => datafusion::common::plan_err!("unrecognized configuration parameter \"{name}\""),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let missing_ok = match args.args.get(1) {
+            Some(ColumnarValue::Scalar(ScalarValue::Boolean(b))) => b.unwrap_or(false),
+            Some(_) => {
+                return datafusion::common::exec_err!("current_setting: missing_ok must be a constant");
+            }
+            None => false,
+        };
+        match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(name)) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(
+                self.lookup(name.as_deref(), missing_ok)?,
+            ))),
+            ColumnarValue::Array(a) => {
+                let names = a.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("current_setting of non-text".into())
+                })?;
+                let values = names
+                    .iter()
+                    .map(|n| self.lookup(n, missing_ok))
+                    .collect::<Result<StringArray>>()?;
+                Ok(ColumnarValue::Array(Arc::new(values)))
+            }
+            other => datafusion::common::exec_err!("current_setting of {}", other.data_type()),
+        }
+    }
+}
+
+/// `pg_typeof(x)`: the Postgres name of its argument's type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgTypeof {
+    signature: Signature,
+}
+
+impl PgTypeof {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let t = args.arg_fields[0].data_type();
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            postgres_type_name(t),
+        ))))
+    }
+}
+
+/// The Postgres name of the type an Arrow type stands for.
+pub fn postgres_type_name(t: &DataType) -> String {
+    let name = match t {
+        DataType::Null => "unknown",
+        DataType::Boolean => "boolean",
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
+        DataType::Int32 | DataType::UInt16 => "integer",
+        DataType::Int64 | DataType::UInt32 => "bigint",
+        DataType::UInt64 | DataType::Decimal32(..) | DataType::Decimal64(..) => "numeric",
+        DataType::Decimal128(..) | DataType::Decimal256(..) => "numeric",
+        DataType::Float16 | DataType::Float32 => "real",
+        DataType::Float64 => "double precision",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            "bytea"
+        }
+        DataType::Date32 | DataType::Date64 => "date",
+        DataType::Time32(_) | DataType::Time64(_) => "time without time zone",
+        DataType::Timestamp(_, None) => "timestamp without time zone",
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
+        DataType::Interval(_) | DataType::Duration(_) => "interval",
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::FixedSizeList(f, _) => {
+            return format!("{}[]", postgres_type_name(f.data_type()));
+        }
+        DataType::Struct(_) => "record",
+        DataType::Dictionary(_, v) => return postgres_type_name(v),
+        _ => "unknown",
+    };
+    name.to_string()
+}
+
+/// `to_regtype(name)`: the OID of the type a name stands for (with the
+/// usual spellings and `[]` for arrays), NULL for a type Sluice does not
+/// have. psycopg's `TypeInfo.fetch` (run by SQLAlchemy at connect) looks
+/// types up with it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ToRegtype {
+    signature: Signature,
+}
+
+impl ToRegtype {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Stable),
+        })
+    }
+}
+
+/// The OID of a Postgres type name, for the types Sluice has.
+pub fn type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().trim_matches('"').to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    if let Some(element) = name.strip_suffix("[]") {
+        let oid = match type_oid(element)? {
+            16 => 1000,
+            17 => 1001,
+            20 => 1016,
+            21 => 1005,
+            23 => 1007,
+            25 => 1009,
+            114 => 199,
+            700 => 1021,
+            701 => 1022,
+            1042 => 1014,
+            1043 => 1015,
+            1082 => 1182,
+            1083 => 1183,
+            1114 => 1115,
+            1184 => 1185,
+            1186 => 1187,
+            1700 => 1231,
+            2950 => 2951,
+            3802 => 3807,
+            _ => return None,
+        };
+        return Some(oid);
+    }
+    Some(match name {
+        "boolean" | "bool" => 16,
+        "bytea" => 17,
+        "name" => 19,
+        "bigint" | "int8" => 20,
+        "smallint" | "int2" => 21,
+        "integer" | "int" | "int4" => 23,
+        "text" => 25,
+        "oid" => 26,
+        "json" => 114,
+        "real" | "float4" => 700,
+        "double precision" | "float8" => 701,
+        "character" | "char" | "bpchar" => 1042,
+        "character varying" | "varchar" => 1043,
+        "date" => 1082,
+        "time" | "time without time zone" => 1083,
+        "timestamp" | "timestamp without time zone" => 1114,
+        "timestamptz" | "timestamp with time zone" => 1184,
+        "interval" => 1186,
+        "numeric" | "decimal" => 1700,
+        "regclass" => 2205,
+        "regtype" => 2206,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        _ => return None,
+    })
+}
+
+impl ScalarUDFImpl for ToRegtype {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(name)) => Ok(ColumnarValue::Scalar(ScalarValue::Int32(
+                name.as_deref().and_then(type_oid),
+            ))),
+            ColumnarValue::Array(a) => {
+                let names = a.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal("to_regtype of non-text".into())
+                })?;
+                let oids: arrow::array::Int32Array = names.iter().map(|n| n.and_then(type_oid)).collect();
+                Ok(ColumnarValue::Array(Arc::new(oids)))
+            }
+            other => datafusion::common::exec_err!("to_regtype of {}", other.data_type()),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod colnames;
 pub mod compute;
 mod engine;
 pub mod error;

@@ -604,6 +604,47 @@ impl StatementParser {
     }
 }
 
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
+}
+
+/// Casts decoded parameters to the NUMERIC types the plan inferred for
+/// them (see `do_query`).
+fn cast_parameters(
+    params: sluice_engine::datafusion::common::ParamValues,
+    types: &[Option<DataType>],
+) -> PgWireResult<sluice_engine::datafusion::common::ParamValues> {
+    use sluice_engine::datafusion::common::ParamValues;
+    let ParamValues::List(values) = params else {
+        return Ok(params);
+    };
+    let values = values
+        .into_iter()
+        .zip(types.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(mut v, t)| {
+            if let Some(Some(t)) = t
+                && is_decimal(t)
+                && v.value.data_type() != *t
+            {
+                v.value = v.value.cast_to(t).map_err(|e| {
+                    pg_error(
+                        ErrorKind::InvalidParameter,
+                        format!("parameter {} cannot be read as {t}: {e}", v.value),
+                    )
+                })?;
+            }
+            Ok(v)
+        })
+        .collect::<PgWireResult<Vec<_>>>()?;
+    Ok(ParamValues::List(values))
+}
+
 fn pg_type_of(dt: Option<&DataType>) -> Type {
     dt.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::UNKNOWN)
 }
@@ -800,8 +841,14 @@ impl ExtendedQueryHandler for ConnectionHandler {
         let params = if portal.parameters.is_empty() {
             None
         } else {
-            let refs: Vec<Option<&DataType>> = types.iter().map(|t| t.as_ref()).collect();
-            Some(deserialize_parameters(portal, &refs)?)
+            // arrow-pg decodes by the client's type and coerces integers to
+            // the inferred type, but not to NUMERIC: decode those as sent
+            // and cast here (an int or float parameter against a NUMERIC).
+            let refs: Vec<Option<&DataType>> = types
+                .iter()
+                .map(|t| t.as_ref().filter(|t| !is_decimal(t)))
+                .collect();
+            Some(cast_parameters(deserialize_parameters(portal, &refs)?, &types)?)
         };
         let deadline = if prepared.is_subscribe() {
             None

@@ -11,7 +11,9 @@
 //! Floats in text are written as Postgres writes them with its default
 //! `extra_float_digits = 1`: the shortest digits that read back to the same
 //! value, `1e+20` style beyond 15 (float8) or 6 (float4) integer digits or
-//! below 1e-4, `Infinity`, `-Infinity`, `NaN`, `-0`.
+//! below 1e-4, `Infinity`, `-Infinity`, `NaN`, `-0`. Timestamps in text
+//! are written as Postgres writes them: no trailing fractional zeros, the
+//! offset as `+00` or `+05:30`.
 
 use std::sync::Arc;
 
@@ -23,14 +25,16 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::types::ToSqlText;
 use postgres_types::{IsNull, ToSql};
+use sluice_engine::datafusion::arrow::array::timezone::Tz;
 use sluice_engine::datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, GenericStringArray, PrimitiveArray, RecordBatch, StringViewArray,
 };
-use sluice_engine::datafusion::arrow::compute::cast;
+use sluice_engine::datafusion::arrow::compute::{cast, max, min};
 use sluice_engine::datafusion::arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
-    UInt8Type, UInt16Type, UInt32Type,
+    Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, UInt8Type, UInt16Type, UInt32Type,
 };
+use sluice_engine::datafusion::arrow::temporal_conversions::{as_datetime, as_datetime_with_timezone};
 
 /// How one column's cells are written.
 enum Column<'a> {
@@ -47,6 +51,10 @@ enum Column<'a> {
     Str(&'a GenericStringArray<i32>),
     LargeStr(&'a GenericStringArray<i64>),
     View(&'a StringViewArray),
+    /// A timestamp in text: microseconds, and the zone for `timestamptz`.
+    Ts(PrimitiveArray<TimestampMicrosecondType>, Option<Tz>),
+    /// A time of day in text, microseconds since midnight.
+    Time(PrimitiveArray<Time64MicrosecondType>),
     /// Through arrow-pg, a cell at a time.
     Other(&'a ArrayRef, &'a Field),
 }
@@ -154,8 +162,85 @@ fn column<'a>(array: &'a ArrayRef, field: &'a Field, info: &FieldInfo) -> Column
         DataType::Utf8 => Column::Str(array.as_string()),
         DataType::LargeUtf8 => Column::LargeStr(array.as_string()),
         DataType::Utf8View => Column::View(array.as_string_view()),
+        DataType::Timestamp(_, tz) if text => timestamps(array, tz.as_deref()).unwrap_or(other),
+        DataType::Time32(_) | DataType::Time64(_) if text => {
+            match cast(array, &DataType::Time64(TimeUnit::Microsecond)) {
+                Ok(a) => Column::Time(a.as_primitive::<Time64MicrosecondType>().clone()),
+                Err(_) => other,
+            }
+        }
         _ => other,
     }
+}
+
+/// Microseconds of 0001-01-01 and of the end of 9999-12-31 since 1970.
+const FIRST_MICROS: i64 = -62_135_596_800_000_000;
+const END_MICROS: i64 = 253_402_300_800_000_000;
+
+/// A timestamp column for the text path, None where arrow-pg's path is
+/// kept: a zone that does not parse, or a year outside 1-9999 (Postgres
+/// writes those as `10000-...` and `... BC`).
+fn timestamps<'a>(array: &'a ArrayRef, tz: Option<&str>) -> Option<Column<'a>> {
+    let zone = match tz {
+        Some(tz) => Some(tz.parse::<Tz>().ok()?),
+        None => None,
+    };
+    let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None)).ok()?;
+    let micros = micros.as_primitive::<TimestampMicrosecondType>().clone();
+    // Shifted to local time, a value may cross a year boundary: a day of
+    // margin on both ends.
+    let day = 86_400_000_000;
+    let within = |v: Option<i64>| v.is_none_or(|v| (FIRST_MICROS + day..END_MICROS - day).contains(&v));
+    (within(min(&micros)) && within(max(&micros))).then_some(Column::Ts(micros, zone))
+}
+
+/// Drops trailing zeros of a fraction (and its point when nothing is left).
+fn trim_fraction(text: &mut String) {
+    if text.contains('.') {
+        let trimmed = text.trim_end_matches('0').trim_end_matches('.').len();
+        text.truncate(trimmed);
+    }
+}
+
+/// A time of day as Postgres writes it in text: `13:45:07`, `13:45:07.25`.
+fn put_time_text(buf: &mut BytesMut, micros: i64) {
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let mut text = format!(
+        "{:02}:{:02}:{:02}.{frac:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    trim_fraction(&mut text);
+    put_value(buf, text.as_bytes());
+}
+
+/// A timestamp as Postgres writes it in text: `2026-12-05 20:16:37.691`
+/// (fractional digits without trailing zeros, none for a whole second),
+/// and for `timestamptz` the offset, `+00` or `+05:30`.
+fn put_timestamp_text(buf: &mut BytesMut, micros: i64, zone: Option<&Tz>) {
+    let mut text = match zone {
+        Some(zone) => match as_datetime_with_timezone::<TimestampMicrosecondType>(micros, *zone) {
+            Some(t) => t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string(),
+            None => return buf.put_i32(-1),
+        },
+        None => match as_datetime::<TimestampMicrosecondType>(micros) {
+            Some(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            None => return buf.put_i32(-1),
+        },
+    };
+    // "...SS.ffffff" then, for a zone, "+HH:MM".
+    let (mut stamp, offset) = match zone {
+        Some(_) => {
+            let offset = text.split_off(text.len() - 6);
+            let offset = offset.strip_suffix(":00").map(str::to_string).unwrap_or(offset);
+            (text, offset)
+        }
+        None => (text, String::new()),
+    };
+    trim_fraction(&mut stamp);
+    stamp.push_str(&offset);
+    put_value(buf, stamp.as_bytes());
 }
 
 /// Writes a cell's 4-byte length and its bytes (or -1 for NULL).
@@ -250,6 +335,20 @@ fn write_cell(
         Column::Str(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
         Column::LargeStr(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
         Column::View(a) => put_opt(buf, a.is_valid(row).then(|| a.value(row).as_bytes())),
+        Column::Time(a) => {
+            if a.is_null(row) {
+                buf.put_i32(-1);
+            } else {
+                put_time_text(buf, a.value(row));
+            }
+        }
+        Column::Ts(a, zone) => {
+            if a.is_null(row) {
+                buf.put_i32(-1);
+            } else {
+                put_timestamp_text(buf, a.value(row), zone.as_ref());
+            }
+        }
         Column::Other(array, field) => {
             encode_value(fallback, array, row, field, info)?;
             buf.put_slice(&fallback.buf.split());
@@ -457,5 +556,28 @@ mod tests {
         assert_eq!(text4(1000000.0), "1e+06");
         assert_eq!(text4(0.1), "0.1");
         assert_eq!(text4(3.4028235e38), "3.4028235e+38");
+    }
+
+    /// What Postgres 15 prints for these timestamps and timestamptz
+    /// values (TimeZone UTC, and Asia/Kolkata for the half-hour offset).
+    #[test]
+    fn timestamps_print_as_postgres_prints_them() {
+        let ts = |micros: i64, zone: Option<&str>| {
+            let zone = zone.map(|z| z.parse::<Tz>().unwrap());
+            cell(|b| put_timestamp_text(b, micros, zone.as_ref()))
+        };
+        // 2026-12-05 20:16:37.691 UTC
+        let t = 1_796_501_797_691_000;
+        assert_eq!(ts(t, None), "2026-12-05 20:16:37.691");
+        assert_eq!(ts(t - 691_000, None), "2026-12-05 20:16:37");
+        assert_eq!(ts(t + 1, None), "2026-12-05 20:16:37.691001");
+        assert_eq!(ts(t, Some("+00:00")), "2026-12-05 20:16:37.691+00");
+        assert_eq!(ts(t, Some("UTC")), "2026-12-05 20:16:37.691+00");
+        assert_eq!(ts(t, Some("Asia/Kolkata")), "2026-12-06 01:46:37.691+05:30");
+        assert_eq!(ts(-1, None), "1969-12-31 23:59:59.999999");
+        let time = |micros| cell(|b| put_time_text(b, micros));
+        assert_eq!(time(49_507_000_000), "13:45:07");
+        assert_eq!(time(49_507_250_000), "13:45:07.25");
+        assert_eq!(time(0), "00:00:00");
     }
 }

@@ -23,10 +23,10 @@ fn query_with_aligned_output() {
     let (_dir, p) = setup();
     let out = p.psql(&["-c", "SELECT dt, count(*) AS n, avg(fare) AS avg_fare FROM trips WHERE dt >= '2026-11-01' GROUP BY dt ORDER BY dt"]);
     let expected = concat!(
-        "     dt     | n | avg_fare \n",
-        "------------+---+----------\n",
-        " 2026-11-01 | 2 |    15.25\n",
-        " 2026-11-02 | 1 |     7.25\n",
+        "     dt     | n | avg_fare  \n",
+        "------------+---+-----------\n",
+        " 2026-11-01 | 2 | 15.250000\n",
+        " 2026-11-02 | 1 |  7.250000\n",
         "(2 rows)\n",
         "\n",
     );

@@ -29,7 +29,7 @@ fn tables_survive_kill_9() {
         "-c",
         "SELECT count(*), sum(fare) FROM trips WHERE dt = '2026-11-01'",
     ]);
-    assert_eq!(out.trim(), "2|30.5");
+    assert_eq!(out.trim(), "2|30.50");
     let out = p.psql(&["-tA", "-c", "SHOW TABLES"]);
     assert_eq!(out.trim(), "trips|table", "a dropped table must stay dropped");
 

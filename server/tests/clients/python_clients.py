@@ -1,0 +1,140 @@
+"""Postgres client libraries against a running Sluice, as their users use them.
+
+Run by server/tests/clients.rs with the venv scripts/infra/clients.sh makes:
+    python python_clients.py <port> <table dir>
+Every check runs; the script prints each result and exits non-zero when any
+check failed, naming it.
+"""
+import asyncio
+import decimal
+import sys
+import traceback
+
+PORT = int(sys.argv[1])
+TABLE_DIR = sys.argv[2]
+DSN = f"host=127.0.0.1 port={PORT} user=sluice password=sluice dbname=sluice"
+URL = f"sluice:sluice@127.0.0.1:{PORT}/sluice"
+
+failed = []
+
+
+def check(name):
+    def run(f):
+        try:
+            f()
+            print(f"ok   {name}")
+        except Exception:
+            failed.append(name)
+            print(f"FAIL {name}")
+            traceback.print_exc(file=sys.stdout)
+        return f
+
+    return run
+
+
+def eq(got, want):
+    assert got == want, f"got {got!r}, want {want!r}"
+
+
+import psycopg  # noqa: E402
+
+
+@check("psycopg: decimal literals are exact NUMERIC")
+def _():
+    with psycopg.connect(DSN) as c:
+        eq(c.execute("SELECT 0.1 + 0.2, 0.908 * 1000").fetchone(), (decimal.Decimal("0.3"), decimal.Decimal("908.000")))
+        eq(c.execute("SELECT pg_typeof(0.5)").fetchone()[0], "numeric")
+
+
+setup = psycopg.connect(DSN, autocommit=True)
+setup.execute(
+    f"CREATE EXTERNAL TABLE trips STORED AS PARQUET PARTITIONED BY (dt) LOCATION '{TABLE_DIR}/'"
+)
+
+
+@check("psycopg: version() reads as a Postgres version")
+def _():
+    with psycopg.connect(DSN) as c:
+        v = c.execute("SELECT version()").fetchone()[0]
+        assert v.startswith("PostgreSQL 15.0 (Sluice "), v
+        eq(c.info.server_version, 150000)
+
+
+@check("psycopg: SHOW TRANSACTION ISOLATION LEVEL, current_setting, current_user")
+def _():
+    with psycopg.connect(DSN) as c:
+        eq(c.execute("SHOW TRANSACTION ISOLATION LEVEL").fetchone()[0], "read committed")
+        eq(c.execute("SELECT current_setting('server_version_num')").fetchone()[0], "150000")
+        c.execute("SET application_name = 'clients-test'")
+        eq(c.execute("SELECT current_setting('application_name')").fetchone()[0], "clients-test")
+        eq(c.execute("SELECT current_user").fetchone()[0], "sluice")
+        eq(c.execute("SELECT session_user").fetchone()[0], "sluice")
+
+
+@check("psycopg: unaliased columns are named as Postgres names them")
+def _():
+    with psycopg.connect(DSN) as c:
+        cur = c.execute("SELECT count(*), avg(fare), 1, dt, 'x'::text FROM trips GROUP BY dt ORDER BY dt")
+        eq([d.name for d in cur.description], ["count", "avg", "?column?", "dt", "text"])
+        eq(cur.fetchone()[0], 2)
+
+
+@check("psycopg: pg_typeof and gen_random_uuid")
+def _():
+    with psycopg.connect(DSN) as c:
+        eq(c.execute("SELECT pg_typeof(1), pg_typeof('a'::text), pg_typeof(now())").fetchone(),
+           ("bigint", "text", "timestamp with time zone"))
+        u = c.execute("SELECT gen_random_uuid()").fetchone()[0]
+        assert len(str(u)) == 36, u
+
+
+import sqlalchemy as sa  # noqa: E402
+
+for driver in ["psycopg", "psycopg2"]:
+
+    @check(f"SQLAlchemy ({driver}): connect, Core query, text query")
+    def _():
+        engine = sa.create_engine(f"postgresql+{driver}://{URL}")
+        with engine.connect() as conn:
+            eq(conn.dialect.server_version_info[:2], (15, 0))
+            rows = conn.execute(sa.text("SELECT dt, count(*) AS n FROM trips GROUP BY dt ORDER BY dt")).all()
+            eq([(str(r.dt), r.n) for r in rows], [("2026-11-01", 2), ("2026-11-02", 1)])
+            # An int and a float parameter against a NUMERIC column.
+            for f in [10, 10.0]:
+                row = conn.execute(sa.text("SELECT count(*) FROM trips WHERE fare > :f"), {"f": f}).mappings().one()
+                eq(dict(row), {"count": 2})
+        engine.dispose()
+
+
+import pandas as pd  # noqa: E402
+
+
+@check("pandas: read_sql through a SQLAlchemy engine")
+def _():
+    engine = sa.create_engine(f"postgresql+psycopg://{URL}")
+    df = pd.read_sql("SELECT dt, count(*), sum(fare) FROM trips GROUP BY dt ORDER BY dt", engine)
+    eq(list(df.columns), ["dt", "count", "sum"])
+    eq(int(df["count"].sum()), 3)
+    engine.dispose()
+
+
+import asyncpg  # noqa: E402
+
+
+@check("asyncpg: connect, query, a typed parameter")
+def _():
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=PORT, user="sluice", password="sluice", database="sluice")
+        try:
+            rows = await c.fetch("SELECT dt, count(*) FROM trips GROUP BY dt ORDER BY dt")
+            eq([r["count"] for r in rows], [2, 1])
+            eq(await c.fetchval("SELECT count(*) FROM trips WHERE id > $1", 1), 2)
+        finally:
+            await c.close()
+
+    asyncio.run(go())
+
+
+setup.close()
+print(f"{len(failed)} failed" + (": " + "; ".join(failed) if failed else ""))
+sys.exit(1 if failed else 0)
