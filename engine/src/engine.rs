@@ -220,6 +220,10 @@ impl Engine {
         template.register_udf(crate::functions::Mod::udf());
         template.register_udf(crate::functions::PgTypeof::udf());
         template.register_udf(crate::functions::ToRegtype::udf());
+        template.register_udf(crate::functions::JsonBuildObject::udf());
+        for f in crate::functions::FixedAnswer::udfs() {
+            template.register_udf(f);
+        }
         template.register_udf(
             datafusion::functions::string::uuid()
                 .as_ref()

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::error::Result;
@@ -512,6 +512,167 @@ impl ScalarUDFImpl for ToRegtype {
                 Ok(ColumnarValue::Array(Arc::new(oids)))
             }
             other => datafusion::common::exec_err!("to_regtype of {}", other.data_type()),
+        }
+    }
+}
+
+/// A catalog function with one answer in Sluice, whatever its arguments:
+/// NULL for `pg_get_serial_sequence(table, column)` (no sequences),
+/// `obj_description(oid [, catalog])` and `col_description(oid, column)`
+/// (no comments); true for `pg_collation_is_visible(oid)`. Clients call
+/// them while reading a table's columns (SQLAlchemy's
+/// `inspect().get_columns`, pgAdmin, DBeaver).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FixedAnswer {
+    name: String,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl FixedAnswer {
+    pub fn udfs() -> Vec<ScalarUDF> {
+        let null = ScalarValue::Utf8(None);
+        [
+            ("pg_get_serial_sequence", vec![2], null.clone()),
+            ("obj_description", vec![1, 2], null.clone()),
+            ("col_description", vec![2], null),
+            (
+                "pg_collation_is_visible",
+                vec![1],
+                ScalarValue::Boolean(Some(true)),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, arities, value)| {
+            ScalarUDF::new_from_impl(Self {
+                name: name.into(),
+                value,
+                signature: Signature::one_of(
+                    arities.into_iter().map(TypeSignature::Any).collect(),
+                    Volatility::Stable,
+                ),
+            })
+        })
+        .collect()
+    }
+}
+
+impl ScalarUDFImpl for FixedAnswer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object from key/value pairs,
+/// as text (SQLAlchemy's column reflection builds identity options with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        })
+    }
+}
+
+/// A scalar as a JSON value.
+fn json_value(v: &ScalarValue, out: &mut String) {
+    use std::fmt::Write as _;
+    if v.is_null() {
+        out.push_str("null");
+        return;
+    }
+    match v {
+        ScalarValue::Boolean(Some(b)) => out.push_str(if *b { "true" } else { "false" }),
+        v if v.data_type().is_numeric() => {
+            let _ = write!(out, "{v}");
+        }
+        v => json_string(&v.to_string(), out),
+    }
+}
+
+fn json_string(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if !arg_types.len().is_multiple_of(2) {
+            return datafusion::common::plan_err!(
+                "json_build_object takes key/value pairs: an even number of arguments"
+            );
+        }
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let mut text = String::from("{");
+            for (i, pair) in arrays.chunks(2).enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return datafusion::common::exec_err!("json_build_object: a key is NULL");
+                }
+                json_string(&key.to_string(), &mut text);
+                text.push_str(" : ");
+                json_value(&ScalarValue::try_from_array(&pair[1], row)?, &mut text);
+            }
+            text.push('}');
+            out.push(text);
+        }
+        let array: ArrayRef = Arc::new(StringArray::from(out));
+        if args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(array))
         }
     }
 }
