@@ -315,6 +315,72 @@ async fn read_topic(
     out
 }
 
+/// The partition count of `topic`, from the broker's metadata.
+fn partitions_of(topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0].partitions().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_missing_topic_is_created_with_the_partitions_asked_for() {
+    let id = std::process::id();
+    let (src, out) = (format!("cs-{id}"), format!("created-{id}"));
+    create_topic(&src, 1).await;
+    let n = 100i64;
+    produce(&src, &(0..n).map(|i| (0, click(i))).collect::<Vec<_>>()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = kafka_engine(dir.path(), 1, None).await;
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT) \
+             WITH (connector = 'kafka', topic = '{src}', 'properties.bootstrap.servers' = '{b}')"
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE SINK bad WITH (connector = 'kafka', topic = '{out}', 'properties.bootstrap.servers' = '{b}', \
+             'topic.partitions' = '0') AS SELECT user_id, page FROM clicks"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("'topic.partitions' must be"), "{err}");
+    exec(
+        &mut s,
+        &format!(
+            "CREATE SINK copied WITH (connector = 'kafka', topic = '{out}', 'properties.bootstrap.servers' = '{b}', \
+             'topic.partitions' = '3') AS SELECT user_id, page FROM clicks"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(partitions_of(&out), 3);
+    let rows = read_topic(&out, 3, |r| r.len() >= n as usize).await;
+    let mut users: Vec<i64> = rows
+        .iter()
+        .map(|(_, v)| {
+            let v: serde_json::Value = serde_json::from_str(v.as_deref().unwrap()).unwrap();
+            v["user_id"].as_i64().unwrap()
+        })
+        .collect();
+    users.sort();
+    let mut want: Vec<i64> = (0..n).map(|i| i % 50).collect();
+    want.sort();
+    assert_eq!(users, want, "every row once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sinks_append_windows_and_upsert_updating_results() {
     let id = std::process::id();

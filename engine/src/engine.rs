@@ -361,6 +361,7 @@ impl Engine {
             vars,
             user: "sluice".into(),
             superuser: true,
+            cursors: HashMap::new(),
         };
         session.register_session_functions();
         session
@@ -476,6 +477,12 @@ pub enum Output {
         rows: SendableRecordBatchStream,
         copy: bool,
     },
+    /// `COPY ... TO STDOUT`: rows for the client in COPY's text or CSV
+    /// format.
+    CopyOut {
+        rows: SendableRecordBatchStream,
+        options: crate::parser::CopyOptions,
+    },
     /// A command that returns no rows, with its completion tag (`CREATE
     /// TABLE`, `SET`, ...) and, for DML, the row count.
     Command { tag: String, rows: Option<usize> },
@@ -490,6 +497,7 @@ impl std::fmt::Debug for Output {
         match self {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
             Output::Subscribe { rows, copy } => write!(f, "Subscribe({:?}, copy={copy})", rows.schema()),
+            Output::CopyOut { rows, .. } => write!(f, "CopyOut({:?})", rows.schema()),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::TransactionStart => write!(f, "TransactionStart"),
             Output::TransactionEnd { rollback } => write!(f, "TransactionEnd({rollback})"),
@@ -583,6 +591,30 @@ enum Action {
         if_exists: bool,
     },
     ShowSecrets,
+    /// `COPY (query) TO STDOUT`: the query's rows in COPY's format.
+    CopyOut {
+        plan: LogicalPlan,
+        options: crate::parser::CopyOptions,
+    },
+    /// `DECLARE name CURSOR [WITH HOLD] FOR query`.
+    DeclareCursor {
+        name: String,
+        plan: LogicalPlan,
+        hold: bool,
+        /// The query's Postgres column names (see [`Prepared`]).
+        names: Option<Arc<[String]>>,
+    },
+    /// `FETCH [FORWARD] [n | ALL | NEXT] [FROM | IN] name`: the next rows
+    /// (`count` None: all that are left), with the cursor's row schema.
+    Fetch {
+        name: String,
+        count: Option<usize>,
+        schema: SchemaRef,
+    },
+    /// `CLOSE name` (None: `CLOSE ALL`).
+    CloseCursor {
+        name: Option<String>,
+    },
     /// A statement accepted with nothing to do (`SAVEPOINT`, `RELEASE`,
     /// `ROLLBACK TO`: Sluice's transactions hold no changes to undo),
     /// answered with its tag.
@@ -622,6 +654,10 @@ impl Action {
             | Action::ShowVar { .. }
             | Action::TransactionStart
             | Action::TransactionEnd { .. }
+            | Action::CopyOut { .. }
+            | Action::DeclareCursor { .. }
+            | Action::Fetch { .. }
+            | Action::CloseCursor { .. }
             | Action::Accepted { .. } => None,
         }
     }
@@ -651,6 +687,7 @@ impl Prepared {
             Action::ShowCheckpoints => Some(crate::jobs::show_checkpoints_schema()),
             Action::ExplainJob { .. } => Some(crate::jobs::explain_schema()),
             Action::Subscribe { schema, .. } => Some(schema.clone()),
+            Action::Fetch { schema, .. } => Some(schema.clone()),
             _ => None,
         }
     }
@@ -682,6 +719,46 @@ impl Prepared {
             out[n - 1] = ty;
         }
         Ok(out)
+    }
+}
+
+/// A cursor's name as Postgres folds it: as written when quoted, else in
+/// lower case.
+fn cursor_name(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+fn no_cursor(name: &str) -> SluiceError {
+    SluiceError::new(
+        ErrorKind::InvalidCursorName,
+        format!("cursor \"{name}\" does not exist"),
+    )
+}
+
+/// How many rows a FETCH asks for (None: all that are left); cursors go
+/// forward only.
+fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
+    use ast::FetchDirection as D;
+    let number = |v: &ast::ValueWithSpan| -> Result<usize> {
+        match &v.value {
+            ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| {
+                SluiceError::invalid_parameter(format!("FETCH count {n}: a count of rows ahead"))
+            }),
+            other => Err(SluiceError::invalid_parameter(format!("FETCH count {other}"))),
+        }
+    };
+    match direction {
+        D::Next => Ok(Some(1)),
+        D::Count { limit } => number(limit).map(Some),
+        D::Forward { limit: Some(l) } => number(l).map(Some),
+        D::Forward { limit: None } => Ok(Some(1)),
+        D::All | D::ForwardAll => Ok(None),
+        other => Err(SluiceError::not_supported(format!(
+            "FETCH {other}: Sluice's cursors go forward only (FETCH [FORWARD] n | ALL | NEXT)"
+        ))),
     }
 }
 
@@ -749,6 +826,20 @@ pub struct Session {
     /// (the engine's own use and tests).
     user: String,
     superuser: bool,
+    /// Open cursors (`DECLARE ... CURSOR FOR query`), by name.
+    cursors: HashMap<String, Cursor>,
+}
+
+/// A cursor: its query's rows, read as FETCH asks for them.
+struct Cursor {
+    /// In a mutex only so that a session is `Sync`; FETCH reaches it
+    /// through `&mut` (`get_mut`), never by locking.
+    rows: std::sync::Mutex<SendableRecordBatchStream>,
+    schema: SchemaRef,
+    /// Rows of the last batch that a FETCH did not take.
+    pending: Option<RecordBatch>,
+    /// `WITH HOLD`: it outlives the transaction it was declared in.
+    hold: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -801,6 +892,11 @@ impl Session {
             &[],
             postgres_version(PG_SERVER_VERSION),
         ));
+    }
+
+    /// The row schema of the open cursor `name`.
+    pub fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.cursors.get(name).map(|c| c.schema.clone())
     }
 
     /// The session's `statement_timeout`, if one is set.
@@ -884,6 +980,18 @@ impl Session {
             Statement::Subscribe { target, copy } => {
                 let schema = self.subscribe_schema(&target).await?;
                 Action::Subscribe { target, copy, schema }
+            }
+            Statement::CopyOut { query, options } => {
+                let prepared = self
+                    .prepare_statement(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
+                    .await?;
+                let Action::Plan(plan) = prepared.action else {
+                    return Err(SluiceError::internal("COPY of a query that is not one"));
+                };
+                return Ok(Prepared {
+                    action: Action::CopyOut { plan, options },
+                    names: prepared.names,
+                });
             }
             Statement::Explain(inner) => match *inner {
                 Statement::CreateSink(create) => Action::ExplainJob {
@@ -973,6 +1081,23 @@ impl Session {
                 } => Action::Accepted { tag: "ROLLBACK" },
                 SqlStatement::Rollback { .. } => Action::TransactionEnd { rollback: true },
                 SqlStatement::Savepoint { .. } => Action::Accepted { tag: "SAVEPOINT" },
+                SqlStatement::Declare { stmts } => self.plan_declare(stmts).await?,
+                SqlStatement::Fetch { name, direction, .. } => {
+                    let name = cursor_name(&name);
+                    let count = fetch_count(&direction)?;
+                    let cursor = self.cursors.get(&name).ok_or_else(|| no_cursor(&name))?;
+                    Action::Fetch {
+                        schema: cursor.schema.clone(),
+                        name,
+                        count,
+                    }
+                }
+                SqlStatement::Close { cursor } => Action::CloseCursor {
+                    name: match cursor {
+                        ast::CloseCursor::All => None,
+                        ast::CloseCursor::Specific { name } => Some(cursor_name(&name)),
+                    },
+                },
                 SqlStatement::ReleaseSavepoint { .. } => Action::Accepted { tag: "RELEASE" },
                 SqlStatement::Set(set) => self.plan_set(set).await?,
                 SqlStatement::ShowVariable { variable } => {
@@ -1064,6 +1189,47 @@ impl Session {
             other => Action::Plan(self.ctx.state().statement_to_plan(other).await?),
         };
         Ok(Prepared { action, names: None })
+    }
+
+    /// `DECLARE name [BINARY] [NO SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
+    async fn plan_declare(&self, mut stmts: Vec<ast::Declare>) -> Result<Action> {
+        let refuse = |what: &str| {
+            SluiceError::not_supported(format!(
+                "DECLARE {what}: Sluice's cursors are forward-only query cursors"
+            ))
+        };
+        if stmts.len() != 1 {
+            return Err(refuse("of several names"));
+        }
+        let d = stmts.remove(0);
+        if d.declare_type != Some(ast::DeclareType::Cursor) || d.names.len() != 1 {
+            return Err(refuse("of a variable"));
+        }
+        if d.scroll == Some(true) {
+            return Err(refuse("SCROLL"));
+        }
+        let Some(query) = d.for_query else {
+            return Err(refuse("without FOR query"));
+        };
+        let name = cursor_name(&d.names[0]);
+        if self.cursors.contains_key(&name) {
+            return Err(SluiceError::new(
+                ErrorKind::DuplicateCursor,
+                format!("cursor \"{name}\" already exists"),
+            ));
+        }
+        let prepared =
+            Box::pin(self.prepare_statement(DFStatement::Statement(Box::new(SqlStatement::Query(query)))))
+                .await?;
+        let Action::Plan(plan) = prepared.action else {
+            return Err(SluiceError::internal("a cursor over a query that is not one"));
+        };
+        Ok(Action::DeclareCursor {
+            name,
+            plan,
+            hold: d.hold == Some(true),
+            names: prepared.names,
+        })
     }
 
     async fn plan_with_datafusion(&self, stmt: SqlStatement) -> Result<Action> {
@@ -1390,11 +1556,107 @@ impl Session {
                 copy: *copy,
             }),
             Action::TransactionStart => Ok(Output::TransactionStart),
+            Action::CopyOut { plan, options } => {
+                let plan = match params {
+                    Some(p) => plan.clone().with_param_values(p)?,
+                    None => plan.clone(),
+                };
+                let Output::Rows(rows) = self.run_plan(plan).await? else {
+                    return Err(SluiceError::internal("COPY of a query that returns no rows"));
+                };
+                let rows = match &prepared.names {
+                    Some(names) => renamed_rows(rows, names.clone()),
+                    None => rows,
+                };
+                Ok(Output::CopyOut {
+                    rows,
+                    options: options.clone(),
+                })
+            }
+            Action::DeclareCursor {
+                name,
+                plan,
+                hold,
+                names,
+            } => {
+                if self.cursors.contains_key(name) {
+                    return Err(SluiceError::new(
+                        ErrorKind::DuplicateCursor,
+                        format!("cursor \"{name}\" already exists"),
+                    ));
+                }
+                let Output::Rows(rows) = self.run_plan(plan.clone()).await? else {
+                    return Err(SluiceError::internal(
+                        "a cursor over a query that returns no rows",
+                    ));
+                };
+                let rows = match names {
+                    Some(names) => renamed_rows(rows, names.clone()),
+                    None => rows,
+                };
+                self.cursors.insert(
+                    name.clone(),
+                    Cursor {
+                        schema: rows.schema(),
+                        rows: std::sync::Mutex::new(rows),
+                        pending: None,
+                        hold: *hold,
+                    },
+                );
+                Ok(Output::Command {
+                    tag: "DECLARE CURSOR".into(),
+                    rows: None,
+                })
+            }
+            Action::Fetch { name, count, .. } => {
+                let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
+                let schema = cursor.schema.clone();
+                let rows = cursor.rows.get_mut().expect("cursor lock");
+                let mut want = count.unwrap_or(usize::MAX);
+                let mut batches = vec![];
+                while want > 0 {
+                    let batch = match cursor.pending.take() {
+                        Some(b) => b,
+                        None => match rows.next().await {
+                            Some(b) => b?,
+                            None => break,
+                        },
+                    };
+                    if batch.num_rows() > want {
+                        cursor.pending = Some(batch.slice(want, batch.num_rows() - want));
+                        batches.push(batch.slice(0, want));
+                        want = 0;
+                    } else {
+                        want -= batch.num_rows();
+                        batches.push(batch);
+                    }
+                }
+                let stream = futures::stream::iter(batches.into_iter().map(Ok));
+                Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
+                    schema, stream,
+                ))))
+            }
+            Action::CloseCursor { name } => {
+                match name {
+                    None => self.cursors.clear(),
+                    Some(name) => {
+                        self.cursors.remove(name).ok_or_else(|| no_cursor(name))?;
+                    }
+                }
+                Ok(Output::Command {
+                    tag: "CLOSE CURSOR".into(),
+                    rows: None,
+                })
+            }
             Action::Accepted { tag } => Ok(Output::Command {
                 tag: (*tag).into(),
                 rows: None,
             }),
-            Action::TransactionEnd { rollback } => Ok(Output::TransactionEnd { rollback: *rollback }),
+            Action::TransactionEnd { rollback } => {
+                // A cursor without HOLD ends with its transaction.
+                self.cursors.retain(|_, c| c.hold);
+                Ok(Output::TransactionEnd { rollback: *rollback })
+            }
         }
     }
 

@@ -49,6 +49,10 @@ pub enum ErrorKind {
     /// Not allowed: a local path outside the allowed directories, or one of
     /// Sluice's own files.
     InsufficientPrivilege,
+    /// FETCH or CLOSE of a cursor that is not open.
+    InvalidCursorName,
+    /// DECLARE of a cursor whose name is taken.
+    DuplicateCursor,
     /// A bug in Sluice or one of its libraries.
     Internal,
 }

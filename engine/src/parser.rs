@@ -68,6 +68,34 @@ pub enum Statement {
     /// `COPY (SUBSCRIBE ...) TO STDOUT` (`copy`), which psql prints as rows
     /// arrive.
     Subscribe { target: SubscribeTarget, copy: bool },
+    /// `COPY (query) TO STDOUT [WITH (...)]` or `COPY table TO STDOUT`
+    /// (`table` read as `SELECT * FROM table`): the rows in COPY's text or
+    /// CSV format (psql's `\copy ... to`).
+    CopyOut { query: Box<Query>, options: CopyOptions },
+}
+
+/// The options of a `COPY ... TO STDOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// CSV (else COPY's text format: tab-separated, `\N` for NULL).
+    pub csv: bool,
+    /// A first line naming the columns (CSV only, as in Postgres).
+    pub header: bool,
+    pub delimiter: char,
+    /// What a NULL is written as.
+    pub null: String,
+}
+
+impl CopyOptions {
+    /// COPY's text format: tab-separated, `\N` for NULL.
+    pub fn text() -> Self {
+        Self {
+            csv: false,
+            header: false,
+            delimiter: '\t',
+            null: "\\N".into(),
+        }
+    }
 }
 
 /// What `SUBSCRIBE` follows.
@@ -132,6 +160,7 @@ impl fmt::Display for Statement {
             Statement::ShowSecrets => write!(f, "SHOW SECRETS"),
             Statement::ShowCheckpoints => write!(f, "SHOW CHECKPOINTS"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
+            Statement::CopyOut { query, .. } => write!(f, "COPY ({query}) TO STDOUT"),
             Statement::Subscribe { target, copy } => {
                 let t = match target {
                     SubscribeTarget::View(n) => n.to_string(),
@@ -492,6 +521,7 @@ pub fn check_nesting(statement: &Statement) -> Result<()> {
             return check_nesting(&Statement::DataFusion((*explain.statement).clone()));
         }
         Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => c.query.visit(&mut depth),
+        Statement::CopyOut { query, .. } => query.visit(&mut depth),
         Statement::Subscribe {
             target: SubscribeTarget::Query(q),
             ..
@@ -610,6 +640,7 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
         Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => {
             visit_expressions_mut(c.query.as_mut(), rewrite)
         }
+        Statement::CopyOut { query, .. } => visit_expressions_mut(query.as_mut(), rewrite),
         Statement::Subscribe {
             target: SubscribeTarget::Query(q),
             ..
@@ -651,6 +682,24 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             expect_word(&mut df.parser, "TO")?;
             expect_word(&mut df.parser, "STDOUT")?;
             Statement::Subscribe { target, copy: true }
+        }
+        (Some("COPY"), _, _) if copies_to_stdout(&df.parser) => {
+            df.parser.next_token();
+            let query = if df.parser.consume_token(&Token::LParen) {
+                let q = df.parser.parse_query().map_err(syntax)?;
+                df.parser.expect_token(&Token::RParen).map_err(syntax)?;
+                q
+            } else {
+                let table = df.parser.parse_object_name(false).map_err(syntax)?;
+                let mut p = Parser::new(&PostgreSqlDialect {})
+                    .try_with_sql(&format!("SELECT * FROM {table}"))
+                    .map_err(syntax)?;
+                p.parse_query().map_err(syntax)?
+            };
+            expect_word(&mut df.parser, "TO")?;
+            expect_word(&mut df.parser, "STDOUT")?;
+            let options = parse_copy_options(&mut df.parser)?;
+            Statement::CopyOut { query, options }
         }
         (Some("CREATE"), Some("SINK"), _) => {
             df.parser.next_token();
@@ -778,6 +827,134 @@ fn parse_subscribe_target(parser: &mut Parser) -> Result<SubscribeTarget> {
             parser.parse_object_name(false).map_err(syntax)?,
         ))
     }
+}
+
+/// Whether the statement ahead is `COPY <table or (query)> TO STDOUT`
+/// (DataFusion's own COPY writes to a path or URL).
+fn copies_to_stdout(parser: &Parser) -> bool {
+    let mut n = 1;
+    if parser.peek_nth_token(n).token == Token::LParen {
+        let mut depth = 0usize;
+        loop {
+            match parser.peek_nth_token(n).token {
+                Token::LParen => depth += 1,
+                Token::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        n += 1;
+                        break;
+                    }
+                }
+                Token::EOF => return false,
+                _ => {}
+            }
+            n += 1;
+        }
+    } else {
+        // A (possibly qualified) table name.
+        loop {
+            match parser.peek_nth_token(n).token {
+                Token::Word(_) => n += 1,
+                _ => return false,
+            }
+            if parser.peek_nth_token(n).token == Token::Period {
+                n += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    peek_word(parser, n).as_deref() == Some("TO") && peek_word(parser, n + 1).as_deref() == Some("STDOUT")
+}
+
+/// `WITH (FORMAT csv, HEADER, DELIMITER ',', NULL '')` or the older
+/// `[WITH] CSV [HEADER]` / `DELIMITER [AS] 'x'` / `NULL [AS] 'x'` words.
+fn parse_copy_options(parser: &mut Parser) -> Result<CopyOptions> {
+    let mut o = CopyOptions::text();
+    let mut delimiter = None;
+    let mut null = None;
+    let bad = |what: String| SluiceError::new(ErrorKind::Syntax, what);
+    let string = |parser: &mut Parser| parser.parse_literal_string().map_err(syntax);
+    let boolean = |parser: &mut Parser| -> Result<bool> {
+        match peek_word(parser, 0).as_deref() {
+            Some("TRUE" | "ON" | "1") => {
+                parser.next_token();
+                Ok(true)
+            }
+            Some("FALSE" | "OFF" | "0") => {
+                parser.next_token();
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    };
+    let _ = parser.parse_keyword(Keyword::WITH);
+    let parenthesized = parser.consume_token(&Token::LParen);
+    while let Some(word) = peek_word(parser, 0) {
+        parser.next_token();
+        match word.as_str() {
+            "FORMAT" => {
+                let f = parser
+                    .parse_identifier()
+                    .map_err(syntax)?
+                    .value
+                    .to_ascii_lowercase();
+                match f.as_str() {
+                    "csv" => o.csv = true,
+                    "text" => o.csv = false,
+                    other => {
+                        return Err(SluiceError::not_supported(format!(
+                            "COPY format {other}: text and csv are"
+                        )));
+                    }
+                }
+            }
+            "CSV" => o.csv = true,
+            "HEADER" => o.header = boolean(parser)?,
+            "DELIMITER" => {
+                let _ = parser.parse_keyword(Keyword::AS);
+                let d = string(parser)?;
+                let mut chars = d.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => delimiter = Some(c),
+                    _ => {
+                        return Err(bad(format!(
+                            "COPY delimiter must be a single character, not '{d}'"
+                        )));
+                    }
+                }
+            }
+            "NULL" => {
+                let _ = parser.parse_keyword(Keyword::AS);
+                null = Some(string(parser)?);
+            }
+            other => {
+                return Err(bad(format!(
+                    "COPY option {other} is not supported (FORMAT, HEADER, DELIMITER, NULL are)"
+                )));
+            }
+        }
+        if !parser.consume_token(&Token::Comma) && parenthesized {
+            break;
+        }
+    }
+    if parenthesized {
+        parser.expect_token(&Token::RParen).map_err(syntax)?;
+    }
+    if o.csv {
+        o.delimiter = ',';
+        o.null = String::new();
+    }
+    if let Some(d) = delimiter {
+        o.delimiter = d;
+    }
+    if let Some(n) = null {
+        o.null = n;
+    }
+    if o.header && !o.csv {
+        return Err(bad("COPY HEADER is available only in CSV mode".into()));
+    }
+    Ok(o)
 }
 
 fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {

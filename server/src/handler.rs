@@ -17,10 +17,12 @@ use futures::SinkExt;
 use futures::{FutureExt, Sink, Stream, StreamExt};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{
-    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
-    send_ready_for_query,
+    ExtendedQueryHandler, SimpleQueryHandler, send_describe_response, send_execution_response,
+    send_query_response, send_ready_for_query,
 };
-use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, DescribeResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
@@ -31,11 +33,12 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::data::RowDescription;
-use pgwire::messages::extendedquery::{Bind, BindComplete, Execute};
+use pgwire::messages::extendedquery::{Bind, BindComplete, Describe, Execute, TARGET_TYPE_BYTE_PORTAL};
 use pgwire::messages::simplequery::Query;
 use sluice_engine::datafusion::arrow::datatypes::DataType;
 use sluice_engine::datafusion::sql::parser::Statement as DFStatement;
 use sluice_engine::datafusion::sql::sqlparser::ast;
+use sluice_engine::parser::CopyOptions;
 use sluice_engine::{ErrorKind, Output, Prepared, Session, SluiceError, Statement};
 use tokio::sync::Mutex;
 
@@ -100,9 +103,15 @@ impl SqlParser {
             // Sluice's parser refused it; the compatibility parser's token
             // rewrites may still make a client's query parse. Never for
             // CREATE: a malformed CREATE EXTERNAL TABLE would otherwise come
-            // back as a Hive-style CREATE TABLE with a misleading error.
+            // back as a Hive-style CREATE TABLE with a misleading error; nor
+            // for COPY, which Sluice's parser reads whole (its refusal names
+            // the option at fault).
             Err(e) => match self.compat.parse(sql) {
-                Ok(v) if !v.iter().any(|s| matches!(s, ast::Statement::CreateTable(_))) => {
+                Ok(v)
+                    if !v.iter().any(|s| {
+                        matches!(s, ast::Statement::CreateTable(_) | ast::Statement::Copy { .. })
+                    }) =>
+                {
                     Ok(v.into_iter().map(plain).collect())
                 }
                 _ => Err(e),
@@ -258,13 +267,42 @@ fn output_to_response(
             let rows = encode_rows(stream, encode_fields, cancel, None);
             if copy {
                 let columns = schema.fields().len();
-                let data = rows.map(|row| row.map(|r| CopyData::new(copy_text_line(&r))));
+                let text = CopyOptions::text();
+                let data = rows.map(move |row| row.map(|r| CopyData::new(copy_line(&r, &text))));
                 Response::CopyOut(CopyResponse::new(0, columns, data))
             } else {
                 let mut q = QueryResponse::new(fields, rows);
                 q.set_command_tag("SUBSCRIBE");
                 Response::Query(q)
             }
+        }
+        Output::CopyOut {
+            rows: stream,
+            options,
+        } => {
+            let schema = stream.schema();
+            let text_fields = Arc::new(pg_fields(&schema, &Format::UnifiedText)?);
+            let columns = schema.fields().len();
+            let rows = encode_rows(stream, text_fields, cancel, deadline);
+            // CSV's header line rides with the first row: pgwire counts
+            // CopyData messages for the `COPY n` tag.
+            let mut header = options.header.then(|| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                csv_header(&names, &options)
+            });
+            let lines = rows.map(move |row| {
+                row.map(|r| {
+                    let line = copy_line(&r, &options);
+                    match header.take() {
+                        Some(mut h) => {
+                            h.extend_from_slice(&line);
+                            CopyData::new(h.freeze())
+                        }
+                        None => CopyData::new(line),
+                    }
+                })
+            });
+            Response::CopyOut(CopyResponse::new(0, columns, lines))
         }
         Output::Command { tag, rows } => {
             let mut t = if tag == "INSERT" {
@@ -386,35 +424,80 @@ fn statement_timeout_error() -> PgWireError {
     )
 }
 
-/// A text-format DataRow as one line of `COPY ... TO STDOUT` text format:
-/// tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text_line(row: &DataRow) -> Bytes {
+/// A text-format DataRow as one line of `COPY ... TO STDOUT`: in text
+/// format delimiter-separated, the NULL string for NULL, backslash escapes;
+/// in CSV quoted where needed (a delimiter, quote, newline, or a value that
+/// reads as the NULL string), quotes doubled.
+fn copy_line(row: &DataRow, options: &CopyOptions) -> Bytes {
     let mut out = BytesMut::with_capacity(row.data.len() + 8);
     let mut data = &row.data[..];
+    let mut delimiter = [0u8; 4];
+    let delimiter = options.delimiter.encode_utf8(&mut delimiter).as_bytes();
     for i in 0..row.field_count {
         if i > 0 {
-            out.put_u8(b'\t');
+            out.put_slice(delimiter);
         }
         let len = i32::from_be_bytes([data[0], data[1], data[2], data[3]]);
         data = &data[4..];
         if len < 0 {
-            out.put_slice(b"\\N");
+            out.put_slice(options.null.as_bytes());
             continue;
         }
         let (value, rest) = data.split_at(len as usize);
         data = rest;
+        if options.csv {
+            put_csv_value(&mut out, value, delimiter, options);
+            continue;
+        }
         for &b in value {
             match b {
                 b'\\' => out.put_slice(b"\\\\"),
                 b'\n' => out.put_slice(b"\\n"),
                 b'\r' => out.put_slice(b"\\r"),
                 b'\t' => out.put_slice(b"\\t"),
+                b if delimiter == [b] => {
+                    out.put_u8(b'\\');
+                    out.put_u8(b);
+                }
                 other => out.put_u8(other),
             }
         }
     }
     out.put_u8(b'\n');
     out.freeze()
+}
+
+fn put_csv_value(out: &mut BytesMut, value: &[u8], delimiter: &[u8], options: &CopyOptions) {
+    let quote = value == options.null.as_bytes()
+        || value.windows(delimiter.len()).any(|w| w == delimiter)
+        || value.iter().any(|b| matches!(b, b'"' | b'\n' | b'\r'));
+    if !quote {
+        out.put_slice(value);
+        return;
+    }
+    out.put_u8(b'"');
+    for &b in value {
+        if b == b'"' {
+            out.put_u8(b'"');
+        }
+        out.put_u8(b);
+    }
+    out.put_u8(b'"');
+}
+
+/// CSV's header line: the column names.
+fn csv_header(names: &[&str], options: &CopyOptions) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut delimiter = [0u8; 4];
+    let delimiter = options.delimiter.encode_utf8(&mut delimiter).as_bytes();
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.put_slice(delimiter);
+        }
+        put_csv_value(&mut out, n.as_bytes(), delimiter, options);
+    }
+    out.put_u8(b'\n');
+    out
 }
 
 /// Sends a subscription's rows, flushing whenever the producer has nothing
@@ -702,6 +785,27 @@ impl ExtendedQueryHandler for ConnectionHandler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// A cursor opened by `DECLARE` is also a portal of the protocol, as in
+    /// Postgres: psycopg describes its named cursors that way.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if message.target_type == TARGET_TYPE_BYTE_PORTAL
+            && let Some(name) = message.name.as_deref()
+            && client.portal_store().get_portal(name).is_none()
+            && let Some(schema) = self.session.lock().await.cursor_schema(name)
+        {
+            let mut response = DescribePortalResponse::no_data();
+            response.fields = pg_fields(&schema, &Format::UnifiedText)?;
+            return send_describe_response(client, &response).await;
+        }
+        self._on_describe(client, message).await
     }
 
     /// pgwire's default Execute collects every row of an unlimited

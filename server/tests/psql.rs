@@ -118,3 +118,48 @@ fn wrong_password_is_refused() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn copy_to_stdout_in_text_and_csv_and_backslash_copy_to_a_file() {
+    let (dir, p) = setup();
+    // Text format: tabs, \N for NULL, backslash escapes.
+    let out = p.psql(&[
+        "-c",
+        "COPY (SELECT id, dt, NULL AS nothing, 'a\tb' AS tab FROM trips ORDER BY id) TO STDOUT",
+    ]);
+    assert_eq!(
+        out,
+        "1\t2026-11-01\t\\N\ta\\tb\n2\t2026-11-01\t\\N\ta\\tb\n3\t2026-11-02\t\\N\ta\\tb\n"
+    );
+    // A table, as CSV with a header; quoting where a value needs it.
+    let out = p.psql(&[
+        "-c",
+        "COPY (SELECT id, count(*), 'x,\"y\"' AS q, '' AS empty FROM trips WHERE id < 3 GROUP BY id ORDER BY id) \
+         TO STDOUT WITH (FORMAT csv, HEADER)",
+    ]);
+    assert_eq!(
+        out,
+        "id,count,q,empty\n1,1,\"x,\"\"y\"\"\",\"\"\n2,1,\"x,\"\"y\"\"\",\"\"\n"
+    );
+    let out = p.psql(&["-c", "COPY trips TO STDOUT WITH CSV"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // psql's \copy writes the rows to a file on the client side.
+    let file = dir.path().join("fares.csv");
+    let out = p.psql(&[
+        "-c",
+        &format!(
+            "\\copy (SELECT id, fare FROM trips ORDER BY id) to '{}' with (format csv, header)",
+            file.display()
+        ),
+    ]);
+    assert_eq!(out.trim(), "COPY 3");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "id,fare\n1,10.50\n2,20.00\n3,7.25\n"
+    );
+    // Bad options are refused and the session goes on.
+    let err = p.psql_output("sluice", &["-c", "COPY trips TO STDOUT WITH (FORMAT binary)"]);
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("COPY format binary"), "{stderr}");
+}

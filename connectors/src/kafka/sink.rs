@@ -31,6 +31,8 @@ const SINK_OPTIONS: &[&str] = &[
     "avro-confluent.schema-registry.url",
     "avro-confluent.subject",
     "sink.delivery-guarantee",
+    "topic.partitions",
+    "topic.replication-factor",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,15 +182,44 @@ impl SinkConnector for KafkaSink {
                 )??;
             }
         }
-        // The topic must exist: a clear error now rather than a failed job.
-        Options::parse(&BTreeMap::from([
+        // A missing topic is created (`topic.partitions`, default 1;
+        // `topic.replication-factor`, default the broker's); an unreachable
+        // broker is a clear error now rather than a failed job.
+        let topic = Options::parse(&BTreeMap::from([
             ("topic".to_string(), o.topic.clone()),
             (
                 "properties.bootstrap.servers".to_string(),
                 o.properties["bootstrap.servers"].clone(),
             ),
-        ]))?
-        .partitions()?;
+        ]))?;
+        match topic.partitions() {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::UndefinedTable => {
+                let number = |key: &str, default: i32, min: i32| -> Result<i32> {
+                    match options.get(key) {
+                        None => Ok(default),
+                        Some(v) => v.trim().parse::<i32>().ok().filter(|n| *n >= min).ok_or_else(|| {
+                            SluiceError::invalid_parameter(format!(
+                                "'{key}' must be a whole number of at least {min}, not '{v}'"
+                            ))
+                        }),
+                    }
+                };
+                let partitions = number("topic.partitions", 1, 1)?;
+                let replication = number("topic.replication-factor", -1, -1)?;
+                if replication == 0 {
+                    return Err(SluiceError::invalid_parameter(
+                        "'topic.replication-factor' must be at least 1 (or -1 for the broker's default)",
+                    ));
+                }
+                let mut config = ClientConfig::new();
+                for (k, v) in &o.properties {
+                    config.set(k, v);
+                }
+                client::create_topic(&config, &o.topic, partitions, replication)?;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(None)
     }
 

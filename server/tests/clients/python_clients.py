@@ -88,6 +88,51 @@ def _():
         assert len(str(u)) == 36, u
 
 
+@check("psycopg: COPY (SELECT ...) TO STDOUT, text and CSV")
+def _():
+    with psycopg.connect(DSN) as c:
+        with c.cursor().copy("COPY (SELECT id, dt FROM trips ORDER BY id) TO STDOUT") as copy:
+            rows = list(copy.rows())
+        eq(rows, [("1", "2026-11-01"), ("2", "2026-11-01"), ("3", "2026-11-02")])
+        with c.cursor().copy("COPY (SELECT id FROM trips ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+            out = b"".join(bytes(b) for b in copy)
+        eq(out, b"id\n1\n2\n3\n")
+
+
+@check("psycopg2: copy_expert to a file object")
+def _():
+    import io
+    import psycopg2
+    c = psycopg2.connect(DSN)
+    try:
+        buf = io.StringIO()
+        c.cursor().copy_expert("COPY (SELECT dt, count(*) FROM trips GROUP BY dt ORDER BY dt) TO STDOUT WITH CSV HEADER", buf)
+        eq(buf.getvalue(), "dt,count\n2026-11-01,2\n2026-11-02,1\n")
+    finally:
+        c.close()
+
+
+@check("psycopg and psycopg2: named (server-side) cursors fetch in steps")
+def _():
+    with psycopg.connect(DSN) as c:
+        with c.cursor(name="trip_ids") as cur:
+            cur.itersize = 2
+            cur.execute("SELECT id, dt FROM trips ORDER BY id")
+            eq(cur.fetchmany(2), [(1, "2026-11-01"), (2, "2026-11-01")])
+            eq(cur.fetchall(), [(3, "2026-11-02")])
+    import psycopg2
+    c2 = psycopg2.connect(DSN)
+    try:
+        cur = c2.cursor(name="trip_fares")
+        cur.itersize = 1
+        cur.execute("SELECT id FROM trips ORDER BY id")
+        eq([r[0] for r in cur], [1, 2, 3])
+        cur.close()
+        c2.commit()
+    finally:
+        c2.close()
+
+
 import sqlalchemy as sa  # noqa: E402
 
 for driver in ["psycopg", "psycopg2"]:
