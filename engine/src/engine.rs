@@ -703,7 +703,12 @@ impl Prepared {
         let Action::Plan(plan) = &self.action else {
             return Ok(vec![]);
         };
-        let types = plan.get_parameter_types()?;
+        let mut types = plan.get_parameter_types()?;
+        for (id, t) in any_parameter_types(plan) {
+            if let Some(slot @ None) = types.get_mut(&id) {
+                *slot = Some(t);
+            }
+        }
         let mut indexed: Vec<(usize, Option<DataType>)> = types
             .into_iter()
             .filter_map(|(name, ty)| {
@@ -720,6 +725,40 @@ impl Prepared {
         }
         Ok(out)
     }
+}
+
+/// Types of parameters DataFusion leaves open in `x = ANY($1)` (planned
+/// as `array_has($1, x)`): a list of `x`'s type. Without one, a client that
+/// sends the array as text (node-postgres: `{"north","east"}`) would have
+/// it read as one string, and the query would silently match nothing.
+fn any_parameter_types(plan: &LogicalPlan) -> Vec<(String, DataType)> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, ExprSchemable};
+    let mut found = vec![];
+    let _ = plan.apply_with_subqueries(|node| {
+        let inputs = node.inputs();
+        let Some(input) = inputs.first() else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let schema = input.schema().clone();
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && matches!(f.name(), "array_has" | "array_contains")
+                    && let [Expr::Placeholder(p), x] = f.args.as_slice()
+                    && let Ok(t) = x.get_type(&schema)
+                {
+                    found.push((
+                        p.id.clone(),
+                        DataType::List(Arc::new(Field::new_list_field(t, true))),
+                    ));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// A cursor's name as Postgres folds it: as written when quoted, else in

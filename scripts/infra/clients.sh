@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (once) the Postgres client libraries the client-compatibility
 # tests drive against the real server: psycopg 3, psycopg2, asyncpg,
-# SQLAlchemy 2 and pandas, in a venv of their own.
+# SQLAlchemy 2 and pandas, in a venv of their own, and node-postgres.
 #   scripts/infra/clients.sh   -> prints `export SLUICE_TEST_CLIENTS_PYTHON=...`
+#                                 and `export SLUICE_TEST_NODE_PATH=...`
 set -euo pipefail
 CACHE=${SLUICE_INFRA_CACHE:-$HOME/.cache/sluice-infra}
 VENV=$CACHE/clients-venv
@@ -17,4 +18,12 @@ if [ "$(cat "$VENV/.sluice-clients" 2>/dev/null)" != "$WANT" ]; then
     'asyncpg>=0.29,<0.33' 'pandas>=2.0,<3.2' >&2
   echo "$WANT" >"$VENV/.sluice-clients"
 fi
+NODE_DIR=$CACHE/node-clients
+if [ ! -f "$NODE_DIR/node_modules/pg/package.json" ]; then
+  command -v npm >/dev/null 2>&1 || { echo "node-postgres needs Node.js and npm" >&2; exit 1; }
+  echo "installing node-postgres into $NODE_DIR" >&2
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" 'pg@8' >&2)
+fi
 echo "export SLUICE_TEST_CLIENTS_PYTHON=$VENV/bin/python"
+echo "export SLUICE_TEST_NODE_PATH=$NODE_DIR/node_modules"

@@ -728,6 +728,51 @@ fn cast_parameters(
     Ok(ParamValues::List(values))
 }
 
+/// Text-format parameters the plan reads as a list of strings, parsed from
+/// Postgres's array text (`{"north","east"}`, `{a,NULL,"b \\"c\\""}`): arrow-pg
+/// keeps an element's quotes. node-postgres sends arrays this way. Arrays
+/// of more than one dimension keep arrow-pg's reading.
+fn text_array_parameters<S>(
+    params: sluice_engine::datafusion::common::ParamValues,
+    portal: &Portal<S>,
+    types: &[Option<DataType>],
+) -> sluice_engine::datafusion::common::ParamValues {
+    use sluice_engine::datafusion::common::{ParamValues, ScalarValue};
+    let ParamValues::List(mut values) = params else {
+        return params;
+    };
+    for (i, v) in values.iter_mut().enumerate() {
+        let Some(Some(target @ (DataType::List(_) | DataType::LargeList(_)))) = types.get(i) else {
+            continue;
+        };
+        let (DataType::List(element) | DataType::LargeList(element)) = target else {
+            continue;
+        };
+        if !matches!(
+            element.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) || portal.parameter_format.is_binary(i)
+        {
+            continue;
+        }
+        let Some(Some(raw)) = portal.parameters.get(i) else {
+            continue;
+        };
+        let Some(items) = std::str::from_utf8(raw)
+            .ok()
+            .and_then(crate::pgtypes::parse_text_array)
+        else {
+            continue;
+        };
+        let items: Vec<ScalarValue> = items.into_iter().map(ScalarValue::Utf8).collect();
+        let list = ScalarValue::List(ScalarValue::new_list_nullable(&items, &DataType::Utf8));
+        if let Ok(list) = list.cast_to(target) {
+            v.value = list;
+        }
+    }
+    ParamValues::List(values)
+}
+
 fn pg_type_of(dt: Option<&DataType>) -> Type {
     dt.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::UNKNOWN)
 }
@@ -952,7 +997,8 @@ impl ExtendedQueryHandler for ConnectionHandler {
                 .iter()
                 .map(|t| t.as_ref().filter(|t| !is_decimal(t)))
                 .collect();
-            Some(cast_parameters(deserialize_parameters(portal, &refs)?, &types)?)
+            let params = cast_parameters(deserialize_parameters(portal, &refs)?, &types)?;
+            Some(text_array_parameters(params, portal, &types))
         };
         let deadline = if prepared.is_subscribe() {
             None

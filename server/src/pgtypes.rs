@@ -130,3 +130,78 @@ fn uuid_text(column: &ArrayRef) -> Result<ArrayRef> {
     }
     Ok(Arc::new(b.finish()))
 }
+
+/// Postgres's text form of a one-dimensional array, `{a,"b c",NULL}`, as
+/// its elements (None for NULL); None when it is not one (a nested array,
+/// unbalanced quotes).
+pub fn parse_text_array(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = vec![];
+    let mut chars = inner.chars().peekable();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => item.push(chars.next()?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                match c {
+                    ',' => break,
+                    '{' | '}' | '"' => return None,
+                    '\\' => {
+                        chars.next();
+                        item.push(chars.next()?);
+                        continue;
+                    }
+                    c => item.push(c),
+                }
+                chars.next();
+            }
+            item.truncate(item.trim_end().len());
+        }
+        out.push((quoted || !item.eq_ignore_ascii_case("NULL")).then_some(item));
+        match chars.next() {
+            Some(',') => continue,
+            None => return Some(out),
+            Some(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod array_tests {
+    use super::parse_text_array;
+
+    #[test]
+    fn array_text_reads_as_postgres_writes_it() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            parse_text_array(r#"{"north","east"}"#),
+            Some(vec![s("north"), s("east")])
+        );
+        assert_eq!(parse_text_array("{a, b ,NULL}"), Some(vec![s("a"), s("b"), None]));
+        assert_eq!(
+            parse_text_array(r#"{"NULL","x \"y\"",""}"#),
+            Some(vec![s("NULL"), s(r#"x "y""#), s("")])
+        );
+        assert_eq!(parse_text_array("{}"), Some(vec![]));
+        assert_eq!(parse_text_array("{{1,2},{3,4}}"), None);
+        assert_eq!(parse_text_array(r#"{"open}"#), None);
+    }
+}

@@ -1,5 +1,5 @@
 //! Postgres client libraries (psycopg 3, psycopg2, SQLAlchemy 2, pandas,
-//! asyncpg) against the real binary, through a Python script that uses
+//! asyncpg; node-postgres) against the real binary, through scripts that use
 //! them as their users do. The libraries come from
 //! `scripts/infra/clients.sh`, which the test script runs.
 
@@ -29,5 +29,27 @@ fn python_clients_connect_query_and_see_postgres_names() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}
+
+#[test]
+fn node_postgres_queries_with_parameters_and_arrays() {
+    let node_path = std::env::var("SLUICE_TEST_NODE_PATH")
+        .expect("needs node-postgres: run ./scripts/test.sh, or eval \"$(scripts/infra/clients.sh)\"");
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(&dir.path().join("data"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_clients.js");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg(p.port.to_string())
+        .env("NODE_PATH", node_path)
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "node-postgres checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("0 failed"), "{stdout}");
 }
