@@ -49,6 +49,8 @@ pub enum ErrorKind {
     /// Not allowed: a local path outside the allowed directories, or one of
     /// Sluice's own files.
     InsufficientPrivilege,
+    /// A function that does not exist (with these argument types).
+    UndefinedFunction,
     /// FETCH or CLOSE of a cursor that is not open.
     InvalidCursorName,
     /// DECLARE of a cursor whose name is taken.
@@ -196,7 +198,11 @@ fn classify_plan_message(msg: &str) -> ErrorKind {
     }
     let missing =
         lower.contains("not found") || lower.contains("doesn't exist") || lower.contains("does not exist");
-    if missing && lower.contains("table") {
+    if lower.starts_with("invalid function") {
+        ErrorKind::UndefinedFunction
+    } else if lower.contains("unrecognized configuration parameter") {
+        ErrorKind::UndefinedObject
+    } else if missing && lower.contains("table") {
         ErrorKind::UndefinedTable
     } else if lower.contains("already exists") {
         ErrorKind::DuplicateObject

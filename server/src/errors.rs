@@ -25,6 +25,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::StatementTooComplex => "54001",
         ErrorKind::OutOfMemory => "53200",
         ErrorKind::InsufficientPrivilege => "42501",
+        ErrorKind::UndefinedFunction => "42883",
         ErrorKind::InvalidCursorName => "34000",
         ErrorKind::DuplicateCursor => "42P03",
         ErrorKind::Internal => "XX000",
