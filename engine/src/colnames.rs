@@ -10,7 +10,7 @@
 //! names go on the result's schema, not into the plan.
 
 use datafusion::sql::sqlparser::ast::{
-    CastKind, DataType as SqlType, Expr, Function, Query, SelectItem, SetExpr, Statement, Value,
+    CastKind, DataType as SqlType, Expr, Function, Query, SelectItem, SetExpr, Statement,
 };
 
 /// What Postgres calls an expression it can't name otherwise.
@@ -102,11 +102,7 @@ fn expr_name(e: &Expr) -> Option<String> {
                 _ => None,
             },
         },
-        Expr::Value(v) => match &v.value {
-            // `SELECT NULL`, `SELECT 'x'`, `SELECT 1`: unnamed.
-            Value::Null | Value::SingleQuotedString(_) | Value::Number(..) | Value::Boolean(_) => None,
-            _ => None,
-        },
+        // Constants (`SELECT 1`, `SELECT 'x'`), operators and the rest: unnamed.
         _ => None,
     }
 }
