@@ -48,10 +48,11 @@ use sluice_engine::datafusion::parquet::arrow::arrow_reader::{
 use sluice_engine::stream::metadata_key;
 use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector, StoreRegistry};
 
+use crate::aside::run_aside;
 use crate::filesystem::parse_duration;
 use crate::format::{
     BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
-    decoding_source_options, is_bad_record_option, run_aside, unique_suffix,
+    decoding_source_options, is_bad_record_option, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[

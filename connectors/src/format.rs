@@ -86,23 +86,6 @@ pub fn unique_suffix() -> String {
     format!("{nanos:x}")
 }
 
-/// Runs `future` on a thread of its own, for at most `timeout` (`None`
-/// when it took longer). For checks at CREATE: those run inside any kind
-/// of runtime, and must not block it.
-pub fn run_aside<T: Send>(future: impl Future<Output = T> + Send, timeout: Duration) -> Result<Option<T>> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            Ok::<_, std::io::Error>(rt.block_on(async { tokio::time::timeout(timeout, future).await.ok() }))
-        })
-        .join()
-        .map_err(|_| SluiceError::internal("a check at CREATE panicked"))
-    })?
-    .map_err(|e| SluiceError::internal(format!("a check at CREATE: {e}")))
-}
-
 /// Whether `key` is a bad-record option.
 pub fn is_bad_record_option(key: &str) -> bool {
     BAD_RECORD_OPTIONS.contains(&key) || key.starts_with("dead_letter.properties.")

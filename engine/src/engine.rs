@@ -25,12 +25,14 @@ use tokio::sync::Mutex;
 
 use crate::catalog::{CatalogEntry, DurableCatalog, ObjectKind};
 use crate::error::{ErrorKind, Result, SluiceError};
-use crate::jobs::{RunningJob, Streams, watermark_delay};
+use crate::jobs::JobManager;
 use crate::parser::{self, CreateJob, CreateStream, Statement, normalize_name};
 use crate::sink::SinkRegistry;
 use crate::storage::StoreRegistry;
 use crate::stream::{SourceRegistry, StreamTable, check_options};
-use crate::streaming::window::{WindowFunction, rewrite_window_calls};
+use crate::streaming::window::{Streams, WindowFunction, rewrite_window_calls, watermark_delay};
+
+mod continuous;
 
 /// The name of Sluice's one catalog (what `current_database()` returns).
 pub const CATALOG_NAME: &str = "sluice";
@@ -145,14 +147,11 @@ pub(crate) struct Inner {
     /// Declared streams, for the window table functions and the planner.
     pub(crate) streams: Arc<Streams>,
     /// Running sinks and materialized views, by name.
-    pub(crate) jobs: std::sync::Mutex<BTreeMap<String, RunningJob>>,
+    pub(crate) jobs: Arc<JobManager>,
     /// The default `streaming.checkpoint_interval`.
     pub(crate) checkpoint_interval: Option<std::time::Duration>,
     /// Sinks with a table log (AS OF, sluice_commits).
     pub(crate) versioned: Arc<crate::versions::VersionedTables>,
-    /// Jobs being restarted after a failure: restarts so far in a row and
-    /// the failure that caused the last one (read by the new incarnation).
-    pub(crate) restarts: std::sync::Mutex<BTreeMap<String, crate::jobs::Restarts>>,
     /// Where statements and jobs run.
     pub(crate) compute: crate::compute::ComputeRuntime,
     pub(crate) password_hasher: Option<crate::roles::PasswordHasher>,
@@ -300,7 +299,6 @@ impl Engine {
                 checkpoint_interval: config.checkpoint_interval,
                 checkpoints,
                 versioned,
-                restarts: Default::default(),
                 compute,
                 password_hasher: config.auth.as_ref().map(|a| a.hasher.clone()),
                 config_users: config.auth.map(|a| a.config_users).unwrap_or_default(),

@@ -1,53 +1,24 @@
-//! Sinks and materialized views: creating, running, dropping and showing
-//! continuous queries.
+//! The running jobs: the job manager keeps each sink's and materialized
+//! view's running job, restarts failed ones from their newest checkpoint,
+//! and reports what they do (SHOW JOBS, SHOW CHECKPOINTS, metrics).
+//!
+//! It knows nothing of sessions or SQL: what creates a job (the engine's
+//! `CREATE SINK` / `CREATE MATERIALIZED VIEW`) hands it the started job,
+//! and a restart goes back through [`Restart`], which the engine
+//! implements.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 
-use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::logical_expr::Expr;
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement as SqlStatement};
+use futures::future::BoxFuture;
 
-use crate::catalog::{CatalogEntry, ObjectKind};
-use crate::checkpoint::{CheckpointConfig, CheckpointHistory, CheckpointStore, JobSettings, Restore};
-use crate::engine::{Engine, Output, Session};
-use crate::error::{ErrorKind, Result, SluiceError};
-use crate::parser::{CreateJob, Statement, SubscribeTarget};
-use crate::sink::SinkWriter;
-use crate::sink::{SinkContext, TableLog, check_sink_options};
-use crate::stream::StreamTable;
+use crate::checkpoint::CheckpointHistory;
+use crate::error::Result;
+use crate::streaming::metrics::NodeSnapshot;
 use crate::streaming::mview::MaterializedView;
-use crate::streaming::mview::{SUBSCRIBER_BACKLOG, subscribe_schema, to_changes};
-use crate::streaming::plan::{Node, Planner};
-use crate::streaming::runtime::Job;
-use crate::streaming::window::{StreamLookup, interval_arg, rewrite_window_calls};
-use arrow::array::RecordBatch;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
-
-/// The declared streams by name.
-#[derive(Debug, Default)]
-pub(crate) struct Streams(RwLock<HashMap<String, Arc<StreamTable>>>);
-
-impl Streams {
-    pub(crate) fn insert(&self, name: String, table: Arc<StreamTable>) {
-        self.0.write().expect("streams lock").insert(name, table);
-    }
-
-    pub(crate) fn remove(&self, name: &str) {
-        self.0.write().expect("streams lock").remove(name);
-    }
-}
-
-impl StreamLookup for Streams {
-    fn stream(&self, name: &str) -> Option<Arc<StreamTable>> {
-        self.0.read().expect("streams lock").get(name).cloned()
-    }
-}
+use crate::streaming::runtime::{Job, JobStatus};
 
 /// A sink or view and its running job.
 pub(crate) struct RunningJob {
@@ -62,7 +33,7 @@ pub(crate) struct RunningJob {
     /// was created, restored at server start or altered).
     pub(crate) restarts: Option<Restarts>,
     /// Set while a restart of this failed run is scheduled.
-    pub(crate) pending_restart: Arc<std::sync::Mutex<Option<String>>>,
+    pub(crate) pending_restart: Arc<Mutex<Option<String>>>,
 }
 
 /// Restarts of a job after failures in a row.
@@ -73,12 +44,398 @@ pub(crate) struct Restarts {
     pub(crate) last_error: String,
 }
 
-static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Starts a failed job again (the engine: it re-plans the job from its
+/// catalog entry). `Ok(false)`: run `incarnation` is no longer there
+/// (dropped, altered); on an error the failed run must be put back.
+pub(crate) trait Restart: Send + Sync {
+    fn restart<'a>(
+        &'a self,
+        name: &'a str,
+        sink: bool,
+        incarnation: u64,
+        attempt: u32,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
+}
+
+/// A new run of a job, for [`JobManager::start`].
+pub(crate) struct NewRun {
+    pub(crate) sink: bool,
+    pub(crate) job: Job,
+    pub(crate) view: Option<Arc<MaterializedView>>,
+    pub(crate) checkpoints: Option<Arc<CheckpointHistory>>,
+    /// Restart attempts allowed in a row (0: never restarted).
+    pub(crate) restart_attempts: u32,
+}
+
+/// One operator of a running job, as the metrics see it.
+#[derive(Debug, Clone)]
+pub struct OperatorFigures {
+    pub job: String,
+    pub kind: &'static str,
+    pub status: String,
+    pub operator_id: usize,
+    pub operator: String,
+    pub parallelism: usize,
+    pub metrics: NodeSnapshot,
+}
+
+/// One job's checkpoint figures, as the metrics see them.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointFigures {
+    pub job: String,
+    pub completed: u64,
+    pub failed: u64,
+    pub last_completed_epoch: Option<u64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_bytes: Option<u64>,
+    pub restarts: u32,
+}
+
+/// The running jobs by name.
+#[derive(Default)]
+pub(crate) struct JobManager {
+    jobs: Mutex<BTreeMap<String, RunningJob>>,
+    /// Restarts of jobs being restarted, carried into their next run.
+    restarts: Mutex<BTreeMap<String, Restarts>>,
+    incarnations: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager")
+            .field(
+                "jobs",
+                &self.jobs.lock().expect("jobs lock").keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
 
 /// The pause before restart number `attempt` (from 1): 1 s, 2 s, 4 s, ...,
 /// at most 30 s.
 fn restart_delay(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_secs((1u64 << attempt.saturating_sub(1).min(5)).min(30))
+}
+
+impl JobManager {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RunningJob>> {
+        self.jobs.lock().expect("jobs lock")
+    }
+
+    /// Registers a new run of job `name`. A job that checkpoints and may
+    /// be restarted is watched: when it fails, `restart` starts it again
+    /// (only such jobs: another would start over from the beginning of its
+    /// input, and Flink does not restart jobs without checkpoints either).
+    pub(crate) fn start(self: &Arc<Self>, name: String, run: NewRun, restart: Arc<dyn Restart>) {
+        let incarnation = self
+            .incarnations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let restarts = self.restarts.lock().expect("restarts lock").remove(&name);
+        let watch = (run.checkpoints.is_some() && run.restart_attempts > 0).then(|| {
+            supervise(
+                Arc::downgrade(self),
+                restart,
+                name.clone(),
+                run.sink,
+                incarnation,
+                run.job.done_receiver(),
+                restarts.as_ref().map_or(0, |r| r.count),
+                run.restart_attempts,
+            )
+        });
+        self.lock().insert(
+            name,
+            RunningJob {
+                sink: run.sink,
+                job: run.job,
+                view: run.view,
+                checkpoints: run.checkpoints,
+                incarnation,
+                restarts,
+                pending_restart: Default::default(),
+            },
+        );
+        if let Some(watch) = watch {
+            tokio::spawn(watch);
+        }
+    }
+
+    /// Removes job `name`: dropping it aborts its tasks and frees their state.
+    pub(crate) fn stop(&self, name: &str) {
+        let job = self.lock().remove(name);
+        drop(job);
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// Takes out run `incarnation` of job `name` for a restart (`None`:
+    /// that run is no longer there).
+    pub(crate) fn take_run(&self, name: &str, incarnation: u64) -> Option<RunningJob> {
+        let mut jobs = self.lock();
+        if jobs.get(name).is_none_or(|j| j.incarnation != incarnation) {
+            return None;
+        }
+        jobs.remove(name)
+    }
+
+    /// Puts back a run [`Self::take_run`] took, unless another took its
+    /// place meanwhile (`false`).
+    pub(crate) fn put_back(&self, name: &str, run: RunningJob) -> bool {
+        let mut jobs = self.lock();
+        if jobs.contains_key(name) {
+            return false;
+        }
+        jobs.insert(name.to_string(), run);
+        true
+    }
+
+    /// Records the restarts that lead to the next run of `name` (`None`:
+    /// forgets them, the restart did not happen).
+    pub(crate) fn set_restarts(&self, name: &str, restarts: Option<Restarts>) {
+        let mut all = self.restarts.lock().expect("restarts lock");
+        match restarts {
+            Some(r) => all.insert(name.to_string(), r),
+            None => all.remove(name),
+        };
+    }
+
+    /// The materialized view job `name` maintains.
+    pub(crate) fn view(&self, name: &str) -> Option<Arc<MaterializedView>> {
+        self.lock().get(name).and_then(|j| j.view.clone())
+    }
+
+    /// Job `name`'s status and the rows its view holds (0 for a sink).
+    pub(crate) fn status_and_rows(&self, name: &str) -> Option<(String, usize)> {
+        self.lock().get(name).map(|j| {
+            (
+                j.job.status().name().to_string(),
+                j.view.as_ref().map_or(0, |v| v.len()),
+            )
+        })
+    }
+
+    /// Names of the jobs that read stream `stream`.
+    pub(crate) fn reading(&self, stream: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, j)| j.job.plan.streams().iter().any(|s| s == stream))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Waits until job `name` has finished or failed; returns `finished` or
+    /// `failed: <error>`, or `None` when there is no such job.
+    pub(crate) async fn wait_for(&self, name: &str) -> Option<String> {
+        let mut done = self.lock().get(name)?.job.done_receiver();
+        let _ = done.wait_for(|d| *d).await;
+        self.lock().get(name).map(|j| match j.job.status() {
+            JobStatus::Failed(e) => format!("failed: {e}"),
+            other => other.name().to_string(),
+        })
+    }
+
+    /// Every operator of every job with its figures now.
+    pub fn operators(&self) -> Vec<OperatorFigures> {
+        let jobs = self.lock();
+        let mut out = vec![];
+        for (name, j) in jobs.iter() {
+            let status = status_name(j);
+            let mut nodes = vec![];
+            j.job.plan.walk(&mut nodes);
+            for n in nodes {
+                out.push(OperatorFigures {
+                    job: name.clone(),
+                    kind: kind_name(j),
+                    status: status.to_string(),
+                    operator_id: n.id,
+                    operator: n.label(),
+                    parallelism: n.parallelism,
+                    metrics: n.metrics.snapshot(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every checkpointing job's checkpoint figures now.
+    pub fn checkpoints(&self) -> Vec<CheckpointFigures> {
+        let jobs = self.lock();
+        let mut out = vec![];
+        for (name, j) in jobs.iter() {
+            let Some(history) = &j.checkpoints else {
+                continue;
+            };
+            let (completed, failed) = history.counts();
+            let entries = history.entries();
+            let last = entries.iter().rev().find(|c| c.status == "completed");
+            out.push(CheckpointFigures {
+                job: name.clone(),
+                completed,
+                failed,
+                last_completed_epoch: last.map(|c| c.epoch),
+                last_duration_ms: last.and_then(|c| c.duration_ms),
+                last_bytes: last.map(|c| c.bytes),
+                restarts: j.restarts.as_ref().map_or(0, |r| r.count),
+            });
+        }
+        out
+    }
+
+    /// SHOW JOBS: a row per operator of every job.
+    pub(crate) fn show_jobs(&self) -> Result<RecordBatch> {
+        let jobs = self.lock();
+        let mut job = vec![];
+        let mut kind = vec![];
+        let mut status = vec![];
+        let mut op_id = vec![];
+        let mut op = vec![];
+        let mut par = vec![];
+        let mut rows_in = vec![];
+        let mut rows_out = vec![];
+        let mut wm: Vec<Option<i64>> = vec![];
+        let mut state_rows = vec![];
+        let mut state_bytes = vec![];
+        let mut late = vec![];
+        let mut bad = vec![];
+        let mut error: Vec<Option<String>> = vec![];
+        let mut detail: Vec<Option<String>> = vec![];
+        for (name, j) in jobs.iter() {
+            let st = j.job.status();
+            let pending = j.pending_restart.lock().expect("restart lock").clone();
+            let status_name = status_name(j);
+            let mut nodes = vec![];
+            j.job.plan.walk(&mut nodes);
+            // The job's checkpoint figures, on its first row.
+            let mut summary = j.checkpoints.as_ref().map(|h| {
+                let entries = h.entries();
+                let last = entries.iter().rev().find(|c| c.status == "completed");
+                let restored = entries.iter().find(|c| c.status == "restored");
+                let mut s = match last {
+                    Some(c) => format!(
+                        "checkpoint {} completed in {} ms, {} bytes",
+                        c.epoch,
+                        c.duration_ms.unwrap_or(0),
+                        c.bytes
+                    ),
+                    None => "no checkpoint completed yet".to_string(),
+                };
+                if let Some(r) = restored {
+                    s.push_str(&format!("; restored from checkpoint {}", r.epoch));
+                }
+                if let Some(r) = &j.restarts {
+                    s.push_str(&format!(
+                        "; restart {} after a failure: {}",
+                        r.count, r.last_error
+                    ));
+                }
+                if let Some(p) = &pending {
+                    s.push_str(&format!("; {p}"));
+                }
+                s
+            });
+            for n in nodes {
+                let m = n.metrics.snapshot();
+                job.push(name.clone());
+                kind.push(kind_name(j));
+                status.push(status_name);
+                op_id.push(n.id as i64);
+                op.push(n.label());
+                par.push(n.parallelism as i64);
+                rows_in.push(m.rows_in as i64);
+                rows_out.push(m.rows_out as i64);
+                // The end of time (a bounded source finished) has no
+                // timestamp; show the largest representable one instead of
+                // overflowing.
+                wm.push(m.watermark.map(|w| w.min(253_402_300_799_000_000)));
+                state_rows.push(m.state_rows as i64);
+                state_bytes.push(m.state_bytes as i64);
+                late.push(m.late_rows as i64);
+                bad.push(m.bad_rows as i64);
+                detail.push(match (summary.take(), n.metrics.detail()) {
+                    (Some(s), Some(d)) => Some(format!("{s}; {d}")),
+                    (Some(s), None) => Some(s),
+                    (None, d) => d,
+                });
+                error.push(match &st {
+                    JobStatus::Failed(e) => Some(e.clone()),
+                    _ => None,
+                });
+            }
+        }
+        batch(
+            show_jobs_schema(),
+            vec![
+                Arc::new(StringArray::from(job)),
+                Arc::new(StringArray::from(kind)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(Int64Array::from(op_id)),
+                Arc::new(StringArray::from(op)),
+                Arc::new(Int64Array::from(par)),
+                Arc::new(Int64Array::from(rows_in)),
+                Arc::new(Int64Array::from(rows_out)),
+                Arc::new(TimestampMicrosecondArray::from(wm)),
+                Arc::new(Int64Array::from(state_rows)),
+                Arc::new(Int64Array::from(state_bytes)),
+                Arc::new(Int64Array::from(late)),
+                Arc::new(StringArray::from(error)),
+                Arc::new(Int64Array::from(bad)),
+                Arc::new(StringArray::from(detail)),
+            ],
+        )
+    }
+
+    /// SHOW CHECKPOINTS: the recent checkpoints of every job.
+    pub(crate) fn show_checkpoints(&self) -> Result<RecordBatch> {
+        let jobs = self.lock();
+        let (mut job, mut epoch, mut status, mut started, mut duration, mut bytes, mut detail) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (name, j) in jobs.iter() {
+            let Some(history) = &j.checkpoints else {
+                continue;
+            };
+            for s in history.entries() {
+                job.push(name.clone());
+                epoch.push(s.epoch as i64);
+                status.push(s.status);
+                started.push(s.started_ms * 1000);
+                duration.push(s.duration_ms.map(|d| d as i64));
+                bytes.push(s.bytes as i64);
+                detail.push(s.detail);
+            }
+        }
+        batch(
+            show_checkpoints_schema(),
+            vec![
+                Arc::new(StringArray::from(job)),
+                Arc::new(Int64Array::from(epoch)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(TimestampMicrosecondArray::from(started)),
+                Arc::new(Int64Array::from(duration)),
+                Arc::new(Int64Array::from(bytes)),
+                Arc::new(StringArray::from(detail)),
+            ],
+        )
+    }
+}
+
+fn kind_name(j: &RunningJob) -> &'static str {
+    if j.sink { "sink" } else { "materialized view" }
+}
+
+/// A failed job with a restart on its way is `restarting`.
+fn status_name(j: &RunningJob) -> &'static str {
+    let pending = j.pending_restart.lock().expect("restart lock").is_some();
+    match j.job.status() {
+        JobStatus::Failed(_) if pending => "restarting",
+        st => st.name(),
+    }
+}
+
+fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Watches one run of a job that checkpoints. When it fails, it is started
@@ -89,15 +446,17 @@ fn restart_delay(attempt: u32) -> std::time::Duration {
 /// dropped, altered or finished ends the watch.
 /// (Boxed: a restart creates the next run's watch, and the future types
 /// would otherwise contain themselves.)
+#[allow(clippy::too_many_arguments)]
 fn supervise(
-    engine: std::sync::Weak<crate::engine::Inner>,
+    manager: Weak<JobManager>,
+    restart: Arc<dyn Restart>,
     name: String,
     sink: bool,
     incarnation: u64,
     mut done: tokio::sync::watch::Receiver<bool>,
     restarts: u32,
     max: u32,
-) -> futures::future::BoxFuture<'static, ()> {
+) -> BoxFuture<'static, ()> {
     let mut restarts = restarts;
     // Set once a restart of this run could not be started.
     let mut retrying = false;
@@ -107,12 +466,12 @@ fn supervise(
                 return; // the run was dropped
             }
             let (error, progressed, pending) = {
-                let Some(inner) = engine.upgrade() else { return };
-                let jobs = inner.jobs.lock().expect("jobs lock");
+                let Some(manager) = manager.upgrade() else { return };
+                let jobs = manager.lock();
                 let Some(j) = jobs.get(&name).filter(|j| j.incarnation == incarnation) else {
                     return;
                 };
-                let crate::streaming::runtime::JobStatus::Failed(error) = j.job.status() else {
+                let JobStatus::Failed(error) = j.job.status() else {
                     return;
                 };
                 let progressed = j
@@ -145,12 +504,7 @@ fn supervise(
             });
             tracing::warn!(job = %name, attempt, max, error = %error, "job failed; restarting from its newest checkpoint");
             tokio::time::sleep(delay).await;
-            let Some(inner) = engine.upgrade() else { return };
-            let engine_handle = Engine { inner };
-            match engine_handle
-                .restart_job(&name, sink, incarnation, attempt, &error)
-                .await
-            {
+            match restart.restart(&name, sink, incarnation, attempt, &error).await {
                 // Restarted (the new run has its own watch), or the run is
                 // no longer there (dropped, altered).
                 Ok(_) => return,
@@ -164,104 +518,6 @@ fn supervise(
             }
         }
     })
-}
-
-impl Engine {
-    /// Replaces the failed run `incarnation` of job `name` by a new one
-    /// restored from its newest checkpoint. `Ok(false)`: that run is no
-    /// longer there (dropped, altered). On an error the failed run is put
-    /// back.
-    async fn restart_job(
-        &self,
-        name: &str,
-        sink: bool,
-        incarnation: u64,
-        attempt: u32,
-        error: &str,
-    ) -> Result<bool> {
-        let sql = {
-            let catalog = self.inner.catalog.lock().await;
-            match catalog.get(name) {
-                Some(e) => e.sql.clone(),
-                None => return Ok(false),
-            }
-        };
-        let create = match crate::parser::parse(&sql)?.pop() {
-            Some(Statement::CreateSink(c)) | Some(Statement::CreateMaterializedView(c)) => c,
-            _ => {
-                return Err(SluiceError::internal(format!(
-                    "catalog entry {name} is not a job"
-                )));
-            }
-        };
-        let old = {
-            let mut jobs = self.inner.jobs.lock().expect("jobs lock");
-            if jobs.get(name).is_none_or(|j| j.incarnation != incarnation) {
-                return Ok(false);
-            }
-            jobs.remove(name).expect("checked above")
-        };
-        let session = self.new_session();
-        let table = session.ctx.deregister_table(name).ok().flatten();
-        let log = self.inner.versioned.remove(name);
-        self.inner.restarts.lock().expect("restarts lock").insert(
-            name.to_string(),
-            Restarts {
-                count: attempt,
-                last_error: error.to_string(),
-            },
-        );
-        match session.create_job(create, sink, false).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                self.inner.restarts.lock().expect("restarts lock").remove(name);
-                let mut jobs = self.inner.jobs.lock().expect("jobs lock");
-                if jobs.contains_key(name) {
-                    return Ok(false); // someone else started it meanwhile
-                }
-                if let Some(table) = table {
-                    let _ = session.ctx.register_table(name, table);
-                }
-                if let Some(log) = log {
-                    self.inner.versioned.insert(name, log);
-                }
-                jobs.insert(name.to_string(), old);
-                Err(e)
-            }
-        }
-    }
-}
-
-/// `WATERMARK FOR col AS col [- INTERVAL '...']`: how far the watermark
-/// trails the largest event time, in microseconds.
-pub(crate) fn watermark_delay(col: &str, expr: &SqlExpr) -> Result<i64> {
-    let is_col = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(id) if id.value.eq_ignore_ascii_case(col));
-    let unsupported = || {
-        SluiceError::not_supported(format!(
-            "WATERMARK FOR {col} AS {expr}: the watermark must be {col} or {col} - INTERVAL '...'"
-        ))
-    };
-    if is_col(expr) {
-        return Ok(0);
-    }
-    let SqlExpr::BinaryOp { left, op, right } = expr else {
-        return Err(unsupported());
-    };
-    if !is_col(left) || *op != datafusion::sql::sqlparser::ast::BinaryOperator::Minus {
-        return Err(unsupported());
-    }
-    let SqlExpr::Interval(_) = right.as_ref() else {
-        return Err(unsupported());
-    };
-    // DataFusion turns the interval literal into a value.
-    let ctx = datafusion::prelude::SessionContext::new();
-    let planned = ctx
-        .state()
-        .create_logical_expr(&right.to_string(), &datafusion::common::DFSchema::empty())?;
-    match planned {
-        Expr::Literal(..) => Ok(interval_arg(&planned, "WATERMARK")?),
-        _ => Err(unsupported()),
-    }
 }
 
 pub(crate) fn show_objects_schema(sink: bool) -> SchemaRef {
@@ -315,839 +571,4 @@ pub(crate) fn show_checkpoints_schema() -> SchemaRef {
 
 pub(crate) fn explain_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]))
-}
-
-impl Engine {
-    /// Names of the jobs that read stream `stream`.
-    pub(crate) fn jobs_reading(&self, stream: &str) -> Vec<String> {
-        let jobs = self.inner.jobs.lock().expect("jobs lock");
-        jobs.iter()
-            .filter(|(_, j)| j.job.plan.streams().iter().any(|s| s == stream))
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// Waits until job `name` has finished or failed (for tests and tools);
-    /// returns `finished` or `failed: <error>`, or `None` when there is no
-    /// such job.
-    pub async fn wait_for_job(&self, name: &str) -> Option<String> {
-        let waiter = {
-            let jobs = self.inner.jobs.lock().expect("jobs lock");
-            let job = jobs.get(name)?;
-            let mut done = job.job.done_receiver();
-            async move {
-                let _ = done.wait_for(|d| *d).await;
-            }
-        };
-        waiter.await;
-        let jobs = self.inner.jobs.lock().expect("jobs lock");
-        jobs.get(name).map(|j| match j.job.status() {
-            crate::streaming::runtime::JobStatus::Failed(e) => format!("failed: {e}"),
-            other => other.name().to_string(),
-        })
-    }
-}
-
-fn one_batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Output> {
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
-    let stream = futures::stream::once(async move { Ok(batch) });
-    Ok(Output::Rows(Box::pin(
-        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
-    )))
-}
-
-impl Session {
-    /// Plans a continuous query into a streaming dataflow.
-    pub(crate) async fn plan_job(&self, query: &datafusion::sql::sqlparser::ast::Query) -> Result<Node> {
-        let mut query = query.clone();
-        rewrite_window_calls(&mut query);
-        let state = self.ctx.state();
-        let plan = state
-            .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(
-                query,
-            )))))
-            .await?;
-        let plan = state.optimize(&plan)?;
-        Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
-    }
-
-    /// The settings a job runs with: a new one (`persist`) takes this
-    /// session's; a restarted, restored or altered one those it was created
-    /// with (a job from before they were kept: this session's).
-    fn job_settings(&self, name: &str, persist: bool) -> Result<JobSettings> {
-        if !persist && let Some(kept) = CheckpointStore::new(&self.engine.inner.checkpoints, name).settings()
-        {
-            return Ok(kept);
-        }
-        let interval = match self.vars.get(crate::engine::CHECKPOINT_INTERVAL_VAR) {
-            Some(v) => crate::checkpoint::parse_interval(v)?,
-            None => self.engine.inner.checkpoint_interval,
-        };
-        let restart_attempts = match self.vars.get(crate::engine::RESTART_ATTEMPTS_VAR) {
-            Some(v) => crate::checkpoint::parse_restart_attempts(v)?,
-            None => crate::engine::DEFAULT_RESTART_ATTEMPTS,
-        };
-        let checkpoint_timeout_ms = match self.vars.get(crate::engine::CHECKPOINT_TIMEOUT_VAR) {
-            Some(v) => Some(crate::checkpoint::parse_timeout(v)?.as_millis() as u64),
-            None => None,
-        };
-        let state_ttl_ms = match self.vars.get(crate::engine::STATE_TTL_VAR) {
-            Some(v) => crate::checkpoint::parse_state_ttl(v)?.map(|d| d.as_millis() as u64),
-            None => None,
-        };
-        Ok(JobSettings {
-            checkpoint_interval_ms: interval.map(|d| d.as_millis() as u64),
-            restart_attempts,
-            checkpoint_timeout_ms,
-            state_ttl_ms,
-        })
-    }
-
-    /// How a new (`persist`) or restored job checkpoints: at its
-    /// `streaming.checkpoint_interval`; a restored job from its newest
-    /// complete checkpoint. Keeps the settings with the job.
-    fn checkpoint_config(
-        &self,
-        name: &str,
-        persist: bool,
-        settings: &JobSettings,
-    ) -> Result<Option<CheckpointConfig>> {
-        let store = CheckpointStore::new(&self.engine.inner.checkpoints, name);
-        let interval = settings.checkpoint_interval();
-        if persist {
-            // A new job: nothing of an earlier one by this name applies.
-            store.remove_all();
-        }
-        store.save_settings(settings)?;
-        let restore = if persist {
-            None
-        } else {
-            store.latest()?.map(|manifest| Restore {
-                store: store.clone(),
-                manifest,
-            })
-        };
-        let Some(interval) = interval else {
-            return Ok(None);
-        };
-        Ok(Some(CheckpointConfig {
-            store,
-            interval,
-            timeout: settings.checkpoint_timeout(),
-            restore,
-            history: Arc::new(CheckpointHistory::default()),
-            committer: None,
-        }))
-    }
-
-    /// A relative sink path lands in the data directory (the default
-    /// landing zone); URLs are kept; local paths must be ones SQL may use
-    /// (see [`crate::paths`]) and come back absolute.
-    pub(crate) fn landing_path(&self, path: &str) -> Result<String> {
-        if path.contains("://") && !path.starts_with("file://") {
-            return Ok(path.to_string());
-        }
-        self.engine.inner.stores.local_path(path)
-    }
-
-    /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
-    /// starts the job, and records it durably when `persist`.
-    pub(crate) async fn create_job(&self, create: CreateJob, sink: bool, persist: bool) -> Result<()> {
-        let name = crate::parser::normalize_name(&create.name);
-        let statement = if sink {
-            Statement::CreateSink(create.clone())
-        } else {
-            Statement::CreateMaterializedView(create.clone())
-        };
-        let mut catalog = self.engine.inner.catalog.lock().await;
-        // On restore (`!persist`) the entry is in the catalog already,
-        // unless the job was dropped while a restart was on its way.
-        if !persist && catalog.get(&name).is_none() {
-            return Err(SluiceError::new(
-                ErrorKind::UndefinedTable,
-                format!("\"{name}\" was dropped"),
-            ));
-        }
-        if (persist && catalog.get(&name).is_some()) || self.ctx.table_exist(name.as_str())? {
-            if create.if_not_exists {
-                return Ok(());
-            }
-            return Err(SluiceError::new(
-                ErrorKind::DuplicateObject,
-                format!("relation \"{name}\" already exists"),
-            ));
-        }
-        let node = self.plan_job(&create.query).await?;
-        let schema = node.schema.clone();
-        let updating = node.updating;
-        // Read before this job's own checkpoints are reset: a sink may start
-        // where another (even a dropped one of the same name) stopped.
-        let start_from = match create.options.get("start_from") {
-            Some(from) => self.start_positions(from)?,
-            None => Default::default(),
-        };
-        let settings = self.job_settings(&name, persist)?;
-        let mut node = node;
-        node.set_state_ttl(settings.state_ttl());
-        let mut checkpoints = self.checkpoint_config(&name, persist, &settings)?;
-        if persist {
-            CheckpointStore::dropped(&self.engine.inner.checkpoints, &name).remove_all();
-        }
-        let mut table_log: Option<Arc<dyn TableLog>> = None;
-        let history = checkpoints.as_ref().map(|c| c.history.clone());
-        let run_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-            .to_string();
-        let (job, view) = if sink {
-            let stores = &self.engine.inner.stores;
-            let mut options = crate::secrets::resolve(&create.options, |n| catalog.secret(n).cloned())?;
-            let store_options: BTreeMap<String, String> = options
-                .iter()
-                .filter(|(k, _)| stores.is_store_option(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            options.retain(|k, _| !stores.is_store_option(k) && k != "start_from");
-            let connector_name = options.remove("connector").ok_or_else(|| {
-                SluiceError::invalid_parameter(format!(
-                    "CREATE SINK {name}: the connector option is required"
-                ))
-            })?;
-            if let Some(path) = options.get_mut("path") {
-                *path = self.landing_path(path)?;
-            }
-            let connector = self.engine.inner.sinks.get(&connector_name)?;
-            check_sink_options(connector.as_ref(), &options)?;
-            let landed = connector.validate(&options, &schema, updating)?;
-            let mut ctx = SinkContext {
-                name: name.clone(),
-                run_id,
-                job_id: CheckpointStore::new(&self.engine.inner.checkpoints, &name).job_id()?,
-                checkpointing: checkpoints.is_some(),
-                table_log: None,
-                committer: None,
-                stores: stores.clone(),
-                store_options: store_options.clone(),
-            };
-            if let Some(landed) = &landed {
-                self.register_store(&landed.location, &store_options)?;
-                // Creates the directory for local sinks, so the table lists.
-                crate::storage::resolve_location(stores, &landed.location, &store_options)?;
-                table_log =
-                    connector.table_log(&options, &schema, updating, &ctx, &create.query.to_string())?;
-                let table: Arc<dyn datafusion::catalog::TableProvider> = match &table_log {
-                    Some(log) => {
-                        log.prepare().await?;
-                        log.table(None)?
-                    }
-                    None => crate::sink::landed_table(
-                        landed,
-                        &connector.landed_schema(&options, &schema, updating),
-                    )?,
-                };
-                self.ctx.register_table(name.as_str(), table)?;
-            }
-            ctx.table_log = table_log.clone();
-            ctx.committer = match &table_log {
-                Some(log) => Some(log.clone() as Arc<dyn crate::sink::Committer>),
-                None if ctx.checkpointing => connector.committer(&options, &ctx)?,
-                None => None,
-            };
-            if let Some(c) = checkpoints.as_mut() {
-                c.committer = ctx.committer.clone();
-                if let Some(committer) = &ctx.committer
-                    && !committer.recommits()
-                {
-                    // Only a checkpoint whose output was committed can be
-                    // restored: a later one's output is produced again.
-                    if let Some(r) = c.restore.take() {
-                        c.restore = r.store.latest_committed()?.map(|manifest| Restore {
-                            store: r.store.clone(),
-                            manifest,
-                        });
-                    }
-                }
-            }
-            let started = Job::start(
-                &name,
-                node,
-                |lane, lanes| connector.open(&options, &schema, updating, &ctx, lane, lanes),
-                checkpoints,
-                start_from,
-            );
-            match started {
-                Ok(job) => (job, None),
-                Err(e) => {
-                    let _ = self.ctx.deregister_table(name.as_str());
-                    return Err(e);
-                }
-            }
-        } else {
-            if !create.options.is_empty() {
-                return Err(SluiceError::invalid_parameter(
-                    "CREATE MATERIALIZED VIEW takes no WITH options",
-                ));
-            }
-            let view = Arc::new(MaterializedView::try_new(schema.clone(), updating)?);
-            self.ctx.register_table(name.as_str(), view.clone())?;
-            let job = Job::start(
-                &name,
-                node,
-                |lane, _| Ok(view.writer(lane)),
-                checkpoints,
-                start_from,
-            )?;
-            (job, Some(view))
-        };
-        if persist
-            && let Err(e) = catalog.put(CatalogEntry {
-                name: name.clone(),
-                kind: if sink {
-                    ObjectKind::Sink
-                } else {
-                    ObjectKind::MaterializedView
-                },
-                sql: statement.to_string(),
-            })
-        {
-            let _ = self.ctx.deregister_table(name.as_str());
-            return Err(e);
-        }
-        if let Some(log) = &table_log {
-            self.engine.inner.versioned.insert(&name, log.clone());
-        }
-        let incarnation = INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let restarts = self
-            .engine
-            .inner
-            .restarts
-            .lock()
-            .expect("restarts lock")
-            .remove(&name);
-        // Only jobs that checkpoint are restarted: another would start over
-        // from the beginning of its input (as Flink, which does not restart
-        // jobs without checkpoints).
-        let watch = (history.is_some() && settings.restart_attempts > 0).then(|| {
-            supervise(
-                Arc::downgrade(&self.engine.inner),
-                name.clone(),
-                sink,
-                incarnation,
-                job.done_receiver(),
-                restarts.as_ref().map_or(0, |r| r.count),
-                settings.restart_attempts,
-            )
-        });
-        self.engine.inner.jobs.lock().expect("jobs lock").insert(
-            name,
-            RunningJob {
-                sink,
-                job,
-                view,
-                checkpoints: history,
-                incarnation,
-                restarts,
-                pending_restart: Default::default(),
-            },
-        );
-        if let Some(watch) = watch {
-            tokio::spawn(watch);
-        }
-        Ok(())
-    }
-
-    /// `ALTER SINK name SET (...)`: options that change neither what the
-    /// sink lands nor where (file sizes, rollover, client properties) take
-    /// effect by restarting the job from its newest checkpoint with the new
-    /// options; the catalog keeps them. Output since that checkpoint is
-    /// produced again (a delta sink never showed it; other sinks land it
-    /// again, as after a crash).
-    pub(crate) async fn alter_sink(&self, name: &str, set: &BTreeMap<String, String>) -> Result<()> {
-        const FIXED: &[&str] = &[
-            "connector",
-            "path",
-            "format",
-            "partition_by",
-            "changelog",
-            "topic",
-            "key",
-            "sink.mode",
-        ];
-        if let Some(key) = set.keys().find(|k| FIXED.contains(&k.as_str())) {
-            return Err(SluiceError::not_supported(format!(
-                "ALTER SINK can't change '{key}': it decides what the sink lands or where;                  create a new sink instead (options that can change: file sizes, rollover,                  multipart threshold, properties.*)"
-            )));
-        }
-        let old = {
-            let catalog = self.engine.inner.catalog.lock().await;
-            match catalog.get(name) {
-                Some(e) if e.kind == ObjectKind::Sink => e.sql.clone(),
-                Some(e) => {
-                    return Err(SluiceError::new(
-                        ErrorKind::Semantic,
-                        format!("{name} is a {}, not a sink", e.kind.noun()),
-                    ));
-                }
-                None => {
-                    return Err(SluiceError::new(
-                        ErrorKind::UndefinedTable,
-                        format!("sink \"{name}\" does not exist"),
-                    ));
-                }
-            }
-        };
-        let Some(Statement::CreateSink(old)) = crate::parser::parse(&old)?.pop() else {
-            return Err(SluiceError::internal(format!(
-                "catalog entry {name} is not a CREATE SINK"
-            )));
-        };
-        let mut new = old.clone();
-        new.options
-            .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-        // Checked against the connector before anything stops.
-        {
-            let connector_name = new.options.get("connector").cloned().unwrap_or_default();
-            let connector = self.engine.inner.sinks.get(&connector_name)?;
-            let mut options = new.options.clone();
-            options.retain(|k, _| k != "connector" && !self.engine.inner.stores.is_store_option(k));
-            check_sink_options(connector.as_ref(), &options)?;
-        }
-        self.stop_job(name);
-        match self.create_job(new.clone(), true, false).await {
-            Ok(()) => {
-                let mut catalog = self.engine.inner.catalog.lock().await;
-                catalog.put(CatalogEntry {
-                    name: name.to_string(),
-                    kind: ObjectKind::Sink,
-                    sql: Statement::CreateSink(new).to_string(),
-                })
-            }
-            Err(e) => {
-                // Back to the options it ran with.
-                self.stop_job(name);
-                if let Err(again) = self.create_job(old, true, false).await {
-                    tracing::error!(sink = %name, error = %again, "could not restart the sink after a failed ALTER");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// `start_from = 'sink:<name>'`: the source positions of that sink's
-    /// newest checkpoint (a running sink's, else a dropped one's).
-    fn start_positions(&self, from: &str) -> Result<crate::streaming::runtime::StartPositions> {
-        let Some(other) = from.strip_prefix("sink:").map(|s| s.trim().to_ascii_lowercase()) else {
-            return Err(SluiceError::invalid_parameter(format!(
-                "start_from = '{from}': write start_from = 'sink:<name>' (start at that sink's newest checkpoint)"
-            )));
-        };
-        let data = &self.engine.inner.checkpoints;
-        let live = CheckpointStore::new(data, &other).latest()?;
-        let manifest = match live {
-            Some(m) => Some(m),
-            None => CheckpointStore::dropped(data, &other).latest()?,
-        }
-        .ok_or_else(|| {
-            SluiceError::invalid_parameter(format!(
-                "start_from: sink {other} has no completed checkpoint to start from"
-            ))
-        })?;
-        Ok(crate::streaming::runtime::start_positions(&manifest))
-    }
-
-    /// Stops a running job and unregisters its table, keeping its catalog
-    /// entry and checkpoints.
-    fn stop_job(&self, name: &str) {
-        let _ = self.ctx.deregister_table(name);
-        let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
-        drop(job);
-        self.engine.inner.versioned.remove(name);
-    }
-
-    pub(crate) async fn drop_job(&self, name: &str, sink: bool, if_exists: bool) -> Result<()> {
-        let mut catalog = self.engine.inner.catalog.lock().await;
-        let want = if sink {
-            ObjectKind::Sink
-        } else {
-            ObjectKind::MaterializedView
-        };
-        match catalog.get(name).map(|e| e.kind) {
-            Some(kind) if kind == want => {}
-            Some(kind) => {
-                return Err(SluiceError::new(
-                    ErrorKind::Semantic,
-                    format!(
-                        "{name} is a {}, not a {}; use DROP {} {name}",
-                        kind.noun(),
-                        want.noun(),
-                        kind.noun().to_ascii_uppercase()
-                    ),
-                ));
-            }
-            None if if_exists => return Ok(()),
-            None => {
-                return Err(SluiceError::new(
-                    ErrorKind::UndefinedTable,
-                    format!("{} \"{name}\" does not exist", want.noun()),
-                ));
-            }
-        }
-        catalog.remove(name)?;
-        let _ = self.ctx.deregister_table(name);
-        // Dropping the job aborts its tasks and frees their state.
-        let job = self.engine.inner.jobs.lock().expect("jobs lock").remove(name);
-        drop(job);
-        self.engine.inner.versioned.remove(name);
-        // Kept aside for a sink created with start_from = 'sink:<name>'.
-        CheckpointStore::new(&self.engine.inner.checkpoints, name).park(&self.engine.inner.checkpoints, name);
-        Ok(())
-    }
-
-    pub(crate) async fn show_job_objects(&self, sink: bool) -> Result<Output> {
-        let catalog = self.engine.inner.catalog.lock().await;
-        let want = if sink {
-            ObjectKind::Sink
-        } else {
-            ObjectKind::MaterializedView
-        };
-        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
-        let mut names = vec![];
-        let mut connectors = vec![];
-        let mut options = vec![];
-        let mut rows = vec![];
-        let mut statuses = vec![];
-        let mut queries = vec![];
-        for entry in catalog.entries().filter(|e| e.kind == want) {
-            let Some(Statement::CreateSink(c) | Statement::CreateMaterializedView(c)) =
-                crate::parser::parse(&entry.sql)?.pop()
-            else {
-                continue;
-            };
-            names.push(entry.name.clone());
-            let job = jobs.get(&entry.name);
-            statuses.push(match job {
-                Some(j) => j.job.status().name().to_string(),
-                None => "not running".to_string(),
-            });
-            queries.push(c.query.to_string());
-            connectors.push(c.options.get("connector").cloned().unwrap_or_default());
-            options.push(crate::secrets::options_text(&c.options));
-            rows.push(
-                job.and_then(|j| j.view.as_ref())
-                    .map(|v| v.len() as i64)
-                    .unwrap_or(0),
-            );
-        }
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(names))];
-        if sink {
-            cols.push(Arc::new(StringArray::from(connectors)));
-            cols.push(Arc::new(StringArray::from(options)));
-        } else {
-            cols.push(Arc::new(Int64Array::from(rows)));
-        }
-        cols.push(Arc::new(StringArray::from(statuses)));
-        cols.push(Arc::new(StringArray::from(queries)));
-        one_batch(show_objects_schema(sink), cols)
-    }
-
-    pub(crate) fn show_jobs(&self) -> Result<Output> {
-        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
-        let mut job = vec![];
-        let mut kind = vec![];
-        let mut status = vec![];
-        let mut op_id = vec![];
-        let mut op = vec![];
-        let mut par = vec![];
-        let mut rows_in = vec![];
-        let mut rows_out = vec![];
-        let mut wm: Vec<Option<i64>> = vec![];
-        let mut state_rows = vec![];
-        let mut state_bytes = vec![];
-        let mut late = vec![];
-        let mut bad = vec![];
-        let mut error: Vec<Option<String>> = vec![];
-        let mut detail: Vec<Option<String>> = vec![];
-        for (name, j) in jobs.iter() {
-            let st = j.job.status();
-            let pending = j.pending_restart.lock().expect("restart lock").clone();
-            let status_name = match (&st, &pending) {
-                (crate::streaming::runtime::JobStatus::Failed(_), Some(_)) => "restarting",
-                _ => st.name(),
-            };
-            let mut nodes = vec![];
-            j.job.plan.walk(&mut nodes);
-            // The job's checkpoint figures, on its first row.
-            let mut summary = j.checkpoints.as_ref().map(|h| {
-                let entries = h.entries();
-                let last = entries.iter().rev().find(|c| c.status == "completed");
-                let restored = entries.iter().find(|c| c.status == "restored");
-                let mut s = match last {
-                    Some(c) => format!(
-                        "checkpoint {} completed in {} ms, {} bytes",
-                        c.epoch,
-                        c.duration_ms.unwrap_or(0),
-                        c.bytes
-                    ),
-                    None => "no checkpoint completed yet".to_string(),
-                };
-                if let Some(r) = restored {
-                    s.push_str(&format!("; restored from checkpoint {}", r.epoch));
-                }
-                if let Some(r) = &j.restarts {
-                    s.push_str(&format!(
-                        "; restart {} after a failure: {}",
-                        r.count, r.last_error
-                    ));
-                }
-                if let Some(p) = &pending {
-                    s.push_str(&format!("; {p}"));
-                }
-                s
-            });
-            for n in nodes {
-                let m = n.metrics.snapshot();
-                job.push(name.clone());
-                kind.push(if j.sink { "sink" } else { "materialized view" });
-                status.push(status_name);
-                op_id.push(n.id as i64);
-                op.push(n.label());
-                par.push(n.parallelism as i64);
-                rows_in.push(m.rows_in as i64);
-                rows_out.push(m.rows_out as i64);
-                // The end of time (a bounded source finished) has no
-                // timestamp; show the largest representable one instead of
-                // overflowing.
-                wm.push(m.watermark.map(|w| w.min(253_402_300_799_000_000)));
-                state_rows.push(m.state_rows as i64);
-                state_bytes.push(m.state_bytes as i64);
-                late.push(m.late_rows as i64);
-                bad.push(m.bad_rows as i64);
-                detail.push(match (summary.take(), n.metrics.detail()) {
-                    (Some(s), Some(d)) => Some(format!("{s}; {d}")),
-                    (Some(s), None) => Some(s),
-                    (None, d) => d,
-                });
-                error.push(match &st {
-                    crate::streaming::runtime::JobStatus::Failed(e) => Some(e.clone()),
-                    _ => None,
-                });
-            }
-        }
-        one_batch(
-            show_jobs_schema(),
-            vec![
-                Arc::new(StringArray::from(job)),
-                Arc::new(StringArray::from(kind)),
-                Arc::new(StringArray::from(status)),
-                Arc::new(Int64Array::from(op_id)),
-                Arc::new(StringArray::from(op)),
-                Arc::new(Int64Array::from(par)),
-                Arc::new(Int64Array::from(rows_in)),
-                Arc::new(Int64Array::from(rows_out)),
-                Arc::new(TimestampMicrosecondArray::from(wm)),
-                Arc::new(Int64Array::from(state_rows)),
-                Arc::new(Int64Array::from(state_bytes)),
-                Arc::new(Int64Array::from(late)),
-                Arc::new(StringArray::from(error)),
-                Arc::new(Int64Array::from(bad)),
-                Arc::new(StringArray::from(detail)),
-            ],
-        )
-    }
-
-    pub(crate) fn show_checkpoints(&self) -> Result<Output> {
-        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
-        let (mut job, mut epoch, mut status, mut started, mut duration, mut bytes, mut detail) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (name, j) in jobs.iter() {
-            let Some(history) = &j.checkpoints else {
-                continue;
-            };
-            for s in history.entries() {
-                job.push(name.clone());
-                epoch.push(s.epoch as i64);
-                status.push(s.status);
-                started.push(s.started_ms * 1000);
-                duration.push(s.duration_ms.map(|d| d as i64));
-                bytes.push(s.bytes as i64);
-                detail.push(s.detail);
-            }
-        }
-        one_batch(
-            show_checkpoints_schema(),
-            vec![
-                Arc::new(StringArray::from(job)),
-                Arc::new(Int64Array::from(epoch)),
-                Arc::new(StringArray::from(status)),
-                Arc::new(TimestampMicrosecondArray::from(started)),
-                Arc::new(Int64Array::from(duration)),
-                Arc::new(Int64Array::from(bytes)),
-                Arc::new(StringArray::from(detail)),
-            ],
-        )
-    }
-
-    fn view(&self, name: &datafusion::sql::sqlparser::ast::ObjectName) -> Result<Arc<MaterializedView>> {
-        let name = crate::parser::normalize_name(name);
-        let jobs = self.engine.inner.jobs.lock().expect("jobs lock");
-        if let Some(view) = jobs.get(&name).and_then(|j| j.view.clone()) {
-            return Ok(view);
-        }
-        let what = if self.engine.inner.streams.stream(&name).is_some() {
-            format!("{name} is a stream; write SUBSCRIBE TO (SELECT * FROM {name})")
-        } else if jobs.contains_key(&name) {
-            format!("{name} is a sink; SUBSCRIBE follows materialized views or queries")
-        } else {
-            return Err(SluiceError::new(
-                ErrorKind::UndefinedTable,
-                format!("materialized view \"{name}\" does not exist"),
-            ));
-        };
-        Err(SluiceError::new(ErrorKind::Semantic, what))
-    }
-
-    /// The rows a `SUBSCRIBE` returns.
-    pub(crate) async fn subscribe_schema(&self, target: &SubscribeTarget) -> Result<SchemaRef> {
-        match target {
-            SubscribeTarget::View(name) => Ok(self.view(name)?.changes_schema()),
-            SubscribeTarget::Query(q) => Ok(subscribe_schema(&self.plan_job(q).await?.schema)),
-        }
-    }
-
-    /// Starts a subscription. To a view: its snapshot, then its changes.
-    /// To a query: a private job whose output streams to this client, with
-    /// backpressure (a slow client slows its own job only); the job stops
-    /// when the client goes away.
-    pub(crate) async fn subscribe(&self, target: &SubscribeTarget) -> Result<SendableRecordBatchStream> {
-        match target {
-            SubscribeTarget::View(name) => {
-                let view = self.view(name)?;
-                let schema = view.changes_schema();
-                let (snapshot, rx, lagged) = view.subscribe()?;
-                let changes = futures::stream::unfold(
-                    (rx, lagged, false),
-                    |(mut rx, lagged, done)| async move {
-                        if done {
-                            return None;
-                        }
-                        match rx.recv().await {
-                        Some(b) => Some((Ok(b), (rx, lagged, false))),
-                        None if lagged.load(std::sync::atomic::Ordering::Relaxed) => Some((
-                            Err(SluiceError::new(
-                                ErrorKind::Internal,
-                                format!(
-                                    "the subscriber fell more than {SUBSCRIBER_BACKLOG} change batches behind \
-                                     and was disconnected to protect the server's memory; SUBSCRIBE again"
-                                ),
-                            )
-                            .into_datafusion()),
-                            (rx, lagged, true),
-                        )),
-                        None => None,
-                    }
-                    },
-                );
-                let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(changes);
-                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
-            }
-            SubscribeTarget::Query(q) => {
-                let node = self.plan_job(q).await?;
-                let rows_schema = node.schema.clone();
-                let schema = subscribe_schema(&rows_schema);
-                let updating = node.updating;
-                let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(16);
-                let job = Arc::new(Job::start(
-                    "subscribe",
-                    node,
-                    |_, _| {
-                        Ok(Box::new(ChannelWriter {
-                            tx: tx.clone(),
-                            schema: rows_schema.clone(),
-                            updating,
-                            watermark: None,
-                        }) as Box<dyn SinkWriter>)
-                    },
-                    None,
-                    Default::default(),
-                )?);
-                drop(tx);
-                let stream = futures::stream::unfold((rx, job, false), |(mut rx, job, done)| async move {
-                    if done {
-                        return None;
-                    }
-                    match rx.recv().await {
-                        Some(b) => Some((Ok(b), (rx, job, false))),
-                        None => match job.wait().await {
-                            crate::streaming::runtime::JobStatus::Failed(e) => Some((
-                                Err(SluiceError::new(ErrorKind::Internal, e).into_datafusion()),
-                                (rx, job, true),
-                            )),
-                            _ => None,
-                        },
-                    }
-                });
-                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
-            }
-        }
-    }
-
-    pub(crate) async fn explain_job(&self, create: &CreateJob, sink: bool) -> Result<Output> {
-        let mut node = self.plan_job(&create.query).await?;
-        if let Some(v) = self.vars.get(crate::engine::STATE_TTL_VAR) {
-            node.set_state_ttl(crate::checkpoint::parse_state_ttl(v)?);
-        }
-        let mut lines = vec![];
-        let target = if sink {
-            let connector = create.options.get("connector").cloned().unwrap_or_default();
-            let c = self.engine.inner.sinks.get(&connector)?;
-            let mut options = self.resolve_secrets(&create.options).await?;
-            options.retain(|k, _| k != "connector" && !self.engine.inner.stores.is_store_option(k));
-            check_sink_options(c.as_ref(), &options)?;
-            c.validate(&options, &node.schema, node.updating)?;
-            format!("Sink: {connector} [{} lanes]", node.parallelism)
-        } else {
-            format!(
-                "MaterializedView: {} [{}]",
-                crate::parser::normalize_name(&create.name),
-                if node.updating { "keyed multiset" } else { "append" }
-            )
-        };
-        lines.push(target);
-        for l in node.explain().lines() {
-            lines.push(format!("  {l}"));
-        }
-        one_batch(explain_schema(), vec![Arc::new(StringArray::from(lines))])
-    }
-}
-
-/// A subscription's end of a private job.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<RecordBatch>,
-    schema: SchemaRef,
-    updating: bool,
-    watermark: Option<i64>,
-}
-
-#[async_trait::async_trait]
-impl SinkWriter for ChannelWriter {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let changes = to_changes(&self.schema, &batch, self.updating, self.watermark)?;
-        // The client went away: the job is being dropped with it.
-        let _ = self.tx.send(changes).await;
-        Ok(())
-    }
-
-    async fn on_watermark(&mut self, watermark: i64) -> Result<()> {
-        self.watermark = Some(watermark);
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
-        Ok(vec![])
-    }
 }

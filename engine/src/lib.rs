@@ -39,6 +39,7 @@ pub use engine::{
     Session,
 };
 pub use error::{ErrorKind, Result, SluiceError};
+pub use jobs::{CheckpointFigures, OperatorFigures};
 pub use parser::Statement;
 pub use sink::{Landed, SinkConnector, SinkContext, SinkRegistry, SinkWriter};
 pub use storage::{StoreProvider, StoreRegistry};

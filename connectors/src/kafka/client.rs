@@ -53,7 +53,7 @@ pub(crate) fn create_topic(
     })?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-    let results = crate::format::run_aside(admin.create_topics(&[new], &options), METADATA_TIMEOUT * 2)?
+    let results = crate::aside::run_aside(admin.create_topics(&[new], &options), METADATA_TIMEOUT * 2)?
         .ok_or_else(|| {
             SluiceError::new(
                 ErrorKind::StorageUnavailable,

@@ -51,10 +51,11 @@ use sluice_engine::stream::metadata_key;
 use sluice_engine::stream::with_op_column;
 use sluice_engine::{ErrorKind, Result, SinkConnector, SluiceError, Source, SourceConnector, StoreRegistry};
 
+use crate::aside::run_aside;
 use crate::avro::{AvroEncoder, AvroFraming, Registry};
 use crate::format::{
     BadRecord, BadRecordPolicy, BadRecords, Format, Layout, RecordDecoder, check_metadata_columns,
-    decoding_source_options, is_bad_record_option, run_aside, unique_suffix,
+    decoding_source_options, is_bad_record_option, unique_suffix,
 };
 
 const OWN_OPTIONS: &[&str] = &[

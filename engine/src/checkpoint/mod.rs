@@ -836,13 +836,28 @@ pub struct CheckpointStats {
     pub detail: Option<String>,
 }
 
-/// A job's recent checkpoints, newest last.
+/// A job's recent checkpoints, newest last, and how many completed and
+/// failed since the job started (the recent ones are a window; the counts
+/// only grow, as metrics counters must).
 #[derive(Debug, Default)]
-pub struct CheckpointHistory(Mutex<VecDeque<CheckpointStats>>);
+pub struct CheckpointHistory {
+    entries: Mutex<VecDeque<CheckpointStats>>,
+    completed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
 
 impl CheckpointHistory {
     pub fn record(&self, stats: CheckpointStats) {
-        let mut h = self.0.lock().expect("checkpoint history lock");
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut h = self.entries.lock().expect("checkpoint history lock");
+        let before = h.iter().find(|s| s.epoch == stats.epoch).map(|s| s.status);
+        if before != Some(stats.status) {
+            match stats.status {
+                "completed" => self.completed.fetch_add(1, Relaxed),
+                "failed" => self.failed.fetch_add(1, Relaxed),
+                _ => 0,
+            };
+        }
         if let Some(existing) = h.iter_mut().find(|s| s.epoch == stats.epoch) {
             *existing = stats;
             return;
@@ -854,12 +869,18 @@ impl CheckpointHistory {
     }
 
     pub fn entries(&self) -> Vec<CheckpointStats> {
-        self.0
+        self.entries
             .lock()
             .expect("checkpoint history lock")
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Checkpoints completed and failed since the job started.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.completed.load(Relaxed), self.failed.load(Relaxed))
     }
 }
 

@@ -582,6 +582,61 @@ impl StreamTable {
     }
 }
 
+/// The declared streams by name.
+#[derive(Debug, Default)]
+pub(crate) struct Streams(std::sync::RwLock<std::collections::HashMap<String, Arc<StreamTable>>>);
+
+impl Streams {
+    pub(crate) fn insert(&self, name: String, table: Arc<StreamTable>) {
+        self.0.write().expect("streams lock").insert(name, table);
+    }
+
+    pub(crate) fn remove(&self, name: &str) {
+        self.0.write().expect("streams lock").remove(name);
+    }
+}
+
+impl StreamLookup for Streams {
+    fn stream(&self, name: &str) -> Option<Arc<StreamTable>> {
+        self.0.read().expect("streams lock").get(name).cloned()
+    }
+}
+
+/// `WATERMARK FOR col AS col [- INTERVAL '...']`: how far the watermark
+/// trails the largest event time, in microseconds.
+pub(crate) fn watermark_delay(
+    col: &str,
+    expr: &datafusion::sql::sqlparser::ast::Expr,
+) -> crate::error::Result<i64> {
+    let is_col = |e: &datafusion::sql::sqlparser::ast::Expr| matches!(e, datafusion::sql::sqlparser::ast::Expr::Identifier(id) if id.value.eq_ignore_ascii_case(col));
+    let unsupported = || {
+        crate::error::SluiceError::not_supported(format!(
+            "WATERMARK FOR {col} AS {expr}: the watermark must be {col} or {col} - INTERVAL '...'"
+        ))
+    };
+    if is_col(expr) {
+        return Ok(0);
+    }
+    let datafusion::sql::sqlparser::ast::Expr::BinaryOp { left, op, right } = expr else {
+        return Err(unsupported());
+    };
+    if !is_col(left) || *op != datafusion::sql::sqlparser::ast::BinaryOperator::Minus {
+        return Err(unsupported());
+    }
+    let datafusion::sql::sqlparser::ast::Expr::Interval(_) = right.as_ref() else {
+        return Err(unsupported());
+    };
+    // DataFusion turns the interval literal into a value.
+    let ctx = datafusion::prelude::SessionContext::new();
+    let planned = ctx
+        .state()
+        .create_logical_expr(&right.to_string(), &datafusion::common::DFSchema::empty())?;
+    match planned {
+        Expr::Literal(..) => Ok(interval_arg(&planned, "WATERMARK")?),
+        _ => Err(unsupported()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,7 +112,12 @@ pub(super) fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> 
             let ops = (0..node.parallelism)
                 .map(|_| spec.build(&ctx))
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
-            keyed(node, spec.keys(), ops, tasks, wiring)
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|input| build(input, tasks, wiring))
+                .collect::<Result<Vec<_>>>()?;
+            keyed(node, spec.keys(), ops, inputs, tasks, wiring)
         }
     }
 }

@@ -18,7 +18,6 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::align::{Aligner, Event};
-use super::build::build;
 use super::wiring::{TaskCheckpoint, Wiring};
 use super::{CHANNEL_CAPACITY, Lane, STATE_METRICS_EVERY, Task};
 use crate::error::{Result, SluiceError};
@@ -29,11 +28,13 @@ use crate::streaming::operators::{KeyedOperator, eval};
 use crate::streaming::plan::Node;
 
 /// Exchanges plus parallel keyed operator tasks; returns their output
-/// lanes. `keys[i]` are the key expressions of `node.inputs[i]`.
+/// lanes. `keys[i]` are the key expressions of `node.inputs[i]`, `inputs[i]`
+/// its lanes.
 pub(super) fn keyed(
     node: &Node,
     keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     ops: Vec<Box<dyn KeyedOperator>>,
+    inputs: Vec<Vec<Lane>>,
     tasks: &mut Vec<Task>,
     wiring: &mut Wiring,
 ) -> Result<Vec<Lane>> {
@@ -49,8 +50,8 @@ pub(super) fn keyed(
     // Every input's lanes, numbered across inputs.
     let mut lanes_in = Vec::new();
     let mut lane_inputs = Vec::new();
-    for (i, input) in node.inputs.iter().enumerate() {
-        for lane in build(input, tasks, wiring)? {
+    for (i, lanes) in inputs.into_iter().enumerate() {
+        for lane in lanes {
             lanes_in.push(lane);
             lane_inputs.push(i);
         }
