@@ -65,6 +65,8 @@ fi
 
 eval "$(scripts/infra/clients.sh)"
 echo "Postgres client libraries: $SLUICE_TEST_CLIENTS_PYTHON"
+eval "$(scripts/infra/prometheus.sh)"
+echo "Prometheus: $SLUICE_TEST_PROMETHEUS"
 
 step "format"
 cargo fmt --all --check

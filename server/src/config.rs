@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:6866"
+//! http_listen = "127.0.0.1:6867"   # /metrics; or "off"
 //! data_dir = "./sluice-data"
 //! log = "info"
 //! checkpoint_interval = "10s"   # or "off"
@@ -28,6 +29,9 @@ use sluice_connectors::storage::S3Config;
 pub struct Config {
     /// Address to listen on.
     pub listen: String,
+    /// HTTP address for `/metrics`; `off` for none. Default:
+    /// [`DEFAULT_HTTP_LISTEN`].
+    pub http_listen: Option<String>,
     /// Data directory: catalog, checkpoints, default landing zone.
     pub data_dir: PathBuf,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `sluice=debug`.
@@ -81,10 +85,14 @@ pub struct Config {
     pub require_tls: bool,
 }
 
+/// Where `/metrics` is served unless configured otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:6867";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6866".into(),
+            http_listen: None,
             data_dir: PathBuf::from("./sluice-data"),
             log: "info".into(),
             users: BTreeMap::from([("sluice".to_string(), "sluice".to_string())]),

@@ -34,7 +34,9 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
 
 /// An engine error as the ErrorResponse a client receives.
 pub fn error_info(e: &SluiceError) -> ErrorInfo {
-    ErrorInfo::new("ERROR".into(), sqlstate(e.kind()).into(), e.to_string())
+    let code = sqlstate(e.kind());
+    crate::metrics::METRICS.errors.with_label_values(&[code]).inc();
+    ErrorInfo::new("ERROR".into(), code.into(), e.to_string())
 }
 
 /// An engine error as a pgwire error.

@@ -156,6 +156,7 @@ impl ConnectionHandler {
         cancel: Option<Arc<ConnectionHandle>>,
         deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Response> {
+        crate::metrics::METRICS.statements.inc();
         let session = self.session.clone();
         let prepared = prepared.clone();
         let work = self.parser.engine.spawn(async move {

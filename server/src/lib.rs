@@ -15,6 +15,8 @@ mod connection;
 mod debug;
 pub mod errors;
 mod handler;
+pub mod http;
+pub mod metrics;
 mod pgtypes;
 mod rows;
 mod tls;
@@ -254,6 +256,22 @@ fn is_loopback(listen: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
 }
 
+/// Counts a connection in `sluice_connections_open` while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        crate::metrics::METRICS.connections_open.inc();
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.connections_open.dec();
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting and
 /// waits (briefly) for open connections to end.
 ///
@@ -316,8 +334,10 @@ pub async fn run(
                     limits.login_timeout = limits.login_timeout.min(std::time::Duration::from_secs(5));
                 }
                 let throttle = server.throttle.clone();
+                crate::metrics::METRICS.connections.inc();
                 connections.spawn(async move {
                     let _slot = slot;
+                    let _open = OpenConnection::new();
                     tracing::debug!(%peer, "connection opened");
                     let served = connection::serve(socket, peer, tls, handlers, limits, throttle, admitted);
                     if let Err(e) = served.await {

@@ -20,6 +20,9 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:6866]
     #[arg(long, env = "SLUICE_LISTEN")]
     listen: Option<String>,
+    /// HTTP address for /metrics (Prometheus), or off [default: 127.0.0.1:6867]
+    #[arg(long, env = "SLUICE_HTTP_LISTEN")]
+    http_listen: Option<String>,
     /// Data directory (catalog, checkpoints, landed data) [default: ./sluice-data]
     #[arg(long, env = "SLUICE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -84,6 +87,9 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(v) = args.listen {
         config.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = Some(v);
     }
     if let Some(v) = args.data_dir {
         config.data_dir = v;
@@ -167,9 +173,48 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
         let server = Server::open(&config).await?;
         let listener = tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
+        let http = http_listener(&config).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let http = http.map(|listener| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(sluice_server::http::serve(listener, server.clone(), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
         tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "Sluice is ready");
-        run(listener, server, shutdown_signal()).await
+        let served = run(listener, server, async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
+        .await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        served
     })
+}
+
+/// Binds the HTTP listener: `--http-listen` (or the config's `http_listen`),
+/// else 127.0.0.1:6867; `off` for none. An address asked for must be
+/// free; when the default is taken (another Sluice on this machine) the
+/// server runs without HTTP and says so.
+async fn http_listener(config: &sluice_server::Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let (addr, asked) = match config.http_listen.as_deref() {
+        Some("off") => return Ok(None),
+        Some(addr) => (addr, true),
+        None => (sluice_server::config::DEFAULT_HTTP_LISTEN, false),
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            tracing::info!(http = %l.local_addr()?, "serving /metrics");
+            Ok(Some(l))
+        }
+        Err(e) if !asked => {
+            tracing::warn!(http = %addr, error = %e, "no HTTP listener (/metrics): the default address is taken; set --http-listen");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!("listening for HTTP on {addr}: {e}")),
+    }
 }
 
 fn parse_auth(s: &str) -> Result<sluice_server::auth::AuthMethod, String> {

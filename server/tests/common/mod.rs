@@ -40,6 +40,9 @@ impl SluiceProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .env("SLUICE_LOG", "warn")
+            // Servers of parallel tests would all want the default HTTP
+            // port; the metrics test asks for one of its own.
+            .env("SLUICE_HTTP_LISTEN", "off")
             // Tests keep their inputs in temporary directories beside the
             // data directory.
             .env("SLUICE_FILE_ROOTS", std::env::temp_dir())

@@ -1,0 +1,374 @@
+//! `/metrics` in the Prometheus text format.
+//!
+//! Two kinds of series:
+//! - the server's own counters (sessions, statements, errors by SQLSTATE),
+//!   kept in a registry for the life of the process and bumped where the
+//!   events happen;
+//! - the jobs' figures, which the jobs already keep in atomics: read at
+//!   scrape time into a registry made for that scrape, so a dropped job's
+//!   series go away with it.
+//!
+//! Names follow Prometheus conventions: `sluice_` prefix, `_total` for
+//! counters, base units (`_seconds`, `_bytes`); labels are `job_name`
+//! (the sink or view; `job` is the label Prometheus gives the scrape
+//! target, and a series' own `job` would be renamed `exported_job`),
+//! `operator` (the operator's kind) and `operator_id` (its number in the
+//! job's plan, as in SHOW JOBS), never row values.
+
+use std::sync::LazyLock;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use sluice_engine::Engine;
+
+/// The server's own counters.
+pub struct ServerMetrics {
+    registry: Registry,
+    /// Connections accepted.
+    pub connections: IntCounter,
+    /// Connections open now.
+    pub connections_open: IntGauge,
+    /// Statements executed (each statement of a simple query, each Execute).
+    pub statements: IntCounter,
+    /// Errors sent to clients, by SQLSTATE.
+    pub errors: IntCounterVec,
+}
+
+/// The process's one set of server counters.
+pub static METRICS: LazyLock<ServerMetrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let connections =
+        IntCounter::new("sluice_connections_total", "Client connections accepted.").expect("metric");
+    let connections_open =
+        IntGauge::new("sluice_connections_open", "Client connections open now.").expect("metric");
+    let statements =
+        IntCounter::new("sluice_statements_total", "Statements executed for clients.").expect("metric");
+    let errors = IntCounterVec::new(
+        Opts::new("sluice_errors_total", "Errors sent to clients, by SQLSTATE."),
+        &["sqlstate"],
+    )
+    .expect("metric");
+    for m in [
+        Box::new(connections.clone()) as Box<dyn Collector>,
+        Box::new(connections_open.clone()),
+        Box::new(statements.clone()),
+        Box::new(errors.clone()),
+    ] {
+        registry.register(m).expect("registering a server metric");
+    }
+    ServerMetrics {
+        registry,
+        connections,
+        connections_open,
+        statements,
+        errors,
+    }
+});
+
+/// The operator's kind, from its label (`Filter: a > 1` -> `Filter`).
+fn operator_kind(label: &str) -> &str {
+    label.split(':').next().unwrap_or(label).trim()
+}
+
+/// Everything `/metrics` shows, in the Prometheus text format.
+pub fn render(engine: &Engine) -> Result<String, prometheus::Error> {
+    let scrape = Registry::new();
+    register_jobs(&scrape, engine)?;
+    register_process(&scrape)?;
+    let mut families = METRICS.registry.gather();
+    families.extend(scrape.gather());
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families, &mut out)?;
+    Ok(String::from_utf8(out).unwrap_or_default())
+}
+
+/// The jobs' figures now.
+fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus::Error> {
+    let op_labels = &["job_name", "operator", "operator_id"];
+    let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), op_labels);
+    let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), op_labels);
+    let rows_in = counter("sluice_operator_rows_in_total", "Rows an operator took in.")?;
+    let rows_out = counter("sluice_operator_rows_out_total", "Rows an operator put out.")?;
+    let late = counter(
+        "sluice_operator_late_rows_total",
+        "Rows behind the watermark an operator dropped.",
+    )?;
+    let bad = counter(
+        "sluice_operator_bad_rows_total",
+        "Records a source could not decode.",
+    )?;
+    let state_rows = gauge(
+        "sluice_operator_state_rows",
+        "Rows an operator holds in its state.",
+    )?;
+    let state_bytes = gauge(
+        "sluice_operator_state_bytes",
+        "Bytes an operator holds in its state (estimated).",
+    )?;
+    let parallelism = gauge("sluice_operator_parallelism", "Tasks an operator runs in.")?;
+    let watermark = GaugeVec::new(
+        Opts::new(
+            "sluice_operator_watermark_seconds",
+            "An operator's event-time watermark (lowest over its tasks), as Unix time.",
+        ),
+        op_labels,
+    )?;
+    let lag = GaugeVec::new(
+        Opts::new(
+            "sluice_operator_watermark_lag_seconds",
+            "Now minus an operator's watermark.",
+        ),
+        op_labels,
+    )?;
+    let status = IntGaugeVec::new(
+        Opts::new(
+            "sluice_job_status",
+            "1 for the status each job is in (running, finished, failed, restarting).",
+        ),
+        &["job_name", "kind", "status"],
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let mut seen_jobs = std::collections::BTreeSet::new();
+    for op in engine.job_operators() {
+        if seen_jobs.insert(op.job.clone()) {
+            status
+                .with_label_values(&[op.job.as_str(), op.kind, op.status.as_str()])
+                .set(1);
+        }
+        let id = op.operator_id.to_string();
+        let labels = [op.job.as_str(), operator_kind(&op.operator), id.as_str()];
+        let m = &op.metrics;
+        rows_in.with_label_values(&labels).inc_by(m.rows_in);
+        rows_out.with_label_values(&labels).inc_by(m.rows_out);
+        late.with_label_values(&labels).inc_by(m.late_rows);
+        bad.with_label_values(&labels).inc_by(m.bad_rows);
+        state_rows.with_label_values(&labels).set(m.state_rows as i64);
+        state_bytes.with_label_values(&labels).set(m.state_bytes as i64);
+        parallelism.with_label_values(&labels).set(op.parallelism as i64);
+        // An operator with no watermark yet, or past the end of its input
+        // (a bounded source finished), has none to show.
+        if let Some(w) = m.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX) {
+            let seconds = w as f64 / 1e6;
+            watermark.with_label_values(&labels).set(seconds);
+            lag.with_label_values(&labels).set((now - seconds).max(0.0));
+        }
+    }
+    let job_labels = &["job_name"];
+    let ck_completed = IntCounterVec::new(
+        Opts::new(
+            "sluice_checkpoints_completed_total",
+            "Checkpoints a job completed.",
+        ),
+        job_labels,
+    )?;
+    let ck_failed = IntCounterVec::new(
+        Opts::new("sluice_checkpoints_failed_total", "Checkpoints that failed."),
+        job_labels,
+    )?;
+    let ck_epoch = IntGaugeVec::new(
+        Opts::new(
+            "sluice_checkpoint_last_completed_epoch",
+            "The epoch of a job's newest completed checkpoint.",
+        ),
+        job_labels,
+    )?;
+    let ck_duration = GaugeVec::new(
+        Opts::new(
+            "sluice_checkpoint_last_duration_seconds",
+            "How long a job's newest completed checkpoint took.",
+        ),
+        job_labels,
+    )?;
+    let ck_bytes = IntGaugeVec::new(
+        Opts::new(
+            "sluice_checkpoint_last_size_bytes",
+            "Bytes a job's newest completed checkpoint wrote.",
+        ),
+        job_labels,
+    )?;
+    let restarts = IntGaugeVec::new(
+        Opts::new(
+            "sluice_job_restarts",
+            "Restarts after failures in a row that led to a job's current run.",
+        ),
+        job_labels,
+    )?;
+    for c in engine.job_checkpoints() {
+        let labels = [c.job.as_str()];
+        ck_completed.with_label_values(&labels).inc_by(c.completed);
+        ck_failed.with_label_values(&labels).inc_by(c.failed);
+        if let Some(e) = c.last_completed_epoch {
+            ck_epoch.with_label_values(&labels).set(e as i64);
+        }
+        if let Some(d) = c.last_duration_ms {
+            ck_duration.with_label_values(&labels).set(d as f64 / 1e3);
+        }
+        if let Some(b) = c.last_bytes {
+            ck_bytes.with_label_values(&labels).set(b as i64);
+        }
+        restarts.with_label_values(&labels).set(c.restarts as i64);
+    }
+    for m in [
+        Box::new(rows_in) as Box<dyn Collector>,
+        Box::new(rows_out),
+        Box::new(late),
+        Box::new(bad),
+        Box::new(state_rows),
+        Box::new(state_bytes),
+        Box::new(parallelism),
+        Box::new(watermark),
+        Box::new(lag),
+        Box::new(status),
+        Box::new(ck_completed),
+        Box::new(ck_failed),
+        Box::new(ck_epoch),
+        Box::new(ck_duration),
+        Box::new(ck_bytes),
+        Box::new(restarts),
+    ] {
+        registry.register(m)?;
+    }
+    Ok(())
+}
+
+/// The process's CPU time, memory and open files, under the names every
+/// Prometheus client library uses (`process_*`), read from /proc.
+fn register_process(registry: &Registry) -> Result<(), prometheus::Error> {
+    let Some(p) = ProcessFigures::read() else {
+        return Ok(());
+    };
+    let cpu = Gauge::new(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+    )?;
+    cpu.set(p.cpu_seconds);
+    let rss = IntGauge::new("process_resident_memory_bytes", "Resident memory size in bytes.")?;
+    rss.set(p.resident_bytes);
+    let vsize = IntGauge::new("process_virtual_memory_bytes", "Virtual memory size in bytes.")?;
+    vsize.set(p.virtual_bytes);
+    let fds = IntGauge::new("process_open_fds", "Number of open file descriptors.")?;
+    fds.set(p.open_fds);
+    let threads = IntGauge::new("process_threads", "Number of OS threads in the process.")?;
+    threads.set(p.threads);
+    let start = Gauge::new(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+    )?;
+    start.set(p.start_time_seconds);
+    // process_cpu_seconds_total is a counter by name; the text format's
+    // TYPE line says so.
+    let cpu = CounterFromGauge(cpu);
+    for m in [
+        Box::new(cpu) as Box<dyn Collector>,
+        Box::new(rss),
+        Box::new(vsize),
+        Box::new(fds),
+        Box::new(threads),
+        Box::new(start),
+    ] {
+        registry.register(m)?;
+    }
+    Ok(())
+}
+
+/// A gauge reported with the counter type (a value read from elsewhere
+/// that only grows, such as CPU time: the counter types take increments,
+/// this one a fractional total).
+struct CounterFromGauge(Gauge);
+
+impl Collector for CounterFromGauge {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        for f in &mut families {
+            f.set_field_type(prometheus::proto::MetricType::COUNTER);
+            for m in f.mut_metric() {
+                let mut c = prometheus::proto::Counter::default();
+                c.set_value(m.get_gauge().get_value());
+                m.set_counter(c);
+            }
+        }
+        families
+    }
+}
+
+/// What /proc says of this process.
+struct ProcessFigures {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    virtual_bytes: i64,
+    open_fds: i64,
+    threads: i64,
+    start_time_seconds: f64,
+}
+
+impl ProcessFigures {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The fields after the command name, which is in parentheses and
+        // may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Numbered as in proc(5) from field 3 (state) on.
+        let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let ticks = clock_ticks_per_second();
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())?;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })?;
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as i64)
+            .ok()?;
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) / ticks,
+            threads: field(20)? as i64,
+            start_time_seconds: boot + field(22)? / ticks,
+            virtual_bytes: field(23)? as i64,
+            resident_bytes: rss_kib * 1024,
+            open_fds,
+        })
+    }
+}
+
+/// USER_HZ: 100 on every Linux this runs on (the kernel's ABI fixes it
+/// for /proc, whatever the internal tick rate).
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_kinds_drop_the_detail() {
+        assert_eq!(operator_kind("Filter: a > 1"), "Filter");
+        assert_eq!(operator_kind("Union"), "Union");
+        assert_eq!(operator_kind("Source: bids"), "Source");
+    }
+
+    #[test]
+    fn process_figures_are_read_from_proc() {
+        let p = ProcessFigures::read().expect("reading /proc/self");
+        assert!(p.resident_bytes > 0);
+        assert!(p.open_fds > 0);
+        assert!(p.threads >= 1);
+        assert!(p.start_time_seconds > 1.7e9, "{}", p.start_time_seconds);
+    }
+}

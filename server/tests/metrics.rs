@@ -1,0 +1,274 @@
+//! `/metrics` scraped by a real Prometheus (Debian's, installed by
+//! `scripts/infra/prometheus.sh`): a job's series exist and move, the
+//! checkpoint counter counts, errors are counted by SQLSTATE, and
+//! `promtool check metrics` accepts the exposition.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::SluiceProcess;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from `127.0.0.1:port`: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// A Prometheus server of the test's own, scraping one target every second.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Self {
+        let binary = std::env::var("SLUICE_TEST_PROMETHEUS")
+            .expect("needs Prometheus: run ./scripts/test.sh, or eval \"$(scripts/infra/prometheus.sh)\"");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query's samples: (labels, value).
+    fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) =
+            match std::panic::catch_unwind(|| http_get(self.port, &format!("/api/v1/query?query={encoded}")))
+            {
+                Ok(r) => r,
+                Err(_) => return vec![], // not up yet
+            };
+        assert!(!status.contains("400"), "Prometheus refused {promql}: {body}");
+        if !status.contains("200") {
+            return vec![];
+        }
+        // Chunked or not, the JSON object is the body's outermost braces.
+        let (Some(a), Some(b)) = (body.find('{'), body.rfind('}')) else {
+            return vec![];
+        };
+        let v: serde_json::Value = serde_json::from_str(&body[a..=b]).expect("Prometheus answers JSON");
+        v["data"]["result"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|s| {
+                        let value = s["value"][1]
+                            .as_str()
+                            .unwrap_or("nan")
+                            .parse()
+                            .unwrap_or(f64::NAN);
+                        (s["metric"].clone(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits (up to 60 s) for `promql` to return a sample `pred` accepts.
+    fn wait_for(&self, promql: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let samples = self.query(promql);
+            if let Some((_, v)) = samples.iter().find(|(_, v)| pred(*v)) {
+                return *v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never had {promql} as expected: {samples:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_job_checkpoint_and_error_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let http_addr = format!("127.0.0.1:{http}");
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            ("SLUICE_HTTP_LISTEN", &http_addr),
+            ("SLUICE_CHECKPOINT_INTERVAL", "1s"),
+        ],
+    );
+    p.psql(&[
+        "-c",
+        "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', 'events.per.second' = '2000')",
+        "-c",
+        "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS bids \
+         FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+    ]);
+    // One error of a kind Postgres names 42P01, one of 42601.
+    let out = p.psql_output("sluice", &["-c", "SELECT * FROM no_such_table"]);
+    assert!(!out.status.success());
+    let out = p.psql_output("sluice", &["-c", "SELEC 1"]);
+    assert!(!out.status.success());
+
+    // The exposition itself, as promtool (Prometheus's own linter) reads it.
+    let (status, text) = http_get(http, "/metrics");
+    assert!(status.contains("200"), "{status}\n{text}");
+    assert!(text.contains("sluice_operator_rows_in_total{"), "{text}");
+    let promtool = std::env::var("SLUICE_TEST_PROMTOOL")
+        .expect("needs promtool: run ./scripts/test.sh, or eval \"$(scripts/infra/prometheus.sh)\"");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (status, _) = http_get(http, "/nowhere");
+    assert!(status.contains("404"), "{status}");
+
+    // Through a real Prometheus scraping every second.
+    let prom = Prometheus::start(http);
+    // A source's rows out are the rows it read.
+    let source_rows = "sluice_operator_rows_out_total{job_name=\"per_second\",operator=\"Source\"}";
+    let first = prom.wait_for(source_rows, |v| v > 0.0);
+    let later = prom.wait_for(source_rows, |v| v > first);
+    assert!(later > first);
+    // The window aggregate takes them in.
+    prom.wait_for(
+        "sum(sluice_operator_rows_in_total{job_name=\"per_second\",operator!=\"Source\"})",
+        |v| v > 0.0,
+    );
+    let ck = prom.wait_for(
+        "sluice_checkpoints_completed_total{job_name=\"per_second\"}",
+        |v| v >= 1.0,
+    );
+    prom.wait_for(
+        "sluice_checkpoints_completed_total{job_name=\"per_second\"}",
+        |v| v > ck,
+    );
+    prom.wait_for(
+        "sluice_checkpoint_last_completed_epoch{job_name=\"per_second\"}",
+        |v| v >= 1.0,
+    );
+    // The generator's events are stamped now: the watermark trails the
+    // clock by seconds, not hours.
+    let lag = prom.wait_for(
+        "max(sluice_operator_watermark_lag_seconds{job_name=\"per_second\"})",
+        |v| v.is_finite(),
+    );
+    assert!((0.0..600.0).contains(&lag), "watermark lag {lag} s");
+    prom.wait_for("sluice_operator_state_rows{job_name=\"per_second\"}", |v| {
+        v >= 0.0
+    });
+    prom.wait_for(
+        "sluice_job_status{job_name=\"per_second\",status=\"running\"}",
+        |v| v == 1.0,
+    );
+    prom.wait_for("sluice_errors_total{sqlstate=\"42P01\"}", |v| v >= 1.0);
+    prom.wait_for("sluice_errors_total{sqlstate=\"42601\"}", |v| v >= 1.0);
+    prom.wait_for("sluice_connections_total", |v| v >= 3.0);
+    prom.wait_for("process_resident_memory_bytes{job=\"sluice\"}", |v| v > 1e6);
+    prom.wait_for("up{job=\"sluice\"}", |v| v == 1.0);
+
+    // Every query of the Grafana dashboard in the repository is one
+    // Prometheus takes, and each has data (but the one that lists jobs not
+    // running: all are).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/grafana/sluice-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job_name", "per_second")
+                .replace("$__rate_interval", "1m")
+                .replace("$scrape_job", "sluice");
+            exprs += 1;
+            if expr.contains("status!=") {
+                prom.query(&expr); // valid (a refusal panics)
+            } else {
+                prom.wait_for(&expr, |v| v.is_finite());
+            }
+        }
+    }
+    assert!(exprs >= 10, "{exprs} dashboard queries");
+
+    // A dropped job's series go with it.
+    p.psql(&["-c", "DROP MATERIALIZED VIEW per_second"]);
+    let (_, text) = http_get(http, "/metrics");
+    assert!(!text.contains("job_name=\"per_second\""), "{text}");
+}
