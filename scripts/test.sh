@@ -67,6 +67,8 @@ eval "$(scripts/infra/clients.sh)"
 echo "Postgres client libraries: $SLUICE_TEST_CLIENTS_PYTHON"
 eval "$(scripts/infra/prometheus.sh)"
 echo "Prometheus: $SLUICE_TEST_PROMETHEUS"
+eval "$(scripts/infra/browser.sh)"
+echo "Chromium: $SLUICE_TEST_CHROMIUM"
 
 step "format"
 cargo fmt --all --check

@@ -1,4 +1,5 @@
-//! The HTTP listener: `/metrics` for Prometheus.
+//! The HTTP listener: `/metrics` for Prometheus, and the web console
+//! (`/`, its login and its JSON API under `/api/`; see [`crate::console`]).
 //!
 //! It runs on the server's runtime beside the Postgres listener and shuts
 //! down with it. A bad request gets an HTTP error and touches nothing of
@@ -9,15 +10,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::Server;
+use crate::{Server, console};
 
 /// The Prometheus text format's content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -42,7 +44,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(route(&server, req).await) }
+                        async move { Ok::<_, Infallible>(route(&server, req, peer).await) }
                     });
                     let served = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
@@ -60,9 +62,10 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
     connections.shutdown().await;
 }
 
-async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
+async fn route(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/metrics") => {
             // Reading every job's figures takes locks briefly; done off the
             // I/O threads all the same.
             let engine = server.engine.clone();
@@ -74,9 +77,148 @@ async fn route(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>>
             }
         }
         (_, "/metrics") => plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into()),
-        (_, "/") => plain(StatusCode::OK, "Sluice. Prometheus metrics: /metrics\n".into()),
+        (Method::GET, "/") => {
+            let mut r = respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                console::PAGE.to_string(),
+            );
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+                ),
+            );
+            r
+        }
+        (Method::POST, "/login") => login(server, req, peer).await,
+        (Method::POST, "/logout") => {
+            if let Some(token) = console::cookie(req.headers()) {
+                server.console.close(&token);
+            }
+            let mut r = redirect("/");
+            r.headers_mut().insert(
+                SET_COOKIE,
+                HeaderValue::from_str(&format!(
+                    "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+                    console::COOKIE
+                ))
+                .expect("cookie header"),
+            );
+            r
+        }
+        (method, p) if p.starts_with("/api/") => {
+            let Some(user) = console::who(server, req.headers(), peer.ip()).await else {
+                return json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": {"message": "log in first"}}),
+                );
+            };
+            api(server, &user, method, p, req).await
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// The console's JSON API.
+async fn api(
+    server: &Server,
+    user: &str,
+    method: Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let run = |sql: &str| console::run_sql(server, user, sql.to_string());
+    match (method, path) {
+        (Method::GET, "/api/whoami") => json(StatusCode::OK, serde_json::json!({"user": user})),
+        (Method::GET, "/api/jobs") => json(StatusCode::OK, run("SHOW JOBS").await),
+        (Method::GET, "/api/checkpoints") => json(StatusCode::OK, run("SHOW CHECKPOINTS").await),
+        (Method::GET, "/api/catalog") => {
+            let mut all = serde_json::Map::new();
+            for (name, sql) in [
+                ("Streams", "SHOW STREAMS"),
+                ("Sinks", "SHOW SINKS"),
+                ("Materialized views", "SHOW MATERIALIZED VIEWS"),
+                ("Tables", "SHOW TABLES"),
+            ] {
+                all.insert(name.into(), run(sql).await);
+            }
+            json(StatusCode::OK, serde_json::Value::Object(all))
+        }
+        (Method::POST, "/api/sql") => {
+            // A cross-site form can't set this header, and a cross-site
+            // fetch that sets it needs a CORS permission never given.
+            if req.headers().get("x-sluice-console").is_none() {
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "POST /api/sql needs the X-Sluice-Console header\n".into(),
+                );
+            }
+            let Some(body) = read_body(req).await else {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "a statement is at most 1 MiB\n".into(),
+                );
+            };
+            json(StatusCode::OK, run(&body).await)
+        }
+        _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// `POST /login` with the form's user and password: a cookie and back to
+/// the console, or back with `?failed`.
+async fn login(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+    if let Err(wait) = server.throttle.check(peer.ip()) {
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins from {}; try again in {} s\n",
+                peer.ip(),
+                wait.as_secs().max(1)
+            ),
+        );
+    }
+    let Some(body) = read_body(req).await else {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "too large\n".into());
+    };
+    let user = console::form_field(&body, "user").unwrap_or_default();
+    let password = console::form_field(&body, "password").unwrap_or_default();
+    let ok = server.auth == crate::auth::AuthMethod::Trust || server.users.verify(&user, &password).await;
+    if !ok {
+        server.throttle.failed(peer.ip());
+        tracing::warn!(%peer, user = %user, "console login failed");
+        return redirect("/?failed");
+    }
+    let token = server.console.open(&user);
+    let mut r = redirect("/");
+    r.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+            console::COOKIE
+        ))
+        .expect("cookie header"),
+    );
+    r
+}
+
+/// A request body of at most 1 MiB, as text.
+async fn read_body(req: Request<Incoming>) -> Option<String> {
+    let limited = http_body_util::Limited::new(req.into_body(), 1 << 20);
+    let bytes = limited.collect().await.ok()?.to_bytes();
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn redirect(to: &'static str) -> Response<Full<Bytes>> {
+    let mut r = plain(StatusCode::SEE_OTHER, String::new());
+    r.headers_mut().insert(LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", value.to_string())
 }
 
 fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod console;
 mod debug;
 pub mod errors;
 mod handler;
@@ -60,6 +61,8 @@ pub struct Server {
     max_connections: usize,
     /// The certificate chain (PEM), for SCRAM channel binding.
     tls_cert_pem: Option<Vec<u8>>,
+    /// The web console's logged-in sessions.
+    console: console::ConsoleSessions,
 }
 
 impl Server {
@@ -168,6 +171,7 @@ impl Server {
             },
             max_connections: config.max_connections.max(1),
             tls_cert_pem,
+            console: Default::default(),
         }))
     }
 

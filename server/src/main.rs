@@ -20,7 +20,7 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:6866]
     #[arg(long, env = "SLUICE_LISTEN")]
     listen: Option<String>,
-    /// HTTP address for /metrics (Prometheus), or off [default: 127.0.0.1:6867]
+    /// HTTP address for the web console and /metrics (Prometheus), or off [default: 127.0.0.1:6867]
     #[arg(long, env = "SLUICE_HTTP_LISTEN")]
     http_listen: Option<String>,
     /// Data directory (catalog, checkpoints, landed data) [default: ./sluice-data]

@@ -1,0 +1,283 @@
+//! The web console's server side: login, and a small JSON API the page
+//! (`console.html`, embedded in the binary) polls.
+//!
+//! Access is the wire protocol's: the same users and passwords. A login
+//! (`POST /login`, a form) gives an HTTP-only, same-site cookie that names
+//! an in-memory console session; API calls may instead carry HTTP basic
+//! credentials (scripts, curl). With `--auth trust` no login is asked.
+//! Statements run through the engine's own sessions, as the logged-in
+//! user, with that user's rights.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sluice_engine::datafusion::arrow::array::RecordBatch;
+use sluice_engine::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use sluice_engine::{Engine, Output, Session, SluiceError};
+
+use crate::auth::AuthMethod;
+
+/// The page itself.
+pub const PAGE: &str = include_str!("console.html");
+
+/// A console session lasts this long after its login.
+const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// At most this many rows of a query go back to the page.
+const MAX_ROWS: usize = 1000;
+
+/// The cookie naming a console session.
+pub const COOKIE: &str = "sluice_console";
+
+/// Console sessions: token -> (user, expiry).
+#[derive(Default)]
+pub struct ConsoleSessions(Mutex<HashMap<String, (String, Instant)>>);
+
+impl ConsoleSessions {
+    /// A new session for `user`; its token.
+    pub fn open(&self, user: &str) -> String {
+        let token: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut all = self.0.lock().expect("console sessions lock");
+        let now = Instant::now();
+        all.retain(|_, (_, until)| *until > now);
+        all.insert(token.clone(), (user.to_string(), now + SESSION_LIFETIME));
+        token
+    }
+
+    /// The user of a live session.
+    pub fn user(&self, token: &str) -> Option<String> {
+        let all = self.0.lock().expect("console sessions lock");
+        all.get(token)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(u, _)| u.clone())
+    }
+
+    pub fn close(&self, token: &str) {
+        self.0.lock().expect("console sessions lock").remove(token);
+    }
+}
+
+/// Who is asking, from the request's cookie or basic credentials; `None`:
+/// nobody who may. Failed basic credentials count against the address as
+/// failed logins do, and past the limit none are tried.
+pub async fn who(
+    server: &crate::Server,
+    headers: &hyper::HeaderMap,
+    peer: std::net::IpAddr,
+) -> Option<String> {
+    if server.auth == AuthMethod::Trust {
+        return Some(
+            cookie(headers)
+                .and_then(|t| server.console.user(&t))
+                .unwrap_or_else(|| "sluice".into()),
+        );
+    }
+    if let Some(user) = cookie(headers).and_then(|t| server.console.user(&t)) {
+        return Some(user);
+    }
+    let (user, password) = basic(headers)?;
+    server.throttle.check(peer).ok()?;
+    if server.users.verify(&user, &password).await {
+        return Some(user);
+    }
+    server.throttle.failed(peer);
+    None
+}
+
+/// The console session token in the request's cookies.
+pub fn cookie(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(COOKIE)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+}
+
+/// HTTP basic credentials.
+fn basic(headers: &hyper::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// A form body's field (`application/x-www-form-urlencoded`).
+pub fn form_field(body: &str, name: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Runs `sql` (one or more statements) as `user`; the last statement's
+/// result as `{columns, rows, tag}` or `{error: {sqlstate, message}}`.
+pub async fn run_sql(server: &crate::Server, user: &str, sql: String) -> Value {
+    let superuser = server.users.is_superuser(user).await;
+    let engine: Engine = server.engine.clone();
+    let user = user.to_string();
+    let work = engine.clone().spawn(async move {
+        let mut session: Session = engine.new_session();
+        session.set_user(&user, superuser);
+        let statements = Session::parse(&sql)?;
+        if statements.is_empty() {
+            return Ok(json!({"columns": [], "rows": [], "tag": "EMPTY"}));
+        }
+        let mut last = Value::Null;
+        for statement in statements {
+            let prepared = session.prepare(statement).await?;
+            if prepared.is_subscribe() {
+                return Err(SluiceError::not_supported(
+                    "SUBSCRIBE does not run in the console's SQL page yet; use psql",
+                ));
+            }
+            let output = session.execute(&prepared, None).await?;
+            last = to_json(output).await?;
+        }
+        Ok::<_, SluiceError>(last)
+    });
+    let result = tokio::time::timeout(Duration::from_secs(60), work).await;
+    let result = match result {
+        Err(_) => Err(SluiceError::new(
+            sluice_engine::ErrorKind::Cancelled,
+            "the console stops a statement after 60 s; run long ones through psql",
+        )),
+        Ok(Err(join)) => Err(SluiceError::internal(format!("statement failed: {join}"))),
+        Ok(Ok(r)) => r,
+    };
+    match result {
+        Ok(v) => v,
+        Err(e) => {
+            let code = crate::errors::sqlstate(e.kind());
+            crate::metrics::METRICS.errors.with_label_values(&[code]).inc();
+            json!({"error": {"sqlstate": code, "message": e.to_string()}})
+        }
+    }
+}
+
+async fn to_json(output: Output) -> Result<Value, SluiceError> {
+    match output {
+        Output::Rows(mut stream) | Output::CopyOut { rows: mut stream, .. } => {
+            let schema = stream.schema();
+            let columns: Vec<Value> = schema
+                .fields()
+                .iter()
+                .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+                .collect();
+            let mut rows = vec![];
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(SluiceError::from)?;
+                if rows.len() >= MAX_ROWS {
+                    truncated = true;
+                    break;
+                }
+                text_rows(&batch, MAX_ROWS - rows.len(), &mut rows)?;
+                if rows.len() >= MAX_ROWS {
+                    truncated = true;
+                }
+            }
+            Ok(json!({"columns": columns, "rows": rows, "truncated": truncated}))
+        }
+        Output::Subscribe { .. } => Err(SluiceError::not_supported(
+            "SUBSCRIBE does not run in the console's SQL page yet; use psql",
+        )),
+        Output::Command { tag, rows } => Ok(json!({"columns": [], "rows": [], "tag": match rows {
+            Some(n) => format!("{tag} {n}"),
+            None => tag,
+        }})),
+        Output::TransactionStart => Ok(json!({"columns": [], "rows": [], "tag": "BEGIN"})),
+        Output::TransactionEnd { rollback } => Ok(json!({"columns": [], "rows": [],
+            "tag": if rollback { "ROLLBACK" } else { "COMMIT" }})),
+    }
+}
+
+/// Up to `limit` rows of `batch` as text (NULL as JSON null).
+fn text_rows(batch: &RecordBatch, limit: usize, out: &mut Vec<Value>) -> Result<(), SluiceError> {
+    let options = FormatOptions::default();
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    for row in 0..batch.num_rows().min(limit) {
+        let values: Vec<Value> = batch
+            .columns()
+            .iter()
+            .zip(&formatters)
+            .map(|(c, f)| {
+                if c.is_null(row) {
+                    Value::Null
+                } else {
+                    Value::String(f.value(row).to_string())
+                }
+            })
+            .collect();
+        out.push(Value::Array(values));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let body = "user=sluice&password=a%2Bb+c%26d";
+        assert_eq!(form_field(body, "user").as_deref(), Some("sluice"));
+        assert_eq!(form_field(body, "password").as_deref(), Some("a+b c&d"));
+        assert_eq!(form_field(body, "other"), None);
+        assert_eq!(form_field("password=%zz", "password"), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            hyper::header::COOKIE,
+            "a=1; sluice_console=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h).as_deref(), Some("abc"));
+        let sessions = ConsoleSessions::default();
+        let t = sessions.open("ann");
+        assert_eq!(sessions.user(&t).as_deref(), Some("ann"));
+        sessions.close(&t);
+        assert_eq!(sessions.user(&t), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The web console: its HTTP API's access rules, and the page itself in a
+//! real Chromium (`tests/console/console.js`, playwright-core; both installed
+//! by `scripts/infra/browser.sh`, which the test script runs).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::SluiceProcess;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request: (status code, body).
+fn request(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+// sluice:sluice and sluice:wrong, base64.
+const GOOD: &str = "Authorization: Basic c2x1aWNlOnNsdWljZQ==";
+const BAD: &str = "Authorization: Basic c2x1aWNlOndyb25n";
+
+#[test]
+fn the_console_api_asks_for_the_wire_protocols_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let _p = SluiceProcess::start_with(&dir.path().join("data"), &[("SLUICE_HTTP_LISTEN", &addr)]);
+    // The page is public (it holds no data); the API is not.
+    let (code, page) = request(http, "GET", "/", &[], "");
+    assert_eq!(code, 200);
+    assert!(page.contains("Sluice console"));
+    assert_eq!(request(http, "GET", "/api/jobs", &[], "").0, 401);
+    assert_eq!(request(http, "GET", "/api/jobs", &[BAD], "").0, 401);
+    let (code, jobs) = request(http, "GET", "/api/jobs", &[GOOD], "");
+    assert_eq!(code, 200, "{jobs}");
+    assert!(jobs.contains("\"columns\""), "{jobs}");
+    // SQL needs the console's header (a cross-site form can't send it).
+    assert_eq!(request(http, "POST", "/api/sql", &[GOOD], "SELECT 1").0, 403);
+    let (code, out) = request(
+        http,
+        "POST",
+        "/api/sql",
+        &[GOOD, "X-Sluice-Console: 1"],
+        "SELECT 6 * 7 AS n",
+    );
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"][0][0], "42", "{out}");
+    let (_, out) = request(
+        http,
+        "POST",
+        "/api/sql",
+        &[GOOD, "X-Sluice-Console: 1"],
+        "SELEC 1",
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["sqlstate"], "42601", "{out}");
+    // A form login: a cookie that then opens the API.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    let form = "user=sluice&password=sluice";
+    write!(
+        s,
+        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let cookie = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie: {raw}"))
+        .to_string();
+    let (code, who) = request(http, "GET", "/api/whoami", &[&format!("Cookie: {cookie}")], "");
+    assert_eq!(code, 200);
+    assert!(who.contains("\"user\":\"sluice\""), "{who}");
+    assert_eq!(
+        request(http, "GET", "/api/whoami", &["Cookie: sluice_console=forged"], "").0,
+        401
+    );
+    // A wrong password goes back to the form.
+    let (code, _) = request(http, "POST", "/login", &[], "user=sluice&password=nope");
+    assert_eq!(code, 303);
+}
+
+#[test]
+fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
+    let playwright = std::env::var("SLUICE_TEST_PLAYWRIGHT_PATH").expect(
+        "needs playwright-core and Chromium: run ./scripts/test.sh, or eval \"$(scripts/infra/browser.sh)\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let p = SluiceProcess::start_with(&dir.path().join("data"), &[("SLUICE_HTTP_LISTEN", &addr)]);
+    p.psql(&[
+        "-c",
+        "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', 'events.per.second' = '2000')",
+        "-c",
+        "CREATE MATERIALIZED VIEW per_auction AS SELECT auction, count(*) AS bids FROM bid GROUP BY auction",
+    ]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.js");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg(http.to_string())
+        .arg(dir.path())
+        .env("NODE_PATH", playwright)
+        .output()
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "console checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(dir.path().join("console-jobs.png").exists());
+}
