@@ -126,6 +126,11 @@ pub fn form_field(body: &str, name: &str) -> Option<String> {
     })
 }
 
+/// A query-string parameter.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_field(query, name)
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -162,8 +167,8 @@ pub async fn run_sql(server: &crate::Server, user: &str, sql: String) -> Value {
         for statement in statements {
             let prepared = session.prepare(statement).await?;
             if prepared.is_subscribe() {
-                return Err(SluiceError::not_supported(
-                    "SUBSCRIBE does not run in the console's SQL page yet; use psql",
+                return Err(SluiceError::invalid_parameter(
+                    "SUBSCRIBE streams through /api/subscribe (the SQL page does this by itself)",
                 ));
             }
             let output = session.execute(&prepared, None).await?;
@@ -190,6 +195,61 @@ pub async fn run_sql(server: &crate::Server, user: &str, sql: String) -> Value {
     }
 }
 
+/// Starts `SUBSCRIBE ...` as `user` (nothing else: it is reached by GET);
+/// its column names and its change batches as rows of text.
+pub async fn subscribe(
+    server: &crate::Server,
+    user: &str,
+    sql: String,
+) -> Result<
+    (
+        Vec<String>,
+        futures::stream::BoxStream<'static, Result<Vec<Value>, SluiceError>>,
+    ),
+    SluiceError,
+> {
+    let superuser = server.users.is_superuser(user).await;
+    let engine: Engine = server.engine.clone();
+    let user = user.to_string();
+    let started = engine
+        .clone()
+        .spawn(async move {
+            let mut session: Session = engine.new_session();
+            session.set_user(&user, superuser);
+            let mut statements = Session::parse(&sql)?;
+            if statements.len() != 1 {
+                return Err(SluiceError::invalid_parameter("one SUBSCRIBE statement, please"));
+            }
+            let prepared = session.prepare(statements.remove(0)).await?;
+            if !prepared.is_subscribe() {
+                return Err(SluiceError::invalid_parameter(
+                    "only SUBSCRIBE streams here; other statements go to /api/sql",
+                ));
+            }
+            match session.execute(&prepared, None).await? {
+                Output::Subscribe { rows, .. } => Ok(sluice_engine::compute::forward(rows)),
+                _ => Err(SluiceError::internal("SUBSCRIBE gave no rows")),
+            }
+        })
+        .await
+        .map_err(|e| SluiceError::internal(format!("SUBSCRIBE failed: {e}")))??;
+    let columns = started
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let rows = started
+        .map(|batch| {
+            let batch = batch.map_err(SluiceError::from)?;
+            let mut rows = vec![];
+            text_rows(&batch, batch.num_rows(), &mut rows)?;
+            Ok(rows)
+        })
+        .boxed();
+    Ok((columns, rows))
+}
+
 async fn to_json(output: Output) -> Result<Value, SluiceError> {
     match output {
         Output::Rows(mut stream) | Output::CopyOut { rows: mut stream, .. } => {
@@ -214,8 +274,8 @@ async fn to_json(output: Output) -> Result<Value, SluiceError> {
             }
             Ok(json!({"columns": columns, "rows": rows, "truncated": truncated}))
         }
-        Output::Subscribe { .. } => Err(SluiceError::not_supported(
-            "SUBSCRIBE does not run in the console's SQL page yet; use psql",
+        Output::Subscribe { .. } => Err(SluiceError::invalid_parameter(
+            "SUBSCRIBE streams through /api/subscribe (the SQL page does this by itself)",
         )),
         Output::Command { tag, rows } => Ok(json!({"columns": [], "rows": [], "tag": match rows {
             Some(n) => format!("{tag} {n}"),

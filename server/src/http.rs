@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,6 +21,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::{Server, console};
+
+/// Every response's body: whole, or a stream of server-sent events.
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The Prometheus text format's content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -62,7 +66,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
     connections.shutdown().await;
 }
 
-async fn route(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+async fn route(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
@@ -128,7 +132,7 @@ async fn api(
     method: Method,
     path: &str,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let run = |sql: &str| console::run_sql(server, user, sql.to_string());
     match (method, path) {
         (Method::GET, "/api/whoami") => json(StatusCode::OK, serde_json::json!({"user": user})),
@@ -145,6 +149,14 @@ async fn api(
                 all.insert(name.into(), run(sql).await);
             }
             json(StatusCode::OK, serde_json::Value::Object(all))
+        }
+        (Method::GET, "/api/subscribe") => {
+            let sql = req
+                .uri()
+                .query()
+                .and_then(|q| console::query_param(q, "sql"))
+                .unwrap_or_default();
+            subscribe(server, user, sql).await
         }
         (Method::POST, "/api/sql") => {
             // A cross-site form can't set this header, and a cross-site
@@ -167,9 +179,45 @@ async fn api(
     }
 }
 
+/// `SUBSCRIBE` as server-sent events: `columns` once, then `rows` for each
+/// batch of changes (`op`, `progress`, the row's columns), or one `failed`.
+/// The subscription (and a query's private job) ends when the page goes.
+async fn subscribe(server: &Server, user: &str, sql: String) -> Response<Body> {
+    use futures::StreamExt;
+    let event = |name: &str, data: serde_json::Value| {
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(format!(
+            "event: {name}\ndata: {data}\n\n"
+        ))))
+    };
+    let events = match console::subscribe(server, user, sql).await {
+        Ok((columns, rows)) => {
+            let head = futures::stream::once(async move { serde_json::json!({"columns": columns}) })
+                .map(move |c| event("columns", c));
+            let rows = rows.map(move |r| match r {
+                Ok(rows) => event("rows", serde_json::json!({"rows": rows})),
+                Err(e) => event("failed", error_json(&e)),
+            });
+            head.chain(rows).boxed()
+        }
+        Err(e) => futures::stream::once(async move { event("failed", error_json(&e)) }).boxed(),
+    };
+    let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(events)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error_json(e: &sluice_engine::SluiceError) -> serde_json::Value {
+    let code = crate::errors::sqlstate(e.kind());
+    crate::metrics::METRICS.errors.with_label_values(&[code]).inc();
+    serde_json::json!({"sqlstate": code, "message": e.to_string()})
+}
+
 /// `POST /login` with the form's user and password: a cookie and back to
 /// the console, or back with `?failed`.
-async fn login(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
+async fn login(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
     if let Err(wait) = server.throttle.check(peer.ip()) {
         return plain(
             StatusCode::TOO_MANY_REQUESTS,
@@ -211,22 +259,22 @@ async fn read_body(req: Request<Incoming>) -> Option<String> {
     String::from_utf8(bytes.to_vec()).ok()
 }
 
-fn redirect(to: &'static str) -> Response<Full<Bytes>> {
+fn redirect(to: &'static str) -> Response<Body> {
     let mut r = plain(StatusCode::SEE_OTHER, String::new());
     r.headers_mut().insert(LOCATION, HeaderValue::from_static(to));
     r
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     respond(status, "application/json", value.to_string())
 }
 
-fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn plain(status: StatusCode, body: String) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -88,6 +88,24 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
     await page.screenshot({ path: `${shots}/console-sql.png` });
   });
 
+  await check("SUBSCRIBE keeps a live result", async () => {
+    await page.fill("#sql-text", "SUBSCRIBE TO per_auction");
+    await page.click("#sql-run");
+    await page.waitForSelector("#live-table", { timeout: 10000 });
+    const changes = async () => Number(((await page.textContent("#sql-result p")) || "").match(/(\d+) change/)?.[1] || 0);
+    let first = 0;
+    for (let i = 0; i < 40 && first === 0; i++) { await page.waitForTimeout(250); first = await changes(); }
+    assert(first > 0, "no changes arrived");
+    await page.waitForTimeout(2000);
+    const later = await changes();
+    assert(later > first, `no new changes in 2 s (${first} then ${later})`);
+    const head = await page.textContent("#live-table thead");
+    assert(head.includes("auction") && head.includes("bids"), head);
+    assert((await page.$$("#live-table tbody tr")).length > 0, "no current rows");
+    await page.screenshot({ path: `${shots}/console-subscribe.png` });
+    await page.click("#sql-stop");
+  });
+
   await check("the page raised no script errors", async () => {
     assert(errors.length === 0, errors.join("; "));
   });
