@@ -77,6 +77,8 @@ pub struct OperatorFigures {
     pub operator_id: usize,
     pub operator: String,
     pub parallelism: usize,
+    /// The operators this one reads (their `operator_id`s).
+    pub inputs: Vec<usize>,
     pub metrics: NodeSnapshot,
 }
 
@@ -253,6 +255,7 @@ impl JobManager {
                     operator_id: n.id,
                     operator: n.label(),
                     parallelism: n.parallelism,
+                    inputs: n.inputs.iter().map(|i| i.id).collect(),
                     metrics: n.metrics.snapshot(),
                 });
             }

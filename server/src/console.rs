@@ -250,6 +250,29 @@ pub async fn subscribe(
     Ok((columns, rows))
 }
 
+/// Every running operator with its inputs and figures, for the job graph.
+pub fn operators_json(engine: &Engine) -> Value {
+    let ops: Vec<Value> = engine
+        .job_operators()
+        .into_iter()
+        .map(|o| {
+            json!({
+                "job": o.job,
+                "id": o.operator_id,
+                "operator": o.operator,
+                "parallelism": o.parallelism,
+                "inputs": o.inputs,
+                "rows_in": o.metrics.rows_in,
+                "rows_out": o.metrics.rows_out,
+                "state_rows": o.metrics.state_rows,
+                "state_bytes": o.metrics.state_bytes,
+                "blocked_us": o.metrics.blocked_us,
+            })
+        })
+        .collect();
+    json!({ "operators": ops })
+}
+
 async fn to_json(output: Output) -> Result<Value, SluiceError> {
     match output {
         Output::Rows(mut stream) | Output::CopyOut { rows: mut stream, .. } => {

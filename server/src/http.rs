@@ -137,6 +137,7 @@ async fn api(
     match (method, path) {
         (Method::GET, "/api/whoami") => json(StatusCode::OK, serde_json::json!({"user": user})),
         (Method::GET, "/api/jobs") => json(StatusCode::OK, run("SHOW JOBS").await),
+        (Method::GET, "/api/operators") => json(StatusCode::OK, console::operators_json(&server.engine)),
         (Method::GET, "/api/checkpoints") => json(StatusCode::OK, run("SHOW CHECKPOINTS").await),
         (Method::GET, "/api/catalog") => {
             let mut all = serde_json::Map::new();

@@ -108,6 +108,13 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         "Bytes an operator holds in its state (estimated).",
     )?;
     let parallelism = gauge("sluice_operator_parallelism", "Tasks an operator runs in.")?;
+    let blocked = GaugeVec::new(
+        Opts::new(
+            "sluice_operator_backpressure_seconds_total",
+            "Time an operator's tasks waited to hand output to a full channel downstream, summed over its tasks.",
+        ),
+        op_labels,
+    )?;
     let watermark = GaugeVec::new(
         Opts::new(
             "sluice_operator_watermark_seconds",
@@ -150,6 +157,7 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         state_rows.with_label_values(&labels).set(m.state_rows as i64);
         state_bytes.with_label_values(&labels).set(m.state_bytes as i64);
         parallelism.with_label_values(&labels).set(op.parallelism as i64);
+        blocked.with_label_values(&labels).set(m.blocked_us as f64 / 1e6);
         // An operator with no watermark yet, or past the end of its input
         // (a bounded source finished), has none to show.
         if let Some(w) = m.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX) {
@@ -221,6 +229,7 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(state_rows),
         Box::new(state_bytes),
         Box::new(parallelism),
+        Box::new(CounterFromGauge(blocked)),
         Box::new(watermark),
         Box::new(lag),
         Box::new(status),
@@ -279,9 +288,9 @@ fn register_process(registry: &Registry) -> Result<(), prometheus::Error> {
 /// A gauge reported with the counter type (a value read from elsewhere
 /// that only grows, such as CPU time: the counter types take increments,
 /// this one a fractional total).
-struct CounterFromGauge(Gauge);
+struct CounterFromGauge<G: Collector>(G);
 
-impl Collector for CounterFromGauge {
+impl<G: Collector> Collector for CounterFromGauge<G> {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         self.0.desc()
     }

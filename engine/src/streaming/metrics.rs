@@ -14,6 +14,9 @@ pub struct NodeMetrics {
     watermarks: Vec<AtomicI64>,
     state_rows: AtomicU64,
     state_bytes: AtomicU64,
+    /// Microseconds the operator's tasks waited, over all tasks, to hand
+    /// output to a full channel downstream (backpressure).
+    blocked_us: AtomicU64,
     /// Per parallel task: what the task says about itself (sources: lag,
     /// retries).
     details: Mutex<Vec<Option<String>>>,
@@ -36,6 +39,7 @@ impl NodeMetrics {
             watermarks: (0..tasks.max(1)).map(|_| AtomicI64::new(i64::MIN)).collect(),
             state_rows: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            blocked_us: AtomicU64::new(0),
             details: Mutex::new(vec![None; tasks.max(1)]),
         }
     }
@@ -80,6 +84,9 @@ pub struct NodeSnapshot {
     pub watermark: Option<i64>,
     pub state_rows: u64,
     pub state_bytes: u64,
+    /// Microseconds spent blocked on a full downstream channel, summed
+    /// over the operator's tasks.
+    pub blocked_us: u64,
 }
 
 impl NodeMetrics {
@@ -109,6 +116,12 @@ impl NodeMetrics {
         if let Some(w) = self.watermarks.get(task) {
             w.store(wm, Ordering::Relaxed);
         }
+    }
+
+    /// Adds time a task waited on a full downstream channel.
+    pub fn add_blocked(&self, waited: std::time::Duration) {
+        self.blocked_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Adds a task's change in state size.
@@ -141,6 +154,7 @@ impl NodeMetrics {
             watermark: (wm != i64::MIN).then_some(wm),
             state_rows: self.state_rows.load(Ordering::Relaxed),
             state_bytes: self.state_bytes.load(Ordering::Relaxed),
+            blocked_us: self.blocked_us.load(Ordering::Relaxed),
         }
     }
 }

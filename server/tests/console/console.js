@@ -59,6 +59,11 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
   await check("a job's operators open on a click", async () => {
     await page.click('tr[data-job="per_auction"] a.job');
     await page.waitForSelector("#operator-table", { timeout: 5000 });
+    // The graph: every operator a box, the source feeding the rest.
+    const boxes = await page.$$eval("#job-graph g.op", (gs) => gs.map((g) => g.textContent));
+    assert(boxes.some((b) => b.includes("Source")) && boxes.some((b) => b.includes("Aggregate")), boxes.join(" | "));
+    assert((await page.$$("#job-graph path")).length >= boxes.length - 1, "edges missing");
+    await page.waitForFunction(() => /rows\/s out/.test(document.querySelector("#job-graph").textContent), null, { timeout: 5000 });
     const text = await page.textContent("#operator-table");
     assert(text.includes("Aggregate") && text.includes("Source"), text.slice(0, 200));
     await page.screenshot({ path: `${shots}/console-jobs.png` });

@@ -65,7 +65,9 @@ pub(super) fn keyed(
         receivers.push(rx);
     }
     for (l, lane) in lanes_in.into_iter().enumerate() {
-        tasks.push(exchange(lane, l, keys[lane_inputs[l]].clone(), senders.clone()).boxed());
+        // Waiting on a full exchange is the input's backpressure.
+        let upstream = node.inputs[lane_inputs[l]].metrics.clone();
+        tasks.push(exchange(lane, l, keys[lane_inputs[l]].clone(), senders.clone(), upstream).boxed());
     }
     drop(senders);
     let lane_inputs: Arc<[usize]> = lane_inputs.into();
@@ -128,6 +130,21 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
+/// Sends `msg`, counting the time spent waiting when the channel is full
+/// as `metrics`' backpressure; `false` when the receiver is gone.
+async fn send_counted<T>(tx: &mpsc::Sender<T>, msg: T, metrics: &NodeMetrics) -> bool {
+    match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(msg)) => {
+            let waiting = std::time::Instant::now();
+            let sent = tx.send(msg).await.is_ok();
+            metrics.add_blocked(waiting.elapsed());
+            sent
+        }
+    }
+}
+
 /// Routes rows by key group (see [`keygroups`]); progress messages go to
 /// every target.
 async fn exchange(
@@ -135,13 +152,14 @@ async fn exchange(
     lane_id: usize,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     targets: Vec<mpsc::Sender<(usize, Message)>>,
+    upstream: Arc<NodeMetrics>,
 ) -> Result<()> {
     let assignment = keygroups::Assignment::new(targets.len());
     let mut hashes: Vec<u64> = Vec::new();
     while let Some(msg) = lane.next().await {
         match msg? {
             Message::Batch(b) if targets.len() == 1 => {
-                if targets[0].send((lane_id, Message::Batch(b))).await.is_err() {
+                if !send_counted(&targets[0], (lane_id, Message::Batch(b)), &upstream).await {
                     return Ok(());
                 }
             }
@@ -151,7 +169,7 @@ async fn exchange(
                     .map(|k| eval(k, &b))
                     .collect::<datafusion::error::Result<_>>()?;
                 for (t, part) in assignment.split(&b, &cols, &mut hashes)? {
-                    if targets[t].send((lane_id, Message::Batch(part))).await.is_err() {
+                    if !send_counted(&targets[t], (lane_id, Message::Batch(part)), &upstream).await {
                         return Ok(());
                     }
                 }
@@ -180,7 +198,7 @@ async fn forward(
 ) -> bool {
     for b in out.drain(..) {
         metrics.add_out(b.num_rows());
-        if tx.send(Ok(Message::Batch(b))).await.is_err() {
+        if !send_counted(tx, Ok(Message::Batch(b)), metrics).await {
             return false;
         }
     }
@@ -286,4 +304,31 @@ async fn run_keyed(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_on_a_full_channel_counts_as_backpressure() {
+        let metrics = NodeMetrics::new(1);
+        let (tx, mut rx) = mpsc::channel::<u32>(1);
+        // Room: no wait.
+        assert!(send_counted(&tx, 1, &metrics).await);
+        assert_eq!(metrics.snapshot().blocked_us, 0);
+        // Full until the reader takes one, 20 ms later.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        assert!(send_counted(&tx, 2, &metrics).await);
+        assert!(metrics.snapshot().blocked_us > 0, "the wait was not counted");
+        let (first, rx) = reader.await.unwrap();
+        assert_eq!(first, Some(1));
+        drop(rx);
+        // Nobody reads any more: false, not a hang.
+        assert!(!send_counted(&tx, 3, &metrics).await);
+    }
 }
