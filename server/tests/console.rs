@@ -128,6 +128,11 @@ fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
         "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', 'events.per.second' = '2000')",
         "-c",
         "CREATE MATERIALIZED VIEW per_auction AS SELECT auction, count(*) AS bids FROM bid GROUP BY auction",
+        "-c",
+        "SET streaming.checkpoint_interval = '1s'",
+        "-c",
+        "CREATE SINK landed WITH (connector = 'delta', path = 'lake/landed') AS \
+         SELECT window_start, count(*) AS bids FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
     ]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.js");
     let out = std::process::Command::new("node")

@@ -69,6 +69,18 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
     await page.screenshot({ path: `${shots}/console-jobs.png` });
   });
 
+  await check("landed data: a sink's versions, their offsets and an AS OF preview", async () => {
+    await page.click('nav button[data-tab="landed"]');
+    await page.waitForSelector('tr.commit[data-sink="landed"]', { timeout: 20000 });
+    await page.click('tr.commit[data-sink="landed"]');
+    await page.waitForSelector("#preview", { timeout: 10000 });
+    const detail = await page.textContent("#commit-detail");
+    assert(detail.includes("from_position") && detail.includes("file_paths"), detail.slice(0, 300));
+    const preview = await page.textContent("#preview");
+    assert(preview.includes("window_start") && !preview.includes("ERROR"), preview.slice(0, 300));
+    await page.screenshot({ path: `${shots}/console-landed.png` });
+  });
+
   await check("the catalog shows the stream and the view", async () => {
     await page.click('nav button[data-tab="catalog"]');
     await page.waitForFunction(() => document.querySelector("#catalog-tables").textContent.includes("per_auction"), null, { timeout: 10000 });
