@@ -21,6 +21,9 @@ if ! command -v psql >/dev/null 2>&1; then
     exit 1
   }
 fi
+if ! command -v curl >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq curl >/dev/null) || { echo "could not install curl" >&2; exit 1; }
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

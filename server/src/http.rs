@@ -46,17 +46,15 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
                 };
                 let server = server.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(route(&server, req, peer).await) }
-                    });
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    // With a certificate configured, HTTP is HTTPS only, as
+                    // the wire protocol offers TLS with the same one.
+                    match server.tls.clone() {
+                        Some(tls) => match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(socket)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, server, peer).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "https handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "https handshake timed out"),
+                        },
+                        None => serve_connection(socket, server, peer).await,
                     }
                 });
             }
@@ -64,6 +62,25 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, shutdown: impl Fu
         }
     }
     connections.shutdown().await;
+}
+
+/// Serves one HTTP/1.1 connection, plain or TLS.
+async fn serve_connection<I>(io: I, server: Arc<Server>, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(route(&server, req, peer).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
 }
 
 async fn route(server: &Server, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
@@ -245,8 +262,10 @@ async fn login(server: &Server, req: Request<Incoming>, peer: std::net::SocketAd
     r.headers_mut().insert(
         SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{}={token}; Path=/; HttpOnly; SameSite=Strict",
-            console::COOKIE
+            "{}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+            console::COOKIE,
+            // Over HTTPS the cookie never travels in the clear.
+            if server.tls.is_some() { "; Secure" } else { "" }
         ))
         .expect("cookie header"),
     );

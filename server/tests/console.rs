@@ -148,3 +148,75 @@ fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     assert!(dir.path().join("console-jobs.png").exists());
 }
+
+#[test]
+fn with_a_certificate_the_console_and_metrics_are_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let http = free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let _p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            ("SLUICE_HTTP_LISTEN", &addr),
+            ("SLUICE_TLS_CERT", cert.to_str().unwrap()),
+            ("SLUICE_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "20", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, who) = curl(&[
+        "-u",
+        "sluice:sluice",
+        &format!("https://127.0.0.1:{http}/api/whoami"),
+    ]);
+    assert!(ok && who.contains("\"user\":\"sluice\""), "{who}");
+    let (ok, metrics) = curl(&[&format!("https://127.0.0.1:{http}/metrics")]);
+    assert!(ok && metrics.contains("sluice_connections_total"), "{metrics}");
+    // The login cookie is marked Secure.
+    let (ok, headers) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--data",
+        "user=sluice&password=sluice",
+        &format!("https://127.0.0.1:{http}/login"),
+    ]);
+    assert!(
+        ok && headers.to_ascii_lowercase().contains("; secure"),
+        "{headers}"
+    );
+    // Plain HTTP gets no answer.
+    let (ok, _) = curl(&[&format!("http://127.0.0.1:{http}/metrics")]);
+    assert!(!ok, "plain HTTP was served beside HTTPS");
+}
