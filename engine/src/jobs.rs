@@ -80,6 +80,8 @@ pub struct OperatorFigures {
     /// The operators this one reads (their `operator_id`s).
     pub inputs: Vec<usize>,
     pub metrics: NodeSnapshot,
+    /// A source's position in each split it reads.
+    pub splits: Vec<crate::stream::SplitFigures>,
 }
 
 /// One job's checkpoint figures, as the metrics see them.
@@ -257,6 +259,7 @@ impl JobManager {
                     parallelism: n.parallelism,
                     inputs: n.inputs.iter().map(|i| i.id).collect(),
                     metrics: n.metrics.snapshot(),
+                    splits: n.metrics.splits(),
                 });
             }
         }

@@ -59,6 +59,21 @@ pub enum Message {
     End,
 }
 
+/// Where a source task stands in one split of its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitFigures {
+    /// What it reads, e.g. the Kafka topic.
+    pub name: String,
+    /// The split within it, e.g. the partition number.
+    pub split: String,
+    /// The next offset to read, once known.
+    pub offset: Option<i64>,
+    /// Records between it and the end of the split, once known.
+    pub lag: Option<i64>,
+    /// Errors the client reported while reading, since the task started.
+    pub errors: u64,
+}
+
 /// Name of the operation column that updating streams carry last:
 /// `1` inserts the row, `-1` deletes it (an update is a delete and an insert).
 pub const OP_COLUMN: &str = "__sluice_op";
@@ -108,6 +123,13 @@ pub trait Source: Send {
     /// position and lag per split, a connection being retried, files read.
     fn status(&self) -> Option<String> {
         None
+    }
+
+    /// Per split this task reads (a Kafka partition), where it is and how
+    /// far behind the end, for the metrics. Empty for sources without such
+    /// positions.
+    fn split_figures(&self) -> Vec<SplitFigures> {
+        Vec::new()
     }
 
     /// Where this source stands, for a checkpoint: enough to continue right

@@ -141,7 +141,8 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let mut seen_jobs = std::collections::BTreeSet::new();
-    for op in engine.job_operators() {
+    let ops = engine.job_operators();
+    for op in &ops {
         if seen_jobs.insert(op.job.clone()) {
             status
                 .with_label_values(&[op.job.as_str(), op.kind, op.status.as_str()])
@@ -164,6 +165,41 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
             let seconds = w as f64 / 1e6;
             watermark.with_label_values(&labels).set(seconds);
             lag.with_label_values(&labels).set((now - seconds).max(0.0));
+        }
+    }
+    let split_labels = &["job_name", "operator_id", "source", "split"];
+    let split_offset = IntGaugeVec::new(
+        Opts::new(
+            "sluice_source_offset",
+            "The next offset a source reads in a split (a Kafka partition).",
+        ),
+        split_labels,
+    )?;
+    let split_lag = IntGaugeVec::new(
+        Opts::new(
+            "sluice_source_lag_records",
+            "Records between a source's position and the end of a split (Kafka: the high watermark).",
+        ),
+        split_labels,
+    )?;
+    let split_errors = IntCounterVec::new(
+        Opts::new(
+            "sluice_source_client_errors_total",
+            "Errors a source's client (the Kafka consumer) reported, per split it reads.",
+        ),
+        split_labels,
+    )?;
+    for op in &ops {
+        let id = op.operator_id.to_string();
+        for s in &op.splits {
+            let labels = [op.job.as_str(), id.as_str(), s.name.as_str(), s.split.as_str()];
+            if let Some(o) = s.offset {
+                split_offset.with_label_values(&labels).set(o);
+            }
+            if let Some(l) = s.lag {
+                split_lag.with_label_values(&labels).set(l);
+            }
+            split_errors.with_label_values(&labels).inc_by(s.errors);
         }
     }
     let job_labels = &["job_name"];
@@ -239,6 +275,9 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(ck_duration),
         Box::new(ck_bytes),
         Box::new(restarts),
+        Box::new(split_offset),
+        Box::new(split_lag),
+        Box::new(split_errors),
     ] {
         registry.register(m)?;
     }

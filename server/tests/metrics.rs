@@ -239,7 +239,8 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
 
     // Every query of the Grafana dashboard in the repository is one
     // Prometheus takes, and each has data (but the one that lists jobs not
-    // running: all are).
+    // running, as all are, and Kafka's, as this job reads the generator;
+    // the Kafka series are checked in the next test).
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -258,7 +259,7 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
                 .replace("$__rate_interval", "1m")
                 .replace("$scrape_job", "sluice");
             exprs += 1;
-            if expr.contains("status!=") {
+            if expr.contains("status!=") || expr.contains("sluice_source_") {
                 prom.query(&expr); // valid (a refusal panics)
             } else {
                 prom.wait_for(&expr, |v| v.is_finite());
@@ -271,4 +272,77 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
     p.psql(&["-c", "DROP MATERIALIZED VIEW per_second"]);
     let (_, text) = http_get(http, "/metrics");
     assert!(!text.contains("job_name=\"per_second\""), "{text}");
+}
+
+/// Kafka sources: offset and lag per partition, read where the Kafka
+/// client keeps them (the real broker of `scripts/infra/kafka.sh`).
+#[test]
+fn kafka_partitions_show_their_offsets_and_lag() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = format!("metrics_{}", std::process::id());
+    common::create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    for (partition, n) in [(0, 30), (1, 20)] {
+        for i in 0..n {
+            let payload = format!(r#"{{"id": {i}}}"#);
+            producer
+                .send(
+                    BaseRecord::<(), _>::to(&topic)
+                        .partition(partition)
+                        .payload(&payload),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let http_addr = format!("127.0.0.1:{http}");
+    let p = SluiceProcess::start_with(&dir.path().join("data"), &[("SLUICE_HTTP_LISTEN", &http_addr)]);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM k (id BIGINT) WITH (connector = 'kafka', topic = '{topic}', \
+             'properties.bootstrap.servers' = '{}', format = 'json', 'scan.startup.mode' = 'earliest-offset')",
+            common::brokers()
+        ),
+        "-c",
+        "CREATE MATERIALIZED VIEW counted AS SELECT count(*) AS n FROM k",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = |text: &str, name: &str, partition: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains("job_name=\"counted\"")
+                    && l.contains(&format!("split=\"{partition}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    loop {
+        let (_, text) = http_get(http, "/metrics");
+        let figures = [
+            line(&text, "sluice_source_offset{", "0"),
+            line(&text, "sluice_source_offset{", "1"),
+            line(&text, "sluice_source_lag_records{", "0"),
+            line(&text, "sluice_source_lag_records{", "1"),
+        ];
+        if figures == [Some(30.0), Some(20.0), Some(0.0), Some(0.0)] {
+            assert!(text.contains(&format!("source=\"{topic}\"")), "{text}");
+            assert!(text.contains("sluice_source_client_errors_total{"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets 30 and 20 with no lag never showed: {figures:?}\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

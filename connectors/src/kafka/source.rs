@@ -369,6 +369,8 @@ struct KafkaContext {
 #[derive(Default)]
 struct ContextState {
     last_error: Option<(Instant, String)>,
+    /// Client errors reported since the task started.
+    errors: u64,
     /// partition -> high watermark offset.
     high: BTreeMap<i32, i64>,
 }
@@ -383,6 +385,7 @@ impl ClientContext for KafkaContext {
         tracing::warn!("kafka: {error}: {reason}");
         let mut s = self.shared.lock().expect("kafka context lock");
         s.last_error = Some((Instant::now(), format!("{error}: {reason}")));
+        s.errors += 1;
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -762,6 +765,27 @@ impl Source for KafkaSource {
                 .collect::<Vec<_>>()
                 .join(","),
         )
+    }
+
+    fn split_figures(&self) -> Vec<sluice_engine::stream::SplitFigures> {
+        let shared = self.context.shared.lock().expect("kafka context lock");
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(split, p)| {
+                let next = self.next_offsets[split];
+                sluice_engine::stream::SplitFigures {
+                    name: self.options.topic.clone(),
+                    split: p.to_string(),
+                    offset: next,
+                    lag: match (shared.high.get(p), next) {
+                        (Some(high), Some(next)) => Some((high - next).max(0)),
+                        _ => None,
+                    },
+                    errors: shared.errors,
+                }
+            })
+            .collect()
     }
 
     fn status(&self) -> Option<String> {

@@ -20,6 +20,8 @@ pub struct NodeMetrics {
     /// Per parallel task: what the task says about itself (sources: lag,
     /// retries).
     details: Mutex<Vec<Option<String>>>,
+    /// Per parallel task: where a source task is in each split it reads.
+    splits: Mutex<Vec<Vec<crate::stream::SplitFigures>>>,
 }
 
 impl Default for NodeMetrics {
@@ -41,6 +43,7 @@ impl NodeMetrics {
             state_bytes: AtomicU64::new(0),
             blocked_us: AtomicU64::new(0),
             details: Mutex::new(vec![None; tasks.max(1)]),
+            splits: Mutex::new(vec![Vec::new(); tasks.max(1)]),
         }
     }
 
@@ -52,6 +55,24 @@ impl NodeMetrics {
         {
             *d = detail;
         }
+    }
+
+    /// Sets where source task `task` is in its splits.
+    pub fn set_splits(&self, task: usize, figures: Vec<crate::stream::SplitFigures>) {
+        if let Some(s) = self.splits.lock().expect("splits lock").get_mut(task) {
+            *s = figures;
+        }
+    }
+
+    /// Every task's split figures.
+    pub fn splits(&self) -> Vec<crate::stream::SplitFigures> {
+        self.splits
+            .lock()
+            .expect("splits lock")
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// The tasks' details, joined (`None` when no task has any).
