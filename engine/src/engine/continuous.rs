@@ -228,8 +228,10 @@ impl Session {
         self.engine.inner.stores.local_path(path)
     }
 
-    /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: plans the query,
-    /// starts the job, and records it durably when `persist`.
+    /// `CREATE SINK` (`sink`) or `CREATE MATERIALIZED VIEW`: checks the
+    /// name, plans the query, sets up its checkpoints, starts the job
+    /// ([`Self::start_sink`] / [`Self::start_view`]), records it durably
+    /// when `persist`, and hands it to the job manager.
     pub(crate) async fn create_job(&self, create: CreateJob, sink: bool, persist: bool) -> Result<()> {
         let name = crate::parser::normalize_name(&create.name);
         let statement = if sink {
@@ -255,9 +257,7 @@ impl Session {
                 format!("relation \"{name}\" already exists"),
             ));
         }
-        let node = self.plan_job(&create.query).await?;
-        let schema = node.schema.clone();
-        let updating = node.updating;
+        let mut node = self.plan_job(&create.query).await?;
         // Read before this job's own checkpoints are reset: a sink may start
         // where another (even a dropped one of the same name) stopped.
         let start_from = match create.options.get("start_from") {
@@ -265,118 +265,28 @@ impl Session {
             None => Default::default(),
         };
         let settings = self.job_settings(&name, persist)?;
-        let mut node = node;
         node.set_state_ttl(settings.state_ttl());
-        let mut checkpoints = self.checkpoint_config(&name, persist, &settings)?;
+        let checkpoints = self.checkpoint_config(&name, persist, &settings)?;
         if persist {
             CheckpointStore::dropped(&self.engine.inner.checkpoints, &name).remove_all();
         }
-        let mut table_log: Option<Arc<dyn TableLog>> = None;
         let history = checkpoints.as_ref().map(|c| c.history.clone());
-        let run_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-            .to_string();
-        let (job, view) = if sink {
-            let stores = &self.engine.inner.stores;
-            let mut options = crate::secrets::resolve(&create.options, |n| catalog.secret(n).cloned())?;
-            let store_options: BTreeMap<String, String> = options
-                .iter()
-                .filter(|(k, _)| stores.is_store_option(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            options.retain(|k, _| !stores.is_store_option(k) && k != "start_from");
-            let connector_name = options.remove("connector").ok_or_else(|| {
-                SluiceError::invalid_parameter(format!(
-                    "CREATE SINK {name}: the connector option is required"
-                ))
-            })?;
-            if let Some(path) = options.get_mut("path") {
-                *path = self.landing_path(path)?;
-            }
-            let connector = self.engine.inner.sinks.get(&connector_name)?;
-            check_sink_options(connector.as_ref(), &options)?;
-            let landed = connector.validate(&options, &schema, updating)?;
-            let mut ctx = SinkContext {
-                name: name.clone(),
-                run_id,
-                job_id: CheckpointStore::new(&self.engine.inner.checkpoints, &name).job_id()?,
-                checkpointing: checkpoints.is_some(),
-                table_log: None,
-                committer: None,
-                stores: stores.clone(),
-                store_options: store_options.clone(),
-            };
-            if let Some(landed) = &landed {
-                self.register_store(&landed.location, &store_options)?;
-                // Creates the directory for local sinks, so the table lists.
-                crate::storage::resolve_location(stores, &landed.location, &store_options)?;
-                table_log =
-                    connector.table_log(&options, &schema, updating, &ctx, &create.query.to_string())?;
-                let table: Arc<dyn datafusion::catalog::TableProvider> = match &table_log {
-                    Some(log) => {
-                        log.prepare().await?;
-                        log.table(None)?
-                    }
-                    None => crate::sink::landed_table(
-                        landed,
-                        &connector.landed_schema(&options, &schema, updating),
-                    )?,
-                };
-                self.ctx.register_table(name.as_str(), table)?;
-            }
-            ctx.table_log = table_log.clone();
-            ctx.committer = match &table_log {
-                Some(log) => Some(log.clone() as Arc<dyn crate::sink::Committer>),
-                None if ctx.checkpointing => connector.committer(&options, &ctx)?,
-                None => None,
-            };
-            if let Some(c) = checkpoints.as_mut() {
-                c.committer = ctx.committer.clone();
-                if let Some(committer) = &ctx.committer
-                    && !committer.recommits()
-                {
-                    // Only a checkpoint whose output was committed can be
-                    // restored: a later one's output is produced again.
-                    if let Some(r) = c.restore.take() {
-                        c.restore = r.store.latest_committed()?.map(|manifest| Restore {
-                            store: r.store.clone(),
-                            manifest,
-                        });
-                    }
-                }
-            }
-            let started = Job::start(
-                &name,
-                node,
-                |lane, lanes| connector.open(&options, &schema, updating, &ctx, lane, lanes),
-                checkpoints,
-                start_from,
-            );
-            match started {
-                Ok(job) => (job, None),
-                Err(e) => {
-                    let _ = self.ctx.deregister_table(name.as_str());
-                    return Err(e);
-                }
-            }
+        let (job, view, table_log) = if sink {
+            let options = crate::secrets::resolve(&create.options, |n| catalog.secret(n).cloned())?;
+            let (job, log) = self
+                .start_sink(
+                    &name,
+                    options,
+                    &create.query.to_string(),
+                    node,
+                    checkpoints,
+                    start_from,
+                )
+                .await?;
+            (job, None, log)
         } else {
-            if !create.options.is_empty() {
-                return Err(SluiceError::invalid_parameter(
-                    "CREATE MATERIALIZED VIEW takes no WITH options",
-                ));
-            }
-            let view = Arc::new(MaterializedView::try_new(schema.clone(), updating)?);
-            self.ctx.register_table(name.as_str(), view.clone())?;
-            let job = Job::start(
-                &name,
-                node,
-                |lane, _| Ok(view.writer(lane)),
-                checkpoints,
-                start_from,
-            )?;
-            (job, Some(view))
+            let (job, view) = self.start_view(&name, &create.options, node, checkpoints, start_from)?;
+            (job, Some(view), None)
         };
         if persist
             && let Err(e) = catalog.put(CatalogEntry {
@@ -407,6 +317,132 @@ impl Session {
             Arc::new(Restarter(Arc::downgrade(&self.engine.inner))),
         );
         Ok(())
+    }
+
+    /// Starts sink `name`'s job: resolves its connector and landing place,
+    /// registers the table it lands (if any), and wires its committer to
+    /// the checkpoints. Returns the job and the sink's table log (versions).
+    async fn start_sink(
+        &self,
+        name: &str,
+        mut options: BTreeMap<String, String>,
+        query: &str,
+        node: Node,
+        mut checkpoints: Option<CheckpointConfig>,
+        start_from: crate::streaming::runtime::StartPositions,
+    ) -> Result<(Job, Option<Arc<dyn TableLog>>)> {
+        let name = name.to_string();
+        let stores = &self.engine.inner.stores;
+        let mut table_log: Option<Arc<dyn TableLog>> = None;
+        let schema = node.schema.clone();
+        let updating = node.updating;
+        let run_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string();
+        let store_options: BTreeMap<String, String> = options
+            .iter()
+            .filter(|(k, _)| stores.is_store_option(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        options.retain(|k, _| !stores.is_store_option(k) && k != "start_from");
+        let connector_name = options.remove("connector").ok_or_else(|| {
+            SluiceError::invalid_parameter(format!("CREATE SINK {name}: the connector option is required"))
+        })?;
+        if let Some(path) = options.get_mut("path") {
+            *path = self.landing_path(path)?;
+        }
+        let connector = self.engine.inner.sinks.get(&connector_name)?;
+        check_sink_options(connector.as_ref(), &options)?;
+        let landed = connector.validate(&options, &schema, updating)?;
+        let mut ctx = SinkContext {
+            name: name.clone(),
+            run_id,
+            job_id: CheckpointStore::new(&self.engine.inner.checkpoints, &name).job_id()?,
+            checkpointing: checkpoints.is_some(),
+            table_log: None,
+            committer: None,
+            stores: stores.clone(),
+            store_options: store_options.clone(),
+        };
+        if let Some(landed) = &landed {
+            self.register_store(&landed.location, &store_options)?;
+            // Creates the directory for local sinks, so the table lists.
+            crate::storage::resolve_location(stores, &landed.location, &store_options)?;
+            table_log = connector.table_log(&options, &schema, updating, &ctx, query)?;
+            let table: Arc<dyn datafusion::catalog::TableProvider> = match &table_log {
+                Some(log) => {
+                    log.prepare().await?;
+                    log.table(None)?
+                }
+                None => {
+                    crate::sink::landed_table(landed, &connector.landed_schema(&options, &schema, updating))?
+                }
+            };
+            self.ctx.register_table(name.as_str(), table)?;
+        }
+        ctx.table_log = table_log.clone();
+        ctx.committer = match &table_log {
+            Some(log) => Some(log.clone() as Arc<dyn crate::sink::Committer>),
+            None if ctx.checkpointing => connector.committer(&options, &ctx)?,
+            None => None,
+        };
+        if let Some(c) = checkpoints.as_mut() {
+            c.committer = ctx.committer.clone();
+            if let Some(committer) = &ctx.committer
+                && !committer.recommits()
+            {
+                // Only a checkpoint whose output was committed can be
+                // restored: a later one's output is produced again.
+                if let Some(r) = c.restore.take() {
+                    c.restore = r.store.latest_committed()?.map(|manifest| Restore {
+                        store: r.store.clone(),
+                        manifest,
+                    });
+                }
+            }
+        }
+        let started = Job::start(
+            &name,
+            node,
+            |lane, lanes| connector.open(&options, &schema, updating, &ctx, lane, lanes),
+            checkpoints,
+            start_from,
+        );
+        match started {
+            Ok(job) => Ok((job, table_log)),
+            Err(e) => {
+                let _ = self.ctx.deregister_table(name.as_str());
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts materialized view `name`'s job and registers the view.
+    fn start_view(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+        node: Node,
+        checkpoints: Option<CheckpointConfig>,
+        start_from: crate::streaming::runtime::StartPositions,
+    ) -> Result<(Job, Arc<MaterializedView>)> {
+        if !options.is_empty() {
+            return Err(SluiceError::invalid_parameter(
+                "CREATE MATERIALIZED VIEW takes no WITH options",
+            ));
+        }
+        let view = Arc::new(MaterializedView::try_new(node.schema.clone(), node.updating)?);
+        self.ctx.register_table(name, view.clone())?;
+        let job = Job::start(
+            name,
+            node,
+            |lane, _| Ok(view.writer(lane)),
+            checkpoints,
+            start_from,
+        )?;
+        Ok((job, view))
     }
 
     /// `ALTER SINK name SET (...)`: options that change neither what the
