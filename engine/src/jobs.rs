@@ -94,6 +94,10 @@ pub struct CheckpointFigures {
     pub last_duration_ms: Option<u64>,
     pub last_bytes: Option<u64>,
     pub restarts: u32,
+    /// Completed checkpoints by duration.
+    pub durations: crate::checkpoint::DurationHistogram,
+    /// How long the job took to start from its checkpoint, if it did.
+    pub restore_time: Option<std::time::Duration>,
 }
 
 /// The running jobs by name.
@@ -285,6 +289,8 @@ impl JobManager {
                 last_duration_ms: last.and_then(|c| c.duration_ms),
                 last_bytes: last.map(|c| c.bytes),
                 restarts: j.restarts.as_ref().map_or(0, |r| r.count),
+                durations: history.durations(),
+                restore_time: history.restore_time(),
             });
         }
         out

@@ -79,6 +79,11 @@ pub fn render(engine: &Engine) -> Result<String, prometheus::Error> {
     register_process(&scrape)?;
     let mut families = METRICS.registry.gather();
     families.extend(scrape.gather());
+    let durations = checkpoint_durations(engine);
+    // The text encoder refuses a family without series (no checkpointing job).
+    if !durations.get_metric().is_empty() {
+        families.push(durations);
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8(out).unwrap_or_default())
@@ -242,8 +247,18 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         ),
         job_labels,
     )?;
+    let restore = GaugeVec::new(
+        Opts::new(
+            "sluice_job_restore_seconds",
+            "How long a job took to start from its checkpoint (reading its state), for jobs that did.",
+        ),
+        job_labels,
+    )?;
     for c in engine.job_checkpoints() {
         let labels = [c.job.as_str()];
+        if let Some(t) = c.restore_time {
+            restore.with_label_values(&labels).set(t.as_secs_f64());
+        }
         ck_completed.with_label_values(&labels).inc_by(c.completed);
         ck_failed.with_label_values(&labels).inc_by(c.failed);
         if let Some(e) = c.last_completed_epoch {
@@ -275,6 +290,7 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(ck_duration),
         Box::new(ck_bytes),
         Box::new(restarts),
+        Box::new(restore),
         Box::new(split_offset),
         Box::new(split_lag),
         Box::new(split_errors),
@@ -282,6 +298,43 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         registry.register(m)?;
     }
     Ok(())
+}
+
+/// Completed checkpoints by duration, per job, as a Prometheus histogram
+/// (the counts live in the job's checkpoint history; the family is built
+/// here from them at each scrape).
+fn checkpoint_durations(engine: &Engine) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let mut family = MetricFamily::default();
+    family.set_name("sluice_checkpoint_duration_seconds".into());
+    family.set_help("How long completed checkpoints took.".into());
+    family.set_field_type(MetricType::HISTOGRAM);
+    let mut metrics = vec![];
+    for c in engine.job_checkpoints() {
+        let mut h = Histogram::default();
+        h.set_sample_count(c.durations.count);
+        h.set_sample_sum(c.durations.sum_ms as f64 / 1e3);
+        let buckets = sluice_engine::checkpoint::DURATION_BUCKETS_MS
+            .iter()
+            .zip(&c.durations.cumulative)
+            .map(|(bound, count)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*bound as f64 / 1e3);
+                b.set_cumulative_count(*count);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        let mut label = LabelPair::default();
+        label.set_name("job_name".into());
+        label.set_value(c.job.clone());
+        let mut m = Metric::default();
+        m.set_label(vec![label]);
+        m.set_histogram(h);
+        metrics.push(m);
+    }
+    family.set_metric(metrics);
+    family
 }
 
 /// The process's CPU time, memory and open files, under the names every

@@ -149,7 +149,7 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
     let http_addr = format!("127.0.0.1:{http}");
-    let p = SluiceProcess::start_with(
+    let mut p = SluiceProcess::start_with(
         &dir.path().join("data"),
         &[
             ("SLUICE_HTTP_LISTEN", &http_addr),
@@ -267,6 +267,33 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
         }
     }
     assert!(exprs >= 10, "{exprs} dashboard queries");
+
+    // Restarted, the job starts from its checkpoint and says how long
+    // that took.
+    assert!(
+        !text.contains("sluice_job_restore_seconds{"),
+        "a job that did not restore: {text}"
+    );
+    assert!(p.terminate(), "the server did not stop on SIGTERM");
+    let p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[
+            ("SLUICE_HTTP_LISTEN", &http_addr),
+            ("SLUICE_CHECKPOINT_INTERVAL", "1s"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http_get(http, "/metrics");
+        if text.contains("sluice_job_restore_seconds{job_name=\"per_second\"}") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no restore time after a restart:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // A dropped job's series go with it.
     p.psql(&["-c", "DROP MATERIALIZED VIEW per_second"]);

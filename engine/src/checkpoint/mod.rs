@@ -844,6 +844,25 @@ pub struct CheckpointHistory {
     entries: Mutex<VecDeque<CheckpointStats>>,
     completed: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
+    /// Completed checkpoints by duration: counts per bucket of
+    /// [`DURATION_BUCKETS_MS`] (the last: longer than all), and the sum.
+    durations: [std::sync::atomic::AtomicU64; DURATION_BUCKETS_MS.len() + 1],
+    duration_sum_ms: std::sync::atomic::AtomicU64,
+    /// How long the job took to start from its checkpoint (state read).
+    restore_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Upper bounds of the checkpoint-duration buckets, in milliseconds.
+pub const DURATION_BUCKETS_MS: [u64; 11] =
+    [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000];
+
+/// Completed checkpoints by duration: cumulative counts per bound of
+/// [`DURATION_BUCKETS_MS`], the count of all and the sum of durations (ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DurationHistogram {
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_ms: u64,
 }
 
 impl CheckpointHistory {
@@ -852,6 +871,16 @@ impl CheckpointHistory {
         let mut h = self.entries.lock().expect("checkpoint history lock");
         let before = h.iter().find(|s| s.epoch == stats.epoch).map(|s| s.status);
         if before != Some(stats.status) {
+            if stats.status == "completed"
+                && let Some(ms) = stats.duration_ms
+            {
+                let bucket = DURATION_BUCKETS_MS
+                    .iter()
+                    .position(|b| ms <= *b)
+                    .unwrap_or(DURATION_BUCKETS_MS.len());
+                self.durations[bucket].fetch_add(1, Relaxed);
+                self.duration_sum_ms.fetch_add(ms, Relaxed);
+            }
             match stats.status {
                 "completed" => self.completed.fetch_add(1, Relaxed),
                 "failed" => self.failed.fetch_add(1, Relaxed),
@@ -875,6 +904,41 @@ impl CheckpointHistory {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Completed checkpoints by duration.
+    pub fn durations(&self) -> DurationHistogram {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(DURATION_BUCKETS_MS.len());
+        for b in &self.durations[..DURATION_BUCKETS_MS.len()] {
+            running += b.load(Relaxed);
+            cumulative.push(running);
+        }
+        DurationHistogram {
+            cumulative,
+            count: running + self.durations[DURATION_BUCKETS_MS.len()].load(Relaxed),
+            sum_ms: self.duration_sum_ms.load(Relaxed),
+        }
+    }
+
+    /// Records how long the job took to start from its checkpoint.
+    pub fn set_restore_time(&self, took: Duration) {
+        self.restore_ms
+            .store(took.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the job took to start from its checkpoint (`None`: it did
+    /// not start from one).
+    pub fn restore_time(&self) -> Option<Duration> {
+        let ms = self.restore_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let restored = self
+            .entries
+            .lock()
+            .expect("checkpoint history lock")
+            .iter()
+            .any(|s| s.status == "restored");
+        restored.then(|| Duration::from_millis(ms))
     }
 
     /// Checkpoints completed and failed since the job started.

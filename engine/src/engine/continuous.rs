@@ -271,6 +271,8 @@ impl Session {
             CheckpointStore::dropped(&self.engine.inner.checkpoints, &name).remove_all();
         }
         let history = checkpoints.as_ref().map(|c| c.history.clone());
+        let restoring = checkpoints.as_ref().is_some_and(|c| c.restore.is_some());
+        let starting = std::time::Instant::now();
         let (job, view, table_log) = if sink {
             let options = crate::secrets::resolve(&create.options, |n| catalog.secret(n).cloned())?;
             let (job, log) = self
@@ -288,6 +290,9 @@ impl Session {
             let (job, view) = self.start_view(&name, &create.options, node, checkpoints, start_from)?;
             (job, Some(view), None)
         };
+        if restoring && let Some(h) = &history {
+            h.set_restore_time(starting.elapsed());
+        }
         if persist
             && let Err(e) = catalog.put(CatalogEntry {
                 name: name.clone(),
