@@ -72,6 +72,11 @@ impl<T> Offloaded<T> {
     pub(crate) fn new(handle: JoinHandle<T>) -> Self {
         Self { handle }
     }
+
+    /// A handle that stops the work from elsewhere (a cancel request).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.handle.abort_handle()
+    }
 }
 
 impl<T> Future for Offloaded<T> {

@@ -63,6 +63,25 @@ impl ConsoleSessions {
     }
 }
 
+/// Statements the console runs now, by the id the page gave them: who
+/// runs each and how to stop it.
+#[derive(Default)]
+pub struct RunningQueries(Mutex<HashMap<String, (String, tokio::task::AbortHandle)>>);
+
+impl RunningQueries {
+    /// Stops `user`'s statement `id`; false when there is none such.
+    pub fn cancel(&self, user: &str, id: &str) -> bool {
+        let running = self.0.lock().expect("running queries lock");
+        match running.get(id) {
+            Some((owner, handle)) if owner == user => {
+                handle.abort();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Who is asking, from the request's cookie or basic credentials; `None`:
 /// nobody who may. Failed basic credentials count against the address as
 /// failed logins do, and past the limit none are tried.
@@ -152,9 +171,11 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Runs `sql` (one or more statements) as `user`; the last statement's
 /// result as `{columns, rows, tag}` or `{error: {sqlstate, message}}`.
-pub async fn run_sql(server: &crate::Server, user: &str, sql: String) -> Value {
+/// With an `id`, `POST /api/cancel` can stop it meanwhile (57014).
+pub async fn run_sql(server: &crate::Server, user: &str, sql: String, id: Option<String>) -> Value {
     let superuser = server.users.is_superuser(user).await;
     let engine: Engine = server.engine.clone();
+    let user_name = user.to_string();
     let user = user.to_string();
     let work = engine.clone().spawn(async move {
         let mut session: Session = engine.new_session();
@@ -176,11 +197,33 @@ pub async fn run_sql(server: &crate::Server, user: &str, sql: String) -> Value {
         }
         Ok::<_, SluiceError>(last)
     });
+    /// Forgets a running statement however its request ends.
+    struct Registered<'a>(&'a RunningQueries, Option<String>);
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            if let Some(id) = &self.1 {
+                self.0.0.lock().expect("running queries lock").remove(id);
+            }
+        }
+    }
+    if let Some(id) = &id {
+        server
+            .queries
+            .0
+            .lock()
+            .expect("running queries lock")
+            .insert(id.clone(), (user_name.clone(), work.abort_handle()));
+    }
+    let _registered = Registered(&server.queries, id);
     let result = tokio::time::timeout(Duration::from_secs(60), work).await;
     let result = match result {
         Err(_) => Err(SluiceError::new(
             sluice_engine::ErrorKind::Cancelled,
             "the console stops a statement after 60 s; run long ones through psql",
+        )),
+        Ok(Err(join)) if join.is_cancelled() => Err(SluiceError::new(
+            sluice_engine::ErrorKind::Cancelled,
+            "canceling statement due to user request",
         )),
         Ok(Err(join)) => Err(SluiceError::internal(format!("statement failed: {join}"))),
         Ok(Ok(r)) => r,

@@ -150,7 +150,7 @@ async fn api(
     path: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let run = |sql: &str| console::run_sql(server, user, sql.to_string());
+    let run = |sql: &str| console::run_sql(server, user, sql.to_string(), None);
     match (method, path) {
         (Method::GET, "/api/whoami") => json(StatusCode::OK, serde_json::json!({"user": user})),
         (Method::GET, "/api/jobs") => json(StatusCode::OK, run("SHOW JOBS").await),
@@ -185,13 +185,29 @@ async fn api(
                     "POST /api/sql needs the X-Sluice-Console header\n".into(),
                 );
             }
+            let id = req
+                .headers()
+                .get("x-sluice-query")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let Some(body) = read_body(req).await else {
                 return plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "a statement is at most 1 MiB\n".into(),
                 );
             };
-            json(StatusCode::OK, run(&body).await)
+            json(StatusCode::OK, console::run_sql(server, user, body, id).await)
+        }
+        (Method::POST, "/api/cancel") => {
+            if req.headers().get("x-sluice-console").is_none() {
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "POST /api/cancel needs the X-Sluice-Console header\n".into(),
+                );
+            }
+            let id = read_body(req).await.unwrap_or_default();
+            let cancelled = server.queries.cancel(user, id.trim());
+            json(StatusCode::OK, serde_json::json!({ "cancelled": cancelled }))
         }
         _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
     }

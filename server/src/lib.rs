@@ -63,6 +63,8 @@ pub struct Server {
     tls_cert_pem: Option<Vec<u8>>,
     /// The web console's logged-in sessions.
     console: console::ConsoleSessions,
+    /// Statements the console runs now (for its Cancel button).
+    queries: console::RunningQueries,
 }
 
 impl Server {
@@ -172,6 +174,7 @@ impl Server {
             max_connections: config.max_connections.max(1),
             tls_cert_pem,
             console: Default::default(),
+            queries: Default::default(),
         }))
     }
 

@@ -105,6 +105,19 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
     await page.screenshot({ path: `${shots}/console-sql.png` });
   });
 
+  await check("a long statement can be cancelled", async () => {
+    await page.fill("#sql-text", "SELECT count(*) FROM generate_series(1, 100000000000)");
+    await page.click("#sql-run");
+    await page.waitForSelector("#sql-cancel", { timeout: 5000 });
+    await page.waitForTimeout(1000);
+    await page.click("#sql-cancel");
+    await page.waitForFunction(() => document.querySelector("#sql-result").textContent.includes("57014"), null, { timeout: 10000 });
+    // The session is fine afterwards.
+    await page.fill("#sql-text", "SELECT 1 AS one");
+    await page.click("#sql-run");
+    await page.waitForFunction(() => document.querySelector("#sql-result").textContent.includes("1 row"), null, { timeout: 10000 });
+  });
+
   await check("SUBSCRIBE keeps a live result", async () => {
     await page.fill("#sql-text", "SUBSCRIBE TO per_auction");
     await page.click("#sql-run");
