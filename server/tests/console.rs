@@ -5,45 +5,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::time::Duration;
 
-use common::SluiceProcess;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request: (status code, body).
-fn request(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting for HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
-}
+use common::{SluiceProcess, certificate, free_port, http_request as request};
 
 // sluice:sluice and sluice:wrong, base64.
 const GOOD: &str = "Authorization: Basic c2x1aWNlOnNsdWljZQ==";
@@ -152,26 +115,7 @@ fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
 #[test]
 fn with_a_certificate_the_console_and_metrics_are_https_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = certificate(dir.path());
     let http = free_port();
     let addr = format!("127.0.0.1:{http}");
     let _p = SluiceProcess::start_with(

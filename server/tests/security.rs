@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::SluiceProcess;
+use common::{SluiceProcess, certificate};
 
 fn startup(user: &str) -> Vec<u8> {
     let mut body = 196608i32.to_be_bytes().to_vec();
@@ -219,31 +219,6 @@ fn a_failed_login_runs_nothing_and_closes_the_connection() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(p.psql(&["-tA", "-c", "SELECT 1"]).trim(), "1");
-}
-
-/// A self-signed certificate and its key, made with openssl.
-fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    (cert, key)
 }
 
 /// psql with a connection string of its own; (success, stdout, stderr).
