@@ -233,7 +233,7 @@ pub fn keep_groups(batch: &RecordBatch, keys: usize, groups: Range<usize>) -> Re
     let schema = batch.schema();
     let cols = (0..keys)
         .map(|i| {
-            let name = format!("k{i}");
+            let name = crate::streaming::state::key_column(i);
             schema
                 .index_of(&name)
                 .map(|at| batch.column(at).clone())

@@ -12,7 +12,7 @@
 //! different moments, snapshots each part at its own barrier. Reads sum the
 //! parts.
 
-use crate::streaming::state::IncrementalRule;
+use crate::streaming::state::{IncrementalRule, SnapshotBatch, SnapshotRows};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -27,6 +27,11 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::operators::batch_with_schema;
+
+/// A view lane's snapshot of an updating view: each distinct row (`c0..`)
+/// with its net count.
+const COUNT: &str = "count";
+const LEGACY_COUNT: &str = "__count";
 use crate::error::{Result, SluiceError};
 use crate::sink::SinkWriter;
 
@@ -307,24 +312,37 @@ impl MaterializedView {
         converter: &RowConverter,
         counts: impl Iterator<Item = (&'a Box<[u8]>, &'a i64)>,
     ) -> Result<RecordBatch> {
-        let mut fields: Vec<arrow::datatypes::Field> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        fields.push(arrow::datatypes::Field::new(
-            "__count",
-            arrow::datatypes::DataType::Int64,
-            false,
-        ));
-        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
         let (keys, values): (Vec<_>, Vec<i64>) = counts.map(|(k, c)| (k, *c)).unzip();
-        let Some(mut cols) = Self::rows_of(converter, keys.into_iter().map(|k| (k, 1)))? else {
-            return Ok(RecordBatch::new_empty(schema));
+        let cols = match Self::rows_of(converter, keys.into_iter().map(|k| (k, 1)))? {
+            Some(cols) => cols,
+            None => self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| arrow::array::new_empty_array(f.data_type()))
+                .collect(),
         };
-        cols.push(Arc::new(arrow::array::Int64Array::from(values)));
-        Ok(RecordBatch::try_new(schema, cols)?)
+        SnapshotBatch::new(values.len())
+            .numbered("c", cols)
+            .column(COUNT, Arc::new(arrow::array::Int64Array::from(values)))
+            .build()
+            .map_err(SluiceError::from)
+    }
+
+    /// A lane's counted rows from a checkpoint: the row's columns and each
+    /// row's count. Checkpoints before the shared snapshot layout named the
+    /// columns after the view's and the count `__count`.
+    fn counted_rows(
+        schema: &SchemaRef,
+        batch: RecordBatch,
+    ) -> Result<(Vec<arrow::array::ArrayRef>, arrow::array::Int64Array)> {
+        let n = batch.num_columns();
+        if batch.schema().column_with_name(LEGACY_COUNT).is_some() {
+            let counts = SnapshotRows::new(batch.clone(), "a view").int64(LEGACY_COUNT)?;
+            return Ok((batch.columns()[..n - 1].to_vec(), counts));
+        }
+        let batch = SnapshotRows::new(batch, "a view");
+        Ok((batch.numbered("c", schema.fields().len())?, batch.int64(COUNT)?))
     }
 
     /// What lane `lane` changed since its full snapshot, for an incremental
@@ -375,15 +393,9 @@ impl MaterializedView {
             }
             State::Multiset { converter, counts } => {
                 for batch in batches {
-                    let n = batch.num_columns();
-                    let c = batch
-                        .column(n - 1)
-                        .as_any()
-                        .downcast_ref::<arrow::array::Int64Array>()
-                        .ok_or_else(|| SluiceError::internal("view checkpoint without counts"))?
-                        .clone();
+                    let (cols, c) = Self::counted_rows(&self.schema, batch)?;
                     let rows = converter
-                        .convert_columns(&batch.columns()[..n - 1])
+                        .convert_columns(&cols)
                         .map_err(datafusion::error::DataFusionError::from)?;
                     for (row, c) in rows.iter().zip(c.values().iter()) {
                         *counts.entry(row.as_ref().into()).or_default() += *c;

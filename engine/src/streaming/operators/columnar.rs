@@ -14,7 +14,6 @@
 //! progress step every group that took rows emits a delete of its previous
 //! row (if it had one and the values changed) and an insert of the new one.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -31,11 +30,10 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::{
-    AggExpr, KeyedOperator, WIDTHS_META, batch_with_schema, eval, key_converter, key_schema, null_as_false,
-    state_batch, state_widths, widths_meta, with_op_column,
+    AggExpr, KeyedOperator, batch_with_schema, eval, key_converter, key_schema, null_as_false, with_op_column,
 };
 
-use crate::streaming::state::ChangedGroups;
+use crate::streaming::state::{ChangedGroups, SnapshotBatch, SnapshotRows};
 
 type Result<T> = datafusion::error::Result<T>;
 
@@ -612,31 +610,26 @@ impl ColumnarAggregate {
     /// Snapshot rows for the listed groups (all when None).
     fn state_rows(&self, groups: Option<&[usize]>) -> Result<Vec<RecordBatch>> {
         let len = groups.map_or(self.n, <[usize]>::len);
-        let mut names = Vec::new();
-        let mut cols: Vec<ArrayRef> = match (&self.converter, &self.key_rows, groups) {
+        let keys: Vec<ArrayRef> = match (&self.converter, &self.key_rows, groups) {
             (Some(c), Some(rows), None) => c.convert_rows(rows.iter())?,
             (Some(c), Some(rows), Some(list)) => c.convert_rows(list.iter().map(|&g| rows.row(g)))?,
             _ => vec![],
         };
-        for i in 0..cols.len() {
-            names.push(format!("k{i}"));
-        }
-        names.push("rows".into());
-        cols.push(Arc::new(match groups {
+        let rows = Arc::new(match groups {
             None => Int64Array::from(self.rows.clone()),
             Some(list) => Int64Array::from_iter_values(list.iter().map(|&g| self.rows[g])),
-        }));
-        let mut widths = Vec::new();
-        for (k, acc) in self.accs.iter().enumerate() {
-            let state = acc.state(groups)?;
-            widths.push(state.len());
-            for (j, c) in state.into_iter().enumerate() {
-                names.push(format!("a{k}_{j}"));
-                cols.push(c);
-            }
-        }
-        let extra = HashMap::from([(WIDTHS_META.to_string(), widths_meta(&widths))]);
-        Ok(vec![state_batch(names, cols, extra, len)?])
+        });
+        let states = self
+            .accs
+            .iter()
+            .map(|acc| acc.state(groups))
+            .collect::<Result<_>>()?;
+        let batch = SnapshotBatch::new(len)
+            .keys(keys)
+            .column("rows", rows)
+            .states(states)
+            .build()?;
+        Ok(vec![batch])
     }
 
     /// Restores snapshot batches in order: a later row of a group (an
@@ -648,33 +641,32 @@ impl ColumnarAggregate {
             0
         };
         for b in state {
-            if b.num_rows() == 0 {
+            let b = SnapshotRows::new(b, "an aggregate");
+            if b.is_empty() {
                 continue;
             }
-            let widths = state_widths(&b, self.aggs.len())?;
-            for (w, acc) in widths.iter().zip(&self.accs) {
-                if *w != acc.state_types.len() {
+            let states = b.states(self.aggs.len())?;
+            for (st, acc) in states.iter().zip(&self.accs) {
+                if st.len() != acc.state_types.len() {
                     return Err(DataFusionError::Internal(format!(
-                        "aggregate snapshot: {w} state columns for {:?}, expected {}",
+                        "aggregate snapshot: {} state columns for {:?}, expected {}",
+                        st.len(),
                         acc.kind,
                         acc.state_types.len()
                     )));
                 }
             }
-            self.intern(&b.columns()[..n_keys], b.num_rows())?;
+            self.intern(&b.keys(n_keys)?, b.len())?;
             let groups = std::mem::take(&mut self.scratch);
-            let rows = cast(b.column(n_keys), &DataType::Int64)?;
-            let rows = rows.as_primitive::<Int64Type>();
+            let rows = b.int64("rows")?;
             for (i, &g) in groups.iter().enumerate() {
                 self.rows[g] = rows.value(i);
                 // The runtime flushes before a snapshot: every group with
                 // rows has emitted its current values.
                 self.emitted[g] = rows.value(i) > 0;
             }
-            let mut at = n_keys + 1;
-            for (acc, w) in self.accs.iter_mut().zip(&widths) {
-                acc.load(&b.columns()[at..at + w], &groups)?;
-                at += w;
+            for (acc, st) in self.accs.iter_mut().zip(&states) {
+                acc.load(st, &groups)?;
             }
             self.scratch = groups;
         }

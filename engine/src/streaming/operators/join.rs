@@ -44,10 +44,10 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
     BuildContext, KeyedOperator, OperatorSpec, Result, as_micros, batch_with_schema, eval, null_as_false,
-    snapshot_column, split_changes, state_batch,
+    split_changes,
 };
 use crate::stream::with_op_column;
-use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot};
+use crate::streaming::state::{IncrementalRule, KeyedRows, RowsSnapshot, SnapshotBatch, SnapshotRows};
 
 /// What a join emits: matched pairs (and, for outer joins, the rows of
 /// the preserved inputs that match nothing, NULL-padded), or for semi and
@@ -273,7 +273,6 @@ pub struct StreamingJoin {
     output: SchemaRef,
     updating: bool,
     sides: [KeyedRows; 2],
-    snapshot_schema: SchemaRef,
     rule: IncrementalRule,
     /// Deletes of rows the join did not hold (dropped).
     unmatched_deletes: u64,
@@ -333,19 +332,6 @@ impl StreamingJoin {
         let mut pair = relaxed(&left.schema);
         pair.extend(relaxed(&right.schema));
         let pair_schema = Arc::new(Schema::new(pair));
-        let mut snap: Vec<Field> = key_types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true))
-            .collect();
-        snap.push(Field::new(SIDE, DataType::Int8, true));
-        snap.push(Field::new("count", DataType::Int64, true));
-        snap.push(Field::new("matches", DataType::Int64, true));
-        for (prefix, input) in [("l", &left), ("r", &right)] {
-            for (i, f) in input.schema.fields().iter().enumerate() {
-                snap.push(Field::new(format!("{prefix}{i}"), f.data_type().clone(), true));
-            }
-        }
         for (side, input) in [&left, &right].into_iter().enumerate() {
             let other = if side == 0 { &right } else { &left };
             if input.expire.is_some() && (input.updating || other.updating || other.time.is_none()) {
@@ -373,7 +359,6 @@ impl StreamingJoin {
             output,
             updating,
             sides,
-            snapshot_schema: Arc::new(Schema::new(snap)),
             rule: IncrementalRule::default(),
             unmatched_deletes: 0,
             watermarks: [i64::MIN; 2],
@@ -746,32 +731,33 @@ impl StreamingJoin {
     }
 
     /// One input's snapshot rows in the snapshot layout.
+    /// One input's rows as a snapshot batch: keys `k0..`, `side`, `count`,
+    /// `matches`, then the left input's columns `l0..` and the right's
+    /// `r0..` (the other input's NULL), so both inputs' batches share one
+    /// schema.
     fn snapshot_batch(&self, side: usize, snap: RowsSnapshot) -> Result<RecordBatch> {
         let len = snap.len();
-        let mut cols = snap.keys;
-        cols.push(Arc::new(Int8Array::from(vec![side as i8; len])));
-        cols.push(Arc::new(snap.count));
-        cols.push(Arc::new(snap.matches));
-        for s in 0..2 {
+        let columns = |s: usize| -> Vec<ArrayRef> {
             if s == side {
-                cols.extend(snap.rows.iter().cloned());
+                snap.rows.clone()
             } else {
-                cols.extend(
-                    self.inputs[s]
-                        .schema
-                        .fields()
-                        .iter()
-                        .map(|f| new_null_array(f.data_type(), len)),
-                );
+                self.inputs[s]
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), len))
+                    .collect()
             }
-        }
-        let names = self
-            .snapshot_schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        state_batch(names, cols, HashMap::new(), len)
+        };
+        let (left, right) = (columns(0), columns(1));
+        SnapshotBatch::new(len)
+            .keys(snap.keys)
+            .column(SIDE, Arc::new(Int8Array::from(vec![side as i8; len])))
+            .column("count", Arc::new(snap.count))
+            .column("matches", Arc::new(snap.matches))
+            .numbered("l", left)
+            .numbered("r", right)
+            .build()
     }
 }
 
@@ -888,53 +874,34 @@ impl KeyedOperator for StreamingJoin {
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let n_keys = self.inputs[0].keys.len();
         for batch in state {
-            if batch.num_rows() == 0 {
+            let batch = SnapshotRows::new(batch, "a join");
+            if batch.is_empty() {
                 continue;
             }
-            let col = |name: &str| snapshot_column(&batch, name, "a join");
-            let side_col = col(SIDE)?;
-            let sides = side_col
-                .as_any()
-                .downcast_ref::<Int8Array>()
-                .ok_or_else(|| DataFusionError::Internal("a join snapshot's side is not Int8".into()))?;
+            let sides = batch.int8(SIDE)?;
             for side in 0..2usize {
                 let mask: arrow::array::BooleanArray =
                     sides.iter().map(|s| Some(s == Some(side as i8))).collect();
                 if mask.true_count() == 0 {
                     continue;
                 }
-                let part = filter_record_batch(&batch, &mask)?;
-                let pick = |name: &str| snapshot_column(&part, name, "a join");
-                let int64 = |name: &str| -> Result<arrow::array::Int64Array> {
-                    pick(name)?
-                        .as_any()
-                        .downcast_ref::<arrow::array::Int64Array>()
-                        .cloned()
-                        .ok_or_else(|| {
-                            DataFusionError::Internal(format!("a join snapshot's {name} is not Int64"))
-                        })
-                };
+                let part = batch.filter(&mask)?;
                 let prefix = if side == 0 { "l" } else { "r" };
+                let rows = part.numbered(prefix, self.inputs[side].schema.fields().len())?;
+                for (i, c) in rows.iter().enumerate() {
+                    let want = self.sides[side].schema().field(i).data_type();
+                    if c.data_type() != want {
+                        return Err(DataFusionError::Internal(format!(
+                            "a join snapshot's column {prefix}{i} is {} where the query has {want}",
+                            c.data_type()
+                        )));
+                    }
+                }
                 let snap = RowsSnapshot {
-                    keys: (0..n_keys)
-                        .map(|i| pick(&format!("k{i}")))
-                        .collect::<Result<_>>()?,
-                    rows: (0..self.inputs[side].schema.fields().len())
-                        .map(|i| {
-                            let c = pick(&format!("{prefix}{i}"))?;
-                            let want = self.sides[side].schema().field(i).data_type();
-                            if c.data_type() == want {
-                                Ok(c)
-                            } else {
-                                Err(DataFusionError::Internal(format!(
-                                    "a join snapshot's column {prefix}{i} is {} where the query has {want}",
-                                    c.data_type()
-                                )))
-                            }
-                        })
-                        .collect::<Result<_>>()?,
-                    count: int64("count")?,
-                    matches: int64("matches")?,
+                    keys: part.keys(n_keys)?,
+                    rows,
+                    count: part.int64("count")?,
+                    matches: part.int64("matches")?,
                 };
                 self.sides[side].restore(&snap)?;
             }

@@ -28,8 +28,9 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
     AggExpr, BuildContext, KeyedOperator, OperatorSpec, Result, agg_names, as_micros, batch_with_schema,
-    eval, expr_list, null_as_false, snapshot_column, state_batch,
+    eval, expr_list, null_as_false,
 };
+use crate::streaming::state::{SnapshotBatch, SnapshotRows};
 
 /// Where a frame starts (it ends at the current row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,31 +382,24 @@ impl OverAggregate {
     fn rows_batch(&self, kind: i8, rows: &[(i64, &[u8])], states: &[Field]) -> Result<RecordBatch> {
         let refs: Vec<&[u8]> = rows.iter().map(|(_, r)| *r).collect();
         let batch = self.decode(&refs)?;
-        let mut cols: Vec<ArrayRef> = self
+        let keys: Vec<ArrayRef> = self
             .partition
             .iter()
             .map(|p| eval(p, &batch))
             .collect::<Result<_>>()?;
-        cols.push(Arc::new(Int8Array::from(vec![kind; rows.len()])));
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|(t, _)| *t),
-        )));
-        cols.extend(batch.columns().iter().cloned());
-        cols.extend(
-            states
-                .iter()
-                .map(|f| arrow::array::new_null_array(f.data_type(), rows.len())),
-        );
-        state_batch(self.snapshot_names(states), cols, HashMap::new(), rows.len())
-    }
-
-    fn snapshot_names(&self, states: &[Field]) -> Vec<String> {
-        let mut names: Vec<String> = (0..self.partition.len()).map(|i| format!("k{i}")).collect();
-        names.push(KIND.into());
-        names.push("t".into());
-        names.extend((0..self.input.fields().len()).map(|i| format!("c{i}")));
-        names.extend((0..states.len()).map(|i| format!("s{i}")));
-        names
+        let states = states
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), rows.len()));
+        SnapshotBatch::new(rows.len())
+            .keys(keys)
+            .column(KIND, Arc::new(Int8Array::from(vec![kind; rows.len()])))
+            .column(
+                "t",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|(t, _)| *t))),
+            )
+            .numbered("c", batch.columns().iter().cloned())
+            .numbered("s", states)
+            .build()
     }
 
     /// The accumulators' state fields (unbounded frames keep only these).
@@ -532,33 +526,36 @@ impl KeyedOperator for OverAggregate {
             }
             let n = keys.len();
             let parser = self.keys.parser();
-            let mut cols = if self.partition.is_empty() {
+            let keys = if self.partition.is_empty() {
                 vec![]
             } else {
                 self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
             };
-            cols.push(Arc::new(Int8Array::from(vec![ACCUMULATORS; n])));
-            cols.push(Arc::new(Int64Array::from(vec![0i64; n])));
-            cols.extend(
-                self.input
-                    .fields()
-                    .iter()
-                    .map(|f| arrow::array::new_null_array(f.data_type(), n)),
-            );
-            for (field, vals) in states.iter().zip(values) {
-                let a = ScalarValue::iter_to_array(vals)?;
-                cols.push(if a.data_type() == field.data_type() {
-                    a
-                } else {
-                    arrow::compute::cast(&a, field.data_type())?
-                });
-            }
-            out.push(state_batch(
-                self.snapshot_names(&states),
-                cols,
-                HashMap::new(),
-                n,
-            )?);
+            let nulls = self
+                .input
+                .fields()
+                .iter()
+                .map(|f| arrow::array::new_null_array(f.data_type(), n));
+            let state_cols = states
+                .iter()
+                .zip(values)
+                .map(|(field, vals)| {
+                    let a = ScalarValue::iter_to_array(vals)?;
+                    Ok(if a.data_type() == field.data_type() {
+                        a
+                    } else {
+                        arrow::compute::cast(&a, field.data_type())?
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let batch = SnapshotBatch::new(n)
+                .keys(keys)
+                .column(KIND, Arc::new(Int8Array::from(vec![ACCUMULATORS; n])))
+                .column("t", Arc::new(Int64Array::from(vec![0i64; n])))
+                .numbered("c", nulls)
+                .numbered("s", state_cols)
+                .build()?;
+            out.push(batch);
         }
         Ok(out)
     }
@@ -567,25 +564,13 @@ impl KeyedOperator for OverAggregate {
         let width = self.input.fields().len();
         let n_states = self.state_fields()?.len();
         for batch in state {
-            if batch.num_rows() == 0 {
+            let batch = SnapshotRows::new(batch, "an OVER");
+            if batch.is_empty() {
                 continue;
             }
-            let pick = |name: &str| snapshot_column(&batch, name, "an OVER");
-            let kinds = pick(KIND)?;
-            let kinds = kinds
-                .as_any()
-                .downcast_ref::<Int8Array>()
-                .ok_or_else(|| DataFusionError::Internal("an OVER snapshot's kind is not Int8".into()))?
-                .clone();
-            let times = pick("t")?;
-            let times = times
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| DataFusionError::Internal("an OVER snapshot's t is not Int64".into()))?
-                .clone();
-            let key_cols = (0..self.partition.len())
-                .map(|i| pick(&format!("k{i}")))
-                .collect::<Result<Vec<_>>>()?;
+            let kinds = batch.int8(KIND)?;
+            let times = batch.int64("t")?;
+            let key_cols = batch.keys(self.partition.len())?;
             let keys = if key_cols.is_empty() {
                 None
             } else {
@@ -595,15 +580,10 @@ impl KeyedOperator for OverAggregate {
                 keys.as_ref()
                     .map_or_else(|| Box::from(&[][..]), |k| k.row(i).data().into())
             };
-            let row_cols = (0..width)
-                .map(|i| pick(&format!("c{i}")))
-                .collect::<Result<Vec<_>>>()?;
-            let row_cols = batch_with_schema(&self.input, row_cols)?;
+            let row_cols = batch_with_schema(&self.input, batch.numbered("c", width)?)?;
             let rows = self.rows.convert_columns(row_cols.columns())?;
-            let state_cols = (0..n_states)
-                .map(|i| pick(&format!("s{i}")))
-                .collect::<Result<Vec<_>>>()?;
-            for i in 0..batch.num_rows() {
+            let state_cols = batch.numbered("s", n_states)?;
+            for i in 0..batch.len() {
                 let key = key_of(i);
                 match kinds.value(i) {
                     PENDING => {

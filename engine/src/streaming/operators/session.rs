@@ -2,6 +2,7 @@
 //! bridges them, emitted when the watermark passes their end.
 
 use super::*;
+use crate::streaming::state::{SnapshotBatch, SnapshotRows};
 
 /// Where a session aggregate finds the window columns among its keys and
 /// in its output.
@@ -140,81 +141,59 @@ impl KeyedOperator for SessionAggregate {
             }
         }
         let n = starts.len();
-        let extra = HashMap::from([(WATERMARK_META.to_string(), self.watermark.to_string())]);
-        let mut names = Vec::new();
-        let mut cols: Vec<ArrayRef> = match &self.converter {
+        let keys = match &self.converter {
             Some(c) => {
                 let parser = c.parser();
                 c.convert_rows(keys.iter().map(|k| parser.parse(k)))?
             }
             None => vec![],
         };
-        for i in 0..cols.len() {
-            names.push(format!("k{i}"));
-        }
-        names.push("start".into());
-        cols.push(Arc::new(Int64Array::from(starts)));
-        names.push("end".into());
-        cols.push(Arc::new(Int64Array::from(ends)));
-        let mut widths = Vec::new();
+        let mut columns = Vec::with_capacity(self.aggs.len());
         for (k, agg) in self.aggs.iter().enumerate() {
-            let width = match states[k].first() {
-                Some(s) => s.len(),
-                None => agg.func.state_fields()?.len(),
-            };
-            widths.push(width);
-            for j in 0..width {
-                names.push(format!("a{k}_{j}"));
-                cols.push(if n == 0 {
-                    let f = agg.func.state_fields()?;
-                    arrow::array::new_empty_array(f[j].data_type())
-                } else {
-                    ScalarValue::iter_to_array(states[k].iter().map(|s| s[j].clone()))?
-                });
-            }
+            columns.push(if n == 0 {
+                agg.func
+                    .state_fields()?
+                    .iter()
+                    .map(|f| arrow::array::new_empty_array(f.data_type()))
+                    .collect()
+            } else {
+                let width = states[k][0].len();
+                (0..width)
+                    .map(|j| ScalarValue::iter_to_array(states[k].iter().map(|s| s[j].clone())))
+                    .collect::<Result<Vec<_>>>()?
+            });
         }
-        let mut extra = extra;
-        extra.insert(WIDTHS_META.to_string(), widths_meta(&widths));
-        Ok(vec![state_batch(names, cols, extra, n)?])
+        let batch = SnapshotBatch::new(n)
+            .keys(keys)
+            .column("start", Arc::new(Int64Array::from(starts)))
+            .column("end", Arc::new(Int64Array::from(ends)))
+            .states(columns)
+            .watermark(self.watermark)
+            .build()?;
+        Ok(vec![batch])
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         for b in state {
-            if let Some(w) = b.schema().metadata().get(WATERMARK_META) {
-                let w: i64 = w
-                    .parse()
-                    .map_err(|_| DataFusionError::Internal(format!("bad watermark in snapshot: {w}")))?;
+            let b = SnapshotRows::new(b, "a session aggregate");
+            if let Some(w) = b.watermark()? {
                 self.watermark = self.watermark.max(w);
             }
-            let widths = state_widths(&b, self.aggs.len())?;
-            let n_keys = if self.converter.is_some() {
-                self.keys.len()
-            } else {
-                0
-            };
+            let states = b.states(self.aggs.len())?;
             let rows = match &self.converter {
-                Some(c) => Some(c.convert_columns(&b.columns()[..n_keys])?),
+                Some(c) => Some(c.convert_columns(&b.keys(self.keys.len())?)?),
                 None => None,
             };
-            let int = |i: usize| -> Result<Int64Array> {
-                Ok(b.column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| DataFusionError::Internal("session snapshot without bounds".into()))?
-                    .clone())
-            };
-            let (starts, ends) = (int(n_keys)?, int(n_keys + 1)?);
-            for i in 0..b.num_rows() {
+            let (starts, ends) = (b.int64("start")?, b.int64("end")?);
+            for i in 0..b.len() {
                 let key: Box<[u8]> = match &rows {
                     Some(r) => r.row(i).as_ref().into(),
                     None => Box::new([]),
                 };
                 let mut accs = self.new_accs()?;
-                let mut at = n_keys + 2;
-                for (acc, w) in accs.iter_mut().zip(&widths) {
-                    let st: Vec<ArrayRef> = b.columns()[at..at + w].iter().map(|c| c.slice(i, 1)).collect();
+                for (acc, st) in accs.iter_mut().zip(&states) {
+                    let st: Vec<ArrayRef> = st.iter().map(|c| c.slice(i, 1)).collect();
                     acc.merge_batch(&st)?;
-                    at += w;
                 }
                 let list = self.sessions.entry(key).or_default();
                 let s = Session {

@@ -19,18 +19,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int8Array, Int64Array, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, Int8Array, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{
-    BuildContext, KeyedOperator, OperatorSpec, Result, batch_with_schema, eval, expr_list, snapshot_column,
-    split_changes, state_batch,
+    BuildContext, KeyedOperator, OperatorSpec, Result, batch_with_schema, eval, expr_list, split_changes,
 };
 use crate::stream::with_op_column;
-use crate::streaming::state::IncrementalRule;
+use crate::streaming::state::{IncrementalRule, SnapshotBatch, SnapshotRows};
 
 /// One ORDER BY term.
 #[derive(Debug, Clone)]
@@ -369,7 +367,7 @@ impl TopN {
         Ok(())
     }
 
-    fn snapshot_of(&self, groups: &[&[u8]]) -> Result<Vec<RecordBatch>> {
+    fn snapshot_of(&self, groups: &[&[u8]], replaces: bool) -> Result<Vec<RecordBatch>> {
         let parser = self.rows.parser();
         let mut rows: Vec<&[u8]> = Vec::new();
         let mut counts: Vec<i64> = Vec::new();
@@ -379,26 +377,23 @@ impl TopN {
                 counts.push(*n);
             }
         }
-        let mut cols = self.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        // Key columns k0.. first (a rescale splits the snapshot by them).
+        let cols = self.rows.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
         let as_batch = RecordBatch::try_new_with_options(
             self.input.clone(),
             cols.clone(),
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )?;
-        let mut all: Vec<ArrayRef> = self
+        let keys: Vec<ArrayRef> = self
             .partition
             .iter()
             .map(|p| eval(p, &as_batch))
             .collect::<Result<_>>()?;
-        let mut names: Vec<String> = (0..all.len()).map(|i| format!("k{i}")).collect();
-        all.push(Arc::new(Int64Array::from(counts)));
-        names.push("count".into());
-        for (i, c) in cols.drain(..).enumerate() {
-            all.push(c);
-            names.push(format!("c{i}"));
-        }
-        Ok(vec![state_batch(names, all, HashMap::new(), rows.len())?])
+        let batch = SnapshotBatch::new(rows.len())
+            .keys(keys)
+            .column("count", Arc::new(Int64Array::from(counts)))
+            .numbered("c", cols);
+        let batch = if replaces { batch.replaces() } else { batch };
+        Ok(vec![batch.build()?])
     }
 }
 
@@ -457,7 +452,7 @@ impl KeyedOperator for TopN {
         self.changed.clear();
         self.rule.full_taken();
         let groups: Vec<&[u8]> = self.groups.keys().map(|g| &**g).collect();
-        self.snapshot_of(&groups)
+        self.snapshot_of(&groups, false)
     }
 
     /// The groups changed since the last full snapshot, each whole (it
@@ -471,35 +466,21 @@ impl KeyedOperator for TopN {
             return Ok(None);
         }
         let groups: Vec<&[u8]> = self.changed.iter().map(|g| &**g).collect();
-        let mut batches = self.snapshot_of(&groups)?;
         // A changed group is written whole: restoring it replaces what the
         // full snapshot held for it.
-        for b in &mut batches {
-            let meta = HashMap::from([(REPLACE_META.to_string(), "true".to_string())]);
-            *b = b
-                .clone()
-                .with_schema(Arc::new(b.schema().as_ref().clone().with_metadata(meta)))?;
-        }
-        Ok(Some(batches))
+        Ok(Some(self.snapshot_of(&groups, true)?))
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let width = self.input.fields().len();
         for batch in state {
-            if batch.num_rows() == 0 {
+            let batch = SnapshotRows::new(batch, "a top-N");
+            if batch.is_empty() {
                 continue;
             }
-            let replace = batch.schema().metadata().contains_key(REPLACE_META);
-            let pick = |name: &str| snapshot_column(&batch, name, "a top-N");
-            let cols = (0..width)
-                .map(|i| pick(&format!("c{i}")))
-                .collect::<Result<Vec<_>>>()?;
-            let counts = pick("count")?;
-            let counts = counts
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| DataFusionError::Internal("a top-N snapshot's count is not Int64".into()))?;
-            let rows = batch_with_schema(&self.input, cols)?;
+            let replace = batch.replaces();
+            let counts = batch.int64("count")?;
+            let rows = batch_with_schema(&self.input, batch.numbered("c", width)?)?;
             let groups = self.group_keys(&rows)?;
             let sorts = self.sort_keys(&rows)?;
             let encoded = self.rows.convert_columns(rows.columns())?;
@@ -533,10 +514,6 @@ impl KeyedOperator for TopN {
         Ok(())
     }
 }
-
-/// Schema metadata of an incremental top-N snapshot: its groups replace
-/// what earlier snapshots held for them.
-const REPLACE_META: &str = "sluice.topn.replace";
 
 /// The output schema of a top-N: the input's columns and the rank.
 pub fn topn_schema(input: &Schema, rank: &str) -> SchemaRef {

@@ -3,7 +3,7 @@
 //! count(DISTINCT) / string_agg).
 
 use super::*;
-use crate::streaming::state::ChangedGroups;
+use crate::streaming::state::{ChangedGroups, SnapshotBatch, SnapshotRows};
 
 /// A GROUP BY without windows, as planned: an updating result. Built
 /// column-wise where every aggregate has that form and nothing is
@@ -81,11 +81,12 @@ pub struct UpdatingAggregate {
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
     state_bytes: usize,
-    /// Restored state batches. A restore only indexes the groups' keys; a
-    /// group's accumulators are made from its row here when a new row
-    /// first reaches it (so a restore costs about as much as reading the
-    /// keys, whatever the number and kind of aggregates).
-    restored: Vec<RecordBatch>,
+    /// Restored aggregate states, per snapshot batch, per aggregate, its
+    /// columns. A restore only indexes the groups' keys; a group's
+    /// accumulators are made from its row here when a new row first
+    /// reaches it (so a restore costs about as much as reading the keys,
+    /// whatever the number and kind of aggregates).
+    restored: Vec<Vec<Vec<ArrayRef>>>,
     /// Per group: its (batch, row) in `restored` while not made yet.
     origin: Vec<Option<(u32, u32)>>,
     /// Groups with net rows above zero (the output's row count).
@@ -148,16 +149,10 @@ impl UpdatingAggregate {
             return Ok(());
         };
         let mut accs = self.new_accumulators()?;
-        let batch = &self.restored[b as usize];
-        let mut at = batch.num_columns() - self.restored_widths.iter().sum::<usize>();
-        for (acc, w) in accs.iter_mut().zip(&self.restored_widths) {
-            let st: Vec<ArrayRef> = batch.columns()[at..at + w]
-                .iter()
-                .map(|c| c.slice(i as usize, 1))
-                .collect();
+        for (acc, st) in accs.iter_mut().zip(&self.restored[b as usize]) {
+            let st: Vec<ArrayRef> = st.iter().map(|c| c.slice(i as usize, 1)).collect();
             acc.merge_batch(&st)?;
             self.state_bytes += acc.size();
-            at += w;
         }
         if self.rows[g] > 0 {
             let values = accs
@@ -412,18 +407,11 @@ impl UpdatingAggregate {
     /// The snapshot rows of `groups` (ascending).
     fn snapshot_of(&mut self, groups: &[usize]) -> Result<Vec<RecordBatch>> {
         let n = groups.len();
-        let mut names = Vec::new();
-        let mut cols: Vec<ArrayRef> = match (&self.converter, &self.key_rows) {
+        let keys: Vec<ArrayRef> = match (&self.converter, &self.key_rows) {
             (Some(c), Some(rows)) => c.convert_rows(groups.iter().map(|&g| rows.row(g)))?,
             _ => vec![],
         };
-        for i in 0..cols.len() {
-            names.push(format!("k{i}"));
-        }
-        names.push("rows".into());
-        cols.push(Arc::new(Int64Array::from_iter_values(
-            groups.iter().map(|&g| self.rows[g]),
-        )));
+        let rows = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.rows[g])));
         // Where each group's state comes from: (restored batch, row), or
         // (one past the restored batches, its place among made groups).
         let made: Vec<usize> = groups
@@ -444,12 +432,9 @@ impl UpdatingAggregate {
                 })
                 .collect()
         };
-        let mut restored_at = self.restored.first().map_or(0, |b| {
-            b.num_columns() - self.restored_widths.iter().sum::<usize>()
-        });
-        let mut widths = Vec::new();
+        let mut states = Vec::with_capacity(self.aggs.len());
         for k in 0..self.aggs.len() {
-            let states = made
+            let made_states = made
                 .iter()
                 .map(|&g| self.accs[g][k].state())
                 .collect::<Result<Vec<_>>>()
@@ -459,7 +444,7 @@ impl UpdatingAggregate {
                         self.aggs[k].func.name()
                     ))
                 })?;
-            let width = match (states.first(), self.restored_widths.get(k)) {
+            let width = match (made_states.first(), self.restored_widths.get(k)) {
                 (Some(s), Some(w)) if s.len() != *w => {
                     return Err(DataFusionError::Internal(format!(
                         "aggregate {k}: {} state columns, restored with {w}",
@@ -470,63 +455,54 @@ impl UpdatingAggregate {
                 (None, Some(w)) => *w,
                 (None, None) => 0,
             };
-            widths.push(width);
+            let mut columns = Vec::with_capacity(width);
             for j in 0..width {
-                names.push(format!("a{k}_{j}"));
-                let made_col = (!states.is_empty())
-                    .then(|| ScalarValue::iter_to_array(states.iter().map(|s| s[j].clone())))
+                let made_col = (!made_states.is_empty())
+                    .then(|| ScalarValue::iter_to_array(made_states.iter().map(|s| s[j].clone())))
                     .transpose()?;
                 if self.restored.is_empty() {
-                    cols.push(made_col.expect("every group is made"));
+                    columns.push(made_col.expect("every group is made"));
                     continue;
                 }
-                let ty = self.restored[0].column(restored_at + j).data_type().clone();
+                let ty = self.restored[0][k][j].data_type().clone();
                 let made_col = match made_col {
                     Some(c) if c.data_type() != &ty => Some(cast(&c, &ty)?),
                     other => other,
                 };
-                let mut arrays: Vec<&dyn Array> = self
-                    .restored
-                    .iter()
-                    .map(|b| b.column(restored_at + j).as_ref())
-                    .collect();
+                let mut arrays: Vec<&dyn Array> = self.restored.iter().map(|b| b[k][j].as_ref()).collect();
                 if let Some(c) = &made_col {
                     arrays.push(c.as_ref());
                 }
-                cols.push(arrow::compute::interleave(&arrays, &sources)?);
+                columns.push(arrow::compute::interleave(&arrays, &sources)?);
             }
-            restored_at += width;
+            states.push(columns);
         }
-        let extra = HashMap::from([(WIDTHS_META.to_string(), widths_meta(&widths))]);
-        Ok(vec![state_batch(names, cols, extra, n)?])
+        let batch = SnapshotBatch::new(n)
+            .keys(keys)
+            .column("rows", rows)
+            .states(states)
+            .build()?;
+        Ok(vec![batch])
     }
 
     fn restore_batches(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         for b in state {
-            let widths = state_widths(&b, self.aggs.len())?;
+            let b = SnapshotRows::new(b, "an aggregate");
+            let states = b.states(self.aggs.len())?;
+            let widths: Vec<usize> = states.iter().map(Vec::len).collect();
             if !self.restored.is_empty() && widths != self.restored_widths {
                 return Err(DataFusionError::Internal(
                     "aggregate snapshot batches disagree on their state columns".into(),
                 ));
             }
             self.restored_widths = widths;
-            let n_keys = if self.converter.is_some() {
-                self.keys.len()
-            } else {
-                0
-            };
             let keys = match &self.converter {
-                Some(c) => Some(c.convert_columns(&b.columns()[..n_keys])?),
+                Some(c) => Some(c.convert_columns(&b.keys(self.keys.len())?)?),
                 None => None,
             };
-            let rows = b
-                .column(n_keys)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| DataFusionError::Internal("aggregate snapshot without row counts".into()))?
-                .clone();
+            let rows = b.int64("rows")?;
             let at = self.restored.len() as u32;
-            let n = b.num_rows();
+            let n = b.len();
             self.accs.reserve(n);
             self.rows.reserve(n);
             self.emitted.reserve(n);
@@ -562,8 +538,8 @@ impl UpdatingAggregate {
                     self.state_bytes += row.as_ref().len() + 64;
                 }
             }
-            self.state_bytes += b.get_array_memory_size();
-            self.restored.push(b);
+            self.state_bytes += b.memory_size();
+            self.restored.push(states);
         }
         Ok(())
     }

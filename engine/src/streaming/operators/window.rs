@@ -2,6 +2,7 @@
 //! emitted once when the watermark passes the window's end.
 
 use super::*;
+use crate::streaming::state::{SnapshotBatch, SnapshotRows};
 
 /// Where the window of each row is found among the group keys.
 #[derive(Debug, Clone, Copy)]
@@ -263,7 +264,6 @@ impl KeyedOperator for WindowAggregate {
     /// Taking a groups accumulator's state empties it, so each window is
     /// loaded back right away.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut extra = HashMap::from([(WATERMARK_META.to_string(), self.watermark.to_string())]);
         let mut out = Vec::new();
         let ends: Vec<i64> = self.windows.keys().copied().collect();
         for end in ends {
@@ -276,24 +276,16 @@ impl KeyedOperator for WindowAggregate {
                 .map(|a| a.state(EmitTo::All))
                 .collect::<Result<Vec<_>>>()?;
             self.load_window(end, &keys, &states, rows)?;
-            let widths: Vec<usize> = states.iter().map(Vec::len).collect();
-            extra.insert(WIDTHS_META.to_string(), widths_meta(&widths));
-            let mut names = vec!["end".to_string()];
-            let mut cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![end; rows]))];
-            for (i, k) in keys.into_iter().enumerate() {
-                names.push(format!("k{i}"));
-                cols.push(k);
-            }
-            for (a, st) in states.into_iter().enumerate() {
-                for (j, c) in st.into_iter().enumerate() {
-                    names.push(format!("a{a}_{j}"));
-                    cols.push(c);
-                }
-            }
-            out.push(state_batch(names, cols, extra.clone(), rows)?);
+            let batch = SnapshotBatch::new(rows)
+                .column("end", Arc::new(Int64Array::from(vec![end; rows])))
+                .keys(keys)
+                .states(states)
+                .watermark(self.watermark)
+                .build()?;
+            out.push(batch);
         }
         if out.is_empty() {
-            out.push(state_batch(vec![], vec![], extra, 0)?);
+            out.push(SnapshotBatch::new(0).watermark(self.watermark).build()?);
         }
         Ok(out)
     }
@@ -301,30 +293,16 @@ impl KeyedOperator for WindowAggregate {
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let n_keys = self.keys.len();
         for b in state {
-            if let Some(w) = b.schema().metadata().get(WATERMARK_META) {
-                let w: i64 = w
-                    .parse()
-                    .map_err(|_| DataFusionError::Internal(format!("bad watermark in snapshot: {w}")))?;
+            let b = SnapshotRows::new(b, "a window aggregate");
+            if let Some(w) = b.watermark()? {
                 self.watermark = self.watermark.max(w);
             }
-            if b.num_rows() == 0 {
+            if b.is_empty() {
                 continue;
             }
-            let end = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| DataFusionError::Internal("window snapshot without its end".into()))?
-                .value(0);
-            let widths = state_widths(&b, self.aggs.len())?;
-            let keys = b.columns()[1..1 + n_keys].to_vec();
-            let mut at = 1 + n_keys;
-            let mut states = Vec::new();
-            for w in &widths {
-                states.push(b.columns()[at..at + w].to_vec());
-                at += w;
-            }
-            self.load_window(end, &keys, &states, b.num_rows())?;
+            let end = b.int64("end")?.value(0);
+            let states = b.states(self.aggs.len())?;
+            self.load_window(end, &b.keys(n_keys)?, &states, b.len())?;
         }
         Ok(())
     }
