@@ -12,13 +12,11 @@
 //! different moments, snapshots each part at its own barrier. Reads sum the
 //! parts.
 
-use crate::streaming::state::{IncrementalRule, SnapshotBatch, SnapshotRows};
-use std::collections::HashMap;
+use crate::streaming::state::{IncrementalRule, RowCounts};
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{Array, Int8Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::{Session as CatalogSession, TableProvider};
 use datafusion::datasource::TableType;
@@ -27,35 +25,12 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::operators::batch_with_schema;
-
-/// A view lane's snapshot of an updating view: each distinct row (`c0..`)
-/// with its net count.
-const COUNT: &str = "count";
-const LEGACY_COUNT: &str = "__count";
 use crate::error::{Result, SluiceError};
 use crate::sink::SinkWriter;
 
 /// Change batches a subscriber may have waiting before it is cut off: a
 /// slow subscriber must not make the server's memory grow without bound.
 pub const SUBSCRIBER_BACKLOG: usize = 256;
-
-/// Net change in count per row (row bytes in Arrow's row format).
-type RowCounts = HashMap<Box<[u8]>, i64>;
-
-/// Adds `n` to a row's count; a count that reaches zero is removed.
-fn add_count(counts: &mut RowCounts, row: &[u8], n: i64) {
-    match counts.get_mut(row) {
-        Some(c) => {
-            *c += n;
-            if *c == 0 {
-                counts.remove(row);
-            }
-        }
-        None => {
-            counts.insert(row.into(), n);
-        }
-    }
-}
 
 /// One `SUBSCRIBE` to a view.
 struct Subscriber {
@@ -65,10 +40,9 @@ struct Subscriber {
 
 enum State {
     Append(Vec<RecordBatch>),
-    Multiset {
-        converter: RowConverter,
-        counts: HashMap<Box<[u8]>, i64>,
-    },
+    /// Distinct rows with their net count, and what changed since the
+    /// lane's last full snapshot.
+    Multiset(RowCounts),
 }
 
 /// A materialized view's contents.
@@ -105,15 +79,7 @@ impl MaterializedView {
 
     fn new_part(schema: &SchemaRef, updating: bool) -> Result<State> {
         Ok(if updating {
-            let fields = schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect();
-            State::Multiset {
-                converter: RowConverter::new(fields).map_err(datafusion::error::DataFusionError::from)?,
-                counts: HashMap::new(),
-            }
+            State::Multiset(RowCounts::new(schema.clone())?)
         } else {
             State::Append(Vec::new())
         })
@@ -124,17 +90,11 @@ impl MaterializedView {
     /// subscriber's snapshot and its first change never overlap or leave a
     /// gap.
     pub fn apply(&self, lane: usize, batch: &RecordBatch) -> Result<()> {
-        self.apply_tracked(lane, batch, None)
-    }
-
-    /// [`Self::apply`], also adding an updating batch's net change per row
-    /// to `delta` (what changed since a checkpoint's full snapshot).
-    fn apply_tracked(&self, lane: usize, batch: &RecordBatch, delta: Option<&mut RowCounts>) -> Result<()> {
         let mut state = self.state.write().expect("view lock poisoned");
         while state.len() <= lane {
             state.push(Self::new_part(&self.schema, self.updating)?);
         }
-        self.apply_locked(&mut state[lane], batch, delta)?;
+        self.apply_locked(&mut state[lane], batch)?;
         let mut subs = self.subscribers.lock().expect("subscribers lock");
         if !subs.is_empty() {
             let changes = to_changes(&self.schema, batch, self.updating, self.watermark())?;
@@ -188,33 +148,19 @@ impl MaterializedView {
         Ok((snapshot, rx, lagged))
     }
 
-    fn apply_locked(
-        &self,
-        state: &mut State,
-        batch: &RecordBatch,
-        mut delta: Option<&mut RowCounts>,
-    ) -> Result<()> {
+    fn apply_locked(&self, state: &mut State, batch: &RecordBatch) -> Result<()> {
         match state {
             State::Append(batches) => {
                 batches.push(batch_with_schema(&self.schema, batch.columns().to_vec())?);
             }
-            State::Multiset { converter, counts } => {
+            State::Multiset(counts) => {
                 let n = batch.num_columns();
                 let ops = batch
                     .column(n - 1)
                     .as_any()
                     .downcast_ref::<Int8Array>()
-                    .ok_or_else(|| SluiceError::internal("updating batch without op column"))?
-                    .clone();
-                let rows = converter
-                    .convert_columns(&batch.columns()[..n - 1])
-                    .map_err(datafusion::error::DataFusionError::from)?;
-                for (row, op) in rows.iter().zip(ops.values().iter()) {
-                    if let Some(d) = delta.as_deref_mut() {
-                        add_count(d, row.as_ref(), *op as i64);
-                    }
-                    add_count(counts, row.as_ref(), *op as i64);
-                }
+                    .ok_or_else(|| SluiceError::internal("updating batch without op column"))?;
+                counts.apply(&batch.columns()[..n - 1], ops)?;
             }
         }
         Ok(())
@@ -226,156 +172,68 @@ impl MaterializedView {
         Self::snapshot_of(&self.schema, &state)
     }
 
-    /// Net count per row over all parts (a row may be inserted through one
-    /// lane and deleted through another).
-    fn merged_counts(state: &[State]) -> Option<std::borrow::Cow<'_, HashMap<Box<[u8]>, i64>>> {
-        let mut parts = state.iter().filter_map(|s| match s {
-            State::Multiset { counts, .. } => Some(counts),
-            State::Append(_) => None,
-        });
-        let first = parts.next()?;
-        let mut merged: Option<HashMap<Box<[u8]>, i64>> = None;
-        for p in parts {
-            let m = merged.get_or_insert_with(|| first.clone());
-            for (k, c) in p {
-                *m.entry(k.clone()).or_default() += c;
-            }
-        }
-        Some(match merged {
-            Some(m) => std::borrow::Cow::Owned(m),
-            None => std::borrow::Cow::Borrowed(first),
-        })
+    /// The updating parts (none for an append-only view).
+    fn counted(state: &[State]) -> Vec<&RowCounts> {
+        state
+            .iter()
+            .filter_map(|s| match s {
+                State::Multiset(c) => Some(c),
+                State::Append(_) => None,
+            })
+            .collect()
     }
 
     fn snapshot_of(schema: &SchemaRef, state: &[State]) -> Result<Vec<RecordBatch>> {
-        match (Self::merged_counts(state), state.first()) {
-            (Some(counts), Some(State::Multiset { converter, .. })) => {
-                let rows = Self::rows_of(converter, counts.iter().map(|(k, c)| (k, (*c).max(0))))?;
-                match rows {
-                    Some(cols) => Ok(vec![batch_with_schema(schema, cols)?]),
-                    None => Ok(vec![]),
-                }
-            }
-            _ => Ok(state
-                .iter()
-                .flat_map(|s| match s {
-                    State::Append(b) => b.clone(),
-                    State::Multiset { .. } => vec![],
-                })
-                .collect()),
+        let parts = Self::counted(state);
+        if let Some(first) = parts.first() {
+            let merged = RowCounts::merged(&parts);
+            return match first.rows(&merged)? {
+                Some(cols) => Ok(vec![batch_with_schema(schema, cols)?]),
+                None => Ok(vec![]),
+            };
         }
-    }
-
-    /// Columns holding each row `count` times (none when there is no row).
-    fn rows_of<'a>(
-        converter: &RowConverter,
-        counts: impl Iterator<Item = (&'a Box<[u8]>, i64)>,
-    ) -> Result<Option<Vec<arrow::array::ArrayRef>>> {
-        let parser = converter.parser();
-        let mut rows = Vec::new();
-        for (bytes, c) in counts {
-            for _ in 0..c {
-                rows.push(parser.parse(bytes));
-            }
-        }
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            converter
-                .convert_rows(rows)
-                .map_err(datafusion::error::DataFusionError::from)?,
-        ))
+        Ok(state
+            .iter()
+            .flat_map(|s| match s {
+                State::Append(b) => b.clone(),
+                State::Multiset(_) => vec![],
+            })
+            .collect())
     }
 
     /// Lane `lane`'s part, for a checkpoint: its batches (append), or its
-    /// distinct rows with a `__count` column (updating; counts can be
-    /// negative when a row's delete came through this lane).
-    pub fn lane_state(&self, lane: usize) -> Result<Vec<RecordBatch>> {
-        let state = self.state.read().expect("view lock poisoned");
-        match state.get(lane) {
+    /// distinct rows with their counts (updating; counts can be negative
+    /// when a row's delete came through this lane). An updating part
+    /// tracks its changes from here.
+    fn lane_state(&self, lane: usize) -> Result<Vec<RecordBatch>> {
+        let mut state = self.state.write().expect("view lock poisoned");
+        match state.get_mut(lane) {
             None => Ok(vec![]),
             Some(State::Append(b)) => Ok(b.clone()),
-            Some(State::Multiset { converter, counts }) => {
-                if counts.is_empty() {
-                    return Ok(vec![]);
-                }
-                Ok(vec![self.counts_batch(converter, counts.iter())?])
-            }
+            Some(State::Multiset(counts)) => Ok(counts.snapshot()?),
         }
-    }
-
-    /// Distinct rows with a `__count` column (the updating checkpoint
-    /// layout); a batch without rows when there are none.
-    fn counts_batch<'a>(
-        &self,
-        converter: &RowConverter,
-        counts: impl Iterator<Item = (&'a Box<[u8]>, &'a i64)>,
-    ) -> Result<RecordBatch> {
-        let (keys, values): (Vec<_>, Vec<i64>) = counts.map(|(k, c)| (k, *c)).unzip();
-        let cols = match Self::rows_of(converter, keys.into_iter().map(|k| (k, 1)))? {
-            Some(cols) => cols,
-            None => self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| arrow::array::new_empty_array(f.data_type()))
-                .collect(),
-        };
-        SnapshotBatch::new(values.len())
-            .numbered("c", cols)
-            .column(COUNT, Arc::new(arrow::array::Int64Array::from(values)))
-            .build()
-            .map_err(SluiceError::from)
-    }
-
-    /// A lane's counted rows from a checkpoint: the row's columns and each
-    /// row's count. Checkpoints before the shared snapshot layout named the
-    /// columns after the view's and the count `__count`.
-    fn counted_rows(
-        schema: &SchemaRef,
-        batch: RecordBatch,
-    ) -> Result<(Vec<arrow::array::ArrayRef>, arrow::array::Int64Array)> {
-        let n = batch.num_columns();
-        if batch.schema().column_with_name(LEGACY_COUNT).is_some() {
-            let counts = SnapshotRows::new(batch.clone(), "a view").int64(LEGACY_COUNT)?;
-            return Ok((batch.columns()[..n - 1].to_vec(), counts));
-        }
-        let batch = SnapshotRows::new(batch, "a view");
-        Ok((batch.numbered("c", schema.fields().len())?, batch.int64(COUNT)?))
     }
 
     /// What lane `lane` changed since its full snapshot, for an incremental
     /// checkpoint restored on top of that snapshot: the batches appended
     /// after the first `since.appended` (append-only), or each changed row
-    /// with its net change in count (updating; [`Self::restore_lane`] adds
-    /// counts). None when a full snapshot is due (see [`IncrementalRule`]).
+    /// with its net change in count (updating). None when a full snapshot
+    /// is due (see [`IncrementalRule`]).
     fn lane_changes(&self, lane: usize, since: &mut SinceFull) -> Result<Option<Vec<RecordBatch>>> {
-        let state = self.state.read().expect("view lock poisoned");
-        let (total, changed) = match state.get(lane) {
+        let mut state = self.state.write().expect("view lock poisoned");
+        match state.get_mut(lane) {
             // Nothing yet, nothing changed: the full snapshot alone stands.
-            None => return Ok(Some(vec![])),
-            Some(State::Append(b)) => (
-                b.iter().map(RecordBatch::num_rows).sum::<usize>(),
-                b.get(since.appended..)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(RecordBatch::num_rows)
-                    .sum::<usize>(),
-            ),
-            Some(State::Multiset { counts, .. }) => (counts.len(), since.delta.len()),
-        };
-        if !since.rule.incremental(changed, total) {
-            return Ok(None);
-        }
-        // No change: no file, the full snapshot alone stands.
-        match &state[lane] {
-            State::Append(b) => Ok(Some(b.get(since.appended..).unwrap_or_default().to_vec())),
-            State::Multiset { .. } if since.delta.is_empty() => Ok(Some(vec![])),
-            // Rows whose net change is zero are not in `delta`.
-            State::Multiset { converter, .. } => {
-                Ok(Some(vec![self.counts_batch(converter, since.delta.iter())?]))
+            None => Ok(Some(vec![])),
+            Some(State::Append(b)) => {
+                let total = b.iter().map(RecordBatch::num_rows).sum::<usize>();
+                let after = b.get(since.appended..).unwrap_or_default();
+                let changed = after.iter().map(RecordBatch::num_rows).sum::<usize>();
+                if !since.rule.incremental(changed, total) {
+                    return Ok(None);
+                }
+                Ok(Some(after.to_vec()))
             }
+            Some(State::Multiset(counts)) => Ok(counts.snapshot_changes()?),
         }
     }
 
@@ -391,19 +249,7 @@ impl MaterializedView {
                     b.push(batch_with_schema(&self.schema, batch.columns().to_vec())?);
                 }
             }
-            State::Multiset { converter, counts } => {
-                for batch in batches {
-                    let (cols, c) = Self::counted_rows(&self.schema, batch)?;
-                    let rows = converter
-                        .convert_columns(&cols)
-                        .map_err(datafusion::error::DataFusionError::from)?;
-                    for (row, c) in rows.iter().zip(c.values().iter()) {
-                        *counts.entry(row.as_ref().into()).or_default() += *c;
-                    }
-                }
-                // An incremental checkpoint's changes can cancel rows out.
-                counts.retain(|_, c| *c != 0);
-            }
+            State::Multiset(counts) => counts.restore(batches)?,
         }
         Ok(())
     }
@@ -411,16 +257,20 @@ impl MaterializedView {
     /// Rows currently held.
     pub fn len(&self) -> usize {
         let state = self.state.read().expect("view lock poisoned");
-        match Self::merged_counts(&state) {
-            Some(counts) => counts.values().map(|c| (*c).max(0) as usize).sum(),
-            None => state
-                .iter()
-                .map(|s| match s {
-                    State::Append(b) => b.iter().map(|b| b.num_rows()).sum(),
-                    State::Multiset { .. } => 0,
-                })
-                .sum(),
+        let parts = Self::counted(&state);
+        if !parts.is_empty() {
+            return RowCounts::merged(&parts)
+                .values()
+                .map(|c| (*c).max(0) as usize)
+                .sum();
         }
+        state
+            .iter()
+            .map(|s| match s {
+                State::Append(b) => b.iter().map(|b| b.num_rows()).sum(),
+                State::Multiset(_) => 0,
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -504,8 +354,6 @@ struct ViewWriter {
 struct SinceFull {
     /// Batches the snapshot held (append-only).
     appended: usize,
-    /// Net change in count per row after it (updating).
-    delta: RowCounts,
     /// When incremental snapshots give way to a full one.
     rule: IncrementalRule,
 }
@@ -513,18 +361,13 @@ struct SinceFull {
 #[async_trait]
 impl SinkWriter for ViewWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let delta = match &mut self.since_full {
-            Some(since) if self.view.updating => Some(&mut since.delta),
-            _ => None,
-        };
-        self.view.apply_tracked(self.lane, &batch, delta)
+        self.view.apply(self.lane, &batch)
     }
 
     async fn checkpoint(&mut self, _epoch: u64) -> Result<Vec<RecordBatch>> {
         let state = self.view.lane_state(self.lane)?;
         self.since_full = Some(SinceFull {
             appended: state.len(),
-            delta: HashMap::new(),
             rule: IncrementalRule::default(),
         });
         Ok(state)

@@ -10,6 +10,8 @@
 //!   accounted. A join keeps one per input. Rows can be given a time
 //!   after which they are dropped ([`KeyedRows::expire_at`]): an interval
 //!   join's rows go once the other input's watermark passes their bound.
+//! - [`RowCounts`]: whole rows with a signed count each and their net
+//!   changes since the last full snapshot (a materialized view's lane).
 //! - [`SnapshotBatch`] / [`SnapshotRows`]: the one layout of a snapshot
 //!   batch, written and read here only. Key columns `k0..` first (a
 //!   rescale splits snapshots by them), then the operator's named columns,
@@ -20,8 +22,11 @@
 //!   storage ([`crate::checkpoint::STATE_FORMAT_VERSION`]): every file
 //!   carries it and a restore refuses one it does not know.
 
+mod counts;
 mod rows;
 mod snapshot;
+
+pub(crate) use counts::RowCounts;
 
 pub(crate) use rows::{KeyedRows, RowsSnapshot, row_converter};
 pub(crate) use snapshot::{SnapshotBatch, SnapshotRows, key_column};
