@@ -220,6 +220,7 @@ impl Engine {
         template.register_udf(crate::functions::PgTypeof::udf());
         template.register_udf(crate::functions::ToRegtype::udf());
         template.register_udf(crate::functions::JsonBuildObject::udf());
+        template.register_udf(crate::functions::PgFormat::udf());
         for f in crate::functions::FixedAnswer::udfs() {
             template.register_udf(f);
         }

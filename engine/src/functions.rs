@@ -828,3 +828,206 @@ impl ScalarUDFImpl for LengthCapped {
         self.inner.invoke_with_args(args)
     }
 }
+
+/// Postgres' `format(formatstr, args...)`: `%s` (the value as text, NULL as
+/// nothing), `%I` (an SQL identifier, quoted where needed; NULL is an
+/// error), `%L` (an SQL literal; NULL as `NULL`), `%%`, with Postgres'
+/// optional argument position (`%2$s`), `-` flag and width (`%-10s`).
+/// Errors are 22023, as in Postgres.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgFormat {
+    signature: Signature,
+}
+
+impl PgFormat {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::variadic_any(Volatility::Stable),
+        })
+    }
+}
+
+fn format_error(message: impl Into<String>) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::External(Box::new(crate::error::SluiceError::invalid_parameter(
+        message,
+    )))
+}
+
+/// A value as Postgres prints it in text (NULL: None).
+fn pg_text(v: &ScalarValue) -> Result<Option<String>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(match v {
+        ScalarValue::Boolean(Some(b)) => if *b { "t" } else { "f" }.to_string(),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            s.clone()
+        }
+        other => match other.cast_to(&DataType::Utf8)? {
+            ScalarValue::Utf8(Some(s)) => s,
+            _ => other.to_string(),
+        },
+    }))
+}
+
+/// An identifier quoted as Postgres' `quote_ident` quotes it: left alone
+/// when it is lower-case letters, digits and underscores not starting with
+/// a digit; in double quotes (doubled inside) otherwise.
+fn quote_ident(s: &str) -> String {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// A literal quoted as Postgres' `quote_literal` quotes it (`E'..'` when it
+/// holds a backslash).
+fn quote_literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// One row of `format`: `args` are the values after the format string.
+fn format_one(fmt: &str, args: &[ScalarValue]) -> Result<String> {
+    let mut out = String::with_capacity(fmt.len());
+    let mut chars = fmt.chars().peekable();
+    let mut next_arg = 0usize;
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'%') {
+            chars.next();
+            out.push('%');
+            continue;
+        }
+        // [position$][-][width]type
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let mut position = None;
+        if !digits.is_empty() && chars.peek() == Some(&'$') {
+            chars.next();
+            let p: usize = digits
+                .parse()
+                .map_err(|_| format_error("number is out of range"))?;
+            if p == 0 {
+                return Err(format_error(
+                    "format specifies argument 0, but arguments are numbered from 1",
+                ));
+            }
+            position = Some(p - 1);
+            digits.clear();
+        }
+        let mut left = false;
+        if digits.is_empty() {
+            if chars.peek() == Some(&'-') {
+                chars.next();
+                left = true;
+            }
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+        }
+        let width: usize = if digits.is_empty() {
+            0
+        } else {
+            digits
+                .parse()
+                .map_err(|_| format_error("number is out of range"))?
+        };
+        let kind = chars
+            .next()
+            .ok_or_else(|| format_error("unterminated format() type specifier"))?;
+        if !matches!(kind, 's' | 'I' | 'L') {
+            return Err(format_error(format!(
+                "unrecognized format() type specifier \"{kind}\""
+            )));
+        }
+        let at = position.unwrap_or(next_arg);
+        next_arg = at + 1;
+        let value = args
+            .get(at)
+            .ok_or_else(|| format_error("too few arguments for format()"))?;
+        let text = pg_text(value)?;
+        let piece = match (kind, text) {
+            ('s', t) => t.unwrap_or_default(),
+            ('I', Some(t)) => quote_ident(&t),
+            ('I', None) => {
+                return Err(format_error(
+                    "null values cannot be formatted as an SQL identifier",
+                ));
+            }
+            ('L', Some(t)) => quote_literal(&t),
+            _ => "NULL".to_string(),
+        };
+        let pad = width.saturating_sub(piece.chars().count());
+        if left {
+            out.push_str(&piece);
+            out.extend(std::iter::repeat_n(' ', pad));
+        } else {
+            out.extend(std::iter::repeat_n(' ', pad));
+            out.push_str(&piece);
+        }
+    }
+    Ok(out)
+}
+
+impl ScalarUDFImpl for PgFormat {
+    fn name(&self) -> &str {
+        "format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let n = if all_scalar { 1 } else { rows };
+        let mut out = arrow::array::StringBuilder::with_capacity(n, n * 16);
+        for row in 0..n {
+            let values = args
+                .args
+                .iter()
+                .map(|a| match a {
+                    ColumnarValue::Scalar(s) => Ok(s.clone()),
+                    ColumnarValue::Array(a) => ScalarValue::try_from_array(a, row),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let Some(fmt) = values.first().map(pg_text).transpose()? else {
+                return datafusion::common::exec_err!("format() needs a format string");
+            };
+            match fmt {
+                // A NULL format string: NULL, as in Postgres.
+                None => out.append_null(),
+                Some(fmt) => out.append_value(format_one(&fmt, &values[1..])?),
+            }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        if all_scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
