@@ -263,16 +263,21 @@ impl KeyedRows {
         dropped
     }
 
+    /// Forgets every row's time; returns every held row (to be given one
+    /// again).
+    fn clear_expiry(&mut self) -> Vec<HeldRow> {
+        self.expiry.clear();
+        self.expiry_bytes = 0;
+        self.buckets
+            .iter()
+            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
+            .collect()
+    }
+
     /// Gives every held row the time `time` (after a restore, where the
     /// rows' time does not depend on them: a TTL from now).
     pub(crate) fn expire_all_at(&mut self, time: i64) {
-        self.expiry.clear();
-        self.expiry_bytes = 0;
-        let held: Vec<HeldRow> = self
-            .buckets
-            .iter()
-            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
-            .collect();
+        let held = self.clear_expiry();
         for (key, row) in held {
             self.expire_at(&key, &row, time);
         }
@@ -285,13 +290,7 @@ impl KeyedRows {
         &mut self,
         mut time_of: impl FnMut(&[ArrayRef]) -> Result<Vec<Option<i64>>>,
     ) -> Result<()> {
-        self.expiry.clear();
-        self.expiry_bytes = 0;
-        let held: Vec<HeldRow> = self
-            .buckets
-            .iter()
-            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
-            .collect();
+        let held = self.clear_expiry();
         for chunk in held.chunks(8192) {
             let cols = self.decode(chunk.iter().map(|(_, r)| &**r))?;
             let times = time_of(&cols)?;
