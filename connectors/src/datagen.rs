@@ -26,6 +26,7 @@ use arrow::array::{ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
+use sluice_engine::stream::{Progress, ProgressUnit};
 use sluice_engine::{Result, SluiceError, Source, SourceConnector};
 
 const OPTIONS: &[&str] = &[
@@ -284,26 +285,49 @@ struct DatagenSource {
     started: Option<Instant>,
 }
 
-#[async_trait]
-impl Source for DatagenSource {
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let o = &self.options;
-        // Global row numbers of this partition: partition, partition + P, ...
-        let mut n = o.batch as u64;
-        if let Some(total) = o.rows {
-            let mine = total / self.partitions + u64::from(self.partition < total % self.partitions);
-            n = n.min(mine.saturating_sub(self.next));
-        }
-        for g in &o.gens {
+impl DatagenSource {
+    /// The rows this partition produces in all, for a bounded generator:
+    /// its share of `number-of-rows` and of every sequence with an end.
+    fn rows_of_partition(&self) -> Option<u64> {
+        let share =
+            |total: u64| total / self.partitions + u64::from(self.partition < total % self.partitions);
+        let mut mine = self.options.rows.map(share);
+        for g in &self.options.gens {
             if let Gen::Sequence {
                 start,
                 end: Some(end),
             } = g
             {
-                let span = (end - start + 1).max(0) as u64;
-                let mine = span / self.partitions + u64::from(self.partition < span % self.partitions);
-                n = n.min(mine.saturating_sub(self.next));
+                let span = share((end - start + 1).max(0) as u64);
+                mine = Some(mine.map_or(span, |m| m.min(span)));
             }
+        }
+        mine
+    }
+}
+
+#[async_trait]
+impl Source for DatagenSource {
+    fn progress(&self) -> Option<Progress> {
+        self.rows_of_partition().map(|total| Progress {
+            done: self.next.min(total),
+            total,
+            unit: ProgressUnit::Rows,
+        })
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let o = &self.options;
+        // Global row numbers of this partition: partition, partition + P, ...
+        let mut n = o.batch as u64;
+        if o.rate > 0 {
+            // A paced generator hands out about a tenth of a second of rows
+            // at a time, not a whole batch.size at once (4096 rows at 1000
+            // rows/s came as one burst every 4 s).
+            n = n.min((o.rate / (10 * self.partitions)).max(1));
+        }
+        if let Some(mine) = self.rows_of_partition() {
+            n = n.min(mine.saturating_sub(self.next));
         }
         if n == 0 {
             return Ok(None);

@@ -45,7 +45,7 @@ use sluice_engine::datafusion::parquet::arrow::ProjectionMask;
 use sluice_engine::datafusion::parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
-use sluice_engine::stream::metadata_key;
+use sluice_engine::stream::{Progress, ProgressUnit, metadata_key};
 use sluice_engine::{ErrorKind, Result, SluiceError, Source, SourceConnector, StoreRegistry};
 
 use crate::aside::run_aside;
@@ -314,6 +314,8 @@ impl SourceConnector for FileSystemSource {
             tasks: partitions.max(1),
             seen: resumed.done.iter().map(|p| Path::from(p.as_str())).collect(),
             files_done: resumed.done.len() as u64,
+            bytes_done: 0,
+            bytes_listed: 0,
             resume_current: resumed
                 .reading
                 .into_iter()
@@ -398,6 +400,8 @@ struct LineReader {
     /// in the future, so that a `next` dropped at its await (the runtime
     /// times source reads out to send watermarks) loses nothing.
     pending: Vec<(u64, Vec<u8>)>,
+    /// Bytes of the file fetched so far.
+    fetched: u64,
 }
 
 impl LineReader {
@@ -417,7 +421,13 @@ impl LineReader {
             line: 1,
             skip_header,
             pending: Vec::new(),
+            fetched: 0,
         }
+    }
+
+    /// Bytes of the file split into records so far.
+    fn consumed(&self) -> u64 {
+        self.fetched.saturating_sub((self.buf.len() - self.start) as u64)
     }
 
     /// Up to `max` records, with their line numbers; empty at the end.
@@ -469,6 +479,7 @@ impl LineReader {
                     self.buf.drain(..self.start);
                     self.scanned -= self.start;
                     self.start = 0;
+                    self.fetched += chunk.len() as u64;
                     self.buf.extend_from_slice(&chunk);
                 }
                 None => self.eof = true,
@@ -519,6 +530,11 @@ struct FileSource {
     next_list: tokio::time::Instant,
     bad: BadRecords,
     files_done: u64,
+    /// Bytes of this task's files read to the end (or found broken),
+    /// including those a resumed checkpoint had read.
+    bytes_done: u64,
+    /// Bytes of every file of this task listed so far, read or not.
+    bytes_listed: u64,
 }
 
 impl FileSource {
@@ -541,10 +557,17 @@ impl FileSource {
                 .parts()
                 .skip(self.base.parts().count())
                 .any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'));
-            !hidden
-                && !self.seen.contains(&m.location)
-                && path_hash(&m.location) % self.tasks as u64 == self.task as u64
+            !hidden && path_hash(&m.location) % self.tasks as u64 == self.task as u64
         });
+        if !self.listed {
+            // Files a resumed checkpoint had read count as read.
+            for m in found.iter().filter(|m| self.done.contains(m.location.as_ref())) {
+                self.bytes_done += m.size;
+                self.bytes_listed += m.size;
+            }
+        }
+        found.retain(|m| !self.seen.contains(&m.location));
+        self.bytes_listed += found.iter().map(|m| m.size).sum::<u64>();
         found.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         for m in found {
             self.seen.insert(m.location.clone());
@@ -775,6 +798,7 @@ impl Source for FileSource {
                     }
                     Ok(None) => {
                         self.files_done += 1;
+                        self.bytes_done += file.meta.size;
                         self.done.insert(file.meta.location.to_string());
                         self.steps = 0;
                     }
@@ -797,11 +821,14 @@ impl Source for FileSource {
                 match opened {
                     Ok(file) => self.current = Some(file),
                     Err(e) if e.kind() == ErrorKind::InvalidParameter => {
+                        self.bytes_done += meta.size;
                         self.bad_file(&meta, e.to_string())?
                     }
                     Err(e) => {
-                        // Not readable now (storage): try again later.
+                        // Not readable now (storage): try again later
+                        // (listed, and counted, again).
                         self.seen.remove(&meta.location);
+                        self.bytes_listed -= meta.size;
                         return Err(SluiceError::new(
                             e.kind(),
                             format!("opening {}: {e}", self.file_url(&meta)),
@@ -838,6 +865,23 @@ impl Source for FileSource {
                 .collect(),
         };
         serde_json::to_string(&position).ok()
+    }
+
+    /// Bytes of the files read, of those listed (bounded mode only: a
+    /// continuous source has no end to be part of).
+    fn progress(&self) -> Option<Progress> {
+        if !self.options.bounded || !self.listed {
+            return None;
+        }
+        let current = match self.current.as_ref().map(|f| &f.reader) {
+            Some(Reader::Lines(lines)) => lines.consumed(),
+            _ => 0,
+        };
+        Some(Progress {
+            done: self.bytes_done + current,
+            total: self.bytes_listed,
+            unit: ProgressUnit::Bytes,
+        })
     }
 
     fn status(&self) -> Option<String> {

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
 use nexmark::event::{Event, EventType};
+use sluice_engine::stream::{Progress, ProgressUnit};
 use sluice_engine::{Result, SluiceError, Source, SourceConnector};
 
 const OPTIONS: &[&str] = &[
@@ -245,6 +246,8 @@ impl SourceConnector for NexmarkConnector {
             schema: schema_of(o.table),
             options: o,
             started: None,
+            partition: partition as u64,
+            partitions: partitions.max(1) as u64,
         }))
     }
 }
@@ -256,6 +259,10 @@ struct NexmarkSource {
     started: Option<Instant>,
     /// The event the rate's clock starts from (resumed: not 0).
     paced_from: u64,
+    /// This task reads events `partition`, `partition + partitions`, ...
+    /// of the combined stream.
+    partition: u64,
+    partitions: u64,
 }
 
 /// Column builders for one batch of one table. One value lives per batch,
@@ -545,6 +552,19 @@ impl NexmarkSource {
 
 #[async_trait]
 impl Source for NexmarkSource {
+    /// Events of the combined stream this task has passed (its share:
+    /// every `partitions`-th), of its share of `events`.
+    fn progress(&self) -> Option<Progress> {
+        let max = self.options.max?;
+        let share = |n: u64| n.saturating_sub(self.partition).div_ceil(self.partitions);
+        let total = share(max);
+        Some(Progress {
+            done: share(self.generator.global_offset()).min(total),
+            total,
+            unit: ProgressUnit::Events,
+        })
+    }
+
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         if self.options.table == Table::Event {
             return self.next_events().await;

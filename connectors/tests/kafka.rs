@@ -1820,6 +1820,19 @@ async fn bounded_streams_read_an_offset_range_and_end() {
     );
     let got = clicks(&exec(&mut s, "SELECT ts FROM upto_now_rows").await.unwrap());
     assert_eq!(got, (0..300).collect::<Vec<i64>>(), "everything the topic held");
+    // Their progress counts the records of the range, over both tasks.
+    for (job, want) in [
+        ("ranged_rows", "100% of 75 records"),
+        ("upto_now_rows", "100% of 300 records"),
+    ] {
+        let source = engine
+            .job_operators()
+            .into_iter()
+            .find(|o| o.job == job && o.operator.starts_with("Source"))
+            .unwrap_or_else(|| panic!("{job} has no source"));
+        let progress = source.progress.unwrap_or_else(|| panic!("{job}: no progress"));
+        assert_eq!(progress.describe(), want, "{job}");
+    }
     // A bad bound is refused at CREATE.
     let err = exec(
         &mut s,

@@ -82,6 +82,8 @@ pub struct OperatorFigures {
     pub metrics: NodeSnapshot,
     /// A source's position in each split it reads.
     pub splits: Vec<crate::stream::SplitFigures>,
+    /// A bounded source's progress through its input.
+    pub progress: Option<crate::streaming::metrics::ProgressFigures>,
 }
 
 /// One job's checkpoint figures, as the metrics see them.
@@ -264,6 +266,7 @@ impl JobManager {
                     inputs: n.inputs.iter().map(|i| i.id).collect(),
                     metrics: n.metrics.snapshot(),
                     splits: n.metrics.splits(),
+                    progress: n.metrics.progress(),
                 });
             }
         }
@@ -314,6 +317,7 @@ impl JobManager {
         let mut bad = vec![];
         let mut error: Vec<Option<String>> = vec![];
         let mut detail: Vec<Option<String>> = vec![];
+        let mut progress: Vec<Option<String>> = vec![];
         for (name, j) in jobs.iter() {
             let st = j.job.status();
             let pending = j.pending_restart.lock().expect("restart lock").clone();
@@ -324,7 +328,7 @@ impl JobManager {
             let mut summary = j.checkpoints.as_ref().map(|h| {
                 let entries = h.entries();
                 let last = entries.iter().rev().find(|c| c.status == "completed");
-                let restored = entries.iter().find(|c| c.status == "restored");
+                let restored = h.restored_from();
                 let mut s = match last {
                     Some(c) => format!(
                         "checkpoint {} completed in {} ms, {} bytes",
@@ -335,7 +339,7 @@ impl JobManager {
                     None => "no checkpoint completed yet".to_string(),
                 };
                 if let Some(r) = restored {
-                    s.push_str(&format!("; restored from checkpoint {}", r.epoch));
+                    s.push_str(&format!("; restored from checkpoint {r}"));
                 }
                 if let Some(r) = &j.restarts {
                     s.push_str(&format!(
@@ -375,6 +379,7 @@ impl JobManager {
                     JobStatus::Failed(e) => Some(e.clone()),
                     _ => None,
                 });
+                progress.push(n.metrics.progress().map(|p| p.describe()));
             }
         }
         batch(
@@ -395,6 +400,7 @@ impl JobManager {
                 Arc::new(StringArray::from(error)),
                 Arc::new(Int64Array::from(bad)),
                 Arc::new(StringArray::from(detail)),
+                Arc::new(StringArray::from(progress)),
             ],
         )
     }
@@ -566,6 +572,8 @@ pub(crate) fn show_jobs_schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, true),
         Field::new("bad_rows", DataType::Int64, false),
         Field::new("detail", DataType::Utf8, true),
+        // A bounded source's share read and the time left at its rate.
+        Field::new("progress", DataType::Utf8, true),
     ]))
 }
 

@@ -59,6 +59,41 @@ pub enum Message {
     End,
 }
 
+/// How far a source task of a bounded input is through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Units read so far.
+    pub done: u64,
+    /// Units this task reads in all (may grow while a file listing or a
+    /// topic's end is learned).
+    pub total: u64,
+    pub unit: ProgressUnit,
+}
+
+/// What a [`Progress`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressUnit {
+    /// Bytes of files.
+    Bytes,
+    /// Rows (generators).
+    Rows,
+    /// Records of a log (Kafka offsets).
+    Records,
+    /// Events of the Nexmark generator's combined stream.
+    Events,
+}
+
+impl ProgressUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProgressUnit::Bytes => "bytes",
+            ProgressUnit::Rows => "rows",
+            ProgressUnit::Records => "records",
+            ProgressUnit::Events => "events",
+        }
+    }
+}
+
 /// Where a source task stands in one split of its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitFigures {
@@ -130,6 +165,13 @@ pub trait Source: Send {
     /// positions.
     fn split_figures(&self) -> Vec<SplitFigures> {
         Vec::new()
+    }
+
+    /// How far this task is through a bounded input (SHOW JOBS' progress
+    /// and time left). `None` for unbounded inputs, or before the size of
+    /// the input is known.
+    fn progress(&self) -> Option<Progress> {
+        None
     }
 
     /// Where this source stands, for a checkpoint: enough to continue right

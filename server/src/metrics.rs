@@ -134,6 +134,20 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         ),
         op_labels,
     )?;
+    let progress = GaugeVec::new(
+        Opts::new(
+            "sluice_source_progress_ratio",
+            "The share of its bounded input a source has read, 0 to 1 (file bytes, generator rows).",
+        ),
+        op_labels,
+    )?;
+    let remaining = GaugeVec::new(
+        Opts::new(
+            "sluice_source_remaining_seconds",
+            "Time a bounded source needs to read the rest of its input at its rate so far.",
+        ),
+        op_labels,
+    )?;
     let status = IntGaugeVec::new(
         Opts::new(
             "sluice_job_status",
@@ -170,6 +184,12 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
             let seconds = w as f64 / 1e6;
             watermark.with_label_values(&labels).set(seconds);
             lag.with_label_values(&labels).set((now - seconds).max(0.0));
+        }
+        if let Some(p) = &op.progress {
+            progress.with_label_values(&labels).set(p.ratio());
+            if let Some(left) = p.remaining {
+                remaining.with_label_values(&labels).set(left.as_secs_f64());
+            }
         }
     }
     let split_labels = &["job_name", "operator_id", "source", "split"];
@@ -283,6 +303,8 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(CounterFromGauge(blocked)),
         Box::new(watermark),
         Box::new(lag),
+        Box::new(progress),
+        Box::new(remaining),
         Box::new(status),
         Box::new(ck_completed),
         Box::new(ck_failed),

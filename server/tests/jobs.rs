@@ -411,3 +411,107 @@ fn a_checkpoint_that_takes_too_long_fails_and_the_next_one_completes() {
     let lines = wait_for_job_lines(&p, "seen", |l| !l.is_empty());
     assert!(lines.iter().all(|l| l.contains("|running|")), "{lines:?}");
 }
+
+/// The last column of SHOW JOBS (progress) of job `name`'s operator whose
+/// label starts with `operator`.
+fn progress_of(p: &SluiceProcess, name: &str, operator: &str) -> Option<String> {
+    let jobs = p.psql(&["-tA", "-c", "SHOW JOBS"]);
+    let line = jobs
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}|")) && l.split('|').nth(4).is_some_and(|o| o.starts_with(operator))
+        })?
+        .to_string();
+    let last = line.rsplit('|').next().unwrap_or_default().to_string();
+    (!last.is_empty()).then_some(last)
+}
+
+#[test]
+fn bounded_sources_show_their_progress_and_the_time_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(dir.path());
+    // A generator paced to 3 s: progress in rows, the time left once a
+    // second has passed.
+    p.psql(&[
+        "-c",
+        "CREATE STREAM nums (id BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '2000', \
+         'number-of-rows' = '6000', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1')",
+        "-c",
+        "CREATE MATERIALIZED VIEW counted AS SELECT count(*) AS n FROM nums",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = vec![];
+    let midway = loop {
+        let got = progress_of(&p, "counted", "Source: nums");
+        if let Some(g) = &got {
+            seen.push(g.clone());
+            if g.contains("about") {
+                break got;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no estimate of the time left: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let midway = midway.unwrap();
+    let pct: u32 = midway
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{midway}"));
+    assert!(pct < 100, "{midway}");
+    assert!(midway.contains("% of 6000 rows, about "), "{midway}");
+    let secs: u32 = midway
+        .split("about ")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(" s left"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{midway}"));
+    // 3 s at 2000 rows/s in all; the figure itself is unit-tested, here
+    // it only has to be plausible on a busy machine.
+    assert!((1..=20).contains(&secs), "{midway}");
+    wait_for_job_lines(&p, "counted", |l| {
+        l.first().is_some_and(|l| l.contains("|finished|"))
+    });
+    assert_eq!(
+        progress_of(&p, "counted", "Source: nums").as_deref(),
+        Some("100% of 6000 rows")
+    );
+    // An unbounded generator has none.
+    p.psql(&[
+        "-c",
+        "CREATE STREAM ticks (n BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '100')",
+        "-c",
+        "CREATE MATERIALIZED VIEW ticking AS SELECT count(*) AS n FROM ticks",
+    ]);
+    assert_eq!(wait_for(&p, "SELECT n > 0 FROM ticking", "t"), "t");
+    assert_eq!(progress_of(&p, "ticking", "Source: ticks"), None);
+
+    // Files in bounded mode: bytes of the files read, of all listed.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut bytes = 0;
+    for f in 0..3 {
+        let lines: String = (0..200)
+            .map(|i| format!("{{\"v\": {}}}\n", f * 1000 + i))
+            .collect();
+        bytes += lines.len();
+        std::fs::write(input.join(format!("part-{f}.json")), lines).unwrap();
+    }
+    p.psql(&[
+        "-c",
+        "CREATE STREAM vals (v BIGINT) WITH (connector = 'filesystem', path = 'in', format = 'json', \
+         'scan.mode' = 'bounded')",
+        "-c",
+        "CREATE MATERIALIZED VIEW summed AS SELECT count(*) AS n, sum(v) AS s FROM vals",
+    ]);
+    wait_for_job_lines(&p, "summed", |l| {
+        l.first().is_some_and(|l| l.contains("|finished|"))
+    });
+    assert_eq!(p.psql(&["-tA", "-c", "SELECT n FROM summed"]).trim(), "600");
+    let kib = format!("100% of {:.1} KiB", bytes as f64 / 1024.0);
+    assert_eq!(progress_of(&p, "summed", "Source: vals"), Some(kib));
+}

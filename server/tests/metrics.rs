@@ -141,6 +141,14 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
         "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS bids \
          FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
     ]);
+    // A bounded input read at a pace: its share read and the time left.
+    p.psql(&[
+        "-c",
+        "CREATE STREAM backlog (id BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '1000', \
+         'number-of-rows' = '200000')",
+        "-c",
+        "CREATE MATERIALIZED VIEW backfill AS SELECT count(*) AS n FROM backlog",
+    ]);
     // One error of a kind Postgres names 42P01, one of 42601.
     let out = p.psql_output("sluice", &["-c", "SELECT * FROM no_such_table"]);
     assert!(!out.status.success());
@@ -209,6 +217,12 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
         "sluice_job_status{job_name=\"per_second\",status=\"running\"}",
         |v| v == 1.0,
     );
+    let share = prom.wait_for("sluice_source_progress_ratio{job_name=\"backfill\"}", |v| v > 0.0);
+    assert!(share < 1.0, "200 s of input read already: {share}");
+    let left = prom.wait_for("sluice_source_remaining_seconds{job_name=\"backfill\"}", |v| {
+        v > 0.0
+    });
+    assert!(left < 1000.0, "{left} s left of a 200 s input");
     prom.wait_for("sluice_errors_total{sqlstate=\"42P01\"}", |v| v >= 1.0);
     prom.wait_for("sluice_errors_total{sqlstate=\"42601\"}", |v| v >= 1.0);
     prom.wait_for("sluice_connections_total", |v| v >= 3.0);

@@ -121,11 +121,12 @@ impl SourceConnector for KafkaConnector {
         }
         // A bounded stream: where each partition stops, and where it starts
         // when that is known (a partition already at its stop is done).
-        let (stop, start) = match &o.bounded {
-            Bounded::Unbounded => (None, vec![None; mine.len()]),
+        let (stop, start, origin) = match &o.bounded {
+            Bounded::Unbounded => (None, vec![None; mine.len()], vec![None; mine.len()]),
             bounded => {
                 let mut stop = Vec::with_capacity(mine.len());
                 let mut start = Vec::with_capacity(mine.len());
+                let mut origin = Vec::with_capacity(mine.len());
                 for k in &mine {
                     let (low, high) = consumer
                         .fetch_watermarks(&o.topic, *k, METADATA_TIMEOUT)
@@ -146,8 +147,15 @@ impl SourceConnector for KafkaConnector {
                         (Startup::Specific(m), _) => Some(m.get(k).copied().unwrap_or(low)),
                         _ => None,
                     });
+                    // Where the whole read began, before any restart: the
+                    // progress counts from there.
+                    origin.push(match &o.startup {
+                        Startup::Earliest => Some(low),
+                        Startup::Specific(m) => Some(m.get(k).copied().unwrap_or(low)),
+                        _ => *start.last().expect("pushed above"),
+                    });
                 }
-                (Some(stop), start)
+                (Some(stop), start, origin)
             }
         };
         consumer
@@ -213,6 +221,7 @@ impl SourceConnector for KafkaConnector {
             group: None,
             stop,
             start,
+            origin,
         }))
     }
 }
@@ -440,6 +449,9 @@ struct KafkaSource {
     stop: Option<Vec<i64>>,
     /// Per split, the first offset read, where known.
     start: Vec<Option<i64>>,
+    /// A bounded stream: per split, where reading began before any
+    /// restart, where known (the start of its progress).
+    origin: Vec<Option<i64>>,
 }
 
 impl KafkaSource {
@@ -765,6 +777,28 @@ impl Source for KafkaSource {
                 .collect::<Vec<_>>()
                 .join(","),
         )
+    }
+
+    /// A bounded stream: records read of those between each partition's
+    /// origin and its stop (None when an origin is not known: a start
+    /// from the group's committed offsets).
+    fn progress(&self) -> Option<sluice_engine::stream::Progress> {
+        let stop = self.stop.as_ref()?;
+        let (mut done, mut total) = (0u64, 0u64);
+        for (s, stop) in stop.iter().enumerate() {
+            if *stop == i64::MIN {
+                continue; // a partition the bound leaves out
+            }
+            let origin = self.origin[s]?;
+            let at = self.emitted[s].or(self.start[s]).unwrap_or(origin);
+            total += (stop - origin).max(0) as u64;
+            done += (at.min(*stop) - origin).max(0) as u64;
+        }
+        Some(sluice_engine::stream::Progress {
+            done,
+            total,
+            unit: sluice_engine::stream::ProgressUnit::Records,
+        })
     }
 
     fn split_figures(&self) -> Vec<sluice_engine::stream::SplitFigures> {

@@ -850,6 +850,9 @@ pub struct CheckpointHistory {
     duration_sum_ms: std::sync::atomic::AtomicU64,
     /// How long the job took to start from its checkpoint (state read).
     restore_ms: std::sync::atomic::AtomicU64,
+    /// The checkpoint the job started from, kept apart from the recent
+    /// entries (which a long run pushes it out of).
+    restored_from: Mutex<Option<u64>>,
 }
 
 /// Upper bounds of the checkpoint-duration buckets, in milliseconds.
@@ -868,6 +871,9 @@ pub struct DurationHistogram {
 impl CheckpointHistory {
     pub fn record(&self, stats: CheckpointStats) {
         use std::sync::atomic::Ordering::Relaxed;
+        if stats.status == "restored" {
+            *self.restored_from.lock().expect("restored lock") = Some(stats.epoch);
+        }
         let mut h = self.entries.lock().expect("checkpoint history lock");
         let before = h.iter().find(|s| s.epoch == stats.epoch).map(|s| s.status);
         if before != Some(stats.status) {
@@ -932,13 +938,12 @@ impl CheckpointHistory {
     /// not start from one).
     pub fn restore_time(&self) -> Option<Duration> {
         let ms = self.restore_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let restored = self
-            .entries
-            .lock()
-            .expect("checkpoint history lock")
-            .iter()
-            .any(|s| s.status == "restored");
-        restored.then(|| Duration::from_millis(ms))
+        self.restored_from().map(|_| Duration::from_millis(ms))
+    }
+
+    /// The checkpoint the job started from, if it did.
+    pub fn restored_from(&self) -> Option<u64> {
+        *self.restored_from.lock().expect("restored lock")
     }
 
     /// Checkpoints completed and failed since the job started.

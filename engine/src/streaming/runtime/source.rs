@@ -165,6 +165,7 @@ pub(super) fn source_lane(
                         state.tick = tokio::time::Instant::now() + SOURCE_TICK;
                         metrics.set_detail(partition, source.status());
                         metrics.set_splits(partition, source.split_figures());
+                        metrics.set_progress(partition, source.progress());
                         let idle = idle_splits(&state.splits, &**source);
                         if idle.iter().all(|i| *i) {
                             if !state.idle_sent {
@@ -184,6 +185,7 @@ pub(super) fn source_lane(
                 metrics.add_bad(source.take_bad_records());
                 metrics.set_detail(partition, source.status());
                 metrics.set_splits(partition, source.split_figures());
+                metrics.set_progress(partition, source.progress());
                 match next {
                     Ok(Some(batch)) => {
                         state.idle_sent = false;
