@@ -221,6 +221,7 @@ impl Engine {
         template.register_udf(crate::functions::ToRegtype::udf());
         template.register_udf(crate::functions::JsonBuildObject::udf());
         template.register_udf(crate::functions::PgFormat::udf());
+        template.register_udf(crate::functions::PgSleep::udf());
         for f in crate::functions::FixedAnswer::udfs() {
             template.register_udf(f);
         }
@@ -342,8 +343,8 @@ impl Engine {
         &self.inner.template
     }
 
-    /// A new session over the shared catalog.
-    pub fn new_session(&self) -> Session {
+    /// The settings a new session starts with (what `RESET` goes back to).
+    fn session_defaults(&self) -> BTreeMap<String, String> {
         let mut vars = default_session_vars();
         vars.insert(
             CHECKPOINT_INTERVAL_VAR.into(),
@@ -354,6 +355,12 @@ impl Engine {
             CHECKPOINT_TIMEOUT_VAR.into(),
             crate::checkpoint::format_interval(Some(crate::checkpoint::DEFAULT_CHECKPOINT_TIMEOUT)),
         );
+        vars
+    }
+
+    /// A new session over the shared catalog.
+    pub fn new_session(&self) -> Session {
+        let vars = self.session_defaults();
         let session = Session {
             engine: self.clone(),
             ctx: SessionContext::new_with_state(self.inner.template.state()),
@@ -361,6 +368,7 @@ impl Engine {
             user: "sluice".into(),
             superuser: true,
             cursors: HashMap::new(),
+            startup_vars: BTreeMap::new(),
         };
         session.register_session_functions();
         session
@@ -439,6 +447,35 @@ fn default_memory_limit() -> usize {
     });
     total_kb.map_or(4 << 30, |kb| kb * 1024 / 2)
 }
+
+/// The `-c name=value` (or `--name=value`) pairs of a startup message's
+/// `options`, names lower-cased and `-` read as `_`, as Postgres reads them.
+fn startup_options(options: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let pair = if w == "-c" {
+            words.next()
+        } else {
+            w.strip_prefix("-c").or_else(|| w.strip_prefix("--"))
+        };
+        if let Some((name, value)) = pair.and_then(|p| p.split_once('=')) {
+            out.push((name.to_ascii_lowercase().replace('-', "_"), value.to_string()));
+        }
+    }
+    out
+}
+
+/// Settings a session can read and not change (`is_superuser` says what
+/// the login is).
+const READ_ONLY_SETTINGS: [&str; 6] = [
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "integer_datetimes",
+    "max_identifier_length",
+    "is_superuser",
+];
 
 fn default_session_vars() -> BTreeMap<String, String> {
     [
@@ -620,6 +657,13 @@ enum Action {
     Accepted {
         tag: &'static str,
     },
+    /// `RESET name` / `RESET ALL` (None): settings back to a new
+    /// session's.
+    ResetVar {
+        name: Option<String>,
+    },
+    /// `DISCARD ALL`: every setting reset and every cursor closed.
+    DiscardAll,
 }
 
 impl Action {
@@ -657,7 +701,9 @@ impl Action {
             | Action::DeclareCursor { .. }
             | Action::Fetch { .. }
             | Action::CloseCursor { .. }
-            | Action::Accepted { .. } => None,
+            | Action::Accepted { .. }
+            | Action::ResetVar { .. }
+            | Action::DiscardAll => None,
         }
     }
 }
@@ -866,6 +912,10 @@ pub struct Session {
     superuser: bool,
     /// Open cursors (`DECLARE ... CURSOR FOR query`), by name.
     cursors: HashMap<String, Cursor>,
+    /// Settings the client sent at connect (`application_name`, `TimeZone`,
+    /// `options=-c name=value`): this session's defaults, which `RESET`
+    /// goes back to, as in Postgres.
+    startup_vars: BTreeMap<String, String>,
 }
 
 /// A cursor: its query's rows, read as FETCH asks for them.
@@ -902,6 +952,32 @@ impl Session {
     ) -> Result<BTreeMap<String, String>> {
         let catalog = self.engine.inner.catalog.lock().await;
         crate::secrets::resolve(options, |n| catalog.secret(n).cloned())
+    }
+
+    /// Applies the settings a client sent in its startup message (pgwire
+    /// keeps them by name; `options` may hold `-c name=value` pairs), and
+    /// keeps them as the session's defaults. Names that are not settings
+    /// (`user`, `database`) are left out; a value a setting refuses is
+    /// logged and skipped, so that a login never fails over one.
+    pub fn apply_startup_parameters<'a>(&mut self, params: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut settings: Vec<(String, String)> = vec![];
+        for (name, value) in params {
+            let name = name.to_ascii_lowercase();
+            if name == "options" {
+                settings.extend(startup_options(value));
+            } else if self.vars.contains_key(&name) && !READ_ONLY_SETTINGS.contains(&name.as_str()) {
+                settings.push((name, value.to_string()));
+            }
+        }
+        for (name, value) in settings {
+            match self.set_var(&name, &value) {
+                Ok(()) => {
+                    self.startup_vars.insert(name, value);
+                }
+                Err(e) => tracing::warn!(setting = %name, %value, error = %e, "startup setting not applied"),
+            }
+        }
+        self.register_session_functions();
     }
 
     /// The logged-in user and whether they are a superuser.
@@ -1137,6 +1213,19 @@ impl Session {
                     },
                 },
                 SqlStatement::ReleaseSavepoint { .. } => Action::Accepted { tag: "RELEASE" },
+                SqlStatement::Discard { object_type } => match object_type {
+                    ast::DiscardObject::ALL => Action::DiscardAll,
+                    // No plans, sequences or temporary objects are kept
+                    // per session: nothing to drop.
+                    ast::DiscardObject::PLANS => Action::Accepted { tag: "DISCARD PLANS" },
+                    ast::DiscardObject::SEQUENCES => Action::Accepted {
+                        tag: "DISCARD SEQUENCES",
+                    },
+                    ast::DiscardObject::TEMP => Action::Accepted { tag: "DISCARD TEMP" },
+                },
+                // LISTEN is not supported, so no session listens to
+                // anything (asyncpg's pool resets connections with it).
+                SqlStatement::UNLISTEN { .. } => Action::Accepted { tag: "UNLISTEN" },
                 SqlStatement::Set(set) => self.plan_set(set).await?,
                 SqlStatement::ShowVariable { variable } => {
                     let name = variable
@@ -1223,6 +1312,15 @@ impl Session {
                         .statement_to_plan(DFStatement::CopyTo(copy))
                         .await?,
                 )
+            }
+            // DataFusion parses RESET itself; its own settings stay its.
+            DFStatement::Reset(datafusion::sql::parser::ResetStatement::Variable(name))
+                if !name.to_string().to_ascii_lowercase().starts_with("datafusion.") =>
+            {
+                let name = name.to_string().to_ascii_lowercase();
+                Action::ResetVar {
+                    name: (name != "all").then_some(name),
+                }
             }
             other => Action::Plan(self.ctx.state().statement_to_plan(other).await?),
         };
@@ -1690,6 +1788,21 @@ impl Session {
                 tag: (*tag).into(),
                 rows: None,
             }),
+            Action::ResetVar { name } => {
+                self.reset_vars(name.as_deref())?;
+                Ok(Output::Command {
+                    tag: "RESET".into(),
+                    rows: None,
+                })
+            }
+            Action::DiscardAll => {
+                self.reset_vars(None)?;
+                self.cursors.clear();
+                Ok(Output::Command {
+                    tag: "DISCARD ALL".into(),
+                    rows: None,
+                })
+            }
             Action::TransactionEnd { rollback } => {
                 // A cursor without HOLD ends with its transaction.
                 self.cursors.retain(|_, c| c.hold);
@@ -1698,15 +1811,35 @@ impl Session {
         }
     }
 
+    /// `RESET name` (a read-only one is refused as SET refuses it), or
+    /// every setting when `name` is None (read-only ones stay).
+    fn reset_vars(&mut self, name: Option<&str>) -> Result<()> {
+        let mut defaults = self.engine.session_defaults();
+        defaults.extend(self.startup_vars.clone());
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_string()],
+            None => self
+                .vars
+                .keys()
+                .filter(|n| !READ_ONLY_SETTINGS.contains(&n.as_str()))
+                .cloned()
+                .collect(),
+        };
+        for n in names {
+            match defaults.get(&n) {
+                Some(v) => self.set_var(&n, v)?,
+                None if READ_ONLY_SETTINGS.contains(&n.as_str()) => self.set_var(&n, "")?,
+                None => {
+                    self.vars.remove(&n);
+                }
+            }
+        }
+        self.register_session_functions();
+        Ok(())
+    }
+
     fn set_var(&mut self, name: &str, value: &str) -> Result<()> {
-        let read_only = [
-            "server_version",
-            "server_version_num",
-            "server_encoding",
-            "integer_datetimes",
-            "max_identifier_length",
-        ];
-        if read_only.contains(&name) {
+        if READ_ONLY_SETTINGS.contains(&name) {
             return Err(SluiceError::new(
                 ErrorKind::InvalidParameter,
                 format!("parameter \"{name}\" cannot be changed"),

@@ -521,7 +521,10 @@ impl ScalarUDFImpl for ToRegtype {
 /// `obj_description(oid [, catalog])` and `col_description(oid, column)`
 /// (no comments); true for `pg_collation_is_visible(oid)`. Clients call
 /// them while reading a table's columns (SQLAlchemy's
-/// `inspect().get_columns`, pgAdmin, DBeaver).
+/// `inspect().get_columns`, pgAdmin, DBeaver). NULL (void) for
+/// `pg_advisory_unlock_all()`: Sluice takes no advisory locks, so there are
+/// none to release (asyncpg's pool calls it whenever it hands a connection
+/// back).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct FixedAnswer {
     name: String,
@@ -541,6 +544,7 @@ impl FixedAnswer {
                 vec![1],
                 ScalarValue::Boolean(Some(true)),
             ),
+            ("pg_advisory_unlock_all", vec![0], ScalarValue::Utf8(None)),
         ]
         .into_iter()
         .map(|(name, arities, value)| {
@@ -548,7 +552,13 @@ impl FixedAnswer {
                 name: name.into(),
                 value,
                 signature: Signature::one_of(
-                    arities.into_iter().map(TypeSignature::Any).collect(),
+                    arities
+                        .into_iter()
+                        .map(|n| match n {
+                            0 => TypeSignature::Nullary,
+                            n => TypeSignature::Any(n),
+                        })
+                        .collect(),
                     Volatility::Stable,
                 ),
             })
@@ -1029,5 +1039,67 @@ impl ScalarUDFImpl for PgFormat {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?));
         }
         Ok(ColumnarValue::Array(array))
+    }
+}
+
+/// `pg_sleep(seconds)`: waits, as Postgres does, once per row. The wait is
+/// an async timer, so a cancelled statement (or one past its
+/// `statement_timeout`) stops at once and the engine's threads stay free.
+/// Returns NULL (Postgres' `void` prints as an empty value).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgSleep {
+    signature: Signature,
+}
+
+/// The longest one call waits (Postgres has no limit; a day is beyond any
+/// real use and keeps `Duration` arithmetic far from overflow).
+const MAX_SLEEP_SECONDS: f64 = 86_400.0;
+
+impl PgSleep {
+    pub fn udf() -> ScalarUDF {
+        datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(Self {
+            signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Volatile),
+        }))
+        .into_scalar_udf()
+    }
+}
+
+impl ScalarUDFImpl for PgSleep {
+    fn name(&self) -> &str {
+        "pg_sleep"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        datafusion::common::exec_err!("pg_sleep is evaluated asynchronously")
+    }
+}
+
+#[async_trait::async_trait]
+impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for PgSleep {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let seconds = args.args[0].to_array(rows)?;
+        let seconds = arrow::compute::cast(&seconds, &DataType::Float64)?;
+        let seconds = seconds
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .expect("cast to Float64");
+        for s in seconds.iter().flatten() {
+            if s > 0.0 {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(s.min(MAX_SLEEP_SECONDS))).await;
+            }
+        }
+        Ok(ColumnarValue::Array(arrow::array::new_null_array(
+            &DataType::Utf8,
+            rows,
+        )))
     }
 }

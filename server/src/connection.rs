@@ -231,7 +231,12 @@ where
             logged_in = true;
             socket.get_mut().logged_in();
             let user = socket.metadata().get("user").cloned().unwrap_or_default();
-            handlers.logged_in(&user).await;
+            let params: Vec<(String, String)> = socket
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            handlers.logged_in(&user, &params).await;
             tracing::debug!(%peer, user = socket.metadata().get("user").map(String::as_str).unwrap_or(""), "logged in");
         }
     }
@@ -239,9 +244,14 @@ where
     Ok(())
 }
 
-/// Told once a connection's login finished, with the user's name.
+/// Told once a connection's login finished, with the user's name and
+/// the parameters of the client's startup message.
 pub trait OnLogin {
-    fn logged_in(&self, user: &str) -> impl std::future::Future<Output = ()> + Send;
+    fn logged_in(
+        &self,
+        user: &str,
+        params: &[(String, String)],
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// The next frame from the client, decoded quietly (see [`Quiet`]).

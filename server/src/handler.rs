@@ -182,8 +182,10 @@ impl ConnectionHandler {
     }
 
     /// Tells the session who logged in.
-    pub async fn set_user(&self, user: &str, superuser: bool) {
-        self.session.lock().await.set_user(user, superuser);
+    pub async fn set_user(&self, user: &str, superuser: bool, params: &[(String, String)]) {
+        let mut session = self.session.lock().await;
+        session.set_user(user, superuser);
+        session.apply_startup_parameters(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
 
     /// When a statement starting now must be done by (`statement_timeout`).

@@ -230,9 +230,9 @@ struct ConnectionHandlers {
 }
 
 impl connection::OnLogin for ConnectionHandlers {
-    async fn logged_in(&self, user: &str) {
+    async fn logged_in(&self, user: &str, params: &[(String, String)]) {
         let superuser = self.users.is_superuser(user).await;
-        self.query.set_user(user, superuser).await;
+        self.query.set_user(user, superuser, params).await;
     }
 }
 

@@ -180,6 +180,26 @@ def _():
     asyncio.run(go())
 
 
+@check("asyncpg: a pool hands connections back and resets them")
+def _():
+    async def go():
+        pool = await asyncpg.create_pool(
+            host="127.0.0.1", port=PORT, user="sluice", password="sluice", database="sluice", min_size=1, max_size=1
+        )
+        try:
+            # One connection, used three times: each release runs asyncpg's
+            # reset (pg_advisory_unlock_all(), CLOSE ALL, UNLISTEN *, RESET ALL).
+            for i in range(3):
+                async with pool.acquire() as c:
+                    eq(await c.fetchval("SELECT current_setting('application_name')"), "")
+                    await c.execute(f"SET application_name = 'pooled-{i}'")
+                    eq(await c.fetchval("SELECT count(*) FROM trips WHERE id >= $1", 2), 2)
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
 setup.close()
 print(f"{len(failed)} failed" + (": " + "; ".join(failed) if failed else ""))
 sys.exit(1 if failed else 0)
