@@ -222,6 +222,7 @@ impl Engine {
         template.register_udf(crate::functions::JsonBuildObject::udf());
         template.register_udf(crate::functions::PgFormat::udf());
         template.register_udf(crate::functions::PgSleep::udf());
+        template.register_udf(crate::functions::PgSizePretty::udf());
         for f in crate::functions::FixedAnswer::udfs() {
             template.register_udf(f);
         }

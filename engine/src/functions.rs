@@ -524,7 +524,8 @@ impl ScalarUDFImpl for ToRegtype {
 /// `inspect().get_columns`, pgAdmin, DBeaver). NULL (void) for
 /// `pg_advisory_unlock_all()`: Sluice takes no advisory locks, so there are
 /// none to release (asyncpg's pool calls it whenever it hands a connection
-/// back).
+/// back). psql's `\df`, `\dT`, `\db` and `\dt+` call the visibility,
+/// tablespace and size ones.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct FixedAnswer {
     name: String,
@@ -538,6 +539,7 @@ impl FixedAnswer {
         [
             ("pg_get_serial_sequence", vec![2], null.clone()),
             ("obj_description", vec![1, 2], null.clone()),
+            ("shobj_description", vec![2], null.clone()),
             ("col_description", vec![2], null),
             (
                 "pg_collation_is_visible",
@@ -545,6 +547,32 @@ impl FixedAnswer {
                 ScalarValue::Boolean(Some(true)),
             ),
             ("pg_advisory_unlock_all", vec![0], ScalarValue::Utf8(None)),
+            // Every function and type is in the search path (one schema).
+            (
+                "pg_function_is_visible",
+                vec![1],
+                ScalarValue::Boolean(Some(true)),
+            ),
+            ("pg_type_is_visible", vec![1], ScalarValue::Boolean(Some(true))),
+            // The default tablespace, whose location Postgres gives as ''.
+            (
+                "pg_tablespace_location",
+                vec![1],
+                ScalarValue::Utf8(Some(String::new())),
+            ),
+            // Sizes Sluice does not know (tables over files and streams):
+            // NULL, which psql's \dt+ shows as an empty Size.
+            ("pg_table_size", vec![1], ScalarValue::Int64(None)),
+            ("pg_indexes_size", vec![1], ScalarValue::Int64(None)),
+            ("pg_database_size", vec![1], ScalarValue::Int64(None)),
+            // pg_proc lists no functions with arguments to describe.
+            ("pg_get_function_result", vec![1], ScalarValue::Utf8(None)),
+            ("pg_get_function_arguments", vec![1], ScalarValue::Utf8(None)),
+            (
+                "pg_get_function_identity_arguments",
+                vec![1],
+                ScalarValue::Utf8(None),
+            ),
         ]
         .into_iter()
         .map(|(name, arities, value)| {
@@ -1101,5 +1129,113 @@ impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for PgSleep {
             &DataType::Utf8,
             rows,
         )))
+    }
+}
+
+/// `pg_size_pretty(bytes)`: a size in bytes as Postgres prints it
+/// (`8192 bytes`, `10 kB`, `15 MB`: a unit once the number reaches 10 kB,
+/// the next unit from 20 of this one, halves rounded away from zero).
+/// psql's `\dt+`, `\l+` and `\d+` show sizes through it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgSizePretty {
+    signature: Signature,
+}
+
+impl PgSizePretty {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        })
+    }
+}
+
+/// Postgres' size text: `bytes` below 10 kB, then kB, MB, GB, TB, PB,
+/// each used below 20 of the next (its `pg_size_pretty` rule).
+pub fn size_pretty(bytes: i64) -> String {
+    // (name, limit below which it is used, rounded by halves, bits)
+    const UNITS: [(&str, i64, bool, u32); 6] = [
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    let mut size = bytes;
+    for (i, (name, limit, round, bits)) in UNITS.iter().enumerate() {
+        let Some(next) = UNITS.get(i + 1) else {
+            return format!("{} {name}", if *round { half_rounded(size) } else { size });
+        };
+        if size.unsigned_abs() < *limit as u64 {
+            return format!("{} {name}", if *round { half_rounded(size) } else { size });
+        }
+        // One bit less when the next unit rounds by halves (it halves
+        // last), one more when this one did.
+        let shift = next.3 - bits - u32::from(next.2) + u32::from(*round);
+        size /= 1i64 << shift;
+    }
+    unreachable!("the last unit returns")
+}
+
+impl ScalarUDFImpl for PgSizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types {
+            [t] if t.is_numeric() || t.is_null() => Ok(vec![DataType::Int64]),
+            _ => datafusion::common::plan_err!("pg_size_pretty(bigint) takes one number"),
+        }
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let sizes = arrow::compute::cast(&args.args[0].to_array(rows)?, &DataType::Int64)?;
+        let sizes = sizes
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let out: StringArray = sizes.iter().map(|s| s.map(size_pretty)).collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::size_pretty;
+
+    /// Figures Postgres 15 prints for the same numbers.
+    #[test]
+    fn sizes_print_as_postgres_prints_them() {
+        for (bytes, want) in [
+            (0, "0 bytes"),
+            (8192, "8192 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (10 * 1024 * 1024 - 513, "10239 kB"),
+            (10 * 1024 * 1024 - 1, "10 MB"),
+            (20 * 1024 * 1024, "20 MB"),
+            (123_456_789, "118 MB"),
+            (1_000_000_000_000, "931 GB"),
+            (-10240, "-10 kB"),
+            (i64::MAX, "8192 PB"),
+        ] {
+            assert_eq!(size_pretty(bytes), want, "{bytes}");
+        }
     }
 }

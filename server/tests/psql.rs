@@ -59,6 +59,34 @@ fn d_name_describes_columns() {
     assert!(out.contains("bigint"), "\\d trips lacks bigint:\n{out}");
 }
 
+/// The `+` forms, `\\df` and `\\db`: each lists what it lists, with the
+/// columns psql prints (sizes Sluice does not know are empty).
+#[test]
+fn plus_forms_functions_and_tablespaces() {
+    let (_dir, p) = setup();
+    for (cmd, want) in [
+        ("\\d+", "trips"),
+        ("\\dt+", "trips"),
+        ("\\l+", "sluice"),
+        ("\\db", "pg_default"),
+        ("\\df", "List of functions"),
+    ] {
+        let out = p.psql(&["-c", cmd]);
+        assert!(out.contains(want), "{cmd} lacks {want}:\n{out}");
+    }
+    let out = p.psql(&["-c", "\\dt+"]);
+    assert!(out.contains("Size") && out.contains("permanent"), "{out}");
+    assert_eq!(
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT pg_size_pretty(10485759), pg_size_pretty(8192)"
+        ])
+        .trim(),
+        "10 MB|8192 bytes"
+    );
+}
+
 #[test]
 fn l_dn_conninfo_and_settings() {
     let (_dir, p) = setup();
