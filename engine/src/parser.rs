@@ -609,6 +609,13 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{DataType as SqlType, visit_expressions_mut};
     use std::ops::ControlFlow;
     let rewrite = |e: &mut SqlExpr| -> ControlFlow<ParserError> {
+        if let Some(aggregated) = array_subquery(e) {
+            match aggregated {
+                Ok(sub) => *e = sub,
+                Err(err) => return ControlFlow::Break(err),
+            }
+            return ControlFlow::Continue(());
+        }
         if let SqlExpr::Cast { expr, data_type, .. } = e {
             let to = match data_type {
                 SqlType::JSON => crate::types::PgType::Json,
@@ -652,6 +659,56 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
         ControlFlow::Break(e) => Err(syntax(e)),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// `ARRAY(SELECT x FROM ... [ORDER BY ...])` (an array of a subquery's
+/// rows, which psql's `\\du` and `\\d+` use): DataFusion has no such
+/// constructor, so it becomes the scalar subquery
+/// `(SELECT array_agg(x [ORDER BY ...]) FROM ...)`, which it decorrelates.
+/// Only a plain select of one column (no GROUP BY, DISTINCT, HAVING or
+/// LIMIT, which an aggregate would change) is rewritten. Over no rows the
+/// result is NULL where Postgres gives an empty array.
+fn array_subquery(e: &SqlExpr) -> Option<std::result::Result<SqlExpr, ParserError>> {
+    use datafusion::sql::sqlparser::ast::{FunctionArguments, GroupByExpr, SelectItem, SetExpr};
+    let SqlExpr::Function(f) = e else { return None };
+    if !f.name.to_string().eq_ignore_ascii_case("array") {
+        return None;
+    }
+    let FunctionArguments::Subquery(q) = &f.args else {
+        return None;
+    };
+    let mut q = q.as_ref().clone();
+    if q.limit_clause.is_some() || q.fetch.is_some() || q.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return None;
+    };
+    let plain = select.projection.len() == 1
+        && select.distinct.is_none()
+        && select.having.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
+    if !plain {
+        return None;
+    }
+    let item = match &select.projection[0] {
+        SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } => x.clone(),
+        _ => return None,
+    };
+    let order = q.order_by.take().map(|o| format!(" {o}")).unwrap_or_default();
+    let text = format!("array_agg({item}{order})");
+    let agg = match Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+    {
+        Ok(agg) => agg,
+        Err(err) => return Some(Err(err)),
+    };
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        unreachable!("matched above")
+    };
+    select.projection = vec![SelectItem::UnnamedExpr(agg)];
+    Some(Ok(SqlExpr::Subquery(Box::new(q))))
 }
 
 fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {

@@ -70,6 +70,7 @@ fn plus_forms_functions_and_tablespaces() {
         ("\\l+", "sluice"),
         ("\\db", "pg_default"),
         ("\\df", "List of functions"),
+        ("\\du", "List of roles"),
     ] {
         let out = p.psql(&["-c", cmd]);
         assert!(out.contains(want), "{cmd} lacks {want}:\n{out}");
