@@ -126,7 +126,7 @@ impl Job {
                     resumed: std::mem::take(&mut wiring.resumed),
                     sink_lanes: n,
                 };
-                Some(tokio::spawn(coordinator.run(trigger_tx, completed_tx, ack_rx)))
+                Some(jobs_runtime().spawn(coordinator.run(trigger_tx, completed_tx, ack_rx)))
             }
             None => None,
         };
@@ -135,7 +135,7 @@ impl Job {
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let job_status = status.clone();
         let job_name = name.to_string();
-        let monitor = tokio::spawn(async move {
+        let monitor = jobs_runtime().spawn(async move {
             // The coordinator stops with the job.
             let mut coordinator = coordinator.map(AbortOnDrop);
             let mut set = JoinSet::new();
@@ -203,6 +203,26 @@ impl Job {
         let _ = done.wait_for(|d| *d).await;
         self.status()
     }
+}
+
+/// The runtime every job's tasks run on: one worker per core, apart from
+/// the engine's statement runtime (which has two per core, so that one
+/// heavy query leaves workers for other sessions). A job's pipeline hands
+/// batches between its tasks through channels; on twice as many workers as
+/// cores those hand-offs cross threads the system keeps switching, which
+/// cost a hop-window job 15% of its rate and a passthrough 30% (BENCHMARKS.md).
+fn jobs_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .thread_name("sluice-job")
+                .enable_all()
+                .build()
+                .expect("starting the jobs' runtime")
+        })
+        .handle()
 }
 
 /// Aborts a task when dropped.
