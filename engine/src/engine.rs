@@ -247,6 +247,16 @@ impl Engine {
         template.register_udtf("hop", Arc::new(WindowFunction::hop(streams.clone())));
         template.register_udtf("cumulate", Arc::new(WindowFunction::cumulate(streams.clone())));
         template.register_udtf("session", Arc::new(WindowFunction::session(streams.clone())));
+        template.add_analyzer_rule(Arc::new(crate::streaming::versioned::MarkTemporalJoins));
+        template.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            crate::streaming::versioned::AsOfMark::default(),
+        ));
+        template.register_udtf(
+            crate::streaming::versioned::VERSIONS_FUNCTION,
+            Arc::new(crate::streaming::versioned::VersionsFunction::new(
+                streams.clone(),
+            )),
+        );
         let versioned = Arc::new(crate::versions::VersionedTables::default());
         template.register_udtf(
             crate::versions::AS_OF_FUNCTION,

@@ -9,7 +9,7 @@ use std::fmt;
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{ColumnDef, Expr as SqlExpr, ObjectName, Query};
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr as SqlExpr, ObjectName, Query, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -317,6 +317,73 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
         if a.keyword != Keyword::AS || o.keyword != Keyword::OF {
             continue;
         }
+        // `name FOR SYSTEM_TIME AS OF ...`: the name is before FOR.
+        let system_time = i >= 3
+            && word(i - 1)
+                .is_some_and(|w| w.quote_style.is_none() && w.value.eq_ignore_ascii_case("system_time"))
+            && word(i - 2).is_some_and(|w| w.keyword == Keyword::FOR);
+        let name_at = if system_time { i - 3 } else { i - 1 };
+        if system_time && !(kind.keyword == Keyword::TIMESTAMP && kind.quote_style.is_none()) {
+            // A temporal join: `versioned FOR SYSTEM_TIME AS OF probe.t`.
+            let ident = |w: &datafusion::sql::sqlparser::tokenizer::Word| match w.quote_style {
+                Some(_) => w.value.clone(),
+                None => w.value.to_ascii_lowercase(),
+            };
+            let mut parts = vec![ident(kind)];
+            let mut last = i + 2;
+            // PROCTIME(): processing time (no column).
+            let proctime = kind.quote_style.is_none()
+                && kind.value.eq_ignore_ascii_case("proctime")
+                && matches!(sig.get(i + 3).map(|t| &t.token), Some(Token::LParen))
+                && matches!(sig.get(i + 4).map(|t| &t.token), Some(Token::RParen));
+            if proctime {
+                parts.clear();
+                last = i + 4;
+            }
+            while !proctime
+                && matches!(sig.get(last + 1).map(|t| &t.token), Some(Token::Period))
+                && let Some(w) = word(last + 2)
+            {
+                parts.push(ident(w));
+                last += 2;
+            }
+            if parts.len() > 2 {
+                return Err(SluiceError::new(
+                    ErrorKind::Syntax,
+                    "syntax error: write versioned FOR SYSTEM_TIME AS OF probe.time_column",
+                ));
+            }
+            let Some(table) = word(name_at) else {
+                continue;
+            };
+            let mut first = name_at;
+            while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
+                first -= 2;
+            }
+            let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
+            let column = parts.pop().map_or("NULL".to_string(), |c| quote(&c));
+            let mut replacement = format!("{VERSIONS}({}, {column}", quote(&ident(table)));
+            if let Some(q) = parts.pop() {
+                replacement.push_str(&format!(", {}", quote(&q)));
+            }
+            replacement.push(')');
+            let has_alias = match sig.get(last + 1).map(|t| &t.token) {
+                Some(Token::Word(w)) => {
+                    w.keyword == Keyword::AS || !RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword)
+                }
+                _ => false,
+            };
+            if !has_alias {
+                replacement.push_str(" AS ");
+                replacement.push_str(&sql[offset(sig[name_at].span.start)..offset(sig[name_at].span.end)]);
+            }
+            edits.push((
+                offset(sig[first].span.start),
+                offset(sig[last].span.end),
+                replacement,
+            ));
+            continue;
+        }
         let Some(value) = sig.get(i + 3) else {
             continue;
         };
@@ -330,11 +397,12 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
             }
             _ => continue,
         }
-        // The table name before AS: a word, possibly qualified (a.b.c).
-        let Some(last) = word(i - 1) else {
+        // The table name before AS (or FOR SYSTEM_TIME AS): a word,
+        // possibly qualified (a.b.c).
+        let Some(last) = word(name_at) else {
             continue;
         };
-        let mut first = i - 1;
+        let mut first = name_at;
         while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
             first -= 2;
         }
@@ -354,7 +422,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
         };
         if !has_alias {
             replacement.push_str(" AS ");
-            replacement.push_str(&sql[offset(sig[i - 1].span.start)..offset(sig[i - 1].span.end)]);
+            replacement.push_str(&sql[offset(sig[name_at].span.start)..offset(sig[name_at].span.end)]);
         }
         edits.push((start, end, replacement));
     }
@@ -369,6 +437,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
 }
 
 const AS_OF: &str = crate::versions::AS_OF_FUNCTION;
+const VERSIONS: &str = crate::streaming::versioned::VERSIONS_FUNCTION;
 
 /// `OPTIONS ('s3.secret_access_key' SECRET name, ...)` in `CREATE EXTERNAL
 /// TABLE`: DataFusion's parser takes one literal per option value, so a
@@ -500,6 +569,7 @@ fn parse_checked(sql: &str) -> Result<Vec<Statement>> {
         let mut statement = parse_one(&mut df)?;
         check_nesting(&statement)?;
         rewrite_pg_types(&mut statement)?;
+        rewrite_asof_joins(&mut statement)?;
         out.push(statement);
         expecting_delimiter = true;
     }
@@ -606,7 +676,7 @@ fn set_operation_depth(body: &datafusion::sql::sqlparser::ast::SetExpr) -> usize
 /// make values of those types (see [`crate::types`]), since DataFusion has
 /// no SQL name for them.
 pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::{DataType as SqlType, visit_expressions_mut};
+    use datafusion::sql::sqlparser::ast::DataType as SqlType;
     use std::ops::ControlFlow;
     let rewrite = |e: &mut SqlExpr| -> ControlFlow<ParserError> {
         if let Some(aggregated) = array_subquery(e) {
@@ -634,30 +704,193 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
         }
         ControlFlow::Continue(())
     };
-    let flow = match statement {
-        Statement::DataFusion(DFStatement::Statement(s)) => visit_expressions_mut(s.as_mut(), rewrite),
+    match visit_statement(statement, &mut Exprs(rewrite)) {
+        ControlFlow::Break(e) => Err(syntax(e)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Runs an expression rewrite after each expression is visited (as
+/// sqlparser's `visit_expressions_mut` does).
+struct Exprs<F>(F);
+
+impl<F: FnMut(&mut SqlExpr) -> std::ops::ControlFlow<ParserError>> VisitorMut for Exprs<F> {
+    type Break = ParserError;
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> std::ops::ControlFlow<ParserError> {
+        (self.0)(expr)
+    }
+}
+
+/// Walks the SQL of every statement that holds some (queries, DDL, the
+/// query of a sink, a view, a COPY or a SUBSCRIBE, what EXPLAIN explains).
+fn visit_statement<V: VisitorMut<Break = ParserError>>(
+    statement: &mut Statement,
+    v: &mut V,
+) -> std::ops::ControlFlow<ParserError> {
+    use std::ops::ControlFlow;
+    match statement {
+        Statement::DataFusion(DFStatement::Statement(s)) => s.visit(v),
         Statement::DataFusion(DFStatement::CopyTo(copy)) => match &mut copy.source {
-            datafusion::sql::parser::CopyToSource::Query(q) => visit_expressions_mut(q.as_mut(), rewrite),
+            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(v),
             datafusion::sql::parser::CopyToSource::Relation(_) => ControlFlow::Continue(()),
         },
         Statement::DataFusion(DFStatement::Explain(explain)) => match explain.statement.as_mut() {
-            DFStatement::Statement(s) => visit_expressions_mut(s.as_mut(), rewrite),
+            DFStatement::Statement(s) => s.visit(v),
             _ => ControlFlow::Continue(()),
         },
-        Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => {
-            visit_expressions_mut(c.query.as_mut(), rewrite)
-        }
-        Statement::CopyOut { query, .. } => visit_expressions_mut(query.as_mut(), rewrite),
+        Statement::CreateSink(c) | Statement::CreateMaterializedView(c) => c.query.visit(v),
+        Statement::CopyOut { query, .. } => query.visit(v),
         Statement::Subscribe {
             target: SubscribeTarget::Query(q),
             ..
-        } => visit_expressions_mut(q.as_mut(), rewrite),
-        Statement::Explain(inner) => return rewrite_pg_types(inner),
+        } => q.visit(v),
+        Statement::Explain(inner) => visit_statement(inner, v),
         _ => ControlFlow::Continue(()),
-    };
-    match flow {
-        ControlFlow::Break(e) => Err(syntax(e)),
-        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// `l ASOF JOIN r MATCH_CONDITION (l.t >= r.t) [ON l.k = r.k ...]`
+/// (Snowflake's spelling, which the parser takes): for each row of `l`,
+/// the row of `r` with the same keys and the latest time at or before
+/// its own, NULL-padded when there is none. Over streams that is a LEFT
+/// temporal join on the two event times, which it becomes:
+/// `l LEFT JOIN sluice_versions('r', 't', 'l', 't') AS r ON ...`.
+pub fn rewrite_asof_joins(statement: &mut Statement) -> Result<()> {
+    match visit_statement(statement, &mut AsOfJoins) {
+        std::ops::ControlFlow::Break(e) => Err(SluiceError::new(ErrorKind::NotSupported, e.to_string())),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+struct AsOfJoins;
+
+impl VisitorMut for AsOfJoins {
+    type Break = ParserError;
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> std::ops::ControlFlow<ParserError> {
+        match asof_in_set_expr(&mut query.body) {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(e) => std::ops::ControlFlow::Break(e),
+        }
+    }
+}
+
+fn asof_in_set_expr(
+    body: &mut datafusion::sql::sqlparser::ast::SetExpr,
+) -> std::result::Result<(), ParserError> {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    match body {
+        SetExpr::Select(select) => {
+            for t in &mut select.from {
+                asof_in_table(t)?;
+            }
+            Ok(())
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            asof_in_set_expr(left)?;
+            asof_in_set_expr(right)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn asof_in_table(
+    t: &mut datafusion::sql::sqlparser::ast::TableWithJoins,
+) -> std::result::Result<(), ParserError> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, JoinConstraint, JoinOperator, TableFactor};
+    if let TableFactor::NestedJoin { table_with_joins, .. } = &mut t.relation {
+        asof_in_table(table_with_joins)?;
+    }
+    for join in &mut t.joins {
+        if let TableFactor::NestedJoin { table_with_joins, .. } = &mut join.relation {
+            asof_in_table(table_with_joins)?;
+        }
+        let JoinOperator::AsOf {
+            match_condition,
+            constraint,
+        } = &join.join_operator
+        else {
+            continue;
+        };
+        let refuse = |what: &str| {
+            Err(ParserError::ParserError(format!(
+                "ASOF JOIN {}: {what}",
+                join.relation
+            )))
+        };
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = &join.relation
+        else {
+            return refuse("the right input must be a stream named by itself (not a subquery or a function)");
+        };
+        let stream = name.0.last().and_then(|p| p.as_ident()).map(ident_value);
+        let Some(stream) = stream else {
+            return refuse("the right input must be a stream's name");
+        };
+        let right_name = alias.as_ref().map_or(stream.clone(), |a| ident_value(&a.name));
+        // l.t >= r.t, or the same mirrored.
+        let column = |e: &SqlExpr| -> Option<(Option<String>, String)> {
+            match e {
+                SqlExpr::Identifier(c) => Some((None, ident_value(c))),
+                SqlExpr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                    Some((Some(ident_value(&parts[0])), ident_value(&parts[1])))
+                }
+                _ => None,
+            }
+        };
+        let SqlExpr::BinaryOp { left, op, right } = match_condition else {
+            return refuse("write MATCH_CONDITION (left.time >= right.time)");
+        };
+        let (probe, version) = match op {
+            BinaryOperator::GtEq => (left, right),
+            BinaryOperator::LtEq => (right, left),
+            _ => {
+                return refuse(
+                    "only MATCH_CONDITION (left.time >= right.time) runs over streams (the latest right \
+                     row at or before the left row's time)",
+                );
+            }
+        };
+        let (Some(probe), Some((version_rel, version_col))) = (column(probe), column(version)) else {
+            return refuse("MATCH_CONDITION compares two columns, left.time >= right.time");
+        };
+        if version_rel.as_ref().is_some_and(|r| *r != right_name) || probe.0.as_ref() == Some(&right_name) {
+            return refuse("write MATCH_CONDITION (left.time >= right.time), the left input's time first");
+        }
+        let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
+        let text = format!(
+            "{VERSIONS}({}, {}, {}, {}) AS {}",
+            quote(&stream),
+            quote(&probe.1),
+            probe.0.as_deref().map_or("NULL".to_string(), quote),
+            quote(&version_col),
+            datafusion::sql::sqlparser::ast::Ident::with_quote('"', right_name.as_str())
+        );
+        let relation = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_table_factor())?;
+        let constraint = match constraint {
+            JoinConstraint::None => {
+                return refuse("an ASOF JOIN over streams needs ON left.key = right.key (or USING)");
+            }
+            c => c.clone(),
+        };
+        join.relation = relation;
+        join.join_operator = JoinOperator::LeftOuter(constraint);
+    }
+    Ok(())
+}
+
+/// An identifier as DataFusion resolves it: unquoted ones in lower case.
+fn ident_value(i: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_ascii_lowercase(),
     }
 }
 
@@ -1277,6 +1510,32 @@ mod tests {
         assert_eq!(r, "SELECT 'as of version 3' FROM sluice_as_of('t', 3) AS x, u");
         let r = rewrite_as_of("SELECT * FROM a.\"B\" AS OF VERSION 0\n;").unwrap();
         assert_eq!(r, "SELECT * FROM sluice_as_of('B', 0) AS \"B\"\n;");
+        // FOR SYSTEM_TIME AS OF: a time is time travel, a column a
+        // temporal join.
+        let r =
+            rewrite_as_of("SELECT * FROM t FOR SYSTEM_TIME AS OF TIMESTAMP '2026-11-22 10:00:00'").unwrap();
+        assert_eq!(r, "SELECT * FROM sluice_as_of('t', '2026-11-22 10:00:00') AS t");
+        let r = rewrite_as_of(
+            "SELECT * FROM orders o JOIN Rates FOR SYSTEM_TIME AS OF o.Order_Time AS r ON o.c = r.c",
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            "SELECT * FROM orders o JOIN sluice_versions('rates', 'order_time', 'o') AS r ON o.c = r.c"
+        );
+        let r = rewrite_as_of("SELECT * FROM o LEFT JOIN s.rates for system_time as of ts ON o.c = rates.c")
+            .unwrap();
+        assert_eq!(
+            r,
+            "SELECT * FROM o LEFT JOIN sluice_versions('rates', 'ts') AS rates ON o.c = rates.c"
+        );
+        assert!(rewrite_as_of("SELECT * FROM o JOIN r FOR SYSTEM_TIME AS OF a.b.c ON true").is_err());
+        let r = rewrite_as_of("SELECT * FROM o JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() d ON o.c = d.c")
+            .unwrap();
+        assert_eq!(
+            r,
+            "SELECT * FROM o JOIN sluice_versions('dim', NULL) d ON o.c = d.c"
+        );
         // Untouched: no AS OF, or AS OF something else.
         assert!(matches!(
             rewrite_as_of("SELECT 1 AS one").unwrap(),
@@ -1284,6 +1543,52 @@ mod tests {
         ));
         let e = rewrite_as_of("SELECT * FROM t AS OF VERSION 'x'").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Syntax);
+    }
+
+    #[test]
+    fn asof_joins_become_left_temporal_joins() {
+        let sql = |stmt: &Statement| match stmt {
+            Statement::CreateMaterializedView(c) => c.query.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let stmts = parse(
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM trades t ASOF JOIN Quotes q \
+             MATCH_CONDITION (t.ts >= q.ts) ON t.sym = q.sym",
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&stmts[0]),
+            "SELECT * FROM trades t LEFT OUTER JOIN sluice_versions('quotes', 'ts', 't', 'ts') AS \"q\" ON t.sym = q.sym"
+        );
+        // Mirrored, unqualified, no alias.
+        let stmts = parse(
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM trades ASOF JOIN quotes \
+             MATCH_CONDITION (quotes.qt <= tt) USING (sym)",
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&stmts[0]),
+            "SELECT * FROM trades LEFT OUTER JOIN sluice_versions('quotes', 'tt', NULL, 'qt') AS \"quotes\" USING(sym)"
+        );
+        for (bad, says) in [
+            (
+                "MATCH_CONDITION (t.ts > q.ts) ON t.sym = q.sym",
+                "only MATCH_CONDITION (left.time >= right.time)",
+            ),
+            (
+                "MATCH_CONDITION (q.ts <= t.ts + 1) ON t.sym = q.sym",
+                "compares two columns",
+            ),
+            ("MATCH_CONDITION (t.ts >= q.ts)", "needs ON left.key = right.key"),
+            (
+                "MATCH_CONDITION (q.ts >= t.ts) ON t.sym = q.sym",
+                "the left input's time first",
+            ),
+        ] {
+            let err = parse(&format!("SELECT * FROM trades t ASOF JOIN quotes q {bad}")).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotSupported, "{bad}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

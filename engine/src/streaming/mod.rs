@@ -15,4 +15,5 @@ pub mod operators;
 pub mod plan;
 pub mod runtime;
 pub(crate) mod state;
+pub mod versioned;
 pub mod window;

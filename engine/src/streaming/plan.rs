@@ -25,8 +25,10 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use super::metrics::NodeMetrics;
 use super::operators::{
     AggExpr, AggregateSpec, JoinKind, JoinSpec, OperatorSpec, OrderTerm, OverFrame, OverSpec, RankFunction,
-    SessionAggregateSpec, SessionLayout, TopNSpec, WindowAggregateSpec, WindowKey, expr_list,
+    SessionAggregateSpec, SessionLayout, TemporalJoinSpec, TopNSpec, WindowAggregateSpec, WindowKey,
+    expr_list,
 };
+use super::versioned::{AS_OF_MARK, VersionsOf, versions_of};
 use super::window::{WindowSpec, WindowedTable};
 use crate::error::{ErrorKind, Result, SluiceError};
 use crate::stream::StreamTable;
@@ -192,6 +194,9 @@ pub struct Planner<'a> {
     props: &'a ExecutionProps,
     parallelism: usize,
     next_id: usize,
+    /// Planning the versioned input of a temporal join (where a stream
+    /// `FOR SYSTEM_TIME AS OF` may be read).
+    in_versions: bool,
 }
 
 fn refuse(what: impl Into<String>) -> SluiceError {
@@ -204,6 +209,7 @@ impl<'a> Planner<'a> {
             props,
             parallelism: parallelism.max(1),
             next_id: 0,
+            in_versions: false,
         }
     }
 
@@ -264,6 +270,15 @@ impl<'a> Planner<'a> {
                     (Arc::new(s.clone()), None)
                 } else if let Some(w) = provider.downcast_ref::<WindowedTable>() {
                     (w.stream.clone(), Some(w.spec.clone()))
+                } else if let Some(v) = provider.downcast_ref::<VersionsOf>() {
+                    if !self.in_versions {
+                        return Err(refuse(format!(
+                            "{} FOR SYSTEM_TIME AS OF must be the right input of a join: \
+                             probe [LEFT] JOIN versioned FOR SYSTEM_TIME AS OF probe.time ON probe.key = versioned.key",
+                            v.stream.name
+                        )));
+                    }
+                    (v.stream.clone(), None)
                 } else {
                     return Err(refuse(format!(
                         "{} is not a stream: continuous queries read streams declared with CREATE STREAM \
@@ -956,30 +971,20 @@ impl Planner<'_> {
                 "a join whose keys match NULL to NULL (IS NOT DISTINCT FROM) can't run incrementally yet",
             ));
         }
+        if let Some(v) = versions_of(&j.right) {
+            return self.temporal_join(j, kind, &v);
+        }
+        if let Some(v) = versions_of(&j.left) {
+            return Err(refuse(format!(
+                "{} FOR SYSTEM_TIME AS OF must be the right input of the join (the versions are \
+                 looked up for the left input's rows)",
+                v.stream.name
+            )));
+        }
         let left = self.node(&j.left)?;
         let right = self.node(&j.right)?;
         let (ls, rs) = (j.left.schema(), j.right.schema());
-        let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
-        for (l, r) in &j.on {
-            let mut l = self.physical(l, ls)?;
-            let mut r = self.physical(r, rs)?;
-            let lt = l.data_type(ls.as_arrow())?;
-            let rt = r.data_type(rs.as_arrow())?;
-            // Both inputs are hashed on their keys: equal keys must be
-            // equal values of one type to meet in one task.
-            if lt != rt {
-                let common = comparison_coercion(&lt, &rt)
-                    .ok_or_else(|| refuse(format!("join keys of types {lt} and {rt} can't be compared")))?;
-                if lt != common {
-                    l = Arc::new(CastExpr::new(l, common.clone(), None));
-                }
-                if rt != common {
-                    r = Arc::new(CastExpr::new(r, common, None));
-                }
-            }
-            keys[0].push(l);
-            keys[1].push(r);
-        }
+        let keys = self.join_keys(j)?;
         let both = ls.join(rs)?;
         let filter = match &j.filter {
             Some(f) => Some(self.physical(f, &both)?),
@@ -1096,6 +1101,178 @@ impl Planner<'_> {
             vec![left, right],
             schema,
             updating,
+            cols,
+            par,
+        ))
+    }
+
+    /// A join's key expressions per input, cast to one type per key so
+    /// that equal keys meet in one task.
+    fn join_keys(&self, j: &datafusion::logical_expr::Join) -> Result<[Vec<Arc<dyn PhysicalExpr>>; 2]> {
+        let (ls, rs) = (j.left.schema(), j.right.schema());
+        let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
+        for (l, r) in &j.on {
+            let mut l = self.physical(l, ls)?;
+            let mut r = self.physical(r, rs)?;
+            let lt = l.data_type(ls.as_arrow())?;
+            let rt = r.data_type(rs.as_arrow())?;
+            // Both inputs are hashed on their keys: equal keys must be
+            // equal values of one type to meet in one task.
+            if lt != rt {
+                let common = comparison_coercion(&lt, &rt)
+                    .ok_or_else(|| refuse(format!("join keys of types {lt} and {rt} can't be compared")))?;
+                if lt != common {
+                    l = Arc::new(CastExpr::new(l, common.clone(), None));
+                }
+                if rt != common {
+                    r = Arc::new(CastExpr::new(r, common, None));
+                }
+            }
+            keys[0].push(l);
+            keys[1].push(r);
+        }
+        Ok(keys)
+    }
+
+    /// An event-time temporal join: the left input's rows meet the right
+    /// input's version of their key valid at their time (see
+    /// `operators::temporal`).
+    fn temporal_join(
+        &mut self,
+        j: &datafusion::logical_expr::Join,
+        kind: JoinKind,
+        versions: &VersionsOf,
+    ) -> Result<Node> {
+        let name = &versions.stream.name;
+        if !matches!(kind, JoinKind::Inner | JoinKind::Left) {
+            return Err(refuse(format!(
+                "a temporal join (FOR SYSTEM_TIME AS OF) is INNER or LEFT, not {kind}"
+            )));
+        }
+        let left = self.node(&j.left)?;
+        let in_versions = std::mem::replace(&mut self.in_versions, true);
+        let right = self.node(&j.right);
+        self.in_versions = in_versions;
+        let right = right?;
+        if left.updating {
+            return Err(refuse(
+                "the left input of a temporal join must be append-only (its rows are looked up once, \
+                 when the watermark passes their time)",
+            ));
+        }
+        if right.updating {
+            return Err(refuse(format!(
+                "{name} FOR SYSTEM_TIME AS OF: versions from a changelog stream are not supported yet; \
+                 a temporal join reads an append-only stream whose rows are versions of their key"
+            )));
+        }
+        let (ls, rs) = (j.left.schema(), j.right.schema());
+        let column = |schema: &DFSchema, idx: usize| {
+            Expr::Column(datafusion::common::Column::from(schema.qualified_field(idx)))
+        };
+        // The analyzer marked the two times in the ON condition (see
+        // `versioned::MarkTemporalJoins`); the mark is not a condition.
+        let conjuncts: Vec<&Expr> = j
+            .filter
+            .as_ref()
+            .map(datafusion::logical_expr::utils::split_conjunction)
+            .unwrap_or_default();
+        let mark = conjuncts.iter().find_map(|c| match c {
+            Expr::ScalarFunction(f) if f.name() == AS_OF_MARK && f.args.len() == 2 => Some(&f.args),
+            _ => None,
+        });
+        let rest: Vec<Expr> = conjuncts
+            .iter()
+            .filter(|c| !matches!(c, Expr::ScalarFunction(f) if f.name() == AS_OF_MARK))
+            .map(|c| (*c).clone())
+            .collect();
+        let (probe_time, version_time, load_first) = match &versions.as_of {
+            Some(as_of) => {
+                let Some(mark) = mark else {
+                    return Err(if ls.index_of_column(as_of).is_err() {
+                        refuse(format!(
+                            "{name} FOR SYSTEM_TIME AS OF {as_of}: no such column in the join's left input"
+                        ))
+                    } else {
+                        refuse(format!(
+                            "{name} FOR SYSTEM_TIME AS OF {as_of}: {name} has no event time; declare one with \
+                             WATERMARK FOR in CREATE STREAM (a version is valid from its row's time), or join \
+                             its latest versions FOR SYSTEM_TIME AS OF PROCTIME()"
+                        ))
+                    });
+                };
+                let index = |e: &Expr, schema: &DFSchema| match e {
+                    Expr::Column(c) => schema.index_of_column(c).ok(),
+                    _ => None,
+                };
+                let (Some(at), Some(version_at)) = (index(&mark[0], ls), index(&mark[1], rs)) else {
+                    return Err(SluiceError::internal(
+                        "a temporal join's times are not its inputs' columns",
+                    ));
+                };
+                if !time_columns(&left).contains(&at) {
+                    return Err(refuse(format!(
+                        "{name} FOR SYSTEM_TIME AS OF {as_of}: the time must be the left input's event time \
+                         (its WATERMARK column) or a window bound of it, or PROCTIME()"
+                    )));
+                }
+                if !time_columns(&right).contains(&version_at) {
+                    let stream = &versions.stream;
+                    let event_time = stream.watermark.as_ref().map_or("none".to_string(), |w| {
+                        stream.schema_ref().field(w.column).name().clone()
+                    });
+                    return Err(refuse(format!(
+                        "ASOF JOIN {name}: the match condition must compare with {name}'s event time \
+                         ({event_time}), not {}",
+                        rs.field(version_at).name()
+                    )));
+                }
+                (
+                    Some(self.physical(&column(ls, at), ls)?),
+                    Some(self.physical(&column(rs, version_at), rs)?),
+                    false,
+                )
+            }
+            // Processing time: a bounded versioned input (a table read as
+            // a stream) is read whole before rows meet it.
+            None => (None, None, sources_bounded(&right)),
+        };
+        if j.on.is_empty() {
+            return Err(refuse(format!(
+                "a temporal join needs an equality between the left input and {name}'s key \
+                 (ON probe.key = {name}.key)"
+            )));
+        }
+        let keys = self.join_keys(j)?;
+        let both = ls.join(rs)?;
+        let filter = match datafusion::logical_expr::utils::conjunction(rest) {
+            Some(f) => Some(self.physical(&f, &both)?),
+            None => None,
+        };
+        let schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
+        // By event time the left input's columns come first, unchanged,
+        // and its rows go out before the watermark passes their time: its
+        // window bounds stay window bounds. At processing time rows can
+        // wait for the versions while the watermark moves on.
+        let mut cols = if probe_time.is_some() {
+            left.window_cols.clone()
+        } else {
+            vec![]
+        };
+        cols.resize(schema.fields().len(), None);
+        let par = self.parallelism;
+        Ok(self.make(
+            NodeKind::Keyed(Box::new(TemporalJoinSpec {
+                kind,
+                keys,
+                filter,
+                probe_time,
+                version_time,
+                load_first,
+            })),
+            vec![left, right],
+            schema,
+            false,
             cols,
             par,
         ))
@@ -1240,6 +1417,14 @@ fn interval_bounds(
         out.push((side, bound));
     }
     out
+}
+
+/// Whether every source under a node ends (bounded input).
+fn sources_bounded(node: &Node) -> bool {
+    match &node.kind {
+        NodeKind::Source { table } => table.is_bounded(),
+        _ => node.inputs.iter().all(sources_bounded),
+    }
 }
 
 fn renumber(mut node: Node, next: &mut usize) -> Node {

@@ -730,35 +730,76 @@ impl StreamingJoin {
         Ok(())
     }
 
-    /// One input's snapshot rows in the snapshot layout.
-    /// One input's rows as a snapshot batch: keys `k0..`, `side`, `count`,
-    /// `matches`, then the left input's columns `l0..` and the right's
-    /// `r0..` (the other input's NULL), so both inputs' batches share one
-    /// schema.
     fn snapshot_batch(&self, side: usize, snap: RowsSnapshot) -> Result<RecordBatch> {
-        let len = snap.len();
-        let columns = |s: usize| -> Vec<ArrayRef> {
-            if s == side {
-                snap.rows.clone()
-            } else {
-                self.inputs[s]
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| new_null_array(f.data_type(), len))
-                    .collect()
-            }
-        };
-        let (left, right) = (columns(0), columns(1));
-        SnapshotBatch::new(len)
-            .keys(snap.keys)
-            .column(SIDE, Arc::new(Int8Array::from(vec![side as i8; len])))
-            .column("count", Arc::new(snap.count))
-            .column("matches", Arc::new(snap.matches))
-            .numbered("l", left)
-            .numbered("r", right)
-            .build()
+        two_sided_batch([&self.inputs[0].schema, &self.inputs[1].schema], side, snap).build()
     }
+}
+
+/// One input's rows (of two) as a snapshot batch: keys `k0..`, `side`,
+/// `count`, `matches`, then the left input's columns `l0..` and the
+/// right's `r0..` (the other input's NULL), so both inputs' batches share
+/// one schema. Read back by [`restore_two_sided`].
+pub(super) fn two_sided_batch(schemas: [&SchemaRef; 2], side: usize, snap: RowsSnapshot) -> SnapshotBatch {
+    let len = snap.len();
+    let columns = |s: usize| -> Vec<ArrayRef> {
+        if s == side {
+            snap.rows.clone()
+        } else {
+            schemas[s]
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), len))
+                .collect()
+        }
+    };
+    let (left, right) = (columns(0), columns(1));
+    SnapshotBatch::new(len)
+        .keys(snap.keys)
+        .column(SIDE, Arc::new(Int8Array::from(vec![side as i8; len])))
+        .column("count", Arc::new(snap.count))
+        .column("matches", Arc::new(snap.matches))
+        .numbered("l", left)
+        .numbered("r", right)
+}
+
+/// Takes back what [`two_sided_batch`] wrote into both inputs' tables
+/// (keyed by `n_keys` columns). `what` names the operator in errors.
+pub(super) fn restore_two_sided(
+    sides: &mut [KeyedRows; 2],
+    n_keys: usize,
+    batch: &SnapshotRows,
+    what: &str,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let side_of = batch.int8(SIDE)?;
+    for (side, table) in sides.iter_mut().enumerate() {
+        let mask: arrow::array::BooleanArray = side_of.iter().map(|s| Some(s == Some(side as i8))).collect();
+        if mask.true_count() == 0 {
+            continue;
+        }
+        let part = batch.filter(&mask)?;
+        let prefix = if side == 0 { "l" } else { "r" };
+        let rows = part.numbered(prefix, table.schema().fields().len())?;
+        for (i, c) in rows.iter().enumerate() {
+            let want = table.schema().field(i).data_type();
+            if c.data_type() != want {
+                return Err(DataFusionError::Internal(format!(
+                    "{what} snapshot's column {prefix}{i} is {} where the query has {want}",
+                    c.data_type()
+                )));
+            }
+        }
+        let snap = RowsSnapshot {
+            keys: part.keys(n_keys)?,
+            rows,
+            count: part.int64("count")?,
+            matches: part.int64("matches")?,
+        };
+        table.restore(&snap)?;
+    }
+    Ok(())
 }
 
 impl KeyedOperator for StreamingJoin {
@@ -874,37 +915,12 @@ impl KeyedOperator for StreamingJoin {
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let n_keys = self.inputs[0].keys.len();
         for batch in state {
-            let batch = SnapshotRows::new(batch, "a join");
-            if batch.is_empty() {
-                continue;
-            }
-            let sides = batch.int8(SIDE)?;
-            for side in 0..2usize {
-                let mask: arrow::array::BooleanArray =
-                    sides.iter().map(|s| Some(s == Some(side as i8))).collect();
-                if mask.true_count() == 0 {
-                    continue;
-                }
-                let part = batch.filter(&mask)?;
-                let prefix = if side == 0 { "l" } else { "r" };
-                let rows = part.numbered(prefix, self.inputs[side].schema.fields().len())?;
-                for (i, c) in rows.iter().enumerate() {
-                    let want = self.sides[side].schema().field(i).data_type();
-                    if c.data_type() != want {
-                        return Err(DataFusionError::Internal(format!(
-                            "a join snapshot's column {prefix}{i} is {} where the query has {want}",
-                            c.data_type()
-                        )));
-                    }
-                }
-                let snap = RowsSnapshot {
-                    keys: part.keys(n_keys)?,
-                    rows,
-                    count: part.int64("count")?,
-                    matches: part.int64("matches")?,
-                };
-                self.sides[side].restore(&snap)?;
-            }
+            restore_two_sided(
+                &mut self.sides,
+                n_keys,
+                &SnapshotRows::new(batch, "a join"),
+                "a join",
+            )?;
         }
         // Restored rows get a fresh TTL.
         if let Some(ttl) = self.ttl_us {

@@ -55,6 +55,17 @@ impl Bucket {
 /// A held row by its key's bytes and its own.
 type HeldRow = (Box<[u8]>, Box<[u8]>);
 
+/// A row dropped by [`KeyedRows::take_before`].
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The time it was given ([`KeyedRows::expire_at`]).
+    pub time: i64,
+    pub key: Box<[u8]>,
+    pub row: Box<[u8]>,
+    pub count: i64,
+    pub matches: i64,
+}
+
 /// A multiset of rows per key. Keys and rows are held in Arrow's row
 /// format (compact, hashable, comparable bytes) and turned back into
 /// columns of the declared schema when read.
@@ -244,9 +255,16 @@ impl KeyedRows {
     /// `time`; `gone` sees each dropped row with its count and match
     /// counter. Returns how many rows went (copies counted).
     pub(crate) fn expire_before(&mut self, time: i64, mut gone: impl FnMut(&[u8], i64, i64)) -> u64 {
+        self.take_before(time, |e| gone(&e.row, e.count, e.matches))
+    }
+
+    /// As [`Self::expire_before`], in time order, each dropped row with its
+    /// key and the time it was given.
+    pub(crate) fn take_before(&mut self, time: i64, mut gone: impl FnMut(Taken)) -> u64 {
         let mut dropped = 0u64;
         while let Some(entry) = self.expiry.first_entry() {
-            if *entry.key() >= time {
+            let at = *entry.key();
+            if at >= time {
                 break;
             }
             for (key, row) in entry.remove() {
@@ -255,8 +273,14 @@ impl KeyedRows {
                     continue;
                 };
                 if self.add(&key, &row, -count, 0) {
-                    gone(&row, count, matches);
                     dropped += count as u64;
+                    gone(Taken {
+                        time: at,
+                        key,
+                        row,
+                        count,
+                        matches,
+                    });
                 }
             }
         }
@@ -301,6 +325,15 @@ impl KeyedRows {
             }
         }
         Ok(())
+    }
+
+    /// The keys whose rows `pick` picks (a restore rebuilding an index).
+    pub(crate) fn keys_where(&self, mut pick: impl FnMut(&Bucket) -> bool) -> Vec<Box<[u8]>> {
+        self.buckets
+            .iter()
+            .filter(|(_, b)| pick(b))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Keys held.
