@@ -55,13 +55,14 @@ impl TableProvider for VersionsOf {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        plan_err!(
-            "{} FOR SYSTEM_TIME AS OF is a temporal join, which runs as a continuous query \
-             (CREATE MATERIALIZED VIEW, CREATE SINK, SUBSCRIBE TO (...)); an ad-hoc SELECT can join \
-             on {}'s time column instead",
-            self.stream.name,
-            self.stream.name
-        )
+        Err(datafusion::error::DataFusionError::External(Box::new(
+            crate::error::SluiceError::not_supported(format!(
+                "{} FOR SYSTEM_TIME AS OF is a temporal join, which runs as a continuous query \
+                 (CREATE MATERIALIZED VIEW, CREATE SINK, SUBSCRIBE TO (...)); an ad-hoc SELECT can join \
+                 on {}'s time column instead",
+                self.stream.name, self.stream.name
+            )),
+        )))
     }
 
     fn supports_filters_pushdown(
