@@ -168,6 +168,11 @@ impl DurableCatalog {
         self.roles.get(name)
     }
 
+    /// Every role made with `CREATE ROLE`, by name.
+    pub fn roles(&self) -> impl Iterator<Item = &Role> {
+        self.roles.values()
+    }
+
     /// Adds or replaces a role, durably.
     pub fn put_role(&mut self, role: Role) -> Result<()> {
         let mut roles = self.roles.clone();

@@ -336,6 +336,11 @@ impl Engine {
         self.inner.catalog.lock().await.role(name).cloned()
     }
 
+    /// Every role created with `CREATE ROLE`.
+    pub async fn roles(&self) -> Vec<crate::catalog::Role> {
+        self.inner.catalog.lock().await.roles().cloned().collect()
+    }
+
     /// Runs `work` on the engine's runtime, away from the caller's (the
     /// server's, which must stay free to accept connections and cancel
     /// requests). Dropping the returned future aborts the work.

@@ -18,6 +18,7 @@ pub mod errors;
 mod handler;
 pub mod http;
 pub mod metrics;
+mod pgroles;
 mod pgtypes;
 mod rows;
 mod tls;
@@ -25,7 +26,6 @@ mod tls;
 use std::future::Future;
 use std::sync::Arc;
 
-use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use pgwire::api::auth::DefaultServerParameterProvider;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
@@ -109,7 +109,7 @@ impl Server {
         datafusion_pg_catalog::setup_pg_catalog(
             engine.template_context(),
             CATALOG_NAME,
-            EmptyContextProvider,
+            pgroles::Roles::new(engine.clone(), config.users.keys().cloned().collect()),
         )
         .map_err(|e| anyhow::anyhow!("installing pg_catalog: {e}"))?;
         if config.debug_functions {

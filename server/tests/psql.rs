@@ -77,6 +77,17 @@ fn plus_forms_functions_and_tablespaces() {
     }
     let out = p.psql(&["-c", "\\dt+"]);
     assert!(out.contains("Size") && out.contains("permanent"), "{out}");
+    // \du lists the config file's user (a superuser) and a role made
+    // with SQL.
+    p.psql(&["-c", "CREATE ROLE reader LOGIN PASSWORD 'r'"]);
+    let out = p.psql(&["-c", "\\du"]);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(str::to_string)
+    };
+    assert!(line("sluice").is_some_and(|l| l.contains("Superuser")), "{out}");
+    assert!(line("reader").is_some_and(|l| !l.contains("Superuser")), "{out}");
     assert_eq!(
         p.psql(&[
             "-tA",
