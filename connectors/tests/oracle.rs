@@ -161,6 +161,23 @@ async fn check_with(
     last.expect("two runs")
 }
 
+/// The line of `EXPLAIN CREATE MATERIALIZED VIEW .. AS query` that names
+/// `operator`.
+async fn explain_line(f: &mut Fixture, query: &str, operator: &str) -> String {
+    let plan = rows(
+        &exec(
+            &mut f.session,
+            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {query}"),
+        )
+        .await,
+    )
+    .join("\n");
+    plan.lines()
+        .find(|l| l.contains(operator))
+        .unwrap_or_else(|| panic!("no {operator} in {plan}"))
+        .to_string()
+}
+
 /// The rows each input of a job's join dropped by expiry, from SHOW JOBS
 /// ("left: .. rows held, N expired, right: .."), summed over tasks.
 async fn expired_by_join(f: &mut Fixture, job: &str) -> [u64; 2] {
@@ -552,18 +569,7 @@ async fn interval_join_with_constant_bounds_pads_and_expires() {
     let mut f = check("early_bids", q, q).await;
     // An auction without bids goes out when it expires, never retracted:
     // the join's output is append-only.
-    let plan = rows(
-        &exec(
-            &mut f.session,
-            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {q}"),
-        )
-        .await,
-    )
-    .join("\n");
-    let join = plan
-        .lines()
-        .find(|l| l.contains("LeftJoin"))
-        .expect("a left join");
+    let join = explain_line(&mut f, q, "LeftJoin").await;
     assert!(join.ends_with("append-only"), "{join}");
     let [a, b] = expired_by_join(&mut f, "early_bids").await;
     assert!(a > 0 && b > 0, "both inputs of the join expired rows ({a}, {b})");
@@ -839,18 +845,7 @@ async fn temporal_join_meets_the_version_valid_at_the_rows_time() {
     let batch = "SELECT a.id, a.seller, p.id AS pid, p.name, p.city FROM auction a \
                  LEFT JOIN person p ON a.seller = p.id AND p.date_time <= a.date_time";
     let mut f = check("sellers_then", streaming, batch).await;
-    let plan = rows(
-        &exec(
-            &mut f.session,
-            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {streaming}"),
-        )
-        .await,
-    )
-    .join("\n");
-    let join = plan
-        .lines()
-        .find(|l| l.contains("LeftTemporalJoin"))
-        .unwrap_or_else(|| panic!("a temporal join: {plan}"));
+    let join = explain_line(&mut f, streaming, "LeftTemporalJoin").await;
     assert!(join.ends_with("append-only"), "{join}");
     // An ad-hoc SELECT can't run it, and says what to do.
     let stmt = Session::parse(streaming).unwrap().into_iter().next().unwrap();
@@ -892,17 +887,10 @@ async fn lookup_join_reads_a_bounded_table_whole_before_rows_meet_it() {
     let batch = "SELECT b.auction, b.bidder, b.price, s.value FROM bid b \
                  LEFT JOIN side_input s ON b.auction % 1000 = s.key";
     let mut f = check_with(setup, "q13_lookup", streaming, batch).await;
-    let plan = rows(
-        &exec(
-            &mut f.session,
-            &format!("EXPLAIN CREATE MATERIALIZED VIEW again AS {streaming}"),
-        )
-        .await,
-    )
-    .join("\n");
+    let join = explain_line(&mut f, streaming, "LeftTemporalJoin").await;
     assert!(
-        plan.contains("LeftTemporalJoin: on=[auction@0 % 1000 = key@0] as of processing time after the versions are read"),
-        "{plan}"
+        join.contains("LeftTemporalJoin: on=[auction@0 % 1000 = key@0] as of processing time after the versions are read"),
+        "{join}"
     );
 }
 

@@ -309,6 +309,20 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
         Some(Token::Word(w)) => Some(w),
         _ => None,
     };
+    // Whether no alias follows the token at `at` (then the rewrite names
+    // the call after the table).
+    let no_alias_after = |at: usize| match sig.get(at + 1).map(|t| &t.token) {
+        Some(Token::Word(w)) => w.keyword != Keyword::AS && RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword),
+        _ => true,
+    };
+    // The first token of the (maybe qualified, a.b.c) name ending at `at`.
+    let name_start = |at: usize| {
+        let mut first = at;
+        while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
+            first -= 2;
+        }
+        first
+    };
     let mut edits: Vec<(usize, usize, String)> = vec![];
     for i in 1..sig.len() {
         let (Some(a), Some(o), Some(kind)) = (word(i), word(i + 1), word(i + 2)) else {
@@ -356,10 +370,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
             let Some(table) = word(name_at) else {
                 continue;
             };
-            let mut first = name_at;
-            while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
-                first -= 2;
-            }
+            let first = name_start(name_at);
             let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
             let column = parts.pop().map_or("NULL".to_string(), |c| quote(&c));
             let mut replacement = format!("{VERSIONS}({}, {column}", quote(&ident(table)));
@@ -367,13 +378,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
                 replacement.push_str(&format!(", {}", quote(&q)));
             }
             replacement.push(')');
-            let has_alias = match sig.get(last + 1).map(|t| &t.token) {
-                Some(Token::Word(w)) => {
-                    w.keyword == Keyword::AS || !RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword)
-                }
-                _ => false,
-            };
-            if !has_alias {
+            if no_alias_after(last) {
                 replacement.push_str(" AS ");
                 replacement.push_str(&sql[offset(sig[name_at].span.start)..offset(sig[name_at].span.end)]);
             }
@@ -402,10 +407,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
         let Some(last) = word(name_at) else {
             continue;
         };
-        let mut first = name_at;
-        while first >= 2 && matches!(sig[first - 1].token, Token::Period) && word(first - 2).is_some() {
-            first -= 2;
-        }
+        let first = name_start(name_at);
         let name = match last.quote_style {
             Some(_) => last.value.clone(),
             None => last.value.to_ascii_lowercase(),
@@ -414,13 +416,7 @@ pub fn rewrite_as_of(sql: &str) -> Result<std::borrow::Cow<'_, str>> {
         let end = offset(value.span.end);
         let value_text = &sql[offset(value.span.start)..end];
         let mut replacement = format!("{AS_OF}('{}', {value_text})", name.replace('\'', "''"));
-        let has_alias = match sig.get(i + 4).map(|t| &t.token) {
-            Some(Token::Word(w)) => {
-                w.keyword == Keyword::AS || !RESERVED_FOR_TABLE_ALIAS.contains(&w.keyword)
-            }
-            _ => false,
-        };
-        if !has_alias {
+        if no_alias_after(i + 3) {
             replacement.push_str(" AS ");
             replacement.push_str(&sql[offset(sig[name_at].span.start)..offset(sig[name_at].span.end)]);
         }
