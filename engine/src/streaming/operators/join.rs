@@ -308,30 +308,8 @@ impl StreamingJoin {
         filter: Option<Arc<dyn PhysicalExpr>>,
         output: SchemaRef,
     ) -> Result<Self> {
-        let key_types = left
-            .keys
-            .iter()
-            .map(|k| k.data_type(&left.schema))
-            .collect::<Result<Vec<DataType>>>()?;
-        let right_types = right
-            .keys
-            .iter()
-            .map(|k| k.data_type(&right.schema))
-            .collect::<Result<Vec<DataType>>>()?;
-        if key_types != right_types {
-            return Err(DataFusionError::Internal(format!(
-                "join keys of different types: {key_types:?} and {right_types:?}"
-            )));
-        }
-        let relaxed = |s: &SchemaRef| -> Vec<Field> {
-            s.fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect()
-        };
-        let mut pair = relaxed(&left.schema);
-        pair.extend(relaxed(&right.schema));
-        let pair_schema = Arc::new(Schema::new(pair));
+        let key_types = join_key_types([&left.keys, &right.keys], [&left.schema, &right.schema])?;
+        let pair_schema = pair_schema([&left.schema, &right.schema]);
         for (side, input) in [&left, &right].into_iter().enumerate() {
             let other = if side == 0 { &right } else { &left };
             if input.expire.is_some() && (input.updating || other.updating || other.time.is_none()) {
@@ -733,6 +711,37 @@ impl StreamingJoin {
     fn snapshot_batch(&self, side: usize, snap: RowsSnapshot) -> Result<RecordBatch> {
         two_sided_batch([&self.inputs[0].schema, &self.inputs[1].schema], side, snap).build()
     }
+}
+
+/// The types of a two-input join's keys, which must be the same on both
+/// inputs (equal keys meet in one task and one table).
+pub(super) fn join_key_types(
+    keys: [&[Arc<dyn PhysicalExpr>]; 2],
+    schemas: [&SchemaRef; 2],
+) -> Result<Vec<DataType>> {
+    let types = |side: usize| {
+        keys[side]
+            .iter()
+            .map(|k| k.data_type(schemas[side]))
+            .collect::<Result<Vec<DataType>>>()
+    };
+    let (left, right) = (types(0)?, types(1)?);
+    if left != right {
+        return Err(DataFusionError::Internal(format!(
+            "join keys of different types: {left:?} and {right:?}"
+        )));
+    }
+    Ok(left)
+}
+
+/// Left then right columns, all nullable: what a residual ON condition
+/// reads (a padded side is NULL).
+pub(super) fn pair_schema(schemas: [&SchemaRef; 2]) -> SchemaRef {
+    let fields: Vec<Field> = schemas
+        .iter()
+        .flat_map(|s| s.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)))
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// One input's rows (of two) as a snapshot batch: keys `k0..`, `side`,

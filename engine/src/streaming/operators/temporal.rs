@@ -27,11 +27,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::join::{restore_two_sided, two_sided_batch};
+use super::join::{join_key_types, pair_schema, restore_two_sided, two_sided_batch};
 use super::{
     BuildContext, JoinKind, KeyedOperator, OperatorSpec, Result, as_micros, batch_with_schema, eval,
     null_as_false,
@@ -162,22 +162,7 @@ impl TemporalJoin {
                 spec.kind
             )));
         }
-        let types = |side: usize| {
-            spec.keys[side]
-                .iter()
-                .map(|k| k.data_type(&schemas[side]))
-                .collect::<Result<Vec<DataType>>>()
-        };
-        let key_types = types(0)?;
-        if key_types != types(1)? {
-            return Err(DataFusionError::Internal(
-                "temporal join keys of different types".into(),
-            ));
-        }
-        let pair: Vec<Field> = schemas
-            .iter()
-            .flat_map(|s| s.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)))
-            .collect();
+        let key_types = join_key_types([&spec.keys[0], &spec.keys[1]], [&schemas[0], &schemas[1]])?;
         Ok(Self {
             kind: spec.kind,
             keys: spec.keys.clone(),
@@ -186,7 +171,7 @@ impl TemporalJoin {
             version_time: spec.version_time.clone(),
             load_first: spec.load_first,
             loaded: false,
-            pair_schema: Arc::new(Schema::new(pair)),
+            pair_schema: pair_schema([&schemas[0], &schemas[1]]),
             output,
             tables: [
                 KeyedRows::new(&key_types, schemas[0].clone())?,

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Int64Array, TimestampMicrosecondArray};
-use arrow::datatypes::TimeUnit;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 
