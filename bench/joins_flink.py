@@ -21,11 +21,11 @@ server per run) beside the JVM's RSS after the run.
 import argparse
 import os
 import random
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
+
+from benchlib import Sluice, java_child, proc_cpu, proc_mem_mib
 
 CASES = [
     ("inner join (q20 shape)",
@@ -90,99 +90,23 @@ def write_data(root, bids, auctions):
             f.writelines(bid(j) for j in range(part, bids, 2))
 
 
-def proc_cpu(pid):
-    """CPU-seconds (user + system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_mem_mib(pid, key):
-    """A memory figure of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: now) in MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def java_child():
-    """The JVM PyFlink started (a child of this process)."""
-    me = os.getpid()
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == me and comm == "java":
-            return int(d)
-    raise RuntimeError("no JVM child found")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def psql(port, *statements):
-    args = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "sluice", "-X", "-tA", "-v", "ON_ERROR_STOP=1"]
-    for s in statements:
-        args += ["-c", s]
-    out = subprocess.run(args, env=dict(os.environ, PGPASSWORD="sluice"), capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return [line.split("|") for line in out.stdout.splitlines() if line]
-
-
 def sluice_once(binary, root, query):
-    roots = os.path.dirname(root)
-    with tempfile.TemporaryDirectory() as data:
-        port = free_port()
-        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s", SLUICE_PARALLELISM="2",
-                   SLUICE_FILE_ROOTS=roots)
-        proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise RuntimeError("sluice did not start")
-                    time.sleep(0.02)
-            for table, cols in SCHEMAS.items():
-                decl = ", ".join(f"{c} {t.replace('(3)', '')}" for c, t in cols) + ", " + WATERMARK
-                psql(port, f"CREATE STREAM {table} ({decl}) WITH (connector = 'filesystem', "
-                           f"path = '{os.path.join(root, table)}', format = 'json', 'scan.mode' = 'bounded')")
-            cpu0 = proc_cpu(proc.pid)
-            started = time.time()
-            psql(port, f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
-            while True:
-                status = {r[2] for r in psql(port, "SHOW JOBS") if r[0] == "out"}
-                if status & {"finished", "failed"}:
-                    break
-                time.sleep(0.02)
-            secs = time.time() - started
-            cpu = proc_cpu(proc.pid) - cpu0
-            peak = proc_mem_mib(proc.pid, "VmHWM")
-            if "failed" in status:
-                raise RuntimeError(f"job failed: {query}")
-            # Every row of the files went through: the sources' rows out.
-            read = sum(int(r[7]) for r in psql(port, "SHOW JOBS") if r[0] == "out" and r[4].startswith("Source:"))
-            return secs, read, cpu, peak
-        finally:
-            proc.terminate()
-            proc.wait()
+    with Sluice(binary, os.path.dirname(root)) as server:
+        for table, cols in SCHEMAS.items():
+            decl = ", ".join(f"{c} {t.replace('(3)', '')}" for c, t in cols) + ", " + WATERMARK
+            server.sql(f"CREATE STREAM {table} ({decl}) WITH (connector = 'filesystem', "
+                       f"path = '{os.path.join(root, table)}', format = 'json', 'scan.mode' = 'bounded')")
+        cpu0 = server.cpu()
+        started = time.time()
+        server.sql(f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
+        status = server.wait_job("out")
+        secs = time.time() - started
+        cpu = server.cpu() - cpu0
+        peak = server.peak_mib()
+        if status == "failed":
+            raise RuntimeError(f"job failed: {query}")
+        # Every row of the files went through: the sources' rows out.
+        return secs, server.source_rows("out"), cpu, peak
 
 
 class Flink:
