@@ -384,7 +384,7 @@ enum Reader {
 type Records = Vec<(u64, Bytes)>;
 
 /// Bytes asked of the store at a time, and how many such reads are in flight.
-const READ_RANGE: u64 = 4 << 20;
+const READ_RANGE: u64 = 1 << 20;
 const READS_AHEAD: usize = 2;
 
 /// A file's bytes as ranged reads of [`READ_RANGE`], [`READS_AHEAD`] at a
