@@ -115,4 +115,9 @@ class Sluice:
 
     def source_rows(self, name):
         """Rows out of a job's source operators (SHOW JOBS)."""
-        return sum(int(r[7]) for r in self.sql("SHOW JOBS") if r[0] == name and r[4].startswith("Source:"))
+        return sum(n for _, n in self.sources(name))
+
+    def sources(self, name):
+        """(stream, rows out) of each source operator of a job (SHOW JOBS)."""
+        return [(r[4].removeprefix("Source: "), int(r[7])) for r in self.sql("SHOW JOBS")
+                if r[0] == name and r[4].startswith("Source:")]

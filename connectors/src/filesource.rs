@@ -13,6 +13,9 @@
 //! Every parallel task lists the location (every `source.monitor-interval`,
 //! default 1 s, in `continuous` mode; once in `bounded` mode), takes the
 //! files whose path hashes to it, and reads each file once, oldest first.
+//! A JSON-lines file larger than `scan.split-size` (default 32MB) is read in
+//! ranges of that size, spread over the tasks like files (a line belongs to
+//! the range it starts in), so one large file is read by every task.
 //! Files must appear whole (object stores' puts do; on a local disk, write
 //! then rename), and names starting with `.` or `_` are skipped, as Hadoop
 //! does. `partition_by` columns come from Hive-style `col=value/` folders;
@@ -61,7 +64,11 @@ const OWN_OPTIONS: &[&str] = &[
     "source.monitor-interval",
     "partition_by",
     "batch.size",
+    "scan.split-size",
 ];
+
+/// JSON-lines files are read in ranges of this many bytes by default.
+const SPLIT_SIZE: u64 = 32 << 20;
 
 static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| decoding_source_options(OWN_OPTIONS));
 
@@ -103,6 +110,8 @@ struct Options {
     partition_by: Vec<String>,
     bad_records: BadRecordPolicy,
     batch: usize,
+    /// JSON-lines files larger than this are read in ranges of it.
+    split_size: u64,
 }
 
 impl Options {
@@ -154,7 +163,12 @@ impl Options {
                 })?
                 .max(1),
         };
+        let split_size = match options.get("scan.split-size") {
+            None => SPLIT_SIZE,
+            Some(v) => crate::filesystem::parse_size("scan.split-size", v)?,
+        };
         Ok(Self {
+            split_size,
             path,
             format: Format::parse(options, &["json", "csv", "parquet", "avro"], true)?,
             bounded,
@@ -169,6 +183,24 @@ impl Options {
     /// a record per line.
     fn whole_files(&self) -> bool {
         matches!(self.format, Format::Parquet | Format::Avro(_))
+    }
+
+    /// The units a file is read in: ranges of a large JSON-lines file (a
+    /// JSON line has no line break inside; a CSV record may), else the
+    /// whole file. Ranges depend on the file alone, never on the number of
+    /// tasks, so checkpoints name the same units at any parallelism.
+    fn units(&self, meta: ObjectMeta) -> Vec<Unit> {
+        if !matches!(self.format, Format::Json { .. }) || meta.size <= self.split_size {
+            return vec![Unit { meta, range: None }];
+        }
+        let size = meta.size;
+        (0..size)
+            .step_by(self.split_size as usize)
+            .map(|start| Unit {
+                meta: meta.clone(),
+                range: Some(start..(start + self.split_size).min(size)),
+            })
+            .collect()
     }
 
     fn layout(&self, schema: &SchemaRef) -> Layout {
@@ -312,7 +344,7 @@ impl SourceConnector for FileSystemSource {
             decoder,
             task: partition,
             tasks: partitions.max(1),
-            seen: resumed.done.iter().map(|p| Path::from(p.as_str())).collect(),
+            seen: resumed.done.iter().cloned().collect(),
             files_done: resumed.done.len() as u64,
             bytes_done: 0,
             bytes_listed: 0,
@@ -320,9 +352,8 @@ impl SourceConnector for FileSystemSource {
                 .reading
                 .into_iter()
                 .chain(resumed.current.map(|c| (c, resumed.steps)))
-                .map(|(c, steps)| (Path::from(c.as_str()), steps))
-                // Files of other tasks are theirs to resume.
-                .filter(|(c, _)| path_hash(c) % partitions.max(1) as u64 == partition as u64)
+                // Units of other tasks are theirs to resume.
+                .filter(|(c, _)| key_hash(c) % partitions.max(1) as u64 == partition as u64)
                 .collect(),
             done: resumed.done,
             steps: 0,
@@ -336,8 +367,9 @@ impl SourceConnector for FileSystemSource {
     }
 }
 
-/// Where a file source task stands: the files it finished, and how many
-/// read steps it took into the one it is reading.
+/// Where a file source task stands: the units (files, or ranges of large
+/// files: see [`Unit::key`]) it finished, and how many read steps it took
+/// into the one it is reading.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Position {
     done: std::collections::BTreeSet<String>,
@@ -350,19 +382,43 @@ struct Position {
     reading: BTreeMap<String, u64>,
 }
 
-/// A stable hash of a path (FNV-1a), to spread files over tasks.
-fn path_hash(path: &Path) -> u64 {
+/// A file, or a byte range of one, read by one task.
+#[derive(Debug, Clone)]
+struct Unit {
+    meta: ObjectMeta,
+    range: Option<std::ops::Range<u64>>,
+}
+
+impl Unit {
+    /// Its name in checkpoints: the path, and `#start` for a range.
+    fn key(&self) -> String {
+        match &self.range {
+            None => self.meta.location.to_string(),
+            Some(r) => format!("{}#{}", self.meta.location, r.start),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.range.as_ref().map_or(self.meta.size, |r| r.end - r.start)
+    }
+}
+
+/// A stable hash of a unit's key (FNV-1a), to spread units over tasks.
+fn key_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in path.as_ref().bytes() {
+    for b in key.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
     h
 }
 
-/// A file being read.
+/// A file (or a range of one) being read.
 struct OpenFile {
     meta: ObjectMeta,
+    /// Its unit's key and the range read, if not the whole file.
+    key: String,
+    range: Option<std::ops::Range<u64>>,
     /// `col=value` folders between the location and the file.
     partitions: BTreeMap<String, Option<String>>,
     reader: Reader,
@@ -393,9 +449,10 @@ const READS_AHEAD: usize = 2;
 fn ranged_reads(
     store: Arc<dyn ObjectStore>,
     location: Path,
+    from: u64,
     size: u64,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
-    futures::stream::iter((0..size).step_by(READ_RANGE as usize))
+    futures::stream::iter((from..size).step_by(READ_RANGE as usize))
         .map(move |start| {
             let (store, location) = (store.clone(), location.clone());
             async move {
@@ -431,6 +488,14 @@ struct LineReader {
     pending: Records,
     /// Bytes of the file fetched so far.
     fetched: u64,
+    /// Where the next record starts, counted from the first byte read.
+    next_start: u64,
+    /// The first record is the end of one that began before the bytes
+    /// read: dropped (a range of a file).
+    skip_partial: bool,
+    /// Records starting at or after this many bytes are not this reader's
+    /// (the end of a range of a file).
+    stop: Option<u64>,
 }
 
 impl LineReader {
@@ -452,13 +517,22 @@ impl LineReader {
             skip_header,
             pending: Vec::new(),
             fetched: 0,
+            next_start: 0,
+            skip_partial: false,
+            stop: None,
         }
     }
 
-    /// Bytes of the file split into records so far.
+    /// Bytes of the file split into records so far (up to the stop).
     fn consumed(&self) -> u64 {
         let unsplit = self.carry.len() + (self.chunk.len() - self.start);
-        self.fetched.saturating_sub(unsplit as u64)
+        let split = self.fetched.saturating_sub(unsplit as u64);
+        self.stop.map_or(split, |stop| split.min(stop))
+    }
+
+    /// Whether the next record is past the stop (nothing of it read yet).
+    fn stopped(&self) -> bool {
+        self.carry.is_empty() && self.stop.is_some_and(|stop| self.next_start >= stop)
     }
 
     /// Up to `max` records, with their line numbers; empty at the end.
@@ -508,7 +582,7 @@ impl LineReader {
 
     async fn fill(&mut self, out: &mut Records, max: usize) -> Result<()> {
         loop {
-            while out.len() < max {
+            while out.len() < max && !self.stopped() {
                 let Some(end) = self.record_end() else { break };
                 let record = if self.carry.is_empty() {
                     self.chunk.slice(self.start..end)
@@ -516,11 +590,16 @@ impl LineReader {
                     self.carry.extend_from_slice(&self.chunk[self.start..end]);
                     Bytes::from(std::mem::take(&mut self.carry))
                 };
+                // The chunk's first byte is at `fetched - chunk.len()`.
+                self.next_start = self.fetched - self.chunk.len() as u64 + end as u64 + 1;
                 self.start = end + 1;
                 self.scanned = end + 1;
+                if std::mem::take(&mut self.skip_partial) {
+                    continue;
+                }
                 self.take(record, out);
             }
-            if out.len() >= max {
+            if out.len() >= max || self.stopped() {
                 return Ok(());
             }
             // The chunk is split to its end: keep its unfinished record.
@@ -528,10 +607,11 @@ impl LineReader {
             self.chunk = Bytes::new();
             (self.start, self.scanned) = (0, 0);
             if self.eof {
-                if !self.carry.is_empty() {
+                if !self.carry.is_empty() && !std::mem::take(&mut self.skip_partial) {
                     let record = Bytes::from(std::mem::take(&mut self.carry));
                     self.take(record, out);
                 }
+                self.carry.clear();
                 return Ok(());
             }
             // The one await: a stream's `next` is cancel-safe, and the
@@ -582,18 +662,19 @@ struct FileSource {
     decoder: Option<RecordDecoder>,
     task: usize,
     tasks: usize,
-    seen: HashSet<Path>,
-    queue: VecDeque<ObjectMeta>,
+    /// Keys of the units listed so far.
+    seen: HashSet<String>,
+    queue: VecDeque<Unit>,
     current: Option<OpenFile>,
-    /// Files read to the end (or found broken): the checkpointed position.
+    /// Units read to the end (or found broken): the checkpointed position.
     done: std::collections::BTreeSet<String>,
-    /// Read steps taken into the current file.
+    /// Read steps taken into the current unit.
     steps: u64,
-    /// Steps of the current file to read again and drop (resumed mid-file).
+    /// Steps of the current unit to read again and drop (resumed mid-unit).
     skip: u64,
-    /// Resumed mid-file: those files and the steps already taken into
-    /// each (until each is opened again).
-    resume_current: BTreeMap<Path, u64>,
+    /// Resumed mid-unit: those units' keys and the steps already taken
+    /// into each (until each is opened again).
+    resume_current: BTreeMap<String, u64>,
     /// Listed at least once (a bounded source lists once).
     listed: bool,
     next_list: tokio::time::Instant,
@@ -607,9 +688,9 @@ struct FileSource {
 }
 
 impl FileSource {
-    /// New files of this task, oldest first.
+    /// New units of this task, of the oldest files first.
     async fn list(&mut self) -> Result<()> {
-        let mut found: Vec<ObjectMeta> =
+        let mut files: Vec<ObjectMeta> =
             self.store
                 .list(Some(&self.base))
                 .try_collect()
@@ -620,32 +701,36 @@ impl FileSource {
                         format!("listing {}: {e}", self.options.path),
                     )
                 })?;
-        found.retain(|m| {
-            let hidden = m
-                .location
+        files.retain(|m| {
+            !m.location
                 .parts()
                 .skip(self.base.parts().count())
-                .any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'));
-            !hidden && path_hash(&m.location) % self.tasks as u64 == self.task as u64
+                .any(|p| p.as_ref().starts_with('.') || p.as_ref().starts_with('_'))
         });
+        files.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
+        let mut found: Vec<Unit> = files
+            .into_iter()
+            .flat_map(|m| self.options.units(m))
+            .filter(|u| key_hash(&u.key()) % self.tasks as u64 == self.task as u64)
+            .collect();
         if !self.listed {
-            // Files a resumed checkpoint had read count as read.
-            for m in found.iter().filter(|m| self.done.contains(m.location.as_ref())) {
-                self.bytes_done += m.size;
-                self.bytes_listed += m.size;
+            // Units a resumed checkpoint had read count as read.
+            for u in found.iter().filter(|u| self.done.contains(&u.key())) {
+                self.bytes_done += u.size();
+                self.bytes_listed += u.size();
             }
         }
-        found.retain(|m| !self.seen.contains(&m.location));
-        self.bytes_listed += found.iter().map(|m| m.size).sum::<u64>();
-        found.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
-        for m in found {
-            self.seen.insert(m.location.clone());
-            if self.resume_current.contains_key(&m.location) {
-                // The file a checkpoint was taken in the middle of goes first.
-                self.queue.push_front(m);
+        found.retain(|u| !self.seen.contains(&u.key()));
+        self.bytes_listed += found.iter().map(Unit::size).sum::<u64>();
+        for u in found {
+            let key = u.key();
+            if self.resume_current.contains_key(&key) {
+                // The unit a checkpoint was taken in the middle of goes first.
+                self.queue.push_front(u);
             } else {
-                self.queue.push_back(m);
+                self.queue.push_back(u);
             }
+            self.seen.insert(key);
         }
         Ok(())
     }
@@ -665,7 +750,9 @@ impl FileSource {
         out
     }
 
-    async fn open(&mut self, meta: ObjectMeta) -> Result<OpenFile> {
+    async fn open(&mut self, unit: Unit) -> Result<OpenFile> {
+        let key = unit.key();
+        let Unit { meta, range } = unit;
         let partitions = self.partition_values(&meta.location);
         let reader = match &self.options.format {
             // Formats that carry their schema: the whole file at once
@@ -696,12 +783,28 @@ impl FileSource {
                     Format::Csv { quote, header, .. } => (Some(*quote), *header),
                     _ => (None, false),
                 };
-                let reads = ranged_reads(self.store.clone(), meta.location.clone(), meta.size);
-                Reader::Lines(LineReader::new(reads, quote, header))
+                match &range {
+                    None => {
+                        let reads = ranged_reads(self.store.clone(), meta.location.clone(), 0, meta.size);
+                        Reader::Lines(LineReader::new(reads, quote, header))
+                    }
+                    // From the byte before the range: the line that byte
+                    // ends (or is inside of) belongs to the range before.
+                    Some(r) => {
+                        let from = r.start.saturating_sub(1);
+                        let reads = ranged_reads(self.store.clone(), meta.location.clone(), from, meta.size);
+                        let mut lines = LineReader::new(reads, quote, false);
+                        lines.skip_partial = r.start > 0;
+                        lines.stop = Some(r.end - from);
+                        Reader::Lines(lines)
+                    }
+                }
             }
         };
         Ok(OpenFile {
             meta,
+            key,
+            range,
             partitions,
             reader,
         })
@@ -781,7 +884,6 @@ impl FileSource {
     /// A file that cannot be read at all (a broken Parquet file): one bad
     /// record.
     fn bad_file(&mut self, meta: &ObjectMeta, error: String) -> Result<()> {
-        self.done.insert(meta.location.to_string());
         let url = self.file_url(meta);
         self.bad.record(BadRecord {
             raw: Vec::new(),
@@ -824,7 +926,15 @@ impl FileSource {
                     self.bad.record(BadRecord {
                         raw: raw.to_vec(),
                         error,
-                        position: vec![("file", Value::from(url.clone())), ("line", Value::from(*line))],
+                        position: match &file.range {
+                            None => vec![("file", Value::from(url.clone())), ("line", Value::from(*line))],
+                            // Lines are counted from the range's first.
+                            Some(r) => vec![
+                                ("file", Value::from(url.clone())),
+                                ("range_start", Value::from(r.start)),
+                                ("line_in_range", Value::from(*line)),
+                            ],
+                        },
                     })?;
                 }
                 Ok(Some(self.assemble(file, batch)?))
@@ -863,8 +973,8 @@ impl Source for FileSource {
                     }
                     Ok(None) => {
                         self.files_done += 1;
-                        self.bytes_done += file.meta.size;
-                        self.done.insert(file.meta.location.to_string());
+                        self.bytes_done += file.range.as_ref().map_or(file.meta.size, |r| r.end - r.start);
+                        self.done.insert(file.key.clone());
                         self.steps = 0;
                     }
                     Err(e) => {
@@ -876,27 +986,29 @@ impl Source for FileSource {
                 }
                 continue;
             }
-            if let Some(meta) = self.queue.front().cloned() {
+            if let Some(unit) = self.queue.front().cloned() {
                 // Off the queue only once opened: dropped while opening,
                 // the next call opens it again.
-                let opened = self.open(meta.clone()).await;
+                let opened = self.open(unit.clone()).await;
                 self.queue.pop_front();
                 self.steps = 0;
-                self.skip = self.resume_current.remove(&meta.location).unwrap_or(0);
+                self.skip = self.resume_current.remove(&unit.key()).unwrap_or(0);
+                let meta = &unit.meta;
                 match opened {
                     Ok(file) => self.current = Some(file),
                     Err(e) if e.kind() == ErrorKind::InvalidParameter => {
-                        self.bytes_done += meta.size;
-                        self.bad_file(&meta, e.to_string())?
+                        self.bytes_done += unit.size();
+                        self.done.insert(unit.key());
+                        self.bad_file(meta, e.to_string())?
                     }
                     Err(e) => {
                         // Not readable now (storage): try again later
                         // (listed, and counted, again).
-                        self.seen.remove(&meta.location);
-                        self.bytes_listed -= meta.size;
+                        self.seen.remove(&unit.key());
+                        self.bytes_listed -= unit.size();
                         return Err(SluiceError::new(
                             e.kind(),
-                            format!("opening {}: {e}", self.file_url(&meta)),
+                            format!("opening {}: {e}", self.file_url(meta)),
                         ));
                     }
                 }
@@ -921,13 +1033,9 @@ impl Source for FileSource {
     fn position(&self) -> Option<String> {
         let position = Position {
             done: self.done.clone(),
-            current: self.current.as_ref().map(|f| f.meta.location.to_string()),
+            current: self.current.as_ref().map(|f| f.key.clone()),
             steps: self.steps,
-            reading: self
-                .resume_current
-                .iter()
-                .map(|(p, steps)| (p.to_string(), *steps))
-                .collect(),
+            reading: self.resume_current.clone(),
         };
         serde_json::to_string(&position).ok()
     }
@@ -967,6 +1075,17 @@ mod tests {
     /// the end: every record is read exactly once.
     #[tokio::test]
     async fn positions_split_over_another_number_of_tasks_read_every_record_once() {
+        rescaled_tasks_read_every_record_once(None).await;
+    }
+
+    /// The same with files read in ranges of 45 bytes: lines cross range
+    /// ends, and tasks stop in the middle of ranges.
+    #[tokio::test]
+    async fn ranges_of_files_split_over_another_number_of_tasks_read_every_record_once() {
+        rescaled_tasks_read_every_record_once(Some("45B")).await;
+    }
+
+    async fn rescaled_tasks_read_every_record_once(split: Option<&str>) {
         use arrow::array::AsArray;
         use arrow::datatypes::{DataType, Field, Int64Type, Schema};
         let dir = tempfile::tempdir().unwrap();
@@ -981,6 +1100,7 @@ mod tests {
             ("scan.mode", "bounded"),
         ]
         .into_iter()
+        .chain(split.map(|s| ("scan.split-size", s)))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
@@ -1006,6 +1126,12 @@ mod tests {
                 .any(|p| p.contains("\"steps\":") && !p.contains("\"current\":null")),
             "a task stopped in the middle of a file: {old:?}"
         );
+        if split.is_some() {
+            assert!(
+                old.iter().flatten().any(|p| p.contains(".json#")),
+                "files read in ranges: {old:?}"
+            );
+        }
         let positions = connector.rescale_positions(&options, &old, 3).unwrap();
         assert_eq!(positions.len(), 3);
         for (task, position) in positions.iter().enumerate() {
@@ -1080,6 +1206,49 @@ mod tests {
                 }
                 assert_eq!(got, want, "chunks of {chunk}, batches of {batch}");
                 assert_eq!(r.consumed(), text.len() as u64);
+            }
+        }
+    }
+
+    /// A file read in ranges (from the byte before each, dropping the line
+    /// that byte is in, stopping at the first line starting past the
+    /// range) gives every line once, whatever the range and chunk sizes.
+    #[tokio::test]
+    async fn ranges_of_a_file_give_every_line_once() {
+        let text: Vec<u8> = (0..60u64)
+            .flat_map(|i| {
+                format!("{{\"k\": {i}, \"pad\": \"{}\"}}\n", "y".repeat((i % 7) as usize)).into_bytes()
+            })
+            .collect();
+        let want: Vec<Bytes> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let size = text.len() as u64;
+        for split in [1u64, 2, 5, 17, 18, 19, 64, 500, size, size + 1] {
+            for chunk in [1usize, 3, 64, 4096] {
+                let mut got = Vec::new();
+                for start in (0..size).step_by(split as usize) {
+                    let end = (start + split).min(size);
+                    let from = start.saturating_sub(1);
+                    let chunks: Vec<_> = text[from as usize..]
+                        .chunks(chunk)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect();
+                    let mut r = LineReader::new(futures::stream::iter(chunks).boxed(), None, false);
+                    r.skip_partial = start > 0;
+                    r.stop = Some(end - from);
+                    loop {
+                        let records = r.next(7).await.unwrap();
+                        if records.is_empty() {
+                            break;
+                        }
+                        got.extend(records.into_iter().map(|(_, b)| b));
+                    }
+                    assert!(r.consumed() <= end - from);
+                }
+                assert_eq!(got, want, "ranges of {split}, chunks of {chunk}");
             }
         }
     }

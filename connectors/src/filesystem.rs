@@ -75,7 +75,7 @@ impl Format {
 }
 
 /// `64MB`, `512 KB`, `1048576`.
-fn parse_size(key: &str, v: &str) -> Result<u64> {
+pub(crate) fn parse_size(key: &str, v: &str) -> Result<u64> {
     let t = v.trim().to_ascii_uppercase();
     let (num, mul) = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)]
         .iter()

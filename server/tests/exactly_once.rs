@@ -289,6 +289,23 @@ fn crash_run(seed: u64, kills: u64) {
              FROM TUMBLE(clicks, ts, INTERVAL '1' SECOND) GROUP BY page, window_start",
             brokers()
         ),
+        "-c",
+        // A join and a top-N through the kills: an interval self-join of
+        // each click with the clicks on its page in the next second, and
+        // the two latest clicks of each page (an updating result).
+        &format!(
+            "CREATE SINK pairs WITH (connector = 'delta', path = '{}') AS \
+             SELECT a.user_id AS a_user, a.ts AS a_ts, b.ts AS b_ts FROM clicks a JOIN clicks b \
+             ON a.page = b.page AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND WHERE a.page <> 'end'",
+            lake.join("pairs").display()
+        ),
+        "-c",
+        &format!(
+            "CREATE SINK latest2 WITH (connector = 'delta', path = '{}', changelog = 'true') AS \
+             SELECT page, ts FROM (SELECT page, ts, ROW_NUMBER() OVER (PARTITION BY page ORDER BY ts DESC) AS rn \
+             FROM clicks WHERE page <> 'end') WHERE rn <= 2",
+            lake.join("latest2").display()
+        ),
     ]);
 
     // Records keep arriving (50 every 100 ms, so windows keep closing and
@@ -437,6 +454,88 @@ fn crash_run(seed: u64, kills: u64) {
         got.len(),
         got.iter().take(3).collect::<Vec<_>>()
     );
+
+    // The join: each pair once, none missing.
+    let ms_text = |ms: i64| format!("{}.{:03}", chrono_like(ms), ms.rem_euclid(1000));
+    let mut want_pairs = Vec::new();
+    for i in 0..total {
+        let (_, _, a_ts, _) = record(i);
+        for j in [i, i + 5, i + 10].into_iter().filter(|j| *j < total) {
+            let (_, _, b_ts, _) = record(j);
+            want_pairs.push(format!("{}|{}", ms_text(a_ts), ms_text(b_ts)));
+        }
+    }
+    want_pairs.sort();
+    let landed_pairs = |p: &SluiceProcess| {
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT to_char(a_ts, 'YYYY-MM-DD HH24:MI:SS.MS'), to_char(b_ts, 'YYYY-MM-DD HH24:MI:SS.MS') \
+             FROM pairs ORDER BY 1, 2",
+        ])
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    wait_or_explain(Some(&p), "every pair of the join to land", 120, || {
+        (landed_pairs(&p).len() >= want_pairs.len()).then_some(())
+    });
+    let got = landed_pairs(&p);
+    if got != want_pairs {
+        let extra: Vec<_> = got.iter().filter(|r| !want_pairs.contains(r)).take(10).collect();
+        let missing: Vec<_> = want_pairs.iter().filter(|r| !got.contains(r)).take(10).collect();
+        panic!(
+            "seed {seed}: join: {} pairs landed, {} expected; not expected (first 10): {extra:?}; \
+             missing (first 10): {missing:?}",
+            got.len(),
+            want_pairs.len()
+        );
+    }
+    // The top-N's changelog nets out to the two latest clicks of each page.
+    let mut latest: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for i in 0..total {
+        let (_, page, ts, _) = record(i);
+        latest.entry(page).or_default().push(ts);
+    }
+    let want_latest: Vec<String> = latest
+        .iter()
+        .flat_map(|(page, ts)| {
+            let mut ts = ts.clone();
+            ts.sort_unstable();
+            ts.iter()
+                .rev()
+                .take(2)
+                .map(|t| format!("{page}|{}", ms_text(*t)))
+                .collect::<Vec<_>>()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let net_latest = |p: &SluiceProcess| {
+        p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT page, to_char(ts, 'YYYY-MM-DD HH24:MI:SS.MS') FROM (SELECT page, ts, \
+             sum(CASE op WHEN 'insert' THEN 1 ELSE -1 END) AS c FROM latest2 GROUP BY page, ts) \
+             WHERE c <> 0 ORDER BY 1, 2",
+        ])
+        .lines()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    wait_or_explain(
+        Some(&p),
+        "the top-N's changelog to net out to the two latest clicks per page",
+        120,
+        || (net_latest(&p) == want_latest).then_some(()),
+    );
+    let twice = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT count(*) FROM (SELECT page, ts, sum(CASE op WHEN 'insert' THEN 1 ELSE -1 END) AS c \
+         FROM latest2 GROUP BY page, ts) WHERE c NOT IN (0, 1)",
+    ]);
+    assert_eq!(twice.trim(), "0", "seed {seed}: a top-N change landed twice");
 
     let bad = p.psql(&[
         "-tA",

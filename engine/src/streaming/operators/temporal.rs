@@ -324,15 +324,16 @@ impl TemporalJoin {
         // emits as the uninterrupted one does.
         taken.sort_unstable_by(|a, b| (a.time, &a.row).cmp(&(b.time, &b.row)));
         // Each probe row as many times as it was held, with its version.
+        // The versions are borrowed from the state, not copied per row.
         let mut probes: Vec<&[u8]> = Vec::new();
-        let mut versions: Vec<Option<Box<[u8]>>> = Vec::new();
-        for t in taken {
+        let mut versions: Vec<Option<&[u8]>> = Vec::new();
+        for t in taken.iter() {
             let version = self
                 .version_at(&t.key, t.time)
-                .map(|at| Box::<[u8]>::from(self.tables[1].bucket(&t.key).at(at).row));
+                .map(|at| self.tables[1].bucket(&t.key).at(at).row);
             for _ in 0..t.count {
                 probes.push(&t.row);
-                versions.push(version.clone());
+                versions.push(version);
             }
         }
         for (p, v) in probes.chunks(ROWS_PER_BATCH).zip(versions.chunks(ROWS_PER_BATCH)) {
@@ -362,10 +363,10 @@ impl TemporalJoin {
                 JoinKind::Left => {
                     // Rows without a version meeting the condition keep
                     // their place, NULL-padded.
-                    let padded: Vec<Option<Box<[u8]>>> = v
+                    let padded: Vec<Option<&[u8]>> = v
                         .iter()
                         .zip(&keep)
-                        .map(|(v, k)| if *k { v.clone() } else { None })
+                        .map(|(v, k)| if *k { *v } else { None })
                         .collect();
                     let all_kept = v.iter().zip(&keep).all(|(v, k)| v.is_none() || *k);
                     let right = if all_kept {
@@ -392,8 +393,8 @@ impl TemporalJoin {
     }
 
     /// Version rows (None: NULL) as columns of the versioned input.
-    fn version_columns(&self, rows: &[Option<Box<[u8]>>]) -> Result<Vec<ArrayRef>> {
-        let present: Vec<&[u8]> = rows.iter().flatten().map(|r| &**r).collect();
+    fn version_columns(&self, rows: &[Option<&[u8]>]) -> Result<Vec<ArrayRef>> {
+        let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
         let decoded = self.tables[1].decode(present)?;
         let mut next = 0u32;
         let idx: UInt32Array = rows
