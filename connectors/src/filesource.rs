@@ -203,6 +203,21 @@ impl Options {
             .collect()
     }
 
+    /// The task that reads a unit: files by the hash of their path; the
+    /// ranges of a file in turn from the task its path hashes to, so that
+    /// every task gets an even share of a large file.
+    fn task_of(&self, key: &str, tasks: usize) -> usize {
+        let tasks = tasks.max(1) as u64;
+        let (path, nth) = match key.rsplit_once(RANGE_MARK) {
+            Some((path, start)) => match start.parse::<u64>() {
+                Ok(start) => (path, start / self.split_size),
+                Err(_) => (key, 0),
+            },
+            None => (key, 0),
+        };
+        (key_hash(path).wrapping_add(nth) % tasks) as usize
+    }
+
     fn layout(&self, schema: &SchemaRef) -> Layout {
         Layout::new(schema, |f| {
             metadata_key(f).is_some() || self.partition_by.iter().any(|c| c == f.name())
@@ -335,6 +350,13 @@ impl SourceConnector for FileSystemSource {
             }
             _ => "/".to_string(),
         };
+        let resume_current = resumed
+            .reading
+            .into_iter()
+            .chain(resumed.current.map(|c| (c, resumed.steps)))
+            // Units of other tasks are theirs to resume.
+            .filter(|(c, _)| o.task_of(c, partitions.max(1)) == partition)
+            .collect();
         Ok(Box::new(FileSource {
             store,
             base,
@@ -348,13 +370,7 @@ impl SourceConnector for FileSystemSource {
             files_done: resumed.done.len() as u64,
             bytes_done: 0,
             bytes_listed: 0,
-            resume_current: resumed
-                .reading
-                .into_iter()
-                .chain(resumed.current.map(|c| (c, resumed.steps)))
-                // Units of other tasks are theirs to resume.
-                .filter(|(c, _)| key_hash(c) % partitions.max(1) as u64 == partition as u64)
-                .collect(),
+            resume_current,
             done: resumed.done,
             steps: 0,
             skip: 0,
@@ -390,11 +406,11 @@ struct Unit {
 }
 
 impl Unit {
-    /// Its name in checkpoints: the path, and `#start` for a range.
+    /// Its name in checkpoints: the path, and `#bytes=start` for a range.
     fn key(&self) -> String {
         match &self.range {
             None => self.meta.location.to_string(),
-            Some(r) => format!("{}#{}", self.meta.location, r.start),
+            Some(r) => format!("{}{RANGE_MARK}{}", self.meta.location, r.start),
         }
     }
 
@@ -402,6 +418,9 @@ impl Unit {
         self.range.as_ref().map_or(self.meta.size, |r| r.end - r.start)
     }
 }
+
+/// Between a file's path and a range's first byte in a unit's key.
+const RANGE_MARK: &str = "#bytes=";
 
 /// A stable hash of a unit's key (FNV-1a), to spread units over tasks.
 fn key_hash(key: &str) -> u64 {
@@ -711,7 +730,7 @@ impl FileSource {
         let mut found: Vec<Unit> = files
             .into_iter()
             .flat_map(|m| self.options.units(m))
-            .filter(|u| key_hash(&u.key()) % self.tasks as u64 == self.task as u64)
+            .filter(|u| self.options.task_of(&u.key(), self.tasks) == self.task)
             .collect();
         if !self.listed {
             // Units a resumed checkpoint had read count as read.
@@ -1128,7 +1147,7 @@ mod tests {
         );
         if split.is_some() {
             assert!(
-                old.iter().flatten().any(|p| p.contains(".json#")),
+                old.iter().flatten().any(|p| p.contains(".json#bytes=")),
                 "files read in ranges: {old:?}"
             );
         }
