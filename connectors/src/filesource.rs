@@ -461,27 +461,33 @@ type Records = Vec<(u64, Bytes)>;
 /// Bytes asked of the store at a time, and how many such reads are in flight.
 const READ_RANGE: u64 = 1 << 20;
 const READS_AHEAD: usize = 2;
+/// Bytes read at a time past the end of a range of a file.
+const TAIL_RANGE: u64 = 64 << 10;
 
-/// A file's bytes as ranged reads of [`READ_RANGE`], [`READS_AHEAD`] at a
-/// time: one request (or, for a local file, one blocking read) per range,
-/// where the store's own stream reads a local file 8 KiB per thread hop.
+/// A file's bytes from `from` to `until` as ranged reads of [`READ_RANGE`],
+/// [`READS_AHEAD`] at a time: one request (or, for a local file, one
+/// blocking read) per range, where the store's own stream reads a local
+/// file 8 KiB per thread hop. Then, up to `size`, reads of [`TAIL_RANGE`]
+/// one at a time, only as far as they are asked for: the end of a range's
+/// last line.
 fn ranged_reads(
     store: Arc<dyn ObjectStore>,
     location: Path,
     from: u64,
+    until: u64,
     size: u64,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
-    futures::stream::iter((from..size).step_by(READ_RANGE as usize))
-        .map(move |start| {
-            let (store, location) = (store.clone(), location.clone());
-            async move {
-                store
-                    .get_range(&location, start..(start + READ_RANGE).min(size))
-                    .await
-            }
-        })
-        .buffered(READS_AHEAD)
-        .boxed()
+    let read = move |start: u64, len: u64, end: u64| {
+        let (store, location) = (store.clone(), location.clone());
+        async move { store.get_range(&location, start..(start + len).min(end)).await }
+    };
+    let tail_read = read.clone();
+    let body = futures::stream::iter((from..until).step_by(READ_RANGE as usize))
+        .map(move |start| read(start, READ_RANGE, until))
+        .buffered(READS_AHEAD);
+    let tail = futures::stream::iter((until..size).step_by(TAIL_RANGE as usize))
+        .then(move |start| tail_read(start, TAIL_RANGE, size));
+    body.chain(tail).boxed()
 }
 
 /// Splits a byte stream into records: lines, except that a CSV line break
@@ -804,14 +810,16 @@ impl FileSource {
                 };
                 match &range {
                     None => {
-                        let reads = ranged_reads(self.store.clone(), meta.location.clone(), 0, meta.size);
+                        let reads =
+                            ranged_reads(self.store.clone(), meta.location.clone(), 0, meta.size, meta.size);
                         Reader::Lines(LineReader::new(reads, quote, header))
                     }
                     // From the byte before the range: the line that byte
                     // ends (or is inside of) belongs to the range before.
                     Some(r) => {
                         let from = r.start.saturating_sub(1);
-                        let reads = ranged_reads(self.store.clone(), meta.location.clone(), from, meta.size);
+                        let reads =
+                            ranged_reads(self.store.clone(), meta.location.clone(), from, r.end, meta.size);
                         let mut lines = LineReader::new(reads, quote, false);
                         lines.skip_partial = r.start > 0;
                         lines.stop = Some(r.end - from);
