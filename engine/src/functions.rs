@@ -8,7 +8,10 @@
 //! `to_char(ts, template)`: DataFusion's takes chrono patterns (`%Y-%m-%d`);
 //! Postgres users write Postgres templates (`YYYY-MM-DD`), which DataFusion
 //! would print back literally. A template without `%` is read as a Postgres
-//! template and translated; one with `%` goes to DataFusion as it is.
+//! template and translated; one with `%` goes to DataFusion as it is. A
+//! timestamp column (without time zone) by one template is formatted here,
+//! the template parsed once per batch (DataFusion's parses it for every row:
+//! a third of an updating `GROUP BY to_char(...)` query's time).
 //!
 //! `mod(y, x)`: Postgres' (and Flink's) remainder function, as `y % x` with
 //! the operator's type coercion; division by zero is 22012.
@@ -82,8 +85,65 @@ impl ScalarUDFImpl for PgToChar {
                 other => other,
             };
         }
+        if let Some(out) = to_char_timestamps(&args.args)? {
+            return Ok(out);
+        }
         self.inner.invoke_with_args(args)
     }
+}
+
+/// `to_char` of a timestamp column without time zone by one (chrono)
+/// template, the template parsed once. `None` leaves the call to
+/// DataFusion's: another shape of arguments, a template chrono can't parse
+/// or a value it can't render, so errors stay DataFusion's.
+fn to_char_timestamps(args: &[ColumnarValue]) -> Result<Option<ColumnarValue>> {
+    use arrow::array::{AsArray, StringBuilder};
+    use arrow::datatypes::{
+        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    use chrono::format::{Item, StrftimeItems};
+    use std::fmt::Write;
+    let [ColumnarValue::Array(values), ColumnarValue::Scalar(template)] = args else {
+        return Ok(None);
+    };
+    let Some(Some(template)) = template.try_as_str() else {
+        return Ok(None);
+    };
+    let DataType::Timestamp(unit, None) = values.data_type() else {
+        return Ok(None);
+    };
+    let items: Vec<Item> = StrftimeItems::new(template).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Ok(None);
+    }
+    let raw: &[i64] = match unit {
+        TimeUnit::Second => values.as_primitive::<TimestampSecondType>().values(),
+        TimeUnit::Millisecond => values.as_primitive::<TimestampMillisecondType>().values(),
+        TimeUnit::Microsecond => values.as_primitive::<TimestampMicrosecondType>().values(),
+        TimeUnit::Nanosecond => values.as_primitive::<TimestampNanosecondType>().values(),
+    };
+    let mut out = StringBuilder::with_capacity(values.len(), values.len() * template.len());
+    let mut text = String::new();
+    for (i, v) in raw.iter().enumerate() {
+        if values.is_null(i) {
+            out.append_null();
+            continue;
+        }
+        let time = match unit {
+            TimeUnit::Second => chrono::DateTime::from_timestamp(*v, 0),
+            TimeUnit::Millisecond => chrono::DateTime::from_timestamp_millis(*v),
+            TimeUnit::Microsecond => chrono::DateTime::from_timestamp_micros(*v),
+            TimeUnit::Nanosecond => Some(chrono::DateTime::from_timestamp_nanos(*v)),
+        };
+        let Some(time) = time else { return Ok(None) };
+        text.clear();
+        if write!(text, "{}", time.naive_utc().format_with_items(items.iter())).is_err() {
+            return Ok(None);
+        }
+        out.append_value(&text);
+    }
+    Ok(Some(ColumnarValue::Array(Arc::new(out.finish()))))
 }
 
 /// A Postgres template as a chrono format; a template with `%` is taken to
@@ -718,6 +778,70 @@ impl ScalarUDFImpl for JsonBuildObject {
 #[cfg(test)]
 mod tests {
     use super::chrono_template;
+
+    /// A timestamp column by one template gives what DataFusion's
+    /// `to_char` gives, in every unit, NULLs and all.
+    #[test]
+    fn timestamps_by_one_template_format_as_datafusion_does() {
+        use arrow::array::{
+            Array, TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+            TimestampSecondArray,
+        };
+        use datafusion::common::config::ConfigOptions;
+        use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs};
+        let values: Vec<Option<i64>> = (0..200i64)
+            .map(|i| (i % 17 != 0).then(|| i * 7_919_003 - 400_000_000 + i * i * 31))
+            .collect();
+        let columns: Vec<arrow::array::ArrayRef> = vec![
+            std::sync::Arc::new(TimestampSecondArray::from(values.clone())),
+            std::sync::Arc::new(TimestampMillisecondArray::from(values.clone())),
+            std::sync::Arc::new(TimestampMicrosecondArray::from(values.clone())),
+            std::sync::Arc::new(TimestampNanosecondArray::from(values)),
+        ];
+        let datafusion = datafusion::functions::datetime::to_char();
+        for column in &columns {
+            for template in [
+                "%Y-%m-%d",
+                "%H:%M",
+                "%Y-%m-%d %H:%M:%S%.3f",
+                "%a %-d %b %Y, %I %p",
+                "day %j",
+            ] {
+                let args = vec![
+                    ColumnarValue::Array(column.clone()),
+                    ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(Some(template.into()))),
+                ];
+                let ours = super::to_char_timestamps(&args).unwrap().expect("formatted here");
+                let fields = args
+                    .iter()
+                    .map(|a| std::sync::Arc::new(arrow::datatypes::Field::new("a", a.data_type(), true)))
+                    .collect();
+                let theirs = datafusion
+                    .invoke_with_args(ScalarFunctionArgs {
+                        args,
+                        arg_fields: fields,
+                        number_rows: column.len(),
+                        return_field: std::sync::Arc::new(arrow::datatypes::Field::new(
+                            "r",
+                            arrow::datatypes::DataType::Utf8,
+                            true,
+                        )),
+                        config_options: std::sync::Arc::new(ConfigOptions::default()),
+                    })
+                    .unwrap();
+                let (ColumnarValue::Array(ours), ColumnarValue::Array(theirs)) = (ours, theirs) else {
+                    panic!("arrays");
+                };
+                let theirs = arrow::compute::cast(&theirs, &arrow::datatypes::DataType::Utf8).unwrap();
+                assert_eq!(
+                    ours.as_ref(),
+                    theirs.as_ref(),
+                    "{template} on {}",
+                    column.data_type()
+                );
+            }
+        }
+    }
 
     #[test]
     fn postgres_templates_become_chrono_formats() {
