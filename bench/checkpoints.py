@@ -33,6 +33,8 @@ import subprocess
 import tempfile
 import time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice-target-release"))
 # SLUICE_BIN: another binary (e.g. an older build, for a side-by-side run).
@@ -45,14 +47,6 @@ Q7 = ("SELECT window_start, window_end, max(price) AS maxprice FROM TUMBLE(bid, 
 Q17 = ("SELECT auction, to_char(date_time, '%Y-%m-%d') AS day, count(*) AS total_bids, "
        "min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, "
        "sum(price) AS sum_price FROM bid GROUP BY auction, to_char(date_time, '%Y-%m-%d')")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Server:

@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 import time
 
+from benchlib import free_port, psql
+
 CASES = [
     ("q0 passthrough", "SELECT auction, bidder, price, date_time, extra FROM bid"),
     ("q2 filter", "SELECT auction, price FROM bid WHERE auction % 123 = 0"),
@@ -37,24 +39,6 @@ CASES = [
     ("OVER rows frame", "SELECT auction, price, avg(price) OVER (PARTITION BY auction ORDER BY date_time "
      "ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS recent_avg FROM bid"),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def psql(port, *statements):
-    args = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "sluice", "-X", "-tA", "-v", "ON_ERROR_STOP=1"]
-    for s in statements:
-        args += ["-c", s]
-    out = subprocess.run(args, env=dict(os.environ, PGPASSWORD="sluice"), capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return [line.split("|") for line in out.stdout.splitlines() if line]
 
 
 def peak_rss_mib(pid):

@@ -19,12 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("SLUICE_INFRA_CACHE", os.path.expanduser("~/.cache/sluice-infra"))
@@ -52,14 +53,6 @@ QUERIES = [
     ("top-N",
      "SELECT id, rider, fare FROM trips ORDER BY fare DESC, id LIMIT 10"),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def status_mib(pid, field):

@@ -15,13 +15,14 @@ bench/landed.py it makes its own virtualenv under ~/.cache/sluice-infra.
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from benchlib import free_port
 
 CACHE = os.environ.get("SLUICE_INFRA_CACHE", os.path.expanduser("~/.cache/sluice-infra"))
 VENV = os.path.join(CACHE, "bench-venv")
@@ -36,14 +37,6 @@ def ensure_venv():
         subprocess.check_call([py, "-m", "pip", "install", "-q", "duckdb", "psycopg[binary]"])
     os.environ["SLUICE_BENCH_IN_VENV"] = "1"
     os.execv(py, [py] + sys.argv)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def rss_mb(pid):
