@@ -10,7 +10,8 @@
 //! names go on the result's schema, not into the plan.
 
 use datafusion::sql::sqlparser::ast::{
-    CastKind, DataType as SqlType, Expr, Function, Query, SelectItem, SetExpr, Statement,
+    CastKind, DataType as SqlType, Expr, Function, FunctionArguments, Query, SelectItem, SetExpr, Statement,
+    VisitMut, VisitorMut,
 };
 
 /// What Postgres calls an expression it can't name otherwise.
@@ -163,20 +164,42 @@ fn type_name(t: &SqlType) -> Option<String> {
 /// (`SELECT generate_series(1, 3)` gives three rows); DataFusion's scalar
 /// form gives one list. Such an item becomes `unnest(generate_series(...))`
 /// (its name stays `generate_series`, from the select items taken before).
+/// `generate_subscripts(a, d)` (SQLAlchemy's index reflection pairs it with
+/// `unnest(a)`) becomes `unnest(generate_series(1, array_length(a, d)))`:
+/// Sluice's arrays start at 1. In every SELECT of the statement; DataFusion
+/// unnests several items of one list in step, as Postgres runs them.
 pub fn unnest_set_returning(statement: &mut Statement) {
-    let Statement::Query(q) = statement else { return };
-    let SetExpr::Select(select) = q.body.as_mut() else {
-        return;
-    };
-    for item in select.projection.iter_mut() {
-        let e = match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-            _ => continue,
+    let _ = statement.visit(&mut SetReturning);
+}
+
+struct SetReturning;
+
+impl VisitorMut for SetReturning {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> std::ops::ControlFlow<()> {
+        let SetExpr::Select(select) = q.body.as_mut() else {
+            return std::ops::ControlFlow::Continue(());
         };
-        if let Expr::Function(f) = e
-            && function_name(f) == "generate_series"
-        {
-            let text = format!("unnest({e})");
+        for item in select.projection.iter_mut() {
+            let e = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => continue,
+            };
+            let Expr::Function(f) = e else { continue };
+            let text = match function_name(f).as_str() {
+                "generate_series" => format!("unnest({e})"),
+                "generate_subscripts" => {
+                    let FunctionArguments::List(list) = &f.args else {
+                        continue;
+                    };
+                    let [array, dim] = list.args.as_slice() else {
+                        continue;
+                    };
+                    format!("unnest(generate_series(1, array_length({array}, {dim})))")
+                }
+                _ => continue,
+            };
             if let Ok(call) = datafusion::sql::sqlparser::parser::Parser::new(
                 &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
             )
@@ -186,6 +209,7 @@ pub fn unnest_set_returning(statement: &mut Statement) {
                 *e = call;
             }
         }
+        std::ops::ControlFlow::Continue(())
     }
 }
 

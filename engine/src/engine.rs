@@ -213,7 +213,15 @@ impl Engine {
                     .with_list_files_cache_limit(0),
             )
             .build_arc()?;
-        let template = SessionContext::new_with_config_rt(session_config, runtime);
+        // Correlated scalar subqueries DataFusion cannot decorrelate
+        // (catalog queries' kind) run per row: engine/src/subquery.rs.
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(crate::subquery::SluiceQueryPlanner))
+            .build();
+        let template = SessionContext::new_with_state(state);
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());
         template.register_udf(crate::functions::Mod::udf());
@@ -238,6 +246,8 @@ impl Engine {
         // What `::json`, `::jsonb` and `::uuid` become.
         crate::types::register(&template);
         template.add_optimizer_rule(Arc::new(crate::optimizer::GroupByFixedColumns));
+        template.add_optimizer_rule(Arc::new(crate::subquery::LeftoverSubqueries));
+        template.add_analyzer_rule(Arc::new(crate::subquery::PerRowSubqueries));
         // Integer + - * fail with 22003 on overflow (after type coercion).
         template.add_analyzer_rule(Arc::new(crate::overflow::CheckedIntegerArithmetic::default()));
         // ... and so does sum() over integers (replaces the built-in `sum`).
@@ -334,6 +344,12 @@ impl Engine {
     /// A role created with `CREATE ROLE`, if there is one by that name.
     pub async fn role(&self, name: &str) -> Option<crate::catalog::Role> {
         self.inner.catalog.lock().await.role(name).cloned()
+    }
+
+    /// Every object of the durable catalog (tables, streams, sinks,
+    /// materialized views), with the SQL that made it.
+    pub async fn objects(&self) -> Vec<crate::catalog::CatalogEntry> {
+        self.inner.catalog.lock().await.entries().cloned().collect()
     }
 
     /// Every role created with `CREATE ROLE`.

@@ -55,6 +55,8 @@ pub enum ErrorKind {
     InvalidCursorName,
     /// DECLARE of a cursor whose name is taken.
     DuplicateCursor,
+    /// A scalar subquery that returned more than one row.
+    CardinalityViolation,
     /// A bug in Sluice or one of its libraries.
     Internal,
 }
@@ -204,6 +206,8 @@ fn classify_plan_message(msg: &str) -> ErrorKind {
         ErrorKind::UndefinedObject
     } else if missing && lower.contains("table") {
         ErrorKind::UndefinedTable
+    } else if lower.contains("subquery returned more than one row") {
+        ErrorKind::CardinalityViolation
     } else if lower.contains("already exists") {
         ErrorKind::DuplicateObject
     } else if lower.contains("invalid input syntax for type") {

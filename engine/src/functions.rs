@@ -625,6 +625,8 @@ impl FixedAnswer {
             ("pg_table_size", vec![1], ScalarValue::Int64(None)),
             ("pg_indexes_size", vec![1], ScalarValue::Int64(None)),
             ("pg_database_size", vec![1], ScalarValue::Int64(None)),
+            // Sluice has no indexes (SQLAlchemy's index reflection).
+            ("pg_get_indexdef", vec![1, 3], ScalarValue::Utf8(None)),
             // pg_proc lists no functions with arguments to describe.
             ("pg_get_function_result", vec![1], ScalarValue::Utf8(None)),
             ("pg_get_function_arguments", vec![1], ScalarValue::Utf8(None)),

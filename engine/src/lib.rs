@@ -31,6 +31,7 @@ pub mod sink;
 pub mod storage;
 pub mod stream;
 pub mod streaming;
+pub mod subquery;
 pub mod types;
 pub mod versions;
 

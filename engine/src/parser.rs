@@ -718,6 +718,60 @@ impl<F: FnMut(&mut SqlExpr) -> std::ops::ControlFlow<ParserError>> VisitorMut fo
     }
 }
 
+/// Hides each subquery that is a whole select-list item (`SELECT (SELECT
+/// ...) AS x`) in parentheses, and [`restore_select_list_subqueries`]
+/// takes them out again. Between the two, datafusion-pg-catalog's rewrite
+/// rules run: one of them replaces a correlated subquery there with NULL
+/// and adds `LIMIT 1` to the others, both silently wrong answers now that
+/// Sluice runs such subqueries itself (engine/src/subquery.rs).
+pub fn hide_select_list_subqueries(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    let _ = statement.visit(&mut SelectListSubqueries { hide: true });
+}
+
+/// Undoes [`hide_select_list_subqueries`].
+pub fn restore_select_list_subqueries(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    let _ = statement.visit(&mut SelectListSubqueries { hide: false });
+}
+
+struct SelectListSubqueries {
+    hide: bool,
+}
+
+impl VisitorMut for SelectListSubqueries {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> std::ops::ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item else {
+                    continue;
+                };
+                match e {
+                    SqlExpr::Subquery(_) if self.hide => {
+                        let inner = std::mem::replace(
+                            e,
+                            SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into()),
+                        );
+                        *e = SqlExpr::Nested(Box::new(inner));
+                    }
+                    SqlExpr::Nested(inner)
+                        if !self.hide && matches!(inner.as_ref(), SqlExpr::Subquery(_)) =>
+                    {
+                        let inner = std::mem::replace(
+                            inner.as_mut(),
+                            SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into()),
+                        );
+                        *e = inner;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
 /// Walks the SQL of every statement that holds some (queries, DDL, the
 /// query of a sink, a view, a COPY or a SUBSCRIBE, what EXPLAIN explains).
 fn visit_statement<V: VisitorMut<Break = ParserError>>(

@@ -55,6 +55,29 @@ pub struct SqlParser {
 }
 
 impl SqlParser {
+    /// The compatibility parser's rewrite rules, except that subqueries in
+    /// select lists are left alone (it would replace correlated ones with
+    /// NULL and add `LIMIT 1` to the rest).
+    fn compat_rewrite(&self, mut s: ast::Statement) -> ast::Statement {
+        sluice_engine::parser::hide_select_list_subqueries(&mut s);
+        let mut s = self.compat.rewrite(s);
+        sluice_engine::parser::restore_select_list_subqueries(&mut s);
+        s
+    }
+
+    /// Whether the compatibility parser's `parsed` differs from its rewrite
+    /// of Sluice's `own` parse of the same text: it then replaced a known
+    /// client query by its token-level table.
+    fn replaced_whole(&self, parsed: &[ast::Statement], own: &[Statement]) -> bool {
+        parsed.len() != own.len()
+            || parsed.iter().zip(own).any(|(p, o)| match o {
+                Statement::DataFusion(DFStatement::Statement(o)) => {
+                    *p != self.compat.rewrite(o.as_ref().clone())
+                }
+                _ => true,
+            })
+    }
+
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
         // Both parsers may build (and throw away) trees as deep as the
         // text allows: see `on_deep_stack`.
@@ -77,15 +100,20 @@ impl SqlParser {
     fn parse_statements(&self, sql: &str) -> Result<Vec<Statement>, SluiceError> {
         let plain = |s: ast::Statement| Statement::DataFusion(DFStatement::Statement(Box::new(s)));
         let rewrite = |s: Statement| match s {
-            Statement::DataFusion(DFStatement::Statement(inner)) => plain(self.compat.rewrite(*inner)),
+            Statement::DataFusion(DFStatement::Statement(inner)) => plain(self.compat_rewrite(*inner)),
             other => other,
         };
         let is_plain = |s: &Statement| matches!(s, Statement::DataFusion(DFStatement::Statement(_)));
         match Session::parse(sql) {
             Ok(statements) if statements.iter().all(is_plain) => {
-                // Plain SQL: the compatibility parser also applies its
-                // token-level fixes for known client queries.
+                // Plain SQL: the compatibility parser also replaces known
+                // client queries whole. Where it did not, its rewrite of
+                // Sluice's own parse is used, keeping select-list
+                // subqueries (see `compat_rewrite`).
                 match self.compat.parse(sql) {
+                    Ok(v) if !self.replaced_whole(&v, &statements) => {
+                        Ok(statements.into_iter().map(rewrite).collect())
+                    }
                     Ok(v) => Ok(v.into_iter().map(plain).collect()),
                     Err(_) => Ok(statements.into_iter().map(rewrite).collect()),
                 }

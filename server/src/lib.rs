@@ -18,6 +18,7 @@ pub mod errors;
 mod handler;
 pub mod http;
 pub mod metrics;
+mod pgcatalog;
 mod pgroles;
 mod pgtypes;
 mod rows;
@@ -112,6 +113,7 @@ impl Server {
             pgroles::Roles::new(engine.clone(), config.users.keys().cloned().collect()),
         )
         .map_err(|e| anyhow::anyhow!("installing pg_catalog: {e}"))?;
+        pgcatalog::install(engine.template_context(), CATALOG_NAME, engine.clone())?;
         if config.debug_functions {
             engine.template_context().register_udf(debug::panic_udf());
             engine

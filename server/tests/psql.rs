@@ -99,6 +99,29 @@ fn plus_forms_functions_and_tablespaces() {
     );
 }
 
+/// `\\dm` lists materialized views (and `\\dv` not them); `\\dT` runs
+/// (its correlated subqueries run per row).
+#[test]
+fn dm_lists_materialized_views_and_dt_upper_runs() {
+    let (_dir, p) = setup();
+    p.psql(&[
+        "-c",
+        "CREATE STREAM nums (n BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '10')",
+        "-c",
+        "CREATE MATERIALIZED VIEW totals AS SELECT n % 3 AS k, count(*) AS c FROM nums GROUP BY 1",
+    ]);
+    let out = p.psql(&["-c", "\\dm"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("totals") && l.contains("materialized view")),
+        "\\dm output:\n{out}"
+    );
+    let out = p.psql(&["-c", "\\dv"]);
+    assert!(!out.contains("totals"), "\\dv output:\n{out}");
+    let out = p.psql(&["-c", "\\dT"]);
+    assert!(out.contains("List of data types"), "\\dT output:\n{out}");
+}
+
 #[test]
 fn l_dn_conninfo_and_settings() {
     let (_dir, p) = setup();

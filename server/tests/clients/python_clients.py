@@ -151,7 +151,48 @@ for driver in ["psycopg", "psycopg2"]:
         engine.dispose()
 
 
+    @check(f"SQLAlchemy ({driver}): reflection (inspect, Table(autoload_with=)), Core and ORM on it")
+    def _():
+        from sqlalchemy.orm import Session
+        from sqlalchemy.ext.automap import automap_base
+
+        engine = sa.create_engine(f"postgresql+{driver}://{URL}")
+        insp = sa.inspect(engine)
+        assert "trips" in insp.get_table_names(), insp.get_table_names()
+        assert insp.has_table("trips") and not insp.has_table("no_such_table")
+        cols = {c["name"]: c for c in insp.get_columns("trips")}
+        eq(sorted(cols), ["dt", "fare", "id"])
+        eq(type(cols["id"]["type"]), sa.BIGINT)
+        # Sluice has no keys or indexes: empty answers, not errors.
+        eq(insp.get_pk_constraint("trips")["constrained_columns"], [])
+        eq(insp.get_indexes("trips"), [])
+        eq(insp.get_foreign_keys("trips"), [])
+        trips = sa.Table("trips", sa.MetaData(), autoload_with=engine)
+        eq(sorted(trips.c.keys()), ["dt", "fare", "id"])
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(trips.c.id).where(trips.c.fare > 10).order_by(trips.c.id)).all()
+            eq([r.id for r in rows], [1, 2])
+        # The ORM over the reflected table (automap needs a primary key:
+        # name one, as users of key-less tables do).
+        Base = automap_base()
+        sa.Table("trips", Base.metadata, sa.Column("id", sa.BigInteger, primary_key=True), autoload_with=engine)
+        Base.prepare()
+        Trip = Base.classes.trips
+        with Session(engine) as s:
+            eq([t.id for t in s.query(Trip).filter(Trip.fare < 10)], [3])
+        engine.dispose()
+
+
 import pandas as pd  # noqa: E402
+
+
+@check("pandas: read_sql_table reflects the table")
+def _():
+    engine = sa.create_engine(f"postgresql+psycopg://{URL}")
+    df = pd.read_sql_table("trips", engine)
+    eq(sorted(df.columns), ["dt", "fare", "id"])
+    eq(sorted(df["id"].tolist()), [1, 2, 3])
+    engine.dispose()
 
 
 @check("pandas: read_sql through a SQLAlchemy engine")

@@ -1,0 +1,180 @@
+//! Sluice's corrections to the `pg_catalog` schema datafusion-pg-catalog
+//! serves, made by wrapping its schema provider rather than forking it:
+//!
+//! - `pg_class.relkind` is `m` for materialized views (the library knows
+//!   only tables and views), so psql's `\dm` and SQLAlchemy's
+//!   `get_materialized_view_names` list them; and `pg_class` has Postgres'
+//!   `relacl` and `reloptions` (NULL: no grants, no storage options),
+//!   which SQLAlchemy's index reflection reads;
+//! - `pg_index` is empty and typed as Postgres types it (`indkey` an
+//!   `int2vector`, here a list of smallints): the library serves rows
+//!   exported from a Postgres' own system catalog with those columns as
+//!   text, which `unnest(indkey)` in SQLAlchemy's reflection cannot take.
+//!   Sluice has no indexes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use sluice_engine::Engine;
+use sluice_engine::datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use sluice_engine::datafusion::datasource::{MemTable, TableType};
+use sluice_engine::datafusion::error::Result;
+use sluice_engine::datafusion::logical_expr::Expr;
+use sluice_engine::datafusion::physical_plan::ExecutionPlan;
+use sluice_engine::datafusion::prelude::SessionContext;
+
+/// Replaces the `pg_catalog` schema of `catalog` with the corrected one.
+pub(crate) fn install(ctx: &SessionContext, catalog: &str, engine: Engine) -> anyhow::Result<()> {
+    let catalog = ctx
+        .catalog(catalog)
+        .ok_or_else(|| anyhow::anyhow!("catalog {catalog} not found"))?;
+    let inner = catalog
+        .schema("pg_catalog")
+        .ok_or_else(|| anyhow::anyhow!("pg_catalog is not installed"))?;
+    catalog.register_schema("pg_catalog", Arc::new(PgCatalog { inner, engine }))?;
+    Ok(())
+}
+
+#[derive(Debug)]
+struct PgCatalog {
+    inner: Arc<dyn SchemaProvider>,
+    engine: Engine,
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalog {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(table) = self.inner.table(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match name {
+            "pg_class" => Arc::new(PgClass {
+                inner: table,
+                engine: self.engine.clone(),
+            }),
+            "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
+            _ => table,
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// The library's `pg_index` columns, with the vector columns as lists.
+fn pg_index_schema(library: &Schema) -> SchemaRef {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    let fields: Vec<Field> = library
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "indkey" | "indoption" => Field::new(f.name(), list(DataType::Int16), f.is_nullable()),
+            "indcollation" | "indclass" => Field::new(f.name(), list(DataType::Int32), f.is_nullable()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// `pg_class` with `relkind` `m` for materialized views.
+#[derive(Debug)]
+struct PgClass {
+    inner: Arc<dyn TableProvider>,
+    engine: Engine,
+}
+
+#[async_trait]
+impl TableProvider for PgClass {
+    fn schema(&self) -> SchemaRef {
+        pg_class_schema(&self.inner.schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let views: HashSet<String> = self
+            .engine
+            .objects()
+            .await
+            .into_iter()
+            .filter(|e| e.kind == sluice_engine::catalog::ObjectKind::MaterializedView)
+            .map(|e| e.name)
+            .collect();
+        let whole = self.inner.scan(state, None, &[], None).await?;
+        let batches = sluice_engine::datafusion::physical_plan::collect(whole, state.task_ctx()).await?;
+        let schema = self.schema();
+        let batches = batches
+            .into_iter()
+            .map(|b| complete_pg_class(mark_materialized_views(b, &views)?, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        MemTable::try_new(schema, vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// The text-array columns of Postgres' `pg_class` the library leaves out.
+const PG_CLASS_MISSING: [&str; 2] = ["relacl", "reloptions"];
+
+fn pg_class_schema(library: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = library.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in PG_CLASS_MISSING {
+        if library.index_of(name).is_err() {
+            let text = Arc::new(Field::new("item", DataType::Utf8, true));
+            fields.push(Field::new(name, DataType::List(text), true));
+        }
+    }
+    Arc::new(Schema::new_with_metadata(fields, library.metadata().clone()))
+}
+
+/// `batch` with the columns `schema` adds to it, all NULL.
+fn complete_pg_class(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    for f in schema.fields().iter().skip(columns.len()) {
+        columns.push(arrow::array::new_null_array(f.data_type(), batch.num_rows()));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn mark_materialized_views(batch: RecordBatch, views: &HashSet<String>) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let (Ok(name), Ok(kind)) = (schema.index_of("relname"), schema.index_of("relkind")) else {
+        return Ok(batch);
+    };
+    let (Some(names), Some(kinds)) = (
+        batch.column(name).as_any().downcast_ref::<StringArray>(),
+        batch.column(kind).as_any().downcast_ref::<StringArray>(),
+    ) else {
+        return Ok(batch);
+    };
+    let marked: StringArray = (0..batch.num_rows())
+        .map(|i| {
+            if kinds.is_null(i) {
+                None
+            } else if views.contains(names.value(i)) {
+                Some("m")
+            } else {
+                Some(kinds.value(i))
+            }
+        })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[kind] = Arc::new(marked);
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
