@@ -551,6 +551,10 @@ pub enum Output {
         rows: SendableRecordBatchStream,
         options: crate::parser::CopyOptions,
     },
+    /// `COPY ... FROM STDIN`: the client sends rows for this table next
+    /// (read them with [`crate::copy::CopyInTarget::read`], then
+    /// [`Session::copy_in`]).
+    CopyIn(crate::copy::CopyInTarget),
     /// A command that returns no rows, with its completion tag (`CREATE
     /// TABLE`, `SET`, ...) and, for DML, the row count.
     Command { tag: String, rows: Option<usize> },
@@ -566,6 +570,7 @@ impl std::fmt::Debug for Output {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
             Output::Subscribe { rows, copy } => write!(f, "Subscribe({:?}, copy={copy})", rows.schema()),
             Output::CopyOut { rows, .. } => write!(f, "CopyOut({:?})", rows.schema()),
+            Output::CopyIn(t) => write!(f, "CopyIn({})", t.table),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
             Output::TransactionStart => write!(f, "TransactionStart"),
             Output::TransactionEnd { rollback } => write!(f, "TransactionEnd({rollback})"),
@@ -664,6 +669,8 @@ enum Action {
         plan: LogicalPlan,
         options: crate::parser::CopyOptions,
     },
+    /// `COPY table FROM STDIN`.
+    CopyIn(crate::copy::CopyInTarget),
     /// `DECLARE name CURSOR [WITH HOLD] FOR query`.
     DeclareCursor {
         name: String,
@@ -730,6 +737,7 @@ impl Action {
             | Action::TransactionStart
             | Action::TransactionEnd { .. }
             | Action::CopyOut { .. }
+            | Action::CopyIn(_)
             | Action::DeclareCursor { .. }
             | Action::Fetch { .. }
             | Action::CloseCursor { .. }
@@ -1127,6 +1135,11 @@ impl Session {
                 let schema = self.subscribe_schema(&target).await?;
                 Action::Subscribe { target, copy, schema }
             }
+            Statement::CopyIn {
+                table,
+                columns,
+                options,
+            } => Action::CopyIn(self.copy_in_target(&table, &columns, options).await?),
             Statement::CopyOut { query, options } => {
                 let prepared = self
                     .prepare_statement(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
@@ -1741,6 +1754,7 @@ impl Session {
                     options: options.clone(),
                 })
             }
+            Action::CopyIn(target) => Ok(Output::CopyIn(target.clone())),
             Action::DeclareCursor {
                 name,
                 plan,
@@ -1976,6 +1990,70 @@ impl Session {
             }
             None => Ok(Output::Rows(df.execute_stream().await?)),
         }
+    }
+
+    /// What `COPY name [(columns)] FROM STDIN` writes into: an external
+    /// table over files (streams are written by their sources).
+    async fn copy_in_target(
+        &self,
+        table: &datafusion::sql::sqlparser::ast::ObjectName,
+        columns: &[String],
+        options: crate::parser::CopyOptions,
+    ) -> Result<crate::copy::CopyInTarget> {
+        let name = normalize_name(table);
+        let provider = self.ctx.table_provider(name.as_str()).await?;
+        if !provider.is::<datafusion::datasource::listing::ListingTable>() {
+            return Err(SluiceError::not_supported(format!(
+                "COPY FROM STDIN writes into external tables over files; {name} is not one"
+            )));
+        }
+        let schema = provider.schema();
+        let columns = if columns.is_empty() {
+            (0..schema.fields().len()).collect()
+        } else {
+            columns
+                .iter()
+                .map(|c| {
+                    schema.index_of(c).map_err(|_| {
+                        SluiceError::new(
+                            ErrorKind::UndefinedColumn,
+                            format!("column {c} of table {name} does not exist"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(crate::copy::CopyInTarget {
+            table: name,
+            schema,
+            columns,
+            options,
+        })
+    }
+
+    /// Appends the rows a `COPY ... FROM STDIN` read to its table; returns
+    /// how many were written.
+    pub async fn copy_in(
+        &self,
+        target: &crate::copy::CopyInTarget,
+        batches: Vec<RecordBatch>,
+    ) -> Result<usize> {
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        let df = self.ctx.read_batches(batches)?;
+        let written = df
+            .write_table(
+                target.table.as_str(),
+                datafusion::dataframe::DataFrameWriteOptions::new(),
+            )
+            .await?;
+        Ok(written
+            .iter()
+            .filter_map(|b| b.columns().first())
+            .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+            .map(|c| c.iter().flatten().sum::<u64>() as usize)
+            .sum())
     }
 
     /// DML and COPY return one row with the count of rows written.

@@ -57,6 +57,10 @@ pub enum ErrorKind {
     DuplicateCursor,
     /// A scalar subquery that returned more than one row.
     CardinalityViolation,
+    /// A NULL where the column may not hold one.
+    NotNullViolation,
+    /// COPY data that is not in the format it was declared in.
+    BadCopyFileFormat,
     /// A bug in Sluice or one of its libraries.
     Internal,
 }

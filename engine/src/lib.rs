@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod colnames;
 pub mod compute;
+pub mod copy;
 mod engine;
 pub mod error;
 pub mod functions;

@@ -72,6 +72,14 @@ pub enum Statement {
     /// (`table` read as `SELECT * FROM table`): the rows in COPY's text or
     /// CSV format (psql's `\copy ... to`).
     CopyOut { query: Box<Query>, options: CopyOptions },
+    /// `COPY table [(column, ...)] FROM STDIN [WITH (...)]`: rows from the
+    /// client in COPY's text or CSV format, appended to an external table
+    /// (psql's `\copy ... from`).
+    CopyIn {
+        table: ObjectName,
+        columns: Vec<String>,
+        options: CopyOptions,
+    },
 }
 
 /// The options of a `COPY ... TO STDOUT`.
@@ -161,6 +169,12 @@ impl fmt::Display for Statement {
             Statement::ShowCheckpoints => write!(f, "SHOW CHECKPOINTS"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
             Statement::CopyOut { query, .. } => write!(f, "COPY ({query}) TO STDOUT"),
+            Statement::CopyIn { table, columns, .. } if columns.is_empty() => {
+                write!(f, "COPY {table} FROM STDIN")
+            }
+            Statement::CopyIn { table, columns, .. } => {
+                write!(f, "COPY {table} ({}) FROM STDIN", columns.join(", "))
+            }
             Statement::Subscribe { target, copy } => {
                 let t = match target {
                     SubscribeTarget::View(n) => n.to_string(),
@@ -1023,6 +1037,28 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             expect_word(&mut df.parser, "STDOUT")?;
             Statement::Subscribe { target, copy: true }
         }
+        (Some("COPY"), _, _) if copies_from_stdin(&df.parser) => {
+            df.parser.next_token();
+            let table = df.parser.parse_object_name(false).map_err(syntax)?;
+            let mut columns = Vec::new();
+            if df.parser.consume_token(&Token::LParen) {
+                loop {
+                    columns.push(normalize_ident(df.parser.parse_identifier().map_err(syntax)?));
+                    if !df.parser.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+                df.parser.expect_token(&Token::RParen).map_err(syntax)?;
+            }
+            expect_word(&mut df.parser, "FROM")?;
+            expect_word(&mut df.parser, "STDIN")?;
+            let options = parse_copy_options(&mut df.parser)?;
+            Statement::CopyIn {
+                table,
+                columns,
+                options,
+            }
+        }
         (Some("COPY"), _, _) if copies_to_stdout(&df.parser) => {
             df.parser.next_token();
             let query = if df.parser.consume_token(&Token::LParen) {
@@ -1205,6 +1241,37 @@ fn copies_to_stdout(parser: &Parser) -> bool {
         }
     }
     peek_word(parser, n).as_deref() == Some("TO") && peek_word(parser, n + 1).as_deref() == Some("STDOUT")
+}
+
+/// `COPY name [(a, b)] FROM STDIN`.
+fn copies_from_stdin(parser: &Parser) -> bool {
+    let mut n = 1;
+    loop {
+        match parser.peek_nth_token(n).token {
+            Token::Word(_) => n += 1,
+            _ => return false,
+        }
+        if parser.peek_nth_token(n).token == Token::Period {
+            n += 1;
+        } else {
+            break;
+        }
+    }
+    if parser.peek_nth_token(n).token == Token::LParen {
+        while !matches!(parser.peek_nth_token(n).token, Token::RParen | Token::EOF) {
+            n += 1;
+        }
+        n += 1;
+    }
+    peek_word(parser, n).as_deref() == Some("FROM") && peek_word(parser, n + 1).as_deref() == Some("STDIN")
+}
+
+fn normalize_ident(i: datafusion::sql::sqlparser::ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value
+    } else {
+        i.value.to_lowercase()
+    }
 }
 
 /// `WITH (FORMAT csv, HEADER, DELIMITER ',', NULL '')` or the older

@@ -343,6 +343,9 @@ async fn to_json(output: Output) -> Result<Value, SluiceError> {
         Output::Subscribe { .. } => Err(SluiceError::invalid_parameter(
             "SUBSCRIBE streams through /api/subscribe (the SQL page does this by itself)",
         )),
+        Output::CopyIn(_) => Err(SluiceError::invalid_parameter(
+            "COPY FROM STDIN needs a Postgres client to send the rows (psql's \\copy)",
+        )),
         Output::Command { tag, rows } => Ok(json!({"columns": [], "rows": [], "tag": match rows {
             Some(n) => format!("{tag} {n}"),
             None => tag,

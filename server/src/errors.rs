@@ -29,6 +29,8 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidCursorName => "34000",
         ErrorKind::DuplicateCursor => "42P03",
         ErrorKind::CardinalityViolation => "21000",
+        ErrorKind::NotNullViolation => "23502",
+        ErrorKind::BadCopyFileFormat => "22P04",
         ErrorKind::Internal => "XX000",
     }
 }

@@ -158,7 +158,22 @@ pub struct ParsedStatement {
 pub struct ConnectionHandler {
     session: Arc<Mutex<Session>>,
     parser: Arc<StatementParser>,
+    /// The `COPY ... FROM STDIN` whose data the client is sending.
+    copy_in: std::sync::Mutex<Option<PendingCopy>>,
 }
+
+/// A `COPY ... FROM STDIN` in progress: where it writes and what came so
+/// far. Nothing is written before the client's CopyDone.
+struct PendingCopy {
+    target: sluice_engine::copy::CopyInTarget,
+    data: BytesMut,
+    /// Set when the data passed [`COPY_IN_LIMIT`]; the rest is dropped.
+    too_large: bool,
+}
+
+/// The most a `COPY ... FROM STDIN` may send: it is held in memory until
+/// the end, so that a bad row writes nothing.
+const COPY_IN_LIMIT: usize = 1 << 30;
 
 impl ConnectionHandler {
     pub fn new(session: Session, sql_parser: Arc<SqlParser>) -> Self {
@@ -171,6 +186,7 @@ impl ConnectionHandler {
                 engine,
             }),
             session,
+            copy_in: Default::default(),
         }
     }
 
@@ -197,7 +213,42 @@ impl ConnectionHandler {
             })
         });
         let output = joined(within(deadline, work).await?)?.map_err(to_pg)?;
+        if let Output::CopyIn(target) = output {
+            let columns = target.columns.len();
+            *self.copy_in.lock().expect("copy state") = Some(PendingCopy {
+                target,
+                data: BytesMut::new(),
+                too_large: false,
+            });
+            // Text (0) for both COPY formats, as Postgres answers.
+            return Ok(Response::CopyIn(CopyResponse::new(
+                0,
+                columns,
+                futures::stream::empty(),
+            )));
+        }
         output_to_response(output, format, cancel, deadline)
+    }
+
+    /// Reads and writes what a `COPY ... FROM STDIN` received, on the
+    /// engine's runtime; the row count.
+    async fn finish_copy(&self, pending: PendingCopy) -> PgWireResult<usize> {
+        if pending.too_large {
+            return Err(pg_error(
+                ErrorKind::ProgramLimitExceeded,
+                format!(
+                    "COPY FROM STDIN sent more than {} MiB; split the data into several COPYs",
+                    COPY_IN_LIMIT >> 20
+                ),
+            ));
+        }
+        let session = self.session.clone();
+        let work = self.parser.engine.spawn(async move {
+            let batches = pending.target.read(&pending.data)?;
+            let session = session.lock().await;
+            session.copy_in(&pending.target, batches).await
+        });
+        joined(work.await)?.map_err(to_pg)
     }
 
     /// Plans one statement (on the engine's runtime, within `deadline`).
@@ -306,6 +357,12 @@ fn output_to_response(
                 q.set_command_tag("SUBSCRIBE");
                 Response::Query(q)
             }
+        }
+        Output::CopyIn(_) => {
+            return Err(pg_error(
+                ErrorKind::NotSupported,
+                "COPY FROM STDIN is a statement of its own (not in a cursor)",
+            ));
         }
         Output::CopyOut {
             rows: stream,
@@ -1044,5 +1101,61 @@ impl ExtendedQueryHandler for ConnectionHandler {
             deadline,
         )
         .await
+    }
+}
+
+#[async_trait]
+impl pgwire::api::copy::CopyHandler for ConnectionHandler {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut pending = self.copy_in.lock().expect("copy state");
+        if let Some(p) = pending.as_mut() {
+            if p.data.len() + copy_data.data.len() > COPY_IN_LIMIT {
+                p.too_large = true;
+                p.data = BytesMut::new();
+            } else if !p.too_large {
+                p.data.extend_from_slice(&copy_data.data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = self.copy_in.lock().expect("copy state").take();
+        let Some(pending) = pending else {
+            return Err(pg_error(
+                ErrorKind::Internal,
+                "COPY data without a COPY FROM STDIN",
+            ));
+        };
+        let rows = self.finish_copy(pending).await?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(rows).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: pgwire::messages::copy::CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy_in.lock().expect("copy state").take();
+        pg_error(
+            ErrorKind::Cancelled,
+            format!("COPY from stdin failed: {}", fail.message),
+        )
     }
 }

@@ -182,6 +182,69 @@ fn wrong_password_is_refused() {
     );
 }
 
+/// psql's `\\copy ... from` a file in text and CSV, into a table over
+/// Parquet files: the rows land (as new files) and read back; a bad row
+/// writes nothing; a stream is refused.
+#[test]
+fn backslash_copy_from_a_file_in_text_and_csv() {
+    let (dir, p) = setup();
+    let text = dir.path().join("more.tsv");
+    std::fs::write(&text, "10\t3.50\t2026-12-01\n11\t4.25\t2026-12-01\n").unwrap();
+    let out = p.psql(&["-c", &format!("\\copy trips from '{}'", text.display())]);
+    assert_eq!(out.trim(), "COPY 2");
+    let csv = dir.path().join("more.csv");
+    std::fs::write(&csv, "id,dt,fare\n12,2026-12-02,\"5.00\"\n").unwrap();
+    let out = p.psql(&[
+        "-c",
+        &format!(
+            "\\copy trips (id, dt, fare) from '{}' with (format csv, header)",
+            csv.display()
+        ),
+    ]);
+    assert_eq!(out.trim(), "COPY 1");
+    let out = p.psql(&[
+        "-tA",
+        "-c",
+        "SELECT id, fare, dt FROM trips WHERE id >= 10 ORDER BY id",
+    ]);
+    assert_eq!(
+        out,
+        "10|3.50|2026-12-01\n11|4.25|2026-12-01\n12|5.00|2026-12-02\n"
+    );
+    // One bad value: 22P02, naming the column, and no row of it lands.
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "13\t1.00\t2026-12-03\n14\tabc\t2026-12-03\n").unwrap();
+    let err = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            &format!("\\copy trips from '{}'", bad.display()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        stderr.contains("22P02") && stderr.contains("column fare"),
+        "{stderr}"
+    );
+    let out = p.psql(&["-tA", "-c", "SELECT count(*) FROM trips WHERE id >= 13"]);
+    assert_eq!(out.trim(), "0");
+    // Streams are written by their sources.
+    p.psql(&["-c", "CREATE STREAM nums (n BIGINT) WITH (connector = 'datagen')"]);
+    let err = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            &format!("\\copy nums from '{}'", text.display()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("0A000"), "{stderr}");
+}
+
 #[test]
 fn copy_to_stdout_in_text_and_csv_and_backslash_copy_to_a_file() {
     let (dir, p) = setup();

@@ -241,6 +241,46 @@ def _():
     asyncio.run(go())
 
 
+# Last: these add rows to trips, which the checks above count.
+@check("psycopg: COPY ... FROM STDIN, rows and CSV; a bad row writes nothing")
+def _():
+    with psycopg.connect(DSN, autocommit=True) as c:
+        with c.cursor() as cur:
+            with cur.copy("COPY trips (id, fare, dt) FROM STDIN") as cp:
+                cp.write_row((100, decimal.Decimal("1.5"), "2026-12-01"))
+                cp.write_row((101, decimal.Decimal("2.5"), "2026-12-01"))
+            eq(cur.rowcount, 2)
+            with cur.copy("COPY trips FROM STDIN WITH (FORMAT csv, HEADER)") as cp:
+                cp.write("id,fare,dt\n102,3.5,2026-12-02\n")
+        eq(c.execute("SELECT count(*) FROM trips WHERE id >= 100").fetchone()[0], 3)
+        eq(c.execute("SELECT fare FROM trips WHERE id = 101").fetchone()[0], decimal.Decimal("2.5"))
+        try:
+            with c.cursor().copy("COPY trips FROM STDIN") as cp:
+                cp.write("103\t1.0\t2026-12-03\n104\tnot-a-number\t2026-12-03\n")
+            raise AssertionError("a bad row was accepted")
+        except psycopg.errors.InvalidTextRepresentation:
+            pass
+        eq(c.execute("SELECT count(*) FROM trips WHERE id >= 100").fetchone()[0], 3)
+
+
+@check("psycopg2: copy_expert FROM STDIN")
+def _():
+    import io
+
+    import psycopg2
+
+    c2 = psycopg2.connect(DSN)
+    c2.autocommit = True
+    try:
+        cur = c2.cursor()
+        cur.copy_expert("COPY trips FROM STDIN WITH CSV", io.StringIO("105,4.5,2026-12-02\n106,5.5,2026-12-02\n"))
+        eq(cur.rowcount, 2)
+        cur.execute("SELECT count(*) FROM trips WHERE id >= 105")
+        eq(cur.fetchone()[0], 2)
+    finally:
+        c2.close()
+
+
 setup.close()
 print(f"{len(failed)} failed" + (": " + "; ".join(failed) if failed else ""))
 sys.exit(1 if failed else 0)
