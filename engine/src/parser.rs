@@ -732,6 +732,102 @@ impl<F: FnMut(&mut SqlExpr) -> std::ops::ControlFlow<ParserError>> VisitorMut fo
     }
 }
 
+/// `'{"north","east"}'::text[]` (and `CAST('{1,2}' AS int[])`): the text of a
+/// Postgres array literal becomes `ARRAY['north', 'east']` under the same
+/// cast, read as Postgres reads it: double-quoted elements with backslash
+/// escapes, an unquoted `NULL` is NULL, space around unquoted elements
+/// dropped. (datafusion-pg-catalog's rewrite of the same cast splits on
+/// commas and keeps the quotes: a silently wrong array.) Nested arrays are
+/// left alone.
+pub fn read_array_literals(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{Array, DataType as SqlType, Value, ValueWithSpan};
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let SqlExpr::Cast {
+            expr,
+            data_type: SqlType::Array(_),
+            ..
+        } = e
+            && let SqlExpr::Value(ValueWithSpan {
+                value: Value::SingleQuotedString(text),
+                ..
+            }) = expr.as_ref()
+            && let Some(elements) = array_elements(text)
+        {
+            let elem = elements
+                .into_iter()
+                .map(|v| match v {
+                    Some(v) => SqlExpr::Value(Value::SingleQuotedString(v).into()),
+                    None => SqlExpr::Value(Value::Null.into()),
+                })
+                .collect();
+            **expr = SqlExpr::Array(Array { elem, named: true });
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The elements of a one-dimensional Postgres array literal (`{a,"b c",NULL}`).
+fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut v = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => v.push(chars.next()?),
+                    '"' => break,
+                    c => v.push(c),
+                }
+            }
+            out.push(Some(v));
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            let mut v = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                match c {
+                    '{' | '}' | '"' => return None,
+                    '\\' => {
+                        chars.next();
+                        v.push(chars.next()?);
+                    }
+                    c => {
+                        chars.next();
+                        v.push(c);
+                    }
+                }
+            }
+            let v = v.trim_end().to_string();
+            if v.is_empty() {
+                return None;
+            }
+            out.push(if v.eq_ignore_ascii_case("null") {
+                None
+            } else {
+                Some(v)
+            });
+        }
+        match chars.next() {
+            Some(',') => continue,
+            None => return Some(out),
+            Some(_) => return None,
+        }
+    }
+}
+
 /// Hides each subquery that is a whole select-list item (`SELECT (SELECT
 /// ...) AS x`) in parentheses, and [`restore_select_list_subqueries`]
 /// takes them out again. Between the two, datafusion-pg-catalog's rewrite
@@ -1542,6 +1638,24 @@ fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn array_literals_are_read_as_postgres_reads_them() {
+        use super::array_elements;
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            array_elements(r#"{"north","east"}"#),
+            Some(vec![s("north"), s("east")])
+        );
+        assert_eq!(
+            array_elements(r#"{ a , "b, c" ,NULL,"NULL","q\"uote" }"#),
+            Some(vec![s("a"), s("b, c"), None, s("NULL"), s("q\"uote")])
+        );
+        assert_eq!(array_elements("{}"), Some(vec![]));
+        assert_eq!(array_elements("{1,2,3}"), Some(vec![s("1"), s("2"), s("3")]));
+        assert_eq!(array_elements("{{1,2},{3,4}}"), None);
+        assert_eq!(array_elements(r#"{"open"#), None);
+    }
 
     #[test]
     fn external_table_options_can_name_secrets() {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs (once) the Postgres client libraries the client-compatibility
 # tests drive against the real server: psycopg 3, psycopg2, asyncpg,
-# SQLAlchemy 2 and pandas, in a venv of their own, and node-postgres.
-#   scripts/infra/clients.sh   -> prints `export SLUICE_TEST_CLIENTS_PYTHON=...`
-#                                 and `export SLUICE_TEST_NODE_PATH=...`
+# SQLAlchemy 2 and pandas, in a venv of their own, node-postgres and
+# postgres.js, and
+# pgjdbc (Debian's package, with a JDK to run the test program).
+#   scripts/infra/clients.sh   -> prints `export SLUICE_TEST_CLIENTS_PYTHON=...`,
+#                                 `export SLUICE_TEST_NODE_PATH=...` and
+#                                 `export SLUICE_TEST_PGJDBC_JAR=...`
 set -euo pipefail
 CACHE=${SLUICE_INFRA_CACHE:-$HOME/.cache/sluice-infra}
 VENV=$CACHE/clients-venv
@@ -19,11 +22,20 @@ if [ "$(cat "$VENV/.sluice-clients" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" >"$VENV/.sluice-clients"
 fi
 NODE_DIR=$CACHE/node-clients
-if [ ! -f "$NODE_DIR/node_modules/pg/package.json" ]; then
+if [ ! -f "$NODE_DIR/node_modules/pg/package.json" ] || [ ! -f "$NODE_DIR/node_modules/postgres/package.json" ]; then
   command -v npm >/dev/null 2>&1 || { echo "node-postgres needs Node.js and npm" >&2; exit 1; }
-  echo "installing node-postgres into $NODE_DIR" >&2
+  echo "installing node-postgres and postgres.js into $NODE_DIR" >&2
   mkdir -p "$NODE_DIR"
-  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" 'pg@8' >&2)
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" 'pg@8' 'postgres@3' >&2)
+fi
+# pgjdbc from Debian's package, run by a JDK's single-file source launcher.
+JAR=/usr/share/java/postgresql.jar
+if [ ! -f "$JAR" ] || ! command -v javac >/dev/null 2>&1; then
+  echo "installing pgjdbc (libpostgresql-jdbc-java) and a JDK" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >&2 ||
+    { apt-get update -qq >&2 && apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >&2; }
 fi
 echo "export SLUICE_TEST_CLIENTS_PYTHON=$VENV/bin/python"
+echo "export SLUICE_TEST_PGJDBC_JAR=$JAR"
 echo "export SLUICE_TEST_NODE_PATH=$NODE_DIR/node_modules"

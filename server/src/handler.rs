@@ -57,9 +57,11 @@ pub struct SqlParser {
 impl SqlParser {
     /// The compatibility parser's rewrite rules, except that subqueries in
     /// select lists are left alone (it would replace correlated ones with
-    /// NULL and add `LIMIT 1` to the rest).
+    /// NULL and add `LIMIT 1` to the rest) and array literals are read
+    /// first (it would keep their quotes).
     fn compat_rewrite(&self, mut s: ast::Statement) -> ast::Statement {
         sluice_engine::parser::hide_select_list_subqueries(&mut s);
+        sluice_engine::parser::read_array_literals(&mut s);
         let mut s = self.compat.rewrite(s);
         sluice_engine::parser::restore_select_list_subqueries(&mut s);
         s

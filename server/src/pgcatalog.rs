@@ -10,7 +10,9 @@
 //!   `int2vector`, here a list of smallints): the library serves rows
 //!   exported from a Postgres' own system catalog with those columns as
 //!   text, which `unnest(indkey)` in SQLAlchemy's reflection cannot take.
-//!   Sluice has no indexes.
+//!   Sluice has no indexes;
+//! - `pg_proc`'s argument vectors are arrays (oids, names, modes), so
+//!   `proargtypes::regtype[]` in pgcli's function list casts.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -55,9 +57,15 @@ impl SchemaProvider for PgCatalog {
             return Ok(None);
         };
         Ok(Some(match name {
-            "pg_class" => Arc::new(PgClass {
+            "pg_class" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
+                kind: Correction::PgClass,
+            }),
+            "pg_proc" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::PgProc,
             }),
             "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
             _ => table,
@@ -84,17 +92,30 @@ fn pg_index_schema(library: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// `pg_class` with `relkind` `m` for materialized views.
+/// A library table with Sluice's corrections, read whole at each scan
+/// (catalog tables are small).
 #[derive(Debug)]
-struct PgClass {
+struct Corrected {
     inner: Arc<dyn TableProvider>,
     engine: Engine,
+    kind: Correction,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Correction {
+    /// `relkind` `m` for materialized views; `relacl`, `reloptions`.
+    PgClass,
+    /// The argument vectors as arrays (the library has them as text).
+    PgProc,
 }
 
 #[async_trait]
-impl TableProvider for PgClass {
+impl TableProvider for Corrected {
     fn schema(&self) -> SchemaRef {
-        pg_class_schema(&self.inner.schema())
+        match self.kind {
+            Correction::PgClass => pg_class_schema(&self.inner.schema()),
+            Correction::PgProc => pg_proc_schema(&self.inner.schema()),
+        }
     }
 
     fn table_type(&self) -> TableType {
@@ -108,25 +129,107 @@ impl TableProvider for PgClass {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let views: HashSet<String> = self
-            .engine
-            .objects()
-            .await
-            .into_iter()
-            .filter(|e| e.kind == sluice_engine::catalog::ObjectKind::MaterializedView)
-            .map(|e| e.name)
-            .collect();
         let whole = self.inner.scan(state, None, &[], None).await?;
         let batches = sluice_engine::datafusion::physical_plan::collect(whole, state.task_ctx()).await?;
         let schema = self.schema();
-        let batches = batches
-            .into_iter()
-            .map(|b| complete_pg_class(mark_materialized_views(b, &views)?, &schema))
-            .collect::<Result<Vec<_>>>()?;
+        let batches = match self.kind {
+            Correction::PgClass => {
+                let views: HashSet<String> = self
+                    .engine
+                    .objects()
+                    .await
+                    .into_iter()
+                    .filter(|e| e.kind == sluice_engine::catalog::ObjectKind::MaterializedView)
+                    .map(|e| e.name)
+                    .collect();
+                batches
+                    .into_iter()
+                    .map(|b| complete_pg_class(mark_materialized_views(b, &views)?, &schema))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Correction::PgProc => batches
+                .into_iter()
+                .map(|b| typed_vectors(b, &schema))
+                .collect::<Result<Vec<_>>>()?,
+        };
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// pg_proc's vector columns and their element types: the library keeps
+/// them as text (`2276 25`, `[1034, 26]`, `['acl', 'grantor']`), which
+/// `proargtypes::regtype[]` (pgcli's function list) cannot cast.
+const PG_PROC_VECTORS: [(&str, DataType); 4] = [
+    ("proargtypes", DataType::Int32),
+    ("proallargtypes", DataType::Int32),
+    ("proargnames", DataType::Utf8),
+    ("proargmodes", DataType::Utf8),
+];
+
+fn pg_proc_schema(library: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = library
+        .fields()
+        .iter()
+        .map(|f| match PG_PROC_VECTORS.iter().find(|(n, _)| n == f.name()) {
+            Some((_, t)) if f.data_type() == &DataType::Utf8 => Field::new(
+                f.name(),
+                DataType::List(Arc::new(Field::new("item", t.clone(), true))),
+                f.is_nullable() || f.name() != "proargtypes",
+            ),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, library.metadata().clone()))
+}
+
+/// The text vectors of `batch` parsed into the lists of `schema`: numbers
+/// for oid vectors, quoted strings for name and mode arrays. An empty text
+/// is an empty `proargtypes` and NULL elsewhere, as Postgres has them.
+fn typed_vectors(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    use arrow::array::{Int32Builder, ListBuilder, StringBuilder};
+    let mut columns = batch.columns().to_vec();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let Some(text) = columns[i].as_any().downcast_ref::<StringArray>() else {
+            continue;
+        };
+        let DataType::List(item) = field.data_type() else {
+            continue;
+        };
+        let empty_is_null = field.name() != "proargtypes";
+        let column: arrow::array::ArrayRef = if item.data_type() == &DataType::Int32 {
+            let mut b = ListBuilder::new(Int32Builder::new()).with_field(item.clone());
+            for v in text.iter() {
+                match v.map(str::trim) {
+                    Some(t) if !(t.is_empty() && empty_is_null) => {
+                        for n in t.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()) {
+                            b.values().append_option(n.parse::<i32>().ok());
+                        }
+                        b.append(true);
+                    }
+                    _ => b.append(false),
+                }
+            }
+            Arc::new(b.finish())
+        } else {
+            let mut b = ListBuilder::new(StringBuilder::new()).with_field(item.clone());
+            for v in text.iter() {
+                match v.map(str::trim) {
+                    Some(t) if !t.is_empty() => {
+                        for s in t.split('\'').skip(1).step_by(2) {
+                            b.values().append_value(s);
+                        }
+                        b.append(true);
+                    }
+                    _ => b.append(false),
+                }
+            }
+            Arc::new(b.finish())
+        };
+        columns[i] = column;
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The text-array columns of Postgres' `pg_class` the library leaves out.

@@ -1,5 +1,5 @@
 //! Postgres client libraries (psycopg 3, psycopg2, SQLAlchemy 2, pandas,
-//! asyncpg; node-postgres) against the real binary, through scripts that use
+//! asyncpg; node-postgres; pgjdbc) against the real binary, through scripts that use
 //! them as their users do. The libraries come from
 //! `scripts/infra/clients.sh`, which the test script runs.
 
@@ -33,9 +33,10 @@ fn python_clients_connect_query_and_see_postgres_names() {
 }
 
 #[test]
-fn node_postgres_queries_with_parameters_and_arrays() {
-    let node_path = std::env::var("SLUICE_TEST_NODE_PATH")
-        .expect("needs node-postgres: run ./scripts/test.sh, or eval \"$(scripts/infra/clients.sh)\"");
+fn node_postgres_and_postgres_js_query_with_parameters_and_arrays() {
+    let node_path = std::env::var("SLUICE_TEST_NODE_PATH").expect(
+        "needs node-postgres and postgres.js: run ./scripts/test.sh, or eval \"$(scripts/infra/clients.sh)\"",
+    );
     let dir = tempfile::tempdir().unwrap();
     let p = SluiceProcess::start(&dir.path().join("data"));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_clients.js");
@@ -51,5 +52,28 @@ fn node_postgres_queries_with_parameters_and_arrays() {
         out.status.success(),
         "node-postgres checks failed:\n{stdout}\n{stderr}"
     );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}
+
+#[test]
+fn pgjdbc_connects_queries_and_reads_metadata() {
+    let jar = std::env::var("SLUICE_TEST_PGJDBC_JAR")
+        .expect("needs pgjdbc: run ./scripts/test.sh, or eval \"$(scripts/infra/clients.sh)\"");
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(&dir.path().join("data"));
+    let table = dir.path().join("lake/jdbc");
+    std::fs::create_dir_all(&table).unwrap();
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
+    let out = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(&jar)
+        .arg(&program)
+        .arg(p.port.to_string())
+        .arg(&table)
+        .output()
+        .expect("running java (install a JDK)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgjdbc checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("0 failed"), "{stdout}");
 }

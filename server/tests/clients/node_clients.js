@@ -1,4 +1,5 @@
-// node-postgres against a running Sluice, as its users use it.
+// node-postgres and postgres.js against a running Sluice, as their users
+// use them.
 // Run by server/tests/clients.rs with the modules scripts/infra/clients.sh
 // installs:  node node_clients.js <port>
 // Every check runs; exits non-zero when any failed, naming it.
@@ -43,6 +44,24 @@ async function check(name, f) {
     assert.strictEqual(r.rows[0].t.getMilliseconds(), 250);
   });
   await c.end();
+  // postgres.js: tagged templates, parameters always sent with types.
+  const postgres = require('postgres');
+  const sql = postgres({ host: '127.0.0.1', port, user: 'sluice', password: 'sluice', database: 'sluice' });
+  await check('postgres.js: a query, names and exact numerics', async () => {
+    const r = await sql`SELECT count(*) AS n, 0.1 + 0.2 AS d FROM (VALUES (1), (2)) AS t(x)`;
+    assert.deepStrictEqual([...r], [{ n: '2', d: '0.3' }]);
+  });
+  await check('postgres.js: an array parameter gives the right rows (= ANY(${array}))', async () => {
+    const regions = ['north', 'east'];
+    const r = await sql`SELECT r FROM (VALUES ('north'), ('east'), ('west')) AS t(r) WHERE r = ANY(${regions}) ORDER BY r`;
+    assert.deepStrictEqual(r.map((x) => x.r), ['east', 'north']);
+  });
+  await check('postgres.js: an error has its SQLSTATE and the connection goes on', async () => {
+    await assert.rejects(sql`SELECT * FROM no_such_table`, (e) => e.code === '42P01');
+    const r = await sql`SELECT ${'x'} AS s`;
+    assert.strictEqual(r[0].s, 'x');
+  });
+  await sql.end();
   console.log(`${failed.length} failed` + (failed.length ? ': ' + failed.join('; ') : ''));
   process.exit(failed.length ? 1 : 0);
 })();
