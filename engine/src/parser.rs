@@ -696,6 +696,10 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
             }
             return ControlFlow::Continue(());
         }
+        if let Some(named) = regtype_names(e) {
+            *e = named;
+            return ControlFlow::Continue(());
+        }
         if let SqlExpr::Cast { expr, data_type, .. } = e {
             let to = match data_type {
                 SqlType::JSON => crate::types::PgType::Json,
@@ -718,6 +722,72 @@ pub fn rewrite_pg_types(statement: &mut Statement) -> Result<()> {
         ControlFlow::Break(e) => Err(syntax(e)),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// `x::regtype::text` is the type's name in Postgres (pgcli reads column
+/// types so); datafusion-pg-catalog's `regtype` is the oid, so the text
+/// would be a number. It becomes `format_type(x, NULL)`. In a cast to
+/// `text[]`, each `y::regtype[]` inside (pgcli's function arguments,
+/// `COALESCE(a::regtype[], b::regtype[])::text[]`) becomes
+/// `format_types(y)`, the names of an array of oids.
+fn regtype_names(e: &mut SqlExpr) -> Option<SqlExpr> {
+    use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as SqlType};
+    fn is_regtype(t: &SqlType) -> bool {
+        matches!(t, SqlType::Custom(n, _) if n.to_string().eq_ignore_ascii_case("regtype")
+            || n.to_string().eq_ignore_ascii_case("pg_catalog.regtype"))
+    }
+    fn is_text(t: &SqlType) -> bool {
+        matches!(t, SqlType::Text | SqlType::Varchar(_) | SqlType::String(_))
+            || matches!(t, SqlType::Custom(n, _) if n.to_string().eq_ignore_ascii_case("name"))
+    }
+    fn element(t: &SqlType) -> Option<&SqlType> {
+        match t {
+            SqlType::Array(ArrayElemTypeDef::SquareBracket(t, _) | ArrayElemTypeDef::AngleBracket(t)) => {
+                Some(t)
+            }
+            _ => None,
+        }
+    }
+    let call = |text: String| {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+            .ok()
+    };
+    let SqlExpr::Cast { expr, data_type, .. } = e else {
+        return None;
+    };
+    if is_text(data_type)
+        && let SqlExpr::Cast {
+            expr: inner,
+            data_type: inner_type,
+            ..
+        } = expr.as_ref()
+        && is_regtype(inner_type)
+    {
+        return call(format!("format_type({inner}, NULL)"));
+    }
+    if element(data_type).is_some_and(is_text) {
+        let mut changed = false;
+        let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(expr.as_mut(), |x| {
+            if let SqlExpr::Cast {
+                expr: y,
+                data_type: t,
+                ..
+            } = x
+                && element(t).is_some_and(is_regtype)
+                && let Some(names) = call(format!("format_types({y})"))
+            {
+                *x = names;
+                changed = true;
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        if changed {
+            return Some(e.clone());
+        }
+    }
+    None
 }
 
 /// Runs an expression rewrite after each expression is visited (as

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once) the Postgres client libraries the client-compatibility
 # tests drive against the real server: psycopg 3, psycopg2, asyncpg,
-# SQLAlchemy 2 and pandas, in a venv of their own, node-postgres and
+# SQLAlchemy 2, pandas and pgcli, in a venv of their own, node-postgres and
 # postgres.js, and
 # pgjdbc (Debian's package, with a JDK to run the test program).
 #   scripts/infra/clients.sh   -> prints `export SLUICE_TEST_CLIENTS_PYTHON=...`,
@@ -11,14 +11,14 @@ set -euo pipefail
 CACHE=${SLUICE_INFRA_CACHE:-$HOME/.cache/sluice-infra}
 VENV=$CACHE/clients-venv
 # Bump when the list changes, so that an old venv is topped up.
-WANT=1
+WANT=2
 mkdir -p "$CACHE"
 if [ "$(cat "$VENV/.sluice-clients" 2>/dev/null)" != "$WANT" ]; then
   echo "installing Postgres client libraries into $VENV" >&2
   python3 -m venv "$VENV" >&2
   "$VENV/bin/pip" install -q \
     'SQLAlchemy>=2.0,<2.2' 'psycopg[binary]>=3.1,<3.4' 'psycopg2-binary>=2.9,<2.10' \
-    'asyncpg>=0.29,<0.33' 'pandas>=2.0,<3.2' >&2
+    'asyncpg>=0.29,<0.33' 'pandas>=2.0,<3.2' 'pgcli>=4,<5' >&2
   echo "$WANT" >"$VENV/.sluice-clients"
 fi
 NODE_DIR=$CACHE/node-clients

@@ -24,7 +24,9 @@ use sluice_engine::Engine;
 use sluice_engine::datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use sluice_engine::datafusion::datasource::{MemTable, TableType};
 use sluice_engine::datafusion::error::Result;
-use sluice_engine::datafusion::logical_expr::Expr;
+use sluice_engine::datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use sluice_engine::datafusion::physical_plan::ExecutionPlan;
 use sluice_engine::datafusion::prelude::SessionContext;
 
@@ -37,6 +39,7 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, engine: Engine) -> an
         .schema("pg_catalog")
         .ok_or_else(|| anyhow::anyhow!("pg_catalog is not installed"))?;
     catalog.register_schema("pg_catalog", Arc::new(PgCatalog { inner, engine }))?;
+    ctx.register_udf(FormatTypes::udf());
     Ok(())
 }
 
@@ -280,4 +283,70 @@ fn mark_materialized_views(batch: RecordBatch, views: &HashSet<String>) -> Resul
     let mut columns = batch.columns().to_vec();
     columns[kind] = Arc::new(marked);
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// `format_types(oids)`: the type names of an array of type oids, as
+/// `oids::regtype[]::text` gives them in Postgres (see
+/// `sluice_engine::parser`'s `regtype_names`). Each name comes from the
+/// library's `format_type`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FormatTypes {
+    signature: Signature,
+}
+
+impl FormatTypes {
+    fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(1, Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for FormatTypes {
+    fn name(&self) -> &str {
+        "format_types"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{AsArray, ListArray};
+        let rows = args.number_rows;
+        let list = args.args[0].to_array(rows)?;
+        let list = arrow::compute::cast(
+            &list,
+            &DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
+        )?;
+        let list = list.as_list::<i32>();
+        let oids = list.values().clone();
+        let format_type = datafusion_pg_catalog::pg_catalog::format_type::create_format_type_udf();
+        let n = oids.len();
+        let names = format_type.invoke_with_args(ScalarFunctionArgs {
+            args: vec![
+                ColumnarValue::Array(oids),
+                ColumnarValue::Scalar(sluice_engine::datafusion::common::ScalarValue::Int32(None)),
+            ],
+            arg_fields: vec![
+                Arc::new(Field::new("oid", DataType::Int32, true)),
+                Arc::new(Field::new("typmod", DataType::Int32, true)),
+            ],
+            number_rows: n,
+            return_field: Arc::new(Field::new("name", DataType::Utf8, true)),
+            config_options: args.config_options.clone(),
+        })?;
+        let names = arrow::compute::cast(&names.to_array(n)?, &DataType::Utf8)?;
+        let out = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Utf8, true)),
+            list.offsets().clone(),
+            names,
+            list.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }

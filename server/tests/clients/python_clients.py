@@ -241,6 +241,27 @@ def _():
     asyncio.run(go())
 
 
+@check("pgcli: its startup refresh loads tables, columns and functions for completion")
+def _():
+    from pgcli.completion_refresher import CompletionRefresher
+    from pgcli.pgcompleter import PGCompleter
+    from pgcli.pgexecute import PGExecute
+    from prompt_toolkit.document import Document
+
+    executor = PGExecute("sluice", "sluice", "sluice", "127.0.0.1", PORT, "")
+    completer = PGCompleter(smart_completion=True)
+    # Every refresher pgcli runs at startup, in its order (an exception in
+    # one stops pgcli's refresh).
+    for _name, refresh in CompletionRefresher.refreshers.items():
+        refresh(completer, executor)
+    eq(list(completer.dbmetadata["tables"]["public"]["trips"].keys()), ["id", "fare", "dt"])
+    assert "format_type" in completer.dbmetadata["functions"]["pg_catalog"]
+    texts = [c.text for c in completer.get_completions(Document("SELECT * FROM trip"), None)]
+    assert "trips" in texts, texts
+    texts = [c.text for c in completer.get_completions(Document("SELECT * FROM trips WHERE fa"), None)]
+    assert "fare" in texts, texts
+
+
 # Last: these add rows to trips, which the checks above count.
 @check("psycopg: COPY ... FROM STDIN, rows and CSV; a bad row writes nothing")
 def _():
