@@ -70,6 +70,11 @@ fn expr_name(e: &Expr) -> Option<String> {
         Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()),
         Expr::Nested(inner) | Expr::Collate { expr: inner, .. } => expr_name(inner),
         Expr::Function(f) => Some(function_name(f)),
+        // `(expr).field`: the field's name.
+        Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.last()? {
+            datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(i)) => Some(i.value.clone()),
+            _ => None,
+        },
         Expr::Cast {
             kind,
             expr,
@@ -168,8 +173,82 @@ fn type_name(t: &SqlType) -> Option<String> {
 /// `unnest(a)`) becomes `unnest(generate_series(1, array_length(a, d)))`:
 /// Sluice's arrays start at 1. In every SELECT of the statement; DataFusion
 /// unnests several items of one list in step, as Postgres runs them.
+///
+/// Also Postgres' composite field access `(expr).field`, which DataFusion's
+/// planner refuses, becomes `get_field(expr, 'field')`; and
+/// `information_schema._pg_expandarray(a)` (pgjdbc's key and index
+/// metadata), a set of `(x, n)` records, becomes
+/// `unnest(pg_expandarray(a))`.
 pub fn unnest_set_returning(statement: &mut Statement) {
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let Expr::CompoundFieldAccess { root, access_chain } = e
+            && matches!(root.as_ref(), Expr::Nested(_))
+            && let [datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))] =
+                access_chain.as_slice()
+            && let Some(call) = parse_expr(&format!(
+                "get_field({root}, '{}')",
+                field.value.replace('\'', "''")
+            ))
+        {
+            *e = call;
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
     let _ = statement.visit(&mut SetReturning);
+}
+
+/// A second unaliased select item that names the same column or reads as
+/// an earlier one (`SELECT NULL, NULL`, `SELECT a, t.a`: pgjdbc's
+/// `getProcedures`), which DataFusion refuses as a duplicate name, gets a
+/// hidden alias; the client still sees Postgres' names, from `items` (the
+/// select items taken before this runs; a column's gets its name here).
+pub fn alias_duplicates(statement: &mut Statement, items: &mut [Item]) {
+    let Statement::Query(q) = statement else { return };
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    if select.projection.len() != items.len() {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in select.projection.iter_mut().enumerate() {
+        match item {
+            SelectItem::UnnamedExpr(e) => {
+                let column = match e {
+                    Expr::Identifier(id) => Some(id.value.clone()),
+                    Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+                    _ => None,
+                };
+                let key = match &column {
+                    Some(c) => format!("column {c}"),
+                    None => e.to_string(),
+                };
+                if !seen.insert(key) {
+                    if let Some(c) = column {
+                        items[i] = Item::Column(Some(c));
+                    }
+                    let alias = datafusion::sql::sqlparser::ast::Ident::new(format!("__sluice_column_{i}"));
+                    *item = SelectItem::ExprWithAlias {
+                        expr: e.clone(),
+                        alias,
+                    };
+                }
+            }
+            SelectItem::ExprWithAlias { alias, .. } => {
+                seen.insert(alias.value.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parse_expr(text: &str) -> Option<Expr> {
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(text)
+    .and_then(|mut p| p.parse_expr())
+    .ok()
 }
 
 struct SetReturning;
@@ -186,8 +265,31 @@ impl VisitorMut for SetReturning {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
                 _ => continue,
             };
-            let Expr::Function(f) = e else { continue };
+            // `(_pg_expandarray(a)).n` is `get_field(_pg_expandarray(a), 'n')`
+            // by now.
+            let set_returning = |f: &Function| {
+                matches!(
+                    function_name(f).as_str(),
+                    "generate_series" | "generate_subscripts" | "_pg_expandarray"
+                )
+            };
+            let f = match e {
+                Expr::Function(f) if set_returning(f) => f,
+                _ => {
+                    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(e, |x| {
+                        if let Expr::Function(f) = x
+                            && function_name(f) == "_pg_expandarray"
+                            && let Some(call) = parse_expr(&format!("unnest(pg_expandarray({}))", f.args))
+                        {
+                            *x = call;
+                        }
+                        std::ops::ControlFlow::<()>::Continue(())
+                    });
+                    continue;
+                }
+            };
             let text = match function_name(f).as_str() {
+                "_pg_expandarray" => format!("unnest(pg_expandarray({}))", f.args),
                 "generate_series" => format!("unnest({e})"),
                 "generate_subscripts" => {
                     let FunctionArguments::List(list) = &f.args else {

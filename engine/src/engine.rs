@@ -231,6 +231,7 @@ impl Engine {
         template.register_udf(crate::functions::PgFormat::udf());
         template.register_udf(crate::functions::PgSleep::udf());
         template.register_udf(crate::functions::PgSizePretty::udf());
+        template.register_udf(crate::functions::PgExpandArray::udf());
         for f in crate::functions::FixedAnswer::udfs() {
             template.register_udf(f);
         }
@@ -1180,8 +1181,11 @@ impl Session {
         let mut statement = statement;
         let items = match &mut statement {
             DFStatement::Statement(s) => {
-                let items = crate::colnames::select_items(s);
+                let mut items = crate::colnames::select_items(s);
                 crate::colnames::unnest_set_returning(s);
+                if let Some(items) = items.as_mut() {
+                    crate::colnames::alias_duplicates(s, items);
+                }
                 items
             }
             _ => None,

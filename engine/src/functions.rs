@@ -777,6 +777,84 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 }
 
+/// `pg_expandarray(a)`: the elements of a one-dimensional array with
+/// their 1-based positions, as a list of `(x, n)` structs; unnested, the
+/// rows of Postgres' `information_schema._pg_expandarray(a)`, which
+/// pgjdbc's `getPrimaryKeys` and `getIndexInfo` read (see
+/// [`crate::colnames::unnest_set_returning`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgExpandArray {
+    signature: Signature,
+}
+
+impl PgExpandArray {
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+
+    fn item(element: &DataType) -> arrow::datatypes::FieldRef {
+        use arrow::datatypes::{Field, Fields};
+        let fields = Fields::from(vec![
+            Field::new("x", element.clone(), true),
+            Field::new("n", DataType::Int32, false),
+        ]);
+        Arc::new(Field::new("item", DataType::Struct(fields), true))
+    }
+}
+
+impl ScalarUDFImpl for PgExpandArray {
+    fn name(&self) -> &str {
+        "pg_expandarray"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match &args[0] {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                Ok(DataType::List(Self::item(f.data_type())))
+            }
+            DataType::Null => Ok(DataType::List(Self::item(&DataType::Null))),
+            other => datafusion::common::plan_err!("pg_expandarray of {other}, not an array"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{AsArray, Int32Array, ListArray, StructArray};
+        let rows = args.number_rows;
+        let input = args.args[0].to_array(rows)?;
+        let DataType::List(item) = args.return_field.data_type() else {
+            return datafusion::common::exec_err!("pg_expandarray returns a list");
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return datafusion::common::exec_err!("pg_expandarray returns structs");
+        };
+        let element = fields[0].data_type().clone();
+        let list = arrow::compute::cast(
+            &input,
+            &DataType::List(Arc::new(arrow::datatypes::Field::new("item", element, true))),
+        )?;
+        let list = list.as_list::<i32>();
+        let mut positions = Vec::with_capacity(list.values().len());
+        for w in list.offsets().windows(2) {
+            positions.extend(1..=(w[1] - w[0]));
+        }
+        let offsets = list.offsets().clone();
+        let first = offsets[0] as usize;
+        let len = *offsets.last().expect("offsets") as usize - first;
+        let values = list.values().slice(first, len);
+        let positions = Int32Array::from(positions);
+        let structs = StructArray::try_new(fields.clone(), vec![values, Arc::new(positions)], None)?;
+        let offsets = arrow::buffer::OffsetBuffer::new(offsets.iter().map(|o| o - offsets[0]).collect());
+        let out = ListArray::try_new(item.clone(), offsets, Arc::new(structs), list.nulls().cloned())?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::chrono_template;

@@ -836,6 +836,30 @@ pub fn read_array_literals(statement: &mut datafusion::sql::sqlparser::ast::Stat
     });
 }
 
+/// `'array_in'::regproc` stays the name: pg_catalog keeps functions by
+/// name (`pg_type.typinput` is text), so it compares as it is (pgjdbc's
+/// `getTypeInfo`, Npgsql's type loading). Run before datafusion-pg-catalog's
+/// rewrite, which would look the name up as an oid.
+pub fn keep_regproc_names(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{DataType as SqlType, Value};
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let SqlExpr::Cast {
+            expr,
+            data_type: SqlType::Custom(name, _),
+            ..
+        } = e
+            && matches!(
+                name.to_string().to_ascii_lowercase().as_str(),
+                "regproc" | "pg_catalog.regproc"
+            )
+            && matches!(expr.as_ref(), SqlExpr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)))
+        {
+            *e = (**expr).clone();
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// The elements of a one-dimensional Postgres array literal (`{a,"b c",NULL}`).
 fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
     let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;

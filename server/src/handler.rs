@@ -62,6 +62,7 @@ impl SqlParser {
     fn compat_rewrite(&self, mut s: ast::Statement) -> ast::Statement {
         sluice_engine::parser::hide_select_list_subqueries(&mut s);
         sluice_engine::parser::read_array_literals(&mut s);
+        sluice_engine::parser::keep_regproc_names(&mut s);
         let mut s = self.compat.rewrite(s);
         sluice_engine::parser::restore_select_list_subqueries(&mut s);
         s

@@ -11,8 +11,11 @@
 //!   exported from a Postgres' own system catalog with those columns as
 //!   text, which `unnest(indkey)` in SQLAlchemy's reflection cannot take.
 //!   Sluice has no indexes;
-//! - `pg_proc`'s argument vectors are arrays (oids, names, modes), so
-//!   `proargtypes::regtype[]` in pgcli's function list casts.
+//! - `pg_proc`'s argument vectors and `pg_constraint`'s key vectors are
+//!   arrays, so `proargtypes::regtype[]` in pgcli's function list casts and
+//!   `conkey[i]` in pgjdbc's key metadata indexes;
+//! - `pg_settings` has the settings fixed when Postgres is built
+//!   (`max_index_keys`, which pgjdbc reads before key metadata).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -65,10 +68,20 @@ impl SchemaProvider for PgCatalog {
                 engine: self.engine.clone(),
                 kind: Correction::PgClass,
             }),
+            "pg_settings" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::PgSettings,
+            }),
+            "pg_constraint" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::Vectors(PG_CONSTRAINT_VECTORS),
+            }),
             "pg_proc" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
-                kind: Correction::PgProc,
+                kind: Correction::Vectors(PG_PROC_VECTORS),
             }),
             "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
             _ => table,
@@ -108,8 +121,11 @@ struct Corrected {
 enum Correction {
     /// `relkind` `m` for materialized views; `relacl`, `reloptions`.
     PgClass,
-    /// The argument vectors as arrays (the library has them as text).
-    PgProc,
+    /// Vector columns as arrays (the library has them as text).
+    Vectors(&'static [(&'static str, Elem)]),
+    /// Postgres' fixed settings, which clients read (pgjdbc reads
+    /// `max_index_keys` before any key or index metadata).
+    PgSettings,
 }
 
 #[async_trait]
@@ -117,7 +133,8 @@ impl TableProvider for Corrected {
     fn schema(&self) -> SchemaRef {
         match self.kind {
             Correction::PgClass => pg_class_schema(&self.inner.schema()),
-            Correction::PgProc => pg_proc_schema(&self.inner.schema()),
+            Correction::Vectors(v) => vectors_schema(&self.inner.schema(), v),
+            Correction::PgSettings => self.inner.schema(),
         }
     }
 
@@ -150,10 +167,15 @@ impl TableProvider for Corrected {
                     .map(|b| complete_pg_class(mark_materialized_views(b, &views)?, &schema))
                     .collect::<Result<Vec<_>>>()?
             }
-            Correction::PgProc => batches
+            Correction::Vectors(_) => batches
                 .into_iter()
                 .map(|b| typed_vectors(b, &schema))
                 .collect::<Result<Vec<_>>>()?,
+            Correction::PgSettings => {
+                let mut batches = batches;
+                batches.push(fixed_settings(&schema, &batches)?);
+                batches
+            }
         };
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
@@ -161,24 +183,126 @@ impl TableProvider for Corrected {
     }
 }
 
-/// pg_proc's vector columns and their element types: the library keeps
-/// them as text (`2276 25`, `[1034, 26]`, `['acl', 'grantor']`), which
-/// `proargtypes::regtype[]` (pgcli's function list) cannot cast.
-const PG_PROC_VECTORS: [(&str, DataType); 4] = [
-    ("proargtypes", DataType::Int32),
-    ("proallargtypes", DataType::Int32),
-    ("proargnames", DataType::Utf8),
-    ("proargmodes", DataType::Utf8),
+/// Settings fixed when Postgres is built, as Postgres 15 reports them.
+const FIXED_SETTINGS: [(&str, &str, &str); 6] = [
+    ("max_index_keys", "32", "Shows the maximum number of index keys."),
+    (
+        "max_identifier_length",
+        "63",
+        "Shows the maximum identifier length.",
+    ),
+    (
+        "max_function_args",
+        "100",
+        "Shows the maximum number of function arguments.",
+    ),
+    ("block_size", "8192", "Shows the size of a disk block."),
+    (
+        "integer_datetimes",
+        "on",
+        "Shows whether datetimes are integer based.",
+    ),
+    (
+        "server_encoding",
+        "UTF8",
+        "Shows the server (database) character set encoding.",
+    ),
 ];
 
-fn pg_proc_schema(library: &Schema) -> SchemaRef {
+/// The rows of [`FIXED_SETTINGS`] the library's `batches` lack.
+fn fixed_settings(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let have: HashSet<String> = batches
+        .iter()
+        .filter_map(|b| {
+            b.column_by_name("name")?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+        })
+        .flat_map(|a| a.iter().flatten().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let rows: Vec<_> = FIXED_SETTINGS
+        .iter()
+        .filter(|(n, _, _)| !have.contains(*n))
+        .collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| -> arrow::array::ArrayRef {
+            let value = |r: &(&str, &str, &str)| match f.name().as_str() {
+                "name" => Some(r.0.to_string()),
+                "setting" | "reset_val" | "boot_val" => Some(r.1.to_string()),
+                "short_desc" => Some(r.2.to_string()),
+                "category" => Some("Preset Options".to_string()),
+                "context" => Some("internal".to_string()),
+                "source" => Some("default".to_string()),
+                "vartype" => Some(
+                    if r.1.parse::<i64>().is_ok() {
+                        "integer"
+                    } else {
+                        "string"
+                    }
+                    .to_string(),
+                ),
+                _ => None,
+            };
+            match f.data_type() {
+                DataType::Utf8 => Arc::new(rows.iter().map(|r| value(r)).collect::<StringArray>()),
+                t => arrow::array::new_null_array(t, rows.len()),
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// An array column's element type.
+#[derive(Debug, Clone, Copy)]
+enum Elem {
+    Int16,
+    Int32,
+    Text,
+}
+
+impl Elem {
+    fn data_type(self) -> DataType {
+        match self {
+            Elem::Int16 => DataType::Int16,
+            Elem::Int32 => DataType::Int32,
+            Elem::Text => DataType::Utf8,
+        }
+    }
+}
+
+/// pg_proc's vector columns: the library keeps them as text (`2276 25`,
+/// `[1034, 26]`, `['acl', 'grantor']`), which `proargtypes::regtype[]`
+/// (pgcli's function list) cannot cast.
+const PG_PROC_VECTORS: &[(&str, Elem)] = &[
+    ("proargtypes", Elem::Int32),
+    ("proallargtypes", Elem::Int32),
+    ("proargnames", Elem::Text),
+    ("proargmodes", Elem::Text),
+];
+
+/// pg_constraint's: pgjdbc's key metadata (`getImportedKeys`) indexes
+/// `conkey[i]`.
+const PG_CONSTRAINT_VECTORS: &[(&str, Elem)] = &[
+    ("conkey", Elem::Int16),
+    ("confkey", Elem::Int16),
+    ("conpfeqop", Elem::Int32),
+    ("conppeqop", Elem::Int32),
+    ("conffeqop", Elem::Int32),
+    ("confdelsetcols", Elem::Int16),
+    ("conexclop", Elem::Int32),
+];
+
+fn vectors_schema(library: &Schema, vectors: &[(&str, Elem)]) -> SchemaRef {
     let fields: Vec<Field> = library
         .fields()
         .iter()
-        .map(|f| match PG_PROC_VECTORS.iter().find(|(n, _)| n == f.name()) {
+        .map(|f| match vectors.iter().find(|(n, _)| n == f.name()) {
             Some((_, t)) if f.data_type() == &DataType::Utf8 => Field::new(
                 f.name(),
-                DataType::List(Arc::new(Field::new("item", t.clone(), true))),
+                DataType::List(Arc::new(Field::new("item", t.data_type(), true))),
                 f.is_nullable() || f.name() != "proargtypes",
             ),
             _ => f.as_ref().clone(),
@@ -201,8 +325,9 @@ fn typed_vectors(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> 
             continue;
         };
         let empty_is_null = field.name() != "proargtypes";
-        let column: arrow::array::ArrayRef = if item.data_type() == &DataType::Int32 {
-            let mut b = ListBuilder::new(Int32Builder::new()).with_field(item.clone());
+        let column: arrow::array::ArrayRef = if item.data_type() != &DataType::Utf8 {
+            let int32 = Arc::new(Field::new("item", DataType::Int32, true));
+            let mut b = ListBuilder::new(Int32Builder::new()).with_field(int32);
             for v in text.iter() {
                 match v.map(str::trim) {
                     Some(t) if !(t.is_empty() && empty_is_null) => {
@@ -214,7 +339,7 @@ fn typed_vectors(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> 
                     _ => b.append(false),
                 }
             }
-            Arc::new(b.finish())
+            arrow::compute::cast(&b.finish(), field.data_type())?
         } else {
             let mut b = ListBuilder::new(StringBuilder::new()).with_field(item.clone());
             for v in text.iter() {

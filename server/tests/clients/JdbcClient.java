@@ -24,6 +24,14 @@ public class JdbcClient {
         }
     }
 
+    static int count(ResultSet r) throws SQLException {
+        int n = 0;
+        try (r) {
+            while (r.next()) n++;
+        }
+        return n;
+    }
+
     static void eq(Object got, Object want) {
         if (!Objects.equals(got, want)) throw new AssertionError("got " + got + ", want " + want);
     }
@@ -86,6 +94,28 @@ public class JdbcClient {
                     while (r.next()) cols.add(r.getString("COLUMN_NAME") + ":" + r.getString("TYPE_NAME"));
                 }
                 eq(cols.toString(), "[id:int8, name:text, amount:numeric]");
+            });
+            check("the metadata BI tools read at sync (DBeaver, Metabase): keys, indexes, types, procedures", c, x -> {
+                DatabaseMetaData md = x.getMetaData();
+                // Sluice has no keys or indexes: empty answers, not errors.
+                eq(count(md.getPrimaryKeys(null, "public", "jdbc_t")), 0);
+                eq(count(md.getImportedKeys(null, "public", "jdbc_t")), 0);
+                eq(count(md.getExportedKeys(null, "public", "jdbc_t")), 0);
+                eq(count(md.getIndexInfo(null, "public", "jdbc_t", false, true)), 0);
+                eq(count(md.getBestRowIdentifier(null, "public", "jdbc_t", DatabaseMetaData.bestRowSession, true)), 0);
+                List<String> types = new ArrayList<>();
+                try (ResultSet r = md.getTypeInfo()) {
+                    while (r.next()) types.add(r.getString("TYPE_NAME"));
+                }
+                for (String t : new String[] {"int8", "text", "numeric", "timestamp", "jsonb", "interval"}) {
+                    if (!types.contains(t)) throw new AssertionError("getTypeInfo lacks " + t + ": " + types);
+                }
+                // pgjdbc lists only procedures (prokind 'p') here; Sluice has
+                // none. The query used to fail on its duplicate NULL columns.
+                eq(count(md.getProcedures(null, "public", "%")), 0);
+                eq(count(md.getSchemas(null, "public")), 1);
+                eq(count(md.getCatalogs()), 1);
+                if (count(md.getTableTypes()) == 0) throw new AssertionError("getTableTypes: none");
             });
             check("an error keeps the connection usable, with its SQLSTATE", c, x -> {
                 try (Statement s = x.createStatement()) {
