@@ -836,6 +836,42 @@ pub fn read_array_literals(statement: &mut datafusion::sql::sqlparser::ast::Stat
     });
 }
 
+/// The name `current_user` takes while datafusion-pg-catalog's rewrite
+/// runs: it would rename `current_user` to `session_user`, and the column
+/// would be named so (`SELECT current_user` is `current_user` in Postgres).
+const CURRENT_USER_HIDDEN: &str = "sluice_current_user";
+
+/// Renames `current_user` to [`CURRENT_USER_HIDDEN`] (`hide`) or back;
+/// hiding also makes `current_role` a call.
+pub fn hide_current_user(statement: &mut datafusion::sql::sqlparser::ast::Statement, hide: bool) {
+    use datafusion::sql::sqlparser::ast::Ident;
+    let (from, to) = if hide {
+        ("current_user", CURRENT_USER_HIDDEN)
+    } else {
+        (CURRENT_USER_HIDDEN, "current_user")
+    };
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let SqlExpr::Function(f) = e
+            && f.name.0.len() == 1
+            && f.name.to_string().eq_ignore_ascii_case(from)
+        {
+            f.name = ObjectName::from(vec![Ident::new(to)]);
+        }
+        // `current_role`, which the SQL parser reads as a column name.
+        if hide
+            && let SqlExpr::Identifier(i) = e
+            && i.quote_style.is_none()
+            && i.value.eq_ignore_ascii_case("current_role")
+            && let Ok(call) = Parser::new(&PostgreSqlDialect {})
+                .try_with_sql("current_role()")
+                .and_then(|mut p| p.parse_expr())
+        {
+            *e = call;
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// `'array_in'::regproc` stays the name: pg_catalog keeps functions by
 /// name (`pg_type.typinput` is text), so it compares as it is (pgjdbc's
 /// `getTypeInfo`, Npgsql's type loading). Run before datafusion-pg-catalog's

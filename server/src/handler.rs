@@ -63,7 +63,9 @@ impl SqlParser {
         sluice_engine::parser::hide_select_list_subqueries(&mut s);
         sluice_engine::parser::read_array_literals(&mut s);
         sluice_engine::parser::keep_regproc_names(&mut s);
+        sluice_engine::parser::hide_current_user(&mut s, true);
         let mut s = self.compat.rewrite(s);
+        sluice_engine::parser::hide_current_user(&mut s, false);
         sluice_engine::parser::restore_select_list_subqueries(&mut s);
         s
     }

@@ -69,6 +69,9 @@ def _():
         eq(c.execute("SELECT current_setting('application_name')").fetchone()[0], "clients-test")
         eq(c.execute("SELECT current_user").fetchone()[0], "sluice")
         eq(c.execute("SELECT session_user").fetchone()[0], "sluice")
+        cur = c.execute("SELECT current_user, session_user, current_role")
+        eq([d.name for d in cur.description], ["current_user", "session_user", "current_role"])
+        eq(cur.fetchone(), ("sluice", "sluice", "sluice"))
 
 
 @check("psycopg: unaliased columns are named as Postgres names them")
