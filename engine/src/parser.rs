@@ -1453,36 +1453,35 @@ fn copies_to_stdout(parser: &Parser) -> bool {
             n += 1;
         }
     } else {
-        // A (possibly qualified) table name.
-        loop {
-            match parser.peek_nth_token(n).token {
-                Token::Word(_) => n += 1,
-                _ => return false,
-            }
-            if parser.peek_nth_token(n).token == Token::Period {
-                n += 1;
-            } else {
-                break;
-            }
+        match skip_table_name(parser, n) {
+            Some(after) => n = after,
+            None => return false,
         }
     }
     peek_word(parser, n).as_deref() == Some("TO") && peek_word(parser, n + 1).as_deref() == Some("STDOUT")
 }
 
-/// `COPY name [(a, b)] FROM STDIN`.
-fn copies_from_stdin(parser: &Parser) -> bool {
-    let mut n = 1;
+/// The token after a (possibly qualified) table name starting at token
+/// `n`, or None if none starts there.
+fn skip_table_name(parser: &Parser, mut n: usize) -> Option<usize> {
     loop {
         match parser.peek_nth_token(n).token {
             Token::Word(_) => n += 1,
-            _ => return false,
+            _ => return None,
         }
         if parser.peek_nth_token(n).token == Token::Period {
             n += 1;
         } else {
-            break;
+            return Some(n);
         }
     }
+}
+
+/// `COPY name [(a, b)] FROM STDIN`.
+fn copies_from_stdin(parser: &Parser) -> bool {
+    let Some(mut n) = skip_table_name(parser, 1) else {
+        return false;
+    };
     if parser.peek_nth_token(n).token == Token::LParen {
         while !matches!(parser.peek_nth_token(n).token, Token::RParen | Token::EOF) {
             n += 1;
