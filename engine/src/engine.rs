@@ -2284,11 +2284,7 @@ fn declared_schema(columns: &[ast::ColumnDef], metadata: &BTreeMap<String, Strin
             .options
             .iter()
             .any(|o| matches!(o.option, ast::ColumnOption::NotNull));
-        let name = if c.name.quote_style.is_some() {
-            c.name.value.clone()
-        } else {
-            c.name.value.to_ascii_lowercase()
-        };
+        let name = crate::parser::column_name(&c.name);
         if fields.iter().any(|f: &Field| f.name() == &name) {
             return Err(SluiceError::new(
                 ErrorKind::DuplicateObject,

@@ -1269,7 +1269,7 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             let mut columns = Vec::new();
             if df.parser.consume_token(&Token::LParen) {
                 loop {
-                    columns.push(normalize_ident(df.parser.parse_identifier().map_err(syntax)?));
+                    columns.push(column_name(&df.parser.parse_identifier().map_err(syntax)?));
                     if !df.parser.consume_token(&Token::Comma) {
                         break;
                     }
@@ -1491,14 +1491,6 @@ fn copies_from_stdin(parser: &Parser) -> bool {
     peek_word(parser, n).as_deref() == Some("FROM") && peek_word(parser, n + 1).as_deref() == Some("STDIN")
 }
 
-fn normalize_ident(i: datafusion::sql::sqlparser::ast::Ident) -> String {
-    if i.quote_style.is_some() {
-        i.value
-    } else {
-        i.value.to_lowercase()
-    }
-}
-
 /// `WITH (FORMAT csv, HEADER, DELIMITER ',', NULL '')` or the older
 /// `[WITH] CSV [HEADER]` / `DELIMITER [AS] 'x'` / `NULL [AS] 'x'` words.
 fn parse_copy_options(parser: &mut Parser) -> Result<CopyOptions> {
@@ -1655,12 +1647,7 @@ fn parse_create_stream(parser: &mut Parser) -> Result<CreateStream> {
                         ),
                     ));
                 }
-                let col = parser.parse_identifier().map_err(syntax)?;
-                let col = if col.quote_style.is_some() {
-                    col.value
-                } else {
-                    col.value.to_ascii_lowercase()
-                };
+                let col = column_name(&parser.parse_identifier().map_err(syntax)?);
                 if !parser.parse_keyword(Keyword::AS) {
                     return Err(SluiceError::new(
                         ErrorKind::Syntax,
