@@ -61,6 +61,49 @@ def java_child():
     raise RuntimeError("no JVM child found")
 
 
+class PsqlSession:
+    """One psql process on one connection, for polling a server while it is
+    measured. A psql per poll (a process start and a SCRAM login, ~50 ms of
+    CPU every 20 ms) took most of a core of the two the server under test
+    had, and made its figures depend on how the scheduler shared the cores."""
+
+    END = "__sluice_bench_end__"
+
+    def __init__(self, port):
+        self.proc = subprocess.Popen(
+            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "sluice", "-X", "-tA", "-q"],
+            env=dict(os.environ, PGPASSWORD="sluice"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
+
+    def sql(self, statement):
+        """The rows of one statement, split on |."""
+        self.proc.stdin.write(statement.rstrip().rstrip(";") + ";\n\\echo " + self.END + "\n")
+        self.proc.stdin.flush()
+        rows = []
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line == self.END:
+                return rows
+            if line:
+                rows.append(line.split("|"))
+        raise RuntimeError(f"psql ended (exit {self.proc.wait()}) running: {statement}")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def wait_job(session, name):
+    """Waits, polling `session` (a PsqlSession), for a job to end; its status."""
+    while True:
+        status = {r[2] for r in session.sql("SHOW JOBS") if r[0] == name}
+        if not status:
+            raise RuntimeError(f"no job named {name} (did its statement fail?)")
+        if status & {"finished", "failed"}:
+            return "failed" if "failed" in status else "finished"
+        time.sleep(0.02)
+
+
 class Sluice:
     """A fresh Sluice server in a temporary data directory, for one `with`.
 
@@ -107,11 +150,11 @@ class Sluice:
 
     def wait_job(self, name):
         """Waits for a job to end; its status."""
-        while True:
-            status = {r[2] for r in self.sql("SHOW JOBS") if r[0] == name}
-            if status & {"finished", "failed"}:
-                return "failed" if "failed" in status else "finished"
-            time.sleep(0.02)
+        session = PsqlSession(self.port)
+        try:
+            return wait_job(session, name)
+        finally:
+            session.close()
 
     def source_rows(self, name):
         """Rows out of a job's source operators (SHOW JOBS)."""

@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import free_port
+from benchlib import PsqlSession, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/sluice-target-release"))
@@ -103,10 +103,11 @@ def stream(name, events, rate):
             f"'nexmark.base.time' = '1700000000000')")
 
 
-def job_rows(server, job):
-    """(status, rows into its aggregate, state rows) of a job."""
+def job_rows(server, job, session=None):
+    """(status, rows into its aggregate, state rows) of a job; polled through
+    `session` (a PsqlSession) when given."""
     status, agg_rows, state = None, 0, 0
-    for r in server.sql("SHOW JOBS"):
+    for r in (session or server).sql("SHOW JOBS"):
         if r[0] != job:
             continue
         status = r[2]
@@ -122,11 +123,15 @@ def throughput(server, n, query, events, interval):
     started = time.time()
     server.sql(f"SET streaming.checkpoint_interval = '{interval}'",
                f"CREATE SINK {j} WITH (connector = 'blackhole') AS {query.replace('FROM bid', f'FROM {s}').replace('(bid,', f'({s},')}")
-    while True:
-        status, _, _ = job_rows(server, j)
-        if status in ("finished", "failed"):
-            break
-        time.sleep(0.02)
+    session = PsqlSession(server.port)
+    try:
+        while True:
+            status, _, _ = job_rows(server, j, session)
+            if status in ("finished", "failed"):
+                break
+            time.sleep(0.02)
+    finally:
+        session.close()
     secs = time.time() - started
     assert status == "finished", status
     taken = sum(1 for r in server.sql("SHOW CHECKPOINTS") if r[0] == j and r[2] == "completed")

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import free_port, psql
+from benchlib import PsqlSession, free_port, psql, wait_job
 
 CASES = [
     ("q0 passthrough", "SELECT auction, bidder, price, date_time, extra FROM bid"),
@@ -68,15 +68,15 @@ def run_once(binary, query, events):
             psql(port, "CREATE STREAM bid WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
                        f"'events.max' = '{events}', 'events.per.second' = '0', "
                        "'nexmark.base.time' = '1700000000000')")
-            started = time.time()
-            psql(port, f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
-            while True:
-                status = {r[2] for r in psql(port, "SHOW JOBS") if r[0] == "out"}
-                if status & {"finished", "failed"}:
-                    break
-                time.sleep(0.02)
-            secs = time.time() - started
-            if "failed" in status:
+            session = PsqlSession(port)
+            try:
+                started = time.time()
+                session.sql(f"CREATE SINK out WITH (connector = 'blackhole') AS {query}")
+                status = wait_job(session, "out")
+                secs = time.time() - started
+            finally:
+                session.close()
+            if status == "failed":
                 raise RuntimeError(f"job failed: {query}")
             return events / secs, peak_rss_mib(proc.pid)
         finally:
