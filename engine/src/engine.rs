@@ -813,10 +813,13 @@ impl Prepared {
     }
 }
 
-/// Types of parameters DataFusion leaves open in `x = ANY($1)` (planned
-/// as `array_has($1, x)`): a list of `x`'s type. Without one, a client that
-/// sends the array as text (node-postgres: `{"north","east"}`) would have
-/// it read as one string, and the query would silently match nothing.
+/// Types of parameters DataFusion leaves open:
+/// - in `x = ANY($1)` (planned as `array_has($1, x)`): a list of `x`'s
+///   type. Without one, a client that sends the array as text
+///   (node-postgres: `{"north","east"}`) would have it read as one string,
+///   and the query would silently match nothing.
+/// - in `$1::bigint`: the cast's type, as Postgres infers it (pgx prepares
+///   the statement and encodes its parameters by the types it is told).
 fn any_parameter_types(plan: &LogicalPlan) -> Vec<(String, DataType)> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -829,6 +832,12 @@ fn any_parameter_types(plan: &LogicalPlan) -> Vec<(String, DataType)> {
         let schema = input.schema().clone();
         node.apply_expressions(|e| {
             e.apply(|e| {
+                if let Expr::Cast(datafusion::logical_expr::Cast { expr, field })
+                | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) = e
+                    && let Expr::Placeholder(p) = expr.as_ref()
+                {
+                    found.push((p.id.clone(), field.data_type().clone()));
+                }
                 if let Expr::ScalarFunction(f) = e
                     && matches!(f.name(), "array_has" | "array_contains")
                     && let [Expr::Placeholder(p), x] = f.args.as_slice()

@@ -872,13 +872,59 @@ pub fn hide_current_user(statement: &mut datafusion::sql::sqlparser::ast::Statem
     });
 }
 
+/// pg_type's function columns (`typinput`, `typreceive`, ...), regproc
+/// in Postgres, held by name in pg_catalog.
+const REGPROC_COLUMNS: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+];
+
 /// `'array_in'::regproc` stays the name: pg_catalog keeps functions by
 /// name (`pg_type.typinput` is text), so it compares as it is (pgjdbc's
-/// `getTypeInfo`, Npgsql's type loading). Run before datafusion-pg-catalog's
-/// rewrite, which would look the name up as an oid.
+/// `getTypeInfo`). Run before datafusion-pg-catalog's rewrite, which would
+/// look the name up as an oid. For the same reason a join of a function's
+/// oid with such a column (`proc.oid = typ.typreceive`, Npgsql's type
+/// loading) compares the function's name.
 pub fn keep_regproc_names(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
-    use datafusion::sql::sqlparser::ast::{DataType as SqlType, Value};
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, DataType as SqlType, Ident, Value};
+    fn is_regproc_column(e: &SqlExpr) -> bool {
+        let name = match e {
+            SqlExpr::Identifier(i) => i,
+            SqlExpr::CompoundIdentifier(parts) => match parts.last() {
+                Some(i) => i,
+                None => return false,
+            },
+            _ => return false,
+        };
+        REGPROC_COLUMNS.contains(&name.value.to_ascii_lowercase().as_str())
+    }
+    /// `p.oid` becomes `p.proname`.
+    fn oid_to_proname(e: &mut SqlExpr) {
+        if let SqlExpr::CompoundIdentifier(parts) = e
+            && parts.len() == 2
+            && parts[1].value.eq_ignore_ascii_case("oid")
+        {
+            parts[1] = Ident::new("proname");
+        }
+    }
     let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = e
+        {
+            if is_regproc_column(right) {
+                oid_to_proname(left);
+            } else if is_regproc_column(left) {
+                oid_to_proname(right);
+            }
+        }
         if let SqlExpr::Cast {
             expr,
             data_type: SqlType::Custom(name, _),

@@ -3,7 +3,8 @@
 # tests drive against the real server: psycopg 3, psycopg2, asyncpg,
 # SQLAlchemy 2, pandas and pgcli, in a venv of their own, node-postgres and
 # postgres.js, and
-# pgjdbc (Debian's package, with a JDK to run the test program).
+# pgjdbc (Debian's package, with a JDK to run the test program), and Go's
+# pgx and lib/pq (Debian's packages, with the Go toolchain).
 #   scripts/infra/clients.sh   -> prints `export SLUICE_TEST_CLIENTS_PYTHON=...`,
 #                                 `export SLUICE_TEST_NODE_PATH=...` and
 #                                 `export SLUICE_TEST_PGJDBC_JAR=...`
@@ -36,6 +37,19 @@ if [ ! -f "$JAR" ] || ! command -v javac >/dev/null 2>&1; then
   apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >&2 ||
     { apt-get update -qq >&2 && apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >&2; }
 fi
+# Go's pgx (v4) and lib/pq from Debian's packaged sources, built in GOPATH
+# mode by the test (no module download).
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] ||
+  [ ! -d /usr/share/gocode/src/github.com/lib/pq ]; then
+  echo "installing Go with pgx and lib/pq (golang-go, golang-github-jackc-pgx-v4-dev, golang-github-lib-pq-dev)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  GO_PACKAGES="golang-go golang-github-jackc-pgx-v4-dev golang-github-lib-pq-dev"
+  # shellcheck disable=SC2086
+  apt-get install -y -qq $GO_PACKAGES >&2 ||
+    { apt-get update -qq >&2 && apt-get install -y -qq $GO_PACKAGES >&2; }
+fi
+echo "export SLUICE_TEST_GOPATH=/usr/share/gocode"
+echo "export SLUICE_TEST_GOCACHE=$CACHE/go-build"
 echo "export SLUICE_TEST_CLIENTS_PYTHON=$VENV/bin/python"
 echo "export SLUICE_TEST_PGJDBC_JAR=$JAR"
 echo "export SLUICE_TEST_NODE_PATH=$NODE_DIR/node_modules"

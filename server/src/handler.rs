@@ -54,6 +54,23 @@ pub struct SqlParser {
     compat: PostgresCompatibilityParser,
 }
 
+/// Client queries datafusion-pg-catalog answers with a fixed stand-in
+/// that Sluice plans for real, found by a fragment of their text
+/// (whitespace and case ignored). Grafana's search-path check became `''`
+/// there: every table was listed schema-qualified, and its column picker
+/// found no column of an unqualified table.
+const PLANNED_FOR_REAL: &[&str] =
+    &["generate_series(array_lower(string_to_array(current_setting('search_path'),','),1)"];
+
+fn planned_for_real(sql: &str) -> bool {
+    let squeezed: String = sql
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect();
+    PLANNED_FOR_REAL.iter().any(|f| squeezed.contains(f))
+}
+
 impl SqlParser {
     /// The compatibility parser's rewrite rules, except that subqueries in
     /// select lists are left alone (it would replace correlated ones with
@@ -67,6 +84,7 @@ impl SqlParser {
         let mut s = self.compat.rewrite(s);
         sluice_engine::parser::hide_current_user(&mut s, false);
         sluice_engine::parser::restore_select_list_subqueries(&mut s);
+        sluice_engine::pgrelations::postgres_relations(&mut s);
         s
     }
 
@@ -116,7 +134,7 @@ impl SqlParser {
                 // Sluice's own parse is used, keeping select-list
                 // subqueries (see `compat_rewrite`).
                 match self.compat.parse(sql) {
-                    Ok(v) if !self.replaced_whole(&v, &statements) => {
+                    Ok(v) if !self.replaced_whole(&v, &statements) || planned_for_real(sql) => {
                         Ok(statements.into_iter().map(rewrite).collect())
                     }
                     Ok(v) => Ok(v.into_iter().map(plain).collect()),

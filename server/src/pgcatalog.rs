@@ -14,6 +14,9 @@
 //! - `pg_proc`'s argument vectors and `pg_constraint`'s key vectors are
 //!   arrays, so `proargtypes::regtype[]` in pgcli's function list casts and
 //!   `conkey[i]` in pgjdbc's key metadata indexes;
+//! - the access-control lists `nspacl`, `attacl`, `typacl` and `proacl`
+//!   are (NULL) text arrays, and `pg_policy.polroles` an oid array, as
+//!   psql's `\dn+` and `\dp` read them;
 //! - `pg_settings` has the settings fixed when Postgres is built
 //!   (`max_index_keys`, which pgjdbc reads before key metadata).
 
@@ -82,6 +85,16 @@ impl SchemaProvider for PgCatalog {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::Vectors(PG_PROC_VECTORS),
+            }),
+            "pg_namespace" | "pg_attribute" | "pg_type" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::Vectors(ACL_VECTORS),
+            }),
+            "pg_policy" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::Vectors(&[("polroles", Elem::Int32)]),
             }),
             "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
             _ => table,
@@ -281,6 +294,16 @@ const PG_PROC_VECTORS: &[(&str, Elem)] = &[
     ("proallargtypes", Elem::Int32),
     ("proargnames", Elem::Text),
     ("proargmodes", Elem::Text),
+    ("proacl", Elem::Text),
+];
+
+/// Access-control lists (`aclitem[]` in Postgres; NULL here: Sluice keeps no
+/// grants per object), typed as arrays so that psql's `\dn+` and `\dp` can
+/// `array_to_string` them.
+const ACL_VECTORS: &[(&str, Elem)] = &[
+    ("nspacl", Elem::Text),
+    ("attacl", Elem::Text),
+    ("typacl", Elem::Text),
 ];
 
 /// pg_constraint's: pgjdbc's key metadata (`getImportedKeys`) indexes

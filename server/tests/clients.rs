@@ -1,5 +1,5 @@
 //! Postgres client libraries (psycopg 3, psycopg2, SQLAlchemy 2, pandas,
-//! asyncpg; node-postgres; pgjdbc) against the real binary, through scripts that use
+//! asyncpg; node-postgres, postgres.js; pgjdbc; Go's pgx and lib/pq) against the real binary, through scripts that use
 //! them as their users do. The libraries come from
 //! `scripts/infra/clients.sh`, which the test script runs.
 
@@ -75,5 +75,43 @@ fn pgjdbc_connects_queries_and_reads_metadata() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "pgjdbc checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}
+
+#[test]
+fn go_pgx_and_lib_pq_query_with_parameters_and_column_types() {
+    let gopath = std::env::var("SLUICE_TEST_GOPATH").expect(
+        "needs Go with pgx and lib/pq: run ./scripts/test.sh, or eval \"$(scripts/infra/clients.sh)\"",
+    );
+    let gocache = std::env::var("SLUICE_TEST_GOCACHE").expect("set by scripts/infra/clients.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let p = SluiceProcess::start(&dir.path().join("data"));
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/go_clients.go");
+    let built = dir.path().join("go_clients");
+    // GOPATH mode against Debian's packaged sources: nothing is downloaded.
+    let build = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&built)
+        .arg(&program)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", gocache)
+        .output()
+        .expect("running go (install golang-go)");
+    assert!(
+        build.status.success(),
+        "building the Go client failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let out = std::process::Command::new(&built)
+        .arg(p.port.to_string())
+        .output()
+        .expect("running the Go client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "Go client checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("0 failed"), "{stdout}");
 }

@@ -71,6 +71,8 @@ fn plus_forms_functions_and_tablespaces() {
         ("\\db", "pg_default"),
         ("\\df", "List of functions"),
         ("\\du", "List of roles"),
+        // Access privileges: pg_namespace.nspacl is an array, as \dn+ reads it.
+        ("\\dn+", "Access privileges"),
     ] {
         let out = p.psql(&["-c", cmd]);
         assert!(out.contains(want), "{cmd} lacks {want}:\n{out}");

@@ -305,6 +305,75 @@ def _():
         c2.close()
 
 
+REPLAY = __import__("pathlib").Path(__file__).parent / "replay"
+
+
+@check("replayed: Npgsql's type loading at connect (one batch: version, types, composite fields, enum labels)")
+def _():
+    batch = (REPLAY / "npgsql_load_types.sql").read_text()
+    with psycopg.connect(DSN, autocommit=True) as c:
+        cur = c.cursor()
+        # Several statements and no parameters: one simple query, as Npgsql sends it.
+        cur.execute(batch)
+        results = []
+        while True:
+            results.append(([d.name for d in cur.description or []], cur.fetchall()))
+            if not cur.nextset():
+                break
+    eq(len(results), 4)
+    assert results[0][1][0][0].startswith("PostgreSQL 15.0"), results[0]
+    eq(results[1][0], ["nspname", "oid", "typname", "typtype", "typnotnull", "elemtypoid"])
+    seen = {}
+    for nspname, oid, typname, typtype, typnotnull, elemtypoid in results[1][1]:
+        assert nspname and int(oid) > 0 and typname, (nspname, oid, typname)
+        assert typtype in ("b", "a", "r", "m", "e", "d", "c", "p"), (typname, typtype)
+        assert isinstance(typnotnull, bool), (typname, typnotnull)
+        if typtype == "a":
+            # Npgsql resolves an array's element among the types read before it.
+            assert elemtypoid is not None and int(elemtypoid) in seen, (typname, elemtypoid)
+        seen[int(oid)] = (typname, typtype)
+    names = {n: t for n, t in seen.values()}
+    for base in ("bool", "int4", "int8", "float8", "numeric", "text", "timestamptz", "date", "interval", "jsonb", "uuid"):
+        eq((base, names.get(base)), (base, "b"))
+    for array in ("_int4", "_int8", "_text", "_float8", "_timestamptz"):
+        eq((array, names.get(array)), (array, "a"))
+    eq(results[2][0], ["oid", "attname", "atttypid"])
+    eq(results[3][0], ["oid", "enumlabel"])
+
+
+@check("replayed: Grafana's PostgreSQL data source (version, schemas, table picker, column picker)")
+def _():
+    statements = [
+        s for s in (REPLAY / "grafana.sql").read_text().split(";")
+        if s.strip() and not all(line.strip().startswith("--") or not line.strip() for line in s.splitlines())
+    ]
+    version, timescale, schemas, tables, public_tables, columns = statements
+    with psycopg.connect(DSN, autocommit=True) as c:
+        eq(c.execute(version).fetchall(), [(1500,)])
+        eq(c.execute(timescale).fetchall(), [])
+        assert ("public",) in c.execute(schemas).fetchall()
+        listed = [r[0] for r in c.execute(tables).fetchall()]
+        # public is on the search path: its tables are listed unqualified, first.
+        assert "trips" in listed and "public.trips" not in listed, listed
+        assert ("trips",) in c.execute(public_tables).fetchall()
+        for name in ("trips", "public.trips"):
+            got = sorted(c.execute(columns.replace(":table", "'" + name + "'")).fetchall())
+            eq((name, got), (name, [("dt", "text"), ("fare", "numeric"), ("id", "bigint")]))
+
+
+@check("information_schema.columns speaks Postgres: type names, udt_name, positions from 1")
+def _():
+    with psycopg.connect(DSN, autocommit=True) as c:
+        got = c.execute(
+            "SELECT column_name, ordinal_position, data_type, udt_name, numeric_precision, is_nullable "
+            "FROM information_schema.columns WHERE table_name = 'trips' ORDER BY ordinal_position"
+        ).fetchall()
+        eq([r[:4] for r in got], [("id", 1, "bigint", "int8"), ("fare", 2, "numeric", "numeric"), ("dt", 3, "text", "text")])
+        eq(got[0][4], 64)
+        eq(c.execute("SELECT count(*) FROM information_schema.table_constraints WHERE table_name = 'trips'").fetchone(), (0,))
+        eq(c.execute("SELECT count(*) FROM information_schema.key_column_usage WHERE table_name = 'trips'").fetchone(), (0,))
+
+
 setup.close()
 print(f"{len(failed)} failed" + (": " + "; ".join(failed) if failed else ""))
 sys.exit(1 if failed else 0)
