@@ -942,6 +942,83 @@ pub fn keep_regproc_names(statement: &mut datafusion::sql::sqlparser::ast::State
     });
 }
 
+/// A function's source as `CREATE OR REPLACE FUNCTION` text, built from
+/// pg_catalog (psql's `\\sf`, `\\ef`); `{oid}` is the function's oid.
+/// Sluice's functions are built in, so their body is their internal name,
+/// as Postgres shows its own.
+const FUNCTIONDEF: &str = "(SELECT max('CREATE OR REPLACE FUNCTION ' || n.nspname || '.' || p.proname
+    || '(' || coalesce(array_to_string(format_types(p.proargtypes), ', '), '') || ')' || chr(10)
+    || ' RETURNS ' || coalesce(format_type(p.prorettype, NULL), 'void') || chr(10)
+    || ' LANGUAGE ' || coalesce(l.lanname, 'internal') || chr(10)
+    || ' ' || CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END || chr(10)
+    || 'AS $function$' || coalesce(p.prosrc, p.proname) || '$function$' || chr(10))
+  FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  LEFT JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+  WHERE p.oid = ({oid}))";
+
+/// psql's `\\sf name` as Postgres answers it: `'name'::regproc::oid` (or
+/// `'name(args)'::regprocedure::oid`) becomes the function's oid looked up
+/// in pg_proc (NULL when there is none), and `pg_get_functiondef(oid)` the
+/// definition text built from pg_catalog ([`FUNCTIONDEF`]). Run before
+/// [`hide_select_list_subqueries`], so the subqueries it makes are kept.
+pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{
+        DataType as SqlType, FunctionArg, FunctionArgExpr, FunctionArguments, Value,
+    };
+    let type_name = |t: &SqlType| match t {
+        SqlType::Custom(name, _) => name.to_string().to_ascii_lowercase(),
+        other => other.to_string().to_ascii_lowercase(),
+    };
+    let parse = |text: &str| {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(text)
+            .and_then(|mut p| p.parse_expr())
+    };
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let SqlExpr::Cast { expr, data_type, .. } = e
+            && matches!(type_name(data_type).as_str(), "oid" | "pg_catalog.oid")
+            && let SqlExpr::Cast {
+                expr: inner,
+                data_type: inner_type,
+                ..
+            } = expr.as_ref()
+            && matches!(
+                type_name(inner_type).as_str(),
+                "regproc" | "pg_catalog.regproc" | "regprocedure" | "pg_catalog.regprocedure"
+            )
+            && let SqlExpr::Value(v) = inner.as_ref()
+            && let Value::SingleQuotedString(text) = &v.value
+        {
+            let without_args = text.split('(').next().unwrap_or_default().trim();
+            let name = without_args
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"');
+            let quoted = name.replace('\'', "''");
+            if let Ok(lookup) = parse(&format!(
+                "(SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = '{quoted}')"
+            )) {
+                *e = lookup;
+            }
+        }
+        if let SqlExpr::Function(f) = e
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_get_functiondef"))
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))] = list.args.as_slice()
+            && let Ok(def) = parse(&FUNCTIONDEF.replace("{oid}", &oid.to_string()))
+        {
+            *e = def;
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// The elements of a one-dimensional Postgres array literal (`{a,"b c",NULL}`).
 fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
     let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;

@@ -77,6 +77,7 @@ impl SqlParser {
     /// NULL and add `LIMIT 1` to the rest) and array literals are read
     /// first (it would keep their quotes).
     fn compat_rewrite(&self, mut s: ast::Statement) -> ast::Statement {
+        sluice_engine::parser::function_lookups(&mut s);
         sluice_engine::parser::hide_select_list_subqueries(&mut s);
         sluice_engine::parser::read_array_literals(&mut s);
         sluice_engine::parser::keep_regproc_names(&mut s);

@@ -73,6 +73,12 @@ fn plus_forms_functions_and_tablespaces() {
         ("\\du", "List of roles"),
         // Access privileges: pg_namespace.nspacl is an array, as \dn+ reads it.
         ("\\dn+", "Access privileges"),
+        // \sf: 'name'::regproc::oid looked up, pg_get_functiondef built from pg_catalog.
+        (
+            "\\sf format_type",
+            "CREATE OR REPLACE FUNCTION pg_catalog.format_type(oid, integer)",
+        ),
+        ("\\sf format_type", " RETURNS text"),
     ] {
         let out = p.psql(&["-c", cmd]);
         assert!(out.contains(want), "{cmd} lacks {want}:\n{out}");
