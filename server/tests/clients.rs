@@ -13,6 +13,16 @@ fn clients_python() -> String {
     )
 }
 
+/// Runs a client program (which prints a line per check and `0 failed`
+/// when all passed) and fails the test with its output when any check did.
+fn run_checks(what: &str, command: &mut std::process::Command) {
+    let out = command.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}
+
 #[test]
 fn python_clients_connect_query_and_see_postgres_names() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,16 +30,13 @@ fn python_clients_connect_query_and_see_postgres_names() {
     let lake = dir.path().join("lake/trips");
     write_trips(&p, &lake);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_clients.py");
-    let out = std::process::Command::new(clients_python())
-        .arg(&script)
-        .arg(p.port.to_string())
-        .arg(&lake)
-        .output()
-        .expect("running the client script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "client checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("0 failed"), "{stdout}");
+    run_checks(
+        "the Python clients",
+        std::process::Command::new(clients_python())
+            .arg(&script)
+            .arg(p.port.to_string())
+            .arg(&lake),
+    );
 }
 
 #[test]
@@ -40,19 +47,13 @@ fn node_postgres_and_postgres_js_query_with_parameters_and_arrays() {
     let dir = tempfile::tempdir().unwrap();
     let p = SluiceProcess::start(&dir.path().join("data"));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_clients.js");
-    let out = std::process::Command::new("node")
-        .arg(&script)
-        .arg(p.port.to_string())
-        .env("NODE_PATH", node_path)
-        .output()
-        .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "node-postgres checks failed:\n{stdout}\n{stderr}"
+    run_checks(
+        "node-postgres and postgres.js (node)",
+        std::process::Command::new("node")
+            .arg(&script)
+            .arg(p.port.to_string())
+            .env("NODE_PATH", node_path),
     );
-    assert!(stdout.contains("0 failed"), "{stdout}");
 }
 
 #[test]
@@ -64,18 +65,15 @@ fn pgjdbc_connects_queries_and_reads_metadata() {
     let table = dir.path().join("lake/jdbc");
     std::fs::create_dir_all(&table).unwrap();
     let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
-    let out = std::process::Command::new("java")
-        .arg("-cp")
-        .arg(&jar)
-        .arg(&program)
-        .arg(p.port.to_string())
-        .arg(&table)
-        .output()
-        .expect("running java (install a JDK)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pgjdbc checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("0 failed"), "{stdout}");
+    run_checks(
+        "pgjdbc (java, from a JDK)",
+        std::process::Command::new("java")
+            .arg("-cp")
+            .arg(&jar)
+            .arg(&program)
+            .arg(p.port.to_string())
+            .arg(&table),
+    );
 }
 
 #[test]
@@ -103,15 +101,8 @@ fn go_pgx_and_lib_pq_query_with_parameters_and_column_types() {
         "building the Go client failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let out = std::process::Command::new(&built)
-        .arg(p.port.to_string())
-        .output()
-        .expect("running the Go client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "Go client checks failed:\n{stdout}\n{stderr}"
+    run_checks(
+        "the Go client",
+        std::process::Command::new(&built).arg(p.port.to_string()),
     );
-    assert!(stdout.contains("0 failed"), "{stdout}");
 }
