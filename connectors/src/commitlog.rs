@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use sluice_engine::datafusion::catalog::TableProvider;
 use sluice_engine::retry::{retry, wait_for_descriptors};
 use sluice_engine::sink::{
-    CommitRecord, CommitRequest, Committer, Landed, SourceRange, TableLog, TableVersion, landed_table,
+    CommitRecord, CommitRequest, Committed, Committer, Landed, SourceRange, TableLog, TableVersion,
+    landed_table,
 };
 use sluice_engine::{ErrorKind, Result, SluiceError};
 
@@ -426,12 +427,13 @@ fn parent(path: &str) -> String {
 
 #[async_trait]
 impl Committer for FsLog {
-    async fn commit(&self, request: CommitRequest) -> Result<()> {
+    async fn commit(&self, request: CommitRequest) -> Result<Committed> {
         let mut st = self.state.lock().await;
         self.load(&mut st).await?;
         Self::take_watermarks(&mut st, &request.lane_states);
         let already = matches!((request.epoch, self.committed_epoch()), (Some(e), Some(c)) if e <= c);
         let now = now_ms();
+        let mut committed = Committed::default();
         if !already {
             let mut files: Vec<PendingFile> = vec![];
             for state in &request.lane_states {
@@ -460,6 +462,11 @@ impl Committer for FsLog {
                     })
                     .collect();
                 let version = st.records.iter().map(|r| r.version + 1).max().unwrap_or(1);
+                committed = Committed {
+                    version: Some(version),
+                    rows: files.iter().map(|f| f.rows as u64).sum(),
+                    bytes: files.iter().map(|f| f.size as u64).sum(),
+                };
                 let record = StoredCommit {
                     version,
                     job_id: self.config.job_id.clone(),
@@ -494,7 +501,7 @@ impl Committer for FsLog {
             }
             st.swept = true;
         }
-        Ok(())
+        Ok(committed)
     }
 
     fn committed_epoch(&self) -> Option<u64> {

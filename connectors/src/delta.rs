@@ -35,8 +35,8 @@ use sluice_engine::datafusion::error::DataFusionError;
 use sluice_engine::datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use sluice_engine::datafusion::physical_plan::ExecutionPlan;
 use sluice_engine::sink::{
-    CommitRecord, CommitRequest, Committer, Landed, SinkConnector, SinkContext, SinkWriter, SourceRange,
-    TableLog, TableVersion,
+    CommitRecord, CommitRequest, Committed, Committer, Landed, SinkConnector, SinkContext, SinkWriter,
+    SourceRange, TableLog, TableVersion,
 };
 use sluice_engine::{ErrorKind, Result, SluiceError};
 use url::Url;
@@ -402,7 +402,7 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl Committer for DeltaLog {
-    async fn commit(&self, request: CommitRequest) -> Result<()> {
+    async fn commit(&self, request: CommitRequest) -> Result<Committed> {
         let s = &self.0;
         let table = s.latest().await?;
         let snapshot = table.snapshot().map_err(delta_error)?;
@@ -415,7 +415,7 @@ impl Committer for DeltaLog {
                 && done >= epoch as i64
             {
                 s.committed.fetch_max(epoch, Ordering::SeqCst);
-                return Ok(());
+                return Ok(Committed::default());
             }
         }
         let mut files: Vec<PendingFile> = vec![];
@@ -443,7 +443,7 @@ impl Committer for DeltaLog {
             if let Some(epoch) = request.epoch {
                 s.committed.fetch_max(epoch, Ordering::SeqCst);
             }
-            return Ok(());
+            return Ok(Committed::default());
         }
         let sources: Vec<SourceRange> = request
             .sources
@@ -474,7 +474,7 @@ impl Committer for DeltaLog {
             ));
         }
         let actions: Vec<Action> = files.iter().map(|f| add_action(f, now)).collect();
-        CommitBuilder::from(properties)
+        let finalized = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(
                 Some(snapshot),
@@ -497,7 +497,11 @@ impl Committer for DeltaLog {
         for r in &sources {
             last.record(r);
         }
-        Ok(())
+        Ok(Committed {
+            version: Some(finalized.version()),
+            rows: files.iter().map(|f| f.rows as u64).sum(),
+            bytes: files.iter().map(|f| f.size as u64).sum(),
+        })
     }
 
     fn committed_epoch(&self) -> Option<u64> {

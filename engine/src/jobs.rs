@@ -79,7 +79,10 @@ pub struct OperatorFigures {
     pub parallelism: usize,
     /// The operators this one reads (their `operator_id`s).
     pub inputs: Vec<usize>,
+    /// Summed over the operator's tasks.
     pub metrics: NodeSnapshot,
+    /// Each task's own, by task number.
+    pub tasks: Vec<NodeSnapshot>,
     /// A source's position in each split it reads.
     pub splits: Vec<crate::stream::SplitFigures>,
     /// A bounded source's progress through its input.
@@ -100,6 +103,9 @@ pub struct CheckpointFigures {
     pub durations: crate::checkpoint::DurationHistogram,
     /// How long the job took to start from its checkpoint, if it did.
     pub restore_time: Option<std::time::Duration>,
+    /// A sink's commits (None for a view; a sink that commits nothing,
+    /// such as one writing to Kafka without transactions, shows none).
+    pub sink: Option<crate::checkpoint::SinkCommits>,
 }
 
 /// The running jobs by name.
@@ -265,6 +271,7 @@ impl JobManager {
                     parallelism: n.parallelism,
                     inputs: n.inputs.iter().map(|i| i.id).collect(),
                     metrics: n.metrics.snapshot(),
+                    tasks: n.metrics.task_snapshots(),
                     splits: n.metrics.splits(),
                     progress: n.metrics.progress(),
                 });
@@ -294,6 +301,7 @@ impl JobManager {
                 restarts: j.restarts.as_ref().map_or(0, |r| r.count),
                 durations: history.durations(),
                 restore_time: history.restore_time(),
+                sink: j.sink.then(|| history.sink_commits()),
             });
         }
         out

@@ -200,6 +200,18 @@ pub struct CommitRequest {
     pub sources: Vec<SourceRange>,
 }
 
+/// What one commit made visible.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The table version it made (None: nothing new landed, the epoch was
+    /// committed before, or the sink has no versions, as Kafka's).
+    pub version: Option<u64>,
+    /// Rows and bytes of the files it added (0 where the sink doesn't
+    /// count them).
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 /// One commit of a versioned landed table (a row of `sluice_commits`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommitRecord {
@@ -226,7 +238,7 @@ pub struct CommitRecord {
 #[async_trait]
 pub trait Committer: Send + Sync + Debug {
     /// Makes one completed checkpoint's output visible.
-    async fn commit(&self, request: CommitRequest) -> Result<()>;
+    async fn commit(&self, request: CommitRequest) -> Result<Committed>;
     /// The newest checkpoint this process committed (or found committed).
     /// A lane keeps handing its output to checkpoints until one of them is
     /// committed, so a failed checkpoint loses nothing.

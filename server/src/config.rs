@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:6866"
-//! http_listen = "127.0.0.1:6867"   # /metrics; or "off"
+//! http_listen = "127.0.0.1:6867"   # the console and /metrics; or "off"
+//! metrics_auth = false             # true: /metrics asks for a login too
 //! data_dir = "./sluice-data"
 //! log = "info"
 //! checkpoint_interval = "10s"   # or "off"
@@ -32,6 +33,11 @@ pub struct Config {
     /// HTTP address for `/metrics`; `off` for none. Default:
     /// [`DEFAULT_HTTP_LISTEN`].
     pub http_listen: Option<String>,
+    /// Whether `/metrics` asks for the same users and passwords as the
+    /// console (HTTP basic, as Prometheus's `basic_auth` sends them). Off by
+    /// default: the metrics carry no row values or secrets, and scrapers
+    /// usually reach them unauthenticated on a private address.
+    pub metrics_auth: bool,
     /// Data directory: catalog, checkpoints, default landing zone.
     pub data_dir: PathBuf,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `sluice=debug`.
@@ -93,6 +99,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:6866".into(),
             http_listen: None,
+            metrics_auth: false,
             data_dir: PathBuf::from("./sluice-data"),
             log: "info".into(),
             users: BTreeMap::from([("sluice".to_string(), "sluice".to_string())]),

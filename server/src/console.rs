@@ -9,7 +9,8 @@
 //! user, with that user's rights.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -63,21 +64,44 @@ impl ConsoleSessions {
     }
 }
 
-/// Statements the console runs now, by the id the page gave them: who
-/// runs each and how to stop it.
+/// Statements the console runs now, by the id the page gave them.
 #[derive(Default)]
-pub struct RunningQueries(Mutex<HashMap<String, (String, tokio::task::AbortHandle)>>);
+pub struct RunningQueries(Mutex<HashMap<String, RunningQuery>>);
+
+/// One statement the console runs: who runs it, how to stop it, and how
+/// far it has got.
+struct RunningQuery {
+    user: String,
+    abort: tokio::task::AbortHandle,
+    started: Instant,
+    /// Result rows the statement has produced so far.
+    rows: Arc<AtomicU64>,
+}
 
 impl RunningQueries {
     /// Stops `user`'s statement `id`; false when there is none such.
     pub fn cancel(&self, user: &str, id: &str) -> bool {
         let running = self.0.lock().expect("running queries lock");
         match running.get(id) {
-            Some((owner, handle)) if owner == user => {
-                handle.abort();
+            Some(q) if q.user == user => {
+                q.abort.abort();
                 true
             }
             _ => false,
+        }
+    }
+
+    /// How far `user`'s statement `id` is: `{running, rows, elapsed_ms}`
+    /// (`running: false` once it has ended, or for another user's).
+    pub fn progress(&self, user: &str, id: &str) -> Value {
+        let running = self.0.lock().expect("running queries lock");
+        match running.get(id) {
+            Some(q) if q.user == user => json!({
+                "running": true,
+                "rows": q.rows.load(Ordering::Relaxed),
+                "elapsed_ms": q.started.elapsed().as_millis() as u64,
+            }),
+            _ => json!({"running": false}),
         }
     }
 }
@@ -174,10 +198,48 @@ fn percent_decode(s: &str) -> Option<String> {
 /// With an `id`, `POST /api/cancel` can stop it meanwhile (57014).
 pub async fn run_sql(server: &crate::Server, user: &str, sql: String, id: Option<String>) -> Value {
     let superuser = server.users.is_superuser(user).await;
-    let engine: Engine = server.engine.clone();
-    let user_name = user.to_string();
-    let user = user.to_string();
-    let work = engine.clone().spawn(async move {
+    let rows = Arc::new(AtomicU64::new(0));
+    let work = spawn_statements(
+        server.engine.clone(),
+        user.to_string(),
+        superuser,
+        sql,
+        rows.clone(),
+    );
+    /// Forgets a running statement however its request ends.
+    struct Registered<'a>(&'a RunningQueries, Option<String>);
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            if let Some(id) = &self.1 {
+                self.0.0.lock().expect("running queries lock").remove(id);
+            }
+        }
+    }
+    if let Some(id) = &id {
+        server.queries.0.lock().expect("running queries lock").insert(
+            id.clone(),
+            RunningQuery {
+                user: user.to_string(),
+                abort: work.abort_handle(),
+                started: Instant::now(),
+                rows,
+            },
+        );
+    }
+    let _registered = Registered(&server.queries, id);
+    finish(work).await
+}
+
+/// Runs `sql` as `user` on the engine's statement runtime, counting the
+/// last statement's result rows into `rows` as they come.
+fn spawn_statements(
+    engine: Engine,
+    user: String,
+    superuser: bool,
+    sql: String,
+    rows: Arc<AtomicU64>,
+) -> sluice_engine::compute::Offloaded<Result<Value, SluiceError>> {
+    engine.clone().spawn(async move {
         let mut session: Session = engine.new_session();
         session.set_user(&user, superuser);
         let statements = Session::parse(&sql)?;
@@ -193,28 +255,16 @@ pub async fn run_sql(server: &crate::Server, user: &str, sql: String, id: Option
                 ));
             }
             let output = session.execute(&prepared, None).await?;
-            last = to_json(output).await?;
+            rows.store(0, Ordering::Relaxed);
+            last = to_json(output, &rows).await?;
         }
         Ok::<_, SluiceError>(last)
-    });
-    /// Forgets a running statement however its request ends.
-    struct Registered<'a>(&'a RunningQueries, Option<String>);
-    impl Drop for Registered<'_> {
-        fn drop(&mut self) {
-            if let Some(id) = &self.1 {
-                self.0.0.lock().expect("running queries lock").remove(id);
-            }
-        }
-    }
-    if let Some(id) = &id {
-        server
-            .queries
-            .0
-            .lock()
-            .expect("running queries lock")
-            .insert(id.clone(), (user_name.clone(), work.abort_handle()));
-    }
-    let _registered = Registered(&server.queries, id);
+    })
+}
+
+/// A spawned statement's result as JSON, an error as `{error: ...}`; the
+/// console stops a statement after 60 s.
+async fn finish(work: sluice_engine::compute::Offloaded<Result<Value, SluiceError>>) -> Value {
     let result = tokio::time::timeout(Duration::from_secs(60), work).await;
     let result = match result {
         Err(_) => Err(SluiceError::new(
@@ -310,13 +360,44 @@ pub fn operators_json(engine: &Engine) -> Value {
                 "state_rows": o.metrics.state_rows,
                 "state_bytes": o.metrics.state_bytes,
                 "blocked_us": o.metrics.blocked_us,
+                "tasks": o.tasks.iter().map(|t| json!({
+                    "rows_in": t.rows_in,
+                    "rows_out": t.rows_out,
+                    "state_rows": t.state_rows,
+                    "state_bytes": t.state_bytes,
+                    "blocked_us": t.blocked_us,
+                    "late_rows": t.late_rows,
+                    "watermark_us": t.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({ "operators": ops })
 }
 
-async fn to_json(output: Output) -> Result<Value, SluiceError> {
+/// The jobs, their operators and checkpoints now, for the console's live
+/// view: `{jobs, operators, checkpoints}` (SHOW JOBS and SHOW CHECKPOINTS
+/// as `user` sees them).
+pub async fn live_update(engine: &Engine, user: &str, superuser: bool) -> Value {
+    let run = |sql: &str| {
+        finish(spawn_statements(
+            engine.clone(),
+            user.to_string(),
+            superuser,
+            sql.to_string(),
+            Arc::new(AtomicU64::new(0)),
+        ))
+    };
+    let jobs = run("SHOW JOBS").await;
+    let checkpoints = run("SHOW CHECKPOINTS").await;
+    json!({
+        "jobs": jobs,
+        "operators": operators_json(engine)["operators"],
+        "checkpoints": checkpoints,
+    })
+}
+
+async fn to_json(output: Output, produced: &AtomicU64) -> Result<Value, SluiceError> {
     match output {
         Output::Rows(mut stream) | Output::CopyOut { rows: mut stream, .. } => {
             let schema = stream.schema();
@@ -329,6 +410,7 @@ async fn to_json(output: Output) -> Result<Value, SluiceError> {
             let mut truncated = false;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(SluiceError::from)?;
+                produced.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 if rows.len() >= MAX_ROWS {
                     truncated = true;
                     break;

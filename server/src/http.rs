@@ -87,6 +87,17 @@ async fn route(server: &Server, req: Request<Incoming>, peer: std::net::SocketAd
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
+            if server.metrics_auth && console::who(server, req.headers(), peer.ip()).await.is_none() {
+                let mut r = plain(
+                    StatusCode::UNAUTHORIZED,
+                    "/metrics needs a user and password\n".into(),
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"sluice\""),
+                );
+                return r;
+            }
             // Reading every job's figures takes locks briefly; done off the
             // I/O threads all the same.
             let engine = server.engine.clone();
@@ -168,6 +179,15 @@ async fn api(
             }
             json(StatusCode::OK, serde_json::Value::Object(all))
         }
+        (Method::GET, "/api/live") => live(server, user).await,
+        (Method::GET, "/api/query") => {
+            let id = req
+                .uri()
+                .query()
+                .and_then(|q| console::query_param(q, "id"))
+                .unwrap_or_default();
+            json(StatusCode::OK, server.queries.progress(user, &id))
+        }
         (Method::GET, "/api/subscribe") => {
             let sql = req
                 .uri()
@@ -235,6 +255,34 @@ async fn subscribe(server: &Server, user: &str, sql: String) -> Response<Body> {
         }
         Err(e) => futures::stream::once(async move { event("failed", error_json(&e)) }).boxed(),
     };
+    let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(events)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The console's live view as server-sent events: an `update` (jobs,
+/// operators, checkpoints; see [`console::live_update`]) at once and then
+/// every second, until the page goes.
+async fn live(server: &Server, user: &str) -> Response<Body> {
+    use futures::StreamExt;
+    let superuser = server.users.is_superuser(user).await;
+    let engine = server.engine.clone();
+    let user = user.to_string();
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures::stream::unfold(
+        (engine, user, ticks),
+        move |(engine, user, mut ticks)| async move {
+            ticks.tick().await;
+            let update = console::live_update(&engine, &user, superuser).await;
+            let frame = hyper::body::Frame::data(Bytes::from(format!("event: update\ndata: {update}\n\n")));
+            Some((Ok::<_, Infallible>(frame), (engine, user, ticks)))
+        },
+    )
+    .boxed();
     let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(events)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -66,6 +66,8 @@ pub struct Server {
     console: console::ConsoleSessions,
     /// Statements the console runs now (for its Cancel button).
     queries: console::RunningQueries,
+    /// Whether `/metrics` asks for a login.
+    metrics_auth: bool,
 }
 
 impl Server {
@@ -177,6 +179,7 @@ impl Server {
             tls_cert_pem,
             console: Default::default(),
             queries: Default::default(),
+            metrics_auth: config.metrics_auth,
         }))
     }
 

@@ -23,6 +23,9 @@ struct Args {
     /// HTTP address for the web console and /metrics (Prometheus), or off [default: 127.0.0.1:6867]
     #[arg(long, env = "SLUICE_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// /metrics asks for a user and password (HTTP basic), as the console does
+    #[arg(long, env = "SLUICE_METRICS_AUTH")]
+    metrics_auth: bool,
     /// Data directory (catalog, checkpoints, landed data) [default: ./sluice-data]
     #[arg(long, env = "SLUICE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -108,6 +111,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.file_roots.is_empty() {
         config.file_roots = args.file_roots;
+    }
+    if args.metrics_auth {
+        config.metrics_auth = true;
     }
     if args.require_tls {
         config.require_tls = true;

@@ -12,8 +12,10 @@
 //! counters, base units (`_seconds`, `_bytes`); labels are `job_name`
 //! (the sink or view; `job` is the label Prometheus gives the scrape
 //! target, and a series' own `job` would be renamed `exported_job`),
-//! `operator` (the operator's kind) and `operator_id` (its number in the
-//! job's plan, as in SHOW JOBS), never row values.
+//! `operator` (the operator's kind), `operator_id` (its number in the
+//! job's plan, as in SHOW JOBS) and `task` (the parallel task, 0 to the
+//! operator's parallelism; figures each task keeps are shown per task),
+//! never row values.
 
 use std::sync::LazyLock;
 
@@ -92,8 +94,11 @@ pub fn render(engine: &Engine) -> Result<String, prometheus::Error> {
 /// The jobs' figures now.
 fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus::Error> {
     let op_labels = &["job_name", "operator", "operator_id"];
-    let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), op_labels);
-    let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), op_labels);
+    // The figures each parallel task keeps are shown per task (sum over
+    // `task` for the operator's).
+    let task_labels = &["job_name", "operator", "operator_id", "task"];
+    let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), task_labels);
+    let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), task_labels);
     let rows_in = counter("sluice_operator_rows_in_total", "Rows an operator took in.")?;
     let rows_out = counter("sluice_operator_rows_out_total", "Rows an operator put out.")?;
     let late = counter(
@@ -112,27 +117,30 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         "sluice_operator_state_bytes",
         "Bytes an operator holds in its state (estimated).",
     )?;
-    let parallelism = gauge("sluice_operator_parallelism", "Tasks an operator runs in.")?;
+    let parallelism = IntGaugeVec::new(
+        Opts::new("sluice_operator_parallelism", "Tasks an operator runs in."),
+        op_labels,
+    )?;
     let blocked = GaugeVec::new(
         Opts::new(
             "sluice_operator_backpressure_seconds_total",
             "Time an operator's tasks waited to hand output to a full channel downstream, summed over its tasks.",
         ),
-        op_labels,
+        task_labels,
     )?;
     let watermark = GaugeVec::new(
         Opts::new(
             "sluice_operator_watermark_seconds",
             "An operator's event-time watermark (lowest over its tasks), as Unix time.",
         ),
-        op_labels,
+        task_labels,
     )?;
     let lag = GaugeVec::new(
         Opts::new(
             "sluice_operator_watermark_lag_seconds",
             "Now minus an operator's watermark.",
         ),
-        op_labels,
+        task_labels,
     )?;
     let progress = GaugeVec::new(
         Opts::new(
@@ -169,21 +177,24 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         }
         let id = op.operator_id.to_string();
         let labels = [op.job.as_str(), operator_kind(&op.operator), id.as_str()];
-        let m = &op.metrics;
-        rows_in.with_label_values(&labels).inc_by(m.rows_in);
-        rows_out.with_label_values(&labels).inc_by(m.rows_out);
-        late.with_label_values(&labels).inc_by(m.late_rows);
-        bad.with_label_values(&labels).inc_by(m.bad_rows);
-        state_rows.with_label_values(&labels).set(m.state_rows as i64);
-        state_bytes.with_label_values(&labels).set(m.state_bytes as i64);
         parallelism.with_label_values(&labels).set(op.parallelism as i64);
-        blocked.with_label_values(&labels).set(m.blocked_us as f64 / 1e6);
-        // An operator with no watermark yet, or past the end of its input
-        // (a bounded source finished), has none to show.
-        if let Some(w) = m.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX) {
-            let seconds = w as f64 / 1e6;
-            watermark.with_label_values(&labels).set(seconds);
-            lag.with_label_values(&labels).set((now - seconds).max(0.0));
+        for (t, m) in op.tasks.iter().enumerate() {
+            let task = t.to_string();
+            let labels = [labels[0], labels[1], labels[2], task.as_str()];
+            rows_in.with_label_values(&labels).inc_by(m.rows_in);
+            rows_out.with_label_values(&labels).inc_by(m.rows_out);
+            late.with_label_values(&labels).inc_by(m.late_rows);
+            bad.with_label_values(&labels).inc_by(m.bad_rows);
+            state_rows.with_label_values(&labels).set(m.state_rows as i64);
+            state_bytes.with_label_values(&labels).set(m.state_bytes as i64);
+            blocked.with_label_values(&labels).set(m.blocked_us as f64 / 1e6);
+            // A task with no watermark yet, or past the end of its input
+            // (a bounded source finished), has none to show.
+            if let Some(w) = m.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX) {
+                let seconds = w as f64 / 1e6;
+                watermark.with_label_values(&labels).set(seconds);
+                lag.with_label_values(&labels).set((now - seconds).max(0.0));
+            }
         }
         if let Some(p) = &op.progress {
             progress.with_label_values(&labels).set(p.ratio());
@@ -274,8 +285,62 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         ),
         job_labels,
     )?;
+    let commits = IntCounterVec::new(
+        Opts::new(
+            "sluice_sink_commits_total",
+            "Commits of a sink's output (one per completed checkpoint that landed or was already landed).",
+        ),
+        job_labels,
+    )?;
+    let commit_failures = IntCounterVec::new(
+        Opts::new(
+            "sluice_sink_commit_failures_total",
+            "Attempts to commit a sink's output that failed (each is retried).",
+        ),
+        job_labels,
+    )?;
+    let committed_rows = IntCounterVec::new(
+        Opts::new(
+            "sluice_sink_committed_rows_total",
+            "Rows a sink's commits made visible (table sinks; Kafka transactions are not counted).",
+        ),
+        job_labels,
+    )?;
+    let committed_bytes = IntCounterVec::new(
+        Opts::new(
+            "sluice_sink_committed_bytes_total",
+            "Bytes of the files a sink's commits added.",
+        ),
+        job_labels,
+    )?;
+    let version = IntGaugeVec::new(
+        Opts::new(
+            "sluice_sink_table_version",
+            "The newest version a sink's commits made of its landed table (Delta's version; sluice_commits).",
+        ),
+        job_labels,
+    )?;
+    let last_commit = GaugeVec::new(
+        Opts::new(
+            "sluice_sink_last_commit_timestamp_seconds",
+            "When a sink's newest commit finished, as Unix time.",
+        ),
+        job_labels,
+    )?;
     for c in engine.job_checkpoints() {
         let labels = [c.job.as_str()];
+        if let Some(s) = &c.sink {
+            commits.with_label_values(&labels).inc_by(s.commits);
+            commit_failures.with_label_values(&labels).inc_by(s.failures);
+            committed_rows.with_label_values(&labels).inc_by(s.rows);
+            committed_bytes.with_label_values(&labels).inc_by(s.bytes);
+            if let Some(v) = s.version {
+                version.with_label_values(&labels).set(v as i64);
+            }
+            if let Some(ms) = s.last_commit_ms {
+                last_commit.with_label_values(&labels).set(ms as f64 / 1e3);
+            }
+        }
         if let Some(t) = c.restore_time {
             restore.with_label_values(&labels).set(t.as_secs_f64());
         }
@@ -313,6 +378,12 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(ck_bytes),
         Box::new(restarts),
         Box::new(restore),
+        Box::new(commits),
+        Box::new(commit_failures),
+        Box::new(committed_rows),
+        Box::new(committed_bytes),
+        Box::new(version),
+        Box::new(last_commit),
         Box::new(split_offset),
         Box::new(split_lag),
         Box::new(split_errors),

@@ -75,12 +75,39 @@ fn the_console_api_asks_for_the_wire_protocols_users() {
     // A wrong password goes back to the form.
     let (code, _) = request(http, "POST", "/login", &[], "user=sluice&password=nope");
     assert_eq!(code, 303);
+    // The live feed and a statement's progress are the API's too.
+    assert_eq!(request(http, "GET", "/api/live", &[], "").0, 401);
+    assert_eq!(request(http, "GET", "/api/query?id=x", &[BAD], "").0, 401);
+    let (code, out) = request(http, "GET", "/api/query?id=nothing-running", &[GOOD], "");
+    assert_eq!((code, out.as_str()), (200, r#"{"running":false}"#));
+    // /metrics is open unless the server is told otherwise (below).
+    let (code, text) = request(http, "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+    assert!(text.contains("sluice_connections_total"), "{text}");
 }
 
 #[test]
-fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
-    let playwright = std::env::var("SLUICE_TEST_PLAYWRIGHT_PATH").expect(
-        "needs playwright-core and Chromium: run ./scripts/test.sh, or eval \"$(scripts/infra/browser.sh)\"",
+fn metrics_can_ask_for_the_same_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let _p = SluiceProcess::start_with(
+        &dir.path().join("data"),
+        &[("SLUICE_HTTP_LISTEN", &addr), ("SLUICE_METRICS_AUTH", "true")],
+    );
+    let (code, text) = request(http, "GET", "/metrics", &[], "");
+    assert_eq!(code, 401, "{text}");
+    assert!(!text.contains("sluice_"), "{text}");
+    assert_eq!(request(http, "GET", "/metrics", &[BAD], "").0, 401);
+    let (code, text) = request(http, "GET", "/metrics", &[GOOD], "");
+    assert_eq!(code, 200);
+    assert!(text.contains("sluice_connections_total"), "{text}");
+}
+
+#[test]
+fn the_console_in_chromium_and_firefox_logs_in_watches_jobs_and_runs_sql() {
+    let drivers = std::env::var("SLUICE_TEST_PLAYWRIGHT_PATH").expect(
+        "needs playwright-core, puppeteer-core, Chromium and Firefox: run ./scripts/test.sh, or eval \"$(scripts/infra/browser.sh)\"",
     );
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
@@ -96,20 +123,41 @@ fn the_console_in_chromium_logs_in_watches_a_job_and_runs_sql() {
         "-c",
         "CREATE SINK landed WITH (connector = 'delta', path = 'lake/landed') AS \
          SELECT window_start, count(*) AS bids FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+        // A bounded input read for minutes: its job shows progress.
+        "-c",
+        "CREATE STREAM nums (id BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '500', 'number-of-rows' = '100000')",
+        "-c",
+        "CREATE MATERIALIZED VIEW nums_seen AS SELECT count(*) AS n FROM nums",
+        // A slow stream, for a statement whose rows come over seconds.
+        "-c",
+        "CREATE STREAM slow (id BIGINT) WITH (connector = 'datagen', 'rows-per-second' = '100')",
     ]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.js");
-    let out = std::process::Command::new("node")
-        .arg(&script)
-        .arg(http.to_string())
-        .arg(dir.path())
-        .env("NODE_PATH", playwright)
-        .output()
-        .expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "console checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(" 0 failed"), "{stdout}");
-    assert!(dir.path().join("console-jobs.png").exists());
+    // Screenshots stay after the run, in the build's scratch directory.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    // One browser after the other (two at once would share the 2 cores
+    // with the server they measure).
+    for browser in ["chromium", "firefox"] {
+        let out = std::process::Command::new("node")
+            .arg(&script)
+            .arg(http.to_string())
+            .arg(&shots)
+            .arg(browser)
+            .env("NODE_PATH", &drivers)
+            .output()
+            .expect("running node");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{browser}: console checks failed:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains(" 0 failed"), "{stdout}");
+        let shot = shots.join(format!("{browser}-jobs.png"));
+        assert!(shot.exists(), "no screenshot at {}", shot.display());
+        eprintln!("{browser}: screenshots in {}", shots.display());
+    }
 }
 
 #[test]

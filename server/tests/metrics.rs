@@ -140,6 +140,10 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
         "-c",
         "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS bids \
          FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+        // A sink landing versions: its commits.
+        "-c",
+        "CREATE SINK landed WITH (connector = 'delta', path = 'lake/landed') AS \
+         SELECT window_start, count(*) AS bids FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
     ]);
     // A bounded input read at a pace: its share read and the time left.
     p.psql(&[
@@ -182,7 +186,7 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
     // Through a real Prometheus scraping every second.
     let prom = Prometheus::start(http);
     // A source's rows out are the rows it read.
-    let source_rows = "sluice_operator_rows_out_total{job_name=\"per_second\",operator=\"Source\"}";
+    let source_rows = "sum(sluice_operator_rows_out_total{job_name=\"per_second\",operator=\"Source\"})";
     let first = prom.wait_for(source_rows, |v| v > 0.0);
     let later = prom.wait_for(source_rows, |v| v > first);
     assert!(later > first);
@@ -190,6 +194,52 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
     prom.wait_for(
         "sum(sluice_operator_rows_in_total{job_name=\"per_second\",operator!=\"Source\"})",
         |v| v > 0.0,
+    );
+    // Figures each task keeps come per task: as many series per operator
+    // as it has tasks.
+    prom.wait_for(
+        "count by (operator_id) (sluice_operator_rows_in_total{job_name=\"per_second\"})",
+        |v| v >= 1.0,
+    );
+    let mismatched = "count(count by (operator_id) (sluice_operator_rows_out_total{job_name=\"per_second\"}) \
+         != on (operator_id) sum by (operator_id) (sluice_operator_parallelism{job_name=\"per_second\"})) or vector(0)";
+    let m = prom.wait_for(mismatched, |v| v.is_finite());
+    assert_eq!(
+        m, 0.0,
+        "operators whose task series don't match their parallelism"
+    );
+    let tasks = prom.query("sluice_operator_rows_out_total{job_name=\"per_second\",operator=\"Source\"}");
+    assert!(
+        !tasks.is_empty() && tasks.iter().all(|(labels, _)| labels["task"].as_str().is_some()),
+        "{tasks:?}"
+    );
+    // The sink's commits: counted, rows and bytes added, and the table
+    // version they made, which sluice_commits lists.
+    let commits = prom.wait_for("sluice_sink_commits_total{job_name=\"landed\"}", |v| v >= 1.0);
+    prom.wait_for("sluice_sink_commits_total{job_name=\"landed\"}", |v| v > commits);
+    prom.wait_for("sluice_sink_committed_rows_total{job_name=\"landed\"}", |v| {
+        v >= 1.0
+    });
+    prom.wait_for("sluice_sink_committed_bytes_total{job_name=\"landed\"}", |v| {
+        v > 0.0
+    });
+    prom.wait_for(
+        "sluice_sink_last_commit_timestamp_seconds{job_name=\"landed\"}",
+        |v| v > 1.6e9,
+    );
+    let version = prom.wait_for("sluice_sink_table_version{job_name=\"landed\"}", |v| v >= 1.0);
+    let landed = p.psql_output(
+        "sluice",
+        &[
+            "-At",
+            "-c",
+            "SELECT max(version) FROM sluice_commits WHERE sink = 'landed'",
+        ],
+    );
+    let landed: f64 = String::from_utf8_lossy(&landed.stdout).trim().parse().unwrap();
+    assert!(
+        version <= landed,
+        "metric version {version}, sluice_commits {landed}"
     );
     let ck = prom.wait_for(
         "sluice_checkpoints_completed_total{job_name=\"per_second\"}",

@@ -38,7 +38,10 @@ pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl sluice_engine::sink::Committer for KafkaTransactions {
-    async fn commit(&self, request: sluice_engine::sink::CommitRequest) -> Result<()> {
+    async fn commit(
+        &self,
+        request: sluice_engine::sink::CommitRequest,
+    ) -> Result<sluice_engine::sink::Committed> {
         let epoch = request.epoch.unwrap_or(u64::MAX);
         let due: Vec<_> = {
             let mut pending = self.pending.lock().expect("pending transactions");
@@ -97,7 +100,8 @@ impl sluice_engine::sink::Committer for KafkaTransactions {
             self.committed
                 .fetch_max(epoch, std::sync::atomic::Ordering::SeqCst);
         }
-        Ok(())
+        // Kafka keeps no versions, and the transactions don't count rows.
+        Ok(sluice_engine::sink::Committed::default())
     }
 
     fn committed_epoch(&self) -> Option<u64> {

@@ -81,7 +81,8 @@ impl Coordinator {
                 Err(e) => Err(e),
             };
             match committed {
-                Ok(()) => {
+                Ok(done) => {
+                    self.config.history.record_commit(done);
                     let store = self.config.store.clone();
                     let epoch = manifest.epoch;
                     let marked = tokio::task::spawn_blocking(move || store.mark_committed(epoch)).await;
@@ -93,6 +94,7 @@ impl Coordinator {
                     return;
                 }
                 Err(e) => {
+                    self.config.history.record_commit_failure();
                     tracing::warn!(job = %self.job, epoch = manifest.epoch, attempt, error = %e,
                         "committing the checkpoint's output failed; retrying");
                     self.config.history.record(CheckpointStats {
@@ -411,12 +413,14 @@ impl Coordinator {
                         lane_states[i] = state;
                     }
                 }
-                log.commit(CommitRequest {
-                    epoch: None,
-                    lane_states,
-                    sources: vec![],
-                })
-                .await?;
+                let done = log
+                    .commit(CommitRequest {
+                        epoch: None,
+                        lane_states,
+                        sources: vec![],
+                    })
+                    .await?;
+                self.config.history.record_commit(done);
             }
             stats.status = "failed";
             stats.detail = Some(reason);

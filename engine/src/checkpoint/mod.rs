@@ -853,6 +853,25 @@ pub struct CheckpointHistory {
     /// The checkpoint the job started from, kept apart from the recent
     /// entries (which a long run pushes it out of).
     restored_from: Mutex<Option<u64>>,
+    /// The sink's commits of completed checkpoints.
+    sink: Mutex<SinkCommits>,
+}
+
+/// A job's sink commits since the job started: what `/metrics` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCommits {
+    /// Commits that succeeded (an epoch committed before counts again
+    /// when committed again after a restore; it adds no version).
+    pub commits: u64,
+    /// Attempts that failed (each is retried).
+    pub failures: u64,
+    /// Rows and bytes the commits made visible.
+    pub rows: u64,
+    pub bytes: u64,
+    /// The newest table version a commit made.
+    pub version: Option<u64>,
+    /// When the newest commit finished, ms since the Unix epoch.
+    pub last_commit_ms: Option<i64>,
 }
 
 /// Upper bounds of the checkpoint-duration buckets, in milliseconds.
@@ -944,6 +963,32 @@ impl CheckpointHistory {
     /// The checkpoint the job started from, if it did.
     pub fn restored_from(&self) -> Option<u64> {
         *self.restored_from.lock().expect("restored lock")
+    }
+
+    /// Records a commit of the sink's output and what it made visible.
+    pub fn record_commit(&self, committed: crate::sink::Committed) {
+        let mut s = self.sink.lock().expect("sink commits lock");
+        s.commits += 1;
+        s.rows += committed.rows;
+        s.bytes += committed.bytes;
+        if committed.version.is_some() {
+            s.version = committed.version.max(s.version);
+        }
+        s.last_commit_ms = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        );
+    }
+
+    /// Records a failed attempt to commit.
+    pub fn record_commit_failure(&self) {
+        self.sink.lock().expect("sink commits lock").failures += 1;
+    }
+
+    /// The sink's commits so far.
+    pub fn sink_commits(&self) -> SinkCommits {
+        *self.sink.lock().expect("sink commits lock")
     }
 
     /// Checkpoints completed and failed since the job started.

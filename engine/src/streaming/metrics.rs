@@ -6,20 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::stream::{Progress, ProgressUnit};
 
-/// Counters one operator's tasks update (shared by its parallel tasks).
+/// Counters of one operator: one set per parallel task, each updated only
+/// by its task (no two tasks write the same cache line), summed when read.
 #[derive(Debug)]
 pub struct NodeMetrics {
-    rows_in: AtomicU64,
-    rows_out: AtomicU64,
-    late_rows: AtomicU64,
-    bad_rows: AtomicU64,
-    /// Per parallel task, microseconds; `i64::MIN` before the first.
-    watermarks: Vec<AtomicI64>,
-    state_rows: AtomicU64,
-    state_bytes: AtomicU64,
-    /// Microseconds the operator's tasks waited, over all tasks, to hand
-    /// output to a full channel downstream (backpressure).
-    blocked_us: AtomicU64,
+    tasks: Box<[TaskCounters]>,
     /// Per parallel task: what the task says about itself (sources: lag,
     /// retries).
     details: Mutex<Vec<Option<String>>>,
@@ -27,6 +18,52 @@ pub struct NodeMetrics {
     splits: Mutex<Vec<Vec<crate::stream::SplitFigures>>>,
     /// Per parallel task: how far a source task is through a bounded input.
     progress: Mutex<Vec<Option<TaskProgress>>>,
+}
+
+/// One task's counters, on a cache line of their own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct TaskCounters {
+    rows_in: AtomicU64,
+    rows_out: AtomicU64,
+    late_rows: AtomicU64,
+    bad_rows: AtomicU64,
+    /// Microseconds; `i64::MIN` before the first.
+    watermark: AtomicI64,
+    state_rows: AtomicU64,
+    state_bytes: AtomicU64,
+    /// Microseconds the task waited to hand output to a full channel
+    /// downstream (backpressure).
+    blocked_us: AtomicU64,
+}
+
+impl TaskCounters {
+    fn new() -> Self {
+        Self {
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            late_rows: AtomicU64::new(0),
+            bad_rows: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
+            state_rows: AtomicU64::new(0),
+            state_bytes: AtomicU64::new(0),
+            blocked_us: AtomicU64::new(0),
+        }
+    }
+
+    fn snapshot(&self) -> NodeSnapshot {
+        let wm = self.watermark.load(Ordering::Relaxed);
+        NodeSnapshot {
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            late_rows: self.late_rows.load(Ordering::Relaxed),
+            bad_rows: self.bad_rows.load(Ordering::Relaxed),
+            watermark: (wm != i64::MIN).then_some(wm),
+            state_rows: self.state_rows.load(Ordering::Relaxed),
+            state_bytes: self.state_bytes.load(Ordering::Relaxed),
+            blocked_us: self.blocked_us.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A source task's progress, with its first figure for a rate.
@@ -130,14 +167,7 @@ impl NodeMetrics {
     /// Counters for an operator with `tasks` parallel tasks.
     pub fn new(tasks: usize) -> Self {
         Self {
-            rows_in: AtomicU64::new(0),
-            rows_out: AtomicU64::new(0),
-            late_rows: AtomicU64::new(0),
-            bad_rows: AtomicU64::new(0),
-            watermarks: (0..tasks.max(1)).map(|_| AtomicI64::new(i64::MIN)).collect(),
-            state_rows: AtomicU64::new(0),
-            state_bytes: AtomicU64::new(0),
-            blocked_us: AtomicU64::new(0),
+            tasks: (0..tasks.max(1)).map(|_| TaskCounters::new()).collect(),
             details: Mutex::new(vec![None; tasks.max(1)]),
             splits: Mutex::new(vec![Vec::new(); tasks.max(1)]),
             progress: Mutex::new(vec![None; tasks.max(1)]),
@@ -255,72 +285,78 @@ pub struct NodeSnapshot {
 }
 
 impl NodeMetrics {
-    pub fn add_in(&self, n: usize) {
-        self.rows_in.fetch_add(n as u64, Ordering::Relaxed);
+    /// Task `task`'s counters (a task number past the operator's last,
+    /// which no plan makes, counts as the last task).
+    fn task(&self, task: usize) -> &TaskCounters {
+        &self.tasks[task.min(self.tasks.len() - 1)]
     }
 
-    pub fn add_out(&self, n: usize) {
-        self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
+    /// Rows task `task` took in.
+    pub fn add_in(&self, task: usize, n: usize) {
+        self.task(task).rows_in.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub fn add_late(&self, n: u64) {
+    /// Rows task `task` put out.
+    pub fn add_out(&self, task: usize, n: usize) {
+        self.task(task).rows_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Rows behind the watermark task `task` dropped.
+    pub fn add_late(&self, task: usize, n: u64) {
         if n > 0 {
             tracing::debug!(rows = n, "rows behind the watermark dropped as late");
         }
-        self.late_rows.fetch_add(n, Ordering::Relaxed);
+        self.task(task).late_rows.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Malformed input records a source skipped.
-    pub fn add_bad(&self, n: u64) {
-        self.bad_rows.fetch_add(n, Ordering::Relaxed);
+    /// Malformed input records source task `task` skipped.
+    pub fn add_bad(&self, task: usize, n: u64) {
+        self.task(task).bad_rows.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records the watermark task `task` reached. The operator's watermark
     /// is the least of its tasks'.
     pub fn set_watermark(&self, task: usize, wm: i64) {
-        if let Some(w) = self.watermarks.get(task) {
-            w.store(wm, Ordering::Relaxed);
-        }
+        self.task(task).watermark.store(wm, Ordering::Relaxed);
     }
 
-    /// Adds time a task waited on a full downstream channel.
-    pub fn add_blocked(&self, waited: std::time::Duration) {
-        self.blocked_us
+    /// Adds time task `task` waited on a full downstream channel.
+    pub fn add_blocked(&self, task: usize, waited: std::time::Duration) {
+        self.task(task)
+            .blocked_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Adds a task's change in state size.
-    pub fn add_state(&self, rows: i64, bytes: i64) {
-        if rows >= 0 {
-            self.state_rows.fetch_add(rows as u64, Ordering::Relaxed);
-        } else {
-            self.state_rows.fetch_sub(rows.unsigned_abs(), Ordering::Relaxed);
-        }
-        if bytes >= 0 {
-            self.state_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        } else {
-            self.state_bytes
-                .fetch_sub(bytes.unsigned_abs(), Ordering::Relaxed);
-        }
+    /// Sets the rows and bytes task `task` holds in its state.
+    pub fn set_state(&self, task: usize, rows: u64, bytes: u64) {
+        let t = self.task(task);
+        t.state_rows.store(rows, Ordering::Relaxed);
+        t.state_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// The operator's figures: its tasks' summed, the least watermark
+    /// (none until every task has one).
     pub fn snapshot(&self) -> NodeSnapshot {
-        let wm = self
-            .watermarks
-            .iter()
-            .map(|w| w.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(i64::MIN);
-        NodeSnapshot {
-            rows_in: self.rows_in.load(Ordering::Relaxed),
-            rows_out: self.rows_out.load(Ordering::Relaxed),
-            late_rows: self.late_rows.load(Ordering::Relaxed),
-            bad_rows: self.bad_rows.load(Ordering::Relaxed),
-            watermark: (wm != i64::MIN).then_some(wm),
-            state_rows: self.state_rows.load(Ordering::Relaxed),
-            state_bytes: self.state_bytes.load(Ordering::Relaxed),
-            blocked_us: self.blocked_us.load(Ordering::Relaxed),
+        let tasks = self.task_snapshots();
+        let mut sum = NodeSnapshot {
+            watermark: tasks.iter().map(|t| t.watermark).min().flatten(),
+            ..NodeSnapshot::default()
+        };
+        for t in &tasks {
+            sum.rows_in += t.rows_in;
+            sum.rows_out += t.rows_out;
+            sum.late_rows += t.late_rows;
+            sum.bad_rows += t.bad_rows;
+            sum.state_rows += t.state_rows;
+            sum.state_bytes += t.state_bytes;
+            sum.blocked_us += t.blocked_us;
         }
+        sum
+    }
+
+    /// Each task's figures, by task number.
+    pub fn task_snapshots(&self) -> Vec<NodeSnapshot> {
+        self.tasks.iter().map(TaskCounters::snapshot).collect()
     }
 }
 

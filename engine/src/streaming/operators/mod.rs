@@ -21,7 +21,6 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::metrics::NodeMetrics;
 use super::window::{micros_to_ticks, ticks_to_micros};
 
 type Result<T> = datafusion::error::Result<T>;
@@ -197,12 +196,12 @@ pub struct InputShape {
     pub updating: bool,
 }
 
-/// What a task's operator is built from: the node's inputs, output schema
-/// and metrics.
+/// What a task's operator is built from: the node's inputs and output
+/// schema. (Operators report late rows and state size through
+/// [`KeyedOperator`]; the runtime keeps the metrics.)
 pub struct BuildContext {
     pub inputs: Vec<InputShape>,
     pub schema: SchemaRef,
-    pub metrics: Arc<NodeMetrics>,
 }
 
 /// A keyed operator as planned: the one place that says how it is named,

@@ -57,7 +57,6 @@ impl OperatorSpec for SessionAggregateSpec {
             self.layout.clone(),
             self.aggs.clone(),
             ctx.schema.clone(),
-            ctx.metrics.clone(),
         )?))
     }
 }
@@ -80,7 +79,8 @@ pub struct SessionAggregate {
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
     open: usize,
     watermark: i64,
-    metrics: Arc<NodeMetrics>,
+    /// Rows behind the watermark dropped since the runtime last asked.
+    late: u64,
 }
 
 impl SessionAggregate {
@@ -90,7 +90,6 @@ impl SessionAggregate {
         layout: SessionLayout,
         aggs: Vec<AggExpr>,
         output: SchemaRef,
-        metrics: Arc<NodeMetrics>,
     ) -> Result<Self> {
         let converter = key_converter(&keys, input)?;
         Ok(Self {
@@ -102,7 +101,7 @@ impl SessionAggregate {
             sessions: HashMap::new(),
             open: 0,
             watermark: i64::MIN,
-            metrics,
+            late: 0,
         })
     }
 
@@ -293,7 +292,7 @@ impl KeyedOperator for SessionAggregate {
                 acc.update_batch(&slice)?;
             }
         }
-        self.metrics.add_late(late);
+        self.late += late;
         Ok(())
     }
 
@@ -364,6 +363,10 @@ impl KeyedOperator for SessionAggregate {
             .collect::<Result<Vec<_>>>()?;
         out.push(batch_with_schema(&self.output, columns)?);
         Ok(())
+    }
+
+    fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
     }
 
     fn state_size(&self) -> (usize, usize) {

@@ -441,7 +441,6 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                             unit: TimeUnit::Millisecond,
                         },
                         wout.clone(),
-                        Arc::new(NodeMetrics::default()),
                     )
                     .unwrap(),
                 )
@@ -480,7 +479,6 @@ fn aggregates_restored_from_a_snapshot_continue_like_the_uninterrupted_run() {
                         },
                         vec![sum_agg(&wschema)],
                         wout.clone(),
-                        Arc::new(NodeMetrics::default()),
                     )
                     .unwrap(),
                 )
@@ -867,7 +865,6 @@ fn window_aggregate_emits_at_the_watermark_and_drops_late_rows() {
         Field::new("ws", DataType::Timestamp(TimeUnit::Millisecond, None), false),
         Field::new("s", DataType::Int64, true),
     ]));
-    let metrics = Arc::new(NodeMetrics::default());
     let mut op = WindowAggregate::new(
         vec![col("ws", &schema).unwrap()],
         &schema,
@@ -879,7 +876,6 @@ fn window_aggregate_emits_at_the_watermark_and_drops_late_rows() {
             unit: TimeUnit::Millisecond,
         },
         out,
-        metrics.clone(),
     )
     .unwrap();
     let mut o = vec![];
@@ -890,7 +886,8 @@ fn window_aggregate_emits_at_the_watermark_and_drops_late_rows() {
     op.on_watermark(10_000_000, &mut o).unwrap();
     assert_eq!(o.len(), 1);
     op.on_batch(0, b(vec![0, 10_000], vec![100, 5]), &mut o).unwrap();
-    assert_eq!(metrics.snapshot().late_rows, 1);
+    assert_eq!(op.take_late(), 1);
+    assert_eq!(op.take_late(), 0, "late rows are handed over once");
     op.on_watermark(i64::MAX, &mut o).unwrap();
     let expected = "\
 +---------------------+---+

@@ -65,7 +65,6 @@ impl OperatorSpec for WindowAggregateSpec {
             self.aggs.clone(),
             self.window,
             ctx.schema.clone(),
-            ctx.metrics.clone(),
         )?))
     }
 }
@@ -79,7 +78,8 @@ pub struct WindowAggregate {
     /// Open windows by end (microseconds).
     windows: BTreeMap<i64, WindowState>,
     watermark: i64,
-    metrics: Arc<NodeMetrics>,
+    /// Rows behind the watermark dropped since the runtime last asked.
+    late: u64,
     scratch: Vec<usize>,
 }
 
@@ -90,7 +90,6 @@ impl WindowAggregate {
         aggs: Vec<AggExpr>,
         window: WindowKey,
         output: SchemaRef,
-        metrics: Arc<NodeMetrics>,
     ) -> Result<Self> {
         let key_schema = key_schema(&keys, input)?;
         Ok(Self {
@@ -101,7 +100,7 @@ impl WindowAggregate {
             output,
             windows: BTreeMap::new(),
             watermark: i64::MIN,
-            metrics,
+            late: 0,
             scratch: Vec::new(),
         })
     }
@@ -188,7 +187,7 @@ impl KeyedOperator for WindowAggregate {
                 .map(|e| Some(matches!(e, Some(e) if e > wm)))
                 .collect();
             let kept = keep.true_count();
-            self.metrics.add_late((batch.num_rows() - kept) as u64);
+            self.late += (batch.num_rows() - kept) as u64;
             batch = filter_record_batch(&batch, &keep)?;
             ends = arrow::compute::filter(&ends, &keep)?
                 .as_any()
@@ -247,6 +246,10 @@ impl KeyedOperator for WindowAggregate {
             out.push(batch_with_schema(&self.output, columns)?);
         }
         Ok(())
+    }
+
+    fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
     }
 
     fn state_size(&self) -> (usize, usize) {

@@ -79,7 +79,7 @@ pub(super) fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> 
                     let step = step.clone();
                     lane.filter_map(move |m| {
                         let out = match m {
-                            Ok(Message::Batch(b)) => match step.apply(b) {
+                            Ok(Message::Batch(b)) => match step.apply(i, b) {
                                 Ok(b) if b.num_rows() == 0 => None,
                                 Ok(b) => Some(Ok(Message::Batch(b))),
                                 Err(e) => Some(Err(e)),
@@ -107,7 +107,6 @@ pub(super) fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> 
                     })
                     .collect(),
                 schema: node.schema.clone(),
-                metrics: node.metrics.clone(),
             };
             let ops = (0..node.parallelism)
                 .map(|_| spec.build(&ctx))
@@ -172,8 +171,9 @@ impl Step {
         })
     }
 
-    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        self.metrics.add_in(batch.num_rows());
+    /// Runs the step over a batch of lane (task) `task`.
+    fn apply(&self, task: usize, batch: RecordBatch) -> Result<RecordBatch> {
+        self.metrics.add_in(task, batch.num_rows());
         // An updating input's op column rides along untouched.
         let (rows, op) = if self.updating {
             let n = batch.num_columns();
@@ -203,7 +203,7 @@ impl Step {
                     None => rows,
                 };
                 let out = filter_record_batch(&with_op, &mask)?;
-                self.metrics.add_out(out.num_rows());
+                self.metrics.add_out(task, out.num_rows());
                 return Ok(out);
             }
             StepKind::Project(exprs, schema) => {
@@ -231,7 +231,7 @@ impl Step {
             }
             None => out,
         };
-        self.metrics.add_out(out.num_rows());
+        self.metrics.add_out(task, out.num_rows());
         Ok(out)
     }
 }

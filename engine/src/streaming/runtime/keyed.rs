@@ -50,10 +50,13 @@ pub(super) fn keyed(
     // Every input's lanes, numbered across inputs.
     let mut lanes_in = Vec::new();
     let mut lane_inputs = Vec::new();
+    // Per lane, the upstream task it comes from (its number within its input).
+    let mut lane_tasks = Vec::new();
     for (i, lanes) in inputs.into_iter().enumerate() {
-        for lane in lanes {
+        for (t, lane) in lanes.into_iter().enumerate() {
             lanes_in.push(lane);
             lane_inputs.push(i);
+            lane_tasks.push(t);
         }
     }
     let p = ops.len();
@@ -67,7 +70,17 @@ pub(super) fn keyed(
     for (l, lane) in lanes_in.into_iter().enumerate() {
         // Waiting on a full exchange is the input's backpressure.
         let upstream = node.inputs[lane_inputs[l]].metrics.clone();
-        tasks.push(exchange(lane, l, keys[lane_inputs[l]].clone(), senders.clone(), upstream).boxed());
+        tasks.push(
+            exchange(
+                lane,
+                l,
+                keys[lane_inputs[l]].clone(),
+                senders.clone(),
+                upstream,
+                lane_tasks[l],
+            )
+            .boxed(),
+        );
     }
     drop(senders);
     let lane_inputs: Arc<[usize]> = lane_inputs.into();
@@ -132,14 +145,14 @@ fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Message>>) -> Lane {
 
 /// Sends `msg`, counting the time spent waiting when the channel is full
 /// as `metrics`' backpressure; `false` when the receiver is gone.
-async fn send_counted<T>(tx: &mpsc::Sender<T>, msg: T, metrics: &NodeMetrics) -> bool {
+async fn send_counted<T>(tx: &mpsc::Sender<T>, msg: T, metrics: &NodeMetrics, task: usize) -> bool {
     match tx.try_send(msg) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
         Err(mpsc::error::TrySendError::Full(msg)) => {
             let waiting = std::time::Instant::now();
             let sent = tx.send(msg).await.is_ok();
-            metrics.add_blocked(waiting.elapsed());
+            metrics.add_blocked(task, waiting.elapsed());
             sent
         }
     }
@@ -153,13 +166,21 @@ async fn exchange(
     keys: Vec<Arc<dyn PhysicalExpr>>,
     targets: Vec<mpsc::Sender<(usize, Message)>>,
     upstream: Arc<NodeMetrics>,
+    upstream_task: usize,
 ) -> Result<()> {
     let assignment = keygroups::Assignment::new(targets.len());
     let mut hashes: Vec<u64> = Vec::new();
     while let Some(msg) = lane.next().await {
         match msg? {
             Message::Batch(b) if targets.len() == 1 => {
-                if !send_counted(&targets[0], (lane_id, Message::Batch(b)), &upstream).await {
+                if !send_counted(
+                    &targets[0],
+                    (lane_id, Message::Batch(b)),
+                    &upstream,
+                    upstream_task,
+                )
+                .await
+                {
                     return Ok(());
                 }
             }
@@ -169,7 +190,14 @@ async fn exchange(
                     .map(|k| eval(k, &b))
                     .collect::<datafusion::error::Result<_>>()?;
                 for (t, part) in assignment.split(&b, &cols, &mut hashes)? {
-                    if !send_counted(&targets[t], (lane_id, Message::Batch(part)), &upstream).await {
+                    if !send_counted(
+                        &targets[t],
+                        (lane_id, Message::Batch(part)),
+                        &upstream,
+                        upstream_task,
+                    )
+                    .await
+                    {
                         return Ok(());
                     }
                 }
@@ -195,10 +223,11 @@ async fn forward(
     out: &mut Vec<arrow::array::RecordBatch>,
     tx: &mpsc::Sender<Result<Message>>,
     metrics: &NodeMetrics,
+    task: usize,
 ) -> bool {
     for b in out.drain(..) {
-        metrics.add_out(b.num_rows());
-        if !send_counted(tx, Ok(Message::Batch(b)), metrics).await {
+        metrics.add_out(task, b.num_rows());
+        if !send_counted(tx, Ok(Message::Batch(b)), metrics, task).await {
             return false;
         }
     }
@@ -218,7 +247,6 @@ async fn run_keyed(
     let mut state_seen = Instant::now();
     let mut out = Vec::new();
     let mut events = Vec::new();
-    let (mut rows, mut bytes) = (0i64, 0i64);
     let started = Instant::now();
     loop {
         // Held messages of lanes no longer blocked come first, in order.
@@ -233,11 +261,11 @@ async fn run_keyed(
         for event in events.drain(..) {
             match event {
                 Event::Batch { input, batch } => {
-                    metrics.add_in(batch.num_rows());
+                    metrics.add_in(task, batch.num_rows());
                     op.on_batch(input, batch, &mut out)?;
                     let late = op.take_late();
                     if late > 0 {
-                        metrics.add_late(late);
+                        metrics.add_late(task, late);
                     }
                 }
                 Event::InputWatermark { input, watermark } => {
@@ -253,12 +281,11 @@ async fn run_keyed(
                     if advanced || state_seen.elapsed() >= STATE_METRICS_EVERY {
                         state_seen = Instant::now();
                         let (r, by) = op.state_size();
-                        metrics.add_state(r as i64 - rows, by as i64 - bytes);
+                        metrics.set_state(task, r as u64, by as u64);
                         metrics.set_detail(task, op.detail());
-                        (rows, bytes) = (r as i64, by as i64);
                     }
                     let emitted = !out.is_empty();
-                    if !forward(&mut out, &tx, &metrics).await {
+                    if !forward(&mut out, &tx, &metrics, task).await {
                         return Ok(());
                     }
                     // Changes are followed by a progress step, so an
@@ -283,7 +310,7 @@ async fn run_keyed(
                     // Every lane is at the barrier: emit what is pending (a
                     // progress step), snapshot, pass the barrier on.
                     op.on_watermark(aligner.watermark(), &mut out)?;
-                    if !forward(&mut out, &tx, &metrics).await {
+                    if !forward(&mut out, &tx, &metrics, task).await {
                         return Ok(());
                     }
                     ck.save_operator(epoch, op.as_mut()).await;
@@ -292,7 +319,7 @@ async fn run_keyed(
                     }
                 }
                 Event::End => {
-                    if !forward(&mut out, &tx, &metrics).await {
+                    if !forward(&mut out, &tx, &metrics, task).await {
                         return Ok(());
                     }
                     let _ = tx.send(Ok(Message::End)).await;
@@ -315,7 +342,7 @@ mod tests {
         let metrics = NodeMetrics::new(1);
         let (tx, mut rx) = mpsc::channel::<u32>(1);
         // Room: no wait.
-        assert!(send_counted(&tx, 1, &metrics).await);
+        assert!(send_counted(&tx, 1, &metrics, 0).await);
         assert_eq!(metrics.snapshot().blocked_us, 0);
         // Full until the reader takes one, 20 ms later.
         let reader = tokio::spawn(async move {
@@ -323,12 +350,12 @@ mod tests {
             let first = rx.recv().await;
             (first, rx)
         });
-        assert!(send_counted(&tx, 2, &metrics).await);
+        assert!(send_counted(&tx, 2, &metrics, 0).await);
         assert!(metrics.snapshot().blocked_us > 0, "the wait was not counted");
         let (first, rx) = reader.await.unwrap();
         assert_eq!(first, Some(1));
         drop(rx);
         // Nobody reads any more: false, not a hang.
-        assert!(!send_counted(&tx, 3, &metrics).await);
+        assert!(!send_counted(&tx, 3, &metrics, 0).await);
     }
 }

@@ -182,14 +182,14 @@ pub(super) fn source_lane(
                         continue;
                     }
                 };
-                metrics.add_bad(source.take_bad_records());
+                metrics.add_bad(partition, source.take_bad_records());
                 metrics.set_detail(partition, source.status());
                 metrics.set_splits(partition, source.split_figures());
                 metrics.set_progress(partition, source.progress());
                 match next {
                     Ok(Some(batch)) => {
                         state.idle_sent = false;
-                        metrics.add_out(batch.num_rows());
+                        metrics.add_out(partition, batch.num_rows());
                         let split = source.last_split().min(state.splits.len() - 1);
                         if let Some(spec) = &table.watermark {
                             match max_time(&batch, spec.column) {
