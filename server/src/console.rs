@@ -367,6 +367,7 @@ pub fn operators_json(engine: &Engine) -> Value {
                     "state_bytes": t.state_bytes,
                     "blocked_us": t.blocked_us,
                     "late_rows": t.late_rows,
+                    "expired_rows": t.expired_rows,
                     "watermark_us": t.watermark.filter(|w| *w > i64::MIN && *w < i64::MAX),
                 })).collect::<Vec<_>>(),
             })

@@ -109,6 +109,10 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         "sluice_operator_bad_rows_total",
         "Records a source could not decode.",
     )?;
+    let expired = counter(
+        "sluice_operator_rows_expired_total",
+        "State rows an operator dropped because time made them useless (an interval join's rows past their bound, rows past the state TTL).",
+    )?;
     let state_rows = gauge(
         "sluice_operator_state_rows",
         "Rows an operator holds in its state.",
@@ -186,6 +190,7 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
             late.with_label_values(&labels).inc_by(m.late_rows);
             bad.with_label_values(&labels).inc_by(m.bad_rows);
             state_rows.with_label_values(&labels).set(m.state_rows as i64);
+            expired.with_label_values(&labels).inc_by(m.expired_rows);
             state_bytes.with_label_values(&labels).set(m.state_bytes as i64);
             blocked.with_label_values(&labels).set(m.blocked_us as f64 / 1e6);
             // A task with no watermark yet, or past the end of its input
@@ -362,6 +367,7 @@ fn register_jobs(registry: &Registry, engine: &Engine) -> Result<(), prometheus:
         Box::new(rows_out),
         Box::new(late),
         Box::new(bad),
+        Box::new(expired),
         Box::new(state_rows),
         Box::new(state_bytes),
         Box::new(parallelism),

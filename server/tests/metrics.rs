@@ -140,6 +140,11 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
         "-c",
         "CREATE MATERIALIZED VIEW per_second AS SELECT window_start, count(*) AS bids \
          FROM TUMBLE(bid, date_time, INTERVAL '1' SECOND) GROUP BY window_start",
+        // An interval join: its state expires as time passes.
+        "-c",
+        "CREATE MATERIALIZED VIEW pairs AS SELECT a.auction, count(*) AS n FROM bid a JOIN bid b \
+         ON a.auction = b.auction AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND \
+         GROUP BY a.auction",
         // A sink landing versions: its commits.
         "-c",
         "CREATE SINK landed WITH (connector = 'delta', path = 'lake/landed') AS \
@@ -212,6 +217,11 @@ fn prometheus_scrapes_job_checkpoint_and_error_series() {
     assert!(
         !tasks.is_empty() && tasks.iter().all(|(labels, _)| labels["task"].as_str().is_some()),
         "{tasks:?}"
+    );
+    // The join drops what its bound passed, and says so.
+    prom.wait_for(
+        "sum(sluice_operator_rows_expired_total{job_name=\"pairs\",operator=~\".*Join\"})",
+        |v| v > 0.0,
     );
     // The sink's commits: counted, rows and bytes added, and the table
     // version they made, which sluice_commits lists.

@@ -32,6 +32,9 @@ struct TaskCounters {
     watermark: AtomicI64,
     state_rows: AtomicU64,
     state_bytes: AtomicU64,
+    /// State rows dropped because time made them useless, since the task
+    /// started.
+    expired_rows: AtomicU64,
     /// Microseconds the task waited to hand output to a full channel
     /// downstream (backpressure).
     blocked_us: AtomicU64,
@@ -47,6 +50,7 @@ impl TaskCounters {
             watermark: AtomicI64::new(i64::MIN),
             state_rows: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            expired_rows: AtomicU64::new(0),
             blocked_us: AtomicU64::new(0),
         }
     }
@@ -61,6 +65,7 @@ impl TaskCounters {
             watermark: (wm != i64::MIN).then_some(wm),
             state_rows: self.state_rows.load(Ordering::Relaxed),
             state_bytes: self.state_bytes.load(Ordering::Relaxed),
+            expired_rows: self.expired_rows.load(Ordering::Relaxed),
             blocked_us: self.blocked_us.load(Ordering::Relaxed),
         }
     }
@@ -279,6 +284,8 @@ pub struct NodeSnapshot {
     pub watermark: Option<i64>,
     pub state_rows: u64,
     pub state_bytes: u64,
+    /// State rows dropped because time made them useless.
+    pub expired_rows: u64,
     /// Microseconds spent blocked on a full downstream channel, summed
     /// over the operator's tasks.
     pub blocked_us: u64,
@@ -334,6 +341,11 @@ impl NodeMetrics {
         t.state_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// Sets the state rows task `task`'s operator has expired so far.
+    pub fn set_expired(&self, task: usize, rows: u64) {
+        self.task(task).expired_rows.store(rows, Ordering::Relaxed);
+    }
+
     /// The operator's figures: its tasks' summed, the least watermark
     /// (none until every task has one).
     pub fn snapshot(&self) -> NodeSnapshot {
@@ -349,6 +361,7 @@ impl NodeMetrics {
             sum.bad_rows += t.bad_rows;
             sum.state_rows += t.state_rows;
             sum.state_bytes += t.state_bytes;
+            sum.expired_rows += t.expired_rows;
             sum.blocked_us += t.blocked_us;
         }
         sum

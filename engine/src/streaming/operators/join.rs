@@ -871,6 +871,10 @@ impl KeyedOperator for StreamingJoin {
         std::mem::take(&mut self.late)
     }
 
+    fn expired_rows(&self) -> u64 {
+        self.expired[0] + self.expired[1]
+    }
+
     fn detail(&self) -> Option<String> {
         let bounded: Vec<String> = (0..2)
             .filter(|s| self.inputs[*s].expire.is_some() || self.ttl_side(*s))

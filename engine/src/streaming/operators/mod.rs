@@ -156,6 +156,12 @@ pub trait KeyedOperator: Send {
     fn take_late(&mut self) -> u64 {
         0
     }
+    /// State rows the operator has dropped so far because time made them
+    /// useless (an interval join's rows past their bound, rows past the
+    /// state TTL); counted since the task started.
+    fn expired_rows(&self) -> u64 {
+        0
+    }
     /// What the operator says about its state beyond rows and bytes (an
     /// interval join: rows expired), for SHOW JOBS.
     fn detail(&self) -> Option<String> {

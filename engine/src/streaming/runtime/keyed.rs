@@ -282,6 +282,7 @@ async fn run_keyed(
                         state_seen = Instant::now();
                         let (r, by) = op.state_size();
                         metrics.set_state(task, r as u64, by as u64);
+                        metrics.set_expired(task, op.expired_rows());
                         metrics.set_detail(task, op.detail());
                     }
                     let emitted = !out.is_empty();
