@@ -212,3 +212,63 @@ fn with_a_certificate_the_console_and_metrics_are_https_only() {
     let (ok, _) = curl(&[&format!("http://127.0.0.1:{http}/metrics")]);
     assert!(!ok, "plain HTTP was served beside HTTPS");
 }
+
+/// Bad input to the HTTP port gets an error or a closed connection, and
+/// both ports keep serving: a request line that isn't one, a header past
+/// hyper's limit, a body past the console's, and clients that start a
+/// request and never finish it.
+#[test]
+fn bad_http_input_gets_an_error_and_both_ports_keep_serving() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let p = SluiceProcess::start_with(&dir.path().join("data"), &[("SLUICE_HTTP_LISTEN", &addr)]);
+    // What the server answers to raw bytes: its status code, or 0 for a
+    // connection closed without an answer.
+    let raw = |bytes: &[u8]| -> u16 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // The server may close while a large request is still being sent.
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    };
+    let code = raw(b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(code == 400 || code == 0, "garbage: {code}");
+    let mut huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend(b"\r\n\r\n");
+    let code = raw(&huge);
+    assert!(code == 431 || code == 400 || code == 0, "a 1 MiB header: {code}");
+    let big_body = "x".repeat(2 << 20);
+    let (code, _) = request(http, "POST", "/api/sql", &[GOOD, "X-Sluice-Console: 1"], &big_body);
+    assert_eq!(code, 413, "a 2 MiB statement");
+    // Slow clients: a request begun and never finished, 50 times over.
+    let slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Meanwhile both ports serve.
+    let (code, text) = request(http, "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+    assert!(text.contains("sluice_connections_total"));
+    let out = p.psql_output("sluice", &["-c", "SELECT 6 * 7"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // And the server lets the slow ones go (after its 10 s header
+    // timeout): each read ends, where a held connection would run into
+    // this side's 60 s read timeout.
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut out = Vec::new();
+        let ended = s.read_to_end(&mut out);
+        assert!(ended.is_ok(), "a slow client was held: {ended:?}");
+    }
+    let (code, _) = request(http, "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+}
