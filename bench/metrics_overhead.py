@@ -77,6 +77,37 @@ def console(port, stop, stats):
     sock.close()
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost(pid, http_port, seconds):
+    """The server's CPU per scrape and per console update, with the measured
+    job gone (the paced jobs still run): CPU over `seconds` quiet, then with
+    10 scrapers at once a second each, then with 10 console feeds open."""
+    out = {}
+    for way, n in (("quiet", 0), ("scraped", 10), ("console", 10)):
+        stop = threading.Event()
+        stats = {"scrapes": 0, "bytes": 0, "series": 0, "seconds": 0.0, "updates": 0}
+        target = scraper if way == "scraped" else console
+        watchers = [threading.Thread(target=target, args=(http_port, stop, stats)) for _ in range(n)]
+        for w in watchers:
+            w.start()
+        time.sleep(1)
+        before, scrapes, updates, t0 = cpu_seconds(pid), stats["scrapes"], stats["updates"], time.time()
+        time.sleep(seconds)
+        used, t1 = cpu_seconds(pid) - before, time.time()
+        done = (stats["scrapes"] - scrapes) + (stats["updates"] - updates)
+        stop.set()
+        for w in watchers:
+            w.join()
+        out[way] = (used / (t1 - t0), done / (t1 - t0))
+    return out
+
+
 def source_rows(session, job):
     return sum(int(r[7]) for r in session.sql("SHOW JOBS") if r[0] == job and r[4].startswith("Source:"))
 
@@ -88,6 +119,8 @@ def main():
     ap.add_argument("--paced-rate", type=int, default=500, help="events/s of each other job's stream")
     ap.add_argument("--window", type=float, default=15.0, help="seconds per measured window")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cost-seconds", type=float, default=30.0,
+                    help="seconds per way of the CPU-cost measurement after the rounds")
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
@@ -146,16 +179,20 @@ def main():
                         watcher.join()
                     rates[way].append((after - before) / (t1 - t0))
                     print(f"  round {r + 1} {way:8} {rates[way][-1]:12,.0f} events/s", flush=True)
+            session.sql("DROP SINK measured")
+            time.sleep(3)
+            cpu = cost(proc.pid, http_port, a.cost_seconds)
             session.close()
         finally:
             proc.terminate()
             proc.wait()
 
-    quiet = statistics.median(rates["quiet"])
-    print(f"\n{'way':10} {'events/s (median)':>18} {'vs quiet':>9}  runs")
-    for way in ways:
-        m = statistics.median(rates[way])
-        print(f"{way:10} {m:18,.0f} {m / quiet:9.3f}  " + " ".join(f"{x:,.0f}" for x in rates[way]))
+    if a.rounds:
+        quiet = statistics.median(rates["quiet"])
+        print(f"\n{'way':10} {'events/s (median)':>18} {'vs quiet':>9}  runs")
+        for way in ways:
+            m = statistics.median(rates[way])
+            print(f"{way:10} {m:18,.0f} {m / quiet:9.3f}  " + " ".join(f"{x:,.0f}" for x in rates[way]))
     s = seen["scraped"]
     if s["scrapes"]:
         print(f"\n/metrics: {s['series']:,} series, {s['bytes'] / 1024:,.0f} KiB per scrape, "
@@ -163,6 +200,14 @@ def main():
     c = seen["console"]
     if c["updates"]:
         print(f"console feed: {c['updates']} updates, {c['bytes'] / max(1, c['updates']) / 1024:,.0f} KiB each")
+    quiet_cpu = cpu["quiet"][0]
+    print(f"\nCPU of the server with the {a.jobs - 1} paced jobs only: {quiet_cpu:.3f} cores")
+    for way, what in (("scraped", "scrape"), ("console", "console update")):
+        used, per_second = cpu[way]
+        if per_second:
+            each = (used - quiet_cpu) / per_second
+            print(f"{way:8}: {per_second:.1f} {what}s/s, {used:.3f} cores: {1000 * each:.2f} ms of CPU per {what}, "
+                  f"so one a second is {100 * each / 2:.2f}% of the machine's 2 cores")
 
 
 if __name__ == "__main__":

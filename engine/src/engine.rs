@@ -221,6 +221,13 @@ impl Engine {
             .with_default_features()
             .with_query_planner(Arc::new(crate::subquery::SluiceQueryPlanner))
             .build();
+        let mut state = state;
+        // After DataFusion's own: they leave comparisons of an array with
+        // text alone, which this one reads as Postgres does.
+        datafusion::execution::FunctionRegistry::register_expr_planner(
+            &mut state,
+            Arc::new(crate::pgliterals::PgLiteralPlanner),
+        )?;
         let template = SessionContext::new_with_state(state);
         // Postgres' to_char templates ('YYYY-MM-DD') besides chrono's.
         template.register_udf(crate::functions::PgToChar::udf());

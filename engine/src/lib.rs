@@ -25,6 +25,7 @@ pub mod optimizer;
 pub mod overflow;
 pub mod parser;
 pub mod paths;
+pub mod pgliterals;
 pub mod pgrelations;
 pub mod retry;
 pub mod roles;

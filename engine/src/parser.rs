@@ -1020,7 +1020,7 @@ pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Stateme
 }
 
 /// The elements of a one-dimensional Postgres array literal (`{a,"b c",NULL}`).
-fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
+pub(crate) fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
     let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
     if inner.trim().is_empty() {
