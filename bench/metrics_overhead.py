@@ -84,27 +84,36 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cost(pid, http_port, seconds):
+def cost(pid, http_port, seconds, rounds, watchers=10):
     """The server's CPU per scrape and per console update, with the measured
-    job gone (the paced jobs still run): CPU over `seconds` quiet, then with
-    10 scrapers at once a second each, then with 10 console feeds open."""
-    out = {}
-    for way, n in (("quiet", 0), ("scraped", 10), ("console", 10)):
-        stop = threading.Event()
-        stats = {"scrapes": 0, "bytes": 0, "series": 0, "seconds": 0.0, "updates": 0}
-        target = scraper if way == "scraped" else console
-        watchers = [threading.Thread(target=target, args=(http_port, stop, stats)) for _ in range(n)]
-        for w in watchers:
-            w.start()
-        time.sleep(1)
-        before, scrapes, updates, t0 = cpu_seconds(pid), stats["scrapes"], stats["updates"], time.time()
-        time.sleep(seconds)
-        used, t1 = cpu_seconds(pid) - before, time.time()
-        done = (stats["scrapes"] - scrapes) + (stats["updates"] - updates)
-        stop.set()
-        for w in watchers:
-            w.join()
-        out[way] = (used / (t1 - t0), done / (t1 - t0))
+    job gone (the paced jobs still run). Per round: CPU over `seconds`
+    quiet, then with `watchers` scrapers at once (each scraping once a
+    second), then with `watchers` console feeds open; each way's cost is its
+    CPU above that round's quiet. Returns per way a list of (ms of CPU per
+    scrape or update, quiet cores) over the rounds."""
+    out = {"scraped": [], "console": []}
+    for _ in range(rounds):
+        cores = {}
+        for way in ("quiet", "scraped", "console"):
+            stop = threading.Event()
+            stats = {"scrapes": 0, "bytes": 0, "series": 0, "seconds": 0.0, "updates": 0}
+            target = scraper if way == "scraped" else console
+            threads = [threading.Thread(target=target, args=(http_port, stop, stats))
+                       for _ in range(watchers if way != "quiet" else 0)]
+            for t in threads:
+                t.start()
+            time.sleep(1)
+            before, done0, t0 = cpu_seconds(pid), stats["scrapes"] + stats["updates"], time.time()
+            time.sleep(seconds)
+            used, t1 = cpu_seconds(pid) - before, time.time()
+            done = stats["scrapes"] + stats["updates"] - done0
+            stop.set()
+            for t in threads:
+                t.join()
+            cores[way] = (used / (t1 - t0), done / (t1 - t0))
+        for way in ("scraped", "console"):
+            used, per_second = cores[way]
+            out[way].append((1000 * (used - cores["quiet"][0]) / per_second, cores["quiet"][0]))
     return out
 
 
@@ -119,8 +128,9 @@ def main():
     ap.add_argument("--paced-rate", type=int, default=500, help="events/s of each other job's stream")
     ap.add_argument("--window", type=float, default=15.0, help="seconds per measured window")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cost-seconds", type=float, default=30.0,
+    ap.add_argument("--cost-seconds", type=float, default=20.0,
                     help="seconds per way of the CPU-cost measurement after the rounds")
+    ap.add_argument("--cost-rounds", type=int, default=5)
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
@@ -181,7 +191,7 @@ def main():
                     print(f"  round {r + 1} {way:8} {rates[way][-1]:12,.0f} events/s", flush=True)
             session.sql("DROP SINK measured")
             time.sleep(3)
-            cpu = cost(proc.pid, http_port, a.cost_seconds)
+            cpu = cost(proc.pid, http_port, a.cost_seconds, a.cost_rounds)
             session.close()
         finally:
             proc.terminate()
@@ -200,15 +210,14 @@ def main():
     c = seen["console"]
     if c["updates"]:
         print(f"console feed: {c['updates']} updates, {c['bytes'] / max(1, c['updates']) / 1024:,.0f} KiB each")
-    quiet_cpu = cpu["quiet"][0]
-    print(f"\nCPU of the server with the {a.jobs - 1} paced jobs only: {quiet_cpu:.3f} cores")
+    print(f"\nCPU cost, {a.cost_rounds} rounds of quiet / 10 scrapers / 10 console feeds, "
+          f"{a.cost_seconds:.0f} s each, over the {a.jobs - 1} paced jobs "
+          f"({statistics.median(q for _, q in cpu['scraped']):.3f} cores quiet):")
     for way, what in (("scraped", "scrape"), ("console", "console update")):
-        used, per_second = cpu[way]
-        if per_second:
-            each = (used - quiet_cpu) / per_second
-            print(f"{way:8}: {per_second:.1f} {what}s/s, {used:.3f} cores: {1000 * each:.2f} ms of CPU per {what}, "
-                  f"so one a second is {100 * each / 2:.2f}% of the machine's 2 cores")
-
+        each = statistics.median(ms for ms, _ in cpu[way])
+        print(f"{way:8}: {each:.2f} ms of CPU per {what} (median; rounds: "
+              + " ".join(f"{ms:.1f}" for ms, _ in cpu[way])
+              + f"), so one a second is {each / 10 / 2:.2f}% of the machine's 2 cores")
 
 if __name__ == "__main__":
     main()
