@@ -57,5 +57,8 @@ fn as_array_of(literal: &Expr, other: &Expr, schema: &DFSchema) -> Option<Expr> 
             None => lit(ScalarValue::Utf8(None)),
         })
         .collect();
-    Some(cast(datafusion::functions_nested::expr_fn::make_array(items), target))
+    Some(cast(
+        datafusion::functions_nested::expr_fn::make_array(items),
+        target,
+    ))
 }

@@ -234,7 +234,10 @@ fn bad_http_input_gets_an_error_and_both_ports_keep_serving() {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         let text = String::from_utf8_lossy(&out);
-        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
     };
     let code = raw(b"THIS IS NOT HTTP\r\n\r\n");
     assert!(code == 400 || code == 0, "garbage: {code}");
@@ -244,7 +247,13 @@ fn bad_http_input_gets_an_error_and_both_ports_keep_serving() {
     let code = raw(&huge);
     assert!(code == 431 || code == 400 || code == 0, "a 1 MiB header: {code}");
     let big_body = "x".repeat(2 << 20);
-    let (code, _) = request(http, "POST", "/api/sql", &[GOOD, "X-Sluice-Console: 1"], &big_body);
+    let (code, _) = request(
+        http,
+        "POST",
+        "/api/sql",
+        &[GOOD, "X-Sluice-Console: 1"],
+        &big_body,
+    );
     assert_eq!(code, 413, "a 2 MiB statement");
     // Slow clients: a request begun and never finished, 50 times over.
     let slow: Vec<std::net::TcpStream> = (0..50)
