@@ -82,6 +82,72 @@ pub fn resolve(
         .collect()
 }
 
+/// A catalog statement (`CREATE STREAM s WITH ('k' = 'v', ...)`) with the
+/// values of secret options (see [`is_secret`]) replaced by [`MASK`], for
+/// showing a user the statement that made an object. An option is a quoted
+/// or bare name, `=`, and a quoted value; anything else is left as it is.
+pub fn masked_sql(sql: &str) -> String {
+    // The statement as tokens of interest: quoted literals (with '' for a
+    // quote inside), bare words and single characters.
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    // The text of the last name token and whether a `=` followed it.
+    let mut name: Option<String> = None;
+    let mut after_eq = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' {
+            let start = i;
+            i += 1;
+            let mut text = String::new();
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if i + 1 < b.len() && b[i + 1] == b'\'' {
+                        text.push('\'');
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                let ch = sql[i..].chars().next().unwrap_or(' ');
+                text.push(ch);
+                i += ch.len_utf8();
+            }
+            if after_eq && name.as_deref().is_some_and(is_secret) {
+                out.push('\'');
+                out.push_str(MASK);
+                out.push('\'');
+                name = None;
+            } else {
+                out.push_str(&sql[start..i]);
+                name = Some(text);
+            }
+            after_eq = false;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            out.push_str(&sql[start..i]);
+            name = Some(sql[start..i].to_string());
+            after_eq = false;
+        } else {
+            let ch = sql[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+            if ch == '=' && name.is_some() {
+                after_eq = true;
+            } else if !ch.is_whitespace() {
+                name = None;
+                after_eq = false;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +182,21 @@ mod tests {
             ("properties.sasl.password".to_string(), "hunter2".to_string()),
         ]);
         assert_eq!(options_text(&o), "properties.sasl.password=********, topic=t");
+    }
+
+    #[test]
+    fn statements_show_secret_values_masked() {
+        let sql = "CREATE STREAM k WITH ('connector' = 'kafka', 'properties.sasl.password' = 'it''s hunter2', \
+                   'topic' = 'password', s3.secret_access_key = 'abc', 'key' = 'id')";
+        assert_eq!(
+            masked_sql(sql),
+            "CREATE STREAM k WITH ('connector' = 'kafka', 'properties.sasl.password' = '********', \
+                   'topic' = 'password', s3.secret_access_key = '********', 'key' = 'id')"
+        );
+        let query = "CREATE SINK s AS SELECT 'password' = 'x' AS a, token FROM t WHERE name = 'é'";
+        assert_eq!(
+            masked_sql(query),
+            "CREATE SINK s AS SELECT 'password' = '********' AS a, token FROM t WHERE name = 'é'"
+        );
     }
 }

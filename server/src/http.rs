@@ -177,6 +177,25 @@ async fn api(
             ] {
                 all.insert(name.into(), run(sql).await);
             }
+            // The statements that made them, as the catalog keeps them,
+            // secrets masked.
+            let rows: Vec<serde_json::Value> = server
+                .engine
+                .objects()
+                .await
+                .into_iter()
+                .map(|o| {
+                    serde_json::json!([o.name, o.kind.noun(), sluice_engine::secrets::masked_sql(&o.sql)])
+                })
+                .collect();
+            all.insert(
+                "Statements".into(),
+                serde_json::json!({
+                    "columns": [{"name": "name", "type": "Utf8"}, {"name": "kind", "type": "Utf8"},
+                                {"name": "statement", "type": "Utf8"}],
+                    "rows": rows,
+                }),
+            );
             json(StatusCode::OK, serde_json::Value::Object(all))
         }
         (Method::GET, "/api/live") => live(server, user).await,

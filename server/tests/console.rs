@@ -84,6 +84,38 @@ fn the_console_api_asks_for_the_wire_protocols_users() {
     let (code, text) = request(http, "GET", "/metrics", &[], "");
     assert_eq!(code, 200);
     assert!(text.contains("sluice_connections_total"), "{text}");
+    // A secret given as an option shows masked in the catalog, and nowhere
+    // else the console or /metrics reads.
+    std::fs::create_dir_all(dir.path().join("data/in")).unwrap();
+    let (_, out) = request(
+        http,
+        "POST",
+        "/api/sql",
+        &[GOOD, "X-Sluice-Console: 1"],
+        "CREATE STREAM guarded (id BIGINT) WITH (connector = 'filesystem', path = 'in/', format = 'json', \
+         's3.secret_access_key' = 'hunter2-never-shown')",
+    );
+    assert!(!out.contains("\"error\""), "{out}");
+    let (_, catalog) = request(http, "GET", "/api/catalog", &[GOOD], "");
+    assert!(
+        catalog.contains("guarded") && catalog.contains("s3.secret_access_key=********"),
+        "{catalog}"
+    );
+    // The statement that made it, secret masked.
+    assert!(
+        catalog.contains("CREATE STREAM guarded") && catalog.contains("'s3.secret_access_key' = '********'"),
+        "{catalog}"
+    );
+    for path in [
+        "/api/catalog",
+        "/api/operators",
+        "/api/jobs",
+        "/api/checkpoints",
+        "/metrics",
+    ] {
+        let (_, body) = request(http, "GET", path, &[GOOD], "");
+        assert!(!body.contains("hunter2"), "{path} shows the secret: {body}");
+    }
 }
 
 #[test]

@@ -101,7 +101,7 @@ async function open(kind, errors) {
     assert((await page.text("#who")).includes("sluice"), "user not shown");
   });
 
-  await check("the job is listed running, its rate updates live", async () => {
+  await check("the job is listed running, its rate and lag update live", async () => {
     const row = 'tr[data-job="per_auction"]';
     await page.waitFor(row, 15000);
     assert((await page.text(`${row} td:nth-child(3)`)).includes("running"), "not running");
@@ -114,6 +114,8 @@ async function open(kind, errors) {
     await sleep(2500);
     const after = await page.attr(`${row} svg.spark polyline`, "points");
     assert(before !== after, "the sparkline did not move in 2.5 s");
+    // The watermark lag has its own.
+    await page.waitFor(`${row} td.lag svg.spark polyline`, 10000);
   });
 
   await check("a bounded job shows its progress", async () => {
@@ -172,6 +174,7 @@ async function open(kind, errors) {
     await page.waitUntil(() => document.querySelector("#catalog-tables").textContent.includes("per_auction"), 10000);
     const text = await page.text("#catalog-tables");
     assert(text.includes("bid") && text.includes("nexmark"), text.slice(0, 200));
+    assert(text.includes("CREATE MATERIALIZED VIEW per_auction AS SELECT"), "no statements shown");
   });
 
   await check("SQL runs and shows rows", async () => {
