@@ -110,8 +110,10 @@ class Sluice:
     `prepare(data_dir)` runs before the server starts (to place files in its
     data directory)."""
 
-    def __init__(self, binary, file_roots, parallelism=2, prepare=None):
+    def __init__(self, binary, file_roots, parallelism=2, prepare=None, http=False):
         self.binary, self.roots, self.parallelism, self.prepare = binary, file_roots, parallelism, prepare
+        # With `http`, the console and /metrics listen on `self.http_port`.
+        self.http_port = free_port() if http else None
 
     def __enter__(self):
         self.data = tempfile.TemporaryDirectory()
@@ -120,7 +122,8 @@ class Sluice:
         self.port = free_port()
         env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s",
                    SLUICE_PARALLELISM=str(self.parallelism), SLUICE_FILE_ROOTS=self.roots)
-        self.proc = subprocess.Popen([self.binary, "--listen", f"127.0.0.1:{self.port}", "--http-listen", "off",
+        http = f"127.0.0.1:{self.http_port}" if self.http_port else "off"
+        self.proc = subprocess.Popen([self.binary, "--listen", f"127.0.0.1:{self.port}", "--http-listen", http,
                                       "--data-dir", self.data.name],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60

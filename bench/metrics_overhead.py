@@ -33,12 +33,11 @@ import http.client
 import os
 import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 
-from benchlib import PsqlSession, free_port
+from benchlib import PsqlSession, Sluice
 
 AUTH = "Basic " + base64.b64encode(b"sluice:sluice").decode()
 WINDOWED = ("SELECT auction, count(*) AS bids, window_start FROM TUMBLE({s}, date_time, "
@@ -133,69 +132,52 @@ def main():
     ap.add_argument("--cost-rounds", type=int, default=5)
     a = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as data:
-        port, http_port = free_port(), free_port()
-        env = dict(os.environ, SLUICE_LOG="warn", SLUICE_CHECKPOINT_INTERVAL="10s", SLUICE_PARALLELISM="2")
-        proc = subprocess.Popen([a.sluice, "--listen", f"127.0.0.1:{port}", "--http-listen",
-                                 f"127.0.0.1:{http_port}", "--data-dir", data],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise RuntimeError("sluice did not start")
-                    time.sleep(0.05)
-            session = PsqlSession(port)
-            for i in range(a.jobs - 1):
-                session.sql(f"CREATE STREAM paced{i} WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
-                            f"'events.per.second' = '{a.paced_rate}')")
-                session.sql(f"CREATE SINK watch{i} WITH (connector = 'blackhole') AS "
-                            + WINDOWED.format(s=f"paced{i}"))
-            session.sql("CREATE STREAM flat WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
-                        "'events.per.second' = '0')")
-            session.sql("CREATE SINK measured WITH (connector = 'blackhole') AS " + WINDOWED.format(s="flat"))
-            running = {r[0] for r in session.sql("SHOW JOBS") if r[2] == "running"}
-            assert len(running) == a.jobs, f"{len(running)} jobs running, wanted {a.jobs}"
-            time.sleep(5)  # past the start
+    with Sluice(a.sluice, file_roots=tempfile.gettempdir(), parallelism=2, http=True) as server:
+        port, http_port, proc = server.port, server.http_port, server.proc
+        session = PsqlSession(port)
+        for i in range(a.jobs - 1):
+            session.sql(f"CREATE STREAM paced{i} WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
+                        f"'events.per.second' = '{a.paced_rate}')")
+            session.sql(f"CREATE SINK watch{i} WITH (connector = 'blackhole') AS "
+                        + WINDOWED.format(s=f"paced{i}"))
+        session.sql("CREATE STREAM flat WITH (connector = 'nexmark', 'nexmark.table' = 'bid', "
+                    "'events.per.second' = '0')")
+        session.sql("CREATE SINK measured WITH (connector = 'blackhole') AS " + WINDOWED.format(s="flat"))
+        running = {r[0] for r in session.sql("SHOW JOBS") if r[2] == "running"}
+        assert len(running) == a.jobs, f"{len(running)} jobs running, wanted {a.jobs}"
+        time.sleep(5)  # past the start
 
-            ways = ["quiet", "scraped", "console"]
-            rates = {w: [] for w in ways}
-            seen = {"scraped": {"scrapes": 0, "bytes": 0, "series": 0, "seconds": 0.0},
-                    "console": {"updates": 0, "bytes": 0}}
-            print(f"{a.jobs} jobs ({a.jobs - 1} paced at {a.paced_rate} events/s, one unpaced measured), "
-                  f"{a.rounds} rounds of {len(ways)} windows of {a.window:.0f} s", flush=True)
-            for r in range(a.rounds):
-                # Each round starts with another way, so none always follows the same one.
-                order = ways[r % len(ways):] + ways[:r % len(ways)]
-                for way in order:
-                    stop = threading.Event()
-                    watcher = None
-                    if way == "scraped":
-                        watcher = threading.Thread(target=scraper, args=(http_port, stop, seen["scraped"]))
-                    elif way == "console":
-                        watcher = threading.Thread(target=console, args=(http_port, stop, seen["console"]))
-                    if watcher:
-                        watcher.start()
-                        time.sleep(1)  # the first scrape or update is out of the window
-                    before, t0 = source_rows(session, "measured"), time.time()
-                    time.sleep(a.window)
-                    after, t1 = source_rows(session, "measured"), time.time()
-                    stop.set()
-                    if watcher:
-                        watcher.join()
-                    rates[way].append((after - before) / (t1 - t0))
-                    print(f"  round {r + 1} {way:8} {rates[way][-1]:12,.0f} events/s", flush=True)
-            session.sql("DROP SINK measured")
-            time.sleep(3)
-            cpu = cost(proc.pid, http_port, a.cost_seconds, a.cost_rounds)
-            session.close()
-        finally:
-            proc.terminate()
-            proc.wait()
+        ways = ["quiet", "scraped", "console"]
+        rates = {w: [] for w in ways}
+        seen = {"scraped": {"scrapes": 0, "bytes": 0, "series": 0, "seconds": 0.0},
+                "console": {"updates": 0, "bytes": 0}}
+        print(f"{a.jobs} jobs ({a.jobs - 1} paced at {a.paced_rate} events/s, one unpaced measured), "
+              f"{a.rounds} rounds of {len(ways)} windows of {a.window:.0f} s", flush=True)
+        for r in range(a.rounds):
+            # Each round starts with another way, so none always follows the same one.
+            order = ways[r % len(ways):] + ways[:r % len(ways)]
+            for way in order:
+                stop = threading.Event()
+                watcher = None
+                if way == "scraped":
+                    watcher = threading.Thread(target=scraper, args=(http_port, stop, seen["scraped"]))
+                elif way == "console":
+                    watcher = threading.Thread(target=console, args=(http_port, stop, seen["console"]))
+                if watcher:
+                    watcher.start()
+                    time.sleep(1)  # the first scrape or update is out of the window
+                before, t0 = source_rows(session, "measured"), time.time()
+                time.sleep(a.window)
+                after, t1 = source_rows(session, "measured"), time.time()
+                stop.set()
+                if watcher:
+                    watcher.join()
+                rates[way].append((after - before) / (t1 - t0))
+                print(f"  round {r + 1} {way:8} {rates[way][-1]:12,.0f} events/s", flush=True)
+        session.sql("DROP SINK measured")
+        time.sleep(3)
+        cpu = cost(proc.pid, http_port, a.cost_seconds, a.cost_rounds)
+        session.close()
 
     if a.rounds:
         quiet = statistics.median(rates["quiet"])

@@ -274,12 +274,7 @@ async fn subscribe(server: &Server, user: &str, sql: String) -> Response<Body> {
         }
         Err(e) => futures::stream::once(async move { event("failed", error_json(&e)) }).boxed(),
     };
-    let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(events)));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-store"));
-    r
+    event_stream(events)
 }
 
 /// The console's live view as server-sent events: an `update` (jobs,
@@ -302,6 +297,13 @@ async fn live(server: &Server, user: &str) -> Response<Body> {
         },
     )
     .boxed();
+    event_stream(events)
+}
+
+/// A response of server-sent events, never cached.
+fn event_stream(
+    events: futures::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, Infallible>>,
+) -> Response<Body> {
     let mut r = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(events)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
