@@ -61,6 +61,7 @@ async fn open(dir: &std::path::Path, interval: Option<Duration>) -> Engine {
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        subscriber_backlog: None,
         auth: None,
     })
     .await

@@ -205,6 +205,7 @@ async fn sluice(brokers: &str, topic: &str, n: u64, parallelism: usize, target: 
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        subscriber_backlog: None,
         auth: None,
     })
     .await

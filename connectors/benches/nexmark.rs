@@ -166,6 +166,7 @@ async fn run_query(sql: &str, events: u64, parallelism: usize) -> (f64, f64) {
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        subscriber_backlog: None,
         auth: None,
     })
     .await

@@ -65,6 +65,7 @@ async fn bare_fixture(parallelism: usize) -> Fixture {
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        subscriber_backlog: None,
         auth: None,
     })
     .await

@@ -72,6 +72,10 @@ pub struct EngineConfig {
     /// (sorts, aggregates, joins spill to disk past it where they can, and
     /// fail with 53200 where they can't); `None`: half of physical memory.
     pub memory_limit: Option<usize>,
+    /// Bytes of changes a `SUBSCRIBE` to a view may have waiting before the
+    /// subscriber is cut off; `None`:
+    /// [`crate::streaming::mview::SUBSCRIBER_BACKLOG_BYTES`].
+    pub subscriber_backlog: Option<usize>,
     /// Password authentication, for `CREATE ROLE ... PASSWORD`; `None`:
     /// roles can't be given passwords.
     pub auth: Option<EngineAuth>,
@@ -156,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) compute: crate::compute::ComputeRuntime,
     pub(crate) password_hasher: Option<crate::roles::PasswordHasher>,
     pub(crate) config_users: Vec<String>,
+    /// See [`EngineConfig::subscriber_backlog`].
+    pub(crate) subscriber_backlog: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -333,6 +339,9 @@ impl Engine {
                 compute,
                 password_hasher: config.auth.as_ref().map(|a| a.hasher.clone()),
                 config_users: config.auth.map(|a| a.config_users).unwrap_or_default(),
+                subscriber_backlog: config
+                    .subscriber_backlog
+                    .unwrap_or(crate::streaming::mview::SUBSCRIBER_BACKLOG_BYTES),
             }),
         };
         for entry in entries {

@@ -86,6 +86,10 @@ pub struct Config {
     /// aggregates and joins before they spill to disk (or fail with 53200
     /// where they can't); default: half of physical memory.
     pub memory_limit_mb: Option<usize>,
+    /// Changes, in MiB, that one `SUBSCRIBE` to a materialized view may have
+    /// waiting (a client reading slower than the view changes) before it is
+    /// cut off with an error; default 32.
+    pub subscriber_backlog_mb: Option<usize>,
     /// Refuse logins over connections without TLS (needs `tls_cert` and
     /// `tls_key`), as a `hostssl`-only pg_hba.conf does.
     pub require_tls: bool,
@@ -117,6 +121,7 @@ impl Default for Config {
             login_failures_per_minute: 10,
             file_roots: Vec::new(),
             memory_limit_mb: None,
+            subscriber_backlog_mb: None,
             require_tls: false,
         }
     }

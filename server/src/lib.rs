@@ -97,6 +97,7 @@ impl Server {
             checkpoint_location: config.checkpoint_location.clone(),
             file_roots: config.file_roots.clone(),
             memory_limit: config.memory_limit_mb.map(|mb| mb << 20),
+            subscriber_backlog: config.subscriber_backlog_mb.map(|mb| mb << 20),
             auth: Some(sluice_engine::EngineAuth {
                 hasher: Arc::new(|password: &str, salt: &[u8]| {
                     pgwire::api::auth::sasl::scram::gen_salted_password(

@@ -41,6 +41,7 @@ pub async fn open_engine_checkpointing(
         // Test and bench inputs live in temporary directories.
         file_roots: vec![std::env::temp_dir()],
         memory_limit: None,
+        subscriber_backlog: None,
         auth: None,
     })
     .await

@@ -23,7 +23,7 @@ use crate::error::{ErrorKind, Result, SluiceError};
 use crate::jobs::{NewRun, Restart, Restarts, explain_schema, show_objects_schema};
 use crate::parser::{CreateJob, Statement, SubscribeTarget};
 use crate::sink::{SinkContext, SinkWriter, TableLog, check_sink_options};
-use crate::streaming::mview::{MaterializedView, SUBSCRIBER_BACKLOG, subscribe_schema, to_changes};
+use crate::streaming::mview::{MaterializedView, subscribe_schema, to_changes};
 use crate::streaming::plan::{Node, Planner};
 use crate::streaming::runtime::{Job, JobStatus};
 use crate::streaming::window::{StreamLookup, rewrite_window_calls};
@@ -681,30 +681,11 @@ impl Session {
             SubscribeTarget::View(name) => {
                 let view = self.view(name)?;
                 let schema = view.changes_schema();
-                let (snapshot, rx, lagged) = view.subscribe()?;
-                let changes = futures::stream::unfold(
-                    (rx, lagged, false),
-                    |(mut rx, lagged, done)| async move {
-                        if done {
-                            return None;
-                        }
-                        match rx.recv().await {
-                        Some(b) => Some((Ok(b), (rx, lagged, false))),
-                        None if lagged.load(std::sync::atomic::Ordering::Relaxed) => Some((
-                            Err(SluiceError::new(
-                                ErrorKind::Internal,
-                                format!(
-                                    "the subscriber fell more than {SUBSCRIBER_BACKLOG} change batches behind \
-                                     and was disconnected to protect the server's memory; SUBSCRIBE again"
-                                ),
-                            )
-                            .into_datafusion()),
-                            (rx, lagged, true),
-                        )),
-                        None => None,
-                    }
-                    },
-                );
+                let (snapshot, feed) = view.subscribe(self.engine.inner.subscriber_backlog)?;
+                let changes = futures::stream::unfold(feed, |mut feed| async move {
+                    let next = feed.next().await?;
+                    Some((next.map_err(SluiceError::into_datafusion), feed))
+                });
                 let stream = futures::stream::iter(snapshot.into_iter().map(Ok)).chain(changes);
                 Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
             }

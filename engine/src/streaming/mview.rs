@@ -28,14 +28,80 @@ use super::operators::batch_with_schema;
 use crate::error::{Result, SluiceError};
 use crate::sink::SinkWriter;
 
-/// Change batches a subscriber may have waiting before it is cut off: a
-/// slow subscriber must not make the server's memory grow without bound.
-pub const SUBSCRIBER_BACKLOG: usize = 256;
+/// Bytes of changes a subscriber may have waiting before it is cut off,
+/// unless the server is configured otherwise: a slow subscriber must not
+/// make the server's memory grow without bound. Counted in bytes, not
+/// batches: a view that applies many small batches a second is not cut
+/// off for their number.
+pub const SUBSCRIBER_BACKLOG_BYTES: usize = 32 << 20;
+
+/// Rows a subscriber reads in one batch at most when changes are waiting:
+/// many small change batches are read as one.
+const SUBSCRIBER_READ_ROWS: usize = 16 * 1024;
+
+/// What one subscriber has waiting.
+struct Backlog {
+    limit: usize,
+    bytes: std::sync::atomic::AtomicUsize,
+    lagged: std::sync::atomic::AtomicBool,
+}
 
 /// One `SUBSCRIBE` to a view.
 struct Subscriber {
-    tx: tokio::sync::mpsc::Sender<RecordBatch>,
-    lagged: Arc<std::sync::atomic::AtomicBool>,
+    tx: tokio::sync::mpsc::UnboundedSender<(RecordBatch, usize)>,
+    backlog: Arc<Backlog>,
+}
+
+/// `bytes` as MiB, or KiB under one MiB.
+fn mib(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+/// A subscriber's side: the view's changes after its snapshot.
+pub struct ChangeFeed {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(RecordBatch, usize)>,
+    backlog: Arc<Backlog>,
+    schema: SchemaRef,
+}
+
+impl ChangeFeed {
+    /// The next changes: what is waiting, as one batch of up to
+    /// [`SUBSCRIBER_READ_ROWS`] rows (more when one change batch is larger).
+    /// None when the view is gone; an error when this subscriber fell more
+    /// than its backlog behind and was cut off.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some((first, size)) = self.rx.recv().await else {
+            // Said once; then the feed ends.
+            return self.backlog.lagged.swap(false, Relaxed).then(|| {
+                Err(SluiceError::internal(format!(
+                    "the subscriber fell more than {} of changes behind and was disconnected \
+                     to protect the server's memory; SUBSCRIBE again",
+                    mib(self.backlog.limit)
+                )))
+            });
+        };
+        let mut rows = first.num_rows();
+        let mut freed = size;
+        let mut batches = vec![first];
+        while rows < SUBSCRIBER_READ_ROWS {
+            let Ok((batch, size)) = self.rx.try_recv() else {
+                break;
+            };
+            rows += batch.num_rows();
+            freed += size;
+            batches.push(batch);
+        }
+        self.backlog.bytes.fetch_sub(freed, Relaxed);
+        if batches.len() == 1 {
+            return batches.pop().map(Ok);
+        }
+        Some(arrow::compute::concat_batches(&self.schema, &batches).map_err(SluiceError::from))
+    }
 }
 
 enum State {
@@ -97,14 +163,15 @@ impl MaterializedView {
         self.apply_locked(&mut state[lane], batch)?;
         let mut subs = self.subscribers.lock().expect("subscribers lock");
         if !subs.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
             let changes = to_changes(&self.schema, batch, self.updating, self.watermark())?;
-            subs.retain(|s| match s.tx.try_send(changes.clone()) {
-                Ok(()) => true,
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, std::sync::atomic::Ordering::Relaxed);
-                    false
+            let size = changes.get_array_memory_size();
+            subs.retain(|s| {
+                if s.backlog.bytes.fetch_add(size, Relaxed) + size > s.backlog.limit {
+                    s.backlog.lagged.store(true, Relaxed);
+                    return false;
                 }
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+                s.tx.send((changes.clone(), size)).is_ok()
             });
         }
         Ok(())
@@ -116,28 +183,25 @@ impl MaterializedView {
         subscribe_schema(&self.schema)
     }
 
-    /// Starts a subscription: the current contents (as inserts) and a
-    /// channel of later changes. The channel closes when the view is
-    /// dropped, or when the subscriber falls more than
-    /// [`SUBSCRIBER_BACKLOG`] batches behind (then `lagged` is set).
-    pub fn subscribe(
-        &self,
-    ) -> Result<(
-        Vec<RecordBatch>,
-        tokio::sync::mpsc::Receiver<RecordBatch>,
-        Arc<std::sync::atomic::AtomicBool>,
-    )> {
+    /// Starts a subscription: the current contents (as inserts) and the
+    /// feed of later changes. The feed ends when the view is dropped, or
+    /// fails when the subscriber falls more than `backlog` bytes behind.
+    pub fn subscribe(&self, backlog: usize) -> Result<(Vec<RecordBatch>, ChangeFeed)> {
         // The write lock orders this against `apply`.
         let state = self.state.write().expect("view lock poisoned");
         let snapshot = Self::snapshot_of(&self.schema, &state)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_BACKLOG);
-        let lagged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog {
+            limit: backlog,
+            bytes: Default::default(),
+            lagged: Default::default(),
+        });
         self.subscribers
             .lock()
             .expect("subscribers lock")
             .push(Subscriber {
                 tx,
-                lagged: lagged.clone(),
+                backlog: backlog.clone(),
             });
         drop(state);
         let wm = self.watermark();
@@ -145,7 +209,12 @@ impl MaterializedView {
             .iter()
             .map(|b| to_changes(&self.schema, b, false, wm))
             .collect::<Result<Vec<_>>>()?;
-        Ok((snapshot, rx, lagged))
+        let feed = ChangeFeed {
+            rx,
+            backlog,
+            schema: self.changes_schema(),
+        };
+        Ok((snapshot, feed))
     }
 
     fn apply_locked(&self, state: &mut State, batch: &RecordBatch) -> Result<()> {

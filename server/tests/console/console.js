@@ -60,12 +60,12 @@ async function open(kind, errors) {
     waitFor: (sel, timeout) => page.waitForSelector(sel, { visible: true, timeout }),
     fill: (sel, v) => page.$eval(sel, (el, v) => { el.value = v; el.dispatchEvent(new Event("input", { bubbles: true })); }, v),
     // Like Playwright's: waits for the element, and tries again when the
-    // page replaced it between finding and clicking (a live redraw).
+    // page replaced or moved it between finding and clicking.
     click: async (sel) => {
       for (let attempt = 1; ; attempt++) {
         await page.waitForSelector(sel, { visible: true, timeout: 30000 });
         try { return await page.click(sel); }
-        catch (e) { if (attempt >= 5 || !/detached/i.test(e.message)) throw e; await sleep(100); }
+        catch (e) { if (attempt >= 5 || !/detached|not clickable/i.test(e.message)) throw e; await sleep(100); }
       }
     },
     text: (sel) => page.$eval(sel, (e) => e.textContent),
