@@ -26,6 +26,7 @@ pub mod overflow;
 pub mod parser;
 pub mod paths;
 pub mod pgliterals;
+pub mod pgnumeric;
 pub mod pgrelations;
 pub mod retry;
 pub mod roles;

@@ -3,10 +3,12 @@
 //! `\dp` writes it) is read as an array of the other side's element type,
 //! as Postgres reads an unknown-typed literal. DataFusion's planner hands
 //! every binary operator to the registered [`ExprPlanner`]s with the types
-//! of both sides known; this one answers for that case only.
+//! of both sides known; this one answers for that case, and for numeric
+//! division (see [`crate::pgnumeric`]).
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, ExprSchema, Result, ScalarValue};
+use datafusion::logical_expr::expr::Placeholder;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{Expr, ExprSchemable, Operator, binary_expr, cast, lit};
 use datafusion::sql::sqlparser::ast::BinaryOperator;
@@ -17,6 +19,18 @@ pub struct PgLiteralPlanner;
 
 impl ExprPlanner for PgLiteralPlanner {
     fn plan_binary_op(&self, expr: RawBinaryExpr, schema: &DFSchema) -> Result<PlannerResult<RawBinaryExpr>> {
+        if expr.op == BinaryOperator::Divide {
+            let left_type = expr.left.get_type(schema as &dyn ExprSchema)?;
+            let right_type = expr.right.get_type(schema as &dyn ExprSchema)?;
+            // A parameter divided by or dividing a numeric is a numeric, as
+            // `$1::numeric` is.
+            let (left, left_type) = numeric_parameter(&expr.left, left_type, &right_type);
+            let (right, right_type) = numeric_parameter(&expr.right, right_type, &left_type);
+            if let Some(planned) = crate::pgnumeric::divide(&left, &right, &left_type, &right_type) {
+                return Ok(PlannerResult::Planned(planned));
+            }
+            return Ok(PlannerResult::Original(expr));
+        }
         let op = match expr.op {
             BinaryOperator::Eq => Operator::Eq,
             BinaryOperator::NotEq => Operator::NotEq,
@@ -61,4 +75,24 @@ fn as_array_of(literal: &Expr, other: &Expr, schema: &DFSchema) -> Option<Expr> 
         datafusion::functions_nested::expr_fn::make_array(items),
         target,
     ))
+}
+
+/// `e` typed as NUMERIC when it is a parameter of no type yet and `other`
+/// is a decimal; else `e` as it is.
+fn numeric_parameter(e: &Expr, own: DataType, other: &DataType) -> (Expr, DataType) {
+    match e {
+        Expr::Placeholder(p) if p.field.is_none() && matches!(other, DataType::Decimal128(..)) => {
+            let numeric = DataType::Decimal128(38, 10);
+            let field = std::sync::Arc::new(datafusion::arrow::datatypes::Field::new(
+                "",
+                numeric.clone(),
+                true,
+            ));
+            (
+                Expr::Placeholder(Placeholder::new_with_field(p.id.clone(), Some(field))),
+                numeric,
+            )
+        }
+        _ => (e.clone(), own),
+    }
 }

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use arrow_pg::datatypes::into_pg_type;
 
 use crate::pgtypes::{pg_fields, wire_batch};
@@ -827,6 +827,13 @@ fn cast_parameters(
                 && is_decimal(t)
                 && v.value.data_type() != *t
             {
+                // A decoded NUMERIC's precision counts its significant
+                // digits only (0.001 comes as precision 1, scale 3, which
+                // Arrow can't cast): widen it first.
+                use sluice_engine::datafusion::common::ScalarValue;
+                if let ScalarValue::Decimal128(d, _, s) = v.value {
+                    v.value = ScalarValue::Decimal128(d, 38, s);
+                }
                 v.value = v.value.cast_to(t).map_err(|e| {
                     pg_error(
                         ErrorKind::InvalidParameter,
@@ -1104,12 +1111,22 @@ impl ExtendedQueryHandler for ConnectionHandler {
         } else {
             // arrow-pg decodes by the client's type and coerces integers to
             // the inferred type, but not to NUMERIC: decode those as sent
-            // and cast here (an int or float parameter against a NUMERIC).
+            // (as NUMERIC when the client named no type: asyncpg sends
+            // them binary) and cast here (an int or float parameter
+            // against a NUMERIC).
             let refs: Vec<Option<&DataType>> = types
                 .iter()
                 .map(|t| t.as_ref().filter(|t| !is_decimal(t)))
                 .collect();
-            let params = cast_parameters(deserialize_parameters(portal, &refs)?, &types)?;
+            let numeric = Type::NUMERIC;
+            let sent_as: Vec<Option<&Type>> = types
+                .iter()
+                .map(|t| t.as_ref().filter(|t| is_decimal(t)).map(|_| &numeric))
+                .collect();
+            let params = cast_parameters(
+                deserialize_parameters_with_server_types(portal, &refs, &sent_as)?,
+                &types,
+            )?;
             Some(text_array_parameters(params, portal, &types))
         };
         let deadline = if prepared.is_subscribe() {

@@ -44,6 +44,9 @@ def _():
     with psycopg.connect(DSN) as c:
         eq(c.execute("SELECT 0.1 + 0.2, 0.908 * 1000").fetchone(), (decimal.Decimal("0.3"), decimal.Decimal("908.000")))
         eq(c.execute("SELECT pg_typeof(0.5)").fetchone()[0], "numeric")
+        # Division keeps Postgres's digits (str: the scale shows).
+        eq(str(c.execute("SELECT 1.0 / 3").fetchone()[0]), "0.33333333333333333333")
+        eq(str(c.execute("SELECT %s / 4.0", (decimal.Decimal("10"),)).fetchone()[0]), "2.5000000000000000")
 
 
 setup = psycopg.connect(DSN, autocommit=True)
@@ -218,6 +221,20 @@ def _():
             rows = await c.fetch("SELECT dt, count(*) FROM trips GROUP BY dt ORDER BY dt")
             eq([r["count"] for r in rows], [2, 1])
             eq(await c.fetchval("SELECT count(*) FROM trips WHERE id > $1", 1), 2)
+        finally:
+            await c.close()
+
+    asyncio.run(go())
+
+
+@check("asyncpg: NUMERIC parameters (sent in binary) and numeric division")
+def _():
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=PORT, user="sluice", password="sluice", database="sluice")
+        try:
+            eq(str(await c.fetchval("SELECT 1.0 / $1", decimal.Decimal("3"))), "0.33333333333333333333")
+            eq(await c.fetchval("SELECT $1::numeric + 1", decimal.Decimal("-123.45678")), decimal.Decimal("-122.45678"))
+            eq(await c.fetchval("SELECT 1.0 / $1", decimal.Decimal("0.001")), decimal.Decimal("1000"))
         finally:
             await c.close()
 
