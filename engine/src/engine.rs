@@ -243,6 +243,7 @@ impl Engine {
         template.register_udf(crate::functions::JsonBuildObject::udf());
         template.register_udf(crate::functions::PgFormat::udf());
         template.register_udf(crate::functions::PgSleep::udf());
+        template.register_udf(crate::functions::UndefinedFunction::udf());
         template.register_udf(crate::functions::PgSizePretty::udf());
         template.register_udf(crate::functions::PgExpandArray::udf());
         for f in crate::functions::FixedAnswer::udfs() {

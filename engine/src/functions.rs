@@ -1336,6 +1336,55 @@ impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for PgSleep {
     }
 }
 
+/// Fails with 42883 `function "name" does not exist` when a row reaches it:
+/// what `'name'::regproc` raises in Postgres for a function there is none
+/// of (psql's `\\sf name` reads it so). Volatile, so that it is not folded
+/// into a constant (and raised) while planning a branch no row takes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UndefinedFunction {
+    signature: Signature,
+}
+
+impl UndefinedFunction {
+    pub const NAME: &str = "sluice_undefined_function";
+
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            signature: Signature::uniform(1, vec![DataType::Utf8], Volatility::Volatile),
+        })
+    }
+}
+
+impl ScalarUDFImpl for UndefinedFunction {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let names = args.args[0].to_array(args.number_rows)?;
+        let names = names.as_any().downcast_ref::<StringArray>();
+        match names.and_then(|n| n.iter().flatten().next()) {
+            Some(name) => Err(crate::error::SluiceError::new(
+                crate::error::ErrorKind::UndefinedFunction,
+                format!("function \"{name}\" does not exist"),
+            )
+            .into_datafusion()),
+            None => Ok(ColumnarValue::Array(arrow::array::new_null_array(
+                &DataType::Int32,
+                args.number_rows,
+            ))),
+        }
+    }
+}
+
 /// `pg_size_pretty(bytes)`: a size in bytes as Postgres prints it
 /// (`8192 bytes`, `10 kB`, `15 MB`: a unit once the number reaches 10 kB,
 /// the next unit from 20 of this one, halves rounded away from zero).

@@ -959,7 +959,7 @@ const FUNCTIONDEF: &str = "(SELECT max('CREATE OR REPLACE FUNCTION ' || n.nspnam
 
 /// psql's `\\sf name` as Postgres answers it: `'name'::regproc::oid` (or
 /// `'name(args)'::regprocedure::oid`) becomes the function's oid looked up
-/// in pg_proc (NULL when there is none), and `pg_get_functiondef(oid)` the
+/// in pg_proc (42883 when there is none), and `pg_get_functiondef(oid)` the
 /// definition text built from pg_catalog ([`FUNCTIONDEF`]). Run before
 /// [`hide_select_list_subqueries`], so the subqueries it makes are kept.
 pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
@@ -997,8 +997,11 @@ pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Stateme
                 .unwrap_or_default()
                 .trim_matches('"');
             let quoted = name.replace('\'', "''");
+            // No such function: 42883, as Postgres's regproc input raises.
             if let Ok(lookup) = parse(&format!(
-                "(SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = '{quoted}')"
+                "coalesce((SELECT min(oid) FROM pg_catalog.pg_proc WHERE proname = '{quoted}'), \
+                 {}('{quoted}'))",
+                crate::functions::UndefinedFunction::NAME
             )) {
                 *e = lookup;
             }

@@ -17,6 +17,9 @@
 //! - the access-control lists `nspacl`, `attacl`, `typacl` and `proacl`
 //!   are (NULL) text arrays, and `pg_policy.polroles` an oid array, as
 //!   psql's `\dn+` and `\dp` read them;
+//! - `pg_attribute` types each column as it is where the library falls
+//!   back to `text` (arrays of any element, interval, uuid, json, jsonb),
+//!   from the relation's Arrow schema;
 //! - `pg_settings` has the settings fixed when Postgres is built
 //!   (`max_index_keys`, which pgjdbc reads before key metadata).
 
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
+use pgwire::api::Type;
 use sluice_engine::Engine;
 use sluice_engine::datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use sluice_engine::datafusion::datasource::{MemTable, TableType};
@@ -70,31 +74,43 @@ impl SchemaProvider for PgCatalog {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::PgClass,
+                catalog: None,
             }),
             "pg_settings" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::PgSettings,
+                catalog: None,
             }),
             "pg_constraint" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::Vectors(PG_CONSTRAINT_VECTORS),
+                catalog: None,
             }),
             "pg_proc" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::Vectors(PG_PROC_VECTORS),
+                catalog: None,
             }),
-            "pg_namespace" | "pg_attribute" | "pg_type" => Arc::new(Corrected {
+            "pg_attribute" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::PgAttribute,
+                catalog: Some(self.inner.clone()),
+            }),
+            "pg_namespace" | "pg_type" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::Vectors(ACL_VECTORS),
+                catalog: None,
             }),
             "pg_policy" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
                 kind: Correction::Vectors(&[("polroles", Elem::Int32)]),
+                catalog: None,
             }),
             "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
             _ => table,
@@ -128,6 +144,9 @@ struct Corrected {
     inner: Arc<dyn TableProvider>,
     engine: Engine,
     kind: Correction,
+    /// The library's whole pg_catalog, for corrections that read other
+    /// tables of it.
+    catalog: Option<Arc<dyn SchemaProvider>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +155,11 @@ enum Correction {
     PgClass,
     /// Vector columns as arrays (the library has them as text).
     Vectors(&'static [(&'static str, Elem)]),
+    /// The ACL vector, and each column's real type where the library
+    /// falls back to `text` (it knows a dozen types: `int8[]`, `interval`,
+    /// `json`, `uuid`, `varchar` columns all read as `text` in psql's `\d`
+    /// and `information_schema.columns`).
+    PgAttribute,
     /// Postgres' fixed settings, which clients read (pgjdbc reads
     /// `max_index_keys` before any key or index metadata).
     PgSettings,
@@ -147,6 +171,7 @@ impl TableProvider for Corrected {
         match self.kind {
             Correction::PgClass => pg_class_schema(&self.inner.schema()),
             Correction::Vectors(v) => vectors_schema(&self.inner.schema(), v),
+            Correction::PgAttribute => vectors_schema(&self.inner.schema(), ACL_VECTORS),
             Correction::PgSettings => self.inner.schema(),
         }
     }
@@ -184,6 +209,16 @@ impl TableProvider for Corrected {
                 .into_iter()
                 .map(|b| typed_vectors(b, &schema))
                 .collect::<Result<Vec<_>>>()?,
+            Correction::PgAttribute => {
+                let types = match &self.catalog {
+                    Some(catalog) => ColumnTypes::read(state, catalog).await?,
+                    None => ColumnTypes::default(),
+                };
+                batches
+                    .into_iter()
+                    .map(|b| types.correct(typed_vectors(b, &schema)?))
+                    .collect::<Result<Vec<_>>>()?
+            }
             Correction::PgSettings => {
                 let mut batches = batches;
                 batches.push(fixed_settings(&schema, &batches)?);
@@ -194,6 +229,181 @@ impl TableProvider for Corrected {
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// The Arrow fields of the relations pg_class lists, by pg_class oid.
+#[derive(Default)]
+struct ColumnTypes {
+    fields: std::collections::HashMap<i64, SchemaRef>,
+}
+
+impl ColumnTypes {
+    /// Reads pg_class and pg_namespace from the library's `catalog` and
+    /// each relation's schema from the session's default catalog.
+    async fn read(state: &dyn Session, catalog: &Arc<dyn SchemaProvider>) -> Result<Self> {
+        use arrow::array::AsArray;
+        use sluice_engine::datafusion::execution::session_state::SessionState;
+        let mut out = Self::default();
+        let Some(state_ref) = state.as_any().downcast_ref::<SessionState>() else {
+            return Ok(out);
+        };
+        let read = |name: &'static str| async move {
+            let Some(table) = catalog.table(name).await? else {
+                return Ok::<_, sluice_engine::datafusion::error::DataFusionError>(vec![]);
+            };
+            let plan = table.scan(state, None, &[], None).await?;
+            sluice_engine::datafusion::physical_plan::collect(plan, state.task_ctx()).await
+        };
+        let as_i64 = |a: &arrow::array::ArrayRef| arrow::compute::cast(a, &DataType::Int64);
+        let mut namespaces = std::collections::HashMap::new();
+        for b in read("pg_namespace").await? {
+            let (Some(oid), Some(name)) = (b.column_by_name("oid"), b.column_by_name("nspname")) else {
+                continue;
+            };
+            let (oid, name) = (as_i64(oid)?, arrow::compute::cast(name, &DataType::Utf8)?);
+            let (oid, name) = (
+                oid.as_primitive::<arrow::datatypes::Int64Type>(),
+                name.as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                if !oid.is_null(i) && !name.is_null(i) {
+                    namespaces.insert(oid.value(i), name.value(i).to_string());
+                }
+            }
+        }
+        let default_catalog = state.config().options().catalog.default_catalog.clone();
+        let Some(tables) = state_ref.catalog_list().catalog(&default_catalog) else {
+            return Ok(out);
+        };
+        for b in read("pg_class").await? {
+            let (Some(oid), Some(name), Some(ns)) = (
+                b.column_by_name("oid"),
+                b.column_by_name("relname"),
+                b.column_by_name("relnamespace"),
+            ) else {
+                continue;
+            };
+            let (oid, ns) = (as_i64(oid)?, as_i64(ns)?);
+            let name = arrow::compute::cast(name, &DataType::Utf8)?;
+            let (oid, ns) = (
+                oid.as_primitive::<arrow::datatypes::Int64Type>(),
+                ns.as_primitive::<arrow::datatypes::Int64Type>(),
+            );
+            let name = name.as_string::<i32>();
+            for i in 0..b.num_rows() {
+                if oid.is_null(i) || name.is_null(i) || ns.is_null(i) {
+                    continue;
+                }
+                let Some(schema) = namespaces.get(&ns.value(i)).and_then(|n| tables.schema(n)) else {
+                    continue;
+                };
+                if let Ok(Some(table)) = schema.table(name.value(i)).await {
+                    out.fields.insert(oid.value(i), table.schema());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `batch` (pg_attribute rows) with each column the library typed
+    /// `text` typed as what its field is.
+    fn correct(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        use arrow::array::{AsArray, BooleanArray, Int16Array, Int32Array};
+        let schema = batch.schema();
+        let index = |n: &str| schema.index_of(n);
+        let (Ok(rel), Ok(num), Ok(typ), Ok(len), Ok(byval), Ok(align), Ok(storage)) = (
+            index("attrelid"),
+            index("attnum"),
+            index("atttypid"),
+            index("attlen"),
+            index("attbyval"),
+            index("attalign"),
+            index("attstorage"),
+        ) else {
+            return Ok(batch);
+        };
+        let rels = arrow::compute::cast(batch.column(rel), &DataType::Int64)?;
+        let rels = rels.as_primitive::<arrow::datatypes::Int64Type>();
+        let nums = arrow::compute::cast(batch.column(num), &DataType::Int64)?;
+        let nums = nums.as_primitive::<arrow::datatypes::Int64Type>();
+        let typ_in = arrow::compute::cast(batch.column(typ), &DataType::Int32)?;
+        let typ_in = typ_in.as_primitive::<arrow::datatypes::Int32Type>();
+        let mut typs: Vec<i32> = typ_in.values().to_vec();
+        let lens_in = arrow::compute::cast(batch.column(len), &DataType::Int16)?;
+        let mut lens: Vec<i16> = lens_in
+            .as_primitive::<arrow::datatypes::Int16Type>()
+            .values()
+            .to_vec();
+        let mut byvals: Vec<bool> = batch
+            .column(byval)
+            .as_boolean()
+            .iter()
+            .map(|b| b.unwrap_or(false))
+            .collect();
+        let text = |c: usize| -> Vec<String> {
+            batch
+                .column(c)
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect()
+        };
+        let (mut aligns, mut storages) = (text(align), text(storage));
+        let mut changed = false;
+        for i in 0..batch.num_rows() {
+            if typs[i] != Type::TEXT.oid() as i32 || rels.is_null(i) || nums.is_null(i) {
+                continue;
+            }
+            let Some(field) = self
+                .fields
+                .get(&rels.value(i))
+                .and_then(|s| s.fields().get((nums.value(i) - 1).max(0) as usize))
+            else {
+                continue;
+            };
+            let Some((t, l, v, a, st)) = column_type(field) else {
+                continue;
+            };
+            (typs[i], lens[i], byvals[i], aligns[i], storages[i]) =
+                (t.oid() as i32, l, v, a.into(), st.into());
+            changed = true;
+        }
+        if !changed {
+            return Ok(batch);
+        }
+        let mut columns = batch.columns().to_vec();
+        columns[typ] = arrow::compute::cast(&Int32Array::from(typs), schema.field(typ).data_type())?;
+        columns[len] = Arc::new(Int16Array::from(lens));
+        columns[byval] = Arc::new(BooleanArray::from(byvals));
+        columns[align] = Arc::new(StringArray::from(aligns));
+        columns[storage] = Arc::new(StringArray::from(storages));
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// A column's Postgres type with its length, pass-by-value, alignment and
+/// storage as pg_attribute has them; None where arrow-pg knows no type.
+fn column_type(field: &Field) -> Option<(Type, i16, bool, &'static str, &'static str)> {
+    use sluice_engine::types::PgType;
+    let t = match PgType::of_field(field) {
+        Some(PgType::Json) => Type::JSON,
+        Some(PgType::Jsonb) => Type::JSONB,
+        Some(PgType::Uuid) => Type::UUID,
+        None => arrow_pg::datatypes::into_pg_type(field.data_type()).ok()?,
+    };
+    Some(match t {
+        Type::UUID => (t, 16, false, "c", "p"),
+        Type::INTERVAL => (t, 16, false, "d", "p"),
+        Type::TIMETZ => (t, 12, false, "d", "p"),
+        Type::BOOL | Type::CHAR => (t, 1, true, "c", "p"),
+        Type::INT2 => (t, 2, true, "s", "p"),
+        Type::INT4 | Type::FLOAT4 | Type::DATE | Type::OID => (t, 4, true, "i", "p"),
+        Type::INT8 | Type::FLOAT8 | Type::TIME | Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+            (t, 8, true, "d", "p")
+        }
+        Type::NUMERIC => (t, -1, false, "i", "m"),
+        _ => (t, -1, false, "i", "x"),
+    })
 }
 
 /// Settings fixed when Postgres is built, as Postgres 15 reports them.

@@ -83,6 +83,22 @@ fn plus_forms_functions_and_tablespaces() {
         let out = p.psql(&["-c", cmd]);
         assert!(out.contains(want), "{cmd} lacks {want}:\n{out}");
     }
+    // A function there is none of: psql says so, as with Postgres, and
+    // the lookup it runs fails with 42883.
+    let out = p.psql_output("sluice", &["-c", "\\sf no_such_fn"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("function \"no_such_fn\" does not exist"), "{err}");
+    let out = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT 'no_such_fn'::pg_catalog.regproc::pg_catalog.oid",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("42883"), "{err}");
     let out = p.psql(&["-c", "\\dt+"]);
     assert!(out.contains("Size") && out.contains("permanent"), "{out}");
     // \du lists the config file's user (a superuser) and a role made
