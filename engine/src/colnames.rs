@@ -69,6 +69,9 @@ fn expr_name(e: &Expr) -> Option<String> {
         Expr::Identifier(i) => Some(i.value.clone()),
         Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()),
         Expr::Nested(inner) | Expr::Collate { expr: inner, .. } => expr_name(inner),
+        // `ARRAY(subquery)`, as the parser rewrites it (see
+        // `parser::array_subquery`): `array`.
+        Expr::Function(f) if is_array_subquery(f) => Some("array".into()),
         Expr::Function(f) => Some(function_name(f)),
         // `(expr).field`: the field's name.
         Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.last()? {
@@ -111,6 +114,25 @@ fn expr_name(e: &Expr) -> Option<String> {
         // Constants (`SELECT 1`, `SELECT 'x'`), operators and the rest: unnamed.
         _ => None,
     }
+}
+
+/// `coalesce((SELECT array_agg(..) ...), make_array())`: the parser's form
+/// of `ARRAY(subquery)`.
+fn is_array_subquery(f: &Function) -> bool {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    let FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    let arg = |i: usize| match list.args.get(i) {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => Some(e),
+        _ => None,
+    };
+    let empty_array = matches!(arg(1), Some(Expr::Function(m)) if function_name(m) == "make_array"
+        && matches!(&m.args, FunctionArguments::List(l) if l.args.is_empty()));
+    function_name(f) == "coalesce"
+        && list.args.len() == 2
+        && empty_array
+        && matches!(arg(0), Some(Expr::Subquery(_)) | Some(Expr::Nested(_)))
 }
 
 /// A function call's name as Postgres shows it: its last name part,
@@ -401,6 +423,17 @@ mod tests {
                 "exists",
                 "max"
             ]
+        );
+    }
+
+    #[test]
+    fn an_array_of_a_subquery_is_named_array() {
+        assert_eq!(
+            names(
+                "SELECT ARRAY(SELECT x FROM u), coalesce(a, b) FROM t",
+                &["f", "g"]
+            ),
+            ["array", "coalesce"]
         );
     }
 

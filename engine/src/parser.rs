@@ -1313,10 +1313,10 @@ fn ident_value(i: &datafusion::sql::sqlparser::ast::Ident) -> String {
 /// `ARRAY(SELECT x FROM ... [ORDER BY ...])` (an array of a subquery's
 /// rows, which psql's `\\du` and `\\d+` use): DataFusion has no such
 /// constructor, so it becomes the scalar subquery
-/// `(SELECT array_agg(x [ORDER BY ...]) FROM ...)`, which it decorrelates.
-/// Only a plain select of one column (no GROUP BY, DISTINCT, HAVING or
-/// LIMIT, which an aggregate would change) is rewritten. Over no rows the
-/// result is NULL where Postgres gives an empty array.
+/// `coalesce((SELECT array_agg(x [ORDER BY ...]) FROM ...), make_array())`,
+/// which it decorrelates (and an empty array over no rows, as Postgres
+/// gives). Only a plain select of one column (no GROUP BY, DISTINCT,
+/// HAVING or LIMIT, which an aggregate would change) is rewritten.
 fn array_subquery(e: &SqlExpr) -> Option<std::result::Result<SqlExpr, ParserError>> {
     use datafusion::sql::sqlparser::ast::{FunctionArguments, GroupByExpr, SelectItem, SetExpr};
     let SqlExpr::Function(f) = e else { return None };
@@ -1357,7 +1357,12 @@ fn array_subquery(e: &SqlExpr) -> Option<std::result::Result<SqlExpr, ParserErro
         unreachable!("matched above")
     };
     select.projection = vec![SelectItem::UnnamedExpr(agg)];
-    Some(Ok(SqlExpr::Subquery(Box::new(q))))
+    // Over no rows, an empty array (array_agg gives NULL).
+    Some(
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&format!("coalesce(({q}), make_array())"))
+            .and_then(|mut p| p.parse_expr()),
+    )
 }
 
 fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {

@@ -143,6 +143,46 @@ fn rewrite(plan: LogicalPlan, pick: fn(&Subquery) -> bool) -> Result<Transformed
                 Arc::new(input),
             )?)))
         }
+        // In an aggregate's arguments (psql's `\dp` nests one ARRAY
+        // subquery in another, and decorrelating the outer one puts the
+        // inner one into an `array_agg`): the rows are given the subquery's
+        // value before they are aggregated. Each changed expression keeps
+        // its name, which the nodes above read.
+        LogicalPlan::Aggregate(a)
+            if (holds(&a.aggr_expr, pick) || holds(&a.group_expr, pick))
+                && !a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) =>
+        {
+            let mut found = Vec::new();
+            let names: Vec<(Option<datafusion::common::TableReference>, String)> = a
+                .schema
+                .iter()
+                .map(|(q, f)| (q.cloned(), f.name().clone()))
+                .collect();
+            let mut rename = |e: Expr, k: usize| -> Result<Expr> {
+                let new = take_subqueries(e, pick, &mut found)?;
+                Ok(match (new.transformed, names.get(k)) {
+                    (true, Some((q, name))) => new.data.alias_qualified(q.clone(), name),
+                    _ => new.data,
+                })
+            };
+            let groups = a.group_expr.len();
+            let group_expr = a
+                .group_expr
+                .into_iter()
+                .enumerate()
+                .map(|(k, e)| rename(e, k))
+                .collect::<Result<Vec<_>>>()?;
+            let aggr_expr = a
+                .aggr_expr
+                .into_iter()
+                .enumerate()
+                .map(|(k, e)| rename(e, groups + k))
+                .collect::<Result<Vec<_>>>()?;
+            let input = SubqueryPerRow::plan(Arc::unwrap_or_clone(a.input), found)?;
+            Ok(Transformed::yes(LogicalPlan::Aggregate(
+                datafusion::logical_expr::Aggregate::try_new(Arc::new(input), group_expr, aggr_expr)?,
+            )))
+        }
         LogicalPlan::Filter(f) if holds(std::slice::from_ref(&f.predicate), pick) => {
             let mut found = Vec::new();
             let predicate = take_subqueries(f.predicate, pick, &mut found)?.data;

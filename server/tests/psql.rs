@@ -73,6 +73,8 @@ fn plus_forms_functions_and_tablespaces() {
         ("\\du", "List of roles"),
         // Access privileges: pg_namespace.nspacl is an array, as \dn+ reads it.
         ("\\dn+", "Access privileges"),
+        // \dp nests one correlated ARRAY subquery in another.
+        ("\\dp", "Column privileges"),
         // \sf: 'name'::regproc::oid looked up, pg_get_functiondef built from pg_catalog.
         (
             "\\sf format_type",
