@@ -419,6 +419,7 @@ impl Engine {
             superuser: true,
             cursors: HashMap::new(),
             startup_vars: BTreeMap::new(),
+            pending_settings: Default::default(),
         };
         session.register_session_functions();
         session
@@ -983,6 +984,9 @@ pub struct Session {
     /// `options=-c name=value`): this session's defaults, which `RESET`
     /// goes back to, as in Postgres.
     startup_vars: BTreeMap<String, String>,
+    /// What `set_config(name, value, false)` set while a statement ran,
+    /// applied as `SET` before the next one is planned or run.
+    pending_settings: crate::functions::PendingSettings,
 }
 
 /// A cursor: its query's rows, read as FETCH asks for them.
@@ -1068,11 +1072,30 @@ impl Session {
             self.user.clone(),
         ));
         self.ctx.register_udf(CurrentSetting::udf(self.vars.clone()));
+        self.ctx.register_udf(crate::functions::SetConfig::udf(
+            self.pending_settings.clone(),
+            READ_ONLY_SETTINGS.iter().map(|s| s.to_string()).collect(),
+        ));
         self.ctx.register_udf(FixedText::udf(
             "version",
             &[],
             postgres_version(PG_SERVER_VERSION),
         ));
+    }
+
+    /// Applies what `set_config` set in earlier statements, as `SET` would
+    /// (the server calls this before planning each statement; [`Self::execute`]
+    /// does too).
+    pub fn apply_pending_settings(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending_settings.lock().expect("settings lock"));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for (name, value) in pending {
+            self.set_var(&name, &value)?;
+        }
+        self.register_session_functions();
+        Ok(())
     }
 
     /// The row schema of the open cursor `name`.
@@ -1494,6 +1517,7 @@ impl Session {
 
     /// Runs a prepared statement. `params` binds `$n` placeholders.
     pub async fn execute(&mut self, prepared: &Prepared, params: Option<ParamValues>) -> Result<Output> {
+        self.apply_pending_settings()?;
         if !self.superuser
             && let Some(what) = prepared.action.writes()
         {

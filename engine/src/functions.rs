@@ -403,6 +403,115 @@ impl ScalarUDFImpl for CurrentSetting {
     }
 }
 
+/// What `set_config` set during a statement, for the session to apply.
+pub type PendingSettings = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// `set_config(name, value, is_local)`: sets a session setting as `SET`
+/// does and returns the value. The session applies it before its next
+/// statement (this one's `current_setting` still sees the old value).
+/// With `is_local` true the setting lasts for the current transaction:
+/// Sluice's statements are each their own, so nothing is kept, as in
+/// Postgres outside a transaction block. asyncpg calls it before its type
+/// introspection (`set_config('jit', 'off', false)`).
+#[derive(Debug)]
+pub struct SetConfig {
+    pending: PendingSettings,
+    read_only: Vec<String>,
+    signature: Signature,
+}
+
+impl PartialEq for SetConfig {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pending, &other.pending)
+    }
+}
+
+impl Eq for SetConfig {}
+
+impl std::hash::Hash for SetConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.pending) as usize).hash(state);
+    }
+}
+
+impl SetConfig {
+    pub fn udf(pending: PendingSettings, read_only: Vec<String>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self {
+            pending,
+            read_only,
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Utf8, DataType::Boolean],
+                Volatility::Volatile,
+            ),
+        })
+    }
+}
+
+impl ScalarUDFImpl for SetConfig {
+    fn name(&self) -> &str {
+        "set_config"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let text = |a: &ArrayRef| arrow::compute::cast(a, &DataType::Utf8);
+        let (names, values) = (text(&arrays[0])?, text(&arrays[1])?);
+        let (names, values) = (
+            names
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8"),
+            values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8"),
+        );
+        let local = arrays[2]
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .expect("a boolean argument");
+        let mut out = Vec::with_capacity(rows);
+        for i in 0..names.len() {
+            if names.is_null(i) {
+                return Err(
+                    crate::error::SluiceError::invalid_parameter("SET requires a parameter name")
+                        .into_datafusion(),
+                );
+            }
+            let name = names.value(i).to_ascii_lowercase();
+            if self.read_only.contains(&name) {
+                return Err(crate::error::SluiceError::invalid_parameter(format!(
+                    "parameter \"{name}\" cannot be changed"
+                ))
+                .into_datafusion());
+            }
+            let value = if values.is_null(i) { "" } else { values.value(i) };
+            if !(local.is_valid(i) && local.value(i)) {
+                self.pending
+                    .lock()
+                    .expect("settings lock")
+                    .push((name, value.to_string()));
+            }
+            out.push(Some(value.to_string()));
+        }
+        let out: ArrayRef = Arc::new(StringArray::from(out));
+        if args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
 /// `pg_typeof(x)`: the Postgres name of its argument's type.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PgTypeof {

@@ -792,9 +792,12 @@ impl StatementParser {
         deadline: Option<tokio::time::Instant>,
     ) -> PgWireResult<Prepared> {
         let session = self.session.clone();
-        let work = self
-            .engine
-            .spawn(async move { session.lock().await.prepare(statement).await });
+        let work = self.engine.spawn(async move {
+            let mut session = session.lock().await;
+            // What set_config set in the statement before.
+            session.apply_pending_settings()?;
+            session.prepare(statement).await
+        });
         joined(within(deadline, work).await?)?.map_err(to_pg)
     }
 }

@@ -18,6 +18,7 @@ pub mod errors;
 mod handler;
 pub mod http;
 pub mod metrics;
+mod pgarrays;
 mod pgcatalog;
 mod pgroles;
 mod pgtypes;

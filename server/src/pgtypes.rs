@@ -30,10 +30,31 @@ fn wire_type(t: PgType) -> Type {
 /// The result fields: arrow-pg's, with json / jsonb / uuid columns named as
 /// such.
 pub fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-    let mut fields = arrow_schema_to_pg_fields(schema, format, None)?;
+    // Lists of lists (multi-dimensional arrays) are made here, not by
+    // arrow-pg: it is shown them as text.
+    let nested = schema
+        .fields()
+        .iter()
+        .any(|f| crate::pgarrays::nested_leaf(f.data_type()).is_some());
+    let mut fields = if nested {
+        let shown: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match crate::pgarrays::nested_leaf(f.data_type()) {
+                Some(_) => Field::new(f.name(), DataType::Utf8, true),
+                None => f.as_ref().clone(),
+            })
+            .collect();
+        arrow_schema_to_pg_fields(&Schema::new(shown), format, None)?
+    } else {
+        arrow_schema_to_pg_fields(schema, format, None)?
+    };
     for (info, field) in fields.iter_mut().zip(schema.fields()) {
         if let Some(t) = PgType::of_field(field) {
             *info = FieldInfo::new(info.name().into(), None, None, wire_type(t), info.format());
+        } else if let Some(leaf) = crate::pgarrays::nested_leaf(field.data_type()) {
+            let t = crate::pgarrays::wire_type(leaf);
+            *info = FieldInfo::new(info.name().into(), None, None, t, info.format());
         }
     }
     Ok(fields)
@@ -50,11 +71,24 @@ pub fn wire_batch(batch: RecordBatch, fields: &[FieldInfo]) -> Result<RecordBatc
         .enumerate()
         .filter_map(|(i, f)| PgType::of_field(f).map(|t| (i, t)))
         .collect();
-    if special.is_empty() {
+    let nested: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| crate::pgarrays::nested_leaf(f.data_type()).is_some())
+        .map(|(i, _)| i)
+        .collect();
+    if special.is_empty() && nested.is_empty() {
         return Ok(batch);
     }
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     let mut out_fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for i in nested {
+        let binary = fields.get(i).is_some_and(|f| f.format() == FieldFormat::Binary);
+        let converted = crate::pgarrays::encode(&columns[i], binary)?;
+        out_fields[i] = Field::new(out_fields[i].name(), converted.data_type().clone(), true);
+        columns[i] = converted;
+    }
     for (i, t) in special {
         let binary = fields.get(i).is_some_and(|f| f.format() == FieldFormat::Binary);
         let column = &columns[i];

@@ -263,15 +263,9 @@ fn render_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Strin
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             format!("\\x{hex}")
         })),
-        Type::INT8_ARRAY => opt(row
-            .try_get::<_, Option<Vec<Option<i64>>>>(i)?
-            .map(|v| pg_array(&v))),
-        Type::INT4_ARRAY => opt(row
-            .try_get::<_, Option<Vec<Option<i32>>>>(i)?
-            .map(|v| pg_array(&v))),
-        Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => opt(row
-            .try_get::<_, Option<Vec<Option<String>>>>(i)?
-            .map(|v| pg_array(&v))),
+        Type::INT8_ARRAY | Type::INT4_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => {
+            opt(row.try_get::<_, Option<PgArray>>(i)?.map(|a| a.0))
+        }
         _ => match row.try_get::<_, Option<String>>(i)? {
             None => "NULL".into(),
             Some(s) if s.is_empty() => "(empty)".into(),
@@ -363,12 +357,77 @@ fn pg_float<F: Into<f64> + ToString + Copy>(f: F) -> String {
     }
 }
 
-fn pg_array<T: ToString>(v: &[Option<T>]) -> String {
-    let items: Vec<String> = v
-        .iter()
-        .map(|x| x.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "NULL".into()))
-        .collect();
-    format!("{{{}}}", items.join(","))
+/// A binary-format array of int4, int8 or text, of any number of
+/// dimensions, read from Postgres's binary array format and printed in its
+/// text form (`{{1,2},{3,NULL}}`; text elements quoted as Postgres quotes
+/// them).
+struct PgArray(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for PgArray {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        type Error = Box<dyn std::error::Error + Sync + Send>;
+        fn take<'b>(rest: &mut &'b [u8], n: usize) -> Result<&'b [u8], Error> {
+            if rest.len() < n {
+                return Err("array: too short".into());
+            }
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            Ok(head)
+        }
+        fn word(rest: &mut &[u8]) -> Result<i32, Error> {
+            Ok(i32::from_be_bytes(take(rest, 4)?.try_into()?))
+        }
+        let mut rest = raw;
+        let ndim = word(&mut rest)?;
+        let _has_null = word(&mut rest)?;
+        let element = word(&mut rest)? as u32;
+        let mut dims = vec![];
+        for _ in 0..ndim {
+            dims.push(word(&mut rest)? as usize);
+            let _lower = word(&mut rest)?;
+        }
+        let mut items = vec![];
+        for _ in 0..dims.iter().product::<usize>() * usize::from(ndim > 0) {
+            let len = word(&mut rest)?;
+            if len < 0 {
+                items.push("NULL".to_string());
+                continue;
+            }
+            let bytes = take(&mut rest, len as usize)?;
+            items.push(match element {
+                20 => i64::from_be_bytes(bytes.try_into()?).to_string(),
+                23 => i32::from_be_bytes(bytes.try_into()?).to_string(),
+                _ => {
+                    let t = std::str::from_utf8(bytes)?;
+                    let plain = !t.is_empty()
+                        && !t.eq_ignore_ascii_case("null")
+                        && !t.chars().any(|c| "{},\"\\".contains(c) || c.is_whitespace());
+                    if plain {
+                        t.to_string()
+                    } else {
+                        format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
+                    }
+                }
+            });
+        }
+        fn nest(dims: &[usize], items: &mut std::vec::IntoIter<String>) -> String {
+            let inner: Vec<String> = (0..dims.first().copied().unwrap_or(0))
+                .map(|_| match dims.len() {
+                    1 => items.next().unwrap_or_default(),
+                    _ => nest(&dims[1..], items),
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Ok(PgArray(nest(&dims, &mut items.into_iter())))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::INT8_ARRAY | Type::INT4_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY
+        )
+    }
 }
 
 #[async_trait::async_trait]
