@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use arrow_pg::datatypes::into_pg_type;
+use sluice_engine::datafusion::common::ScalarValue;
 
 use crate::pgtypes::{pg_fields, wire_batch};
 use crate::rows::encode_batch;
@@ -176,6 +177,117 @@ impl SqlParser {
 #[derive(Debug, Clone)]
 pub struct ParsedStatement {
     prepared: Prepared,
+    /// Parameters cast to `oid` / `oid[]` (`$1::oid[]`): described as those
+    /// types, not as the integers they are in the plan (see
+    /// [`oid_parameters`]).
+    oid_params: Vec<(usize, Type)>,
+}
+
+/// The parameters `sql` casts to `oid` or `oid[]` (`$n::oid`,
+/// `$n::pg_catalog.oid[]`), 0-based, with that type. asyncpg has codecs of
+/// its own for `oid[]` and `text[]` only and learns every other array type
+/// with a query taking `$1::oid[]`: described as `int4[]`, that parameter
+/// would need the same query to learn its type, without end.
+fn oid_parameters(sql: &str) -> Vec<(usize, Type)> {
+    use sluice_engine::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use sluice_engine::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return vec![];
+    };
+    let tokens: Vec<Token> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let word =
+        |t: Option<&Token>, w: &str| matches!(t, Some(Token::Word(x)) if x.value.eq_ignore_ascii_case(w));
+    let mut out = vec![];
+    for (i, t) in tokens.iter().enumerate() {
+        let Token::Placeholder(p) = t else { continue };
+        let Some(n) = p
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+        else {
+            continue;
+        };
+        if tokens.get(i + 1) != Some(&Token::DoubleColon) {
+            continue;
+        }
+        let mut k = i + 2;
+        if word(tokens.get(k), "pg_catalog") && tokens.get(k + 1) == Some(&Token::Period) {
+            k += 2;
+        }
+        if !word(tokens.get(k), "oid") {
+            continue;
+        }
+        let array =
+            tokens.get(k + 1) == Some(&Token::LBracket) && tokens.get(k + 2) == Some(&Token::RBracket);
+        out.push((n - 1, if array { Type::OID_ARRAY } else { Type::OID }));
+    }
+    out
+}
+
+/// An `oid[]` parameter's value, from its text (`{1,2}`) or binary array
+/// form, as the list of Int32 the plan reads.
+fn oid_array_parameter(raw: Option<&[u8]>, binary: bool) -> PgWireResult<ScalarValue> {
+    let bad = || {
+        pg_error(
+            ErrorKind::InvalidParameter,
+            "an oid[] parameter that is not an array of oids",
+        )
+    };
+    let Some(raw) = raw else {
+        return Ok(ScalarValue::new_null_list(DataType::Int32, true, 1));
+    };
+    let mut items: Vec<ScalarValue> = vec![];
+    if binary {
+        let word = |at: usize| -> PgWireResult<i32> {
+            raw.get(at..at + 4)
+                .map(|w| i32::from_be_bytes(w.try_into().expect("4 bytes")))
+                .ok_or_else(bad)
+        };
+        let ndim = word(0)?;
+        if ndim > 1 {
+            return Err(bad());
+        }
+        let count = if ndim == 1 { word(12)?.max(0) as usize } else { 0 };
+        let mut at = 12 + 8 * ndim.max(0) as usize;
+        for _ in 0..count {
+            let len = word(at)?;
+            at += 4;
+            // oid elements are 4 bytes; a client that sent an int2[] or
+            // int8[] for it has 2 or 8.
+            let bytes = match len {
+                ..0 => {
+                    items.push(ScalarValue::Int32(None));
+                    continue;
+                }
+                2 | 4 | 8 => raw.get(at..at + len as usize).ok_or_else(bad)?,
+                _ => return Err(bad()),
+            };
+            at += len as usize;
+            let value = bytes
+                .iter()
+                .fold(if bytes[0] & 0x80 != 0 { -1i64 } else { 0 }, |v, b| {
+                    (v << 8) | *b as i64
+                });
+            items.push(ScalarValue::Int32(Some(
+                u32::try_from(value).map_err(|_| bad())? as i32
+            )));
+        }
+    } else {
+        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
+        for item in crate::pgtypes::parse_text_array(text).ok_or_else(bad)? {
+            items.push(ScalarValue::Int32(match item {
+                Some(v) => Some(v.trim().parse::<u32>().map_err(|_| bad())? as i32),
+                None => None,
+            }));
+        }
+    }
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+        &items,
+        &DataType::Int32,
+    )))
 }
 
 /// The per-connection query handler.
@@ -833,7 +945,6 @@ fn cast_parameters(
                 // A decoded NUMERIC's precision counts its significant
                 // digits only (0.001 comes as precision 1, scale 3, which
                 // Arrow can't cast): widen it first.
-                use sluice_engine::datafusion::common::ScalarValue;
                 if let ScalarValue::Decimal128(d, _, s) = v.value {
                     v.value = ScalarValue::Decimal128(d, 38, s);
                 }
@@ -925,12 +1036,19 @@ impl QueryParser for StatementParser {
         let timeout = self.session.lock().await.statement_timeout();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let prepared = self.prepare(statement, deadline).await?;
-        Ok(Some(ParsedStatement { prepared }))
+        let oid_params = oid_parameters(sql);
+        Ok(Some(ParsedStatement { prepared, oid_params }))
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
         let types = stmt.prepared.parameter_types().map_err(to_pg)?;
-        Ok(types.iter().map(|t| pg_type_of(t.as_ref())).collect())
+        let mut types: Vec<Type> = types.iter().map(|t| pg_type_of(t.as_ref())).collect();
+        for (i, t) in &stmt.oid_params {
+            if let Some(slot) = types.get_mut(*i) {
+                *slot = t.clone();
+            }
+        }
+        Ok(types)
     }
 
     fn get_result_schema(
@@ -1122,14 +1240,43 @@ impl ExtendedQueryHandler for ConnectionHandler {
                 .map(|t| t.as_ref().filter(|t| !is_decimal(t)))
                 .collect();
             let numeric = Type::NUMERIC;
-            let sent_as: Vec<Option<&Type>> = types
+            let mut sent_as: Vec<Option<&Type>> = types
                 .iter()
                 .map(|t| t.as_ref().filter(|t| is_decimal(t)).map(|_| &numeric))
                 .collect();
-            let params = cast_parameters(
-                deserialize_parameters_with_server_types(portal, &refs, &sent_as)?,
-                &types,
-            )?;
+            // oid and oid[] parameters as they were described (see
+            // `oid_parameters`); an oid[] is read here, arrow-pg taking its
+            // bytes as they are.
+            let oid_params = &portal.statement.statement.oid_params;
+            let (oid, raw_bytes, raw_text) = (Type::OID, Type::BYTEA, Type::TEXT);
+            let mut refs = refs;
+            for (i, t) in oid_params {
+                let binary = portal.parameter_format.is_binary(*i);
+                if let Some(slot) = sent_as.get_mut(*i) {
+                    *slot = Some(match *t {
+                        Type::OID => &oid,
+                        _ if binary => &raw_bytes,
+                        _ => &raw_text,
+                    });
+                }
+                if *t == Type::OID_ARRAY
+                    && let Some(r) = refs.get_mut(*i)
+                {
+                    *r = None;
+                }
+            }
+            let mut decoded = deserialize_parameters_with_server_types(portal, &refs, &sent_as)?;
+            if let sluice_engine::datafusion::common::ParamValues::List(values) = &mut decoded {
+                for (i, t) in oid_params {
+                    if *t == Type::OID_ARRAY
+                        && let Some(v) = values.get_mut(*i)
+                    {
+                        let raw = portal.parameters.get(*i).and_then(|p| p.as_deref());
+                        v.value = oid_array_parameter(raw, portal.parameter_format.is_binary(*i))?;
+                    }
+                }
+            }
+            let params = cast_parameters(decoded, &types)?;
             Some(text_array_parameters(params, portal, &types))
         };
         let deadline = if prepared.is_subscribe() {
@@ -1201,5 +1348,39 @@ impl pgwire::api::copy::CopyHandler for ConnectionHandler {
             ErrorKind::Cancelled,
             format!("COPY from stdin failed: {}", fail.message),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_cast_to_oid_are_described_as_oid() {
+        let sql = "SELECT t.oid FROM pg_type t WHERE t.oid = any($1::oid[]) AND $2 :: pg_catalog.oid > 0 \
+                   AND $3::int4 > 0 AND $4::oidvector IS NULL";
+        assert_eq!(oid_parameters(sql), vec![(0, Type::OID_ARRAY), (1, Type::OID)]);
+    }
+
+    #[test]
+    fn oid_array_parameters_in_text_and_binary() {
+        let list = |v: Vec<Option<i32>>| {
+            let items: Vec<ScalarValue> = v.into_iter().map(ScalarValue::Int32).collect();
+            ScalarValue::List(ScalarValue::new_list_nullable(&items, &DataType::Int32))
+        };
+        assert_eq!(
+            oid_array_parameter(Some(b"{20,1016,NULL}"), false).unwrap(),
+            list(vec![Some(20), Some(1016), None])
+        );
+        // One dimension of two: 20 and NULL.
+        let mut binary = vec![];
+        for w in [1i32, 1, 26, 2, 1, 4, 20, -1] {
+            binary.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(
+            oid_array_parameter(Some(&binary), true).unwrap(),
+            list(vec![Some(20), None])
+        );
+        assert!(oid_array_parameter(Some(b"{x}"), false).is_err());
     }
 }

@@ -241,6 +241,19 @@ def _():
     asyncio.run(go())
 
 
+@check("a parameter cast to oid[] is described as oid[] (1028) and read in text and binary")
+def _():
+    with psycopg.connect(DSN, autocommit=True) as c:
+        sql = b"SELECT count(*) FROM pg_catalog.pg_type t WHERE t.oid = any($1::oid[])"
+        c.pgconn.prepare(b"oids", sql)
+        described = c.pgconn.describe_prepared(b"oids")
+        eq(described.param_type(0), 1028)
+        # %s sends the list as text, %b in binary.
+        for placeholder in ("%s", "%b"):
+            q = f"SELECT count(*) FROM pg_catalog.pg_type t WHERE t.oid = any({placeholder}::oid[])"
+            eq(c.execute(q, ([20, 1016],)).fetchone()[0], 2)
+
+
 @check("asyncpg: a pool hands connections back and resets them")
 def _():
     async def go():
