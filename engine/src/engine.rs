@@ -246,6 +246,8 @@ impl Engine {
         template.register_udf(crate::functions::UndefinedFunction::udf());
         template.register_udf(crate::functions::PgSizePretty::udf());
         template.register_udf(crate::functions::PgExpandArray::udf());
+        // array_agg of an oid column is an oid[] (asyncpg's introspection).
+        template.register_udaf(crate::oidarrays::PgArrayAgg::udaf());
         for f in crate::functions::FixedAnswer::udfs() {
             template.register_udf(f);
         }

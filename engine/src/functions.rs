@@ -540,10 +540,16 @@ impl ScalarUDFImpl for PgTypeof {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let t = args.arg_fields[0].data_type();
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-            postgres_type_name(t),
-        ))))
+        let field = &args.arg_fields[0];
+        let t = field.data_type();
+        let name = if crate::oidarrays::is_oid(field) {
+            "oid".to_string()
+        } else if crate::oidarrays::is_oid_list(t) {
+            "oid[]".to_string()
+        } else {
+            postgres_type_name(t)
+        };
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
     }
 }
 

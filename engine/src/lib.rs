@@ -21,6 +21,7 @@ mod engine;
 pub mod error;
 pub mod functions;
 mod jobs;
+pub mod oidarrays;
 pub mod optimizer;
 pub mod overflow;
 pub mod parser;

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -59,9 +59,9 @@ use crate::error::{ErrorKind, SluiceError};
 /// The prefix of the columns a [`SubqueryPerRow`] adds.
 const COLUMN: &str = "__sluice_subquery";
 
-/// Whether DataFusion's analyzer would refuse this scalar subquery: it is
-/// correlated, has no aggregate at its top and may return more than one
-/// row.
+/// Whether DataFusion cannot run this scalar subquery as a join: it is
+/// correlated and has no aggregate at its top (the analyzer refuses those
+/// that may return more than one row).
 fn refused_by_analyzer(s: &Subquery) -> bool {
     if s.outer_ref_columns.is_empty() {
         return false;
@@ -78,7 +78,11 @@ fn refused_by_analyzer(s: &Subquery) -> bool {
         LogicalPlan::Filter(f) => matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)),
         _ => false,
     };
-    !aggregated && s.subquery.max_rows().is_none_or(|n| n > 1)
+    // One that is not aggregated is not decorrelated either (a `LIMIT 1`
+    // one passes the analyzer), and DataFusion leaves every subquery of a
+    // projection in place when it cannot decorrelate one of them: it is
+    // taken here, so that the others still become joins.
+    !aggregated
 }
 
 /// Any correlated scalar subquery still in the plan after decorrelation.
@@ -210,25 +214,71 @@ fn holds(exprs: &[Expr], pick: fn(&Subquery) -> bool) -> bool {
     })
 }
 
+/// A subquery taken out of an expression, and the condition under which
+/// the expression reads it (`CASE WHEN t.typtype = 'd' THEN (SELECT ...)
+/// END`: only those rows run it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+struct Taken {
+    subquery: Subquery,
+    guard: Option<Expr>,
+}
+
 /// Replaces the picked subqueries in `e` with columns named after their
 /// place in `found`, which gets them.
 fn take_subqueries(
     e: Expr,
     pick: fn(&Subquery) -> bool,
-    found: &mut Vec<Subquery>,
+    found: &mut Vec<Taken>,
 ) -> Result<Transformed<Expr>> {
     e.transform_down(|x| match x {
-        Expr::ScalarSubquery(s) if pick(&s) => {
-            let name = format!("{COLUMN}{}", found.len());
-            found.push(s);
-            Ok(Transformed::new(
-                Expr::Column(Column::from_name(name)),
-                true,
-                TreeNodeRecursion::Jump,
-            ))
+        Expr::ScalarSubquery(s) if pick(&s) => Ok(Transformed::new(
+            take(s, None, found),
+            true,
+            TreeNodeRecursion::Jump,
+        )),
+        // A searched CASE whose branch is a subquery: the subquery runs
+        // only for the rows that take that branch.
+        Expr::Case(mut c)
+            if c.expr.is_none()
+                && !c
+                    .when_then_expr
+                    .iter()
+                    .any(|(w, _)| holds(std::slice::from_ref(w.as_ref()), pick))
+                && c.when_then_expr
+                    .iter()
+                    .any(|(_, t)| matches!(t.as_ref(), Expr::ScalarSubquery(s) if pick(s))) =>
+        {
+            let conditions: Vec<Expr> = c.when_then_expr.iter().map(|(w, _)| w.as_ref().clone()).collect();
+            for (k, (_, then)) in c.when_then_expr.iter_mut().enumerate() {
+                let inner = std::mem::replace(then.as_mut(), Expr::Literal(ScalarValue::Null, None));
+                **then = match inner {
+                    Expr::ScalarSubquery(s) if pick(&s) => {
+                        // Branch k is taken when its condition is true and
+                        // no earlier one is.
+                        let guard = conditions[..k]
+                            .iter()
+                            .fold(conditions[k].clone().is_true(), |g, earlier| {
+                                g.and(earlier.clone().is_not_true())
+                            });
+                        take(s, Some(guard), found)
+                    }
+                    other => take_subqueries(other, pick, found)?.data,
+                };
+            }
+            if let Some(otherwise) = c.else_expr.take() {
+                c.else_expr = Some(Box::new(take_subqueries(*otherwise, pick, found)?.data));
+            }
+            Ok(Transformed::new(Expr::Case(c), true, TreeNodeRecursion::Jump))
         }
         other => Ok(Transformed::no(other)),
     })
+}
+
+/// The column standing for `s`, which `found` gets.
+fn take(s: Subquery, guard: Option<Expr>, found: &mut Vec<Taken>) -> Expr {
+    let name = format!("{COLUMN}{}", found.len());
+    found.push(Taken { subquery: s, guard });
+    Expr::Column(Column::from_name(name))
 }
 
 /// Adds to its input one column per subquery: the subquery's value with
@@ -236,7 +286,7 @@ fn take_subqueries(
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SubqueryPerRow {
     input: LogicalPlan,
-    subqueries: Vec<Subquery>,
+    subqueries: Vec<Taken>,
     /// The input's columns the subqueries read, as the node's expressions
     /// (so projection pushdown keeps them).
     outer: Vec<Expr>,
@@ -244,19 +294,20 @@ pub struct SubqueryPerRow {
 }
 
 impl SubqueryPerRow {
-    fn plan(input: LogicalPlan, subqueries: Vec<Subquery>) -> Result<LogicalPlan> {
+    fn plan(input: LogicalPlan, subqueries: Vec<Taken>) -> Result<LogicalPlan> {
         let node = Self::new(input, subqueries)?;
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
     }
 
-    fn new(input: LogicalPlan, subqueries: Vec<Subquery>) -> Result<Self> {
+    fn new(input: LogicalPlan, subqueries: Vec<Taken>) -> Result<Self> {
         let mut fields: Vec<(Option<datafusion::common::TableReference>, Arc<Field>)> = input
             .schema()
             .iter()
             .map(|(q, f)| (q.cloned(), f.clone()))
             .collect();
         let mut outer = Vec::new();
-        for (i, s) in subqueries.iter().enumerate() {
+        for (i, taken) in subqueries.iter().enumerate() {
+            let s = &taken.subquery;
             let Some(field) = s.subquery.schema().fields().first() else {
                 return internal_err!("a scalar subquery without a column");
             };
@@ -268,7 +319,8 @@ impl SubqueryPerRow {
                     true,
                 )),
             ));
-            for c in outer_columns(s) {
+            let guard_columns = taken.guard.iter().flat_map(|g| g.column_refs()).cloned();
+            for c in outer_columns(s).into_iter().chain(guard_columns) {
                 let e = Expr::Column(c);
                 if !outer.contains(&e) {
                     outer.push(e);
@@ -389,7 +441,8 @@ impl ExtensionPlanner for PerRowPlanner {
         let subqueries = node
             .subqueries
             .iter()
-            .map(|s| {
+            .map(|taken| {
+                let s = &taken.subquery;
                 let outer = outer_columns(s)
                     .into_iter()
                     .map(|c| {
@@ -397,9 +450,14 @@ impl ExtensionPlanner for PerRowPlanner {
                         Ok((c, i))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let guard = match &taken.guard {
+                    Some(g) => Some(session_state.create_physical_expr(g.clone(), node.input.schema())?),
+                    None => None,
+                };
                 Ok(Planned {
                     plan: s.subquery.clone(),
                     outer,
+                    guard,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -432,6 +490,8 @@ impl ExtensionPlanner for PerRowPlanner {
 struct Planned {
     plan: Arc<LogicalPlan>,
     outer: Vec<(Column, usize)>,
+    /// Rows for which this is not true read no value (NULL).
+    guard: Option<Arc<dyn PhysicalExpr>>,
 }
 
 /// Runs [`SubqueryPerRow`].
@@ -556,7 +616,16 @@ impl Runner {
         let first = batch.num_columns();
         for (i, s) in self.subqueries.iter().enumerate() {
             let mut values = Vec::with_capacity(batch.num_rows());
+            let guard = match &s.guard {
+                Some(g) => Some(g.evaluate(&batch)?.into_array(batch.num_rows())?),
+                None => None,
+            };
+            let guard = guard.as_ref().map(|g| g.as_boolean());
             for row in 0..batch.num_rows() {
+                if guard.is_some_and(|g| g.is_null(row) || !g.value(row)) {
+                    values.push(ScalarValue::try_from(self.schema.field(first + i).data_type())?);
+                    continue;
+                }
                 let outer = s
                     .outer
                     .iter()

@@ -192,6 +192,14 @@ fn binary_array(value: &ArrayRef) -> Result<Vec<u8>> {
                     .to_be_bytes(),
             )
         }),
+        // An oid[] (array_agg of an oid column).
+        DataType::UInt32 => (Type::OID.oid(), |a, i, o| {
+            o.extend_from_slice(
+                &a.as_primitive::<arrow::datatypes::UInt32Type>()
+                    .value(i)
+                    .to_be_bytes(),
+            )
+        }),
         DataType::Int64 => (Type::INT8.oid(), |a, i, o| {
             o.extend_from_slice(
                 &a.as_primitive::<arrow::datatypes::Int64Type>()

@@ -122,6 +122,29 @@ impl SchemaProvider for PgCatalog {
     }
 }
 
+/// The library marks `pg_attribute.atttypid`, `pg_class.reltype` and
+/// `reloftype` as `regtype`; in Postgres they are `oid` (so a client reads
+/// numbers, and `array_agg(atttypid)` is an `oid[]`).
+fn oids_not_regtypes(schema: SchemaRef) -> SchemaRef {
+    const KEY: &str = sluice_engine::oidarrays::OID_ALIAS_KEY;
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if matches!(f.name().as_str(), "atttypid" | "reltype" | "reloftype")
+                && f.metadata().get(KEY).is_some_and(|k| k == "regtype")
+            {
+                let mut metadata = f.metadata().clone();
+                metadata.insert(KEY.to_string(), "oid".to_string());
+                f.as_ref().clone().with_metadata(metadata)
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// The library's `pg_index` columns, with the vector columns as lists.
 fn pg_index_schema(library: &Schema) -> SchemaRef {
     let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
@@ -169,9 +192,9 @@ enum Correction {
 impl TableProvider for Corrected {
     fn schema(&self) -> SchemaRef {
         match self.kind {
-            Correction::PgClass => pg_class_schema(&self.inner.schema()),
+            Correction::PgClass => oids_not_regtypes(pg_class_schema(&self.inner.schema())),
             Correction::Vectors(v) => vectors_schema(&self.inner.schema(), v),
-            Correction::PgAttribute => vectors_schema(&self.inner.schema(), ACL_VECTORS),
+            Correction::PgAttribute => oids_not_regtypes(vectors_schema(&self.inner.schema(), ACL_VECTORS)),
             Correction::PgSettings => self.inner.schema(),
         }
     }
@@ -225,6 +248,11 @@ impl TableProvider for Corrected {
                 batches
             }
         };
+        // Each batch under the corrected schema (its fields' markings).
+        let batches = batches
+            .into_iter()
+            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
             .await

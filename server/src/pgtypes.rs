@@ -16,6 +16,7 @@ use sluice_engine::datafusion::arrow::array::{
 };
 use sluice_engine::datafusion::arrow::compute::cast;
 use sluice_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use sluice_engine::oidarrays::is_oid_list;
 use sluice_engine::types::{PgType, format_uuid, parse_uuid};
 use sluice_engine::{Result, SluiceError};
 
@@ -27,22 +28,28 @@ fn wire_type(t: PgType) -> Type {
     }
 }
 
+/// Array columns arrow-pg does not write: lists of lists (multi-dimensional
+/// arrays) and `oid[]`.
+fn made_here(t: &DataType) -> bool {
+    crate::pgarrays::nested_leaf(t).is_some() || is_oid_list(t)
+}
+
 /// The result fields: arrow-pg's, with json / jsonb / uuid columns named as
 /// such.
 pub fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
     // Lists of lists (multi-dimensional arrays) are made here, not by
     // arrow-pg: it is shown them as text.
-    let nested = schema
-        .fields()
-        .iter()
-        .any(|f| crate::pgarrays::nested_leaf(f.data_type()).is_some());
+    let nested = schema.fields().iter().any(|f| made_here(f.data_type()));
     let mut fields = if nested {
         let shown: Vec<Field> = schema
             .fields()
             .iter()
-            .map(|f| match crate::pgarrays::nested_leaf(f.data_type()) {
-                Some(_) => Field::new(f.name(), DataType::Utf8, true),
-                None => f.as_ref().clone(),
+            .map(|f| {
+                if made_here(f.data_type()) {
+                    Field::new(f.name(), DataType::Utf8, true)
+                } else {
+                    f.as_ref().clone()
+                }
             })
             .collect();
         arrow_schema_to_pg_fields(&Schema::new(shown), format, None)?
@@ -52,6 +59,8 @@ pub fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<FieldInfo
     for (info, field) in fields.iter_mut().zip(schema.fields()) {
         if let Some(t) = PgType::of_field(field) {
             *info = FieldInfo::new(info.name().into(), None, None, wire_type(t), info.format());
+        } else if is_oid_list(field.data_type()) {
+            *info = FieldInfo::new(info.name().into(), None, None, Type::OID_ARRAY, info.format());
         } else if let Some(leaf) = crate::pgarrays::nested_leaf(field.data_type()) {
             let t = crate::pgarrays::wire_type(leaf);
             *info = FieldInfo::new(info.name().into(), None, None, t, info.format());
@@ -75,7 +84,7 @@ pub fn wire_batch(batch: RecordBatch, fields: &[FieldInfo]) -> Result<RecordBatc
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| crate::pgarrays::nested_leaf(f.data_type()).is_some())
+        .filter(|(_, f)| made_here(f.data_type()))
         .map(|(i, _)| i)
         .collect();
     if special.is_empty() && nested.is_empty() {

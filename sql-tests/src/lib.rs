@@ -263,7 +263,7 @@ fn render_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<Strin
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             format!("\\x{hex}")
         })),
-        Type::INT8_ARRAY | Type::INT4_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => {
+        Type::INT8_ARRAY | Type::INT4_ARRAY | Type::OID_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY => {
             opt(row.try_get::<_, Option<PgArray>>(i)?.map(|a| a.0))
         }
         _ => match row.try_get::<_, Option<String>>(i)? {
@@ -357,7 +357,7 @@ fn pg_float<F: Into<f64> + ToString + Copy>(f: F) -> String {
     }
 }
 
-/// A binary-format array of int4, int8 or text, of any number of
+/// A binary-format array of int4, int8, oid or text, of any number of
 /// dimensions, read from Postgres's binary array format and printed in its
 /// text form (`{{1,2},{3,NULL}}`; text elements quoted as Postgres quotes
 /// them).
@@ -397,6 +397,7 @@ impl<'a> tokio_postgres::types::FromSql<'a> for PgArray {
             items.push(match element {
                 20 => i64::from_be_bytes(bytes.try_into()?).to_string(),
                 23 => i32::from_be_bytes(bytes.try_into()?).to_string(),
+                26 => u32::from_be_bytes(bytes.try_into()?).to_string(),
                 _ => {
                     let t = std::str::from_utf8(bytes)?;
                     let plain = !t.is_empty()
@@ -425,7 +426,7 @@ impl<'a> tokio_postgres::types::FromSql<'a> for PgArray {
     fn accepts(ty: &Type) -> bool {
         matches!(
             *ty,
-            Type::INT8_ARRAY | Type::INT4_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY
+            Type::INT8_ARRAY | Type::INT4_ARRAY | Type::OID_ARRAY | Type::TEXT_ARRAY | Type::VARCHAR_ARRAY
         )
     }
 }

@@ -6,6 +6,7 @@ Every check runs; the script prints each result and exits non-zero when any
 check failed, naming it.
 """
 import asyncio
+import datetime
 import decimal
 import sys
 import traceback
@@ -252,6 +253,27 @@ def _():
         for placeholder in ("%s", "%b"):
             q = f"SELECT count(*) FROM pg_catalog.pg_type t WHERE t.oid = any({placeholder}::oid[])"
             eq(c.execute(q, ([20, 1016],)).fetchone()[0], 2)
+
+
+@check("asyncpg: int8[], float8[], int4[], date[] and oid[] results (through its type introspection)")
+def _():
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=PORT, user="sluice", password="sluice", database="sluice")
+        try:
+            # asyncpg reads only text[] and oid[] without asking the server;
+            # any other array type it introspects with a recursive catalog
+            # query that returns an oid[] column (array_agg(atttypid)).
+            eq(await c.fetchval("SELECT ARRAY[1::bigint, NULL, 3]"), [1, None, 3])
+            eq(await c.fetchval("SELECT ARRAY[1.5::float8, -2]"), [1.5, -2.0])
+            eq(await c.fetchval("SELECT array_agg(id ORDER BY id) FROM trips"), [1, 2, 3])
+            eq(await c.fetchval("SELECT ARRAY[DATE '2026-01-02']"), [datetime.date(2026, 1, 2)])
+            eq(await c.fetchval("SELECT array_agg(oid ORDER BY oid) FROM pg_type WHERE oid IN (16, 20, 25)"), [16, 20, 25])
+            # A parameter of an array type, once its codec is known.
+            eq(await c.fetchval("SELECT count(*) FROM trips WHERE id = any($1::bigint[])", [1, 3]), 2)
+        finally:
+            await c.close()
+
+    asyncio.run(go())
 
 
 @check("asyncpg: a pool hands connections back and resets them")
