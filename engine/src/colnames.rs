@@ -245,7 +245,9 @@ pub fn alias_duplicates(statement: &mut Statement, items: &mut [Item]) {
                     Some(c) => format!("column {c}"),
                     None => e.to_string(),
                 };
-                if !seen.insert(key) {
+                // DataFusion names every subquery `(<subquery>)`, so two
+                // different ones collide too.
+                if !seen.insert(key) || (holds_subquery(e) && !seen.insert("(<subquery>)".into())) {
                     if let Some(c) = column {
                         items[i] = Item::Column(Some(c));
                     }
@@ -262,6 +264,19 @@ pub fn alias_duplicates(statement: &mut Statement, items: &mut [Item]) {
             _ => {}
         }
     }
+}
+
+/// Whether `e` holds a scalar subquery (or `EXISTS`, `IN (subquery)`).
+fn holds_subquery(e: &Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::Visit;
+    struct Finds;
+    impl datafusion::sql::sqlparser::ast::Visitor for Finds {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> std::ops::ControlFlow<()> {
+            std::ops::ControlFlow::Break(())
+        }
+    }
+    e.visit(&mut Finds).is_break()
 }
 
 fn parse_expr(text: &str) -> Option<Expr> {

@@ -1018,6 +1018,31 @@ pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Stateme
         {
             *e = def;
         }
+        // `pg_get_viewdef(oid [, pretty])` / `pg_get_viewdef('name')`: the
+        // materialized view's query, from pg_matviews (psql's `\d+ view`).
+        if let SqlExpr::Function(f) = e
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_get_viewdef"))
+            && let FunctionArguments::List(list) = &f.args
+            && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(view))) = list.args.first()
+            && list.args.len() <= 2
+        {
+            let by = match view {
+                SqlExpr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)) => {
+                    format!("c.relname = {view}")
+                }
+                _ => format!("c.oid = {view}"),
+            };
+            if let Ok(def) = parse(&format!(
+                "(SELECT min(v.definition) AS pg_get_viewdef FROM pg_catalog.pg_matviews v \
+                 JOIN pg_catalog.pg_class c ON c.relname = v.matviewname WHERE {by})"
+            )) {
+                *e = def;
+            }
+        }
         std::ops::ControlFlow::<()>::Continue(())
     });
 }

@@ -25,8 +25,8 @@ use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, ObjectName, Query, Statement, TableAlias, TableAliasColumnDef, TableFactor, VisitMut,
-    VisitorMut,
+    Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, Query, Statement, TableAlias, TableAliasColumnDef,
+    TableFactor, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -146,6 +146,16 @@ static VIEWS: LazyLock<Vec<(&'static str, Query)>> = LazyLock::new(|| {
 /// after a table alias given without column names.
 const ONE_COLUMN_SET_FUNCTIONS: &[&str] = &["generate_series", "generate_subscripts"];
 
+/// A one-column function's alias names its column too, as in Postgres.
+fn name_the_column(a: &mut TableAlias) {
+    if a.columns.is_empty() {
+        a.columns.push(TableAliasColumnDef {
+            name: a.name.clone(),
+            data_type: None,
+        });
+    }
+}
+
 /// Array-valued scalar functions clients put in FROM, where Postgres makes
 /// them one row.
 const SCALAR_FUNCTIONS_IN_FROM: &[&str] = &[
@@ -228,6 +238,18 @@ impl VisitorMut for FromRewriter {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // `unnest(a) x`: one column, named `x` (psql's `\d+`).
+        if let TableFactor::UNNEST {
+            alias: Some(a),
+            array_exprs,
+            with_offset: false,
+            ..
+        } = factor
+            && array_exprs.len() == 1
+        {
+            name_the_column(a);
+            return ControlFlow::Continue(());
+        }
         let TableFactor::Table {
             name, alias, args, ..
         } = factor
@@ -238,17 +260,31 @@ impl VisitorMut for FromRewriter {
             None => information_schema_view(name).map(|q| (q, last_part(name))),
             Some(args) => {
                 let function = single_name(name);
+                if function.as_deref() == Some("unnest")
+                    && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array))] = args.args.as_slice()
+                {
+                    // `[pg_catalog.]unnest(a)` as a function call is
+                    // DataFusion's UNNEST (it has no table function of
+                    // that name), its column named by the alias.
+                    let mut alias = alias.take();
+                    if let Some(a) = alias.as_mut() {
+                        name_the_column(a);
+                    }
+                    *factor = TableFactor::UNNEST {
+                        alias,
+                        array_exprs: vec![array.clone()],
+                        with_offset: false,
+                        with_offset_alias: None,
+                        with_ordinality: false,
+                    };
+                    return ControlFlow::Continue(());
+                }
                 if function
                     .as_deref()
                     .is_some_and(|f| ONE_COLUMN_SET_FUNCTIONS.contains(&f))
                 {
-                    if let Some(a) = alias
-                        && a.columns.is_empty()
-                    {
-                        a.columns.push(TableAliasColumnDef {
-                            name: a.name.clone(),
-                            data_type: None,
-                        });
+                    if let Some(a) = alias {
+                        name_the_column(a);
                     }
                     None
                 } else if let Some(function) =
@@ -309,6 +345,14 @@ fn information_schema_view(name: &ObjectName) -> Option<Query> {
 fn single_name(name: &ObjectName) -> Option<String> {
     match name.0.as_slice() {
         [part] => part.as_ident().map(|i| i.value.to_ascii_lowercase()),
+        // `pg_catalog.unnest(...)`, as psql writes it.
+        [schema, part]
+            if schema
+                .as_ident()
+                .is_some_and(|s| s.value.eq_ignore_ascii_case("pg_catalog")) =>
+        {
+            part.as_ident().map(|i| i.value.to_ascii_lowercase())
+        }
         _ => None,
     }
 }
@@ -380,6 +424,15 @@ mod tests {
 
     #[test]
     fn functions_in_from_read_as_postgres_reads_them() {
+        // psql's `\d+`.
+        assert_eq!(
+            rewritten("SELECT array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x) FROM t tc"),
+            "SELECT array(SELECT 'toast.' || x FROM UNNEST(tc.reloptions) x (x)) FROM t tc"
+        );
+        assert_eq!(
+            rewritten("SELECT x FROM unnest(ARRAY[1, 2]) x"),
+            "SELECT x FROM UNNEST(ARRAY[1, 2]) x (x)"
+        );
         assert_eq!(
             rewritten("SELECT i FROM generate_series(1, 3) AS i"),
             "SELECT i FROM generate_series(1, 3) AS i (i)"

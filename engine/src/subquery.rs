@@ -81,8 +81,24 @@ fn refused_by_analyzer(s: &Subquery) -> bool {
     // One that is not aggregated is not decorrelated either (a `LIMIT 1`
     // one passes the analyzer), and DataFusion leaves every subquery of a
     // projection in place when it cannot decorrelate one of them: it is
-    // taken here, so that the others still become joins.
-    !aggregated
+    // taken here, so that the others still become joins. Nor is one that
+    // reads an outer column other than in a filter or join condition
+    // (`ARRAY(SELECT 'toast.' || x FROM unnest(tc.reloptions) x)`, psql's
+    // `\d+`): decorrelation would leave the outer column in the plan.
+    !aggregated || outer_columns_outside_conditions(&s.subquery)
+}
+
+/// Whether a node of `plan` other than a filter or a join reads an outer
+/// column.
+fn outer_columns_outside_conditions(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(!matches!(node, LogicalPlan::Filter(_) | LogicalPlan::Join(_))
+            && node.expressions().iter().any(|e| {
+                e.exists(|x| Ok(matches!(x, Expr::OuterReferenceColumn(..))))
+                    .unwrap_or(false)
+            }))
+    })
+    .unwrap_or(false)
 }
 
 /// Any correlated scalar subquery still in the plan after decorrelation.
@@ -680,6 +696,13 @@ async fn run_once(
                 })
                 .map(|t| t.update_data(|e| name.restore(e)))
             })
+        })?
+        .data
+        // A lateral relation (`FROM unnest(o.a) x`) is a subquery node in
+        // the plan; with its outer values put in, it is a plain relation.
+        .transform_up(|p| match p {
+            LogicalPlan::Subquery(lateral) => Ok(Transformed::yes(Arc::unwrap_or_clone(lateral.subquery))),
+            other => Ok(Transformed::no(other)),
         })?
         .data;
     let physical = state.create_physical_plan(&plan).await?;

@@ -139,7 +139,16 @@ impl SqlParser {
                     Ok(v) if !self.replaced_whole(&v, &statements) || planned_for_real(sql) => {
                         Ok(statements.into_iter().map(rewrite).collect())
                     }
-                    Ok(v) => Ok(v.into_iter().map(plain).collect()),
+                    // Its table (or a difference Sluice's own rewrites
+                    // made, such as `ARRAY(subquery)`): FROM still reads as
+                    // Postgres reads it.
+                    Ok(v) => Ok(v
+                        .into_iter()
+                        .map(|mut s| {
+                            sluice_engine::pgrelations::postgres_relations(&mut s);
+                            plain(s)
+                        })
+                        .collect()),
                     Err(_) => Ok(statements.into_iter().map(rewrite).collect()),
                 }
             }

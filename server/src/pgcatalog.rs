@@ -112,6 +112,12 @@ impl SchemaProvider for PgCatalog {
                 kind: Correction::Vectors(&[("polroles", Elem::Int32)]),
                 catalog: None,
             }),
+            "pg_matviews" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::PgMatviews,
+                catalog: None,
+            }),
             "pg_index" => Arc::new(MemTable::try_new(pg_index_schema(&table.schema()), vec![vec![]])?),
             _ => table,
         }))
@@ -186,6 +192,9 @@ enum Correction {
     /// Postgres' fixed settings, which clients read (pgjdbc reads
     /// `max_index_keys` before any key or index metadata).
     PgSettings,
+    /// Sluice's materialized views and their queries (the library's is
+    /// empty): psql's `\d+ view` reads the query with `pg_get_viewdef`.
+    PgMatviews,
 }
 
 #[async_trait]
@@ -195,7 +204,7 @@ impl TableProvider for Corrected {
             Correction::PgClass => oids_not_regtypes(pg_class_schema(&self.inner.schema())),
             Correction::Vectors(v) => vectors_schema(&self.inner.schema(), v),
             Correction::PgAttribute => oids_not_regtypes(vectors_schema(&self.inner.schema(), ACL_VECTORS)),
-            Correction::PgSettings => self.inner.schema(),
+            Correction::PgSettings | Correction::PgMatviews => self.inner.schema(),
         }
     }
 
@@ -247,6 +256,7 @@ impl TableProvider for Corrected {
                 batches.push(fixed_settings(&schema, &batches)?);
                 batches
             }
+            Correction::PgMatviews => vec![materialized_views(&schema, &self.engine.objects().await)?],
         };
         // Each batch under the corrected schema (its fields' markings).
         let batches = batches
@@ -461,6 +471,50 @@ const FIXED_SETTINGS: [(&str, &str, &str); 6] = [
 ];
 
 /// The rows of [`FIXED_SETTINGS`] the library's `batches` lack.
+/// pg_matviews' rows: each materialized view, its query as the definition
+/// (as Postgres ends it, with a semicolon).
+fn materialized_views(
+    schema: &SchemaRef,
+    objects: &[sluice_engine::catalog::CatalogEntry],
+) -> Result<RecordBatch> {
+    use sluice_engine::parser::Statement;
+    let views: Vec<(String, String)> = objects
+        .iter()
+        .filter(|e| e.kind == sluice_engine::catalog::ObjectKind::MaterializedView)
+        .filter_map(|e| {
+            let definition = match sluice_engine::parser::parse(&e.sql).ok()?.pop()? {
+                Statement::CreateMaterializedView(c) => format!(" {};", c.query),
+                _ => return None,
+            };
+            Some((e.name.clone(), definition))
+        })
+        .collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| -> arrow::array::ArrayRef {
+            let text = |v: &(String, String)| match f.name().as_str() {
+                "schemaname" => Some("public".to_string()),
+                "matviewname" => Some(v.0.clone()),
+                "matviewowner" => Some("postgres".to_string()),
+                "definition" => Some(v.1.clone()),
+                _ => None,
+            };
+            match (f.data_type(), f.name().as_str()) {
+                (DataType::Utf8, _) => Arc::new(views.iter().map(text).collect::<StringArray>()),
+                (DataType::Boolean, "ispopulated") => {
+                    Arc::new(arrow::array::BooleanArray::from(vec![true; views.len()]))
+                }
+                (DataType::Boolean, _) => {
+                    Arc::new(arrow::array::BooleanArray::from(vec![false; views.len()]))
+                }
+                (t, _) => arrow::array::new_null_array(t, views.len()),
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 fn fixed_settings(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
     let have: HashSet<String> = batches
         .iter()

@@ -146,6 +146,25 @@ fn dm_lists_materialized_views_and_dt_upper_runs() {
     assert!(!out.contains("totals"), "\\dv output:\n{out}");
     let out = p.psql(&["-c", "\\dT"]);
     assert!(out.contains("List of data types"), "\\dT output:\n{out}");
+    // \d+ of a view: its columns with storage, and its query (read with
+    // pg_get_viewdef); \d+ reads toast options through a lateral unnest
+    // of an outer column, run per row.
+    let out = p.psql(&["-c", "\\d+ totals"]);
+    assert!(
+        out.contains("Materialized view \"public.totals\""),
+        "\\d+ totals:\n{out}"
+    );
+    assert!(out.contains("Storage"), "\\d+ totals:\n{out}");
+    assert!(
+        out.contains("View definition:") && out.contains("count(*) AS c FROM nums GROUP BY"),
+        "\\d+ totals:\n{out}"
+    );
+    let out = p.psql(&["-c", "\\d+ nums"]);
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with('n') && l.contains("bigint")),
+        "\\d+ nums:\n{out}"
+    );
 }
 
 #[test]
