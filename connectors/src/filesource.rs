@@ -287,6 +287,79 @@ impl SourceConnector for FileSystemSource {
         )
     }
 
+    /// A file stream takes rows from `COPY stream FROM STDIN`: its columns
+    /// but the metadata ones (partition columns included, which choose the
+    /// `col=value/` folder). JSON-lines, CSV and Parquet streams.
+    fn appendable(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+    ) -> Result<Option<SchemaRef>> {
+        let o = Options::parse(options, schema)?;
+        if !matches!(
+            o.format,
+            Format::Json { .. } | Format::Csv { .. } | Format::Parquet
+        ) {
+            return Ok(None);
+        }
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .filter(|f| metadata_key(f).is_none())
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect();
+        Ok(Some(Arc::new(arrow::datatypes::Schema::new(fields))))
+    }
+
+    /// Writes the rows as new files in the stream's directory (one per
+    /// partition folder), in the stream's format, each put whole; the
+    /// stream's jobs read them as they read any new file.
+    fn append<'a>(
+        &'a self,
+        options: &'a BTreeMap<String, String>,
+        schema: &'a SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> futures::future::BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let o = Options::parse(options, schema)?;
+            let Some(columns) = self.appendable(options, schema)? else {
+                return Err(SluiceError::not_supported(
+                    "COPY FROM STDIN writes JSON-lines, CSV and Parquet file streams",
+                ));
+            };
+            let all = arrow::compute::concat_batches(&columns, &batches)?;
+            let rows = all.num_rows();
+            let (store, base) = sluice_engine::storage::resolve_location(
+                &self.stores,
+                &o.path,
+                &self.store_options(options),
+            )?;
+            let mut files = vec![];
+            for (folder, part) in crate::appendfiles::by_partition(&all, &o.partition_by)? {
+                let bytes = crate::appendfiles::encode(&o.format, &part)?;
+                let mut path = base.clone();
+                for segment in &folder {
+                    path = path.join(segment.as_str());
+                }
+                let extension = match o.format {
+                    Format::Parquet => "parquet",
+                    Format::Csv { .. } => "csv",
+                    _ => "json",
+                };
+                files.push((path.join(format!("copy-{}.{extension}", unique_suffix())), bytes));
+            }
+            for (path, bytes) in files {
+                store
+                    .put(&path, object_store::PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| {
+                        SluiceError::new(ErrorKind::StorageUnavailable, format!("writing {path}: {e}"))
+                    })?;
+            }
+            Ok(rows)
+        })
+    }
+
     /// Files are spread over tasks by a hash of their path: every new task
     /// gets the files finished by any old one (it skips them, as it skips
     /// other tasks' files) and the files any old task was in the middle of

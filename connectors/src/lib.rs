@@ -9,6 +9,7 @@
 //!   commit log, `commitlog`).
 //! - `delta::DeltaSink`: exactly-once, versioned landed tables (Delta Lake).
 
+mod appendfiles;
 mod aside;
 pub mod avro;
 mod commitlog;

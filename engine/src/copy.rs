@@ -28,6 +28,9 @@ pub struct CopyInTarget {
     /// others are NULL.
     pub columns: Vec<usize>,
     pub options: CopyOptions,
+    /// A stream whose connector takes the rows (a file stream: a new file
+    /// in its directory); None for an external table.
+    pub stream: Option<std::sync::Arc<crate::stream::StreamTable>>,
 }
 
 impl CopyInTarget {
@@ -329,6 +332,7 @@ mod tests {
             ])),
             columns: vec![0, 1],
             options,
+            stream: None,
         }
     }
 

@@ -697,15 +697,21 @@ enum Action {
         name: String,
         plan: LogicalPlan,
         hold: bool,
+        /// `SCROLL`: it keeps the rows it has read, to move back.
+        scroll: bool,
         /// The query's Postgres column names (see [`Prepared`]).
         names: Option<Arc<[String]>>,
     },
-    /// `FETCH [FORWARD] [n | ALL | NEXT] [FROM | IN] name`: the next rows
-    /// (`count` None: all that are left), with the cursor's row schema.
+    /// `FETCH [direction] [FROM | IN] name`, with the cursor's row schema.
     Fetch {
         name: String,
-        count: Option<usize>,
+        motion: Motion,
         schema: SchemaRef,
+    },
+    /// `MOVE [direction] [FROM | IN] name`: a FETCH that returns no rows.
+    Move {
+        name: String,
+        motion: Motion,
     },
     /// `CLOSE name` (None: `CLOSE ALL`).
     CloseCursor {
@@ -761,6 +767,7 @@ impl Action {
             | Action::CopyIn(_)
             | Action::DeclareCursor { .. }
             | Action::Fetch { .. }
+            | Action::Move { .. }
             | Action::CloseCursor { .. }
             | Action::Accepted { .. }
             | Action::ResetVar { .. }
@@ -892,28 +899,56 @@ fn no_cursor(name: &str) -> SluiceError {
     )
 }
 
-/// How many rows a FETCH asks for (None: all that are left); cursors go
-/// forward only.
-fn fetch_count(direction: &ast::FetchDirection) -> Result<Option<usize>> {
+/// Where a FETCH moves a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Motion {
+    /// The next n rows (None: all that are left).
+    Forward(Option<u64>),
+    /// The n rows before the current one, nearest first (None: all).
+    Backward(Option<u64>),
+    /// Row n from the start (n < 0: from the end; 0: before the first).
+    Absolute(i64),
+    /// Row n from the current one (0: the current row again).
+    Relative(i64),
+}
+
+/// The motion a FETCH direction asks for.
+fn fetch_motion(direction: &ast::FetchDirection) -> Result<Motion> {
     use ast::FetchDirection as D;
-    let number = |v: &ast::ValueWithSpan| -> Result<usize> {
+    let number = |v: &ast::ValueWithSpan| -> Result<i64> {
         match &v.value {
-            ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| {
-                SluiceError::invalid_parameter(format!("FETCH count {n}: a count of rows ahead"))
-            }),
+            ast::Value::Number(n, _) => n
+                .parse::<i64>()
+                .map_err(|_| SluiceError::invalid_parameter(format!("FETCH count {n}: a number of rows"))),
             other => Err(SluiceError::invalid_parameter(format!("FETCH count {other}"))),
         }
     };
-    match direction {
-        D::Next => Ok(Some(1)),
-        D::Count { limit } => number(limit).map(Some),
-        D::Forward { limit: Some(l) } => number(l).map(Some),
-        D::Forward { limit: None } => Ok(Some(1)),
-        D::All | D::ForwardAll => Ok(None),
-        other => Err(SluiceError::not_supported(format!(
-            "FETCH {other}: Sluice's cursors go forward only (FETCH [FORWARD] n | ALL | NEXT)"
-        ))),
-    }
+    // A negative count goes the other way, as in Postgres.
+    let forward = |n: i64| {
+        if n >= 0 {
+            Motion::Forward(Some(n as u64))
+        } else {
+            Motion::Backward(Some(n.unsigned_abs()))
+        }
+    };
+    Ok(match direction {
+        D::Next => Motion::Forward(Some(1)),
+        D::Prior => Motion::Backward(Some(1)),
+        D::First => Motion::Absolute(1),
+        D::Last => Motion::Absolute(-1),
+        D::Absolute { limit } => Motion::Absolute(number(limit)?),
+        D::Relative { limit } => Motion::Relative(number(limit)?),
+        D::Count { limit } | D::Forward { limit: Some(limit) } => forward(number(limit)?),
+        D::Forward { limit: None } => Motion::Forward(Some(1)),
+        D::All | D::ForwardAll => Motion::Forward(None),
+        D::Backward { limit: Some(limit) } => match forward(number(limit)?) {
+            Motion::Forward(n) => Motion::Backward(n),
+            Motion::Backward(n) => Motion::Forward(n),
+            other => other,
+        },
+        D::Backward { limit: None } => Motion::Backward(Some(1)),
+        D::BackwardAll => Motion::Backward(None),
+    })
 }
 
 /// `schema` with its fields named `names` (which may repeat a name).
@@ -1001,6 +1036,151 @@ struct Cursor {
     pending: Option<RecordBatch>,
     /// `WITH HOLD`: it outlives the transaction it was declared in.
     hold: bool,
+    /// `SCROLL`: the rows read so far and where the cursor is among them.
+    scroll: Option<Scroll>,
+}
+
+/// A scrollable cursor's rows, kept as they are read (as Postgres keeps
+/// them), and its position: 0 before the first row, n on row n, one past
+/// the last once it has gone beyond the end.
+#[derive(Default)]
+struct Scroll {
+    read: Vec<RecordBatch>,
+    /// Rows in `read`.
+    len: u64,
+    /// The query has no more rows.
+    done: bool,
+    position: u64,
+}
+
+impl Cursor {
+    /// The next `n` rows (None: all that are left) of the query.
+    async fn next_rows(&mut self, n: Option<u64>) -> Result<Vec<RecordBatch>> {
+        let rows = self.rows.get_mut().expect("cursor lock");
+        let mut want = n.unwrap_or(u64::MAX);
+        let mut batches = vec![];
+        while want > 0 {
+            let batch = match self.pending.take() {
+                Some(b) => b,
+                None => match rows.next().await {
+                    Some(b) => b?,
+                    None => break,
+                },
+            };
+            let len = batch.num_rows() as u64;
+            if len > want {
+                let want_rows = want as usize;
+                self.pending = Some(batch.slice(want_rows, batch.num_rows() - want_rows));
+                batches.push(batch.slice(0, want_rows));
+                want = 0;
+            } else {
+                want -= len;
+                batches.push(batch);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Reads the query until row `row` (1-based; `u64::MAX`: all of it) is
+    /// kept, or to its end.
+    async fn read_upto(&mut self, row: u64) -> Result<()> {
+        let Some(scroll) = self.scroll.as_ref() else {
+            return Ok(());
+        };
+        let missing = row.saturating_sub(scroll.len);
+        if missing == 0 || scroll.done {
+            return Ok(());
+        }
+        let ask = if row == u64::MAX { None } else { Some(missing) };
+        let batches = self.next_rows(ask).await?;
+        let got: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let scroll = self.scroll.as_mut().expect("a scroll cursor");
+        scroll.len += got;
+        scroll
+            .read
+            .extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+        if ask.is_none_or(|a| got < a) {
+            scroll.done = true;
+        }
+        Ok(())
+    }
+
+    /// The rows a FETCH returns, moving the cursor.
+    async fn fetch(&mut self, motion: Motion) -> Result<Vec<RecordBatch>> {
+        if self.scroll.is_none() {
+            return match motion {
+                Motion::Forward(n) => self.next_rows(n).await,
+                _ => Err(SluiceError::new(
+                    ErrorKind::ObjectNotInPrerequisiteState,
+                    "cursor can only scan forward: declare it with SCROLL to move backward or to a row",
+                )),
+            };
+        }
+        let position = self.scroll.as_ref().map_or(0, |s| s.position);
+        // The rows to return, by number, and where the cursor ends up.
+        let (rows, end): (Vec<u64>, u64) = match motion {
+            Motion::Forward(n) => {
+                let last = n.map_or(u64::MAX, |n| position.saturating_add(n));
+                self.read_upto(last).await?;
+                let len = self.scroll.as_ref().map_or(0, |s| s.len);
+                let rows: Vec<u64> = (position + 1..=last.min(len)).collect();
+                let end = if last > len { len + 1 } else { last };
+                (rows, if n == Some(0) { position } else { end })
+            }
+            Motion::Backward(n) => {
+                let first = n.map_or(0, |n| position.saturating_sub(n));
+                let rows: Vec<u64> = (first.max(1)..position).rev().collect();
+                (rows, first)
+            }
+            Motion::Absolute(n) | Motion::Relative(n) => {
+                let target = match motion {
+                    Motion::Relative(r) => position as i64 + r,
+                    _ if n < 0 => {
+                        self.read_upto(u64::MAX).await?;
+                        let len = self.scroll.as_ref().map_or(0, |s| s.len);
+                        len as i64 + 1 + n
+                    }
+                    _ => n,
+                };
+                if target < 1 {
+                    (vec![], 0)
+                } else {
+                    let target = target as u64;
+                    self.read_upto(target).await?;
+                    let len = self.scroll.as_ref().map_or(0, |s| s.len);
+                    if target <= len {
+                        (vec![target], target)
+                    } else {
+                        (vec![], len + 1)
+                    }
+                }
+            }
+        };
+        let scroll = self.scroll.as_mut().expect("a scroll cursor");
+        scroll.position = end;
+        if matches!(motion, Motion::Forward(Some(0))) || motion == Motion::Backward(Some(0)) {
+            // FETCH 0 / BACKWARD 0: the current row again.
+            let current: Vec<u64> = (1..=scroll.len)
+                .contains(&position)
+                .then_some(position)
+                .into_iter()
+                .collect();
+            return scroll.rows(&self.schema, &current);
+        }
+        scroll.rows(&self.schema, &rows)
+    }
+}
+
+impl Scroll {
+    /// Rows `numbers` (1-based, in that order) of what has been read.
+    fn rows(&self, schema: &SchemaRef, numbers: &[u64]) -> Result<Vec<RecordBatch>> {
+        if numbers.is_empty() {
+            return Ok(vec![]);
+        }
+        let all = arrow::compute::concat_batches(schema, &self.read)?;
+        let indices = arrow::array::UInt64Array::from_iter_values(numbers.iter().map(|n| n - 1));
+        Ok(vec![arrow::compute::take_record_batch(&all, &indices)?])
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -1183,6 +1363,14 @@ impl Session {
             Statement::ShowMaterializedViews => Action::ShowJobObjects { sink: false },
             Statement::ShowJobs => Action::ShowJobs,
             Statement::ShowCheckpoints => Action::ShowCheckpoints,
+            Statement::Move { name, direction } => {
+                let name = cursor_name(&name);
+                self.cursors.get(&name).ok_or_else(|| no_cursor(&name))?;
+                Action::Move {
+                    name,
+                    motion: fetch_motion(&direction)?,
+                }
+            }
             Statement::Subscribe { target, copy } => {
                 let schema = self.subscribe_schema(&target).await?;
                 Action::Subscribe { target, copy, schema }
@@ -1298,12 +1486,12 @@ impl Session {
                 SqlStatement::Declare { stmts } => self.plan_declare(stmts).await?,
                 SqlStatement::Fetch { name, direction, .. } => {
                     let name = cursor_name(&name);
-                    let count = fetch_count(&direction)?;
+                    let motion = fetch_motion(&direction)?;
                     let cursor = self.cursors.get(&name).ok_or_else(|| no_cursor(&name))?;
                     Action::Fetch {
                         schema: cursor.schema.clone(),
                         name,
-                        count,
+                        motion,
                     }
                 }
                 SqlStatement::Close { cursor } => Action::CloseCursor {
@@ -1427,12 +1615,10 @@ impl Session {
         Ok(Prepared { action, names: None })
     }
 
-    /// `DECLARE name [BINARY] [NO SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
+    /// `DECLARE name [BINARY] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
     async fn plan_declare(&self, mut stmts: Vec<ast::Declare>) -> Result<Action> {
         let refuse = |what: &str| {
-            SluiceError::not_supported(format!(
-                "DECLARE {what}: Sluice's cursors are forward-only query cursors"
-            ))
+            SluiceError::not_supported(format!("DECLARE {what}: Sluice's cursors are query cursors"))
         };
         if stmts.len() != 1 {
             return Err(refuse("of several names"));
@@ -1440,9 +1626,6 @@ impl Session {
         let d = stmts.remove(0);
         if d.declare_type != Some(ast::DeclareType::Cursor) || d.names.len() != 1 {
             return Err(refuse("of a variable"));
-        }
-        if d.scroll == Some(true) {
-            return Err(refuse("SCROLL"));
         }
         let Some(query) = d.for_query else {
             return Err(refuse("without FOR query"));
@@ -1464,6 +1647,7 @@ impl Session {
             name,
             plan,
             hold: d.hold == Some(true),
+            scroll: d.scroll == Some(true),
             names: prepared.names,
         })
     }
@@ -1815,6 +1999,7 @@ impl Session {
                 name,
                 plan,
                 hold,
+                scroll,
                 names,
             } => {
                 if self.cursors.contains_key(name) {
@@ -1839,6 +2024,7 @@ impl Session {
                         rows: std::sync::Mutex::new(rows),
                         pending: None,
                         hold: *hold,
+                        scroll: scroll.then(Scroll::default),
                     },
                 );
                 Ok(Output::Command {
@@ -1846,33 +2032,22 @@ impl Session {
                     rows: None,
                 })
             }
-            Action::Fetch { name, count, .. } => {
+            Action::Fetch { name, motion, .. } => {
                 let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
                 let schema = cursor.schema.clone();
-                let rows = cursor.rows.get_mut().expect("cursor lock");
-                let mut want = count.unwrap_or(usize::MAX);
-                let mut batches = vec![];
-                while want > 0 {
-                    let batch = match cursor.pending.take() {
-                        Some(b) => b,
-                        None => match rows.next().await {
-                            Some(b) => b?,
-                            None => break,
-                        },
-                    };
-                    if batch.num_rows() > want {
-                        cursor.pending = Some(batch.slice(want, batch.num_rows() - want));
-                        batches.push(batch.slice(0, want));
-                        want = 0;
-                    } else {
-                        want -= batch.num_rows();
-                        batches.push(batch);
-                    }
-                }
+                let batches = cursor.fetch(*motion).await?;
                 let stream = futures::stream::iter(batches.into_iter().map(Ok));
                 Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(
                     schema, stream,
                 ))))
+            }
+            Action::Move { name, motion } => {
+                let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
+                let moved: usize = cursor.fetch(*motion).await?.iter().map(|b| b.num_rows()).sum();
+                Ok(Output::Command {
+                    tag: "MOVE".into(),
+                    rows: Some(moved),
+                })
             }
             Action::CloseCursor { name } => {
                 match name {
@@ -2058,12 +2233,31 @@ impl Session {
     ) -> Result<crate::copy::CopyInTarget> {
         let name = normalize_name(table);
         let provider = self.ctx.table_provider(name.as_str()).await?;
-        if !provider.is::<datafusion::datasource::listing::ListingTable>() {
-            return Err(SluiceError::not_supported(format!(
-                "COPY FROM STDIN writes into external tables over files; {name} is not one"
-            )));
-        }
-        let schema = provider.schema();
+        let (schema, stream) = if provider.is::<datafusion::datasource::listing::ListingTable>() {
+            (provider.schema(), None)
+        } else {
+            let stream =
+                crate::streaming::window::StreamLookup::stream(self.engine.inner.streams.as_ref(), &name);
+            let appendable = match &stream {
+                Some(s) => s.connector.appendable(&s.options, s.schema_ref())?,
+                None => None,
+            };
+            match (stream, appendable) {
+                (Some(stream), Some(schema)) => (schema, Some(stream)),
+                (Some(stream), None) => {
+                    return Err(SluiceError::not_supported(format!(
+                        "COPY FROM STDIN writes into external tables and file streams; {name} is a {} stream, \
+                         written by its source",
+                        stream.connector.name()
+                    )));
+                }
+                (None, _) => {
+                    return Err(SluiceError::not_supported(format!(
+                        "COPY FROM STDIN writes into external tables over files and file streams; {name} is neither"
+                    )));
+                }
+            }
+        };
         let columns = if columns.is_empty() {
             (0..schema.fields().len()).collect()
         } else {
@@ -2084,6 +2278,7 @@ impl Session {
             schema,
             columns,
             options,
+            stream,
         })
     }
 
@@ -2096,6 +2291,12 @@ impl Session {
     ) -> Result<usize> {
         if batches.is_empty() {
             return Ok(0);
+        }
+        if let Some(stream) = &target.stream {
+            return stream
+                .connector
+                .append(&stream.options, stream.schema_ref(), batches)
+                .await;
         }
         let df = self.ctx.read_batches(batches)?;
         let written = df

@@ -55,6 +55,9 @@ pub enum ErrorKind {
     InvalidCursorName,
     /// DECLARE of a cursor whose name is taken.
     DuplicateCursor,
+    /// A backward FETCH from a cursor declared without SCROLL (Postgres'
+    /// object_not_in_prerequisite_state).
+    ObjectNotInPrerequisiteState,
     /// A scalar subquery that returned more than one row.
     CardinalityViolation,
     /// A NULL where the column may not hold one.

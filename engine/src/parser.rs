@@ -72,6 +72,11 @@ pub enum Statement {
     /// (`table` read as `SELECT * FROM table`): the rows in COPY's text or
     /// CSV format (psql's `\copy ... to`).
     CopyOut { query: Box<Query>, options: CopyOptions },
+    /// `MOVE [direction] [FROM | IN] cursor`: FETCH without the rows.
+    Move {
+        name: datafusion::sql::sqlparser::ast::Ident,
+        direction: datafusion::sql::sqlparser::ast::FetchDirection,
+    },
     /// `COPY table [(column, ...)] FROM STDIN [WITH (...)]`: rows from the
     /// client in COPY's text or CSV format, appended to an external table
     /// (psql's `\copy ... from`).
@@ -167,6 +172,7 @@ impl fmt::Display for Statement {
             Statement::DropSecret { name, .. } => write!(f, "DROP SECRET {name}"),
             Statement::ShowSecrets => write!(f, "SHOW SECRETS"),
             Statement::ShowCheckpoints => write!(f, "SHOW CHECKPOINTS"),
+            Statement::Move { name, direction } => write!(f, "MOVE {direction} FROM {name}"),
             Statement::Explain(s) => write!(f, "EXPLAIN {s}"),
             Statement::CopyOut { query, .. } => write!(f, "COPY ({query}) TO STDOUT"),
             Statement::CopyIn { table, columns, .. } if columns.is_empty() => {
@@ -1399,6 +1405,23 @@ fn parse_one(df: &mut datafusion::sql::parser::DFParser) -> Result<Statement> {
             df.parser.next_token();
             Statement::Explain(Box::new(parse_one(df)?))
         }
+        (Some("MOVE"), _, _) => {
+            df.parser.next_token();
+            let (name, direction) = parse_fetch_rest(&mut df.parser)?;
+            Statement::Move { name, direction }
+        }
+        (Some("FETCH"), _, _) => {
+            df.parser.next_token();
+            let (name, direction) = parse_fetch_rest(&mut df.parser)?;
+            Statement::DataFusion(DFStatement::Statement(Box::new(
+                datafusion::sql::sqlparser::ast::Statement::Fetch {
+                    name,
+                    direction,
+                    position: datafusion::sql::sqlparser::ast::FetchPosition::From,
+                    into: None,
+                },
+            )))
+        }
         (Some("SUBSCRIBE"), _, _) => {
             df.parser.next_token();
             Statement::Subscribe {
@@ -1735,6 +1758,99 @@ fn parse_copy_options(parser: &mut Parser) -> Result<CopyOptions> {
         return Err(bad("COPY HEADER is available only in CSV mode".into()));
     }
     Ok(o)
+}
+
+/// What follows FETCH or MOVE, as Postgres reads it: `[direction] [FROM |
+/// IN] cursor`, where a count may be signed (`MOVE -2 FROM c`, psycopg's
+/// relative scroll) and `FORWARD` / `BACKWARD` may stand alone.
+fn parse_fetch_rest(
+    parser: &mut Parser,
+) -> Result<(
+    datafusion::sql::sqlparser::ast::Ident,
+    datafusion::sql::sqlparser::ast::FetchDirection,
+)> {
+    use datafusion::sql::sqlparser::ast::{FetchDirection as D, Value};
+    fn count(parser: &mut Parser) -> Option<datafusion::sql::sqlparser::ast::ValueWithSpan> {
+        let sign = match parser.peek_token().token {
+            Token::Minus => "-",
+            Token::Plus => "",
+            _ => match parser.peek_token().token {
+                Token::Number(..) => "",
+                _ => return None,
+            },
+        };
+        if matches!(parser.peek_token().token, Token::Minus | Token::Plus) {
+            parser.next_token();
+        }
+        match parser.next_token().token {
+            Token::Number(n, _) => Some(Value::Number(format!("{sign}{n}"), false).with_empty_span()),
+            _ => {
+                parser.prev_token();
+                None
+            }
+        }
+    }
+    let required = |parser: &mut Parser, what: &str| {
+        count(parser).ok_or_else(|| {
+            SluiceError::new(
+                ErrorKind::Syntax,
+                format!(
+                    "syntax error: expected a row count after {what}, found: {}",
+                    parser.peek_token()
+                ),
+            )
+        })
+    };
+    let word = peek_word(parser, 0);
+    let direction = match word.as_deref() {
+        Some(w @ ("NEXT" | "PRIOR" | "FIRST" | "LAST")) => {
+            parser.next_token();
+            match w {
+                "NEXT" => D::Next,
+                "PRIOR" => D::Prior,
+                "FIRST" => D::First,
+                _ => D::Last,
+            }
+        }
+        Some("ABSOLUTE") => {
+            parser.next_token();
+            D::Absolute {
+                limit: required(parser, "ABSOLUTE")?,
+            }
+        }
+        Some("RELATIVE") => {
+            parser.next_token();
+            D::Relative {
+                limit: required(parser, "RELATIVE")?,
+            }
+        }
+        Some("ALL") => {
+            parser.next_token();
+            D::All
+        }
+        Some(w @ ("FORWARD" | "BACKWARD")) => {
+            parser.next_token();
+            let all = peek_word(parser, 0).as_deref() == Some("ALL");
+            if all {
+                parser.next_token();
+            }
+            match (w, all) {
+                ("FORWARD", true) => D::ForwardAll,
+                ("FORWARD", false) => D::Forward { limit: count(parser) },
+                (_, true) => D::BackwardAll,
+                _ => D::Backward { limit: count(parser) },
+            }
+        }
+        _ => match count(parser) {
+            Some(limit) => D::Count { limit },
+            None => D::Next,
+        },
+    };
+    if matches!(peek_word(parser, 0).as_deref(), Some("FROM" | "IN")) {
+        parser.next_token();
+    }
+    let name = parser.parse_identifier().map_err(syntax)?;
+    Ok((name, direction))
 }
 
 fn expect_word(parser: &mut Parser, word: &str) -> Result<()> {

@@ -236,6 +236,34 @@ pub trait SourceConnector: Send + Sync + Debug {
         resume: Option<&str>,
     ) -> Result<Box<dyn Source>>;
 
+    /// The columns a row appended with `COPY stream FROM STDIN` carries, in
+    /// order, when the connector can add rows to what the stream reads (a
+    /// new file in a file stream's directory); None when it cannot (the
+    /// default).
+    fn appendable(
+        &self,
+        _options: &BTreeMap<String, String>,
+        _schema: &SchemaRef,
+    ) -> Result<Option<SchemaRef>> {
+        Ok(None)
+    }
+
+    /// Adds `batches` (of [`Self::appendable`]'s columns) to what the stream
+    /// reads, all or nothing; returns how many rows were added.
+    fn append<'a>(
+        &'a self,
+        _options: &'a BTreeMap<String, String>,
+        _schema: &'a SchemaRef,
+        _batches: Vec<RecordBatch>,
+    ) -> futures::future::BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            Err(SluiceError::not_supported(format!(
+                "the {} connector does not take rows from COPY",
+                self.name()
+            )))
+        })
+    }
+
     /// The position each partition resumes from when the checkpoint was
     /// taken with another number of partitions (a server restarted with
     /// another parallelism): `old[i]` is old partition `i`'s position, and

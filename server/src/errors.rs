@@ -28,6 +28,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::UndefinedFunction => "42883",
         ErrorKind::InvalidCursorName => "34000",
         ErrorKind::DuplicateCursor => "42P03",
+        ErrorKind::ObjectNotInPrerequisiteState => "55000",
         ErrorKind::CardinalityViolation => "21000",
         ErrorKind::NotNullViolation => "23502",
         ErrorKind::BadCopyFileFormat => "22P04",

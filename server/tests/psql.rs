@@ -229,7 +229,7 @@ fn wrong_password_is_refused() {
 
 /// psql's `\\copy ... from` a file in text and CSV, into a table over
 /// Parquet files: the rows land (as new files) and read back; a bad row
-/// writes nothing; a stream is refused.
+/// writes nothing; a generator's stream is refused.
 #[test]
 fn backslash_copy_from_a_file_in_text_and_csv() {
     let (dir, p) = setup();
@@ -275,7 +275,7 @@ fn backslash_copy_from_a_file_in_text_and_csv() {
     );
     let out = p.psql(&["-tA", "-c", "SELECT count(*) FROM trips WHERE id >= 13"]);
     assert_eq!(out.trim(), "0");
-    // Streams are written by their sources.
+    // A generator's stream is written by its source.
     p.psql(&["-c", "CREATE STREAM nums (n BIGINT) WITH (connector = 'datagen')"]);
     let err = p.psql_output(
         "sluice",
@@ -288,6 +288,84 @@ fn backslash_copy_from_a_file_in_text_and_csv() {
     );
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(stderr.contains("0A000"), "{stderr}");
+}
+
+/// psql's `\\copy stream from` a file: a file stream takes the rows as new
+/// files in its directory (its partition column choosing the folder), in
+/// its format, and the jobs reading the stream see them.
+#[test]
+fn backslash_copy_into_a_file_stream_feeds_its_jobs() {
+    let (dir, p) = setup();
+    let input = dir.path().join("clicks");
+    std::fs::create_dir_all(&input).unwrap();
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM clicks (user_id BIGINT, page TEXT, ts TIMESTAMP, dt TEXT) WITH (connector = \
+             'filesystem', path = '{}', format = 'json', partition_by = 'dt')",
+            input.display()
+        ),
+        "-c",
+        "CREATE MATERIALIZED VIEW per_page AS SELECT dt, page, count(*) AS n, max(ts) AS last FROM clicks GROUP BY dt, page",
+    ]);
+    let rows = dir.path().join("clicks.csv");
+    std::fs::write(
+        &rows,
+        "user_id,page,ts,dt\n1,home,2026-12-01 10:00:00,2026-12-01\n2,home,2026-12-01 10:00:05,2026-12-01\n\
+         3,cart,2026-12-02 09:00:00,2026-12-02\n",
+    )
+    .unwrap();
+    let out = p.psql(&[
+        "-c",
+        &format!(
+            "\\copy clicks from '{}' with (format csv, header)",
+            rows.display()
+        ),
+    ]);
+    assert_eq!(out.trim(), "COPY 3");
+    let mut folders: Vec<String> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(folders, ["dt=2026-12-01", "dt=2026-12-02"]);
+    let want = "2026-12-01|home|2|2026-12-01 10:00:05\n2026-12-02|cart|1|2026-12-02 09:00:00\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT dt, page, n, last FROM per_page ORDER BY dt, page",
+        ]);
+        if out == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_page never showed the copied rows: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A bad row: nothing of the COPY lands.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "user_id,page,ts,dt\n4,home,2026-12-01 11:00:00,2026-12-01\nfive,home,x,2026-12-01\n",
+    )
+    .unwrap();
+    let err = p.psql_output(
+        "sluice",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            &format!("\\copy clicks from '{}' with (format csv, header)", bad.display()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("22P02"), "{stderr}");
+    let files: usize = std::fs::read_dir(input.join("dt=2026-12-01")).unwrap().count();
+    assert_eq!(files, 1);
 }
 
 #[test]

@@ -140,6 +140,41 @@ def _():
         c2.close()
 
 
+@check("psycopg and psycopg2: scrollable named cursors move back and to a row (scroll, MOVE)")
+def _():
+    with psycopg.connect(DSN) as c:
+        with c.cursor(name="trip_scroll", scrollable=True) as cur:
+            cur.execute("SELECT id FROM trips ORDER BY id")
+            eq(cur.fetchmany(2), [(1,), (2,)])
+            cur.scroll(-2)  # MOVE -2 FROM ...
+            eq(cur.fetchone(), (1,))
+            cur.scroll(2, mode="absolute")  # MOVE ABSOLUTE 2 FROM ...
+            eq(cur.fetchall(), [(3,)])
+            cur.scroll(0, mode="absolute")
+            eq(cur.fetchall(), [(1,), (2,), (3,)])
+        # Without scrollable=True, psycopg declares NO SCROLL: moving back fails as in Postgres.
+        with c.cursor(name="trip_forward", scrollable=False) as cur:
+            cur.execute("SELECT id FROM trips ORDER BY id")
+            eq(cur.fetchone(), (1,))
+            try:
+                cur.scroll(-1)
+                raise AssertionError("a NO SCROLL cursor moved back")
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                pass
+    import psycopg2
+    c2 = psycopg2.connect(DSN)
+    try:
+        cur = c2.cursor(name="trip_scroll2", scrollable=True)
+        cur.execute("SELECT id FROM trips ORDER BY id")
+        eq(cur.fetchall(), [(1,), (2,), (3,)])
+        cur.scroll(1, mode="absolute")
+        eq(cur.fetchone(), (2,))
+        cur.close()
+        c2.commit()
+    finally:
+        c2.close()
+
+
 import sqlalchemy as sa  # noqa: E402
 
 for driver in ["psycopg", "psycopg2"]:
@@ -411,6 +446,44 @@ def _():
         for name in ("trips", "public.trips"):
             got = sorted(c.execute(columns.replace(":table", "'" + name + "'")).fetchall())
             eq((name, got), (name, [("dt", "text"), ("fare", "numeric"), ("id", "bigint")]))
+
+
+@check("replayed: DBeaver's connect, type cache, schema's tables and table's columns")
+def _():
+    statements = [
+        s for s in (REPLAY / "dbeaver.sql").read_text().split(";\n")
+        if s.strip() and not all(line.strip().startswith("--") or not line.strip() for line in s.splitlines())
+    ]
+    eq(len(statements), 17)
+    with psycopg.connect(DSN, autocommit=True) as c:
+        results = {}
+        for sql in statements:
+            sql = sql.replace(":namespace", str(results.get("namespace")))
+            sql = sql.replace(":table", str(results.get("table")))
+            cur = c.execute(sql)
+            rows = cur.fetchall() if cur.description else []
+            names = [d.name for d in cur.description or []]
+            if "pg_namespace n" in sql and "nspname = ANY" not in sql:
+                spaces = {r[names.index("nspname")]: r[0] for r in rows}
+                assert "public" in spaces and "pg_catalog" in spaces, spaces
+                results["namespace"] = spaces["public"]
+            elif "pg_type t" in sql and "base_type_name" in sql:
+                types = {r[names.index("typname")] for r in rows}
+                assert {"int8", "text", "timestamptz", "_int4"} <= types, len(types)
+            elif "partition_expr" in sql:
+                tables = {r[names.index("relname")]: r[0] for r in rows}
+                assert "trips" in tables, tables
+                results["table"] = tables["trips"]
+            elif "def_value" in sql:
+                eq([(r[names.index("relname")], r[names.index("attname")]) for r in rows],
+                   [("trips", "id"), ("trips", "fare"), ("trips", "dt")])
+            elif sql.startswith("SELECT version()"):
+                assert rows[0][0].startswith("PostgreSQL "), rows
+            elif "pg_get_keywords" in sql:
+                assert "select" in rows[0][0].split(","), rows
+            elif sql.startswith("SELECT current_schema()"):
+                eq(rows, [("public", "sluice")])
+        eq(sorted(results), ["namespace", "table"])
 
 
 @check("information_schema.columns speaks Postgres: type names, udt_name, positions from 1")
