@@ -55,6 +55,10 @@ pub struct CatalogEntry {
     pub kind: ObjectKind,
     /// The statement that recreates the object.
     pub sql: String,
+    /// The role that created it (entries written before owners were kept
+    /// have none: the first user of the config file owns them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A role created with `CREATE ROLE` (users of the config file are not
@@ -295,6 +299,7 @@ mod tests {
             name: name.into(),
             kind: ObjectKind::Table,
             sql: format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '/x'"),
+            owner: None,
         }
     }
 

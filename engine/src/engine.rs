@@ -368,6 +368,11 @@ impl Engine {
 
     /// Every object of the durable catalog (tables, streams, sinks,
     /// materialized views), with the SQL that made it.
+    /// The users of the config file, in its order.
+    pub fn config_users(&self) -> &[String] {
+        &self.inner.config_users
+    }
+
     pub async fn objects(&self) -> Vec<crate::catalog::CatalogEntry> {
         self.inner.catalog.lock().await.entries().cloned().collect()
     }
@@ -2413,6 +2418,7 @@ impl Session {
                 name: name.clone(),
                 kind: ObjectKind::Table,
                 sql: normalized_sql,
+                owner: Some(self.user.clone()),
             }) {
                 // Keep memory and disk in agreement: without a durable entry
                 // the table would vanish on restart, so it must not exist now.
@@ -2480,6 +2486,7 @@ impl Session {
                 name: name.clone(),
                 kind: ObjectKind::Stream,
                 sql: create.to_string(),
+                owner: Some(self.user.clone()),
             })
         {
             let _ = self.ctx.deregister_table(name.as_str());

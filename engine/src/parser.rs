@@ -1024,6 +1024,23 @@ pub fn function_lookups(statement: &mut datafusion::sql::sqlparser::ast::Stateme
         {
             *e = def;
         }
+        // `pg_get_userbyid(oid)`: the role of that oid in pg_roles (which
+        // `relowner` names), "unknown (OID=n)" for none, as in Postgres.
+        if let SqlExpr::Function(f) = e
+            && f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_get_userbyid"))
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(role))] = list.args.as_slice()
+            && let Ok(lookup) = parse(&format!(
+                "(SELECT coalesce(min(r.rolname), 'unknown (OID=' || CAST({role} AS TEXT) || ')') AS pg_get_userbyid \
+                 FROM pg_catalog.pg_roles r WHERE r.oid = {role})"
+            ))
+        {
+            *e = lookup;
+        }
         // `pg_get_viewdef(oid [, pretty])` / `pg_get_viewdef('name')`: the
         // materialized view's query, from pg_matviews (psql's `\d+ view`).
         if let SqlExpr::Function(f) = e

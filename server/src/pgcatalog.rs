@@ -112,6 +112,12 @@ impl SchemaProvider for PgCatalog {
                 kind: Correction::Vectors(&[("polroles", Elem::Int32)]),
                 catalog: None,
             }),
+            "pg_roles" => Arc::new(Corrected {
+                inner: table,
+                engine: self.engine.clone(),
+                kind: Correction::PgRoles,
+                catalog: None,
+            }),
             "pg_matviews" => Arc::new(Corrected {
                 inner: table,
                 engine: self.engine.clone(),
@@ -195,6 +201,9 @@ enum Correction {
     /// Sluice's materialized views and their queries (the library's is
     /// empty): psql's `\d+ view` reads the query with `pg_get_viewdef`.
     PgMatviews,
+    /// Each role's oid (the library's are all 0), which `relowner` and
+    /// `pg_get_userbyid` name.
+    PgRoles,
 }
 
 #[async_trait]
@@ -204,7 +213,7 @@ impl TableProvider for Corrected {
             Correction::PgClass => oids_not_regtypes(pg_class_schema(&self.inner.schema())),
             Correction::Vectors(v) => vectors_schema(&self.inner.schema(), v),
             Correction::PgAttribute => oids_not_regtypes(vectors_schema(&self.inner.schema(), ACL_VECTORS)),
-            Correction::PgSettings | Correction::PgMatviews => self.inner.schema(),
+            Correction::PgSettings | Correction::PgMatviews | Correction::PgRoles => self.inner.schema(),
         }
     }
 
@@ -224,17 +233,28 @@ impl TableProvider for Corrected {
         let schema = self.schema();
         let batches = match self.kind {
             Correction::PgClass => {
-                let views: HashSet<String> = self
-                    .engine
-                    .objects()
-                    .await
-                    .into_iter()
+                let objects = self.engine.objects().await;
+                let views: HashSet<String> = objects
+                    .iter()
                     .filter(|e| e.kind == sluice_engine::catalog::ObjectKind::MaterializedView)
-                    .map(|e| e.name)
+                    .map(|e| e.name.clone())
+                    .collect();
+                // Each relation's owner: the role that created it, else
+                // (catalog tables, objects made before owners were kept)
+                // the bootstrap user.
+                let bootstrap = crate::pgroles::bootstrap_user(&self.engine);
+                let owners: std::collections::HashMap<String, String> = objects
+                    .into_iter()
+                    .map(|e| (e.name, e.owner.unwrap_or_else(|| bootstrap.clone())))
                     .collect();
                 batches
                     .into_iter()
-                    .map(|b| complete_pg_class(mark_materialized_views(b, &views)?, &schema))
+                    .map(|b| {
+                        let b = set_int32_by_name(b, "relowner", "relname", |name| {
+                            crate::pgroles::role_oid(owners.get(name).unwrap_or(&bootstrap), &bootstrap)
+                        })?;
+                        complete_pg_class(mark_materialized_views(b, &views)?, &schema)
+                    })
                     .collect::<Result<Vec<_>>>()?
             }
             Correction::Vectors(_) => batches
@@ -257,6 +277,17 @@ impl TableProvider for Corrected {
                 batches
             }
             Correction::PgMatviews => vec![materialized_views(&schema, &self.engine.objects().await)?],
+            Correction::PgRoles => {
+                let bootstrap = crate::pgroles::bootstrap_user(&self.engine);
+                batches
+                    .into_iter()
+                    .map(|b| {
+                        set_int32_by_name(b, "oid", "rolname", |name| {
+                            crate::pgroles::role_oid(name, &bootstrap)
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
         };
         // Each batch under the corrected schema (its fields' markings).
         let batches = batches
@@ -687,6 +718,36 @@ fn pg_class_schema(library: &Schema) -> SchemaRef {
         }
     }
     Arc::new(Schema::new_with_metadata(fields, library.metadata().clone()))
+}
+
+/// `batch` with its Int32 column `column` set from its text column `key`.
+fn set_int32_by_name(
+    batch: RecordBatch,
+    column: &str,
+    key: &str,
+    value: impl Fn(&str) -> i32,
+) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let (Ok(target), Some(keys)) = (
+        schema.index_of(column),
+        batch
+            .column_by_name(key)
+            .and_then(|k| arrow::compute::cast(k, &DataType::Utf8).ok()),
+    ) else {
+        return Ok(batch);
+    };
+    if schema.field(target).data_type() != &DataType::Int32 {
+        return Ok(batch);
+    }
+    let keys = keys
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(Vec::<&str>::new()));
+    let values: arrow::array::Int32Array = keys.iter().map(|k| k.map(&value)).collect();
+    let mut columns = batch.columns().to_vec();
+    columns[target] = Arc::new(values);
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// `batch` with the columns `schema` adds to it, all NULL.

@@ -27,6 +27,33 @@ impl Roles {
     }
 }
 
+/// The role that owns what has no recorded owner and is shown with
+/// Postgres's bootstrap superuser oid (10): the first user of the config
+/// file (`sluice` without one).
+pub(crate) fn bootstrap_user(engine: &Engine) -> String {
+    engine
+        .config_users()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "sluice".to_string())
+}
+
+/// The oid a role is shown with in pg_catalog: 10 for the bootstrap user,
+/// else a number made from the name (Sluice keeps no oids for roles; the
+/// same name gives the same oid across restarts).
+pub(crate) fn role_oid(name: &str, bootstrap: &str) -> i32 {
+    if name == bootstrap {
+        return 10;
+    }
+    // FNV-1a, into the range Postgres gives objects users create.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    16384 + (h % (i32::MAX as u32 - 16384)) as i32
+}
+
 fn role(name: &str, superuser: bool, login: bool) -> Role {
     Role {
         name: name.to_string(),

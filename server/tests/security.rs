@@ -869,6 +869,24 @@ fn roles_log_in_and_a_read_only_role_only_reads() {
     // A superuser role may change things, roles included.
     let (ok, _, err) = psql_as(&p, "admin", "adm1n", "ALTER ROLE reader WITH PASSWORD 'n3w'");
     assert!(ok, "{err}");
+    // What a role creates, it owns (psql's \\dt "Owner"); the rest is the
+    // config file's first user's, shown with Postgres's bootstrap oid.
+    let (ok, _, err) = psql_as(
+        &p,
+        "admin",
+        "adm1n",
+        "CREATE STREAM admins (x BIGINT) WITH (connector = 'datagen')",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = psql_as(
+        &p,
+        "admin",
+        "adm1n",
+        "SELECT c.relname, pg_get_userbyid(c.relowner), c.relowner = 10 FROM pg_catalog.pg_class c \
+         WHERE c.relname IN ('admins', 'one') ORDER BY 1",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "admins|admin|f\none|sluice|t\n");
     // Object-level privileges are refused as not supported, saying what is.
     for sql in [
         "GRANT SELECT ON one TO reader",

@@ -302,6 +302,7 @@ impl Session {
                     ObjectKind::MaterializedView
                 },
                 sql: statement.to_string(),
+                owner: Some(self.user.clone()),
             })
         {
             let _ = self.ctx.deregister_table(name.as_str());
@@ -510,10 +511,13 @@ impl Session {
         match self.create_job(new.clone(), true, false).await {
             Ok(()) => {
                 let mut catalog = self.engine.inner.catalog.lock().await;
+                // Altered, not made anew: its owner stays.
+                let owner = catalog.get(name).and_then(|e| e.owner.clone());
                 catalog.put(CatalogEntry {
                     name: name.to_string(),
                     kind: ObjectKind::Sink,
                     sql: Statement::CreateSink(new).to_string(),
+                    owner,
                 })
             }
             Err(e) => {
