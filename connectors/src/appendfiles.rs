@@ -1,6 +1,7 @@
-//! Rows added to a file stream by `COPY stream FROM STDIN`: split by the
-//! stream's partition columns into `col=value/` folders, and encoded in the
-//! stream's format so that its source reads them back as it reads any file.
+//! Rows added to a stream by `COPY stream FROM STDIN`: for a file stream,
+//! split by its partition columns into `col=value/` folders and encoded in
+//! its format, so that its source reads them back as it reads any file; for
+//! a message stream (Kafka), one record per row in its format.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,6 +99,40 @@ pub fn encode(format: &Format, batch: &RecordBatch) -> Result<Vec<u8>> {
                 "COPY FROM STDIN writes JSON-lines, CSV and Parquet file streams, not {other:?}"
             )));
         }
+    }
+    Ok(out)
+}
+
+/// Each row of `batch` as one record in `format` (a JSON object, or a CSV
+/// line without its line break), for message streams.
+pub fn records(format: &Format, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    match format {
+        Format::Json { .. } | Format::Csv { .. } => {}
+        other => {
+            return Err(SluiceError::not_supported(format!(
+                "COPY FROM STDIN produces JSON or CSV records, not {other:?}"
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let row = batch.slice(i, 1);
+        let mut bytes = match format {
+            // One row with the header off: a CSV line.
+            Format::Csv { delimiter, quote, .. } => encode(
+                &Format::Csv {
+                    delimiter: *delimiter,
+                    quote: *quote,
+                    header: false,
+                },
+                &row,
+            )?,
+            _ => encode(format, &row)?,
+        };
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        out.push(bytes);
     }
     Ok(out)
 }

@@ -236,6 +236,81 @@ fn oid_parameters(sql: &str) -> Vec<(usize, Type)> {
     out
 }
 
+/// Dates and timestamps: array parameters of these are read by Sluice.
+fn is_temporal(t: &DataType) -> bool {
+    matches!(t, DataType::Date32 | DataType::Timestamp(..))
+}
+
+/// A `date[]` or `timestamp[]` / `timestamptz[]` parameter's value, from its
+/// text (`{2026-01-02,NULL}`) or binary array form (days or microseconds
+/// since 2000-01-01), as a list of `item`.
+fn temporal_array_parameter(raw: Option<&[u8]>, binary: bool, item: &DataType) -> PgWireResult<ScalarValue> {
+    let bad = || {
+        pg_error(
+            ErrorKind::InvalidTextRepresentation,
+            format!(
+                "an array parameter that is not an array of {}",
+                sluice_engine::functions::postgres_type_name(item)
+            ),
+        )
+    };
+    let Some(raw) = raw else {
+        return Ok(ScalarValue::new_null_list(item.clone(), true, 1));
+    };
+    // 2000-01-01, Postgres's epoch, in days and microseconds since 1970.
+    const DAYS: i64 = 10_957;
+    const MICROS: i64 = DAYS * 86_400_000_000;
+    let mut items: Vec<ScalarValue> = vec![];
+    if binary {
+        let word = |at: usize| -> PgWireResult<i32> {
+            raw.get(at..at + 4)
+                .map(|w| i32::from_be_bytes(w.try_into().expect("4 bytes")))
+                .ok_or_else(bad)
+        };
+        let ndim = word(0)?;
+        if ndim > 1 {
+            return Err(bad());
+        }
+        let count = if ndim == 1 { word(12)?.max(0) as usize } else { 0 };
+        let mut at = 12 + 8 * ndim.max(0) as usize;
+        for _ in 0..count {
+            let len = word(at)?;
+            at += 4;
+            if len < 0 {
+                items.push(
+                    ScalarValue::try_from(item).map_err(|e| pg_error(ErrorKind::Internal, e.to_string()))?,
+                );
+                continue;
+            }
+            let bytes = raw.get(at..at + len as usize).ok_or_else(bad)?;
+            at += len as usize;
+            let value = match (item, bytes.len()) {
+                (DataType::Date32, 4) => {
+                    let days = i32::from_be_bytes(bytes.try_into().expect("4 bytes")) as i64 + DAYS;
+                    ScalarValue::Date32(Some(i32::try_from(days).map_err(|_| bad())?))
+                }
+                (DataType::Timestamp(_, tz), 8) => {
+                    let micros = i64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+                    let micros = micros.checked_add(MICROS).ok_or_else(bad)?;
+                    ScalarValue::TimestampMicrosecond(Some(micros), tz.clone())
+                }
+                _ => return Err(bad()),
+            };
+            items.push(value);
+        }
+    } else {
+        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
+        for element in crate::pgtypes::parse_text_array(text).ok_or_else(bad)? {
+            items.push(ScalarValue::Utf8(element.map(|e| e.trim().to_string())));
+        }
+    }
+    let items = items
+        .into_iter()
+        .map(|v| v.cast_to(item).map_err(|_| bad()))
+        .collect::<PgWireResult<Vec<_>>>()?;
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&items, item)))
+}
+
 /// An `oid[]` parameter's value, from its text (`{1,2}`) or binary array
 /// form, as the list of Int32 the plan reads.
 fn oid_array_parameter(raw: Option<&[u8]>, binary: bool) -> PgWireResult<ScalarValue> {
@@ -1274,7 +1349,36 @@ impl ExtendedQueryHandler for ConnectionHandler {
                     *r = None;
                 }
             }
+            // date[] and timestamp[] parameters, which arrow-pg does not
+            // decode (asyncpg sends them in binary): read here.
+            let temporal: Vec<(usize, DataType)> = types
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| match t {
+                    Some(DataType::List(item)) if is_temporal(item.data_type()) => {
+                        Some((i, item.data_type().clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (i, _) in &temporal {
+                let binary = portal.parameter_format.is_binary(*i);
+                if let Some(slot) = sent_as.get_mut(*i) {
+                    *slot = Some(if binary { &raw_bytes } else { &raw_text });
+                }
+                if let Some(r) = refs.get_mut(*i) {
+                    *r = None;
+                }
+            }
             let mut decoded = deserialize_parameters_with_server_types(portal, &refs, &sent_as)?;
+            if let sluice_engine::datafusion::common::ParamValues::List(values) = &mut decoded {
+                for (i, item) in &temporal {
+                    if let Some(v) = values.get_mut(*i) {
+                        let raw = portal.parameters.get(*i).and_then(|p| p.as_deref());
+                        v.value = temporal_array_parameter(raw, portal.parameter_format.is_binary(*i), item)?;
+                    }
+                }
+            }
             if let sluice_engine::datafusion::common::ParamValues::List(values) = &mut decoded {
                 for (i, t) in oid_params {
                     if *t == Type::OID_ARRAY
@@ -1369,6 +1473,43 @@ mod tests {
         let sql = "SELECT t.oid FROM pg_type t WHERE t.oid = any($1::oid[]) AND $2 :: pg_catalog.oid > 0 \
                    AND $3::int4 > 0 AND $4::oidvector IS NULL";
         assert_eq!(oid_parameters(sql), vec![(0, Type::OID_ARRAY), (1, Type::OID)]);
+    }
+
+    #[test]
+    fn date_and_timestamp_array_parameters_in_text_and_binary() {
+        let dates = |v: Vec<Option<i32>>| {
+            let items: Vec<ScalarValue> = v.into_iter().map(ScalarValue::Date32).collect();
+            ScalarValue::List(ScalarValue::new_list_nullable(&items, &DataType::Date32))
+        };
+        // 2026-11-01 is day 20758 since 1970, 9801 since 2000.
+        assert_eq!(
+            temporal_array_parameter(Some(b"{2026-11-01,NULL}"), false, &DataType::Date32).unwrap(),
+            dates(vec![Some(20758), None])
+        );
+        let mut binary = vec![];
+        for w in [1i32, 1, 1082, 2, 1, 4, 9801, -1] {
+            binary.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(
+            temporal_array_parameter(Some(&binary), true, &DataType::Date32).unwrap(),
+            dates(vec![Some(20758), None])
+        );
+        // A timestamp: 8 bytes of microseconds since 2000-01-01.
+        let ts = DataType::Timestamp(
+            sluice_engine::datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            None,
+        );
+        let mut binary = vec![];
+        for w in [1i32, 0, 1114, 1, 1, 8] {
+            binary.extend_from_slice(&w.to_be_bytes());
+        }
+        binary.extend_from_slice(&1_000_000i64.to_be_bytes());
+        let item = ScalarValue::TimestampMicrosecond(Some(946_684_801_000_000), None);
+        assert_eq!(
+            temporal_array_parameter(Some(&binary), true, &ts).unwrap(),
+            ScalarValue::List(ScalarValue::new_list_nullable(&[item], &ts))
+        );
+        assert!(temporal_array_parameter(Some(b"{not a date}"), false, &DataType::Date32).is_err());
     }
 
     #[test]

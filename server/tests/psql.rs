@@ -368,6 +368,65 @@ fn backslash_copy_into_a_file_stream_feeds_its_jobs() {
     assert_eq!(files, 1);
 }
 
+/// psql's `\\copy stream from` a file into a Kafka stream: one record per
+/// row, produced in one transaction, which the stream's jobs read; a COPY
+/// with a bad row produces nothing.
+#[test]
+fn backslash_copy_into_a_kafka_stream_produces_its_records() {
+    let (dir, p) = setup();
+    let topic = format!("copy_in_{}", std::process::id());
+    common::create_topic(&topic, 2);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM visits (user_id BIGINT, page TEXT, ts TIMESTAMP) WITH (connector = 'kafka', \
+             topic = '{topic}', format = 'json', 'properties.bootstrap.servers' = '{}', \
+             'scan.startup.mode' = 'earliest-offset')",
+            common::brokers()
+        ),
+        "-c",
+        "CREATE MATERIALIZED VIEW per_visit_page AS SELECT page, count(*) AS n, max(ts) AS last FROM visits GROUP BY page",
+    ]);
+    let good = dir.path().join("visits.csv");
+    std::fs::write(
+        &good,
+        "user_id,page,ts\n1,home,2026-12-01 10:00:00\n2,cart,2026-12-01 10:00:05\n3,home,2026-12-01 10:00:09\n",
+    )
+    .unwrap();
+    let copy = |file: &std::path::Path| {
+        format!(
+            "\\copy visits from '{}' with (format csv, header)",
+            file.display()
+        )
+    };
+    assert_eq!(p.psql(&["-c", &copy(&good)]).trim(), "COPY 3");
+    // A bad row: the good row before it is not produced either.
+    let bad = dir.path().join("bad_visits.csv");
+    std::fs::write(&bad, "user_id,page,ts\n4,home,2026-12-01 11:00:00\nfive,home,x\n").unwrap();
+    let err = p.psql_output("sluice", &["-v", "VERBOSITY=verbose", "-c", &copy(&bad)]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("22P02"));
+    let more = dir.path().join("more_visits.csv");
+    std::fs::write(&more, "user_id,page,ts\n5,cart,2026-12-01 12:00:00\n").unwrap();
+    assert_eq!(p.psql(&["-c", &copy(&more)]).trim(), "COPY 1");
+    let want = "cart|2|2026-12-01 12:00:00\nhome|2|2026-12-01 10:00:09\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = p.psql(&[
+            "-tA",
+            "-c",
+            "SELECT page, n, last FROM per_visit_page ORDER BY page",
+        ]);
+        if out == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_visit_page never showed the copied records: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn copy_to_stdout_in_text_and_csv_and_backslash_copy_to_a_file() {
     let (dir, p) = setup();

@@ -43,6 +43,80 @@ impl SourceConnector for KafkaConnector {
             .is_some_and(|f| f.eq_ignore_ascii_case("debezium-json"))
     }
 
+    /// A JSON or CSV kafka stream takes rows from `COPY stream FROM STDIN`:
+    /// its columns but the metadata ones, one record per row.
+    fn appendable(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+    ) -> Result<Option<SchemaRef>> {
+        let o = Options::parse(options)?;
+        if !matches!(o.format, Format::Json { .. } | Format::Csv { .. }) {
+            return Ok(None);
+        }
+        Ok(Some(Layout::with_metadata(schema).payload().clone()))
+    }
+
+    /// Produces one record per row (in the stream's format, no key) to the
+    /// stream's topic in one Kafka transaction: readers see all of the
+    /// COPY or, if it fails, none of it.
+    fn append<'a>(
+        &'a self,
+        options: &'a BTreeMap<String, String>,
+        schema: &'a SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> futures::future::BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let o = Options::parse(options)?;
+            let Some(columns) = self.appendable(options, schema)? else {
+                return Err(SluiceError::not_supported(
+                    "COPY FROM STDIN produces to JSON and CSV kafka streams",
+                ));
+            };
+            let all = arrow::compute::concat_batches(&columns, &batches)?;
+            let values = crate::appendfiles::records(&o.format, &all)?;
+            let rows = values.len();
+            let mut config = ClientConfig::new();
+            for (k, v) in &o.properties {
+                config.set(k, v);
+            }
+            config.set(
+                "transactional.id",
+                format!("sluice-copy-{}", crate::format::unique_suffix()),
+            );
+            let topic = o.topic.clone();
+            let produced = tokio::task::spawn_blocking(move || -> std::result::Result<(), KafkaError> {
+                let producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+                    config.create()?;
+                let timeout = Duration::from_secs(30);
+                producer.init_transactions(timeout)?;
+                producer.begin_transaction()?;
+                let sent = values.iter().try_for_each(|v| {
+                    send_waiting(
+                        &producer,
+                        rdkafka::producer::BaseRecord::<(), [u8]>::to(&topic).payload(v),
+                    )
+                });
+                match sent.and_then(|()| producer.commit_transaction(timeout)) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let _ = producer.abort_transaction(timeout);
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| SluiceError::internal(format!("producing the COPY: {e}")))?;
+            produced.map_err(|e| {
+                SluiceError::new(
+                    ErrorKind::StorageUnavailable,
+                    format!("producing to kafka topic '{}': {e}", o.topic),
+                )
+            })?;
+            Ok(rows)
+        })
+    }
+
     /// Positions name topic partitions with their next offset, and each
     /// source partition reads the topic partitions `k % partitions`: every
     /// new source partition gets all the offsets and takes its own.

@@ -290,7 +290,7 @@ def _():
             eq(c.execute(q, ([20, 1016],)).fetchone()[0], 2)
 
 
-@check("asyncpg: int8[], float8[], int4[], date[] and oid[] results (through its type introspection)")
+@check("asyncpg: int8[], float8[], int4[], date[] and oid[] results (through its type introspection); date[], timestamp[], numeric[] parameters")
 def _():
     async def go():
         c = await asyncpg.connect(host="127.0.0.1", port=PORT, user="sluice", password="sluice", database="sluice")
@@ -303,8 +303,14 @@ def _():
             eq(await c.fetchval("SELECT array_agg(id ORDER BY id) FROM trips"), [1, 2, 3])
             eq(await c.fetchval("SELECT ARRAY[DATE '2026-01-02']"), [datetime.date(2026, 1, 2)])
             eq(await c.fetchval("SELECT array_agg(oid ORDER BY oid) FROM pg_type WHERE oid IN (16, 20, 25)"), [16, 20, 25])
-            # A parameter of an array type, once its codec is known.
+            # Parameters of array types (asyncpg sends them in binary).
             eq(await c.fetchval("SELECT count(*) FROM trips WHERE id = any($1::bigint[])", [1, 3]), 2)
+            day = datetime.date(2026, 11, 1)
+            eq(await c.fetchval("SELECT $1::date[]", [day, None]), [day, None])
+            eq(await c.fetchval("SELECT count(*) FROM trips WHERE CAST(dt AS DATE) = any($1::date[])", [day]), 2)
+            at = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000)
+            eq(await c.fetchval("SELECT $1::timestamp[]", [at]), [at])
+            eq(await c.fetchval("SELECT $1::numeric[]", [decimal.Decimal("1.5")]), [decimal.Decimal("1.5")])
         finally:
             await c.close()
 
@@ -484,6 +490,29 @@ def _():
             elif sql.startswith("SELECT current_schema()"):
                 eq(rows, [("public", "sluice")])
         eq(sorted(results), ["namespace", "table"])
+
+
+@check("replayed: Metabase's connect and sync (schemas, readable tables, tables with their kind)")
+def _():
+    statements = [
+        s for s in (REPLAY / "metabase.sql").read_text().split(";\n")
+        if s.strip() and not all(line.strip().startswith("--") or not line.strip() for line in s.splitlines())
+    ]
+    eq(len(statements), 9)
+    with psycopg.connect(DSN, autocommit=True) as c:
+        answers = []
+        for sql in statements:
+            cur = c.execute(sql)
+            answers.append(([d.name for d in cur.description or []], cur.fetchall() if cur.description else None))
+    eq(answers[2][1], [("read committed",)])
+    assert ("public", "sluice") in answers[4][1], answers[4]
+    names, rows = answers[5]
+    readable = {r[names.index("table")]: r[names.index("select")] for r in rows}
+    eq(readable.get("trips"), True)
+    names, rows = answers[6]
+    kinds = {r[names.index("name")]: r[names.index("type")] for r in rows}
+    eq(kinds.get("trips"), "TABLE")
+    eq(len(answers[8][1]), 1)
 
 
 @check("information_schema.columns speaks Postgres: type names, udt_name, positions from 1")
