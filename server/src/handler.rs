@@ -262,28 +262,13 @@ fn temporal_array_parameter(raw: Option<&[u8]>, binary: bool, item: &DataType) -
     const MICROS: i64 = DAYS * 86_400_000_000;
     let mut items: Vec<ScalarValue> = vec![];
     if binary {
-        let word = |at: usize| -> PgWireResult<i32> {
-            raw.get(at..at + 4)
-                .map(|w| i32::from_be_bytes(w.try_into().expect("4 bytes")))
-                .ok_or_else(bad)
-        };
-        let ndim = word(0)?;
-        if ndim > 1 {
-            return Err(bad());
-        }
-        let count = if ndim == 1 { word(12)?.max(0) as usize } else { 0 };
-        let mut at = 12 + 8 * ndim.max(0) as usize;
-        for _ in 0..count {
-            let len = word(at)?;
-            at += 4;
-            if len < 0 {
+        for element in binary_array_elements(raw).ok_or_else(bad)? {
+            let Some(bytes) = element else {
                 items.push(
                     ScalarValue::try_from(item).map_err(|e| pg_error(ErrorKind::Internal, e.to_string()))?,
                 );
                 continue;
-            }
-            let bytes = raw.get(at..at + len as usize).ok_or_else(bad)?;
-            at += len as usize;
+            };
             let value = match (item, bytes.len()) {
                 (DataType::Date32, 4) => {
                     let days = i32::from_be_bytes(bytes.try_into().expect("4 bytes")) as i64 + DAYS;
@@ -311,6 +296,32 @@ fn temporal_array_parameter(raw: Option<&[u8]>, binary: bool, item: &DataType) -
     Ok(ScalarValue::List(ScalarValue::new_list_nullable(&items, item)))
 }
 
+/// The elements of a one-dimensional array in Postgres's binary format
+/// (dimensions, flags, element type, each dimension's length and lower
+/// bound, then each element's length and bytes; None for NULL), or None
+/// when it is not one.
+fn binary_array_elements(raw: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let word = |at: usize| -> Option<i32> { Some(i32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?)) };
+    let ndim = word(0)?;
+    if !(0..=1).contains(&ndim) {
+        return None;
+    }
+    let count = if ndim == 1 { word(12)?.max(0) as usize } else { 0 };
+    let mut at = 12 + 8 * ndim as usize;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = word(at)?;
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        out.push(Some(raw.get(at..at + len as usize)?));
+        at += len as usize;
+    }
+    Some(out)
+}
+
 /// An `oid[]` parameter's value, from its text (`{1,2}`) or binary array
 /// form, as the list of Int32 the plan reads.
 fn oid_array_parameter(raw: Option<&[u8]>, binary: bool) -> PgWireResult<ScalarValue> {
@@ -325,31 +336,17 @@ fn oid_array_parameter(raw: Option<&[u8]>, binary: bool) -> PgWireResult<ScalarV
     };
     let mut items: Vec<ScalarValue> = vec![];
     if binary {
-        let word = |at: usize| -> PgWireResult<i32> {
-            raw.get(at..at + 4)
-                .map(|w| i32::from_be_bytes(w.try_into().expect("4 bytes")))
-                .ok_or_else(bad)
-        };
-        let ndim = word(0)?;
-        if ndim > 1 {
-            return Err(bad());
-        }
-        let count = if ndim == 1 { word(12)?.max(0) as usize } else { 0 };
-        let mut at = 12 + 8 * ndim.max(0) as usize;
-        for _ in 0..count {
-            let len = word(at)?;
-            at += 4;
+        for element in binary_array_elements(raw).ok_or_else(bad)? {
             // oid elements are 4 bytes; a client that sent an int2[] or
             // int8[] for it has 2 or 8.
-            let bytes = match len {
-                ..0 => {
+            let bytes = match element {
+                None => {
                     items.push(ScalarValue::Int32(None));
                     continue;
                 }
-                2 | 4 | 8 => raw.get(at..at + len as usize).ok_or_else(bad)?,
-                _ => return Err(bad()),
+                Some(b) if matches!(b.len(), 2 | 4 | 8) => b,
+                Some(_) => return Err(bad()),
             };
-            at += len as usize;
             let value = bytes
                 .iter()
                 .fold(if bytes[0] & 0x80 != 0 { -1i64 } else { 0 }, |v, b| {
