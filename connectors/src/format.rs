@@ -234,6 +234,19 @@ impl Format {
     }
 }
 
+/// Metadata a Debezium envelope carries beside its images (Flink's keys):
+/// `value.source.timestamp` is the change's time in the database
+/// (`source.ts_ms`), `value.ingestion-timestamp` when the connector read it
+/// (`ts_ms`). Columns declared with them are filled per row from the
+/// record's envelope (both rows of an update get the update's times).
+pub const ENVELOPE_METADATA: &[&str] = sluice_engine::stream::CHANGE_TIME_METADATA;
+
+/// Whether a column's metadata key is one the record's value (a Debezium
+/// envelope) fills, not the transport.
+pub fn is_envelope_metadata(key: &str) -> bool {
+    ENVELOPE_METADATA.contains(&key)
+}
+
 /// Decodes records, one row each, into batches of a schema.
 #[derive(Debug, Clone)]
 pub struct RecordDecoder {
@@ -243,6 +256,9 @@ pub struct RecordDecoder {
     decode_schema: SchemaRef,
     /// The avro decoder (its schemas and registry client), shared by clones.
     avro: Option<Arc<AvroDecoder>>,
+    /// Columns filled from a Debezium envelope's times: (column, its
+    /// metadata key).
+    envelope: Vec<(usize, &'static str)>,
 }
 
 impl RecordDecoder {
@@ -265,13 +281,31 @@ impl RecordDecoder {
                 ));
             }
         }
+        let envelope: Vec<(usize, &'static str)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let key = metadata_key(f)?;
+                ENVELOPE_METADATA.iter().find(|k| **k == key).map(|k| (i, *k))
+            })
+            .collect();
+        if let Some((i, key)) = envelope.first()
+            && !matches!(format, Format::DebeziumJson { .. })
+        {
+            return Err(SluiceError::invalid_parameter(format!(
+                "column {}: metadata '{key}' comes from a Debezium envelope; it needs format = 'debezium-json'",
+                schema.field(*i).name()
+            )));
+        }
         let decode_schema = match format.epoch_unit() {
             Some(_) => Arc::new(Schema::new(
                 schema
                     .fields()
                     .iter()
-                    .map(|f| match f.data_type() {
-                        DataType::Timestamp(_, _) => {
+                    .enumerate()
+                    .map(|(i, f)| match f.data_type() {
+                        DataType::Timestamp(_, _) if !envelope.iter().any(|(c, _)| *c == i) => {
                             Arc::new(f.as_ref().clone().with_data_type(DataType::Int64))
                         }
                         _ => f.clone(),
@@ -289,6 +323,7 @@ impl RecordDecoder {
             schema,
             decode_schema,
             avro,
+            envelope,
         })
     }
 
@@ -412,18 +447,29 @@ impl RecordDecoder {
         schema_include: bool,
     ) -> Result<(RecordBatch, Option<Vec<usize>>)> {
         // Every image column nullable: a missing image has null children.
-        let image: Vec<Field> = self
-            .decode_schema
-            .fields()
+        // Columns filled from the envelope's times are not in the images.
+        let from_envelope = |c: usize| self.envelope.iter().find(|(e, _)| *e == c).map(|(_, k)| *k);
+        let image_columns: Vec<usize> = (0..self.decode_schema.fields().len())
+            .filter(|c| from_envelope(*c).is_none())
+            .collect();
+        let image: Vec<Field> = image_columns
             .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
+            .map(|c| self.decode_schema.field(*c).clone().with_nullable(true))
             .collect();
         let image = DataType::Struct(image.into());
-        let envelope = vec![
+        let mut envelope = vec![
             Field::new("before", image.clone(), true),
             Field::new("after", image, true),
             Field::new("op", DataType::Utf8, true),
         ];
+        if !self.envelope.is_empty() {
+            envelope.push(Field::new("ts_ms", DataType::Int64, true));
+            envelope.push(Field::new(
+                "source",
+                DataType::Struct(vec![Field::new("ts_ms", DataType::Int64, true)].into()),
+                true,
+            ));
+        }
         let top = if schema_include {
             Schema::new(vec![Field::new(
                 "payload",
@@ -507,8 +553,25 @@ impl RecordDecoder {
         }
         let mut columns = Vec::with_capacity(self.decode_schema.fields().len());
         for c in 0..self.decode_schema.fields().len() {
+            if let Some(key) = from_envelope(c) {
+                // The record's time, for each row it gave.
+                let times = if key == "value.source.timestamp" {
+                    envelope.column(4).as_struct().column(0).clone()
+                } else {
+                    envelope.column(3).clone()
+                };
+                let times = cast(&times, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+                let idx = arrow::array::UInt32Array::from_iter_values(from.iter().map(|i| *i as u32));
+                let times = arrow::compute::take(&times, &idx, None)?;
+                columns.push(cast(&times, self.decode_schema.field(c).data_type())?);
+                continue;
+            }
+            let at = image_columns
+                .iter()
+                .position(|i| *i == c)
+                .expect("an image column");
             columns.push(interleave(
-                &[before.column(c).as_ref(), after.column(c).as_ref()],
+                &[before.column(at).as_ref(), after.column(at).as_ref()],
                 &picks,
             )?);
         }
@@ -530,7 +593,7 @@ impl RecordDecoder {
         let mut columns = Vec::with_capacity(batch.num_columns());
         for (column, field) in batch.columns().iter().zip(self.schema.fields()) {
             columns.push(match field.data_type() {
-                DataType::Timestamp(_, tz) => {
+                DataType::Timestamp(_, tz) if column.data_type() == &DataType::Int64 => {
                     let raw = cast(column, &DataType::Timestamp(unit, tz.clone()))?;
                     cast(&raw, field.data_type())?
                 }
@@ -606,8 +669,13 @@ impl Layout {
                 slots.push(None);
             } else {
                 slots.push(Some(payload.len()));
-                // Payload fields carry no Sluice metadata.
-                payload.push(Field::new(f.name(), f.data_type().clone(), f.is_nullable()));
+                // Payload fields carry no Sluice metadata, but the key of
+                // one the record's value fills (a Debezium envelope's times).
+                let field = Field::new(f.name(), f.data_type().clone(), f.is_nullable());
+                payload.push(match metadata_key(f) {
+                    Some(key) if is_envelope_metadata(key) => field.with_metadata(f.metadata().clone()),
+                    _ => field,
+                });
             }
         }
         Self {
@@ -619,7 +687,9 @@ impl Layout {
 
     /// A layout whose extra columns are the declared metadata columns.
     pub fn with_metadata(schema: &SchemaRef) -> Self {
-        Self::new(schema, |f| metadata_key(f).is_some())
+        Self::new(schema, |f| {
+            metadata_key(f).is_some_and(|k| !is_envelope_metadata(k))
+        })
     }
 
     pub fn payload(&self) -> &SchemaRef {
@@ -1067,6 +1137,51 @@ mod tests {
         )
         .unwrap();
         assert!(strict.decode_all(&[br#"{"id": 2, "extra": true}"#]).is_err());
+    }
+
+    #[test]
+    fn debezium_envelope_times_fill_their_columns_for_each_row_of_a_record() {
+        let meta = |key: &str| {
+            std::collections::HashMap::from([(
+                sluice_engine::stream::METADATA_KEY.to_string(),
+                key.to_string(),
+            )])
+        };
+        let declared = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("changed", DataType::Timestamp(TimeUnit::Millisecond, None), true)
+                .with_metadata(meta("value.source.timestamp")),
+            Field::new("read", DataType::Timestamp(TimeUnit::Microsecond, None), true)
+                .with_metadata(meta("value.ingestion-timestamp")),
+            Field::new("part", DataType::Int32, true).with_metadata(meta("partition")),
+        ]));
+        let layout = Layout::with_metadata(&declared);
+        // The envelope's times are the decoder's to fill, the partition the
+        // transport's.
+        assert_eq!(layout.payload().fields().len(), 3);
+        let format =
+            |f: &str| Format::parse(&opts(&[("format", f)]), &["json", "debezium-json"], false).unwrap();
+        let decoder = RecordDecoder::new(format("debezium-json"), layout.payload().clone()).unwrap();
+        let records: Vec<&[u8]> = vec![
+            br#"{"before": null, "after": {"id": 1}, "op": "c", "ts_ms": 110, "source": {"ts_ms": 100}}"#,
+            br#"{"before": {"id": 1}, "after": {"id": 2}, "op": "u", "ts_ms": 210, "source": {"ts_ms": 200}}"#,
+            br#"{"before": {"id": 2}, "after": null, "op": "d", "ts_ms": 310}"#,
+        ];
+        let (batch, _) = decoder.decode(&records, |_, e| panic!("{e}")).unwrap();
+        let changed = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert_eq!(
+            changed.iter().collect::<Vec<_>>(),
+            [Some(100), Some(200), Some(200), None]
+        );
+        let read = batch
+            .column(2)
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(read.values(), &[110_000, 210_000, 210_000, 310_000]);
+        // Anything but a Debezium envelope has no such times.
+        let err = RecordDecoder::new(format("json"), layout.payload().clone()).unwrap_err();
+        assert!(err.to_string().contains("debezium-json"), "{err}");
     }
 
     #[test]

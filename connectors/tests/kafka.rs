@@ -1489,6 +1489,152 @@ async fn debezium_changelog_source_keeps_views_current() {
     assert!(err.to_string().contains("changelog stream"), "{err}");
 }
 
+/// A temporal join whose versioned table is a Debezium changelog: each
+/// order meets its currency's rate as of the order's time, through
+/// inserts, updates and deletes, the changes' times read from the
+/// envelopes' `source.ts_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporal_join_reads_versions_from_a_debezium_changelog() {
+    let id = std::process::id();
+    let (rates, orders) = (format!("rates-cdc-{id}"), format!("orders-{id}"));
+    create_topic(&rates, 1).await;
+    create_topic(&orders, 2).await;
+    let rate = |c: &str, r: i64| format!(r#"{{"currency": "{c}", "rate": {r}}}"#);
+    let change = |op: &str, before: Option<String>, after: Option<String>, at: i64| {
+        let image = |i: Option<String>| i.unwrap_or_else(|| "null".into());
+        format!(
+            r#"{{"before": {}, "after": {}, "op": "{op}", "ts_ms": {}, "source": {{"ts_ms": {at}}}}}"#,
+            image(before),
+            image(after),
+            at + 7
+        )
+        .into_bytes()
+    };
+    // EUR: 10 from 1 s, 11 from 5 s (an update), deleted at 9 s, 13 from
+    // 12 s. USD: 20 from 2 s, 21 from 6 s. GBP at 100 s moves the
+    // watermark on.
+    let changes = [
+        change("c", None, Some(rate("EUR", 10)), 1_000),
+        change("r", None, Some(rate("USD", 20)), 2_000),
+        change("u", Some(rate("EUR", 10)), Some(rate("EUR", 11)), 5_000),
+        change("u", Some(rate("USD", 20)), Some(rate("USD", 21)), 6_000),
+        change("d", Some(rate("EUR", 11)), None, 9_000),
+        change("c", None, Some(rate("EUR", 13)), 12_000),
+        change("c", None, Some(rate("GBP", 1)), 100_000),
+    ];
+    produce(&rates, &changes.into_iter().map(|c| (0, c)).collect::<Vec<_>>()).await;
+    let order = |id: i64, c: &str, at: i64| {
+        format!(r#"{{"id": {id}, "currency": "{c}", "order_time": {at}}}"#).into_bytes()
+    };
+    let placed = [
+        (1, "EUR", 500),
+        (2, "EUR", 1_500),
+        (3, "EUR", 5_500),
+        (4, "EUR", 9_500),
+        (5, "EUR", 12_500),
+        (6, "USD", 3_000),
+        (7, "USD", 7_000),
+        (8, "GBP", 100_000),
+        (9, "GBP", 100_000),
+    ];
+    produce(
+        &orders,
+        &placed
+            .iter()
+            .map(|(i, c, at)| ((*i % 2) as i32, order(*i, c, *at)))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM rates (currency TEXT, rate BIGINT, \
+               changed TIMESTAMP(3) METADATA FROM 'value.source.timestamp', \
+               WATERMARK FOR changed AS changed) \
+             WITH (connector = 'kafka', topic = '{rates}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'debezium-json')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM orders (id BIGINT, currency TEXT, order_time TIMESTAMP(3), \
+               WATERMARK FOR order_time AS order_time) \
+             WITH (connector = 'kafka', topic = '{orders}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'json', 'json.timestamp-format' = 'epoch-millis')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW priced AS \
+         SELECT o.id, o.currency, r.rate, r.changed FROM orders o \
+         LEFT JOIN rates FOR SYSTEM_TIME AS OF o.order_time AS r ON o.currency = r.currency",
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT id, currency, rate FROM priced WHERE id < 8 ORDER BY id";
+    let rows = wait_for_rows(&mut s, sql, 7).await;
+    let got: Vec<String> = strings(&rows, 0)
+        .into_iter()
+        .zip(strings(&rows, 1).into_iter().zip(strings(&rows, 2)))
+        .map(|(i, (c, r))| format!("{}|{}|{}", i.unwrap(), c.unwrap(), r.unwrap_or("NULL".into())))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "1|EUR|NULL",
+            "2|EUR|10",
+            "3|EUR|11",
+            "4|EUR|NULL",
+            "5|EUR|13",
+            "6|USD|20",
+            "7|USD|21"
+        ],
+        "each order with its currency's rate as of the order: none before the first, \
+         the update's from its time, none after the delete"
+    );
+    // The version's time is its change's (the envelope's source.ts_ms).
+    let changed = exec(&mut s, "SELECT CAST(changed AS TEXT) FROM priced WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(strings(&changed, 0), [Some("1970-01-01T00:00:05".to_string())]);
+    let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&jobs)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("retractions"), "{text}");
+    // Versions timed by a column of the rows are refused: an update's old
+    // row would carry its old time.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM rates_by_row (currency TEXT, rate BIGINT, updated TIMESTAMP(3), \
+               WATERMARK FOR updated AS updated) \
+             WITH (connector = 'kafka', topic = '{rates}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'debezium-json')"
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW by_row AS SELECT o.id, r.rate FROM orders o \
+         JOIN rates_by_row FOR SYSTEM_TIME AS OF o.order_time AS r ON o.currency = r.currency",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+    assert!(err.to_string().contains("value.source.timestamp"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_source_dead_letters_go_to_a_topic() {
     let id = std::process::id();

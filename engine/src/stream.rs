@@ -34,6 +34,10 @@ use crate::error::{Result, SluiceError};
 pub const METADATA_KEY: &str = "sluice.metadata";
 
 /// The connector's metadata key of a field, if it is a metadata column.
+/// Metadata keys whose column is the time of a change (in a changelog
+/// record's envelope: Debezium's `source.ts_ms`, `ts_ms`), not of a row.
+pub const CHANGE_TIME_METADATA: &[&str] = &["value.source.timestamp", "value.ingestion-timestamp"];
+
 pub fn metadata_key(field: &arrow::datatypes::Field) -> Option<&str> {
     field.metadata().get(METADATA_KEY).map(String::as_str)
 }

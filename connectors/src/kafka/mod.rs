@@ -75,7 +75,18 @@ const OWN_OPTIONS: &[&str] = &[
 static OPTIONS: LazyLock<Vec<&'static str>> = LazyLock::new(|| decoding_source_options(OWN_OPTIONS));
 
 /// The metadata keys a kafka stream's columns can be filled from.
-const METADATA: &[&str] = &["key", "partition", "offset", "timestamp", "headers", "topic"];
+/// (`value.source.timestamp` and `value.ingestion-timestamp` come from a
+/// Debezium envelope, see [`crate::format::ENVELOPE_METADATA`].)
+const METADATA: &[&str] = &[
+    "key",
+    "partition",
+    "offset",
+    "timestamp",
+    "headers",
+    "topic",
+    "value.source.timestamp",
+    "value.ingestion-timestamp",
+];
 
 /// How long CREATE STREAM waits for the broker to describe the topic.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1160,12 +1160,6 @@ impl Planner<'_> {
                  when the watermark passes their time)",
             ));
         }
-        if right.updating {
-            return Err(refuse(format!(
-                "{name} FOR SYSTEM_TIME AS OF: versions from a changelog stream are not supported yet; \
-                 a temporal join reads an append-only stream whose rows are versions of their key"
-            )));
-        }
         let (ls, rs) = (j.left.schema(), j.right.schema());
         let column = |schema: &DFSchema, idx: usize| {
             Expr::Column(datafusion::common::Column::from(schema.qualified_field(idx)))
@@ -1226,6 +1220,23 @@ impl Planner<'_> {
                          ({event_time}), not {}",
                         rs.field(version_at).name()
                     )));
+                }
+                if right.updating {
+                    // A changelog's retraction must carry its change's time
+                    // (see `operators::temporal`).
+                    let stream = &versions.stream;
+                    let change_time = stream.watermark.as_ref().is_some_and(|w| {
+                        crate::stream::metadata_key(stream.schema_ref().field(w.column))
+                            .is_some_and(|k| crate::stream::CHANGE_TIME_METADATA.contains(&k))
+                    });
+                    if !change_time {
+                        return Err(refuse(format!(
+                            "{name} FOR SYSTEM_TIME AS OF {as_of}: {name} is a changelog, so its versions' \
+                             time must be each change's time, not a column of its rows (an update's old row \
+                             carries its old time): declare `changed TIMESTAMP(3) METADATA FROM \
+                             'value.source.timestamp'` and WATERMARK FOR changed"
+                        )));
+                    }
                 }
                 (
                     Some(self.physical(&column(ls, at), ls)?),

@@ -18,8 +18,19 @@
 //! are late: dropped and counted. Versions may come late (one at or before
 //! the watermark is still the key's current version if none is newer).
 //!
+//! The versioned input may be a changelog (a Debezium stream): an insert
+//! is a version from its time on; a retraction ends its row's version and
+//! leaves the key without one from the retraction's time on (a tombstone,
+//! held as a version is), until a version at or after that time. An update
+//! is both at one time, the change's: at equal times a version wins over a
+//! tombstone. So a changelog's event time must be its changes' times (the
+//! planner requires Debezium's `value.source.timestamp` or
+//! `value.ingestion-timestamp`): a column of the row would give an update's
+//! retraction its old row's time.
+//!
 //! Both tables are [`KeyedRows`]: the probe rows expire at their time; a
-//! version's time is kept in the row's counter. Snapshots are the join's
+//! version's time is kept in the row's counter, and a tombstone is its
+//! retraction row held [`TOMBSTONE`] times. Snapshots are the join's
 //! two-sided layout, incremental by changed keys, split by key on rescale.
 
 use std::collections::HashSet;
@@ -40,6 +51,11 @@ use crate::streaming::state::{IncrementalRule, KeyedRows, SnapshotRows, Taken};
 
 /// Probe rows joined per output batch.
 const ROWS_PER_BATCH: usize = 8192;
+
+/// The count a tombstone (a deleted key, from the delete's time on) is
+/// held with in the versions' table: far above any count of equal
+/// versions, so the two can't be mistaken.
+const TOMBSTONE: i64 = 1 << 48;
 
 /// An event-time temporal join as planned.
 #[derive(Debug)]
@@ -99,16 +115,19 @@ impl OperatorSpec for TemporalJoinSpec {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn KeyedOperator>> {
-        if ctx.inputs.len() != 2 || ctx.inputs.iter().any(|i| i.updating) {
+        if ctx.inputs.len() != 2 || ctx.inputs[0].updating {
             return Err(DataFusionError::Internal(
-                "a temporal join takes two append-only inputs".into(),
+                "a temporal join takes an append-only probe input and a versioned input".into(),
             ));
         }
-        Ok(Box::new(TemporalJoin::new(
-            self,
-            [ctx.inputs[0].schema.clone(), ctx.inputs[1].schema.clone()],
-            ctx.schema.clone(),
-        )?))
+        Ok(Box::new(
+            TemporalJoin::new(
+                self,
+                [ctx.inputs[0].schema.clone(), ctx.inputs[1].schema.clone()],
+                ctx.schema.clone(),
+            )?
+            .with_changelog(ctx.inputs[1].updating),
+        ))
     }
 
     /// By event time rows go out before the watermark passes their time,
@@ -131,6 +150,9 @@ pub struct TemporalJoin {
     /// until it is read whole (`loaded`).
     load_first: bool,
     loaded: bool,
+    /// The versioned input is a changelog (its batches end in the op
+    /// column): retractions update and delete versions.
+    changelog: bool,
     schemas: [SchemaRef; 2],
     /// Probe then version columns, all nullable (the filter's input).
     pair_schema: SchemaRef,
@@ -138,7 +160,8 @@ pub struct TemporalJoin {
     /// [0]: probe rows waiting, expiring at their time; [1]: versions, each
     /// row's counter holding its time.
     tables: [KeyedRows; 2],
-    /// Keys holding more than one version (those the watermark may thin).
+    /// Keys holding more than one version or a tombstone (those the
+    /// watermark may thin).
     many: HashSet<Box<[u8]>>,
     /// The watermark of the last progress step (at processing time: MAX
     /// once the versions are loaded, for the snapshot).
@@ -147,6 +170,8 @@ pub struct TemporalJoin {
     late: u64,
     /// Versions dropped as superseded before the watermark.
     superseded: u64,
+    /// Retractions read from a changelog (deletes and updates' old rows).
+    retracted: u64,
 }
 
 impl TemporalJoin {
@@ -171,6 +196,7 @@ impl TemporalJoin {
             version_time: spec.version_time.clone(),
             load_first: spec.load_first,
             loaded: false,
+            changelog: false,
             pair_schema: pair_schema([&schemas[0], &schemas[1]]),
             output,
             tables: [
@@ -183,7 +209,14 @@ impl TemporalJoin {
             rule: IncrementalRule::default(),
             late: 0,
             superseded: 0,
+            retracted: 0,
         })
+    }
+
+    /// Reads the versioned input as a changelog.
+    pub fn with_changelog(mut self, changelog: bool) -> Self {
+        self.changelog = changelog;
+        self
     }
 
     /// Probe rows: held until the watermark passes their time. Rows that
@@ -254,25 +287,60 @@ impl TemporalJoin {
         Ok(())
     }
 
-    /// Versions: each row is its key's version from its time on.
+    /// Versions: each row is its key's version from its time on (of a
+    /// changelog: each insert; deletes leave tombstones).
     fn version(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (batch, ops) = if self.changelog {
+            let (rows, ops) = split_ops(batch)?;
+            (rows, Some(ops))
+        } else {
+            (batch.clone(), None)
+        };
         let key_cols = self.keys[1]
             .iter()
-            .map(|k| eval(k, batch))
+            .map(|k| eval(k, &batch))
             .collect::<Result<Vec<_>>>()?;
-        let Some(version_time) = &self.version_time else {
-            return self.latest_version(batch, &key_cols);
-        };
-        let times = as_micros(&eval(version_time, batch)?)?;
         let keys = self.tables[1].encode_keys(&key_cols)?;
         let rows = self.tables[1].encode_rows(batch.columns())?;
+        let is_delete = |i: usize| ops.as_ref().is_some_and(|o| o.value(i) < 0);
+        let Some(version_time) = &self.version_time else {
+            for i in 0..batch.num_rows() {
+                if key_cols.iter().any(|c| !c.is_valid(i)) {
+                    continue;
+                }
+                let (k, r) = (keys.row(i).data(), rows.row(i).data());
+                if is_delete(i) {
+                    self.delete_latest(k, r);
+                } else {
+                    self.replace_latest(k, r);
+                }
+            }
+            return Ok(());
+        };
+        let times = as_micros(&eval(version_time, &batch)?)?;
         for i in 0..batch.num_rows() {
             if !times.is_valid(i) || key_cols.iter().any(|c| !c.is_valid(i)) {
                 continue;
             }
             let (k, r) = (keys.row(i).data(), rows.row(i).data());
-            self.tables[1].add(k, r, 1, times.value(i));
-            if self.tables[1].bucket(k).len() > 1 && !self.many.contains(k) {
+            let held = self.tables[1].count_of(k, r);
+            if is_delete(i) {
+                if held >= TOMBSTONE {
+                    continue;
+                }
+                // The row stops being a version, and from its time on the
+                // key has none.
+                self.tables[1].add(k, r, -held.min(1), 0);
+                self.tables[1].add(k, r, TOMBSTONE, times.value(i));
+                self.retracted += 1;
+            } else {
+                if held >= TOMBSTONE {
+                    // The very row deleted before comes again.
+                    self.tables[1].add(k, r, -held, 0);
+                }
+                self.tables[1].add(k, r, 1, times.value(i));
+            }
+            if thinnable(self.tables[1].bucket(k)) && !self.many.contains(k) {
                 self.many.insert(k.into());
             }
         }
@@ -280,38 +348,42 @@ impl TemporalJoin {
     }
 
     /// At processing time a version replaces its key's version at once.
-    fn latest_version(&mut self, batch: &RecordBatch, key_cols: &[ArrayRef]) -> Result<()> {
-        let keys = self.tables[1].encode_keys(key_cols)?;
-        let rows = self.tables[1].encode_rows(batch.columns())?;
-        for i in 0..batch.num_rows() {
-            if key_cols.iter().any(|c| !c.is_valid(i)) {
-                continue;
-            }
-            let (k, r) = (keys.row(i).data(), rows.row(i).data());
-            let old: Vec<(Box<[u8]>, i64)> = self.tables[1]
-                .bucket(k)
-                .iter()
-                .filter(|e| e.row != r)
-                .map(|e| (Box::<[u8]>::from(e.row), e.count))
-                .collect();
-            for (row, count) in old {
-                self.tables[1].add(k, &row, -count, 0);
-                self.superseded += count as u64;
-            }
-            if self.tables[1].count_of(k, r) == 0 {
-                self.tables[1].add(k, r, 1, 0);
-            }
+    fn replace_latest(&mut self, k: &[u8], r: &[u8]) {
+        let old: Vec<(Box<[u8]>, i64)> = self.tables[1]
+            .bucket(k)
+            .iter()
+            .filter(|e| e.row != r)
+            .map(|e| (Box::<[u8]>::from(e.row), e.count))
+            .collect();
+        for (row, count) in old {
+            self.tables[1].add(k, &row, -count, 0);
+            self.superseded += count as u64;
         }
-        Ok(())
+        if self.tables[1].count_of(k, r) == 0 {
+            self.tables[1].add(k, r, 1, 0);
+        }
     }
 
-    /// The version of `key` valid at `t`: (its index in the key's bucket,
-    /// its time). Among versions of equal time, the one that came last.
+    /// At processing time a delete takes its key's version away (when it
+    /// is the row deleted).
+    fn delete_latest(&mut self, k: &[u8], r: &[u8]) {
+        let held = self.tables[1].count_of(k, r);
+        if held > 0 {
+            self.tables[1].add(k, r, -held, 0);
+        }
+        self.retracted += 1;
+    }
+
+    /// The version of `key` valid at `t`: its index in the key's bucket
+    /// (a tombstone: none from its time on). Among entries of equal time a
+    /// version wins over a tombstone (an update's two halves), and of
+    /// versions the one that came last.
     fn version_at(&self, key: &[u8], t: i64) -> Option<usize> {
-        let mut best: Option<(usize, i64)> = None;
+        let mut best: Option<(usize, (i64, bool))> = None;
         for (at, e) in self.tables[1].bucket(key).iter().enumerate() {
-            if e.matches <= t && best.is_none_or(|(_, bt)| e.matches >= bt) {
-                best = Some((at, e.matches));
+            let rank = (e.matches, e.count < TOMBSTONE);
+            if e.matches <= t && best.is_none_or(|(_, b)| rank >= b) {
+                best = Some((at, rank));
             }
         }
         best.map(|(at, _)| at)
@@ -330,7 +402,9 @@ impl TemporalJoin {
         for t in taken.iter() {
             let version = self
                 .version_at(&t.key, t.time)
-                .map(|at| self.tables[1].bucket(&t.key).at(at).row);
+                .map(|at| self.tables[1].bucket(&t.key).at(at))
+                .filter(|e| e.count < TOMBSTONE)
+                .map(|e| e.row);
             for _ in 0..t.count {
                 probes.push(&t.row);
                 versions.push(version);
@@ -424,17 +498,30 @@ impl TemporalJoin {
                 continue;
             };
             let bucket = self.tables[1].bucket(&key);
-            let current_time = bucket.at(current).matches;
+            let current = bucket.at(current);
+            let (current_time, current_deleted) = (current.matches, current.count >= TOMBSTONE);
+            // Older entries, and the tombstones of its time (which lose to
+            // a version of that time; a tombstone current at the watermark
+            // says no more than no version at all).
             let old: Vec<(Box<[u8]>, i64)> = bucket
                 .iter()
-                .filter(|e| e.matches < current_time)
+                .filter(|e| e.matches < current_time || (e.matches == current_time && e.count >= TOMBSTONE))
                 .map(|e| (Box::<[u8]>::from(e.row), e.count))
                 .collect();
             for (row, count) in old {
                 self.tables[1].add(&key, &row, -count, 0);
-                self.superseded += count as u64;
+                if count < TOMBSTONE {
+                    self.superseded += count as u64;
+                }
             }
-            if self.tables[1].bucket(&key).len() <= 1 {
+            debug_assert!(
+                !current_deleted
+                    || self.tables[1]
+                        .bucket(&key)
+                        .iter()
+                        .all(|e| e.matches > current_time)
+            );
+            if !thinnable(self.tables[1].bucket(&key)) {
                 self.many.remove(&key);
             }
         }
@@ -490,12 +577,16 @@ impl KeyedOperator for TemporalJoin {
     }
 
     fn detail(&self) -> Option<String> {
-        Some(format!(
+        let mut s = format!(
             "probe: {} rows waiting, versions: {} held, {} superseded",
             self.tables[0].size().0,
             self.tables[1].size().0,
             self.superseded
-        ))
+        );
+        if self.changelog {
+            s.push_str(&format!(", {} retractions", self.retracted));
+        }
+        Some(s)
     }
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
@@ -540,7 +631,7 @@ impl KeyedOperator for TemporalJoin {
             }
             None => Ok(vec![Some(i64::MIN); cols.first().map_or(0, |c| c.len())]),
         })?;
-        self.many = self.tables[1].keys_where(|b| b.len() > 1).into_iter().collect();
+        self.many = self.tables[1].keys_where(thinnable).into_iter().collect();
         Ok(())
     }
 }
@@ -562,6 +653,25 @@ impl TemporalJoin {
         }
         Ok(out)
     }
+}
+
+/// Whether the watermark may thin a key's versions: it holds several,
+/// or a tombstone (which goes once the watermark passes it).
+fn thinnable(bucket: &crate::streaming::state::Bucket) -> bool {
+    bucket.len() > 1 || bucket.iter().any(|e| e.count >= TOMBSTONE)
+}
+
+/// A changelog batch's rows (without the op column, in their order) and
+/// its ops.
+fn split_ops(batch: &RecordBatch) -> Result<(RecordBatch, arrow::array::Int8Array)> {
+    let n = batch.num_columns();
+    let ops = batch
+        .column(n.saturating_sub(1))
+        .as_any()
+        .downcast_ref::<arrow::array::Int8Array>()
+        .ok_or_else(|| DataFusionError::Internal("a changelog batch without its op column".into()))?
+        .clone();
+    Ok((batch.project(&(0..n - 1).collect::<Vec<_>>())?, ops))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod snapshot;
 
 pub(crate) use counts::RowCounts;
 
-pub(crate) use rows::{KeyedRows, RowsSnapshot, Taken, row_converter};
+pub(crate) use rows::{Bucket, KeyedRows, RowsSnapshot, Taken, row_converter};
 pub(crate) use snapshot::{SnapshotBatch, SnapshotRows, key_column};
 
 type Result<T> = datafusion::error::Result<T>;
