@@ -338,3 +338,134 @@ async fn avro_container_files_in_hive_partitions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A lookup join (`FOR SYSTEM_TIME AS OF PROCTIME()`) against tables, not
+/// streams: an external table over CSV files read once per job start, the
+/// same table read again every second (`streaming.lookup_refresh`), and a
+/// materialized view. Each order meets the rates the table holds when the
+/// order is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_joins_read_tables_once_or_again_at_an_interval() {
+    let work = tempfile::tempdir().unwrap();
+    let (dim, orders) = (work.path().join("dim"), work.path().join("orders"));
+    std::fs::create_dir_all(&orders).unwrap();
+    land(&dim, "rates.csv", b"currency,rate\nEUR,10\nUSD,20\n");
+    let order = |id: i64, currency: &str| format!("{{\"id\": {id}, \"currency\": \"{currency}\"}}\n");
+    let batch = |ids: std::ops::Range<i64>, currencies: &[&str]| {
+        ids.map(|i| order(i, currencies[i as usize % currencies.len()]))
+            .collect::<String>()
+    };
+    land(&orders, "a.json", batch(0..6, &["EUR", "USD", "GBP"]).as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    exec(
+        &mut s,
+        &format!(
+            "CREATE EXTERNAL TABLE rates STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+            dim.display()
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM orders (id BIGINT, currency TEXT) \
+             WITH (connector = 'filesystem', path = '{}', format = 'json', 'source.monitor-interval' = '100ms')",
+            orders.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let lookup = |view: &str, table: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW {view} AS SELECT CAST(o.id AS TEXT) AS id, r.rate FROM orders o \
+             LEFT JOIN {table} FOR SYSTEM_TIME AS OF PROCTIME() AS r ON o.currency = r.currency"
+        )
+    };
+    exec(&mut s, &lookup("once", "rates")).await.unwrap();
+    exec(&mut s, "SET streaming.lookup_refresh = '1s'").await.unwrap();
+    exec(&mut s, &lookup("fresh", "rates")).await.unwrap();
+    exec(&mut s, "SET streaming.lookup_refresh = 'off'")
+        .await
+        .unwrap();
+    // GBP has no rate: NULL, which `counts` reads as 0.
+    let first: BTreeMap<String, i64> = (0..6)
+        .map(|i| (i.to_string(), [10, 20, 0][i as usize % 3]))
+        .collect();
+    for view in ["once", "fresh"] {
+        let got = wait_for(
+            &mut s,
+            &format!("SELECT id, coalesce(rate, 0) FROM {view}"),
+            &first,
+        )
+        .await;
+        assert_eq!(got, first, "{view}");
+    }
+    let plan = exec(&mut s, "SHOW JOBS").await.unwrap();
+    let text = sluice_engine::datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("table rates read"), "{text}");
+    assert!(text.contains("read every 1s"), "{text}");
+
+    // The table changes: EUR's rate, GBP added, USD gone.
+    land(&dim, "rates.csv", b"currency,rate\nEUR,11\nGBP,30\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    land(&orders, "b.json", batch(6..12, &["EUR", "USD", "GBP"]).as_bytes());
+    let mut once = first.clone();
+    let mut fresh = first.clone();
+    for i in 6..12i64 {
+        once.insert(i.to_string(), [10, 20, 0][i as usize % 3]);
+        fresh.insert(i.to_string(), [11, 0, 30][i as usize % 3]);
+    }
+    let got = wait_for(&mut s, "SELECT id, coalesce(rate, 0) FROM once", &once).await;
+    assert_eq!(got, once, "read once: the rates of the job's start");
+    let got = wait_for(&mut s, "SELECT id, coalesce(rate, 0) FROM fresh", &fresh).await;
+    assert_eq!(
+        got, fresh,
+        "read again: new orders meet the new rates, what went out stands"
+    );
+
+    // A materialized view as the table: its contents when read.
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW per_currency AS SELECT currency, count(*) AS rate FROM orders GROUP BY currency",
+    )
+    .await
+    .unwrap();
+    let counted: BTreeMap<String, i64> = [("EUR", 4), ("GBP", 4), ("USD", 4)]
+        .iter()
+        .map(|(c, n)| (c.to_string(), *n))
+        .collect();
+    let got = wait_for(&mut s, "SELECT currency, rate FROM per_currency", &counted).await;
+    assert_eq!(got, counted);
+    exec(&mut s, &lookup("by_view", "per_currency")).await.unwrap();
+    let all: BTreeMap<String, i64> = (0..12).map(|i| (i.to_string(), 4)).collect();
+    let got = wait_for(&mut s, "SELECT id, coalesce(rate, 0) FROM by_view", &all).await;
+    assert_eq!(
+        got, all,
+        "every order with its currency's count when the view was read"
+    );
+
+    // A table has no versions by event time.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM timed (id BIGINT, currency TEXT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+             WITH (connector = 'filesystem', path = '{}', format = 'json')",
+            orders.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW bad AS SELECT t.id, r.rate FROM timed t \
+         JOIN rates FOR SYSTEM_TIME AS OF t.ts AS r ON t.currency = r.currency",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+    assert!(err.to_string().contains("PROCTIME()"), "{err}");
+}

@@ -459,6 +459,9 @@ pub(crate) const RESTART_ATTEMPTS_VAR: &str = "streaming.restart_attempts";
 /// Session variable: how long a job's joins keep rows nothing else bounds
 /// (see [`crate::checkpoint::parse_state_ttl`]).
 pub(crate) const STATE_TTL_VAR: &str = "streaming.state_ttl";
+/// `SET streaming.lookup_refresh = '5min'`: how often the jobs created
+/// next read the tables of their lookup joins again.
+pub(crate) const LOOKUP_REFRESH_VAR: &str = "streaming.lookup_refresh";
 
 /// The session setting: how long a checkpoint of a job created afterwards
 /// may take before it counts as failed.
@@ -2160,6 +2163,12 @@ impl Session {
                 name.to_string(),
                 timeout.map_or("0".to_string(), |d| format!("{}ms", d.as_millis())),
             );
+            return Ok(());
+        }
+        if name == LOOKUP_REFRESH_VAR {
+            let every = crate::checkpoint::parse_lookup_refresh(value)?;
+            self.vars
+                .insert(name.to_string(), crate::checkpoint::format_interval(every));
             return Ok(());
         }
         if name == STATE_TTL_VAR {

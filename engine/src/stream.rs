@@ -191,6 +191,14 @@ pub trait Source: Send {
     /// reads as lag); Sluice resumes from its own checkpoints, never from
     /// there.
     fn checkpoint_completed(&mut self, _position: &str) {}
+
+    /// Once, true when a source that goes on (a table read again at an
+    /// interval) has handed out a whole first copy of its input: it then
+    /// says so downstream with the greatest watermark (it has no event
+    /// time), and a lookup join's probe rows start to meet it.
+    fn take_loaded(&mut self) -> bool {
+        false
+    }
 }
 
 /// A kind of source (`connector = '...'` in `CREATE STREAM`).

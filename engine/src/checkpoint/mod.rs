@@ -672,6 +672,10 @@ pub struct JobSettings {
     /// what the query says bounds it).
     #[serde(default)]
     pub state_ttl_ms: Option<u64>,
+    /// `streaming.lookup_refresh` in milliseconds (absent: a lookup join's
+    /// table is read once per job start).
+    #[serde(default)]
+    pub lookup_refresh_ms: Option<u64>,
 }
 
 /// How long a checkpoint may take before it counts as failed (Flink's
@@ -685,6 +689,10 @@ impl JobSettings {
 
     pub fn state_ttl(&self) -> Option<Duration> {
         self.state_ttl_ms.map(Duration::from_millis)
+    }
+
+    pub fn lookup_refresh(&self) -> Option<Duration> {
+        self.lookup_refresh_ms.map(Duration::from_millis)
     }
 
     pub fn checkpoint_timeout(&self) -> Duration {
@@ -764,19 +772,30 @@ fn duration_secs(v: &str, days: bool) -> Option<f64> {
 /// ('off' or '0': until the query's own bounds drop it). A number with a
 /// unit (ms, s, min, h, d), at least one second.
 pub fn parse_state_ttl(value: &str) -> Result<Option<Duration>> {
+    parse_duration_setting("streaming.state_ttl", value)
+}
+
+/// `streaming.lookup_refresh`: how often a lookup join reads its table
+/// again ('off' or '0': once per job start). A duration as for
+/// `streaming.state_ttl`.
+pub fn parse_lookup_refresh(value: &str) -> Result<Option<Duration>> {
+    parse_duration_setting("streaming.lookup_refresh", value)
+}
+
+fn parse_duration_setting(name: &str, value: &str) -> Result<Option<Duration>> {
     let v = value.trim().trim_matches('\'').to_ascii_lowercase();
     if v == "off" || v == "0" || v == "none" {
         return Ok(None);
     }
     let secs = duration_secs(&v, true).ok_or_else(|| {
         SluiceError::invalid_parameter(format!(
-            "invalid value for parameter \"streaming.state_ttl\": \"{value}\"; write a duration such as \
+            "invalid value for parameter \"{name}\": \"{value}\"; write a duration such as \
              '30min', '12h' or '7d', or 'off'"
         ))
     })?;
     if !(1.0..=3650.0 * 86_400.0).contains(&secs) {
         return Err(SluiceError::invalid_parameter(format!(
-            "streaming.state_ttl = '{value}': use at least 1s, or 'off'"
+            "{name} = '{value}': use at least 1s, or 'off'"
         )));
     }
     Ok(Some(Duration::from_millis((secs * 1000.0) as u64)))
@@ -1078,6 +1097,7 @@ mod tests {
         let store = CheckpointStore::new(&CheckpointRoot::local(dir.path()), "j");
         assert_eq!(store.settings(), None);
         let settings = JobSettings {
+            lookup_refresh_ms: None,
             checkpoint_interval_ms: Some(1500),
             restart_attempts: 2,
             checkpoint_timeout_ms: None,

@@ -137,6 +137,19 @@ fn rows_output(batch: RecordBatch) -> Output {
 impl Session {
     /// Plans a continuous query into a streaming dataflow.
     pub(crate) async fn plan_job(&self, query: &datafusion::sql::sqlparser::ast::Query) -> Result<Node> {
+        let refresh = match self.vars.get(super::LOOKUP_REFRESH_VAR) {
+            Some(v) => crate::checkpoint::parse_lookup_refresh(v)?,
+            None => None,
+        };
+        self.plan_job_with(query, refresh).await
+    }
+
+    /// [`Self::plan_job`] with a job's kept `streaming.lookup_refresh`.
+    pub(crate) async fn plan_job_with(
+        &self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+        lookup_refresh: Option<std::time::Duration>,
+    ) -> Result<Node> {
         let mut query = query.clone();
         rewrite_window_calls(&mut query);
         let state = self.ctx.state();
@@ -146,7 +159,9 @@ impl Session {
             )))))
             .await?;
         let plan = state.optimize(&plan)?;
-        Planner::new(state.execution_props(), self.engine.inner.parallelism).plan(&plan)
+        Planner::new(state.execution_props(), self.engine.inner.parallelism)
+            .with_lookup_refresh(lookup_refresh)
+            .plan(&plan)
     }
 
     /// The settings a job runs with: a new one (`persist`) takes this
@@ -173,11 +188,16 @@ impl Session {
             Some(v) => crate::checkpoint::parse_state_ttl(v)?.map(|d| d.as_millis() as u64),
             None => None,
         };
+        let lookup_refresh_ms = match self.vars.get(super::LOOKUP_REFRESH_VAR) {
+            Some(v) => crate::checkpoint::parse_lookup_refresh(v)?.map(|d| d.as_millis() as u64),
+            None => None,
+        };
         Ok(JobSettings {
             checkpoint_interval_ms: interval.map(|d| d.as_millis() as u64),
             restart_attempts,
             checkpoint_timeout_ms,
             state_ttl_ms,
+            lookup_refresh_ms,
         })
     }
 
@@ -257,14 +277,16 @@ impl Session {
                 format!("relation \"{name}\" already exists"),
             ));
         }
-        let mut node = self.plan_job(&create.query).await?;
+        let settings = self.job_settings(&name, persist)?;
+        let mut node = self
+            .plan_job_with(&create.query, settings.lookup_refresh())
+            .await?;
         // Read before this job's own checkpoints are reset: a sink may start
         // where another (even a dropped one of the same name) stopped.
         let start_from = match create.options.get("start_from") {
             Some(from) => self.start_positions(from)?,
             None => Default::default(),
         };
-        let settings = self.job_settings(&name, persist)?;
         node.set_state_ttl(settings.state_ttl());
         let checkpoints = self.checkpoint_config(&name, persist, &settings)?;
         if persist {

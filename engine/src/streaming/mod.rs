@@ -9,6 +9,7 @@
 //! ```
 
 pub mod keygroups;
+pub mod lookup;
 pub mod metrics;
 pub mod mview;
 pub mod operators;

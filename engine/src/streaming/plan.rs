@@ -148,8 +148,12 @@ impl Node {
                     ),
                     None => ", no watermark".into(),
                 };
+                let refresh = table
+                    .options
+                    .get(super::lookup::REFRESH_OPTION)
+                    .map_or(String::new(), |ms| format!(", read again every {ms}ms"));
                 format!(
-                    "connector={}, partitions={}{wm}{}",
+                    "connector={}, partitions={}{wm}{}{refresh}",
                     table.connector.name(),
                     table.partitions,
                     if table.is_bounded() { ", bounded" } else { "" }
@@ -197,6 +201,9 @@ pub struct Planner<'a> {
     /// Planning the versioned input of a temporal join (where a stream
     /// `FOR SYSTEM_TIME AS OF` may be read).
     in_versions: bool,
+    /// `streaming.lookup_refresh`: how often a table a lookup join reads
+    /// is read again (None: once per job start).
+    lookup_refresh: Option<std::time::Duration>,
 }
 
 fn refuse(what: impl Into<String>) -> SluiceError {
@@ -210,7 +217,14 @@ impl<'a> Planner<'a> {
             parallelism: parallelism.max(1),
             next_id: 0,
             in_versions: false,
+            lookup_refresh: None,
         }
+    }
+
+    /// Reads the tables of lookup joins again at this interval.
+    pub fn with_lookup_refresh(mut self, every: Option<std::time::Duration>) -> Self {
+        self.lookup_refresh = every;
+        self
     }
 
     /// Plans the whole query.
@@ -278,7 +292,28 @@ impl<'a> Planner<'a> {
                             v.stream.name
                         )));
                     }
-                    (v.stream.clone(), None)
+                    if v.stream.connector.name() == super::lookup::TABLE_CONNECTOR {
+                        // A table read for a lookup join: by this job's
+                        // tasks, again every `streaming.lookup_refresh`.
+                        let mut options = v.stream.options.clone();
+                        if let Some(every) = self.lookup_refresh {
+                            options.insert(
+                                super::lookup::REFRESH_OPTION.to_string(),
+                                every.as_millis().to_string(),
+                            );
+                        }
+                        let table = StreamTable::try_new(
+                            v.stream.name.clone(),
+                            v.stream.connector.clone(),
+                            options,
+                            self.parallelism,
+                            None,
+                            None,
+                        )?;
+                        (Arc::new(table), None)
+                    } else {
+                        (v.stream.clone(), None)
+                    }
                 } else {
                     return Err(refuse(format!(
                         "{} is not a stream: continuous queries read streams declared with CREATE STREAM \
@@ -1246,7 +1281,7 @@ impl Planner<'_> {
             }
             // Processing time: a bounded versioned input (a table read as
             // a stream) is read whole before rows meet it.
-            None => (None, None, sources_bounded(&right)),
+            None => (None, None, sources_bounded(&right) || reads_table(&right)),
         };
         if j.on.is_empty() {
             return Err(refuse(format!(
@@ -1435,6 +1470,15 @@ fn sources_bounded(node: &Node) -> bool {
     match &node.kind {
         NodeKind::Source { table } => table.is_bounded(),
         _ => node.inputs.iter().all(sources_bounded),
+    }
+}
+
+/// Whether a node reads a table for a lookup join (which says when its
+/// first read is whole, even when it reads again later).
+fn reads_table(node: &Node) -> bool {
+    match &node.kind {
+        NodeKind::Source { table } => table.connector.name() == super::lookup::TABLE_CONNECTOR,
+        _ => node.inputs.iter().all(reads_table),
     }
 }
 

@@ -97,18 +97,75 @@ impl TableFunctionImpl for VersionsFunction {
                 "FOR SYSTEM_TIME AS OF: write versioned FOR SYSTEM_TIME AS OF probe.time_column"
             );
         };
-        let Some(stream) = self.streams.stream(&name) else {
-            return plan_err!(
-                "{name} FOR SYSTEM_TIME AS OF: {name} is not a stream; a temporal join reads the versions \
-                 of a stream declared with CREATE STREAM (a file read as a bounded stream for a table)"
-            );
+        let as_of = text(1).map(|column| Column::new(text(2), column));
+        let stream = match self.streams.stream(&name) {
+            Some(stream) => stream,
+            None => table_as_stream(&name, args.session(), as_of.as_ref())?,
         };
         Ok(Arc::new(VersionsOf {
             stream,
-            as_of: text(1).map(|column| Column::new(text(2), column)),
+            as_of,
             version_time: text(3),
         }))
     }
+}
+
+/// A table (not a stream: an external table, a sink's landed data, a
+/// materialized view) read as the versions of a lookup join, at processing
+/// time only: it has no versions by event time.
+fn table_as_stream(
+    name: &str,
+    session: &dyn CatalogSession,
+    as_of: Option<&Column>,
+) -> datafusion::error::Result<Arc<StreamTable>> {
+    use futures::FutureExt;
+    let not_supported = |what: String| {
+        datafusion::error::DataFusionError::External(Box::new(crate::error::SluiceError::not_supported(what)))
+    };
+    let Some(state) = session
+        .as_any()
+        .downcast_ref::<datafusion::execution::session_state::SessionState>()
+    else {
+        return plan_err!("{name} FOR SYSTEM_TIME AS OF: no session to find {name} in");
+    };
+    let reference = datafusion::common::TableReference::from(name);
+    let provider = match state.schema_for_ref(reference.clone()) {
+        Ok(schema) => match schema.table(reference.table()).now_or_never() {
+            Some(found) => found?,
+            None => return plan_err!("{name} FOR SYSTEM_TIME AS OF: {name} can't be looked up here"),
+        },
+        Err(_) => None,
+    };
+    let Some(provider) = provider else {
+        return Err(datafusion::error::DataFusionError::External(Box::new(
+            crate::error::SluiceError::new(
+                crate::error::ErrorKind::UndefinedTable,
+                format!("relation \"{name}\" does not exist"),
+            ),
+        )));
+    };
+    if let Some(column) = as_of {
+        return Err(not_supported(format!(
+            "{name} FOR SYSTEM_TIME AS OF {column}: {name} is a table, not a stream, so it has no versions by \
+             event time; join its current rows FOR SYSTEM_TIME AS OF PROCTIME() (a lookup join), or declare \
+             the versions as a stream"
+        )));
+    }
+    let connector = Arc::new(super::lookup::TableSourceConnector::new(
+        name.to_string(),
+        provider,
+        state.clone(),
+    ));
+    let table = StreamTable::try_new(
+        name.to_string(),
+        connector,
+        Default::default(),
+        state.config().target_partitions().max(1),
+        None,
+        None,
+    )
+    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    Ok(Arc::new(table))
 }
 
 /// The name of [`AsOfMark`].

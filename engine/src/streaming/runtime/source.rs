@@ -166,6 +166,12 @@ pub(super) fn source_lane(
                         metrics.set_detail(partition, source.status());
                         metrics.set_splits(partition, source.split_figures());
                         metrics.set_progress(partition, source.progress());
+                        if table.watermark.is_none() && source.take_loaded() {
+                            state.watermark = i64::MAX;
+                            metrics.set_watermark(partition, i64::MAX);
+                            state.pending.push_back(Message::Watermark(i64::MAX));
+                            continue;
+                        }
                         let idle = idle_splits(&state.splits, &**source);
                         if idle.iter().all(|i| *i) {
                             if !state.idle_sent {
@@ -210,6 +216,11 @@ pub(super) fn source_lane(
                             // so updating results downstream are emitted as
                             // rows arrive.
                             state.pending.push_back(Message::Progress);
+                            if source.take_loaded() {
+                                state.watermark = i64::MAX;
+                                metrics.set_watermark(partition, i64::MAX);
+                                state.pending.push_back(Message::Watermark(i64::MAX));
+                            }
                         }
                         if let Some(wm) = wm
                             && wm > state.watermark
