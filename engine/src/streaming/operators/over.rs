@@ -16,7 +16,7 @@
 //! Accumulators are DataFusion's (sliding ones for bounded frames, which
 //! retract). Rows behind the watermark are late: dropped and counted.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int8Array, Int64Array, RecordBatch};
@@ -30,7 +30,7 @@ use super::{
     AggExpr, BuildContext, KeyedOperator, OperatorSpec, Result, agg_names, as_micros, batch_with_schema,
     eval, expr_list, null_as_false,
 };
-use crate::streaming::state::{SnapshotBatch, SnapshotRows};
+use crate::streaming::state::{IncrementalRule, SnapshotBatch, SnapshotRows};
 
 /// Where a frame starts (it ends at the current row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,9 @@ const KIND: &str = "kind";
 const PENDING: i8 = 0;
 const FRAME: i8 = 1;
 const ACCUMULATORS: i8 = 2;
+/// In an incremental snapshot: the partition's earlier state is gone (the
+/// batch's other rows of it are its state now).
+const CLEARED: i8 = 3;
 
 /// A row by its partition key's bytes and its own.
 type KeyedRow = (Box<[u8]>, Box<[u8]>);
@@ -163,6 +166,10 @@ pub struct OverAggregate {
     late: u64,
     held: usize,
     bytes: usize,
+    /// Partitions (keys) whose waiting rows, frame or accumulators changed
+    /// since the last full snapshot.
+    changed: HashSet<Box<[u8]>>,
+    rule: IncrementalRule,
 }
 
 /// Bytes a held row costs beyond its own.
@@ -198,6 +205,8 @@ impl OverAggregate {
             late: 0,
             held: 0,
             bytes: 0,
+            changed: HashSet::new(),
+            rule: IncrementalRule::default(),
         })
     }
 
@@ -450,6 +459,9 @@ impl KeyedOperator for OverAggregate {
             let row: Box<[u8]> = rows.row(i).data().into();
             self.held += 1;
             self.bytes += key.len() + row.len() + ROW_OVERHEAD;
+            if !self.changed.contains(&key) {
+                self.changed.insert(key.clone());
+            }
             self.pending.entry(times.value(i)).or_default().push((key, row));
         }
         Ok(())
@@ -477,6 +489,9 @@ impl KeyedOperator for OverAggregate {
         }
         let mut emitted = Emitted::default();
         for (key, rows) in by_key {
+            if !self.changed.contains(&key) {
+                self.changed.insert(key.clone());
+            }
             self.advance(key, rows, &mut emitted)?;
         }
         self.emit(emitted, out)
@@ -493,81 +508,38 @@ impl KeyedOperator for OverAggregate {
     /// Rows waiting for the watermark, each partition's frame rows in
     /// order, and (unbounded frames) each partition's accumulator state.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        let states = self.state_fields()?;
-        let mut out = Vec::new();
-        let pending: Vec<(i64, &[u8])> = self
-            .pending
-            .iter()
-            .flat_map(|(t, rows)| rows.iter().map(move |(_, r)| (*t, &**r)))
-            .collect();
-        for chunk in pending.chunks(8192) {
-            out.push(self.rows_batch(PENDING, chunk, &states)?);
+        self.rule.full_taken();
+        self.changed.clear();
+        self.snapshot_of(None)
+    }
+
+    /// The changed partitions whole, each first cleared of what the full
+    /// snapshot held for it.
+    fn snapshot_changes(&mut self) -> Result<Option<Vec<RecordBatch>>> {
+        let mut keys: HashSet<&[u8]> = self.partitions.keys().map(|k| &**k).collect();
+        keys.extend(self.pending.values().flatten().map(|(k, _)| &**k));
+        let total = keys.len().max(self.changed.len());
+        if !self.rule.incremental(self.changed.len(), total) {
+            return Ok(None);
         }
-        let frames: Vec<(i64, &[u8])> = self
-            .partitions
-            .values()
-            .flat_map(|p| p.frame.iter().map(|(t, r)| (*t, &**r)))
-            .collect();
-        for chunk in frames.chunks(8192) {
-            out.push(self.rows_batch(FRAME, chunk, &states)?);
-        }
-        if !states.is_empty() && !self.partitions.is_empty() {
-            let mut keys: Vec<Box<[u8]>> = Vec::new();
-            let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); states.len()];
-            for (key, p) in self.partitions.iter_mut() {
-                keys.push(key.clone());
-                let mut s = 0;
-                for acc in p.accs.iter_mut() {
-                    for v in acc.state()? {
-                        values[s].push(v);
-                        s += 1;
-                    }
-                }
-            }
-            let n = keys.len();
-            let parser = self.keys.parser();
-            let keys = if self.partition.is_empty() {
-                vec![]
-            } else {
-                self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
-            };
-            let nulls = self
-                .input
-                .fields()
-                .iter()
-                .map(|f| arrow::array::new_null_array(f.data_type(), n));
-            let state_cols = states
-                .iter()
-                .zip(values)
-                .map(|(field, vals)| {
-                    let a = ScalarValue::iter_to_array(vals)?;
-                    Ok(if a.data_type() == field.data_type() {
-                        a
-                    } else {
-                        arrow::compute::cast(&a, field.data_type())?
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let batch = SnapshotBatch::new(n)
-                .keys(keys)
-                .column(KIND, Arc::new(Int8Array::from(vec![ACCUMULATORS; n])))
-                .column("t", Arc::new(Int64Array::from(vec![0i64; n])))
-                .numbered("c", nulls)
-                .numbered("s", state_cols)
-                .build()?;
-            out.push(batch);
-        }
-        Ok(out)
+        let changed = std::mem::take(&mut self.changed);
+        let out = self.snapshot_of(Some(&changed));
+        self.changed = changed;
+        out.map(Some)
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let width = self.input.fields().len();
         let n_states = self.state_fields()?.len();
+        // Partitions an incremental snapshot replaced: cleared once, at
+        // the first batch that names them.
+        let mut replaced: HashSet<Box<[u8]>> = HashSet::new();
         for batch in state {
             let batch = SnapshotRows::new(batch, "an OVER");
             if batch.is_empty() {
                 continue;
             }
+            let replaces = batch.replaces();
             let kinds = batch.int8(KIND)?;
             let times = batch.int64("t")?;
             let key_cols = batch.keys(self.partition.len())?;
@@ -583,9 +555,20 @@ impl KeyedOperator for OverAggregate {
             let row_cols = batch_with_schema(&self.input, batch.numbered("c", width)?)?;
             let rows = self.rows.convert_columns(row_cols.columns())?;
             let state_cols = batch.numbered("s", n_states)?;
+            if replaces {
+                let fresh: HashSet<Box<[u8]>> = (0..batch.len())
+                    .map(key_of)
+                    .filter(|k| !replaced.contains(k))
+                    .collect();
+                if !fresh.is_empty() {
+                    self.clear(&fresh);
+                    replaced.extend(fresh);
+                }
+            }
             for i in 0..batch.len() {
                 let key = key_of(i);
                 match kinds.value(i) {
+                    CLEARED => {}
                     PENDING => {
                         let row: Box<[u8]> = rows.row(i).data().into();
                         self.held += 1;
@@ -644,6 +627,142 @@ impl KeyedOperator for OverAggregate {
             }
         }
         Ok(())
+    }
+}
+
+impl OverAggregate {
+    /// The state of the partitions in `only` (None: all); with `only`,
+    /// batches that replace those partitions' earlier state.
+    fn snapshot_of(&mut self, only: Option<&HashSet<Box<[u8]>>>) -> Result<Vec<RecordBatch>> {
+        let want = |k: &[u8]| only.is_none_or(|o| o.contains(k));
+        let states = self.state_fields()?;
+        let mut out = Vec::new();
+        if let Some(only) = only
+            && !only.is_empty()
+        {
+            let keys: Vec<&[u8]> = only.iter().map(|k| &**k).collect();
+            out.push(self.cleared_batch(&keys, &states)?);
+        }
+        let pending: Vec<(i64, &[u8])> = self
+            .pending
+            .iter()
+            .flat_map(|(t, rows)| rows.iter().filter(|(k, _)| want(k)).map(move |(_, r)| (*t, &**r)))
+            .collect();
+        for chunk in pending.chunks(8192) {
+            out.push(self.rows_batch(PENDING, chunk, &states)?);
+        }
+        let frames: Vec<(i64, &[u8])> = self
+            .partitions
+            .iter()
+            .filter(|(k, _)| want(k))
+            .flat_map(|(_, p)| p.frame.iter().map(|(t, r)| (*t, &**r)))
+            .collect();
+        for chunk in frames.chunks(8192) {
+            out.push(self.rows_batch(FRAME, chunk, &states)?);
+        }
+        if !states.is_empty() && self.partitions.keys().any(|k| want(k)) {
+            let mut keys: Vec<Box<[u8]>> = Vec::new();
+            let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); states.len()];
+            for (key, p) in self.partitions.iter_mut().filter(|(k, _)| want(k)) {
+                keys.push(key.clone());
+                let mut s = 0;
+                for acc in p.accs.iter_mut() {
+                    for v in acc.state()? {
+                        values[s].push(v);
+                        s += 1;
+                    }
+                }
+            }
+            let n = keys.len();
+            let parser = self.keys.parser();
+            let keys = if self.partition.is_empty() {
+                vec![]
+            } else {
+                self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
+            };
+            let nulls = self
+                .input
+                .fields()
+                .iter()
+                .map(|f| arrow::array::new_null_array(f.data_type(), n));
+            let state_cols = states
+                .iter()
+                .zip(values)
+                .map(|(field, vals)| {
+                    let a = ScalarValue::iter_to_array(vals)?;
+                    Ok(if a.data_type() == field.data_type() {
+                        a
+                    } else {
+                        arrow::compute::cast(&a, field.data_type())?
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let batch = SnapshotBatch::new(n)
+                .keys(keys)
+                .column(KIND, Arc::new(Int8Array::from(vec![ACCUMULATORS; n])))
+                .column("t", Arc::new(Int64Array::from(vec![0i64; n])))
+                .numbered("c", nulls)
+                .numbered("s", state_cols)
+                .build()?;
+            out.push(batch);
+        }
+        if only.is_some() {
+            out = out
+                .into_iter()
+                .map(SnapshotBatch::mark_replaces)
+                .collect::<Result<_>>()?;
+        }
+        Ok(out)
+    }
+
+    /// Drops what is held for the partitions in `keys` (waiting rows,
+    /// frame, accumulators).
+    fn clear(&mut self, keys: &HashSet<Box<[u8]>>) {
+        for key in keys {
+            if let Some(part) = self.partitions.remove(key) {
+                for (_, row) in &part.frame {
+                    self.held -= 1;
+                    self.bytes -= row.len() + ROW_OVERHEAD;
+                }
+            }
+        }
+        for rows in self.pending.values_mut() {
+            rows.retain(|(k, row)| {
+                let gone = keys.contains(k);
+                if gone {
+                    self.held -= 1;
+                    self.bytes -= k.len() + row.len() + ROW_OVERHEAD;
+                }
+                !gone
+            });
+        }
+        self.pending.retain(|_, rows| !rows.is_empty());
+    }
+
+    /// A row per partition in `keys`, saying its earlier state is gone.
+    fn cleared_batch(&self, keys: &[&[u8]], states: &[Field]) -> Result<RecordBatch> {
+        let n = keys.len();
+        let parser = self.keys.parser();
+        let key_cols = if self.partition.is_empty() {
+            vec![]
+        } else {
+            self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
+        };
+        let nulls = self
+            .input
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), n));
+        let state_nulls = states
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), n));
+        SnapshotBatch::new(n)
+            .keys(key_cols)
+            .column(KIND, Arc::new(Int8Array::from(vec![CLEARED; n])))
+            .column("t", Arc::new(Int64Array::from(vec![0i64; n])))
+            .numbered("c", nulls)
+            .numbered("s", state_nulls)
+            .build()
     }
 }
 

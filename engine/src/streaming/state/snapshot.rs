@@ -108,6 +108,14 @@ impl SnapshotBatch {
         self
     }
 
+    /// A built batch, marked as [`Self::replaces`] marks one.
+    pub(crate) fn mark_replaces(batch: RecordBatch) -> Result<RecordBatch> {
+        let mut meta = batch.schema().metadata().clone();
+        meta.insert(REPLACES_META.to_string(), "true".to_string());
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+        Ok(batch.with_schema(schema)?)
+    }
+
     /// Every column nullable (a snapshot holds what the operator held).
     pub(crate) fn build(self) -> Result<RecordBatch> {
         let fields: Vec<Field> = self

@@ -181,3 +181,71 @@ fn every_row_goes_out_once_with_its_frame_in_event_time_order() {
         }
     }
 }
+
+/// Incremental snapshots: a full snapshot, then what changed since (an
+/// earlier incremental one in between, as of a checkpoint that may have
+/// failed), restored together, continue like the uninterrupted run, for a
+/// bounded frame (frame rows) and an unbounded one (accumulators); with 40
+/// partitions and a few touched per step, most cases take the incremental
+/// path, and a partition whose waiting rows all went out is cleared.
+#[test]
+fn incremental_snapshots_restore_like_the_uninterrupted_run() {
+    for frame in [OverFrame::Rows(3), OverFrame::RowsUnbounded, OverFrame::Range(20)] {
+        let mut rng = Rng(0xdecaf ^ frame.to_string().len() as u64);
+        let steps: Vec<(Vec<Row>, i64)> = (0..30i64)
+            .map(|step| {
+                let n = 1 + rng.below(3) as usize;
+                let rows = (0..n)
+                    .map(|_| {
+                        (
+                            rng.below(40) as i64,
+                            step * 10 + rng.below(15) as i64,
+                            rng.below(50) as i64,
+                        )
+                    })
+                    .collect();
+                (rows, step * 10 - 5)
+            })
+            .collect();
+        let run = |op: &mut OverAggregate, steps: &[(Vec<Row>, i64)], out: &mut Vec<RecordBatch>| {
+            for (rows, w) in steps {
+                op.on_batch(0, batch(rows), out).unwrap();
+                op.on_watermark(*w, out).unwrap();
+            }
+        };
+        let mut straight = vec![];
+        let mut op = make(frame, true);
+        run(&mut op, &steps, &mut straight);
+        op.on_watermark(i64::MAX, &mut straight).unwrap();
+        let want = emitted(&straight);
+        let mut incremental = 0;
+        for full_at in [3, 10, 17] {
+            for changes_at in [full_at + 1, full_at + 2, full_at + 6] {
+                let mut op = make(frame, true);
+                let mut got = vec![];
+                run(&mut op, &steps[..full_at], &mut got);
+                let full = through_ipc(op.snapshot().unwrap());
+                run(&mut op, &steps[full_at..changes_at - 1], &mut got);
+                let _ = op.snapshot_changes().unwrap();
+                run(&mut op, &steps[changes_at - 1..changes_at], &mut got);
+                let Some(changes) = op.snapshot_changes().unwrap() else {
+                    continue;
+                };
+                incremental += 1;
+                let mut back = make(frame, true);
+                back.restore(full.iter().cloned().chain(through_ipc(changes)).collect())
+                    .unwrap();
+                assert_eq!(back.state_size().0, op.state_size().0, "{frame}: rows held");
+                back.on_watermark(i64::MIN, &mut got).unwrap();
+                run(&mut back, &steps[changes_at..], &mut got);
+                back.on_watermark(i64::MAX, &mut got).unwrap();
+                assert_eq!(
+                    emitted(&got),
+                    want,
+                    "{frame}: full at {full_at}, changes at {changes_at}"
+                );
+            }
+        }
+        assert!(incremental >= 4, "{frame}: {incremental} incremental cases");
+    }
+}
