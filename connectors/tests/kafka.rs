@@ -63,6 +63,28 @@ async fn produce_on(brokers: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
     }
 }
 
+/// Records with keys and timestamps (ms); a None value is a tombstone.
+async fn produce_keyed(topic: &str, records: &[(i32, &str, Option<String>, i64)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    for (partition, key, value, ts) in records {
+        let mut record = FutureRecord::<str, str>::to(topic)
+            .partition(*partition)
+            .key(*key)
+            .timestamp(*ts);
+        if let Some(v) = value {
+            record = record.payload(v.as_str());
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+}
+
 /// An engine with the Kafka source and sink.
 async fn kafka_engine(
     dir: &std::path::Path,
@@ -1487,6 +1509,186 @@ async fn debezium_changelog_source_keeps_views_current() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("changelog stream"), "{err}");
+}
+
+/// An upsert topic (`'source.mode' = 'upsert'`): each record the whole row
+/// of its key, an empty one a tombstone. Views see the table the topic
+/// describes (a GROUP BY follows its updates and deletes), and a temporal
+/// join reads its records as versions at their Kafka timestamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_topic_is_a_table_and_a_versioned_one() {
+    let id = std::process::id();
+    let (prices, orders) = (format!("prices-upsert-{id}"), format!("orders-up-{id}"));
+    create_topic(&prices, 2).await;
+    create_topic(&orders, 2).await;
+    let row = |p: &str, price: i64| Some(format!(r#"{{"product": "{p}", "price": {price}}}"#));
+    produce_keyed(
+        &prices,
+        &[
+            (0, "a", row("a", 10), 1_000),
+            (1, "b", row("b", 20), 2_000),
+            (0, "a", row("a", 11), 5_000),
+            (0, "c", row("c", 30), 6_000),
+            (1, "b", None, 8_000),
+            (0, "a", row("a", 12), 12_000),
+            (1, "d", None, 13_000),
+            (0, "e", row("e", 1), 100_000),
+            (1, "f", row("f", 2), 100_000),
+        ],
+    )
+    .await;
+    let order =
+        |id: i64, p: &str, at: i64| format!(r#"{{"id": {id}, "product": "{p}", "order_time": {at}}}"#);
+    let placed = [
+        (1, "a", 500),
+        (2, "a", 1_500),
+        (3, "b", 3_000),
+        (4, "b", 9_000),
+        (5, "a", 6_000),
+        (6, "a", 12_500),
+        (7, "c", 7_000),
+        (8, "e", 100_000),
+        (9, "e", 100_000),
+    ];
+    produce(
+        &orders,
+        &placed
+            .iter()
+            .map(|(i, p, at)| ((*i % 2) as i32, order(*i, p, *at).into_bytes()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    let b = brokers();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM prices (product TEXT, price BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp', \
+               WATERMARK FOR ts AS ts) \
+             WITH (connector = 'kafka', topic = '{prices}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'json', 'source.mode' = 'upsert', key = 'product')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM orders (id BIGINT, product TEXT, order_time TIMESTAMP(3), \
+               WATERMARK FOR order_time AS order_time) \
+             WITH (connector = 'kafka', topic = '{orders}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'json', 'json.timestamp-format' = 'epoch-millis')"
+        ),
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW current AS SELECT product, price FROM prices",
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW total AS SELECT 'all' AS k, sum(price) AS total FROM prices",
+    )
+    .await
+    .unwrap();
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW priced AS \
+         SELECT o.id, p.price FROM orders o \
+         LEFT JOIN prices FOR SYSTEM_TIME AS OF o.order_time AS p ON o.product = p.product",
+    )
+    .await
+    .unwrap();
+    let current: BTreeMap<String, i64> = [("a", 12), ("c", 30), ("e", 1), ("f", 2)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = counts(&exec(&mut s, "SELECT product, price FROM current").await.unwrap());
+        if got == current || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if got != current {
+        let jobs = exec(&mut s, "SHOW JOBS").await.unwrap();
+        panic!(
+            "each key's last row (b's tombstone deleted it, d's deleted nothing): got {got:?}\n{}",
+            sluice_engine::datafusion::arrow::util::pretty::pretty_format_batches(&jobs).unwrap()
+        );
+    }
+    // The sum is another job: it gets there in its own time.
+    let want_total = BTreeMap::from([("all".to_string(), 45)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let total = loop {
+        let total = counts(&exec(&mut s, "SELECT k, total FROM total").await.unwrap());
+        if total == want_total || Instant::now() > deadline {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(total, want_total);
+    // Orders priced as of their time: none before a's first row, b none
+    // after its tombstone at 8 s. (NULL reads as 0.)
+    let want: BTreeMap<String, i64> = [(1, 0), (2, 10), (3, 20), (4, 0), (5, 11), (6, 12), (7, 30)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = counts(
+            &exec(
+                &mut s,
+                "SELECT CAST(id AS TEXT), coalesce(price, 0) FROM priced WHERE id < 8",
+            )
+            .await
+            .unwrap(),
+        );
+        if got == want || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(got, want, "each order with its product's price as of the order");
+    // Versions timed by a column of the value are refused: a tombstone
+    // has none.
+    exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM prices_by_value (product TEXT, price BIGINT, changed TIMESTAMP(3), \
+               WATERMARK FOR changed AS changed) \
+             WITH (connector = 'kafka', topic = '{prices}', 'properties.bootstrap.servers' = '{b}', \
+               format = 'json', 'source.mode' = 'upsert', key = 'product')"
+        ),
+    )
+    .await
+    .unwrap();
+    let err = exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW bad AS SELECT o.id, p.price FROM orders o \
+         JOIN prices_by_value FOR SYSTEM_TIME AS OF o.order_time AS p ON o.product = p.product",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+    assert!(err.to_string().contains("METADATA FROM 'timestamp'"), "{err}");
+    // An upsert topic needs its key.
+    let err = exec(
+        &mut s,
+        &format!(
+            "CREATE STREAM nokey (product TEXT) WITH (connector = 'kafka', topic = '{prices}', \
+               'properties.bootstrap.servers' = '{b}', format = 'json', 'source.mode' = 'upsert')"
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("needs key"), "{err}");
 }
 
 /// A temporal join whose versioned table is a Debezium changelog: each

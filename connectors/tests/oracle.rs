@@ -1134,3 +1134,22 @@ async fn every_nexmark_example(f: &mut Fixture, landed: Option<&BTreeMap<&str, u
     }
     assert_eq!(ran.len(), 23, "q0-q23 but q6: {ran:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_joins_output_keeps_the_event_time_its_condition_bounds() {
+    // Bids joined with their auction while it runs (`b.date_time >=
+    // a.date_time`: a bid's time is bounded from below by the auction's)
+    // keep the bids' event time, so an OVER aggregate ordered by it can
+    // follow. A pair going out behind the watermark would be dropped as
+    // late by the OVER aggregate and the counts would differ.
+    let q = "SELECT b.auction, b.date_time, b.price, count(*) OVER w AS c, max(b.price) OVER w AS m \
+             FROM auction a JOIN bid b ON a.id = b.auction \
+               AND b.date_time BETWEEN a.date_time AND a.expires \
+             WINDOW w AS (PARTITION BY b.auction ORDER BY b.date_time \
+               RANGE BETWEEN INTERVAL '10' MILLISECOND PRECEDING AND CURRENT ROW)";
+    let mut f = check("bids_over_auctions", q, q).await;
+    let join = explain_line(&mut f, q, "InnerJoin").await;
+    assert!(join.contains("event_time=#"), "{join}");
+    let [a, b] = expired_by_join(&mut f, "bids_over_auctions").await;
+    assert!(a > 0 && b > 0, "both inputs of the join expired rows ({a}, {b})");
+}

@@ -231,6 +231,20 @@ pub trait SourceConnector: Send + Sync + Debug {
         false
     }
 
+    /// For an upsert changelog (each record the whole new row of its key,
+    /// or a tombstone deleting it: Kafka's compacted topics), the key
+    /// columns of `schema`. Its batches carry the op column (+1 an upsert,
+    /// -1 a tombstone whose other columns are NULL); the planner puts an
+    /// operator after the source that turns them into inserts and deletes
+    /// of whole rows.
+    fn upsert_key(
+        &self,
+        _options: &BTreeMap<String, String>,
+        _schema: &SchemaRef,
+    ) -> Result<Option<Vec<usize>>> {
+        Ok(None)
+    }
+
     /// The event-time column a stream gets when its declaration names none
     /// (`WATERMARK FOR ...`): generators know their clock.
     fn default_event_time(&self, _options: &BTreeMap<String, String>) -> Option<String> {
@@ -419,6 +433,7 @@ pub struct StreamTable {
     schema: SchemaRef,
     bounded: bool,
     changelog: bool,
+    upsert_key: Option<Vec<usize>>,
 }
 
 impl StreamTable {
@@ -435,6 +450,7 @@ impl StreamTable {
         let schema = connector.schema(&options, declared.as_ref())?;
         let bounded = connector.is_bounded(&options);
         let changelog = connector.is_changelog(&options);
+        let upsert_key = connector.upsert_key(&options, &schema)?;
         let watermark = match watermark.or_else(|| connector.default_event_time(&options).map(|c| (c, 0))) {
             None => None,
             Some((column, delay_us)) => {
@@ -466,12 +482,19 @@ impl StreamTable {
             schema,
             bounded,
             changelog,
+            upsert_key,
         })
     }
 
     /// Whether the stream is a changelog (an updating input).
     pub fn is_changelog(&self) -> bool {
         self.changelog
+    }
+
+    /// An upsert changelog's key columns (see
+    /// [`SourceConnector::upsert_key`]).
+    pub fn upsert_key(&self) -> Option<&[usize]> {
+        self.upsert_key.as_deref()
     }
 
     pub fn schema_ref(&self) -> &SchemaRef {

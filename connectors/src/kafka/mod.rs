@@ -68,6 +68,8 @@ const OWN_OPTIONS: &[&str] = &[
     "commit.offsets.on.checkpoint",
     "scan.bounded.mode",
     "scan.bounded.specific-offsets",
+    "source.mode",
+    "key",
     "batch.size",
     "batch.linger.ms",
 ];
@@ -128,6 +130,9 @@ struct Options {
     commit_offsets: bool,
     /// Where reading stops (a bounded stream), if it does.
     bounded: Bounded,
+    /// `'source.mode' = 'upsert'`: the key columns (each record the whole
+    /// row of its key, an empty one a tombstone).
+    upsert_key: Option<Vec<String>>,
 }
 
 /// `scan.bounded.mode` (Flink's names): where a bounded Kafka stream ends.
@@ -180,6 +185,53 @@ fn common_options(
         )));
     }
     Ok((topic, properties))
+}
+
+/// `'source.mode' = 'upsert'` with `key = 'col[, col]'`: the key columns.
+fn upsert_key(options: &BTreeMap<String, String>) -> Result<Option<Vec<String>>> {
+    let key: Vec<String> = options
+        .get("key")
+        .map(|k| {
+            k.split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    match options
+        .get("source.mode")
+        .map(|m| m.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("append") => {
+            if !key.is_empty() {
+                return Err(SluiceError::invalid_parameter(
+                    "key = '...' on a kafka stream names an upsert topic's key: add 'source.mode' = 'upsert'",
+                ));
+            }
+            Ok(None)
+        }
+        Some("upsert") => {
+            if key.is_empty() {
+                return Err(SluiceError::invalid_parameter(
+                    "'source.mode' = 'upsert' needs key = '<columns>' (the columns the record key holds)",
+                ));
+            }
+            if options
+                .get("format")
+                .is_some_and(|f| f.eq_ignore_ascii_case("debezium-json"))
+            {
+                return Err(SluiceError::invalid_parameter(
+                    "'source.mode' = 'upsert' reads whole rows (json, csv, avro); debezium-json is a changelog \
+                     of its own",
+                ));
+            }
+            Ok(Some(key))
+        }
+        Some(other) => Err(SluiceError::invalid_parameter(format!(
+            "'source.mode' = '{other}': use append or upsert"
+        ))),
+    }
 }
 
 /// A numeric option, or its default.
@@ -263,6 +315,7 @@ impl Options {
             },
             batch: number(options, "batch.size", 4096)?.max(1) as usize,
             linger: Duration::from_millis(number(options, "batch.linger.ms", 20)?),
+            upsert_key: upsert_key(options)?,
             topic,
             properties,
         })

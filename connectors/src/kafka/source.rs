@@ -41,6 +41,36 @@ impl SourceConnector for KafkaConnector {
         options
             .get("format")
             .is_some_and(|f| f.eq_ignore_ascii_case("debezium-json"))
+            || options
+                .get("source.mode")
+                .is_some_and(|m| m.eq_ignore_ascii_case("upsert"))
+    }
+
+    /// `'source.mode' = 'upsert'`: the `key` columns (declared, not
+    /// metadata ones).
+    fn upsert_key(
+        &self,
+        options: &BTreeMap<String, String>,
+        schema: &SchemaRef,
+    ) -> Result<Option<Vec<usize>>> {
+        let Some(names) = Options::parse(options)?.upsert_key else {
+            return Ok(None);
+        };
+        let mut key = Vec::with_capacity(names.len());
+        for name in &names {
+            let Some(i) = schema
+                .fields()
+                .iter()
+                .position(|f| f.name().eq_ignore_ascii_case(name) && metadata_key(f).is_none())
+            else {
+                return Err(SluiceError::invalid_parameter(format!(
+                    "key = '{}': no column {name} (the key names declared columns)",
+                    names.join(", ")
+                )));
+            };
+            key.push(i);
+        }
+        Ok(Some(key))
     }
 
     /// A JSON or CSV kafka stream takes rows from `COPY stream FROM STDIN`:
@@ -51,7 +81,7 @@ impl SourceConnector for KafkaConnector {
         schema: &SchemaRef,
     ) -> Result<Option<SchemaRef>> {
         let o = Options::parse(options)?;
-        if !matches!(o.format, Format::Json { .. } | Format::Csv { .. }) {
+        if !matches!(o.format, Format::Json { .. } | Format::Csv { .. }) || o.upsert_key.is_some() {
             return Ok(None);
         }
         Ok(Some(Layout::with_metadata(schema).payload().clone()))
@@ -252,7 +282,8 @@ impl SourceConnector for KafkaConnector {
             .schema()
             .fields()
             .iter()
-            .any(|f| metadata_key(f) == Some("key"));
+            .any(|f| metadata_key(f) == Some("key"))
+            || o.upsert_key.is_some();
         let wants_headers = layout
             .schema()
             .fields()
@@ -270,6 +301,7 @@ impl SourceConnector for KafkaConnector {
                 linger: o.linger,
                 wants_key,
                 wants_headers,
+                wants_tombstones: o.upsert_key.is_some(),
             };
             std::thread::Builder::new()
                 .name(format!("kafka-{}-{partition}", o.topic))
@@ -351,6 +383,9 @@ struct Fetcher {
     linger: Duration,
     wants_key: bool,
     wants_headers: bool,
+    /// An upsert topic: a record without a value (a tombstone) is kept,
+    /// with an empty payload.
+    wants_tombstones: bool,
 }
 
 impl Fetcher {
@@ -367,8 +402,13 @@ impl Fetcher {
                     failures = 0;
                     current.next_offsets.insert(msg.partition(), msg.offset() + 1);
                     current.at_end.remove(&msg.partition());
-                    // A tombstone (no value) carries no row.
-                    if let Some(payload) = msg.payload() {
+                    // A tombstone (no value) carries no row, but in an
+                    // upsert topic, where it deletes its key.
+                    let payload = match msg.payload() {
+                        None if self.wants_tombstones => Some(&[][..]),
+                        p => p,
+                    };
+                    if let Some(payload) = payload {
                         let start = current.buf.len();
                         current.buf.extend_from_slice(payload);
                         let payload = start..current.buf.len();
@@ -540,11 +580,97 @@ impl KafkaSource {
         })
     }
 
+    /// An upsert topic's tombstones as payload rows: the key columns from
+    /// the record key (one column: the key's text; several: a JSON object
+    /// of them, as Sluice's upsert sink writes keys), NULL elsewhere.
+    /// Returns the rows and the records they came from; a tombstone
+    /// without a readable key is a bad record.
+    fn tombstone_rows(
+        &self,
+        buf: &[u8],
+        records: &[&Record],
+        tombstones: &[usize],
+        bad: &mut Vec<(usize, String)>,
+    ) -> Result<(RecordBatch, Vec<usize>)> {
+        let payload = self.layout.payload().clone();
+        let names = self.options.upsert_key.as_deref().unwrap_or_default();
+        let key_cols: Vec<usize> = names
+            .iter()
+            .filter_map(|n| {
+                payload
+                    .fields()
+                    .iter()
+                    .position(|f| f.name().eq_ignore_ascii_case(n))
+            })
+            .collect();
+        let key_of = |i: usize| records[i].key.clone().map(|k| &buf[k]);
+        let mut kept = Vec::new();
+        let mut texts: Vec<&[u8]> = Vec::new();
+        for &i in tombstones {
+            match key_of(i) {
+                Some(k) if !k.is_empty() => {
+                    kept.push(i);
+                    texts.push(k);
+                }
+                _ => bad.push((i, "a tombstone (empty record) without a key".into())),
+            }
+        }
+        let n = kept.len();
+        let mut columns: Vec<ArrayRef> = payload
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), n))
+            .collect();
+        if n > 0 && key_cols.len() == 1 {
+            let mut strings = Vec::with_capacity(n);
+            for t in &texts {
+                strings.push(String::from_utf8_lossy(t).into_owned());
+            }
+            let text: ArrayRef = Arc::new(arrow::array::StringArray::from(strings));
+            let c = key_cols[0];
+            columns[c] = arrow::compute::cast(&text, payload.field(c).data_type())?;
+        } else if n > 0 {
+            let fields: Vec<Field> = key_cols
+                .iter()
+                .map(|c| payload.field(*c).clone().with_nullable(true))
+                .collect();
+            let mut decoder =
+                arrow::json::ReaderBuilder::new(Arc::new(arrow::datatypes::Schema::new(fields)))
+                    .with_batch_size(n)
+                    .build_decoder()?;
+            for t in &texts {
+                decoder.decode(t)?;
+                decoder.decode(b"\n")?;
+            }
+            let keys = decoder.flush()?.ok_or_else(|| {
+                SluiceError::invalid_parameter("tombstone keys are not JSON objects of the key columns")
+            })?;
+            for (j, c) in key_cols.iter().enumerate() {
+                columns[*c] = keys.column(j).clone();
+            }
+        }
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(arrow::datatypes::Schema::new(
+                payload
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        Ok((batch, kept))
+    }
+
     /// Decodes one partition's records into the declared columns; malformed
     /// ones go to the bad-record policy.
     fn decode(&mut self, buf: &[u8], records: &[&Record]) -> Result<Option<RecordBatch>> {
         let mut bad = Vec::new();
         let max = self.options.max_record_bytes;
+        let upsert = self.options.upsert_key.is_some();
+        // An upsert topic's empty records are tombstones of their keys.
+        let mut tombstones: Vec<usize> = Vec::new();
         let (payloads, sized): (Vec<&[u8]>, Vec<usize>) = records
             .iter()
             .enumerate()
@@ -558,6 +684,9 @@ impl KafkaSource {
                         ),
                     ));
                     None
+                } else if upsert && r.payload.is_empty() {
+                    tombstones.push(i);
+                    None
                 } else {
                     Some((&buf[r.payload.clone()], i))
                 }
@@ -567,6 +696,62 @@ impl KafkaSource {
             bad.push((sized[i], e));
             Ok(())
         })?;
+        // Records in the order of the batch's rows.
+        let mut order: Vec<usize> = match kept {
+            None => sized.clone(),
+            Some(kept) => kept.iter().map(|k| sized[*k]).collect(),
+        };
+        let (batch, ops) = if upsert {
+            let (keys, kept_tombstones) = self.tombstone_rows(buf, records, &tombstones, &mut bad)?;
+            // Upserts and tombstones merged back into the records' order.
+            let mut picks: Vec<(usize, usize, usize)> = order
+                .iter()
+                .enumerate()
+                .map(|(row, rec)| (*rec, 0, row))
+                .chain(
+                    kept_tombstones
+                        .iter()
+                        .enumerate()
+                        .map(|(row, rec)| (*rec, 1, row)),
+                )
+                .collect();
+            picks.sort_unstable();
+            let columns = (0..batch.num_columns())
+                .map(|c| {
+                    let from = [batch.column(c).as_ref(), keys.column(c).as_ref()];
+                    let at: Vec<(usize, usize)> = picks.iter().map(|(_, b, r)| (*b, *r)).collect();
+                    Ok(arrow::compute::interleave(&from, &at)?)
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let ops: ArrayRef = Arc::new(arrow::array::Int8Array::from_iter_values(
+                picks.iter().map(|(_, b, _)| if *b == 0 { 1i8 } else { -1 }),
+            ));
+            order = picks.iter().map(|(rec, _, _)| *rec).collect();
+            // Tombstones hold NULL outside their key.
+            let schema = Arc::new(arrow::datatypes::Schema::new(
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            ));
+            let batch = RecordBatch::try_new_with_options(
+                schema,
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(picks.len())),
+            )?;
+            (batch, Some(ops))
+        } else if self.decoder.is_changelog() {
+            // A changelog's op column rides along after the declared columns.
+            let n = batch.num_columns();
+            (
+                batch.project(&(0..n - 1).collect::<Vec<_>>())?,
+                Some(batch.column(n - 1).clone()),
+            )
+        } else {
+            (batch, None)
+        };
         // In the order they were read.
         bad.sort_by_key(|(i, _)| *i);
         for (i, error) in bad {
@@ -584,21 +769,9 @@ impl KafkaSource {
         if batch.num_rows() == 0 {
             return Ok(None);
         }
-        let rows: Vec<&Record> = match kept {
-            None => sized.iter().map(|i| records[*i]).collect(),
-            Some(kept) => kept.iter().map(|k| records[sized[*k]]).collect(),
-        };
+        let rows: Vec<&Record> = order.iter().map(|i| records[*i]).collect();
+        let op = ops;
         let topic = &self.options.topic;
-        // A changelog's op column rides along after the declared columns.
-        let (batch, op) = if self.decoder.is_changelog() {
-            let n = batch.num_columns();
-            (
-                batch.project(&(0..n - 1).collect::<Vec<_>>())?,
-                Some(batch.column(n - 1).clone()),
-            )
-        } else {
-            (batch, None)
-        };
         let batch = self.layout.assemble(batch, |field: &Field| {
             let array: ArrayRef = match metadata_key(field).unwrap_or_default() {
                 "key" => Arc::new(BinaryArray::from_iter(

@@ -333,6 +333,7 @@ impl<'a> Planner<'a> {
                     )));
                 }
                 let cols = vec![None; schema.fields().len()];
+                let upsert_key = source.upsert_key().map(<[usize]>::to_vec);
                 let mut node = self.make(
                     NodeKind::Source { table: source },
                     vec![],
@@ -341,6 +342,31 @@ impl<'a> Planner<'a> {
                     cols,
                     parallelism,
                 );
+                // An upsert topic's records become inserts and deletes of
+                // whole rows; a temporal join reads its upserts and
+                // tombstones as versions themselves.
+                if let Some(key) = upsert_key
+                    && !self.in_versions
+                {
+                    let keys = key
+                        .iter()
+                        .map(|&i| {
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                schema.field(i).name(),
+                                i,
+                            )) as Arc<dyn PhysicalExpr>
+                        })
+                        .collect();
+                    let cols = vec![None; schema.fields().len()];
+                    node = self.make(
+                        NodeKind::Keyed(Box::new(super::operators::UpsertSpec { keys })),
+                        vec![node],
+                        schema.clone(),
+                        true,
+                        cols,
+                        parallelism,
+                    );
+                }
                 // The scan's projection, in terms of the current node's columns.
                 let mut projection = scan.projection.clone();
                 if let Some(mut spec) = spec {
@@ -1079,6 +1105,21 @@ impl Planner<'_> {
                 bounds.extend(interval_bounds(f, &both, ls.fields().len(), &times));
             }
         }
+        // An inner join of append-only inputs whose condition bounds an
+        // input's event time from below by the other input's rows (`b.t >=
+        // a.t`, as in `b.t BETWEEN a.t AND ..`: a bid's rows expire at its
+        // own time) keeps that event time: a pair goes out when its later
+        // row comes, and that row is not late, so the pair's time is at or
+        // after the watermark (the least over both inputs). Both inputs
+        // expire, so late rows of either are dropped.
+        let own_time: Vec<usize> = (0..2)
+            .filter(|side| {
+                let (node, schema) = if *side == 0 { (&left, ls) } else { (&right, rs) };
+                event_time(node)
+                    .is_some_and(|t| bounds.iter().any(|(s, b)| s == side && *b == column(schema, t)))
+            })
+            .collect();
+        let bounded_sides: Vec<usize> = bounds.iter().map(|(s, _)| *s).collect();
         let mut expire: [Option<Arc<dyn PhysicalExpr>>; 2] = [None, None];
         for (side, bound) in bounds {
             let schema = if side == 0 { ls } else { rs };
@@ -1123,6 +1164,20 @@ impl Planner<'_> {
         } else {
             vec![None; schema.fields().len()]
         };
+        let event_time_out = match own_time.first() {
+            Some(&side)
+                if kind == JoinKind::Inner
+                    && !updating
+                    && !window_join
+                    && bounded_sides.contains(&0)
+                    && bounded_sides.contains(&1)
+                    && expire.iter().all(Option::is_some) =>
+            {
+                let t = event_time(if side == 0 { &left } else { &right }).expect("checked above");
+                Some(if side == 0 { t } else { ls.fields().len() + t })
+            }
+            _ => None,
+        };
         let par = self.parallelism;
         Ok(self.make(
             NodeKind::Keyed(Box::new(JoinSpec {
@@ -1132,6 +1187,7 @@ impl Planner<'_> {
                 time,
                 expire,
                 ttl: None,
+                event_time: event_time_out,
             })),
             vec![left, right],
             schema,
@@ -1260,10 +1316,25 @@ impl Planner<'_> {
                     // A changelog's retraction must carry its change's time
                     // (see `operators::temporal`).
                     let stream = &versions.stream;
+                    // An upsert topic's tombstones carry only their key and
+                    // the record's own metadata.
+                    let upsert = stream.upsert_key().is_some();
                     let change_time = stream.watermark.as_ref().is_some_and(|w| {
-                        crate::stream::metadata_key(stream.schema_ref().field(w.column))
-                            .is_some_and(|k| crate::stream::CHANGE_TIME_METADATA.contains(&k))
+                        crate::stream::metadata_key(stream.schema_ref().field(w.column)).is_some_and(|k| {
+                            if upsert {
+                                k == "timestamp"
+                            } else {
+                                crate::stream::CHANGE_TIME_METADATA.contains(&k)
+                            }
+                        })
                     });
+                    if !change_time && upsert {
+                        return Err(refuse(format!(
+                            "{name} FOR SYSTEM_TIME AS OF {as_of}: {name} is an upsert topic, so its versions' \
+                             time must be each record's own (a tombstone has no other): declare `ts TIMESTAMP(3) \
+                             METADATA FROM 'timestamp'` and WATERMARK FOR ts"
+                        )));
+                    }
                     if !change_time {
                         return Err(refuse(format!(
                             "{name} FOR SYSTEM_TIME AS OF {as_of}: {name} is a changelog, so its versions' \
@@ -1350,6 +1421,7 @@ fn event_time(node: &Node) -> Option<usize> {
     match &node.kind {
         NodeKind::Source { table } => table.watermark.as_ref().map(|w| w.column),
         NodeKind::Filter { .. } | NodeKind::Window { .. } => event_time(&node.inputs[0]),
+        NodeKind::Keyed(spec) if spec.event_time_column().is_some() => spec.event_time_column(),
         NodeKind::Keyed(spec) if spec.keeps_input_columns() => event_time(&node.inputs[0]),
         NodeKind::Project { exprs } => {
             let t = event_time(&node.inputs[0])?;

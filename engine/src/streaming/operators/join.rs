@@ -181,6 +181,10 @@ pub struct JoinSpec {
     /// `streaming.state_ttl`: rows of an input without a bound are evicted
     /// this long after they came.
     pub ttl: Option<std::time::Duration>,
+    /// The output column that is an event time (see the planner): an
+    /// inner interval join whose condition bounds one input's event time
+    /// from below by the other input's rows keeps it.
+    pub event_time: Option<usize>,
 }
 
 impl OperatorSpec for JoinSpec {
@@ -218,7 +222,14 @@ impl OperatorSpec for JoinSpec {
         {
             s.push_str(&format!(" ttl={}", crate::checkpoint::format_interval(Some(ttl))));
         }
+        if let Some(t) = self.event_time {
+            s.push_str(&format!(" event_time=#{t}"));
+        }
         s
+    }
+
+    fn event_time_column(&self) -> Option<usize> {
+        self.event_time
     }
 
     fn explain(&self) -> String {

@@ -32,6 +32,7 @@ mod session;
 mod temporal;
 mod topn;
 mod updating;
+mod upsert;
 mod window;
 
 pub use columnar::ColumnarAggregate;
@@ -41,6 +42,7 @@ pub use session::{SessionAggregate, SessionAggregateSpec, SessionLayout};
 pub use temporal::{TemporalJoin, TemporalJoinSpec};
 pub use topn::{OrderTerm, RankFunction, TopN, TopNSpec, topn_schema};
 pub use updating::{AggregateSpec, UpdatingAggregate, retractable};
+pub use upsert::{UpsertNormalize, UpsertSpec};
 pub use window::{WindowAggregate, WindowAggregateSpec, WindowKey};
 
 pub use crate::stream::{OP_COLUMN, with_op_column};
@@ -233,6 +235,12 @@ pub trait OperatorSpec: std::fmt::Debug + Send + Sync {
     /// (so its event time passes through).
     fn keeps_input_columns(&self) -> bool {
         false
+    }
+    /// The output column every row to come has at or after the watermark
+    /// the operator passes on (its event time), when it has one of its own
+    /// making (an interval join's).
+    fn event_time_column(&self) -> Option<usize> {
+        None
     }
 }
 

@@ -310,7 +310,7 @@ impl TemporalJoin {
                 }
                 let (k, r) = (keys.row(i).data(), rows.row(i).data());
                 if is_delete(i) {
-                    self.delete_latest(k, r);
+                    self.delete_latest(k);
                 } else {
                     self.replace_latest(k, r);
                 }
@@ -364,12 +364,17 @@ impl TemporalJoin {
         }
     }
 
-    /// At processing time a delete takes its key's version away (when it
-    /// is the row deleted).
-    fn delete_latest(&mut self, k: &[u8], r: &[u8]) {
-        let held = self.tables[1].count_of(k, r);
-        if held > 0 {
-            self.tables[1].add(k, r, -held, 0);
+    /// At processing time a delete takes its key's version away (a
+    /// Debezium delete names the row, an upsert topic's tombstone only the
+    /// key).
+    fn delete_latest(&mut self, k: &[u8]) {
+        let held: Vec<(Box<[u8]>, i64)> = self.tables[1]
+            .bucket(k)
+            .iter()
+            .map(|e| (Box::<[u8]>::from(e.row), e.count))
+            .collect();
+        for (row, count) in held {
+            self.tables[1].add(k, &row, -count, 0);
         }
         self.retracted += 1;
     }
