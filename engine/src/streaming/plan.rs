@@ -1112,11 +1112,19 @@ impl Planner<'_> {
         // row comes, and that row is not late, so the pair's time is at or
         // after the watermark (the least over both inputs). Both inputs
         // expire, so late rows of either are dropped.
-        let own_time: Vec<usize> = (0..2)
-            .filter(|side| {
-                let (node, schema) = if *side == 0 { (&left, ls) } else { (&right, rs) };
-                event_time(node)
-                    .is_some_and(|t| bounds.iter().any(|(s, b)| s == side && *b == column(schema, t)))
+        // With a lag (`b.t >= a.t - INTERVAL '1' SECOND`) the watermark
+        // passed on trails by it. Per side: the least lag found.
+        let own_time: Vec<(usize, i64)> = (0..2)
+            .filter_map(|side| {
+                let (node, schema) = if side == 0 { (&left, ls) } else { (&right, rs) };
+                let t = event_time(node)?;
+                let col = column(schema, t);
+                bounds
+                    .iter()
+                    .filter(|(s, _)| *s == side)
+                    .filter_map(|(_, b)| bound_lag(b, &col))
+                    .min()
+                    .map(|lag| (side, lag))
             })
             .collect();
         let bounded_sides: Vec<usize> = bounds.iter().map(|(s, _)| *s).collect();
@@ -1164,8 +1172,9 @@ impl Planner<'_> {
         } else {
             vec![None; schema.fields().len()]
         };
-        let event_time_out = match own_time.first() {
-            Some(&side)
+        let own_time = own_time.iter().min_by_key(|(_, lag)| *lag).copied();
+        let event_time_out = match own_time {
+            Some((side, _))
                 if kind == JoinKind::Inner
                     && !updating
                     && !window_join
@@ -1188,6 +1197,7 @@ impl Planner<'_> {
                 expire,
                 ttl: None,
                 event_time: event_time_out,
+                event_time_lag: own_time.map_or(0, |(_, lag)| lag),
             })),
             vec![left, right],
             schema,
@@ -1535,6 +1545,39 @@ fn interval_bounds(
         out.push((side, bound));
     }
     out
+}
+
+/// How far (µs) an input's event time `col` may trail the other input's
+/// time given its interval bound `bound` (`col`: 0; `col + c`: c; `col -
+/// c`: it can't trail, 0). None: the bound is not of that form.
+fn bound_lag(bound: &Expr, col: &Expr) -> Option<i64> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    if bound == col {
+        return Some(0);
+    }
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = bound else {
+        return None;
+    };
+    if left.as_ref() != col {
+        return None;
+    }
+    let Expr::Literal(c, _) = right.as_ref() else {
+        return None;
+    };
+    let micros = match c {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000
+        }
+        _ => return None,
+    };
+    match op {
+        Operator::Plus => Some(micros.max(0)),
+        Operator::Minus => Some(0),
+        _ => None,
+    }
 }
 
 /// Whether every source under a node ends (bounded input).

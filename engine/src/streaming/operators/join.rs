@@ -185,6 +185,9 @@ pub struct JoinSpec {
     /// inner interval join whose condition bounds one input's event time
     /// from below by the other input's rows keeps it.
     pub event_time: Option<usize>,
+    /// How far (µs) that time may trail the other input's (`b.t >= a.t -
+    /// INTERVAL '1' SECOND`: 1 s): the watermark passed on trails by it.
+    pub event_time_lag: i64,
 }
 
 impl OperatorSpec for JoinSpec {
@@ -224,6 +227,9 @@ impl OperatorSpec for JoinSpec {
         }
         if let Some(t) = self.event_time {
             s.push_str(&format!(" event_time=#{t}"));
+            if self.event_time_lag > 0 {
+                s.push_str(&format!(" watermark_lag={}us", self.event_time_lag));
+            }
         }
         s
     }
@@ -265,7 +271,12 @@ impl OperatorSpec for JoinSpec {
                 self.filter.clone(),
                 ctx.schema.clone(),
             )?
-            .with_ttl(self.ttl),
+            .with_ttl(self.ttl)
+            .with_watermark_lag(if self.event_time.is_some() {
+                self.event_time_lag
+            } else {
+                0
+            }),
         ))
     }
 
@@ -301,6 +312,9 @@ pub struct StreamingJoin {
     ttl_us: Option<i64>,
     /// The processing time to use instead of the clock (tests).
     fixed_now: Option<i64>,
+    /// How far the watermark passed on trails the inputs' (µs; see
+    /// `JoinSpec::event_time_lag`).
+    watermark_lag: i64,
 }
 
 /// Processing time in microseconds.
@@ -356,7 +370,15 @@ impl StreamingJoin {
             defer,
             ttl_us: None,
             fixed_now: None,
+            watermark_lag: 0,
         })
+    }
+
+    /// Passes on the watermark `lag` µs behind the inputs' (an output
+    /// event time that trails the other input's by up to that).
+    pub fn with_watermark_lag(mut self, lag: i64) -> Self {
+        self.watermark_lag = lag.max(0);
+        self
     }
 
     /// Evicts rows of inputs without an interval bound `ttl` after they
@@ -880,6 +902,13 @@ impl KeyedOperator for StreamingJoin {
 
     fn take_late(&mut self) -> u64 {
         std::mem::take(&mut self.late)
+    }
+
+    fn output_watermark(&self, watermark: i64) -> i64 {
+        if watermark == i64::MAX {
+            return watermark;
+        }
+        watermark.saturating_sub(self.watermark_lag)
     }
 
     fn expired_rows(&self) -> u64 {

@@ -152,6 +152,13 @@ pub trait KeyedOperator: Send {
         let _ = (input, watermark, out);
         Ok(())
     }
+    /// The watermark passed downstream after a progress step at
+    /// `watermark` (the least over the inputs): the same, unless the
+    /// operator's output can come behind it (an interval join whose output
+    /// time trails the other input's by up to a bound). Must not go back.
+    fn output_watermark(&self, watermark: i64) -> i64 {
+        watermark
+    }
     /// (rows, bytes) of state held.
     fn state_size(&self) -> (usize, usize);
     /// Late rows dropped since the last call.

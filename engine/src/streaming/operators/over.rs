@@ -674,12 +674,7 @@ impl OverAggregate {
                 }
             }
             let n = keys.len();
-            let parser = self.keys.parser();
-            let keys = if self.partition.is_empty() {
-                vec![]
-            } else {
-                self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
-            };
+            let keys = self.key_columns(keys.iter().map(|k| &**k))?;
             let nulls = self
                 .input
                 .fields()
@@ -739,15 +734,20 @@ impl OverAggregate {
         self.pending.retain(|_, rows| !rows.is_empty());
     }
 
+    /// Partition keys (in the row format) back as the key columns (none
+    /// without PARTITION BY).
+    fn key_columns<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<Vec<ArrayRef>> {
+        if self.partition.is_empty() {
+            return Ok(vec![]);
+        }
+        let parser = self.keys.parser();
+        Ok(self.keys.convert_rows(keys.map(|k| parser.parse(k)))?)
+    }
+
     /// A row per partition in `keys`, saying its earlier state is gone.
     fn cleared_batch(&self, keys: &[&[u8]], states: &[Field]) -> Result<RecordBatch> {
         let n = keys.len();
-        let parser = self.keys.parser();
-        let key_cols = if self.partition.is_empty() {
-            vec![]
-        } else {
-            self.keys.convert_rows(keys.iter().map(|k| parser.parse(k)))?
-        };
+        let key_cols = self.key_columns(keys.iter().copied())?;
         let nulls = self
             .input
             .fields()

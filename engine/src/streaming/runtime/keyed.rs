@@ -292,7 +292,7 @@ async fn run_keyed(
                     // Changes are followed by a progress step, so an
                     // updating operator downstream emits them too.
                     let step = if advanced {
-                        Some(Message::Watermark(watermark))
+                        Some(Message::Watermark(op.output_watermark(watermark)))
                     } else {
                         emitted.then_some(Message::Progress)
                     };

@@ -574,3 +574,15 @@ fn rows_past_the_state_ttl_are_evicted() {
     back.on_watermark(i64::MIN, &mut out).unwrap();
     assert_eq!(back.state_size().0, 0);
 }
+
+#[test]
+fn a_join_with_a_watermark_lag_passes_its_watermark_on_behind_by_it() {
+    // Without a lag the watermark goes on as it came; with one it trails
+    // by it, and the end of input stays the end.
+    let plain = interval_join(JoinKind::Inner);
+    assert_eq!(plain.output_watermark(5_000_000), 5_000_000);
+    let lagging = interval_join(JoinKind::Inner).with_watermark_lag(1_000_000);
+    assert_eq!(lagging.output_watermark(5_000_000), 4_000_000);
+    assert_eq!(lagging.output_watermark(i64::MIN), i64::MIN);
+    assert_eq!(lagging.output_watermark(i64::MAX), i64::MAX);
+}
