@@ -716,10 +716,10 @@ impl KafkaSource {
                 )
                 .collect();
             picks.sort_unstable();
+            let at: Vec<(usize, usize)> = picks.iter().map(|(_, b, r)| (*b, *r)).collect();
             let columns = (0..batch.num_columns())
                 .map(|c| {
                     let from = [batch.column(c).as_ref(), keys.column(c).as_ref()];
-                    let at: Vec<(usize, usize)> = picks.iter().map(|(_, b, r)| (*b, *r)).collect();
                     Ok(arrow::compute::interleave(&from, &at)?)
                 })
                 .collect::<Result<Vec<ArrayRef>>>()?;
