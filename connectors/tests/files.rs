@@ -469,3 +469,129 @@ async fn lookup_joins_read_tables_once_or_again_at_an_interval() {
     assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
     assert!(err.to_string().contains("PROCTIME()"), "{err}");
 }
+
+/// A temporal join by event time against a materialized view that keeps
+/// each currency's latest rate (Flink's versioned view): each order meets
+/// the rate its currency had at the order's time, as a join against the
+/// rates stream itself does, not the view's current rate. Views that have
+/// no versions by event time, and a join on another key, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporal_join_reads_a_versioned_materialized_view_by_event_time() {
+    let work = tempfile::tempdir().unwrap();
+    let (rates, orders) = (work.path().join("rates"), work.path().join("orders"));
+    let row = |fields: &str, at: &str| format!("{{{fields}, \"ts\": \"2026-12-07T{at}:00\"}}\n");
+    // Out of time order, within the watermark's delay.
+    let history = [
+        row("\"currency\": \"EUR\", \"rate\": 100", "10:00"),
+        row("\"currency\": \"EUR\", \"rate\": 120", "10:20"),
+        row("\"currency\": \"USD\", \"rate\": 200", "10:00"),
+        row("\"currency\": \"EUR\", \"rate\": 150", "10:05"),
+        row("\"currency\": \"USD\", \"rate\": 250", "10:10"),
+    ];
+    land(&rates, "a.json", history.concat().as_bytes());
+    let placed = [
+        (1, "EUR", "09:59"),
+        (2, "EUR", "10:01"),
+        (3, "EUR", "10:05"),
+        (4, "USD", "10:09"),
+        (5, "USD", "10:30"),
+        (6, "EUR", "10:30"),
+        (7, "GBP", "10:30"),
+    ];
+    let lines: String = placed
+        .iter()
+        .map(|(id, c, at)| row(&format!("\"id\": {id}, \"currency\": \"{c}\""), at))
+        .collect();
+    land(&orders, "a.json", lines.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut s) = engine(dir.path(), 2).await;
+    for (name, columns, path) in [
+        ("rates", "currency TEXT, rate BIGINT", &rates),
+        ("orders", "id BIGINT, currency TEXT", &orders),
+    ] {
+        exec(
+            &mut s,
+            &format!(
+                "CREATE STREAM {name} ({columns}, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' HOUR) \
+                 WITH (connector = 'filesystem', path = '{}', format = 'json', 'scan.mode' = 'bounded')",
+                path.display()
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW latest_rates AS SELECT currency, rate, ts FROM ( \
+           SELECT *, ROW_NUMBER() OVER (PARTITION BY currency ORDER BY ts DESC) AS rn FROM rates) \
+         WHERE rn = 1",
+    )
+    .await
+    .unwrap();
+    let current: BTreeMap<String, i64> = [("EUR", 120), ("USD", 250)]
+        .iter()
+        .map(|(c, r)| (c.to_string(), *r))
+        .collect();
+    let got = wait_for(&mut s, "SELECT currency, rate FROM latest_rates", &current).await;
+    assert_eq!(got, current, "the view holds each currency's latest rate");
+
+    let join = |view: &str, versioned: &str| {
+        format!(
+            "CREATE MATERIALIZED VIEW {view} AS SELECT CAST(o.id AS TEXT) AS id, coalesce(r.rate, 0) AS rate \
+             FROM orders o LEFT JOIN {versioned} FOR SYSTEM_TIME AS OF o.ts AS r ON o.currency = r.currency"
+        )
+    };
+    // The rate of each order's currency at the order's time (0: none yet).
+    let want: BTreeMap<String, i64> = [(1, 0), (2, 100), (3, 150), (4, 200), (5, 250), (6, 120), (7, 0)]
+        .iter()
+        .map(|(id, r)| (id.to_string(), *r))
+        .collect();
+    exec(&mut s, &join("by_view", "latest_rates")).await.unwrap();
+    let got = wait_for(&mut s, "SELECT id, rate FROM by_view", &want).await;
+    assert_eq!(got, want, "orders meet the view's version at their time");
+    exec(&mut s, &join("by_stream", "rates")).await.unwrap();
+    let got = wait_for(&mut s, "SELECT id, rate FROM by_stream", &want).await;
+    assert_eq!(got, want, "the same as against the stream");
+
+    // EXPLAIN shows no deduplication on the versioned side: the join
+    // looks the latest version up itself.
+    let plan = exec(&mut s, &format!("EXPLAIN {}", join("v", "latest_rates")))
+        .await
+        .unwrap();
+    let text = sluice_engine::datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("TemporalJoin"), "{text}");
+    assert!(!text.contains("TopN"), "{text}");
+
+    // Views without versions by event time, and a join on another key.
+    for (view, query, says) in [
+        (
+            "first_rates",
+            "SELECT currency, rate, ts FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY currency ORDER BY ts) \
+             AS rn FROM rates) WHERE rn = 1",
+            "keeps each key's latest row",
+        ),
+        (
+            "summed_rates",
+            "SELECT currency, sum(rate) AS rate, max(ts) AS ts FROM rates GROUP BY currency",
+            "its query has an aggregate",
+        ),
+    ] {
+        exec(&mut s, &format!("CREATE MATERIALIZED VIEW {view} AS {query}"))
+            .await
+            .unwrap();
+        let err = exec(&mut s, &join("bad", view)).await.unwrap_err();
+        assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let err = exec(
+        &mut s,
+        "CREATE MATERIALIZED VIEW bad AS SELECT o.id, r.rate FROM orders o \
+         JOIN latest_rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.id = r.rate",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), sluice_engine::ErrorKind::NotSupported, "{err}");
+    assert!(err.to_string().contains("the view's key (currency)"), "{err}");
+}

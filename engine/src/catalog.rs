@@ -31,6 +31,8 @@ pub enum ObjectKind {
     Sink,
     /// A continuous query whose result is kept and served.
     MaterializedView,
+    /// A named query, planned into the queries that read it.
+    View,
 }
 
 impl ObjectKind {
@@ -41,6 +43,7 @@ impl ObjectKind {
             ObjectKind::Stream => "stream",
             ObjectKind::Sink => "sink",
             ObjectKind::MaterializedView => "materialized view",
+            ObjectKind::View => "view",
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::stream::{SourceRegistry, StreamTable, check_options};
 use crate::streaming::window::{Streams, WindowFunction, rewrite_window_calls, watermark_delay};
 
 mod continuous;
+mod views;
 
 /// The name of Sluice's one catalog (what `current_database()` returns).
 pub const CATALOG_NAME: &str = "sluice";
@@ -322,9 +323,7 @@ impl Engine {
             &config.file_roots,
             &own,
         )?);
-        let mut entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
-        // Tables and streams first: sinks and views read them.
-        entries.sort_by_key(|e| matches!(e.kind, ObjectKind::Sink | ObjectKind::MaterializedView));
+        let entries: Vec<CatalogEntry> = catalog.entries().cloned().collect();
         let engine = Engine {
             inner: Arc::new(Inner {
                 template,
@@ -347,16 +346,48 @@ impl Engine {
                     .unwrap_or(crate::streaming::mview::SUBSCRIBER_BACKLOG_BYTES),
             }),
         };
-        for entry in entries {
+        // Tables and streams first, then views, then sinks and materialized
+        // views: each reads what comes before it.
+        let mut failed: Vec<(CatalogEntry, SluiceError)> = Vec::new();
+        let (views, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.kind == ObjectKind::View);
+        let (first, jobs): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|e| matches!(e.kind, ObjectKind::Table | ObjectKind::Stream));
+        for entry in first {
             if let Err(e) = engine.restore(&entry).await {
-                tracing::warn!(name = %entry.name, error = %e, "could not restore catalog entry");
-                engine
-                    .inner
-                    .unavailable
-                    .lock()
-                    .expect("unavailable map poisoned")
-                    .insert(entry.name.clone(), e.to_string());
+                failed.push((entry, e));
             }
+        }
+        // Views in rounds: one that reads a view not yet restored comes
+        // back in a later round.
+        let mut waiting = views;
+        loop {
+            let before = waiting.len();
+            let mut again = Vec::new();
+            for entry in std::mem::take(&mut waiting) {
+                if let Err(e) = engine.restore(&entry).await {
+                    again.push((entry, e));
+                }
+            }
+            if again.is_empty() || again.len() == before {
+                failed.extend(again);
+                break;
+            }
+            waiting = again.into_iter().map(|(entry, _)| entry).collect();
+        }
+        for entry in jobs {
+            if let Err(e) = engine.restore(&entry).await {
+                failed.push((entry, e));
+            }
+        }
+        for (entry, e) in failed {
+            tracing::warn!(name = %entry.name, error = %e, "could not restore catalog entry");
+            engine
+                .inner
+                .unavailable
+                .lock()
+                .expect("unavailable map poisoned")
+                .insert(entry.name.clone(), e.to_string());
         }
         Ok(engine)
     }
@@ -441,6 +472,17 @@ impl Engine {
             Some(Statement::CreateStream(create)) => session.create_stream(create, false).await,
             Some(Statement::CreateSink(create)) => session.create_job(create, true, false).await,
             Some(Statement::CreateMaterializedView(create)) => session.create_job(create, false, false).await,
+            Some(Statement::DataFusion(statement @ DFStatement::Statement(_))) => {
+                match session.prepare_inner(statement).await?.action {
+                    Action::CreateView { plan, name, sql, .. } => {
+                        session.create_view(plan, &name, &sql, false, false, false).await
+                    }
+                    _ => Err(SluiceError::internal(format!(
+                        "catalog entry {} does not hold a CREATE statement",
+                        entry.name
+                    ))),
+                }
+            }
             _ => Err(SluiceError::internal(format!(
                 "catalog entry {} does not hold a CREATE statement",
                 entry.name
@@ -630,6 +672,20 @@ enum Action {
         names: Vec<String>,
     },
     CreateStream(Box<CreateStream>),
+    /// `CREATE [OR REPLACE] VIEW`: DataFusion registers the view, Sluice
+    /// records it durably (`sql`).
+    CreateView {
+        plan: LogicalPlan,
+        name: String,
+        sql: String,
+        replace: bool,
+        if_not_exists: bool,
+    },
+    /// `DROP VIEW`.
+    DropView {
+        names: Vec<String>,
+        if_exists: bool,
+    },
     /// `CREATE SINK` (`sink: true`) or `CREATE MATERIALIZED VIEW`.
     CreateJob {
         create: Box<CreateJob>,
@@ -754,6 +810,8 @@ impl Action {
             Action::CreateTable(_) => Some("create tables"),
             Action::DropTable { .. } => Some("drop tables"),
             Action::CreateStream(_) => Some("create streams"),
+            Action::CreateView { .. } => Some("create views"),
+            Action::DropView { .. } => Some("drop views"),
             Action::DropStream { .. } => Some("drop streams"),
             Action::CreateJob { .. } => Some("create sinks or materialized views"),
             Action::DropJob { .. } => Some("drop sinks or materialized views"),
@@ -1591,11 +1649,33 @@ impl Session {
                          (ALTER ROLE name SUPERUSER | NOSUPERUSER)",
                     ));
                 }
-                SqlStatement::CreateView { .. } => {
-                    return Err(SluiceError::not_supported(
-                        "CREATE VIEW is not supported yet: views are not kept across restarts",
-                    ));
+                SqlStatement::CreateView(mut create) if !create.materialized => {
+                    crate::streaming::window::rewrite_window_calls(&mut create.query);
+                    let name = normalize_name(&create.name);
+                    let (replace, if_not_exists) = (create.or_replace, create.if_not_exists);
+                    let sql = SqlStatement::CreateView(create.clone()).to_string();
+                    let plan = self
+                        .ctx
+                        .state()
+                        .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::CreateView(create))))
+                        .await?;
+                    Action::CreateView {
+                        plan,
+                        name,
+                        sql,
+                        replace,
+                        if_not_exists,
+                    }
                 }
+                SqlStatement::Drop {
+                    object_type: ast::ObjectType::View,
+                    ref names,
+                    if_exists,
+                    ..
+                } => Action::DropView {
+                    names: names.iter().map(normalize_name).collect(),
+                    if_exists,
+                },
                 other => self.plan_with_datafusion(other).await?,
             },
             DFStatement::CopyTo(copy) => {
@@ -1845,6 +1925,11 @@ impl Session {
                             ),
                         ));
                     }
+                    if let Some(reader) = views::reader_of(&catalog, name)?
+                        && !names.contains(&reader.name)
+                    {
+                        return Err(views::still_read(name, ObjectKind::Table, reader));
+                    }
                 }
                 self.ctx.execute_logical_plan(plan.clone()).await?;
                 for name in names {
@@ -1852,6 +1937,27 @@ impl Session {
                 }
                 Ok(Output::Command {
                     tag: "DROP TABLE".into(),
+                    rows: None,
+                })
+            }
+            Action::CreateView {
+                plan,
+                name,
+                sql,
+                replace,
+                if_not_exists,
+            } => {
+                self.create_view(plan.clone(), name, sql, *replace, *if_not_exists, true)
+                    .await?;
+                Ok(Output::Command {
+                    tag: "CREATE VIEW".into(),
+                    rows: None,
+                })
+            }
+            Action::DropView { names, if_exists } => {
+                self.drop_views(names, *if_exists).await?;
+                Ok(Output::Command {
+                    tag: "DROP VIEW".into(),
                     rows: None,
                 })
             }
@@ -1872,14 +1978,21 @@ impl Session {
                                 format!("cannot drop stream {name}: {job} reads it; drop {job} first"),
                             ));
                         }
+                        if let Some(reader) = views::reader_of(&catalog, name)? {
+                            return Err(views::still_read(name, ObjectKind::Stream, reader));
+                        }
                         self.ctx.deregister_table(name.as_str())?;
                         self.engine.inner.streams.remove(name);
                         catalog.remove(name)?;
                     }
-                    Some(ObjectKind::Sink | ObjectKind::MaterializedView) => {
+                    Some(kind @ (ObjectKind::Sink | ObjectKind::MaterializedView | ObjectKind::View)) => {
                         return Err(SluiceError::new(
                             ErrorKind::Semantic,
-                            format!("{name} is not a stream; use DROP SINK or DROP MATERIALIZED VIEW"),
+                            format!(
+                                "{name} is a {}, not a stream; use DROP {} {name}",
+                                kind.noun(),
+                                kind.noun().to_ascii_uppercase()
+                            ),
                         ));
                     }
                     Some(ObjectKind::Table) => {

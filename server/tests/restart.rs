@@ -72,6 +72,139 @@ fn a_table_whose_storage_is_gone_at_start_is_kept_and_explained() {
     assert_eq!(p.psql(&["-tA", "-c", "SELECT count(*) FROM trips"]).trim(), "3");
 }
 
+/// Views are kept across kill -9, a view over a view included (restored
+/// in rounds whatever their names' order), and what a view reads can't be
+/// dropped from under it.
+#[test]
+fn views_survive_kill_9_and_keep_what_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let mut p = SluiceProcess::start(&data);
+    write_trips(&p, &lake.join("trips"));
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE EXTERNAL TABLE trips STORED AS PARQUET PARTITIONED BY (dt) LOCATION '{}/'",
+            lake.join("trips").display()
+        ),
+    ]);
+    // `a_fares` reads `z_fares`: restored by name, it would come first.
+    p.psql(&[
+        "-c",
+        "CREATE VIEW z_fares AS SELECT dt, fare FROM trips WHERE fare > 0",
+    ]);
+    p.psql(&[
+        "-c",
+        "CREATE VIEW a_fares AS SELECT dt, sum(fare) AS total FROM z_fares GROUP BY dt",
+    ]);
+    p.psql(&["-c", "CREATE OR REPLACE VIEW a_fares AS SELECT dt, sum(fare) AS total, count(*) AS n FROM z_fares GROUP BY dt"]);
+    let before = p.psql(&["-tA", "-c", "SELECT dt, total, n FROM a_fares ORDER BY dt"]);
+    assert!(before.contains('|'), "{before}");
+    p.kill9();
+
+    let mut p = SluiceProcess::start(&data);
+    let after = p.psql(&["-tA", "-c", "SELECT dt, total, n FROM a_fares ORDER BY dt"]);
+    assert_eq!(after, before, "the replaced definition, restored");
+    for (sql, says) in [
+        (
+            "DROP TABLE trips",
+            "cannot drop table trips: view z_fares reads it",
+        ),
+        (
+            "DROP VIEW z_fares",
+            "cannot drop view z_fares: view a_fares reads it",
+        ),
+        (
+            "CREATE OR REPLACE VIEW z_fares AS SELECT 1 AS one",
+            "view a_fares reads it",
+        ),
+        ("DROP VIEW trips", "\"trips\" is not a view"),
+        ("CREATE VIEW trips AS SELECT 1 AS one", "already exists"),
+    ] {
+        let out = p.psql_output("sluice", &["-c", sql]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{sql}: {stderr}");
+    }
+    // Both at once: the reader goes with what it reads.
+    p.psql(&["-c", "DROP VIEW a_fares, z_fares"]);
+    p.psql(&["-c", "DROP TABLE trips"]);
+    p.kill9();
+    let p = SluiceProcess::start(&data);
+    let out = p.psql_output("sluice", &["-c", "SELECT * FROM z_fares"]);
+    assert!(!out.status.success(), "a dropped view stays dropped");
+}
+
+/// A lookup join's refreshing table is read anew when its job restores
+/// from a checkpoint: a row deleted from the table while the server was down is
+/// gone for the orders read afterwards (they wait for the new read), a
+/// changed row is the new one, and what went out before stands.
+#[test]
+fn a_lookup_join_restored_reads_its_table_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (dim, orders) = (dir.path().join("dim"), dir.path().join("orders"));
+    std::fs::create_dir_all(&dim).unwrap();
+    std::fs::create_dir_all(&orders).unwrap();
+    std::fs::write(dim.join("rates.csv"), "currency,rate\nEUR,10\nUSD,20\n").unwrap();
+    let order = |ids: std::ops::Range<i64>| -> String {
+        ids.map(|i| {
+            format!(
+                "{{\"id\": {i}, \"currency\": \"{}\"}}\n",
+                ["EUR", "USD"][i as usize % 2]
+            )
+        })
+        .collect()
+    };
+    std::fs::write(orders.join("a.json"), order(0..4)).unwrap();
+    let env = [("SLUICE_CHECKPOINT_INTERVAL", "300ms")];
+    let mut p = SluiceProcess::start_with(&data, &env);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE EXTERNAL TABLE rates STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+            dim.display()
+        ),
+    ]);
+    p.psql(&[
+        "-c",
+        &format!(
+            "CREATE STREAM orders (id BIGINT, currency TEXT) WITH (connector = 'filesystem', path = '{}', \
+             format = 'json', 'source.monitor-interval' = '100ms')",
+            orders.display()
+        ),
+    ]);
+    // Read again every hour: not while this test runs, but after a restore.
+    p.psql(&[
+        "-c",
+        "SET streaming.lookup_refresh = '1h'",
+        "-c",
+        "CREATE MATERIALIZED VIEW priced AS SELECT o.id, coalesce(r.rate, 0) AS rate FROM orders o \
+         LEFT JOIN rates FOR SYSTEM_TIME AS OF PROCTIME() AS r ON o.currency = r.currency",
+    ]);
+    let rows = |p: &SluiceProcess| p.psql(&["-tA", "-c", "SELECT id, rate FROM priced ORDER BY id"]);
+    let first = "0|10\n1|20\n2|10\n3|20\n";
+    wait_for("the first orders", || (rows(&p) == first).then_some(()));
+    let done = completed_epoch(&p, "priced");
+    wait_for("a checkpoint after them", || {
+        (completed_epoch(&p, "priced") > done.map(|e| e + 1).or(Some(1))).then_some(())
+    });
+    p.kill9();
+
+    // While the server is down USD leaves the table and EUR changes.
+    std::fs::write(dim.join("rates.csv"), "currency,rate\nEUR,11\n").unwrap();
+    std::fs::write(orders.join("b.json"), order(4..8)).unwrap();
+    let p = SluiceProcess::start_with(&data, &env);
+    let want = format!("{first}4|11\n5|0\n6|11\n7|0\n");
+    wait_for("the orders after the restart", || {
+        (rows(&p) == want).then_some(())
+    });
+    let restored = checkpoints(&p)
+        .into_iter()
+        .any(|(job, _, status)| job == "priced" && status == "restored");
+    assert!(restored, "the job started from its checkpoint");
+}
+
 /// Polls `f` every 200 ms for up to 60 s until it returns `Some`.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

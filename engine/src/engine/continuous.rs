@@ -150,18 +150,29 @@ impl Session {
         query: &datafusion::sql::sqlparser::ast::Query,
         lookup_refresh: Option<std::time::Duration>,
     ) -> Result<Node> {
-        let mut query = query.clone();
-        rewrite_window_calls(&mut query);
         let state = self.ctx.state();
-        let plan = state
-            .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(
-                query,
-            )))))
-            .await?;
+        let plan = self.job_query_plan(query).await?;
         let plan = state.optimize(&plan)?;
         Planner::new(state.execution_props(), self.engine.inner.parallelism)
             .with_lookup_refresh(lookup_refresh)
             .plan(&plan)
+    }
+
+    /// A continuous query's logical plan, as planned from its SQL (not yet
+    /// optimized).
+    async fn job_query_plan(
+        &self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        let mut query = query.clone();
+        rewrite_window_calls(&mut query);
+        Ok(self
+            .ctx
+            .state()
+            .statement_to_plan(DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(
+                query,
+            )))))
+            .await?)
     }
 
     /// The settings a job runs with: a new one (`persist`) takes this
@@ -281,6 +292,8 @@ impl Session {
         let mut node = self
             .plan_job_with(&create.query, settings.lookup_refresh())
             .await?;
+        // A view keeps its query: a temporal join reads its versions from it.
+        let definition = self.job_query_plan(&create.query).await?;
         // Read before this job's own checkpoints are reset: a sink may start
         // where another (even a dropped one of the same name) stopped.
         let start_from = match create.options.get("start_from") {
@@ -310,6 +323,7 @@ impl Session {
             (job, None, log)
         } else {
             let (job, view) = self.start_view(&name, &create.options, node, checkpoints, start_from)?;
+            view.set_definition(definition);
             (job, Some(view), None)
         };
         if restoring && let Some(h) = &history {
@@ -610,6 +624,9 @@ impl Session {
                     format!("{} \"{name}\" does not exist", want.noun()),
                 ));
             }
+        }
+        if !sink && let Some(reader) = super::views::reader_of(&catalog, name)? {
+            return Err(super::views::still_read(name, want, reader));
         }
         catalog.remove(name)?;
         let _ = self.ctx.deregister_table(name);

@@ -121,6 +121,9 @@ pub struct MaterializedView {
     subscribers: std::sync::Mutex<Vec<Subscriber>>,
     /// Latest watermark applied (microseconds).
     watermark: std::sync::atomic::AtomicI64,
+    /// The view's query as planned from its SQL (before optimizing): a
+    /// temporal join reads the view's versions by event time from it.
+    definition: std::sync::OnceLock<datafusion::logical_expr::LogicalPlan>,
 }
 
 impl std::fmt::Debug for MaterializedView {
@@ -140,7 +143,18 @@ impl MaterializedView {
             state: RwLock::new(vec![state]),
             subscribers: Default::default(),
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+            definition: Default::default(),
         })
+    }
+
+    /// Keeps the view's query (see [`Self::definition`]); set once.
+    pub fn set_definition(&self, plan: datafusion::logical_expr::LogicalPlan) {
+        let _ = self.definition.set(plan);
+    }
+
+    /// The view's query, planned from its SQL, when it was kept.
+    pub fn definition(&self) -> Option<&datafusion::logical_expr::LogicalPlan> {
+        self.definition.get()
     }
 
     fn new_part(schema: &SchemaRef, updating: bool) -> Result<State> {

@@ -204,6 +204,10 @@ pub struct Planner<'a> {
     /// `streaming.lookup_refresh`: how often a table a lookup join reads
     /// is read again (None: once per job start).
     lookup_refresh: Option<std::time::Duration>,
+    /// The key of the versioned view a temporal join's versioned input
+    /// read (its deduplication's PARTITION BY columns), which must be the
+    /// join's key.
+    versions_key: Option<Vec<String>>,
 }
 
 fn refuse(what: impl Into<String>) -> SluiceError {
@@ -218,6 +222,7 @@ impl<'a> Planner<'a> {
             next_id: 0,
             in_versions: false,
             lookup_refresh: None,
+            versions_key: None,
         }
     }
 
@@ -971,6 +976,9 @@ impl Planner<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let input = self.node(&w.input)?;
+        if self.in_versions {
+            return self.versioned_view(wf, w, input, limit, &rest).map(Some);
+        }
         let schema: SchemaRef = Arc::new(w.schema.as_arrow().clone());
         let cols = vec![None; schema.fields().len()];
         let par = if partition.is_empty() { 1 } else { self.parallelism };
@@ -999,6 +1007,65 @@ impl Planner<'_> {
             );
         }
         Ok(Some(node))
+    }
+
+    /// The deduplication of a versioned view read by a temporal join
+    /// (`ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time DESC) = 1`,
+    /// see `versioned::view_versions`): the temporal join over the rows
+    /// themselves looks up the same version (the key's row with the latest
+    /// time up to the probe's), so the rows go on as they are, their rank 1.
+    /// The key is kept for the join to check.
+    fn versioned_view(
+        &mut self,
+        wf: &datafusion::logical_expr::expr::WindowFunction,
+        w: &datafusion::logical_expr::Window,
+        input: Node,
+        limit: i64,
+        rest: &[Expr],
+    ) -> Result<Node> {
+        let keeps_latest = wf.fun.name() == "row_number"
+            && limit == 1
+            && rest.is_empty()
+            && !input.updating
+            && matches!(wf.params.order_by.as_slice(), [s] if !s.asc
+                && column_of(&s.expr, w.input.schema()).is_some_and(|c| event_time(&input) == Some(c)));
+        if !keeps_latest {
+            return Err(refuse(
+                "a view read FOR SYSTEM_TIME AS OF has versions by event time when it keeps each key's \
+                 latest row: ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time DESC) = 1, and no \
+                 other condition on the rank",
+            ));
+        }
+        let in_schema = w.input.schema();
+        let mut key = Vec::new();
+        for e in &wf.params.partition_by {
+            let Some(c) = column_of(e, in_schema) else {
+                return Err(refuse(
+                    "a versioned view's PARTITION BY must name columns (they are the key the temporal join \
+                     looks versions up by)",
+                ));
+            };
+            key.push(in_schema.field(c).name().clone());
+        }
+        self.versions_key = Some(key);
+        let schema: SchemaRef = Arc::new(w.schema.as_arrow().clone());
+        let rank = schema.field(schema.fields().len() - 1);
+        let one = datafusion::common::ScalarValue::Int64(Some(1)).cast_to(rank.data_type())?;
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = (0..input.schema.fields().len())
+            .map(|i| {
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    input.schema.field(i).name(),
+                    i,
+                )) as Arc<dyn PhysicalExpr>
+            })
+            .collect();
+        exprs.push(Arc::new(datafusion::physical_expr::expressions::Literal::new(
+            one,
+        )));
+        let mut cols = input.window_cols.clone();
+        cols.resize(schema.fields().len(), None);
+        let par = input.parallelism;
+        Ok(self.make(NodeKind::Project { exprs }, vec![input], schema, false, cols, par))
     }
 
     /// A regular equi-join: both inputs hashed on their keys, each task
@@ -1255,6 +1322,27 @@ impl Planner<'_> {
         let right = self.node(&j.right);
         self.in_versions = in_versions;
         let right = right?;
+        if let Some(key) = self.versions_key.take() {
+            // A versioned view holds a row per key: the join must look
+            // versions up by that key.
+            let rs = j.right.schema();
+            let mut on: Vec<String> =
+                j.on.iter()
+                    .filter_map(|(_, r)| column_of(r, rs).map(|c| rs.field(c).name().clone()))
+                    .collect();
+            let mut want = key.clone();
+            on.sort();
+            on.dedup();
+            want.sort();
+            want.dedup();
+            if on != want {
+                return Err(refuse(format!(
+                    "{name} FOR SYSTEM_TIME AS OF: the join must be ON the view's key ({}), the columns its \
+                     ROW_NUMBER() is PARTITION BY, and nothing else",
+                    key.join(", ")
+                )));
+            }
+        }
         if left.updating {
             return Err(refuse(
                 "the left input of a temporal join must be append-only (its rows are looked up once, \
@@ -1396,6 +1484,9 @@ impl Planner<'_> {
                 probe_time,
                 version_time,
                 load_first,
+                // A table read again every `lookup_refresh` is read anew
+                // after a restore; one read once keeps what it read.
+                reread: load_first && reads_table(&right) && self.lookup_refresh.is_some(),
             })),
             vec![left, right],
             schema,

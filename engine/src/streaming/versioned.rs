@@ -100,7 +100,10 @@ impl TableFunctionImpl for VersionsFunction {
         let as_of = text(1).map(|column| Column::new(text(2), column));
         let stream = match self.streams.stream(&name) {
             Some(stream) => stream,
-            None => table_as_stream(&name, args.session(), as_of.as_ref())?,
+            None => match table_as_stream(&name, args.session(), as_of.as_ref())? {
+                Versions::Stream(stream) => stream,
+                Versions::View(view) => return Ok(view),
+            },
         };
         Ok(Arc::new(VersionsOf {
             stream,
@@ -110,14 +113,24 @@ impl TableFunctionImpl for VersionsFunction {
     }
 }
 
+/// What a name read `FOR SYSTEM_TIME AS OF` resolves to when it is not a
+/// stream.
+enum Versions {
+    /// A table read as a stream of its rows.
+    Stream(Arc<StreamTable>),
+    /// A materialized view's query over its stream's versions.
+    View(Arc<dyn TableProvider>),
+}
+
 /// A table (not a stream: an external table, a sink's landed data, a
 /// materialized view) read as the versions of a lookup join, at processing
-/// time only: it has no versions by event time.
+/// time; or a materialized view that keeps each key's latest row, by event
+/// time (see [`view_versions`]).
 fn table_as_stream(
     name: &str,
     session: &dyn CatalogSession,
     as_of: Option<&Column>,
-) -> datafusion::error::Result<Arc<StreamTable>> {
+) -> datafusion::error::Result<Versions> {
     use futures::FutureExt;
     let not_supported = |what: String| {
         datafusion::error::DataFusionError::External(Box::new(crate::error::SluiceError::not_supported(what)))
@@ -145,6 +158,16 @@ fn table_as_stream(
         )));
     };
     if let Some(column) = as_of {
+        if let Some(view) = provider.downcast_ref::<super::mview::MaterializedView>()
+            && let Some(definition) = view.definition()
+        {
+            return view_versions(name, definition, column);
+        }
+        if let Some(view) = provider.downcast_ref::<datafusion::datasource::ViewTable>() {
+            return view_versions(name, view.logical_plan(), column);
+        }
+    }
+    if let Some(column) = as_of {
         return Err(not_supported(format!(
             "{name} FOR SYSTEM_TIME AS OF {column}: {name} is a table, not a stream, so it has no versions by \
              event time; join its current rows FOR SYSTEM_TIME AS OF PROCTIME() (a lookup join), or declare \
@@ -165,7 +188,159 @@ fn table_as_stream(
         None,
     )
     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    Ok(Arc::new(table))
+    Ok(Versions::Stream(Arc::new(table)))
+}
+
+/// A view or materialized view read `FOR SYSTEM_TIME AS OF` the probe's
+/// event time: a materialized view holds only its current rows, so its
+/// versions come from its query, run again by the joining job over its
+/// stream read as versions. A view is versioned when it keeps each key's latest row by
+/// event time (Flink's versioned view):
+///
+/// ```sql
+/// CREATE MATERIALIZED VIEW latest_rates AS SELECT currency, rate, ts FROM (
+///   SELECT *, ROW_NUMBER() OVER (PARTITION BY currency ORDER BY ts DESC) AS rn FROM rates)
+/// WHERE rn = 1
+/// ```
+///
+/// The version of a key at time t is then its row with the latest time up
+/// to t, which is what a temporal join over the stream itself looks up:
+/// the streaming planner leaves the deduplication out (see
+/// `Planner::top_n`) and checks that the join's key is the view's. Row
+/// filters and projections of the stream may stand anywhere; anything else
+/// (an aggregate, a join, a filter on the latest row) is refused, here or
+/// by the streaming planner.
+fn view_versions(
+    name: &str,
+    definition: &datafusion::logical_expr::LogicalPlan,
+    as_of: &Column,
+) -> datafusion::error::Result<Versions> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::LogicalPlan;
+    let refuse = |why: String| {
+        datafusion::error::DataFusionError::External(Box::new(crate::error::SluiceError::not_supported(
+            format!(
+                "{name} FOR SYSTEM_TIME AS OF {as_of}: {why}; a materialized view has versions by event time \
+                 when it keeps each key's latest row of one stream (SELECT ... FROM (SELECT *, ROW_NUMBER() \
+                 OVER (PARTITION BY key ORDER BY event_time DESC) AS rn FROM stream) WHERE rn = 1), or join \
+                 {name}'s current rows FOR SYSTEM_TIME AS OF PROCTIME()"
+            ),
+        )))
+    };
+    // What the view is made of.
+    let mut streams = Vec::new();
+    let mut other = None;
+    definition.apply(|plan| {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                match datafusion::datasource::source_as_provider(&scan.source)
+                    .ok()
+                    .and_then(|p| p.downcast_ref::<StreamTable>().map(|s| Arc::new(s.clone())))
+                {
+                    Some(stream) => streams.push(stream),
+                    None => other = Some(format!("it reads {}, which is not a stream", scan.table_name)),
+                }
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Window(_) => {}
+            p => {
+                other = Some(format!(
+                    "its query has {}",
+                    match p {
+                        LogicalPlan::Aggregate(_) => "an aggregate".to_string(),
+                        LogicalPlan::Join(_) => "a join".to_string(),
+                        p => format!(
+                            "a {}",
+                            p.display().to_string().split(':').next().unwrap_or("step")
+                        ),
+                    }
+                ))
+            }
+        }
+        Ok(if other.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    if let Some(why) = other {
+        return Err(refuse(why));
+    }
+    let [stream] = streams.as_slice() else {
+        return Err(refuse(format!(
+            "its query reads {} streams, not one",
+            streams.len()
+        )));
+    };
+    let Some(watermark) = &stream.watermark else {
+        return Err(refuse(format!(
+            "{} has no event time (WATERMARK FOR)",
+            stream.name
+        )));
+    };
+    if stream.is_changelog() || stream.upsert_key().is_some() {
+        return Err(refuse(format!(
+            "{} is a changelog; join it FOR SYSTEM_TIME AS OF itself",
+            stream.name
+        )));
+    }
+    let time = stream.schema_ref().field(watermark.column).name().clone();
+    if definition.schema().fields().iter().all(|f| *f.name() != time) {
+        return Err(refuse(format!(
+            "{name} does not show {}'s event time {time}",
+            stream.name
+        )));
+    }
+    let versions: Arc<dyn TableProvider> = Arc::new(VersionsOf {
+        stream: stream.clone(),
+        as_of: Some(as_of.clone()),
+        version_time: None,
+    });
+    let plan = definition
+        .clone()
+        .transform_up(|plan| match plan {
+            LogicalPlan::TableScan(mut scan) => {
+                scan.source = datafusion::datasource::provider_as_source(versions.clone());
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            p => Ok(Transformed::no(p)),
+        })?
+        .data;
+    Ok(Versions::View(Arc::new(VersionedView { plan })))
+}
+
+/// [`view_versions`]' answer: a view whose plan DataFusion inlines where
+/// it is read.
+#[derive(Debug)]
+struct VersionedView {
+    plan: datafusion::logical_expr::LogicalPlan,
+}
+
+#[async_trait]
+impl TableProvider for VersionedView {
+    fn schema(&self) -> SchemaRef {
+        Arc::new(self.plan.schema().as_arrow().clone())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, datafusion::logical_expr::LogicalPlan>> {
+        Some(std::borrow::Cow::Borrowed(&self.plan))
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn CatalogSession,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan_err!("a versioned view is read through its plan")
+    }
 }
 
 /// The name of [`AsOfMark`].
@@ -232,6 +407,8 @@ pub(crate) fn versions_of(plan: &datafusion::logical_expr::LogicalPlan) -> Optio
         LogicalPlan::Projection(p) => versions_of(&p.input),
         LogicalPlan::Filter(f) => versions_of(&f.input),
         LogicalPlan::SubqueryAlias(a) => versions_of(&a.input),
+        // A versioned view's deduplication (see `view_versions`).
+        LogicalPlan::Window(w) => versions_of(&w.input),
         _ => None,
     }
 }

@@ -75,6 +75,11 @@ pub struct TemporalJoinSpec {
     /// At processing time, over a bounded versioned input (a table read
     /// as a stream): probe rows wait until it is read whole.
     pub load_first: bool,
+    /// At processing time, the versioned input is read anew at each start
+    /// (a table, not a stream resuming at its offsets): after a restore,
+    /// probe rows wait for the new read, and the versions of keys it no
+    /// longer has are dropped.
+    pub reread: bool,
 }
 
 impl OperatorSpec for TemporalJoinSpec {
@@ -150,6 +155,12 @@ pub struct TemporalJoin {
     /// until it is read whole (`loaded`).
     load_first: bool,
     loaded: bool,
+    /// See [`TemporalJoinSpec::reread`].
+    reread: bool,
+    /// After a restore of a join whose versions are read anew: the keys
+    /// the new read has not given a version yet. Those left when it is
+    /// whole are gone from the table.
+    stale: Option<HashSet<Box<[u8]>>>,
     /// The versioned input is a changelog (its batches end in the op
     /// column): retractions update and delete versions.
     changelog: bool,
@@ -196,6 +207,8 @@ impl TemporalJoin {
             version_time: spec.version_time.clone(),
             load_first: spec.load_first,
             loaded: false,
+            reread: spec.reread && spec.probe_time.is_none(),
+            stale: None,
             changelog: false,
             pair_schema: pair_schema([&schemas[0], &schemas[1]]),
             output,
@@ -349,6 +362,9 @@ impl TemporalJoin {
 
     /// At processing time a version replaces its key's version at once.
     fn replace_latest(&mut self, k: &[u8], r: &[u8]) {
+        if let Some(stale) = &mut self.stale {
+            stale.remove(k);
+        }
         let old: Vec<(Box<[u8]>, i64)> = self.tables[1]
             .bucket(k)
             .iter()
@@ -368,6 +384,9 @@ impl TemporalJoin {
     /// Debezium delete names the row, an upsert topic's tombstone only the
     /// key).
     fn delete_latest(&mut self, k: &[u8]) {
+        if let Some(stale) = &mut self.stale {
+            stale.remove(k);
+        }
         let held: Vec<(Box<[u8]>, i64)> = self.tables[1]
             .bucket(k)
             .iter()
@@ -549,6 +568,19 @@ impl KeyedOperator for TemporalJoin {
     fn on_input_watermark(&mut self, input: usize, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         if input == 1 && watermark == i64::MAX && self.probe_time.is_none() && !self.loaded {
             self.loaded = true;
+            // Read anew after a restore: what the read no longer has is
+            // gone.
+            for k in self.stale.take().unwrap_or_default() {
+                let held: Vec<(Box<[u8]>, i64)> = self.tables[1]
+                    .bucket(&k)
+                    .iter()
+                    .map(|e| (Box::<[u8]>::from(e.row), e.count))
+                    .collect();
+                for (row, count) in held {
+                    self.tables[1].add(&k, &row, -count, 0);
+                    self.superseded += count as u64;
+                }
+            }
             self.watermark = i64::MAX;
             let mut taken = Vec::new();
             self.tables[0].take_before(i64::MAX, |t| taken.push(t));
@@ -626,6 +658,12 @@ impl KeyedOperator for TemporalJoin {
         if let Some(w) = watermark {
             self.watermark = w;
             self.loaded = self.probe_time.is_none() && w == i64::MAX;
+        }
+        if self.reread {
+            // The versions are read again from the start: probe rows wait
+            // for the read, and it says which keys are gone.
+            self.loaded = false;
+            self.stale = Some(self.tables[1].keys_where(|_| true).into_iter().collect());
         }
         // The probe rows' times and the keys with several versions.
         let (schema, time) = (self.schemas[0].clone(), self.probe_time.clone());

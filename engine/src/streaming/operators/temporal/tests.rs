@@ -55,6 +55,7 @@ fn spec(kind: JoinKind, filter: Option<Arc<dyn PhysicalExpr>>) -> TemporalJoinSp
         probe_time: Some(col("pt", 1)),
         version_time: Some(col("vt", 1)),
         load_first: false,
+        reread: false,
     }
 }
 
@@ -335,6 +336,46 @@ fn at_processing_time_rows_meet_the_latest_version_once_a_bounded_input_is_read(
     loaded.restore(j.snapshot().unwrap()).unwrap();
     loaded.on_batch(0, batch(0, &[later]), &mut again).unwrap();
     assert_eq!(lines(&again).get(&line(&later, Some(&v))), Some(&1));
+}
+
+/// A table read anew after a restore: probe rows wait for the new read,
+/// and a key the table no longer has loses its version (it was deleted
+/// while the job was down).
+#[test]
+fn a_table_read_anew_after_a_restore_drops_the_keys_it_no_longer_has() {
+    let proc = TemporalJoinSpec {
+        probe_time: None,
+        version_time: None,
+        load_first: true,
+        reread: true,
+        ..spec(JoinKind::Left, None)
+    };
+    let make = || TemporalJoin::new(&proc, [side_schema("p"), side_schema("v")], output_schema()).unwrap();
+    let mut j = make();
+    let mut out = vec![];
+    j.on_batch(1, batch(1, &[(Some(1), 0, 10), (Some(2), 0, 20)]), &mut out)
+        .unwrap();
+    j.on_input_watermark(1, i64::MAX, &mut out).unwrap();
+    let state = j.snapshot().unwrap();
+
+    let mut back = make();
+    back.restore(state).unwrap();
+    let (one, two) = ((Some(1), 1, 1), (Some(2), 2, 2));
+    back.on_batch(0, batch(0, &[one, two]), &mut out).unwrap();
+    assert!(out.is_empty(), "probe rows wait for the new read");
+    // The table now holds key 1 with another row, and no key 2.
+    let new = (Some(1), 0, 11);
+    back.on_batch(1, batch(1, &[new]), &mut out).unwrap();
+    assert!(out.is_empty());
+    back.on_input_watermark(1, i64::MAX, &mut out).unwrap();
+    assert_eq!(
+        lines(&out),
+        BTreeMap::from([(line(&one, Some(&new)), 1), (line(&two, None), 1)])
+    );
+    assert_eq!(
+        back.detail().unwrap(),
+        "probe: 0 rows waiting, versions: 1 held, 2 superseded"
+    );
 }
 
 /// A changelog batch of versions: rows with their ops (+1 insert, -1
