@@ -8,6 +8,11 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
 use indexmap::IndexMap;
 
+/// The hasher of keys and rows held: seeded per process like the
+/// standard library's, and several times faster on short byte strings
+/// (SipHash took 3% of an interval join's time, hashing each key twice).
+type Hasher = foldhash::fast::RandomState;
+
 use super::Result;
 
 /// One row held by a [`KeyedRows`] table: the row in Arrow's row format,
@@ -25,7 +30,7 @@ pub(crate) struct Entry<'a> {
 /// holding many rows (one auction, a million bids) costs no scan per row.
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
-    rows: IndexMap<Box<[u8]>, (i64, i64)>,
+    rows: IndexMap<Box<[u8]>, (i64, i64), Hasher>,
 }
 
 impl Bucket {
@@ -73,10 +78,10 @@ pub(crate) struct KeyedRows {
     schema: SchemaRef,
     keys: RowConverter,
     rows: RowConverter,
-    buckets: HashMap<Box<[u8]>, Bucket>,
+    buckets: HashMap<Box<[u8]>, Bucket, Hasher>,
     empty: Bucket,
     /// Keys changed since the last full snapshot.
-    changed: HashSet<Box<[u8]>>,
+    changed: HashSet<Box<[u8]>, Hasher>,
     held: usize,
     bytes: usize,
     /// Rows to drop once time passes their time: (key, row) by time.
@@ -130,9 +135,9 @@ impl KeyedRows {
             schema,
             keys,
             rows,
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             empty: Bucket::default(),
-            changed: HashSet::new(),
+            changed: HashSet::default(),
             held: 0,
             bytes: 0,
             expiry: BTreeMap::new(),
