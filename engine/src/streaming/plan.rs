@@ -51,8 +51,14 @@ pub struct WindowCol {
 #[derive(Debug)]
 pub enum NodeKind {
     /// Reads a stream, one task per source partition, and derives its
-    /// watermark.
-    Source { table: Arc<StreamTable> },
+    /// watermark. `shares`: the id of an earlier source of the same stream,
+    /// read by the same settings, whose lanes this one reads too (the
+    /// stream is read and decoded once; both see the same rows, watermarks
+    /// and barriers).
+    Source {
+        table: Arc<StreamTable>,
+        shares: Option<usize>,
+    },
     /// Adds `window_start` / `window_end` (stateless).
     Window { spec: WindowSpec },
     /// Keeps rows matching the predicate (stateless).
@@ -117,7 +123,7 @@ impl Node {
     /// One line naming the operator, e.g. for SHOW JOBS.
     pub fn label(&self) -> String {
         match &self.kind {
-            NodeKind::Source { table } => format!("Source: {}", table.name),
+            NodeKind::Source { table, .. } => format!("Source: {}", table.name),
             NodeKind::Window { spec } => format!("Window: {}", spec.kind),
             NodeKind::Filter { predicate } => format!("Filter: {predicate}"),
             NodeKind::Project { exprs } => format!("Project: {}", expr_list(exprs)),
@@ -139,7 +145,7 @@ impl Node {
         let mode = if self.updating { "updating" } else { "append-only" };
         let pad = "  ".repeat(depth);
         let detail = match &self.kind {
-            NodeKind::Source { table } => {
+            NodeKind::Source { table, shares } => {
                 let wm = match &table.watermark {
                     Some(w) => format!(
                         ", watermark {} - {}us",
@@ -152,8 +158,9 @@ impl Node {
                     .options
                     .get(super::lookup::REFRESH_OPTION)
                     .map_or(String::new(), |ms| format!(", read again every {ms}ms"));
+                let shared = shares.map_or(String::new(), |id| format!(", reads the lanes of node {id}"));
                 format!(
-                    "connector={}, partitions={}{wm}{}{refresh}",
+                    "connector={}, partitions={}{wm}{}{refresh}{shared}",
                     table.connector.name(),
                     table.partitions,
                     if table.is_bounded() { ", bounded" } else { "" }
@@ -183,7 +190,7 @@ impl Node {
         let mut names: Vec<String> = all
             .iter()
             .filter_map(|n| match &n.kind {
-                NodeKind::Source { table } => Some(table.name.clone()),
+                NodeKind::Source { table, .. } => Some(table.name.clone()),
                 _ => None,
             })
             .collect();
@@ -239,7 +246,9 @@ impl<'a> Planner<'a> {
             return Err(refuse("a continuous query must read a stream"));
         }
         // Ids in pre-order: the root is 0.
-        Ok(renumber(node, &mut 0))
+        let mut node = renumber(node, &mut 0);
+        share_sources(&mut node, &mut Vec::new());
+        Ok(node)
     }
 
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
@@ -340,7 +349,10 @@ impl<'a> Planner<'a> {
                 let cols = vec![None; schema.fields().len()];
                 let upsert_key = source.upsert_key().map(<[usize]>::to_vec);
                 let mut node = self.make(
-                    NodeKind::Source { table: source },
+                    NodeKind::Source {
+                        table: source,
+                        shares: None,
+                    },
                     vec![],
                     schema.clone(),
                     changelog,
@@ -1520,7 +1532,7 @@ fn interval_micros(v: &ScalarValue) -> Option<i64> {
 fn event_time(node: &Node) -> Option<usize> {
     use datafusion::physical_expr::expressions::Column;
     match &node.kind {
-        NodeKind::Source { table } => table.watermark.as_ref().map(|w| w.column),
+        NodeKind::Source { table, .. } => table.watermark.as_ref().map(|w| w.column),
         NodeKind::Filter { .. } | NodeKind::Window { .. } => event_time(&node.inputs[0]),
         NodeKind::Keyed(spec) if spec.event_time_column().is_some() => spec.event_time_column(),
         NodeKind::Keyed(spec) if spec.keeps_input_columns() => event_time(&node.inputs[0]),
@@ -1674,7 +1686,7 @@ fn bound_lag(bound: &Expr, col: &Expr) -> Option<i64> {
 /// Whether every source under a node ends (bounded input).
 fn sources_bounded(node: &Node) -> bool {
     match &node.kind {
-        NodeKind::Source { table } => table.is_bounded(),
+        NodeKind::Source { table, .. } => table.is_bounded(),
         _ => node.inputs.iter().all(sources_bounded),
     }
 }
@@ -1683,9 +1695,40 @@ fn sources_bounded(node: &Node) -> bool {
 /// first read is whole, even when it reads again later).
 fn reads_table(node: &Node) -> bool {
     match &node.kind {
-        NodeKind::Source { table } => table.connector.name() == super::lookup::TABLE_CONNECTOR,
+        NodeKind::Source { table, .. } => table.connector.name() == super::lookup::TABLE_CONNECTOR,
         _ => node.inputs.iter().all(reads_table),
     }
+}
+
+/// Marks each source that reads a stream an earlier source (in pre-order)
+/// reads by the same settings as sharing that one's lanes, and gives it
+/// that source's metrics (its rows are counted once). Flink calls this
+/// source reuse: a self-join or a query reading a stream in two branches
+/// (Nexmark q7) decodes each record once.
+fn share_sources(node: &mut Node, seen: &mut Vec<(usize, Arc<StreamTable>, Arc<NodeMetrics>)>) {
+    if let NodeKind::Source { table, shares } = &mut node.kind {
+        match seen.iter().find(|(_, t, _)| same_reading(t, table)) {
+            Some((id, _, metrics)) => {
+                *shares = Some(*id);
+                node.metrics = metrics.clone();
+            }
+            None => seen.push((node.id, table.clone(), node.metrics.clone())),
+        }
+    }
+    for i in &mut node.inputs {
+        share_sources(i, seen);
+    }
+}
+
+/// Whether two sources read the same rows the same way.
+fn same_reading(a: &StreamTable, b: &StreamTable) -> bool {
+    a.name == b.name
+        && a.connector.name() == b.connector.name()
+        && a.options == b.options
+        && a.partitions == b.partitions
+        && a.watermark.as_ref().map(|w| (w.column, w.delay_us))
+            == b.watermark.as_ref().map(|w| (w.column, w.delay_us))
+        && a.schema_ref() == b.schema_ref()
 }
 
 fn renumber(mut node: Node, next: &mut usize) -> Node {

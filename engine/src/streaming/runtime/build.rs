@@ -7,11 +7,11 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::keyed::keyed;
 use super::source::{SourceCheckpoint, source_lane};
-use super::wiring::{Wiring, restored_positions};
+use super::wiring::{Wiring, may_share, restored_positions};
 use super::{Lane, Task};
 use crate::error::{Result, SluiceError};
 use crate::stream::Message;
@@ -22,33 +22,34 @@ use crate::streaming::plan::{Node, NodeKind};
 /// The lanes a node produces; tasks it needs go to `tasks`.
 pub(super) fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> Result<Vec<Lane>> {
     match &node.kind {
-        NodeKind::Source { table } => {
-            let mut resume: Vec<Option<String>> = match &wiring.restore {
-                Some(r) => restored_positions(r, node, table)?,
-                None => (0..table.partitions)
-                    .map(|p| wiring.start_from.get(&(table.name.clone(), p)).cloned())
-                    .collect(),
-            };
-            Ok((0..table.partitions)
-                .map(|p| {
-                    let key = format!("{}-{p}", node.id);
-                    wiring.participate(&key);
-                    wiring.source_streams.insert(key.clone(), table.name.clone());
-                    if wiring.restore.is_some()
-                        && let Some(position) = &resume[p]
-                    {
-                        wiring.resumed.insert(key.clone(), position.clone());
-                    }
-                    let ck = SourceCheckpoint {
-                        resume: resume[p].take(),
-                        trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
-                        completed: wiring.store.is_some().then(|| wiring.completed.clone()),
-                        acks: wiring.acks.clone(),
-                        key,
-                    };
-                    source_lane(table.clone(), p, node.metrics.clone(), ck)
-                })
-                .collect())
+        NodeKind::Source { table, shares } => {
+            if let Some(first) = shares
+                && let Some(readers) = wiring.shared.get_mut(first)
+                && let Some(lanes) = readers.pop()
+            {
+                return Ok(lanes);
+            }
+            let others = wiring.readers.get(&node.id).cloned().unwrap_or_default();
+            let lanes = source_lanes(node, table, wiring)?;
+            if others.is_empty()
+                || wiring
+                    .restore
+                    .as_ref()
+                    .is_some_and(|r| !may_share(&r.manifest, node.id, &others))
+            {
+                return Ok(lanes);
+            }
+            // Read once, copied to every reader (in order, so each sees
+            // every barrier).
+            let mut per_reader: Vec<Vec<Lane>> = (0..=others.len()).map(|_| Vec::new()).collect();
+            for lane in lanes {
+                for (r, copy) in tee(lane, others.len() + 1, tasks).into_iter().enumerate() {
+                    per_reader[r].push(copy);
+                }
+            }
+            let mine = per_reader.remove(0);
+            wiring.shared.insert(node.id, per_reader);
+            Ok(mine)
         }
         NodeKind::Union => {
             let mut lanes = Vec::new();
@@ -119,6 +120,71 @@ pub(super) fn build(node: &Node, tasks: &mut Vec<Task>, wiring: &mut Wiring) -> 
             keyed(node, spec.keys(), ops, inputs, tasks, wiring)
         }
     }
+}
+
+/// The lanes of a source node, one per partition, resuming where the
+/// restored checkpoint (or `start_from`) says.
+fn source_lanes(
+    node: &Node,
+    table: &Arc<crate::stream::StreamTable>,
+    wiring: &mut Wiring,
+) -> Result<Vec<Lane>> {
+    let mut resume: Vec<Option<String>> = match &wiring.restore {
+        Some(r) => restored_positions(r, node, table)?,
+        None => (0..table.partitions)
+            .map(|p| wiring.start_from.get(&(table.name.clone(), p)).cloned())
+            .collect(),
+    };
+    Ok((0..table.partitions)
+        .map(|p| {
+            let key = format!("{}-{p}", node.id);
+            wiring.participate(&key);
+            wiring.source_streams.insert(key.clone(), table.name.clone());
+            if wiring.restore.is_some()
+                && let Some(position) = &resume[p]
+            {
+                wiring.resumed.insert(key.clone(), position.clone());
+            }
+            let ck = SourceCheckpoint {
+                resume: resume[p].take(),
+                trigger: wiring.store.is_some().then(|| wiring.trigger.clone()),
+                completed: wiring.store.is_some().then(|| wiring.completed.clone()),
+                acks: wiring.acks.clone(),
+                key,
+            };
+            source_lane(table.clone(), p, node.metrics.clone(), ck)
+        })
+        .collect())
+}
+
+/// Copies a lane to `n` readers from a task of its own. Each message goes
+/// to every reader before the next is read, so a reader held back at a
+/// barrier (aligning with another input) never keeps the others from it;
+/// a reader that went away no longer gets copies.
+fn tee(lane: Lane, n: usize, tasks: &mut Vec<Task>) -> Vec<Lane> {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| tokio::sync::mpsc::channel::<Message>(super::CHANNEL_CAPACITY))
+        .unzip();
+    tasks.push(
+        async move {
+            let mut lane = lane;
+            while let Some(m) = lane.next().await {
+                let m = m?;
+                for tx in &senders {
+                    // A reader that ended (its job is stopping) is skipped.
+                    let _ = tx.send(m.clone()).await;
+                }
+            }
+            Ok(())
+        }
+        .boxed(),
+    );
+    receivers
+        .into_iter()
+        .map(|rx| {
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) }).boxed()
+        })
+        .collect()
 }
 
 /// Gives a batch the node's schema (UNION ALL inputs may name columns

@@ -86,6 +86,8 @@ impl Job {
             source_streams: Default::default(),
             resumed: Default::default(),
             start_from,
+            readers: super::wiring::readers(&plan),
+            shared: Default::default(),
         };
         let lanes = build(&plan, &mut tasks, &mut wiring)?;
         let n = lanes.len();

@@ -31,6 +31,41 @@ pub(super) struct Wiring {
     pub(super) resumed: std::collections::BTreeMap<String, String>,
     /// Where sources start when there is no checkpoint to restore.
     pub(super) start_from: StartPositions,
+    /// Per source whose lanes other source nodes read too (by node id):
+    /// those nodes' ids ([`readers`]).
+    pub(super) readers: std::collections::BTreeMap<usize, Vec<usize>>,
+    /// Per shared source: the lanes of the readers not built yet.
+    pub(super) shared: std::collections::BTreeMap<usize, Vec<Vec<super::Lane>>>,
+}
+
+/// The other source nodes that read each shared source's lanes.
+pub(super) fn readers(plan: &Node) -> std::collections::BTreeMap<usize, Vec<usize>> {
+    let mut all = vec![];
+    plan.walk(&mut all);
+    let mut readers = std::collections::BTreeMap::<usize, Vec<usize>>::new();
+    for n in all {
+        if let crate::streaming::plan::NodeKind::Source { shares: Some(id), .. } = &n.kind {
+            readers.entry(*id).or_default().push(n.id);
+        }
+    }
+    readers
+}
+
+/// Whether sources `first` and `others` can share lanes when restoring
+/// `manifest`: a checkpoint taken while they read separately may hold
+/// different positions for them, and then each resumes from its own. (A
+/// checkpoint of shared lanes names the first source's positions only.)
+pub(super) fn may_share(manifest: &Manifest, first: usize, others: &[usize]) -> bool {
+    let positions = |id: &usize| -> Vec<Option<&String>> {
+        (0..manifest.source_lanes(&id.to_string()))
+            .map(|p| manifest.sources.get(&format!("{id}-{p}")))
+            .collect()
+    };
+    let first = positions(&first);
+    others.iter().all(|id| {
+        let own = positions(id);
+        own.is_empty() || own == first
+    })
 }
 
 /// Source positions by (stream, partition), for a job that starts where
@@ -236,4 +271,39 @@ pub(super) fn restored_positions(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(sources: &[(&str, &str)]) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "job": "j", "epoch": 3, "started_ms": 0, "duration_ms": 0, "bytes": 0,
+            "sources": sources.iter().map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "states": {}, "parallelism": {},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sources_share_lanes_on_restore_only_where_their_positions_agree() {
+        // Taken while shared: only the first source has positions.
+        assert!(may_share(&manifest(&[("2-0", "a"), ("2-1", "b")]), 2, &[5]));
+        // Taken while reading separately, at the same positions.
+        assert!(may_share(&manifest(&[("2-0", "a"), ("5-0", "a")]), 2, &[5]));
+        // At different positions: each resumes from its own.
+        assert!(!may_share(&manifest(&[("2-0", "a"), ("5-0", "b")]), 2, &[5]));
+        assert!(!may_share(
+            &manifest(&[("2-0", "a"), ("5-0", "a"), ("5-1", "c")]),
+            2,
+            &[5]
+        ));
+        assert!(!may_share(
+            &manifest(&[("2-0", "a"), ("7-0", "a"), ("9-0", "x")]),
+            2,
+            &[7, 9]
+        ));
+    }
 }
