@@ -722,6 +722,24 @@ async fn q8_new_users_join_of_two_tumbling_windows() {
     );
 }
 
+/// An interval join keeps the time of the input whose rows the other
+/// bounds from below, and passes its watermark on behind by the bound's
+/// lag. Here an auction's time is at most 1 s before its bids': a pair goes
+/// out when its bid comes, up to 1 s behind the watermark, so the OVER
+/// aggregate over the join's output would drop such pairs as late were
+/// the join's watermark not held back by that second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_aggregate_after_an_interval_join_gets_the_pairs_behind_its_watermark() {
+    let q = "SELECT id, bid_time, count(*) OVER (PARTITION BY seller ORDER BY date_time \
+               RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS so_far FROM ( \
+             SELECT a.id, a.seller, a.date_time, b.date_time AS bid_time FROM auction a JOIN bid b \
+               ON b.auction = a.id \
+               AND b.date_time BETWEEN a.date_time - INTERVAL '5' SECOND AND a.date_time + INTERVAL '1' SECOND)";
+    let mut f = check("over_join", q, q).await;
+    let line = explain_line(&mut f, q, "InnerJoin").await;
+    assert!(line.contains("watermark_lag=1000000us"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q9_winning_bids_top_1_over_a_join() {
     let q = "SELECT id, item_name, seller, category, auction, bidder, price, bid_date_time FROM ( \
