@@ -46,6 +46,20 @@ impl ObjectKind {
             ObjectKind::View => "view",
         }
     }
+
+    /// The error for `DROP <want> name` when `name` is this kind of
+    /// object: says what it is and the DROP that fits it.
+    pub fn not_a(self, name: &str, want: ObjectKind) -> SluiceError {
+        SluiceError::new(
+            ErrorKind::Semantic,
+            format!(
+                "{name} is a {}, not a {}; use DROP {} {name}",
+                self.noun(),
+                want.noun(),
+                self.noun().to_ascii_uppercase()
+            ),
+        )
+    }
 }
 
 /// One declared object. `sql` is the normalized statement that recreates it;

@@ -1916,14 +1916,7 @@ impl Session {
                     if let Some(e) = catalog.get(name)
                         && e.kind != ObjectKind::Table
                     {
-                        return Err(SluiceError::new(
-                            ErrorKind::Semantic,
-                            format!(
-                                "{name} is a {}, not a table; use DROP {} {name}",
-                                e.kind.noun(),
-                                e.kind.noun().to_ascii_uppercase()
-                            ),
-                        ));
+                        return Err(e.kind.not_a(name, ObjectKind::Table));
                     }
                     if let Some(reader) = views::reader_of(&catalog, name)?
                         && !names.contains(&reader.name)
@@ -1985,22 +1978,7 @@ impl Session {
                         self.engine.inner.streams.remove(name);
                         catalog.remove(name)?;
                     }
-                    Some(kind @ (ObjectKind::Sink | ObjectKind::MaterializedView | ObjectKind::View)) => {
-                        return Err(SluiceError::new(
-                            ErrorKind::Semantic,
-                            format!(
-                                "{name} is a {}, not a stream; use DROP {} {name}",
-                                kind.noun(),
-                                kind.noun().to_ascii_uppercase()
-                            ),
-                        ));
-                    }
-                    Some(ObjectKind::Table) => {
-                        return Err(SluiceError::new(
-                            ErrorKind::Semantic,
-                            format!("{name} is a table, not a stream; use DROP TABLE {name}"),
-                        ));
-                    }
+                    Some(kind) => return Err(kind.not_a(name, ObjectKind::Stream)),
                     None if *if_exists => {}
                     None => {
                         return Err(SluiceError::new(

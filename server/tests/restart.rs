@@ -119,7 +119,7 @@ fn views_survive_kill_9_and_keep_what_they_read() {
             "CREATE OR REPLACE VIEW z_fares AS SELECT 1 AS one",
             "view a_fares reads it",
         ),
-        ("DROP VIEW trips", "\"trips\" is not a view"),
+        ("DROP VIEW trips", "trips is a table, not a view"),
         ("CREATE VIEW trips AS SELECT 1 AS one", "already exists"),
     ] {
         let out = p.psql_output("sluice", &["-c", sql]);

@@ -606,17 +606,7 @@ impl Session {
         };
         match catalog.get(name).map(|e| e.kind) {
             Some(kind) if kind == want => {}
-            Some(kind) => {
-                return Err(SluiceError::new(
-                    ErrorKind::Semantic,
-                    format!(
-                        "{name} is a {}, not a {}; use DROP {} {name}",
-                        kind.noun(),
-                        want.noun(),
-                        kind.noun().to_ascii_uppercase()
-                    ),
-                ));
-            }
+            Some(kind) => return Err(kind.not_a(name, want)),
             None if if_exists => return Ok(()),
             None => {
                 return Err(SluiceError::new(

@@ -102,15 +102,7 @@ impl Session {
                     }
                     dropping.push(name.clone());
                 }
-                Some(kind) => {
-                    return Err(SluiceError::new(
-                        ErrorKind::Semantic,
-                        format!(
-                            "\"{name}\" is not a view; use DROP {} {name}",
-                            kind.noun().to_ascii_uppercase()
-                        ),
-                    ));
-                }
+                Some(kind) => return Err(kind.not_a(name, ObjectKind::View)),
                 None if if_exists => {}
                 None => {
                     return Err(SluiceError::new(

@@ -31,6 +31,11 @@ pub(crate) struct Entry<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
     rows: IndexMap<Box<[u8]>, (i64, i64), Hasher>,
+    /// Changed since the last full snapshot.
+    changed: bool,
+    /// Held at the last full snapshot (else new since: when it goes away
+    /// again, an incremental snapshot need not say so).
+    in_base: bool,
 }
 
 impl Bucket {
@@ -80,8 +85,13 @@ pub(crate) struct KeyedRows {
     rows: RowConverter,
     buckets: HashMap<Box<[u8]>, Bucket, Hasher>,
     empty: Bucket,
-    /// Keys changed since the last full snapshot.
-    changed: HashSet<Box<[u8]>, Hasher>,
+    /// Keys of the last full snapshot whose bucket went away since (none
+    /// of them is in `buckets`). With the buckets marked changed, the keys
+    /// changed since then; a flag per bucket costs no lookup per row added
+    /// (a set of changed keys took a tenth of an interval join's time).
+    removed: HashSet<Box<[u8]>, Hasher>,
+    /// How many keys changed since the last full snapshot.
+    changed: usize,
     held: usize,
     bytes: usize,
     /// Rows to drop once time passes their time: (key, row) by time.
@@ -137,7 +147,8 @@ impl KeyedRows {
             rows,
             buckets: HashMap::default(),
             empty: Bucket::default(),
-            changed: HashSet::default(),
+            removed: HashSet::default(),
+            changed: 0,
             held: 0,
             bytes: 0,
             expiry: BTreeMap::new(),
@@ -182,7 +193,15 @@ impl KeyedRows {
             None if delta < 0 => return false,
             None => {
                 self.bytes += key.len() + BUCKET_OVERHEAD;
-                self.buckets.entry(key.into()).or_default()
+                // Changed now; counted already if it went away before.
+                let in_base = !self.removed.is_empty() && self.removed.remove(key);
+                if !in_base {
+                    self.changed += 1;
+                }
+                let b = self.buckets.entry(key.into()).or_default();
+                b.changed = true;
+                b.in_base = in_base;
+                b
             }
         };
         match bucket.rows.get_full_mut(row) {
@@ -204,29 +223,65 @@ impl KeyedRows {
                 self.bytes += row.len() + ENTRY_OVERHEAD;
             }
         }
-        if bucket.len() == 0 {
-            self.buckets.remove(key);
-            self.bytes -= key.len() + BUCKET_OVERHEAD;
+        if !bucket.changed {
+            bucket.changed = true;
+            self.changed += 1;
         }
-        self.mark(key);
+        if bucket.len() == 0 {
+            self.drop_bucket(key);
+        }
         true
+    }
+
+    /// Removes `key`'s empty bucket: remembered as changed when the last
+    /// full snapshot held it, else forgotten.
+    fn drop_bucket(&mut self, key: &[u8]) {
+        if let Some((key, bucket)) = self.buckets.remove_entry(key) {
+            self.bytes -= key.len() + BUCKET_OVERHEAD;
+            match (bucket.in_base, bucket.changed) {
+                (true, true) => {
+                    self.removed.insert(key);
+                }
+                (true, false) => {
+                    self.changed += 1;
+                    self.removed.insert(key);
+                }
+                (false, true) => self.changed -= 1,
+                (false, false) => {}
+            }
+        }
+    }
+
+    /// Drops every copy of `row` under `key`; returns its count and match
+    /// counter (one lookup of each, where `add` after `count_of` is two).
+    fn remove_row(&mut self, key: &[u8], row: &[u8]) -> Option<(i64, i64)> {
+        let bucket = self.buckets.get_mut(key)?;
+        let (count, matches) = bucket.rows.swap_remove(row)?;
+        self.held -= 1;
+        self.bytes -= row.len() + ENTRY_OVERHEAD;
+        if !bucket.changed {
+            bucket.changed = true;
+            self.changed += 1;
+        }
+        if bucket.len() == 0 {
+            self.drop_bucket(key);
+        }
+        Some((count, matches))
     }
 
     /// Adds `delta` to the match counter of the `at`-th row under `key`;
     /// returns the counter before and after.
     pub(crate) fn add_matches(&mut self, key: &[u8], at: usize, delta: i64) -> Option<(i64, i64)> {
-        let (_, (_, matches)) = self.buckets.get_mut(key)?.rows.get_index_mut(at)?;
+        let bucket = self.buckets.get_mut(key)?;
+        let (_, (_, matches)) = bucket.rows.get_index_mut(at)?;
         let before = *matches;
         *matches += delta;
         let after = *matches;
-        self.mark(key);
-        Some((before, after))
-    }
-
-    fn mark(&mut self, key: &[u8]) {
-        if !self.changed.contains(key) {
-            self.changed.insert(key.into());
+        if !bucket.changed {
+            bucket.changed = true;
+            self.changed += 1;
         }
+        Some((before, after))
     }
 
     /// Rows (in the row encoding) back as columns of the declared schema.
@@ -274,19 +329,17 @@ impl KeyedRows {
             }
             for (key, row) in entry.remove() {
                 self.expiry_bytes -= key.len() + row.len() + EXPIRY_OVERHEAD;
-                let Some(&(count, matches)) = self.buckets.get(&key).and_then(|b| b.rows.get(&row)) else {
+                let Some((count, matches)) = self.remove_row(&key, &row) else {
                     continue;
                 };
-                if self.add(&key, &row, -count, 0) {
-                    dropped += count as u64;
-                    gone(Taken {
-                        time: at,
-                        key,
-                        row,
-                        count,
-                        matches,
-                    });
-                }
+                dropped += count as u64;
+                gone(Taken {
+                    time: at,
+                    key,
+                    row,
+                    count,
+                    matches,
+                });
             }
         }
         dropped
@@ -348,12 +401,22 @@ impl KeyedRows {
 
     /// Keys changed since the last full snapshot.
     pub(crate) fn keys_changed(&self) -> usize {
-        self.changed.len()
+        self.changed
+    }
+
+    /// Forgets what changed (after a full snapshot or a restore).
+    fn unchanged(&mut self) {
+        self.removed.clear();
+        self.changed = 0;
+        for b in self.buckets.values_mut() {
+            b.changed = false;
+            b.in_base = true;
+        }
     }
 
     /// Every row held; nothing has changed since.
     pub(crate) fn snapshot(&mut self) -> Result<RowsSnapshot> {
-        self.changed.clear();
+        self.unchanged();
         let keys: Vec<&[u8]> = self.buckets.keys().map(|k| &**k).collect();
         self.snapshot_of(&keys, false)
     }
@@ -361,7 +424,13 @@ impl KeyedRows {
     /// The keys changed since the last full snapshot: each one's marker
     /// (count 0) first, then the rows it holds now.
     pub(crate) fn snapshot_changes(&self) -> Result<RowsSnapshot> {
-        let mut keys: Vec<&[u8]> = self.changed.iter().map(|k| &**k).collect();
+        let mut keys: Vec<&[u8]> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| b.changed)
+            .map(|(k, _)| &**k)
+            .chain(self.removed.iter().map(|k| &**k))
+            .collect();
         keys.sort_unstable();
         self.snapshot_of(&keys, true)
     }
@@ -429,7 +498,7 @@ impl KeyedRows {
                 ));
             }
         }
-        self.changed.clear();
+        self.unchanged();
         Ok(())
     }
 }
@@ -522,5 +591,74 @@ mod tests {
         .unwrap();
         assert_eq!(back.expire_before(15, |_, _, _| {}), 3);
         assert_eq!(back.size().0, 1);
+    }
+
+    /// Random adds and removals with full snapshots now and then: the base
+    /// plus the changes restores what is held, the changes name exactly
+    /// the keys that changed, and a key that came and went since the base
+    /// is not among them.
+    #[test]
+    fn changes_since_the_base_restore_what_is_held() {
+        use std::sync::Arc;
+
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let mut t = KeyedRows::new(&[DataType::Int64], schema.clone()).unwrap();
+        let col = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let held = |t: &KeyedRows| {
+            let mut all: Vec<(Vec<u8>, Vec<u8>, i64, i64)> = t
+                .buckets
+                .iter()
+                .flat_map(|(k, b)| b.iter().map(|e| (k.to_vec(), e.row.to_vec(), e.count, e.matches)))
+                .collect();
+            all.sort();
+            all
+        };
+        let keys_of = |t: &KeyedRows| -> std::collections::BTreeSet<Vec<u8>> {
+            t.buckets.keys().map(|k| k.to_vec()).collect()
+        };
+        let mut base = t.snapshot().unwrap();
+        let mut base_keys = keys_of(&t);
+        let mut touched = std::collections::BTreeSet::new();
+        for round in 0..60 {
+            for _ in 0..30 {
+                let (k, v) = (next(12) as i64, next(3) as i64);
+                let key = t.encode_keys(&[col(vec![k])]).unwrap();
+                let row = t.encode_rows(&[col(vec![v])]).unwrap();
+                let (key, row) = (key.row(0).data().to_vec(), row.row(0).data().to_vec());
+                let delta = if next(2) == 0 { 1 } else { -1 };
+                if t.add(&key, &row, delta, 0) {
+                    touched.insert(key);
+                }
+            }
+            // What changed: touched keys held at the base or held now.
+            let now = keys_of(&t);
+            let want = touched
+                .iter()
+                .filter(|k| base_keys.contains(*k) || now.contains(*k))
+                .count();
+            assert_eq!(t.keys_changed(), want, "round {round}");
+            let changes = t.snapshot_changes().unwrap();
+            let mut back = KeyedRows::new(&[DataType::Int64], schema.clone()).unwrap();
+            back.restore(&base).unwrap();
+            back.restore(&changes).unwrap();
+            assert_eq!(held(&back), held(&t), "round {round}");
+            assert_eq!((back.size(), back.keys_held()), (t.size(), t.keys_held()));
+            // Changes accumulate until the next full snapshot, as between
+            // checkpoints.
+            if next(3) == 0 {
+                base = t.snapshot().unwrap();
+                base_keys = now;
+                touched.clear();
+                assert_eq!(t.keys_changed(), 0);
+            }
+        }
     }
 }
