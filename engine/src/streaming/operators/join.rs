@@ -594,20 +594,16 @@ impl StreamingJoin {
         };
         for i in (0..n).filter(|i| keep[*i] && valid[*i]) {
             let (k, r) = (keys.row(i), encoded.row(i));
-            if let Some(bounds) = &bounds {
-                if !held[i] {
+            // A row new to the state is given its time: its bound, or the TTL.
+            let expire = match &bounds {
+                Some(_) if !held[i] => {
                     self.expired[this] += 1;
                     continue;
                 }
-                if self.sides[this].count_of(k.data(), r.data()) == 0 {
-                    self.sides[this].expire_at(k.data(), r.data(), bounds.value(i));
-                }
-            } else if let Some(evict_at) = evict_at
-                && self.sides[this].count_of(k.data(), r.data()) == 0
-            {
-                self.sides[this].expire_at(k.data(), r.data(), evict_at);
-            }
-            if !self.sides[this].add(k.data(), r.data(), delta, matched[i]) {
+                Some(bounds) => Some(bounds.value(i)),
+                None => evict_at,
+            };
+            if !self.sides[this].add_expiring(k.data(), r.data(), delta, matched[i], expire) {
                 // Checked above: a delete finds its row.
                 return Err(DataFusionError::Internal(
                     "a join deleted a row it did not hold".into(),

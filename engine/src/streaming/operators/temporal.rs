@@ -277,10 +277,7 @@ impl TemporalJoin {
                 continue;
             }
             let t = t.unwrap_or(i64::MIN);
-            if self.tables[0].count_of(k.data(), r.data()) == 0 {
-                self.tables[0].expire_at(k.data(), r.data(), t);
-            }
-            self.tables[0].add(k.data(), r.data(), 1, 0);
+            self.tables[0].add_expiring(k.data(), r.data(), 1, 0, Some(t));
         }
         self.release(&mut at_once, out)?;
         if self.kind == JoinKind::Left && !lonely.is_empty() {

@@ -7,11 +7,17 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::DataFusionError;
 use indexmap::IndexMap;
+use indexmap::map::RawEntryApiV1;
+use indexmap::map::raw_entry_v1::RawEntryMut;
 
 /// The hasher of keys and rows held: seeded per process like the
 /// standard library's, and several times faster on short byte strings
 /// (SipHash took 3% of an interval join's time, hashing each key twice).
 type Hasher = foldhash::fast::RandomState;
+
+/// A key or row held, shared by the table and its expiry list (which
+/// would otherwise copy every row it gives a time).
+type Bytes = std::sync::Arc<[u8]>;
 
 use super::Result;
 
@@ -30,7 +36,9 @@ pub(crate) struct Entry<'a> {
 /// holding many rows (one auction, a million bids) costs no scan per row.
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
-    rows: IndexMap<Box<[u8]>, (i64, i64), Hasher>,
+    /// Its key (the table's, shared).
+    key: Bytes,
+    rows: IndexMap<Bytes, (i64, i64), Hasher>,
     /// Changed since the last full snapshot.
     changed: bool,
     /// Held at the last full snapshot (else new since: when it goes away
@@ -63,15 +71,15 @@ impl Bucket {
 }
 
 /// A held row by its key's bytes and its own.
-type HeldRow = (Box<[u8]>, Box<[u8]>);
+type HeldRow = (Bytes, Bytes);
 
 /// A row dropped by [`KeyedRows::take_before`].
 #[derive(Debug)]
 pub(crate) struct Taken {
-    /// The time it was given ([`KeyedRows::expire_at`]).
+    /// The time it was given ([`KeyedRows::add_expiring`]).
     pub time: i64,
-    pub key: Box<[u8]>,
-    pub row: Box<[u8]>,
+    pub key: Bytes,
+    pub row: Bytes,
     pub count: i64,
     pub matches: i64,
 }
@@ -83,13 +91,13 @@ pub(crate) struct KeyedRows {
     schema: SchemaRef,
     keys: RowConverter,
     rows: RowConverter,
-    buckets: HashMap<Box<[u8]>, Bucket, Hasher>,
+    buckets: HashMap<Bytes, Bucket, Hasher>,
     empty: Bucket,
     /// Keys of the last full snapshot whose bucket went away since (none
     /// of them is in `buckets`). With the buckets marked changed, the keys
     /// changed since then; a flag per bucket costs no lookup per row added
     /// (a set of changed keys took a tenth of an interval join's time).
-    removed: HashSet<Box<[u8]>, Hasher>,
+    removed: HashSet<Bytes, Hasher>,
     /// How many keys changed since the last full snapshot.
     changed: usize,
     held: usize,
@@ -116,12 +124,12 @@ impl RowsSnapshot {
     }
 }
 
-/// Bytes a held row costs beyond its own: its counters and the index's
-/// slot.
-const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<i64>() + 3 * std::mem::size_of::<usize>();
+/// Bytes a held row costs beyond its own: its counters, the index's slot
+/// and its shared allocation's counts.
+const ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<i64>() + 5 * std::mem::size_of::<usize>();
 const BUCKET_OVERHEAD: usize = std::mem::size_of::<Bucket>();
-/// Bytes an expiry entry costs beyond its key and row: two boxed slices
-/// and the time's slot.
+/// Bytes an expiry entry costs (its key and row are the table's): two
+/// shared slices and the time's slot.
 const EXPIRY_OVERHEAD: usize = 4 * std::mem::size_of::<usize>() + std::mem::size_of::<i64>();
 
 /// Arrow's row format for whole rows of `schema` (held rows: compact,
@@ -185,12 +193,41 @@ impl KeyedRows {
     /// the count would go below 0 (the row is not held that often):
     /// nothing changes.
     pub(crate) fn add(&mut self, key: &[u8], row: &[u8], delta: i64, matches: i64) -> bool {
+        self.change(key, row, delta, matches).is_some()
+    }
+
+    /// [`Self::add`], and a row not held before is dropped once
+    /// [`Self::expire_before`] passes `expire` (one lookup where finding
+    /// whether it is held, giving it its time and adding it were three).
+    pub(crate) fn add_expiring(
+        &mut self,
+        key: &[u8],
+        row: &[u8],
+        delta: i64,
+        matches: i64,
+        expire: Option<i64>,
+    ) -> bool {
+        match self.change(key, row, delta, matches) {
+            Some(Some(held)) => {
+                if let Some(t) = expire {
+                    self.expire_held(held, t);
+                }
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    /// [`Self::add`]: None when refused, else the key and row as the table
+    /// holds them when the row is new.
+    fn change(&mut self, key: &[u8], row: &[u8], delta: i64, matches: i64) -> Option<Option<HeldRow>> {
         if delta == 0 {
-            return true;
+            return Some(None);
         }
         let bucket = match self.buckets.get_mut(key) {
             Some(b) => b,
-            None if delta < 0 => return false,
+            None if delta < 0 => return None,
             None => {
                 self.bytes += key.len() + BUCKET_OVERHEAD;
                 // Changed now; counted already if it went away before.
@@ -198,31 +235,39 @@ impl KeyedRows {
                 if !in_base {
                     self.changed += 1;
                 }
-                let b = self.buckets.entry(key.into()).or_default();
-                b.changed = true;
-                b.in_base = in_base;
-                b
+                let key: Bytes = key.into();
+                self.buckets.entry(key.clone()).or_insert_with(|| Bucket {
+                    key,
+                    rows: IndexMap::default(),
+                    changed: true,
+                    in_base,
+                })
             }
         };
-        match bucket.rows.get_full_mut(row) {
-            Some((at, _, (count, _))) => {
+        // One hash and probe for the row, whether it is found or added.
+        let new = match bucket.rows.raw_entry_mut_v1().from_key(row) {
+            RawEntryMut::Occupied(mut e) => {
+                let (count, _) = e.get_mut();
                 if *count + delta < 0 {
-                    return false;
+                    return None;
                 }
                 *count += delta;
                 if *count == 0 {
-                    bucket.rows.swap_remove_index(at);
+                    e.swap_remove();
                     self.held -= 1;
                     self.bytes -= row.len() + ENTRY_OVERHEAD;
                 }
+                None
             }
-            None if delta < 0 => return false,
-            None => {
-                bucket.rows.insert(row.into(), (delta, matches));
+            RawEntryMut::Vacant(_) if delta < 0 => return None,
+            RawEntryMut::Vacant(e) => {
+                let row: Bytes = row.into();
+                e.insert(row.clone(), (delta, matches));
                 self.held += 1;
                 self.bytes += row.len() + ENTRY_OVERHEAD;
+                Some((bucket.key.clone(), row))
             }
-        }
+        };
         if !bucket.changed {
             bucket.changed = true;
             self.changed += 1;
@@ -230,7 +275,7 @@ impl KeyedRows {
         if bucket.len() == 0 {
             self.drop_bucket(key);
         }
-        true
+        Some(new)
     }
 
     /// Removes `key`'s empty bucket: remembered as changed when the last
@@ -300,18 +345,16 @@ impl KeyedRows {
         )
     }
 
-    /// Drops `row` under `key` (every copy of it) once
-    /// [`Self::expire_before`] passes `time`. Given once per distinct row:
-    /// when the row is first held.
-    pub(crate) fn expire_at(&mut self, key: &[u8], row: &[u8], time: i64) {
-        self.expiry_bytes += key.len() + row.len() + EXPIRY_OVERHEAD;
-        self.expiry
-            .entry(time)
-            .or_default()
-            .push((key.into(), row.into()));
+    /// Drops a held row (every copy of it) once [`Self::expire_before`]
+    /// passes `time`. The expiry list shares the table's key and row
+    /// (its entries cost their slot alone; a row retracted before its time
+    /// keeps its bytes until then).
+    fn expire_held(&mut self, held: HeldRow, time: i64) {
+        self.expiry_bytes += EXPIRY_OVERHEAD;
+        self.expiry.entry(time).or_default().push(held);
     }
 
-    /// Drops the rows whose time (see [`Self::expire_at`]) is before
+    /// Drops the rows whose time (see [`Self::add_expiring`]) is before
     /// `time`; `gone` sees each dropped row with its count and match
     /// counter. Returns how many rows went (copies counted).
     pub(crate) fn expire_before(&mut self, time: i64, mut gone: impl FnMut(&[u8], i64, i64)) -> u64 {
@@ -328,7 +371,7 @@ impl KeyedRows {
                 break;
             }
             for (key, row) in entry.remove() {
-                self.expiry_bytes -= key.len() + row.len() + EXPIRY_OVERHEAD;
+                self.expiry_bytes -= EXPIRY_OVERHEAD;
                 let Some((count, matches)) = self.remove_row(&key, &row) else {
                     continue;
                 };
@@ -352,7 +395,7 @@ impl KeyedRows {
         self.expiry_bytes = 0;
         self.buckets
             .iter()
-            .flat_map(|(k, b)| b.iter().map(move |e| (k.clone(), Box::<[u8]>::from(e.row))))
+            .flat_map(|(k, b)| b.rows.keys().map(move |r| (k.clone(), r.clone())))
             .collect()
     }
 
@@ -360,8 +403,8 @@ impl KeyedRows {
     /// rows' time does not depend on them: a TTL from now).
     pub(crate) fn expire_all_at(&mut self, time: i64) {
         let held = self.clear_expiry();
-        for (key, row) in held {
-            self.expire_at(&key, &row, time);
+        for held in held {
+            self.expire_held(held, time);
         }
     }
 
@@ -376,9 +419,9 @@ impl KeyedRows {
         for chunk in held.chunks(8192) {
             let cols = self.decode(chunk.iter().map(|(_, r)| &**r))?;
             let times = time_of(&cols)?;
-            for ((key, row), time) in chunk.iter().zip(times) {
+            for (held, time) in chunk.iter().zip(times) {
                 if let Some(t) = time {
-                    self.expire_at(key, row, t);
+                    self.expire_held(held.clone(), t);
                 }
             }
         }
@@ -390,7 +433,7 @@ impl KeyedRows {
         self.buckets
             .iter()
             .filter(|(_, b)| pick(b))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Box::from(&**k))
             .collect()
     }
 
@@ -565,8 +608,7 @@ mod tests {
         // Row i is held until its own value (a time).
         for (i, copies) in [(0, 2), (1, 1), (2, 1)] {
             let (key, row) = (keys.row(i).data(), rows.row(i).data());
-            assert!(t.add(key, row, copies, 0));
-            t.expire_at(key, row, [10, 20, 10][i]);
+            assert!(t.add_expiring(key, row, copies, 0, Some([10, 20, 10][i])));
         }
         let snap = t.snapshot().unwrap();
         // Nothing is before 10; both rows at 10 (one held twice) are.
