@@ -157,13 +157,18 @@ fn source_lanes(
         .collect())
 }
 
+/// Messages per reader of a tee. A source's batches are its largest
+/// (whole decoded records): a reader's copies are the same batches, but
+/// each one queued is kept alive until every reader took it.
+const TEE_CAPACITY: usize = 2;
+
 /// Copies a lane to `n` readers from a task of its own. Each message goes
 /// to every reader before the next is read, so a reader held back at a
 /// barrier (aligning with another input) never keeps the others from it;
 /// a reader that went away no longer gets copies.
 fn tee(lane: Lane, n: usize, tasks: &mut Vec<Task>) -> Vec<Lane> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
-        .map(|_| tokio::sync::mpsc::channel::<Message>(super::CHANNEL_CAPACITY))
+        .map(|_| tokio::sync::mpsc::channel::<Message>(TEE_CAPACITY))
         .unzip();
     tasks.push(
         async move {
